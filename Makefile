@@ -1,0 +1,47 @@
+# The two commands a new user needs: `make demo` and `make test`. Both install what they need into .venv.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+SAM_VENV := .venv-sam
+SAM := $(SAM_VENV)/bin/sam
+export AWS_DEFAULT_REGION ?= us-east-1
+
+.PHONY: demo test install lint typecheck lint-template pytest clean
+
+# torch is installed first, pinned to the CPU build, so that nothing resolves an unpinned (CUDA) torch.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# aws-sam-cli pins older boto3/pydantic: it lives in a virtualenv of its own.
+$(SAM_VENV)/.installed:
+	$(PYTHON) -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/pip install --quiet aws-sam-cli
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/ringfleet demo $(DEMO_ARGS)
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy
+
+lint-template: $(VENV)/.installed $(SAM_VENV)/.installed
+	$(VENV)/bin/cfn-lint template.yaml
+	$(SAM) validate --lint --template template.yaml
+
+pytest: $(VENV)/.installed
+	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+test: lint typecheck lint-template pytest
+
+clean:
+	rm -rf $(VENV) $(SAM_VENV) .aws-sam .ringfleet

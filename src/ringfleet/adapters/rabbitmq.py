@@ -1,0 +1,85 @@
+"""The broker's topology and confirmed publishing with aio-pika (RabbitMQ locally, Amazon MQ in AWS)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import aio_pika
+
+from ringfleet.contracts.broker import (
+    COMMANDS_EXCHANGE,
+    DEAD_LETTER_EXCHANGE,
+    MQ_QUEUES,
+    dead_letter_queue,
+)
+
+if TYPE_CHECKING:
+    from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+
+__all__ = ["DELIVERY_LIMIT", "connect", "declare_topology", "publish", "queue_arguments"]
+
+#: A message redelivered this many times (a consumer that keeps failing on it) is dead-lettered.
+DELIVERY_LIMIT = 3
+
+
+def queue_arguments(queue: str) -> dict[str, Any]:
+    """Arguments of a consumed queue. Every declarer must pass the same ones, or RabbitMQ refuses the declare.
+
+    Quorum queues count deliveries themselves (``x-delivery-limit``), so a poison message reaches the DLQ
+    without any consumer having to keep count, the same on RabbitMQ and on Amazon MQ.
+    """
+    return {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": DELIVERY_LIMIT,
+        "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+        "x-dead-letter-routing-key": dead_letter_queue(queue),
+    }
+
+
+async def connect(url: str) -> AbstractRobustConnection:
+    """A connection that reconnects (and re-declares what was declared on it) after a broker restart."""
+    return await aio_pika.connect_robust(url, timeout=10)
+
+
+async def declare_topology(channel: AbstractChannel) -> None:
+    """Declares the consumed queues with their DLQs and the commands exchange; safe to call any number of times."""
+    dlx = await channel.declare_exchange(DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True)
+    for queue in MQ_QUEUES:
+        dlq = await channel.declare_queue(dead_letter_queue(queue), durable=True)
+        await dlq.bind(dlx, routing_key=dead_letter_queue(queue))
+        await channel.declare_queue(queue, durable=True, arguments=queue_arguments(queue))
+    await channel.declare_exchange(COMMANDS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
+
+
+async def publish(
+    url: str,
+    body: bytes,
+    *,
+    queue: str | None = None,
+    exchange: str | None = None,
+    routing_key: str | None = None,
+    message_id: str | None = None,
+    headers: dict[str, Any] | None = None,
+) -> None:
+    """Publishes one persistent message and waits for the broker's confirm.
+
+    Give ``queue`` to publish through the default exchange, or ``exchange`` with ``routing_key``.
+    """
+    if (queue is None) == (exchange is None):
+        raise ValueError("publish needs either queue= or exchange= (with routing_key=)")
+    connection = await connect(url)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        await declare_topology(channel)
+        message = aio_pika.Message(
+            body,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=message_id,
+            headers=headers or {},
+        )
+        if queue is not None:
+            await channel.default_exchange.publish(message, routing_key=queue, mandatory=True)
+        else:
+            target = await channel.get_exchange(str(exchange))
+            await target.publish(message, routing_key=routing_key or "")
