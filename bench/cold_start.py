@@ -1,0 +1,66 @@
+"""Cold-start cost of each Lambda handler: its import time over that of its libraries alone, in fresh interpreters.
+
+The baseline imports what every handler stands on (boto3, pydantic and the Powertools pieces the handlers use:
+Logger, Metrics, Tracer, batch processing, parser models), so the ratio is what ringfleet's own code adds.
+Runs are interleaved (baseline, handler, baseline, ...) so machine noise hits both alike; medians are reported.
+Target: every ratio <= 1.15.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from ringfleet.local.template import load_template  # noqa: E402
+
+BASELINE = (
+    "import boto3, pydantic\n"
+    "from aws_lambda_powertools import Logger, Metrics, Tracer\n"
+    "from aws_lambda_powertools.utilities.batch import BatchProcessor\n"
+    "from aws_lambda_powertools.utilities.parser import models\n"
+)
+TIMER = "import time\nt0 = time.perf_counter()\n{body}\nprint(time.perf_counter() - t0)\n"
+TARGET = 1.15
+
+
+def one_run(body: str, pythonpath: str) -> float:
+    env = {**os.environ, "PYTHONPATH": pythonpath, "POWERTOOLS_SERVICE_NAME": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
+    out = subprocess.run([sys.executable, "-c", TIMER.format(body=body)], env=env, capture_output=True, text=True,
+                         check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=9, help="fresh interpreters per measurement (default 9)")
+    parser.add_argument("--quick", action="store_true", help="3 repeats: a smoke run")
+    args = parser.parse_args()
+    repeats = 3 if args.quick else args.repeats
+    template = load_template(ROOT / "template.yaml")
+    src = str(ROOT / "src")
+    print(f"{'function':<28} {'handler ms':>10} {'baseline ms':>11} {'ratio':>6}")
+    worst = 0.0
+    for lid, fn in sorted(template.functions().items()):
+        module = fn.handler.rsplit(".", 1)[0]
+        path = os.pathsep.join([str(fn.code_uri), src])
+        base, handler = [], []
+        for _ in range(repeats):
+            base.append(one_run(BASELINE, path))
+            handler.append(one_run(f"import {module}", path))
+        b, h = statistics.median(base), statistics.median(handler)
+        worst = max(worst, h / b)
+        print(f"{lid:<28} {h * 1000:>10.0f} {b * 1000:>11.0f} {h / b:>6.2f}")
+    verdict = "meets" if worst <= TARGET else "misses"
+    print(f"worst ratio {worst:.2f} ({verdict} the target of <= {TARGET})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
