@@ -17,7 +17,11 @@ log = logging.getLogger(__name__)
 NOT_EMULATED = {
     "AWS::Serverless::Function",  # run by the router's runtimes
     "AWS::Serverless::LayerVersion",
-    "AWS::SQS::QueuePolicy",  # moto does not enforce resource policies
+    "AWS::SQS::QueuePolicy",
+    # moto applies a bucket policy's Deny without its Condition: the TLS-only policy would refuse every request.
+    "AWS::S3::BucketPolicy",
+    "AWS::IAM::InstanceProfile",
+    "AWS::SNS::Topic",  # alarm notifications: moto never evaluates alarms
     "AWS::IAM::Role",
     "AWS::IAM::Policy",
     "AWS::IAM::ManagedPolicy",
@@ -103,15 +107,19 @@ def provision(ctx: CloudContext) -> dict[str, list[str]]:
                 Bucket=name, PublicAccessBlockConfiguration=props["PublicAccessBlockConfiguration"]
             )
         if "BucketEncryption" in props:
-            rules = props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+            # CloudFormation: ServerSideEncryptionByDefault; the S3 API: ApplyServerSideEncryptionByDefault.
+            rules = [
+                {
+                    ("ApplyServerSideEncryptionByDefault" if k == "ServerSideEncryptionByDefault" else k): v
+                    for k, v in rule.items()
+                }
+                for rule in props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+            ]
             s3.put_bucket_encryption(Bucket=name, ServerSideEncryptionConfiguration={"Rules": rules})
         notification = _bucket_notifications(props.get("NotificationConfiguration", {}), lid)
         if notification:
             s3.put_bucket_notification_configuration(Bucket=name, NotificationConfiguration=notification)
         note("AWS::S3::Bucket", name)
-    for lid in by_type("AWS::S3::BucketPolicy"):
-        props = props_of(lid)
-        s3.put_bucket_policy(Bucket=props["Bucket"], Policy=json.dumps(props["PolicyDocument"]))
 
     events = ctx.client("events")
     for lid in by_type("AWS::Events::Rule"):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import logging
 import re
@@ -263,7 +264,7 @@ class Router:
                 broker_arn=broker,
             )
             delivery = await asyncio.get_running_loop().run_in_executor(
-                None, lambda e=event: self.invoke(lid, e, source=source, source_type="MQ")
+                None, functools.partial(self.invoke, lid, event, source=source, source_type="MQ")
             )
             for m in pending:
                 if delivery.result.ok:

@@ -1,0 +1,354 @@
+"""Messages on the broker: app messages to job_intake, worker messages to worker_events, commands to workers."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+from uuid import UUID, uuid4
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
+
+from ringfleet.contracts.checkpoints import checkpoint_prefix, parse_checkpoint_uri
+from ringfleet.contracts.scalars import (
+    FiniteFloat,
+    Generation,
+    InstanceId,
+    InstanceType,
+    JobId,
+    MetadataKey,
+    MetadataValue,
+    Rank,
+    Reason,
+    Sha256,
+    SizeBytes,
+    Step,
+    TenantId,
+    WorldSize,
+)
+
+__all__ = [
+    "MESSAGE_TYPES",
+    "AppMessage",
+    "CheckpointCompleted",
+    "CheckpointNow",
+    "CheckpointRef",
+    "Command",
+    "Heartbeat",
+    "JobCancelled",
+    "JobSubmitted",
+    "Message",
+    "MessageBase",
+    "Reconfigure",
+    "Stop",
+    "WorkerFailed",
+    "WorkerMessage",
+    "encode_message",
+    "parse_message",
+    "split_host_port",
+]
+
+WorkerCount = Annotated[int, Field(strict=True, ge=1, le=1024)]
+GpuCount = Annotated[int, Field(strict=True, ge=0, le=16)]
+_Text = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=256)]
+_Arg = Annotated[str, StringConstraints(strict=True, max_length=4096)]
+#: A container image reference: ``[registry/]repository[:tag][@sha256:digest]``; no spaces or shell characters.
+_Image = Annotated[str, StringConstraints(strict=True, pattern=r"^[a-z0-9][A-Za-z0-9._/:@-]{0,511}$")]
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+#: A DNS name or an IPv4 address (a dotted quad is a valid host name too).
+_HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """``("host", port)`` of ``host:port`` (a DNS name, an IPv4 address or a bracketed IPv6 address)."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{address!r} is not host:port")
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"port {port_text!r} of {address!r} is not in 1..65535")
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError as exc:
+            raise ValueError(f"host {host!r} of {address!r} is not an IPv6 address") from exc
+        host = host[1:-1]
+    elif not _HOSTNAME.fullmatch(host):
+        raise ValueError(f"host {host!r} of {address!r} is not a host name or IPv4 address")
+    return host, int(port_text)
+
+
+class MessageBase(BaseModel):
+    """What every message carries: its type (the discriminator), schema version, a unique id and when it was sent."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: str
+    schema_version: Literal[1] = 1
+    #: Unique per message; consumers use it to drop a redelivered duplicate.
+    message_id: UUID = Field(default_factory=uuid4)
+    sent_at: AwareDatetime = Field(default_factory=_now)
+
+
+# -- app messages (apps -> job_intake) ---------------------------------------------------------------------------
+
+
+class JobSubmitted(MessageBase):
+    """A tenant asks for a training job to run on min_workers..max_workers spot workers within a budget."""
+
+    type: Literal["JobSubmitted"] = "JobSubmitted"
+    tenant: TenantId
+    job_id: JobId
+    name: _Text
+    image: _Image
+    entrypoint: list[_Arg] = Field(min_length=1, max_length=256)
+    min_workers: WorkerCount
+    max_workers: WorkerCount
+    gpus_per_worker: GpuCount
+    #: The EC2 instance types the job may run on, in order of preference.
+    instance_types: list[InstanceType] = Field(min_length=1, max_length=64)
+    checkpoint_interval_steps: Annotated[int, Field(strict=True, ge=1, le=10**9)]
+    budget_usd_per_hour: Annotated[FiniteFloat, Field(gt=0, le=100_000)]
+    hyperparameters: dict[MetadataKey, MetadataValue] = Field(default_factory=dict, max_length=256)
+
+    @field_validator("instance_types")
+    @classmethod
+    def _instance_types_are_unique(cls, types: list[str]) -> list[str]:
+        if len(set(types)) != len(types):
+            raise ValueError("instance_types lists an instance type twice")
+        return types
+
+    @model_validator(mode="after")
+    def _max_workers_at_least_min(self) -> JobSubmitted:
+        if self.max_workers < self.min_workers:
+            raise ValueError(f"max_workers ({self.max_workers}) is less than min_workers ({self.min_workers})")
+        return self
+
+
+class JobCancelled(MessageBase):
+    """A tenant cancels a job; its workers are stopped and it ends CANCELLED."""
+
+    type: Literal["JobCancelled"] = "JobCancelled"
+    tenant: TenantId
+    job_id: JobId
+    reason: Reason
+
+
+# -- worker messages (workers -> worker_events) ------------------------------------------------------------------
+
+
+class Heartbeat(MessageBase):
+    """A worker is alive and training: sent every few seconds; its absence is how a silent failure is noticed."""
+
+    type: Literal["Heartbeat"] = "Heartbeat"
+    job_id: JobId
+    instance_id: InstanceId
+    generation: Generation
+    rank: Rank
+    world_size: WorldSize
+    step: Step
+    #: None until the first step has a loss.
+    loss: FiniteFloat | None = None
+    samples_per_second: Annotated[FiniteFloat, Field(ge=0, le=1e9)]
+
+    @model_validator(mode="after")
+    def _rank_within_world(self) -> Heartbeat:
+        if self.rank >= self.world_size:
+            raise ValueError(f"rank ({self.rank}) is not below world_size ({self.world_size})")
+        return self
+
+
+class CheckpointCompleted(MessageBase):
+    """A checkpoint's manifest is in S3 (sent by rank 0); S3's own notification starts its backup."""
+
+    type: Literal["CheckpointCompleted"] = "CheckpointCompleted"
+    job_id: JobId
+    instance_id: InstanceId
+    generation: Generation
+    step: Step
+    #: ``s3://<bucket>/jobs/<job>/ckpt/<step:012d>/``, naming the same job and step as this message.
+    uri: str
+    manifest_sha256: Sha256
+    size_bytes: SizeBytes
+    #: Taken because notice was given (CheckpointNow), not on the job's regular interval.
+    emergency: bool = False
+
+    @model_validator(mode="after")
+    def _uri_names_this_checkpoint(self) -> CheckpointCompleted:
+        _check_checkpoint_uri(self.uri, self.job_id, self.step)
+        return self
+
+
+class WorkerFailed(MessageBase):
+    """A worker hit an error it cannot recover from by itself (a failed collective, out of memory, a crash)."""
+
+    type: Literal["WorkerFailed"] = "WorkerFailed"
+    job_id: JobId
+    instance_id: InstanceId
+    generation: Generation
+    rank: Rank
+    step: Step
+    reason: Reason
+
+
+# -- commands (control plane -> workers, on the commands exchange) -----------------------------------------------
+
+
+class CheckpointNow(MessageBase):
+    """Checkpoint at the next step boundary, before ``deadline`` when one is given (notice of a lost node)."""
+
+    type: Literal["CheckpointNow"] = "CheckpointNow"
+    job_id: JobId
+    generation: Generation
+    reason: Literal["spot-interruption", "rebalance", "lifecycle-terminate", "requested"]
+    deadline: AwareDatetime | None = None
+
+
+class CheckpointRef(BaseModel):
+    """A durable checkpoint to restore from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: ``s3://<bucket>/jobs/<job>/ckpt/<step:012d>/``
+    uri: str
+    step: Step
+
+    @model_validator(mode="after")
+    def _uri_names_this_step(self) -> CheckpointRef:
+        parsed = parse_checkpoint_uri(self.uri)
+        if parsed is None:
+            raise ValueError(f"uri {self.uri!r} is not s3://<bucket>/jobs/<job>/ckpt/<step:012d>/")
+        if parsed[2] != self.step:
+            raise ValueError(f"uri {self.uri!r} names step {parsed[2]}, not step {self.step}")
+        return self
+
+    @property
+    def bucket(self) -> str:
+        return self._parts[0]
+
+    @property
+    def job_id(self) -> str:
+        return self._parts[1]
+
+    @property
+    def prefix(self) -> str:
+        """The S3 key prefix of the checkpoint (no bucket)."""
+        return checkpoint_prefix(self.job_id, self.step)
+
+    @property
+    def _parts(self) -> tuple[str, str, int]:
+        parsed = parse_checkpoint_uri(self.uri)
+        assert parsed is not None  # checked when the model was built
+        return parsed
+
+
+class Reconfigure(MessageBase):
+    """Re-form the ring: the new generation's members, their ranks, where to rendezvous and what to restore."""
+
+    type: Literal["Reconfigure"] = "Reconfigure"
+    job_id: JobId
+    generation: Generation
+    world_size: WorldSize
+    #: instance id -> rank, for every member: exactly world_size entries with ranks 0..world_size-1.
+    ranks: dict[InstanceId, Rank]
+    #: ``host:port`` of rank 0's rendezvous (torch.distributed TCP store).
+    rendezvous: str
+    #: None: keep the in-memory state (survivors sync from each other); set: restore from this checkpoint.
+    checkpoint: CheckpointRef | None = None
+
+    @field_validator("rendezvous")
+    @classmethod
+    def _rendezvous_is_host_port(cls, value: str) -> str:
+        split_host_port(value)
+        return value
+
+    @model_validator(mode="after")
+    def _ranks_cover_the_world(self) -> Reconfigure:
+        if len(self.ranks) != self.world_size:
+            raise ValueError(f"ranks has {len(self.ranks)} entries but world_size is {self.world_size}")
+        if sorted(self.ranks.values()) != list(range(self.world_size)):
+            raise ValueError(f"ranks must assign each of 0..{self.world_size - 1} exactly once")
+        if self.checkpoint is not None and self.checkpoint.job_id != self.job_id:
+            raise ValueError(f"checkpoint {self.checkpoint.uri!r} belongs to another job than {self.job_id!r}")
+        return self
+
+    def rank_of(self, instance_id: str) -> int | None:
+        """This instance's rank in the new generation, or None when it is not a member (it should stop)."""
+        return self.ranks.get(instance_id)
+
+    @property
+    def rendezvous_host(self) -> str:
+        return split_host_port(self.rendezvous)[0]
+
+    @property
+    def rendezvous_port(self) -> int:
+        return split_host_port(self.rendezvous)[1]
+
+
+class Stop(MessageBase):
+    """Stop training and exit (the job was cancelled or finished, or the instance left the job)."""
+
+    type: Literal["Stop"] = "Stop"
+    job_id: JobId
+    generation: Generation
+    reason: Reason
+
+
+def _check_checkpoint_uri(uri: str, job_id: str, step: int) -> None:
+    parsed = parse_checkpoint_uri(uri)
+    if parsed is None:
+        raise ValueError(f"uri {uri!r} is not s3://<bucket>/jobs/<job>/ckpt/<step:012d>/")
+    if parsed[1:] != (job_id, step):
+        raise ValueError(f"uri {uri!r} does not name job {job_id!r} at step {step}")
+
+
+AppMessage = Annotated[JobSubmitted | JobCancelled, Field(discriminator="type")]
+WorkerMessage = Annotated[Heartbeat | CheckpointCompleted | WorkerFailed, Field(discriminator="type")]
+Command = Annotated[CheckpointNow | Reconfigure | Stop, Field(discriminator="type")]
+Message = Annotated[
+    JobSubmitted | JobCancelled | Heartbeat | CheckpointCompleted | WorkerFailed | CheckpointNow | Reconfigure | Stop,
+    Field(discriminator="type"),
+]
+
+#: Every message class by its ``type``.
+MESSAGE_TYPES: dict[str, type[MessageBase]] = {
+    cls.__name__: cls
+    for cls in (
+        JobSubmitted,
+        JobCancelled,
+        Heartbeat,
+        CheckpointCompleted,
+        WorkerFailed,
+        CheckpointNow,
+        Reconfigure,
+        Stop,
+    )
+}
+
+_MESSAGE: TypeAdapter[Message] = TypeAdapter(Message, config=ConfigDict(title="Message"))
+
+
+def parse_message(raw: bytes | str | Mapping[str, Any]) -> Message:
+    """Any message, chosen by its ``type``; raises pydantic's ValidationError naming the offending field."""
+    if isinstance(raw, bytes | str):
+        return _MESSAGE.validate_json(raw)
+    return _MESSAGE.validate_python(dict(raw))
+
+
+def encode_message(message: MessageBase) -> bytes:
+    """The JSON bytes to publish; ``parse_message`` turns them back into an equal message."""
+    return message.model_dump_json().encode()

@@ -1,0 +1,496 @@
+"""template.yaml wires every trigger to its handler safely: event sources, DLQs, alarms, rule patterns, storage, IAM."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, cast
+
+import pytest
+from moto.events.models import EventPattern
+
+from ringfleet.contracts.broker import JOBS_QUEUE, WORKER_EVENTS_QUEUE
+from ringfleet.local.context import CloudContext
+from ringfleet.local.router import rate_seconds
+from ringfleet.local.template import load_template
+from tests.conftest import ROOT
+
+if TYPE_CHECKING:
+    from moto.events.utils import EventMessageType
+
+TEMPLATE = load_template(ROOT / "template.yaml")
+RESOURCES = TEMPLATE.resources
+FUNCTIONS = TEMPLATE.functions()
+# Names resolved as the local cloud resolves them (stack "ringfleet", account 123456789012, us-east-1): the same
+# names the sample events in events/ carry. Nothing is started; the endpoint is never contacted.
+LOCAL = CloudContext(TEMPLATE, endpoint="http://127.0.0.1:1")
+
+# function -> (code folder, its event sources as (type, queue / schedule))
+WIRING: dict[str, tuple[str, set[tuple[str, str]]]] = {
+    "JobIntakeFunction": ("job_intake", {("MQ", JOBS_QUEUE)}),
+    "WorkerEventsFunction": ("worker_events", {("MQ", WORKER_EVENTS_QUEUE)}),
+    "NodeRecoveryFunction": ("node_recovery", {("SQS", "RecoveryQueue")}),
+    "FleetScalerFunction": ("fleet_scaler", {("SQS", "ScalingQueue"), ("Schedule", "rate(1 minute)")}),
+    "CheckpointBackupFunction": ("checkpoint_backup", {("SQS", "BackupQueue")}),
+    "HeartbeatSweepFunction": ("heartbeat_sweep", {("Schedule", "rate(1 minute)")}),
+}
+
+# sample event in events/ -> the only rules that may match it
+SAMPLE_RULES: dict[str, set[str]] = {
+    "ec2_spot_interruption_warning.json": {"SpotInterruptionRule"},
+    "ec2_rebalance_recommendation.json": {"RebalanceRule"},
+    "ec2_instance_state_change.json": {"InstanceStoppingRule"},  # its state is "terminated"
+    "autoscaling_lifecycle_terminate.json": {"LifecycleTerminateRule"},
+    "cloudwatch_alarm_state_change.json": {"BacklogAlarmRule"},  # the alarm it names is ringfleet-backlog
+    "control_job_admitted.json": {"JobLifecycleRule"},
+    "control_job_finished.json": {"JobLifecycleRule"},
+}
+
+ALLOWED_INTRINSICS = {"Ref", "Fn::GetAtt", "Fn::Sub", "Fn::Join"}
+
+
+def of_type(rtype: str) -> dict[str, dict[str, Any]]:
+    return TEMPLATE.resources_of(rtype)
+
+
+def props(logical_id: str) -> dict[str, Any]:
+    return dict(RESOURCES[logical_id].get("Properties", {}))
+
+
+def getatt_target(value: Any, attribute: str = "Arn") -> str:
+    """The logical id in ``!GetAtt X.<attribute>``; fails the test for any other shape."""
+    assert isinstance(value, dict) and "Fn::GetAtt" in value, f"expected !GetAtt X.{attribute}, got {value!r}"
+    target, attr = value["Fn::GetAtt"]
+    assert attr == attribute, f"expected !GetAtt {target}.{attribute}, got .{attr}"
+    return str(target)
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def event_source(ev_type: str, properties: dict[str, Any]) -> set[tuple[str, str]]:
+    if ev_type == "MQ":
+        return {("MQ", str(q)) for q in properties["Queues"]}
+    if ev_type == "SQS":
+        return {("SQS", getatt_target(properties["Queue"]))}
+    if ev_type == "Schedule":
+        return {("Schedule", str(properties["Schedule"]))}
+    return {(ev_type, "?")}
+
+
+def sqs_sources() -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for lid, fn in FUNCTIONS.items():
+        for ev in fn.events:
+            if ev.type == "SQS":
+                yield lid, getatt_target(ev.properties["Queue"]), dict(ev.properties)
+
+
+def redrive_targets() -> dict[str, str]:
+    """queue -> its dead-letter queue, for every queue with a redrive policy."""
+    return {
+        lid: getatt_target(props(lid)["RedrivePolicy"]["deadLetterTargetArn"])
+        for lid in of_type("AWS::SQS::Queue")
+        if "RedrivePolicy" in props(lid)
+    }
+
+
+def matching_rules(event: dict[str, Any]) -> set[str]:
+    """The rules whose pattern, resolved as the local cloud resolves it, matches ``event`` (moto's matcher)."""
+    out = set()
+    for lid in of_type("AWS::Events::Rule"):
+        pattern = LOCAL.resolve(props(lid)["EventPattern"], lid)
+        if EventPattern.load(json.dumps(pattern)).matches_event(cast("EventMessageType", event)):
+            out.add(lid)
+    return out
+
+
+def architectures_of(logical_id: str) -> list[str]:
+    globals_ = TEMPLATE.body.get("Globals", {}).get("Function", {})
+    return list(props(logical_id).get("Architectures", globals_.get("Architectures", ["x86_64"])))
+
+
+def load_sample(name: str) -> dict[str, Any]:
+    data = json.loads((ROOT / "events" / name).read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def intrinsics(node: Any) -> Iterator[str]:
+    """Intrinsic function names used in ``node`` (an IAM statement's Condition block is not one)."""
+    if isinstance(node, dict):
+        if len(node) == 1:
+            ((key, value),) = node.items()
+            if key == "Ref" or key.startswith("Fn::") or (key == "Condition" and isinstance(value, str)):
+                yield key
+        for value in node.values():
+            yield from intrinsics(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from intrinsics(item)
+
+
+# -- functions and their triggers -------------------------------------------------------------------------------
+
+
+def test_the_template_declares_exactly_the_six_handlers() -> None:
+    assert set(FUNCTIONS) == set(WIRING)
+
+
+@pytest.mark.parametrize("logical_id", sorted(WIRING))
+def test_each_handler_runs_on_python311_with_the_shared_layer_and_its_triggers(logical_id: str) -> None:
+    folder, expected_sources = WIRING[logical_id]
+    fn = FUNCTIONS[logical_id]
+    assert fn.runtime == "python3.11"
+    assert fn.handler == "app.handler"
+    assert fn.code_uri == ROOT / "services" / folder
+    assert {"Ref": "SharedLayer"} in fn.layers
+    assert fn.environment["POWERTOOLS_SERVICE_NAME"] == folder
+    sources = set().union(*(event_source(ev.type, dict(ev.properties)) for ev in fn.events))
+    assert sources == expected_sources
+
+
+def test_schedules_are_rates_the_local_cloud_can_fire() -> None:
+    for lid, fn in FUNCTIONS.items():
+        for ev in fn.events:
+            if ev.type == "Schedule":
+                assert rate_seconds(str(ev.properties["Schedule"])) == 60, lid
+
+
+def test_mq_sources_read_the_broker_given_at_deploy_time_with_its_secret() -> None:
+    mq = [(lid, dict(ev.properties)) for lid, fn in FUNCTIONS.items() for ev in fn.events if ev.type == "MQ"]
+    assert {lid for lid, _ in mq} == {"JobIntakeFunction", "WorkerEventsFunction"}
+    for lid, p in mq:
+        assert p["Broker"] == {"Ref": "MqBrokerArn"}, lid
+        assert p["SourceAccessConfigurations"] == [{"Type": "BASIC_AUTH", "URI": {"Ref": "MqSecretArn"}}], lid
+        assert 1 <= p["BatchSize"] <= 10000, lid
+
+
+def test_the_shared_layer_is_built_from_src_for_the_functions_runtime_and_architecture() -> None:
+    # a layer built for another architecture fails at import time (pydantic_core is compiled)
+    layer = RESOURCES["SharedLayer"]
+    assert layer["Type"] == "AWS::Serverless::LayerVersion"
+    assert layer["Properties"]["ContentUri"] == "src/"
+    assert layer["Metadata"]["BuildMethod"] == "python3.11"
+    assert layer["Properties"]["CompatibleRuntimes"] == ["python3.11"]
+    architectures = {a for lid in FUNCTIONS for a in architectures_of(lid)}
+    assert architectures == set(layer["Properties"]["CompatibleArchitectures"])
+    assert architectures == {layer["Metadata"]["BuildArchitecture"]}
+
+
+def test_the_layer_requirements_carry_the_control_plane_dependencies_and_nothing_heavy() -> None:
+    lines = [line.split("#", 1)[0].strip() for line in (ROOT / "src" / "requirements.txt").read_text().splitlines()]
+    names = {line.split("[", 1)[0].split(">", 1)[0].split("<", 1)[0].split("=", 1)[0].strip() for line in lines if line}
+    assert {"aws-lambda-powertools", "pydantic", "aio-pika", "pyyaml"} <= names
+    assert not names & {"torch", "numpy", "moto", "matplotlib", "scikit-learn"}
+
+
+# -- queues, dead letters, alarms -------------------------------------------------------------------------------
+
+
+SQS_SOURCES = list(sqs_sources())
+
+
+@pytest.mark.parametrize(("function", "queue", "event"), SQS_SOURCES, ids=[f"{f}-{q}" for f, q, _ in SQS_SOURCES])
+def test_every_consumed_queue_reports_partial_failures_and_dead_letters_poison(
+    function: str, queue: str, event: dict[str, Any]
+) -> None:
+    # one bad record must not fail its whole batch, and must not be retried forever
+    assert "ReportBatchItemFailures" in event.get("FunctionResponseTypes", [])
+    q = props(queue)
+    dlq = getatt_target(q["RedrivePolicy"]["deadLetterTargetArn"])
+    assert RESOURCES[dlq]["Type"] == "AWS::SQS::Queue"
+    assert "RedrivePolicy" not in props(dlq)
+    assert 1 <= int(q["RedrivePolicy"]["maxReceiveCount"]) <= 10
+    # AWS: a visibility timeout under six times the function timeout redelivers messages still being processed
+    assert int(q["VisibilityTimeout"]) >= 6 * FUNCTIONS[function].timeout
+    for lid in (queue, dlq):
+        assert props(lid).get("SqsManagedSseEnabled") is True or "KmsMasterKeyId" in props(lid), lid
+
+
+def test_every_dead_letter_queue_has_an_alarm_on_visible_messages() -> None:
+    dlqs = set(redrive_targets().values())
+    assert dlqs == {"RecoveryDLQ", "ScalingDLQ", "BackupDLQ"}
+    alarmed = set()
+    for lid in of_type("AWS::CloudWatch::Alarm"):
+        p = props(lid)
+        if p.get("Namespace") == "AWS/SQS" and p.get("MetricName") == "ApproximateNumberOfMessagesVisible":
+            assert p["ComparisonOperator"] == "GreaterThanThreshold" and p["Threshold"] == 0, lid
+            alarmed |= {getatt_target(d["Value"], "QueueName") for d in p["Dimensions"] if d["Name"] == "QueueName"}
+    assert dlqs <= alarmed
+
+
+def test_every_function_has_an_errors_alarm() -> None:
+    alarmed = set()
+    for lid in of_type("AWS::CloudWatch::Alarm"):
+        p = props(lid)
+        if p.get("Namespace") == "AWS/Lambda" and p.get("MetricName") == "Errors":
+            assert p["ComparisonOperator"] == "GreaterThanThreshold" and p["Threshold"] == 0, lid
+            alarmed |= {d["Value"]["Ref"] for d in p["Dimensions"] if d["Name"] == "FunctionName"}
+    assert alarmed == set(FUNCTIONS)
+
+
+def test_backlog_and_quarantine_alarms_watch_the_metrics_the_handlers_publish() -> None:
+    # Powertools Metrics publishes under POWERTOOLS_METRICS_NAMESPACE with a "service" dimension
+    namespace = TEMPLATE.body["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_METRICS_NAMESPACE"]
+    for lid, metric, service in (
+        ("BacklogAlarm", "PendingWorkers", "fleet_scaler"),
+        ("QuarantineAlarm", "CheckpointsQuarantined", "checkpoint_backup"),
+    ):
+        p = props(lid)
+        assert (p["Namespace"], p["MetricName"]) == (namespace, metric)
+        assert p["Dimensions"] == [{"Name": "service", "Value": service}]
+        assert p["ComparisonOperator"] == "GreaterThanThreshold" and p["Threshold"] == 0
+
+
+# -- who may send to the queues ---------------------------------------------------------------------------------
+
+
+def queue_policy_statements(queue: str) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for lid in of_type("AWS::SQS::QueuePolicy"):
+        p = props(lid)
+        if {"Ref": queue} in p["Queues"]:
+            out += as_list(p["PolicyDocument"]["Statement"])
+    return out
+
+
+def allowed_source_arns(queue: str, service: str) -> list[Any]:
+    arns: list[Any] = []
+    for st in queue_policy_statements(queue):
+        if (
+            st["Effect"] == "Allow"
+            and st["Principal"] == {"Service": service}
+            and "sqs:SendMessage" in as_list(st["Action"])
+        ):
+            condition = st.get("Condition", {})
+            source = condition.get("ArnEquals", condition.get("ArnLike", {})).get("aws:SourceArn")
+            assert source is not None, f"{queue}: {service} may send without an aws:SourceArn condition"
+            arns += as_list(source)
+    return arns
+
+
+@pytest.mark.parametrize("rule", sorted(of_type("AWS::Events::Rule")))
+def test_each_rule_targets_a_consumed_queue_whose_policy_lets_that_rule_send(rule: str) -> None:
+    # without the policy EventBridge drops the events silently in AWS (the local cloud does not enforce policies)
+    consumed = {queue for _, queue, _ in sqs_sources()}
+    targets = props(rule)["Targets"]
+    assert targets
+    for target in targets:
+        queue = getatt_target(target["Arn"])
+        assert queue in consumed
+        assert {"Fn::GetAtt": [rule, "Arn"]} in allowed_source_arns(queue, "events.amazonaws.com")
+
+
+def test_manifest_notifications_reach_the_backup_queue_and_only_from_the_checkpoint_bucket() -> None:
+    configs = props("CheckpointBucket")["NotificationConfiguration"]["QueueConfigurations"]
+    assert len(configs) == 1
+    config = configs[0]
+    assert config["Event"] == "s3:ObjectCreated:*"
+    assert getatt_target(config["Queue"]) == "BackupQueue"
+    rules = {r["Name"]: r["Value"] for r in config["Filter"]["S3Key"]["Rules"]}
+    assert rules == {"prefix": "jobs/", "suffix": "manifest.json"}
+    # the policy names the bucket by a !Sub (a !GetAtt would be circular): it must resolve to the same bucket
+    (source,) = allowed_source_arns("BackupQueue", "s3.amazonaws.com")
+    assert LOCAL.resolve(source) == LOCAL.resolve({"Fn::GetAtt": ["CheckpointBucket", "Arn"]})
+
+
+@pytest.mark.parametrize(
+    ("key", "backed_up"),
+    [
+        ("jobs/digits-demo/ckpt/000000000120/manifest.json", True),
+        ("jobs/digits-demo/ckpt/000000000120/shard-00000.zst", False),
+        ("scratch/manifest.json", False),
+    ],
+)
+def test_only_checkpoint_manifests_trigger_a_backup(key: str, backed_up: bool) -> None:
+    (config,) = props("CheckpointBucket")["NotificationConfiguration"]["QueueConfigurations"]
+    rules = {r["Name"]: r["Value"] for r in config["Filter"]["S3Key"]["Rules"]}
+    assert (key.startswith(rules["prefix"]) and key.endswith(rules["suffix"])) is backed_up
+
+
+# -- rule patterns against the sample events --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sample", sorted(SAMPLE_RULES))
+def test_each_sample_event_matches_exactly_its_rule(sample: str) -> None:
+    assert matching_rules(load_sample(sample)) == SAMPLE_RULES[sample]
+
+
+@pytest.mark.parametrize(
+    ("state", "rules"),
+    [
+        ("pending", set()),
+        ("running", {"InstanceRunningRule"}),
+        ("stopping", {"InstanceStoppingRule"}),
+        ("stopped", set()),
+        ("shutting-down", {"InstanceStoppingRule"}),
+        ("terminated", {"InstanceStoppingRule"}),
+    ],
+)
+def test_instance_state_changes_go_to_recovery_when_leaving_and_to_scaling_when_running(
+    state: str, rules: set[str]
+) -> None:
+    event = load_sample("ec2_instance_state_change.json")
+    event["detail"]["state"] = state
+    assert matching_rules(event) == rules
+
+
+def test_state_changes_of_other_alarms_are_ignored() -> None:
+    event = load_sample("cloudwatch_alarm_state_change.json")
+    event["detail"]["alarmName"] = "someone-elses-alarm"
+    event["resources"] = ["arn:aws:cloudwatch:us-east-1:123456789012:alarm:someone-elses-alarm"]
+    assert matching_rules(event) == set()
+
+
+@pytest.mark.parametrize("detail_type", ["Job Progressed", "Job Submitted"])
+def test_other_control_plane_events_do_not_wake_the_scaler(detail_type: str) -> None:
+    event = load_sample("control_job_admitted.json")
+    event["detail-type"] = detail_type
+    assert matching_rules(event) == set()
+
+
+def test_the_sample_manifest_notification_names_the_checkpoint_bucket_and_passes_its_filter() -> None:
+    (record,) = load_sample("s3_object_created.json")["Records"]
+    (config,) = props("CheckpointBucket")["NotificationConfiguration"]["QueueConfigurations"]
+    rules = {r["Name"]: r["Value"] for r in config["Filter"]["S3Key"]["Rules"]}
+    assert record["s3"]["bucket"]["name"] == LOCAL.resolve({"Ref": "CheckpointBucket"})
+    key = record["s3"]["object"]["key"]
+    assert key.startswith(rules["prefix"]) and key.endswith(rules["suffix"])
+
+
+# -- storage ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bucket", sorted(of_type("AWS::S3::Bucket")))
+def test_buckets_block_public_access_encrypt_and_refuse_plain_http(bucket: str) -> None:
+    p = props(bucket)
+    assert p["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True,
+        "BlockPublicPolicy": True,
+        "IgnorePublicAcls": True,
+        "RestrictPublicBuckets": True,
+    }
+    (rule,) = p["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] in {"AES256", "aws:kms", "aws:kms:dsse"}
+    policies = [props(lid) for lid in of_type("AWS::S3::BucketPolicy") if props(lid)["Bucket"] == {"Ref": bucket}]
+    denies = [
+        st
+        for policy in policies
+        for st in as_list(policy["PolicyDocument"]["Statement"])
+        if st["Effect"] == "Deny"
+        and st["Principal"] == "*"
+        and st["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    ]
+    assert denies, f"{bucket} has no statement denying requests without TLS"
+    covered = {json.dumps(r, sort_keys=True) for st in denies for r in as_list(st["Resource"])}
+    assert json.dumps({"Fn::GetAtt": [bucket, "Arn"]}, sort_keys=True) in covered
+    assert json.dumps({"Fn::Sub": f"${{{bucket}.Arn}}/*"}, sort_keys=True) in covered
+
+
+def test_bucket_names_are_the_documented_ones() -> None:
+    assert LOCAL.resolve({"Ref": "CheckpointBucket"}) == "ringfleet-checkpoints-123456789012-us-east-1"
+    assert LOCAL.resolve({"Ref": "BackupBucket"}) == "ringfleet-backups-123456789012-us-east-1"
+    assert props("BackupBucket")["VersioningConfiguration"] == {"Status": "Enabled"}
+
+
+@pytest.mark.parametrize(
+    ("table", "keys", "pitr"),
+    [
+        ("JobsTable", {"job_id": ("HASH", "S")}, True),
+        ("NodesTable", {"instance_id": ("HASH", "S")}, False),
+        ("CheckpointsTable", {"job_id": ("HASH", "S"), "step": ("RANGE", "N")}, True),
+        ("IdempotencyTable", {"id": ("HASH", "S")}, False),
+    ],
+)
+def test_tables_have_the_keys_the_handlers_use_and_are_encrypted(
+    table: str, keys: dict[str, tuple[str, str]], pitr: bool
+) -> None:
+    p = props(table)
+    types = {a["AttributeName"]: a["AttributeType"] for a in p["AttributeDefinitions"]}
+    assert {k["AttributeName"]: (k["KeyType"], types[k["AttributeName"]]) for k in p["KeySchema"]} == keys
+    assert p["BillingMode"] == "PAY_PER_REQUEST"
+    assert p["SSESpecification"]["SSEEnabled"] is True
+    assert p.get("PointInTimeRecoverySpecification", {}).get("PointInTimeRecoveryEnabled", False) is pitr
+
+
+def test_nodes_are_found_by_job_and_idempotency_records_expire() -> None:
+    (index,) = props("NodesTable")["GlobalSecondaryIndexes"]
+    assert index["IndexName"] == "by-job"
+    assert index["KeySchema"] == [{"AttributeName": "job_id", "KeyType": "HASH"}]
+    assert props("IdempotencyTable")["TimeToLiveSpecification"] == {"AttributeName": "expiration", "Enabled": True}
+
+
+def test_every_function_is_told_where_the_tables_buckets_and_broker_are() -> None:
+    expected = {
+        "JOBS_TABLE": {"Ref": "JobsTable"},
+        "NODES_TABLE": {"Ref": "NodesTable"},
+        "CHECKPOINTS_TABLE": {"Ref": "CheckpointsTable"},
+        "IDEMPOTENCY_TABLE": {"Ref": "IdempotencyTable"},
+        "CHECKPOINT_BUCKET": {"Ref": "CheckpointBucket"},
+        "BACKUP_BUCKET": {"Ref": "BackupBucket"},
+        "BROKER_ENDPOINT": {"Ref": "MqEndpoint"},
+        "BROKER_SECRET_ARN": {"Ref": "MqSecretArn"},
+        "EVENT_BUS_NAME": "default",
+        "POWERTOOLS_METRICS_NAMESPACE": "ringfleet",
+    }
+    for lid, fn in FUNCTIONS.items():
+        assert {k: fn.environment.get(k) for k in expected} == expected, lid
+
+
+# -- IAM --------------------------------------------------------------------------------------------------------
+
+
+def inline_statements() -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every statement a function or role of the template grants itself inline."""
+    for lid in FUNCTIONS:
+        for policy in props(lid).get("Policies", []):
+            if isinstance(policy, dict) and "Statement" in policy:
+                for st in as_list(policy["Statement"]):
+                    yield lid, st
+    for lid in of_type("AWS::IAM::Role"):
+        for policy in props(lid).get("Policies", []):
+            for st in as_list(policy["PolicyDocument"]["Statement"]):
+                yield lid, st
+
+
+def test_only_actions_without_resource_level_permissions_get_every_resource() -> None:
+    for owner, st in inline_statements():
+        actions = as_list(st["Action"])
+        assert all(a != "*" and not a.endswith(":*") for a in actions), f"{owner} {st.get('Sid')}: wildcard action"
+        if "*" in as_list(st["Resource"]):
+            # EC2 Describe* actions cannot be scoped; the statement says so by its name
+            assert all(a.startswith("ec2:Describe") for a in actions), f"{owner} {st.get('Sid')}: {actions} on *"
+            assert str(st.get("Sid", "")).endswith("Unscopable"), f"{owner}: name the unscopable statement"
+
+
+def test_sam_policy_templates_are_scoped_to_the_templates_own_resources() -> None:
+    for lid in FUNCTIONS:
+        for policy in props(lid).get("Policies", []):
+            assert isinstance(policy, dict), f"{lid}: managed policy {policy!r} instead of a scoped one"
+            if "Statement" in policy:
+                continue
+            ((name, params),) = policy.items()
+            for value in params.values():
+                assert isinstance(value, dict) and set(value) == {"Ref"}, f"{lid} {name}: {value!r}"
+                assert value["Ref"] in RESOURCES or value["Ref"] in TEMPLATE.parameters, f"{lid} {name}"
+
+
+def test_only_the_fleet_scaler_launches_or_terminates_instances() -> None:
+    powerful = {"ec2:CreateFleet", "ec2:RunInstances", "ec2:TerminateInstances", "iam:PassRole"}
+    launchers = {owner for owner, st in inline_statements() if powerful & set(as_list(st["Action"]))}
+    assert launchers == {"FleetScalerFunction"}
+
+
+# -- what the local cloud can reproduce -------------------------------------------------------------------------
+
+
+def test_the_template_uses_only_intrinsics_the_local_cloud_resolves() -> None:
+    assert "Conditions" not in TEMPLATE.body
+    assert not [lid for lid, res in RESOURCES.items() if "Condition" in res]
+    used = set(intrinsics({k: TEMPLATE.body.get(k, {}) for k in ("Globals", "Resources", "Outputs")}))
+    assert used <= ALLOWED_INTRINSICS
+    # and every value resolves locally (a Ref to an unknown name or an unsupported attribute raises)
+    LOCAL.resolve(TEMPLATE.body["Globals"], "Globals")
+    LOCAL.resolve(TEMPLATE.body["Resources"], "Resources")
+    LOCAL.resolve(TEMPLATE.body["Outputs"], "Outputs")
