@@ -85,7 +85,7 @@ def parse_checkpoint_uri(uri: str) -> tuple[str, str, int] | None:
 class ShardEntry(BaseModel):
     """One object of a checkpoint, next to the manifest: its name in the checkpoint's prefix, size and digest."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(defer_build=True, extra="forbid", frozen=True)
 
     name: ShardName
     #: Size of the stored (compressed) object in bytes.
@@ -104,7 +104,7 @@ class ShardEntry(BaseModel):
 class CheckpointManifest(BaseModel):
     """``manifest.json``: lists every shard of a checkpoint; a checkpoint exists once this exists and verifies."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(defer_build=True, extra="forbid", frozen=True)
 
     format_version: Literal[1] = 1
     job_id: JobId

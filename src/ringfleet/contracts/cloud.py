@@ -70,8 +70,8 @@ SPOT_INTERRUPTION_NOTICE = timedelta(minutes=2)
 #: ``source`` of the events the control plane puts on EventBridge itself.
 CONTROL_SOURCE = "ringfleet.control"
 
-_AWS_DETAIL = ConfigDict(populate_by_name=True, frozen=True)
-_OWN_DETAIL = ConfigDict(extra="forbid", frozen=True)
+_AWS_DETAIL = ConfigDict(defer_build=True, populate_by_name=True, frozen=True)
+_OWN_DETAIL = ConfigDict(defer_build=True, extra="forbid", frozen=True)
 
 
 # -- EC2 ------------------------------------------------------------------------------------------------------------
@@ -87,7 +87,7 @@ class SpotInterruptionWarningDetail(BaseModel):
 class SpotInterruptionWarning(EventBridgeModel):
     """EC2 will interrupt a spot instance in two minutes: the notice to checkpoint at once."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(defer_build=True, frozen=True)
 
     source: Literal["aws.ec2"]
     detail_type: Literal["EC2 Spot Instance Interruption Warning"] = Field(alias="detail-type")
@@ -114,7 +114,7 @@ class RebalanceRecommendationDetail(BaseModel):
 class RebalanceRecommendation(EventBridgeModel):
     """A spot instance is at elevated risk of interruption: checkpoint early, start a replacement."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(defer_build=True, frozen=True)
 
     source: Literal["aws.ec2"]
     detail_type: Literal["EC2 Instance Rebalance Recommendation"] = Field(alias="detail-type")
@@ -138,7 +138,7 @@ class InstanceStateChangeDetail(BaseModel):
 class InstanceStateChange(EventBridgeModel):
     """An instance changed state: ``running`` is new capacity, the leaving states a node lost without notice."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(defer_build=True, frozen=True)
 
     source: Literal["aws.ec2"]
     detail_type: Literal["EC2 Instance State-change Notification"] = Field(alias="detail-type")
@@ -178,7 +178,7 @@ class LifecycleTerminateActionDetail(BaseModel):
 class LifecycleTerminateAction(EventBridgeModel):
     """Auto Scaling holds an instance in Terminating:Wait until the lifecycle action completes (or times out)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(defer_build=True, frozen=True)
 
     source: Literal["aws.autoscaling"]
     detail_type: Literal["EC2 Instance-terminate Lifecycle Action"] = Field(alias="detail-type")
@@ -216,7 +216,7 @@ class AlarmStateChangeDetail(BaseModel):
 class AlarmStateChange(EventBridgeModel):
     """A CloudWatch alarm changed state (the backlog alarm tells the scaler that demand waits)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(defer_build=True, frozen=True)
 
     source: Literal["aws.cloudwatch"]
     detail_type: Literal["CloudWatch Alarm State Change"] = Field(alias="detail-type")
@@ -234,7 +234,7 @@ class AlarmStateChange(EventBridgeModel):
 class ScheduledEvent(EventBridgeModel):
     """A schedule fired: an EventBridge rule (``aws.events``) or EventBridge Scheduler (``aws.scheduler``)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(defer_build=True, frozen=True)
 
     source: Literal["aws.events", "aws.scheduler"]
     detail_type: Literal["Scheduled Event"] = Field(alias="detail-type")
@@ -270,7 +270,7 @@ class JobAdmittedDetail(BaseModel):
 class JobAdmitted(EventBridgeModel):
     """Put on EventBridge by job_intake once a job is admitted; the fleet scaler re-evaluates demand."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(defer_build=True, frozen=True)
 
     source: Literal["ringfleet.control"]
     detail_type: Literal["Job Admitted"] = Field(alias="detail-type")
@@ -291,7 +291,7 @@ class JobFinishedDetail(BaseModel):
 class JobFinished(EventBridgeModel):
     """Put on EventBridge when a job ends; the fleet scaler releases its capacity."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(defer_build=True, frozen=True)
 
     source: Literal["ringfleet.control"]
     detail_type: Literal["Job Finished"] = Field(alias="detail-type")
@@ -341,7 +341,7 @@ class CreatedObject:
 class S3ObjectCreated(S3EventNotificationEventBridgeModel):
     """S3 "Object Created" through EventBridge (a bucket with EventBridge notifications turned on)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(defer_build=True, frozen=True)
 
     source: Literal["aws.s3"]
     detail_type: Literal["Object Created"] = Field(alias="detail-type")
@@ -363,7 +363,7 @@ class S3ObjectCreated(S3EventNotificationEventBridgeModel):
 class S3ObjectCreatedRecord(S3RecordModel):
     """One record of an S3 event notification, restricted to ``ObjectCreated:*`` events."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(defer_build=True, frozen=True)
 
     eventName: Annotated[str, StringConstraints(pattern=r"^ObjectCreated:")]
 
@@ -384,7 +384,7 @@ class S3ObjectCreatedRecord(S3RecordModel):
 class S3ObjectCreatedNotification(S3Model):
     """An S3 event notification of created objects (the event a direct S3 trigger passes to Lambda)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(defer_build=True, frozen=True)
 
     Records: list[S3ObjectCreatedRecord] = Field(min_length=1)  # type: ignore[assignment]
 
@@ -395,7 +395,7 @@ class S3ObjectCreatedNotification(S3Model):
 class S3TestEvent(BaseModel):
     """What S3 sends once when a notification is configured; it announces nothing and is acknowledged."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(defer_build=True, frozen=True)
 
     Service: Literal["Amazon S3"]
     Event: Literal["s3:TestEvent"]
@@ -431,7 +431,7 @@ CloudEvent = Annotated[
     Field(discriminator="detail_type"),
 ]
 
-_CLOUD_EVENT: TypeAdapter[CloudEvent] = TypeAdapter(CloudEvent, config=ConfigDict(title="CloudEvent"))
+_CLOUD_EVENT: TypeAdapter[CloudEvent] = TypeAdapter(CloudEvent, config=ConfigDict(defer_build=True, title="CloudEvent"))
 
 
 def parse_cloud_event(data: Mapping[str, Any] | str | bytes) -> CloudEvent:

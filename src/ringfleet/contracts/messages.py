@@ -95,7 +95,7 @@ def split_host_port(address: str) -> tuple[str, int]:
 class MessageBase(BaseModel):
     """What every message carries: its type (the discriminator), schema version, a unique id and when it was sent."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(defer_build=True, extra="forbid", frozen=True)
 
     type: str
     schema_version: Literal[1] = 1
@@ -221,7 +221,7 @@ class CheckpointNow(MessageBase):
 class CheckpointRef(BaseModel):
     """A durable checkpoint to restore from."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(defer_build=True, extra="forbid", frozen=True)
 
     #: ``s3://<bucket>/jobs/<job>/ckpt/<step:012d>/``
     uri: str
@@ -339,7 +339,7 @@ MESSAGE_TYPES: dict[str, type[MessageBase]] = {
     )
 }
 
-_MESSAGE: TypeAdapter[Message] = TypeAdapter(Message, config=ConfigDict(title="Message"))
+_MESSAGE: TypeAdapter[Message] = TypeAdapter(Message, config=ConfigDict(defer_build=True, title="Message"))
 
 
 def parse_message(raw: bytes | str | Mapping[str, Any]) -> Message:

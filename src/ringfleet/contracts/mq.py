@@ -9,21 +9,16 @@ import base64
 import binascii
 from collections.abc import Iterator, Mapping
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
+from typing import Any, Literal, TypeVar, overload
 
-from aws_lambda_powertools.utilities.parser.envelopes.base import BaseEnvelope
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 from pydantic_core import InitErrorDetails
 
 from ringfleet.contracts.messages import Message
 
-if TYPE_CHECKING:
-    from aws_lambda_powertools.utilities.parser.types import T
-
 __all__ = [
     "RabbitMqBasicProperties",
-    "RabbitMqEnvelope",
     "RabbitMqEvent",
     "RabbitMqMessage",
     "parse_rmq_messages",
@@ -31,7 +26,7 @@ __all__ = [
 
 M = TypeVar("M")
 
-_CAMEL = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
+_CAMEL = ConfigDict(defer_build=True, alias_generator=to_camel, populate_by_name=True, frozen=True)
 
 
 class RabbitMqBasicProperties(BaseModel):
@@ -106,17 +101,6 @@ class RabbitMqEvent(BaseModel):
             queue = key.rpartition("::")[0]
             for message in messages:
                 yield queue, message
-
-
-class RabbitMqEnvelope(BaseEnvelope):
-    """Powertools envelope: parses each message body of an ``aws:rmq`` event with the model given.
-
-    ``parse(event=event, model=Heartbeat, envelope=RabbitMqEnvelope)`` returns one parsed body per message.
-    """
-
-    def parse(self, data: dict[str, Any] | Any | None, model: type[T]) -> list[T | None]:
-        event = RabbitMqEvent.model_validate(data)
-        return [self._parse(data=m.body.decode("utf-8"), model=model) for _, m in event.messages()]
 
 
 @lru_cache(maxsize=32)
