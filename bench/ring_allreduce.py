@@ -1,0 +1,123 @@
+"""Benchmark: our ring all-reduce against native dist.all_reduce on gloo, as a ratio of medians in the same run."""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import socket
+import statistics
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+import torch.distributed as dist
+
+from training_worker.collectives import NativeBackend, RingBackend
+
+SIZES_KIB = (64, 256, 1024, 4096, 16384, 65536)
+QUICK_SIZES_KIB = (64, 1024, 16384)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _repeats(size_kib: int, quick: bool) -> int:
+    base = 10 if quick else 30
+    return max(5, base if size_kib <= 4096 else base // 3)
+
+
+def _worker(
+    rank: int, world: int, port: int, sizes: list[int], quick: bool, device: str, tuning: tuple[int, int], out: mp.Queue
+) -> None:
+    torch.set_num_threads(1)
+    backend = "nccl" if device == "cuda" else "gloo"
+    if device == "cuda":
+        torch.cuda.set_device(rank)
+    dist.init_process_group(
+        backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=timedelta(seconds=120)
+    )
+    ours, native = RingBackend(segment_bytes=tuning[0], small_bytes=tuning[1]), NativeBackend()
+    rows = []
+    for size_kib in sizes:
+        tensor = torch.randn(size_kib * 1024 // 4, device=device)
+        timings: dict[str, list[float]] = {"ring": [], "native": []}
+        for i in range(_repeats(size_kib, quick) + 2):
+            # Alternate which goes first so neither always runs on a warmer cache.
+            order = (ours, native) if i % 2 == 0 else (native, ours)
+            for impl in order:
+                dist.barrier()
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                impl.allreduce_(tensor, "avg")
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                if i >= 2:  # the first two rounds warm up connections and scratch buffers
+                    timings[impl.name].append(time.perf_counter() - start)
+        rows.append((size_kib, statistics.median(timings["ring"]), statistics.median(timings["native"])))
+    if rank == 0:
+        out.put(rows)
+    dist.destroy_process_group()
+
+
+def run(
+    world: int, sizes: list[int], quick: bool, device: str, tuning: tuple[int, int]
+) -> list[tuple[int, float, float]]:
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    port = _free_port()
+    procs = [
+        ctx.Process(target=_worker, args=(r, world, port, sizes, quick, device, tuning, out)) for r in range(world)
+    ]
+    for p in procs:
+        p.start()
+    rows: list[tuple[int, float, float]] = out.get(timeout=1800)
+    for p in procs:
+        p.join()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__
+        + " Prints, per world size and tensor size, median(ring) / median(native): below 1.00 means ours is faster."
+        " Targets: <= 1.00 at 16-64 MiB on 2 ranks, <= 1.25 at 64 KiB-1 MiB.",
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer sizes and repeats (a smoke run, ~1 minute)")
+    parser.add_argument("--worlds", default="2,4", help="comma-separated world sizes (default 2,4)")
+    parser.add_argument("--sizes-kib", default=None, help="comma-separated tensor sizes in KiB (default 64..65536)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda runs NCCL, one GPU per rank")
+    parser.add_argument("--segment-kib", type=int, default=1024, help="pipelining segment of the ring (default 1024)")
+    parser.add_argument(
+        "--small-kib",
+        type=int,
+        default=1024,
+        help="a rank sending up to this much in all exchanges whole tensors in one round instead of the ring;"
+        " 0 = the ring at every size",
+    )
+    args = parser.parse_args(argv)
+    tuning = (args.segment_kib * 1024, args.small_kib * 1024)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    sizes = (
+        [int(s) for s in args.sizes_kib.split(",")]
+        if args.sizes_kib
+        else list(QUICK_SIZES_KIB if args.quick else SIZES_KIB)
+    )
+    print(f"{'ranks':>5} {'size':>9} {'ring ms':>9} {'native ms':>9} {'ratio':>6}   (medians, same run, {args.device})")
+    for world in (int(w) for w in args.worlds.split(",")):
+        for size_kib, ring_s, native_s in run(world, sizes, args.quick, args.device, tuning):
+            label = f"{size_kib // 1024} MiB" if size_kib >= 1024 else f"{size_kib} KiB"
+            print(f"{world:>5} {label:>9} {ring_s * 1e3:>9.3f} {native_s * 1e3:>9.3f} {ring_s / native_s:>6.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

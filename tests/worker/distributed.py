@@ -1,0 +1,73 @@
+"""Runs a function on N real gloo processes and returns what each rank returned, or fails loudly on a hang."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import pickle
+import queue
+import socket
+import traceback
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import torch
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _entry(fn: Callable[..., Any], rank: int, world: int, port: int, args: tuple[Any, ...], out: Any) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    try:
+        dist.init_process_group(
+            "gloo",
+            init_method=f"tcp://127.0.0.1:{port}",
+            rank=rank,
+            world_size=world,
+            timeout=timedelta(seconds=30),
+        )
+        result = fn(rank, world, *args)
+        dist.destroy_process_group()
+        # pickled by value here: multiprocessing would share tensors through memory freed when this rank exits
+        out.put((rank, True, pickle.dumps(result)))
+    except BaseException:
+        out.put((rank, False, traceback.format_exc()))
+
+
+def run_ranks(fn: Callable[..., Any], world: int, *args: Any, timeout: float = 60.0) -> list[Any]:
+    """Calls ``fn(rank, world, *args)`` in ``world`` spawned processes joined by a gloo group."""
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    port = free_port()
+    env_before = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    procs = [ctx.Process(target=_entry, args=(fn, r, world, port, args, out), daemon=True) for r in range(world)]
+    try:
+        for p in procs:
+            p.start()
+        results: dict[int, Any] = {}
+        try:
+            for _ in range(world):
+                rank, ok, value = out.get(timeout=timeout)
+                if not ok:
+                    raise AssertionError(f"rank {rank} failed:\n{value}")
+                results[rank] = pickle.loads(value)
+        except queue.Empty as e:
+            raise AssertionError(f"ranks {sorted(set(range(world)) - set(results))} hung for {timeout}s") from e
+        return [results[r] for r in range(world)]
+    finally:
+        for p in procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+        if env_before is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = env_before

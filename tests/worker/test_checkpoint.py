@@ -1,0 +1,92 @@
+"""Checkpoints on S3: manifest last, verified before loading; a tampered or truncated shard is never loaded."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import boto3
+import pytest
+import torch
+from moto import mock_aws
+
+from ringfleet.contracts import MANIFEST_NAME, CheckpointManifest, checkpoint_prefix
+from training_worker.checkpoint import AsyncCheckpointer, CheckpointCorrupt, S3CheckpointStore
+
+BUCKET = "ckpt"
+
+
+@pytest.fixture
+def store(monkeypatch: pytest.MonkeyPatch) -> Iterator[S3CheckpointStore]:
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket=BUCKET)
+        # a 64 KiB multipart threshold: the 400 KiB weight shard below goes up in parts
+        yield S3CheckpointStore(BUCKET, "digits-demo", s3_client=s3, multipart_bytes=64 << 10)
+
+
+def _tree(value: float) -> dict[str, object]:
+    return {"model": {"w": torch.full((100_000,), value)}, "trainer": {"step": int(value)}}
+
+
+def test_saved_checkpoint_lists_every_shard_in_a_manifest_and_loads_back(store: S3CheckpointStore) -> None:
+    # given a checkpoint saved in the background at step 7
+    done = []
+    saver = AsyncCheckpointer(store)
+    saver.save_async(7, 2, 3, _tree(7.0), done.append)
+    saver.wait()
+    # then its manifest names each zstd shard with size and sha256, and the checkpoint loads back equal
+    raw = store.s3.get_object(Bucket=BUCKET, Key=checkpoint_prefix("digits-demo", 7) + MANIFEST_NAME)["Body"].read()
+    manifest = CheckpointManifest.model_validate_json(raw)
+    assert (manifest.step, manifest.generation, manifest.world_size) == (7, 2, 3)
+    assert sorted(s.name for s in manifest.shards) == ["model.pt.zst", "trainer.pt.zst"]
+    assert done[0].uri == "s3://ckpt/jobs/digits-demo/ckpt/000000000007/"
+    _, tree = store.load(7)
+    assert torch.equal(tree["model"]["w"], torch.full((100_000,), 7.0)) and tree["trainer"]["step"] == 7
+
+
+def test_the_snapshot_is_taken_at_the_step_boundary_not_when_uploaded(store: S3CheckpointStore) -> None:
+    # given a save started, then the live tensor changed by training
+    tree = _tree(1.0)
+    saver = AsyncCheckpointer(store)
+    saver.save_async(1, 0, 1, tree)
+    tree["model"]["w"].add_(100)  # type: ignore[index]
+    saver.wait()
+    # then the checkpoint holds the values of the step boundary
+    assert float(store.load(1)[1]["model"]["w"][0]) == 1.0
+
+
+@pytest.mark.parametrize("damage", ["tampered", "truncated"])
+def test_a_damaged_shard_is_never_loaded_and_the_next_older_checkpoint_is_used(
+    store: S3CheckpointStore, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # given checkpoints at steps 10 and 20, and step 20's model shard damaged after the manifest was written
+    store.save(10, 0, 1, _tree(10.0))
+    store.save(20, 0, 1, _tree(20.0))
+    key = checkpoint_prefix("digits-demo", 20) + "model.pt.zst"
+    blob = store.s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    damaged = blob[:-10] if damage == "truncated" else blob[:-10] + bytes(10)
+    store.s3.put_object(Bucket=BUCKET, Key=key, Body=damaged)
+    # when the newest checkpoint is loaded
+    with caplog.at_level(logging.WARNING):
+        newest = store.load_newest()
+    # then step 20 is refused with a log line naming the shard, and step 10 is what comes back
+    assert newest is not None and newest[0].step == 10
+    assert float(newest[1]["model"]["w"][0]) == 10.0
+    assert "model.pt.zst of step 20" in caplog.text
+    with pytest.raises(CheckpointCorrupt):
+        store.load(20)
+
+
+def test_a_checkpoint_without_its_manifest_does_not_exist(store: S3CheckpointStore) -> None:
+    # given shards of step 30 uploaded but no manifest yet (the writer died mid-way)
+    store.save(10, 0, 1, _tree(10.0))
+    store.s3.put_object(Bucket=BUCKET, Key=checkpoint_prefix("digits-demo", 30) + "model.pt.zst", Body=b"partial")
+    # then resume ignores it
+    assert store.steps() == [10]
+    newest = store.load_newest()
+    assert newest is not None and newest[0].step == 10

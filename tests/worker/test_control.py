@@ -1,0 +1,139 @@
+"""Control channel against a real RabbitMQ, the spot notice endpoint, and the worker's command handling."""
+
+from __future__ import annotations
+
+import asyncio
+import http.server
+import json
+import queue
+import threading
+from collections.abc import Iterator
+
+import aio_pika
+import pytest
+
+from ringfleet.adapters.rabbitmq import publish
+from ringfleet.contracts import (
+    COMMANDS_EXCHANGE,
+    WORKER_EVENTS_QUEUE,
+    command_routing_key,
+    encode_message,
+    parse_message,
+)
+from ringfleet.contracts.messages import CheckpointNow, Heartbeat, Stop
+from tests.conftest import purge_queue
+from training_worker.control import ControlChannel, SpotNoticeWatcher
+from training_worker.worker import Worker, WorkerConfig
+
+JOB, INSTANCE = "digits-demo", "i-0abcd1234ef567890"
+
+
+def _send(url: str, message: CheckpointNow | Stop, instance: str | None) -> None:
+    asyncio.run(
+        publish(
+            url, encode_message(message), exchange=COMMANDS_EXCHANGE, routing_key=command_routing_key(JOB, instance)
+        )
+    )
+
+
+def _get_one(url: str, queue_name: str) -> bytes:
+    async def get() -> bytes:
+        connection = await aio_pika.connect(url)
+        async with connection:
+            channel = await connection.channel()
+            q = await channel.get_queue(queue_name)
+            for _ in range(100):
+                message = await q.get(fail=False)
+                if message is not None:
+                    await message.ack()
+                    return message.body
+                await asyncio.sleep(0.05)
+        raise AssertionError(f"nothing arrived on {queue_name}")
+
+    return asyncio.run(get())
+
+
+def test_commands_for_this_instance_and_for_the_whole_job_arrive_and_messages_go_out(broker_url: str) -> None:
+    # given a control channel for one instance of the job, and an empty worker-events queue
+    purge_queue(broker_url, WORKER_EVENTS_QUEUE)
+    received: queue.Queue[object] = queue.Queue()
+    channel = ControlChannel(broker_url, JOB, INSTANCE, received.put)
+    channel.start()
+    try:
+        # when one command is sent to this instance, one to <job>.all and one to another instance
+        _send(broker_url, CheckpointNow(job_id=JOB, generation=3, reason="spot-interruption"), INSTANCE)
+        _send(broker_url, Stop(job_id=JOB, generation=3, reason="cancelled"), "i-0ffff0000ffff0000")
+        _send(broker_url, Stop(job_id=JOB, generation=3, reason="done"), None)
+        # then the two meant for it arrive, in order, as parsed commands
+        first, second = received.get(timeout=10), received.get(timeout=10)
+        assert isinstance(first, CheckpointNow) and isinstance(second, Stop) and second.reason == "done"
+        assert received.empty()
+        # and a heartbeat it publishes lands on the worker-events queue
+        beat = Heartbeat(
+            job_id=JOB,
+            instance_id=INSTANCE,
+            generation=3,
+            rank=0,
+            world_size=2,
+            step=7,
+            loss=0.5,
+            samples_per_second=100.0,
+        )
+        channel.publish(beat).result(10)
+        assert parse_message(_get_one(broker_url, WORKER_EVENTS_QUEUE)) == beat
+    finally:
+        channel.close()
+
+
+class _Metadata(http.server.BaseHTTPRequestHandler):
+    notice: dict[str, str] | None = None
+
+    def do_PUT(self) -> None:  # IMDSv2 token
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"token")
+
+    def do_GET(self) -> None:
+        if self.path == SpotNoticeWatcher.PATH and type(self).notice is not None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(json.dumps(type(self).notice).encode())
+        else:
+            self.send_response(404)
+            self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def metadata() -> Iterator[tuple[str, type[_Metadata]]]:
+    handler = type("Metadata", (_Metadata,), {"notice": None})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", handler
+    server.shutdown()
+
+
+def test_a_spot_notice_is_noticed_once_the_metadata_endpoint_serves_it(metadata: tuple[str, type[_Metadata]]) -> None:
+    # given a watcher polling an endpoint that has no notice yet
+    url, handler = metadata
+    noticed: queue.Queue[dict[str, str]] = queue.Queue()
+    watcher = SpotNoticeWatcher(url, noticed.put, interval_s=0.05)
+    assert watcher.check() is None
+    watcher.start()
+    # when the notice appears, then the watcher reports it
+    handler.notice = {"action": "terminate", "time": "2026-11-28T03:40:00Z"}
+    assert noticed.get(timeout=5)["action"] == "terminate"
+    watcher.stop()
+
+
+def test_the_worker_ignores_commands_of_an_older_generation() -> None:
+    # given a worker in generation 5
+    worker = Worker(WorkerConfig(job_id=JOB, instance_id=INSTANCE, broker_url=None))
+    worker.generation = 5
+    # when a Stop of generation 4 and a CheckpointNow of generation 5 arrive
+    worker.on_command(Stop(job_id=JOB, generation=4, reason="stale"))
+    worker.on_command(CheckpointNow(job_id=JOB, generation=5, reason="rebalance"))
+    # then only the checkpoint is pending for the next step boundary
+    assert worker._pending == [False, False, True, False]

@@ -1,0 +1,155 @@
+"""Whole workers as processes: resume from S3 is bit-identical; kill -9 of one of three is survived."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+import torch
+from moto.server import ThreadedMotoServer
+
+from ringfleet.contracts import encode_message
+from ringfleet.contracts.messages import Reconfigure
+from tests.worker.distributed import free_port
+from tests.worker.processes import WorkerProcess
+
+INSTANCES = ["i-0000000000000001a", "i-0000000000000002b", "i-0000000000000003c"]
+
+
+@pytest.fixture(scope="module")
+def s3_env() -> Iterator[dict[str, str]]:
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "RINGFLEET_CHECKPOINT_BUCKET": "ckpt",
+    }
+    boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    ).create_bucket(Bucket="ckpt")
+    yield env
+    server.stop()
+
+
+def _run_pair(tmp: Path, name: str, job: str, steps: int, env: dict[str, str]) -> Path:
+    port = free_port()
+    final = tmp / f"{name}.pt"
+    workers = [
+        WorkerProcess(
+            tmp / f"{name}-{rank}.log",
+            "--job-id",
+            job,
+            "--instance-id",
+            INSTANCES[rank],
+            "--static-world",
+            f"{rank}:2:127.0.0.1:{port}",
+            "--steps",
+            str(steps),
+            "--checkpoint-every",
+            "10",
+            "--global-batch",
+            "48",
+            *(["--final-state", str(final)] if rank == 0 else []),
+            env=env,
+        )
+        for rank in range(2)
+    ]
+    try:
+        assert [w.finish(90) for w in workers] == [0, 0], [w.output() for w in workers]
+    finally:
+        for w in workers:
+            w.kill()
+    return final
+
+
+def test_stopping_and_resuming_from_s3_ends_bit_identical_to_an_uninterrupted_run(
+    tmp_path: Path, s3_env: dict[str, str]
+) -> None:
+    # given two workers that train 20 steps and stop (checkpointing to S3), then two new ones that go on to 40
+    _run_pair(tmp_path, "first-half", "resumed", 20, s3_env)
+    resumed = _run_pair(tmp_path, "second-half", "resumed", 40, s3_env)
+    # and two workers of another job that train 40 steps without a break
+    straight = _run_pair(tmp_path, "straight", "straight", 40, s3_env)
+    # then the resumed run said where it resumed, and its parameters equal the uninterrupted run's bit for bit
+    assert "resumed from checkpoint step 20" in (tmp_path / "second-half-0.log").read_text()
+    a, b = torch.load(resumed), torch.load(straight)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _reconfigure(path: Path, generation: int, instances: list[str]) -> None:
+    command = Reconfigure(
+        job_id="elastic",
+        generation=generation,
+        world_size=len(instances),
+        ranks={instance: rank for rank, instance in enumerate(instances)},
+        rendezvous=f"127.0.0.1:{free_port()}",
+    )
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(encode_message(command))
+    tmp.replace(path)  # atomic: a worker never reads half a file
+
+
+def test_kill_9_of_one_of_three_workers_is_survived_by_a_two_rank_ring(tmp_path: Path) -> None:
+    # given three workers of generation 1, committing every 4 steps
+    discovery = tmp_path / "membership.json"
+    _reconfigure(discovery, 1, INSTANCES)
+    workers = [
+        WorkerProcess(
+            tmp_path / f"w{i}.log",
+            "--job-id",
+            "elastic",
+            "--instance-id",
+            instance,
+            "--discovery-file",
+            str(discovery),
+            "--steps",
+            "120",
+            "--commit-every",
+            "4",
+            "--timeout",
+            "5",
+            "--log-every",
+            "5",
+            "--step-delay",
+            "0.05",
+            "--global-batch",
+            "48",
+        )
+        for i, instance in enumerate(INSTANCES)
+    ]
+    try:
+        for w in workers:
+            w.wait_for("step 20 ", timeout=60)
+        # when the third is killed with SIGKILL mid-training
+        workers[2].proc.kill()
+        killed_at = time.monotonic()
+        # then both survivors notice within seconds and roll back to their last commit
+        noticed = [w.wait_for("collective failed", timeout=30) for w in workers[:2]]
+        assert max(noticed) - killed_at < 8
+        for w in workers[:2]:
+            line = next(ln for ln in w.output().splitlines() if "collective failed" in ln)
+            failed = int(line.split("collective failed at step ")[1].split()[0])
+            restored = int(line.split("restored the commit of step ")[1].split(",")[0])
+            assert 0 <= failed - restored <= 4, line
+        # and when the control plane announces generation 2 with the two survivors, they re-form and finish
+        _reconfigure(discovery, 2, INSTANCES[:2])
+        assert [w.finish(120) for w in workers[:2]] == [0, 0]
+        for w in workers[:2]:
+            progress = [ln for ln in w.output().splitlines() if ln.startswith("step ")]
+            assert progress[-1].startswith("step 120 ") and progress[-1].endswith("generation 2")
+            assert " world 2 " in progress[-1]
+            assert "finished: done at step 120" in w.output()
+    finally:
+        for w in workers:
+            w.kill()

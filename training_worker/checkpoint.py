@@ -1,0 +1,193 @@
+"""Checkpoints on S3: zstd shards, then a manifest with each shard's size and sha256; saved in the background."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import boto3
+import torch
+import zstandard
+from boto3.s3.transfer import TransferConfig
+
+from ringfleet.contracts import MANIFEST_NAME, CheckpointManifest, ShardEntry, checkpoint_prefix, parse_manifest_key
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+__all__ = ["AsyncCheckpointer", "CheckpointCorrupt", "S3CheckpointStore", "SavedCheckpoint", "snapshot"]
+
+log = logging.getLogger("training_worker.checkpoint")
+
+
+class CheckpointCorrupt(Exception):
+    """A checkpoint whose manifest or shards do not verify."""
+
+
+@dataclass(frozen=True)
+class SavedCheckpoint:
+    step: int
+    uri: str
+    manifest_sha256: str
+    size_bytes: int
+
+
+def snapshot(tree: Any) -> Any:
+    """A CPU copy of a nest of dicts/lists holding tensors: training may go on changing the originals."""
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().to("cpu", copy=True)
+    if isinstance(tree, dict):
+        return {k: snapshot(v) for k, v in tree.items()}
+    if isinstance(tree, list | tuple):
+        return type(tree)(snapshot(v) for v in tree)
+    return tree
+
+
+class S3CheckpointStore:
+    """``s3://<bucket>/jobs/<job>/ckpt/<step:012d>/``: one zstd shard per top-level key, ``manifest.json`` last."""
+
+    def __init__(
+        self,
+        bucket: str,
+        job_id: str,
+        s3_client: S3Client | None = None,
+        multipart_bytes: int = 8 << 20,
+        level: int = 3,
+    ) -> None:
+        self.bucket = bucket
+        self.job_id = job_id
+        # boto3 follows AWS_ENDPOINT_URL, so the same code talks to moto locally and to S3 in AWS.
+        self.s3: S3Client = s3_client or boto3.client("s3")
+        self.transfer = TransferConfig(multipart_threshold=multipart_bytes, multipart_chunksize=multipart_bytes)
+        self.level = level
+
+    def uri(self, step: int) -> str:
+        return f"s3://{self.bucket}/{checkpoint_prefix(self.job_id, step)}"
+
+    def save(self, step: int, generation: int, world_size: int, tree: dict[str, Any]) -> SavedCheckpoint:
+        """Uploads ``tree`` (already a snapshot) as shards, then the manifest; returns where it landed."""
+        prefix = checkpoint_prefix(self.job_id, step)
+        compressor = zstandard.ZstdCompressor(level=self.level)
+        entries, total = [], 0
+        for key, value in tree.items():
+            raw = io.BytesIO()
+            torch.save(value, raw)
+            blob = compressor.compress(raw.getvalue())
+            name = f"{key}.pt.zst"
+            self.s3.upload_fileobj(io.BytesIO(blob), self.bucket, prefix + name, Config=self.transfer)
+            entries.append(ShardEntry(name=name, size=len(blob), sha256=hashlib.sha256(blob).hexdigest()))
+            total += len(blob)
+        manifest = CheckpointManifest(
+            job_id=self.job_id,
+            step=step,
+            generation=generation,
+            world_size=world_size,
+            created_at=datetime.now(UTC),
+            shards=entries,
+            metadata={"torch": torch.__version__},
+        )
+        body = manifest.model_dump_json().encode()
+        # Written last: the checkpoint exists (and the backup handler hears of it) only once every shard is there.
+        self.s3.put_object(Bucket=self.bucket, Key=prefix + MANIFEST_NAME, Body=body, ContentType="application/json")
+        return SavedCheckpoint(step, self.uri(step), hashlib.sha256(body).hexdigest(), total + len(body))
+
+    def steps(self) -> list[int]:
+        """Steps that have a manifest, newest first."""
+        found = []
+        paginator = self.s3.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=f"jobs/{self.job_id}/ckpt/"):
+            for obj in page.get("Contents", []):
+                parsed = parse_manifest_key(obj["Key"])
+                if parsed is not None and parsed[0] == self.job_id:
+                    found.append(parsed[1])
+        return sorted(found, reverse=True)
+
+    def load(self, step: int) -> tuple[CheckpointManifest, dict[str, Any]]:
+        """Downloads and verifies one checkpoint; raises CheckpointCorrupt naming what does not verify."""
+        prefix = checkpoint_prefix(self.job_id, step)
+        try:
+            raw = self.s3.get_object(Bucket=self.bucket, Key=prefix + MANIFEST_NAME)["Body"].read()
+            manifest = CheckpointManifest.model_validate_json(raw)
+        except Exception as e:
+            raise CheckpointCorrupt(f"manifest of step {step} does not parse: {e}") from e
+        if manifest.job_id != self.job_id or manifest.step != step:
+            raise CheckpointCorrupt(f"manifest of step {step} names job {manifest.job_id} step {manifest.step}")
+        tree: dict[str, Any] = {}
+        decompressor = zstandard.ZstdDecompressor()
+        for shard in manifest.shards:
+            blob = self.s3.get_object(Bucket=self.bucket, Key=prefix + shard.name)["Body"].read()
+            if len(blob) != shard.size:
+                raise CheckpointCorrupt(f"shard {shard.name} of step {step} is {len(blob)} bytes, not {shard.size}")
+            if hashlib.sha256(blob).hexdigest() != shard.sha256:
+                raise CheckpointCorrupt(f"shard {shard.name} of step {step} does not match its sha256")
+            # Only verified bytes are ever unpickled.
+            value = torch.load(io.BytesIO(decompressor.decompress(blob)), weights_only=True)
+            tree[shard.name.removesuffix(".pt.zst")] = value
+        return manifest, tree
+
+    def load_newest(self, max_step: int | None = None) -> tuple[CheckpointManifest, dict[str, Any]] | None:
+        """The newest checkpoint that verifies; older ones are tried in turn, each rejection logged."""
+        for step in self.steps():
+            if max_step is not None and step > max_step:
+                continue
+            try:
+                return self.load(step)
+            except CheckpointCorrupt as e:
+                log.warning("checkpoint rejected, trying the next older one: %s", e)
+            except self.s3.exceptions.NoSuchKey as e:
+                log.warning("checkpoint rejected, trying the next older one: step %d is missing a shard (%s)", step, e)
+        return None
+
+
+class AsyncCheckpointer:
+    """Uploads snapshots on a background thread, one at a time, while training goes on."""
+
+    def __init__(self, store: S3CheckpointStore) -> None:
+        self.store = store
+        self._thread: threading.Thread | None = None
+        self.last: SavedCheckpoint | None = None
+        self.error: BaseException | None = None
+
+    def save_async(
+        self,
+        step: int,
+        generation: int,
+        world_size: int,
+        tree: dict[str, Any],
+        on_done: Callable[[SavedCheckpoint], None] | None = None,
+    ) -> None:
+        """Snapshots ``tree`` now (the step boundary) and uploads it in the background."""
+        self.wait()  # one upload in flight: a newer checkpoint waits for the older one rather than racing it
+        copy = snapshot(tree)
+
+        def upload() -> None:
+            try:
+                saved = self.store.save(step, generation, world_size, copy)
+                self.last = saved
+                log.info("checkpoint step %d saved to %s (%d bytes)", step, saved.uri, saved.size_bytes)
+                if on_done is not None:
+                    on_done(saved)
+            except BaseException as e:  # reported by wait(); training must not die of a failed upload
+                self.error = e
+                log.exception("checkpoint step %d failed to upload", step)
+
+        self._thread = threading.Thread(target=upload, name=f"checkpoint-{step}", daemon=True)
+        self._thread.start()
+
+    def save(self, step: int, generation: int, world_size: int, tree: dict[str, Any]) -> SavedCheckpoint:
+        """A blocking save (emergencies: the process is about to go)."""
+        self.wait()
+        saved = self.store.save(step, generation, world_size, snapshot(tree))
+        self.last = saved
+        return saved
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None

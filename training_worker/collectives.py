@@ -1,0 +1,342 @@
+"""All-reduce backends: our Horovod-style ring over torch.distributed point-to-point, and native dist.all_reduce."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Literal, Protocol
+
+import torch
+import torch.distributed as dist
+
+__all__ = [
+    "BACKENDS",
+    "AllreduceBackend",
+    "Handle",
+    "NativeBackend",
+    "ReduceOp",
+    "RingAllreduce",
+    "RingBackend",
+    "select_backend",
+]
+
+ReduceOp = Literal["sum", "avg"]
+
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+class RingAllreduce:
+    """Ring all-reduce: reduce-scatter then all-gather, W-1 hops each, over ``isend``/``irecv``.
+
+    Each rank sends and receives ``2 * (W-1) / W`` of the tensor, whatever the world size, which is what makes
+    the ring bandwidth-optimal. Scratch buffers live as long as this object, so a call after the first allocates
+    nothing. On gloo every chunk is cut into segments and pipelined: a segment is forwarded to the next rank as
+    soon as it has been reduced, while the following segments are still on the wire.
+
+    When a rank would send at most ``small_bytes`` in all, a call is latency-bound, not bandwidth-bound: then the
+    ranks exchange whole tensors in one round instead of 2(W-1) hops, and add them in rank order so every rank gets
+    the same bits (``small_bytes=0`` runs the ring at every size).
+    """
+
+    def __init__(
+        self, group: dist.ProcessGroup | None = None, segment_bytes: int = 1 << 20, small_bytes: int = 1 << 20
+    ) -> None:
+        self.group = group
+        self.segment_bytes = segment_bytes
+        self.small_bytes = small_bytes
+        self._buffers: dict[tuple[str, torch.dtype, torch.device], torch.Tensor] = {}
+        self._lock = threading.Lock()
+        self._layout: tuple[dist.ProcessGroup, int, int, bool] | None = None
+
+    def _group_layout(self) -> tuple[dist.ProcessGroup, int, int, bool]:
+        """(process group, world size, rank in it, is gloo), looked up once: the Python wrappers cost per call."""
+        if self._layout is None:
+            pg = self.group if self.group is not None else dist.distributed_c10d._get_default_group()
+            self._layout = (pg, dist.get_world_size(pg), dist.get_rank(pg), dist.get_backend(pg) == "gloo")
+        return self._layout
+
+    def _buffer(self, name: str, dtype: torch.dtype, device: torch.device, numel: int) -> torch.Tensor:
+        key = (name, dtype, device)
+        buf = self._buffers.get(key)
+        if buf is None or buf.numel() < numel:
+            buf = torch.empty(numel, dtype=dtype, device=device)
+            self._buffers[key] = buf
+        return buf[:numel]
+
+    def __call__(
+        self, tensor: torch.Tensor, op: ReduceOp = "sum", wire_dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
+        """Reduces ``tensor`` in place across the group and returns it.
+
+        ``wire_dtype`` (fp16 or bf16) compresses what travels between ranks; partial sums are still accumulated
+        in the tensor's own dtype (fp32 for fp32 tensors), and every rank ends with the same bits.
+        """
+        if not tensor.is_contiguous():
+            raise ValueError("RingAllreduce needs a contiguous tensor (the optimizer passes its fusion buffers)")
+        pg, world, rank, gloo = self._group_layout()
+        if world > 1 and tensor.numel() > 0:
+            wire = wire_dtype if wire_dtype is not None else tensor.dtype
+            with self._lock:
+                if gloo and tensor.numel() * tensor.element_size() * (world - 1) <= self.small_bytes:
+                    self._exchange(pg, tensor.view(-1), wire, world, rank)
+                elif gloo:
+                    self._pipelined(pg, tensor.view(-1), wire, world, rank)
+                else:
+                    self._grouped(tensor.view(-1), wire, world)
+        if op == "avg" and world > 1:
+            tensor.div_(world)
+        return tensor
+
+    def _peers(self, world: int) -> tuple[int, int, int]:
+        rank = dist.get_rank(self.group)
+        right = (rank + 1) % world
+        left = (rank - 1) % world
+        if self.group is not None:
+            right = dist.get_global_rank(self.group, right)
+            left = dist.get_global_rank(self.group, left)
+        return rank, right, left
+
+    def _exchange(self, pg: dist.ProcessGroup, flat: torch.Tensor, wire: torch.dtype, world: int, rank: int) -> None:
+        n = flat.numel()
+        slots = self._buffer("scratch", wire, flat.device, world * n).view(world, n)
+        own = slots[rank]
+        own.copy_(flat)
+        recvs = [pg.recv([slots[peer]], peer, 0) for peer in range(world) if peer != rank]
+        sends = [pg.send([own], peer, 0) for peer in range(world) if peer != rank]
+        for work in recvs:
+            work.wait()
+        if world == 2 and wire == flat.dtype:
+            flat.add_(slots[1 - rank])  # a + b == b + a bit for bit, so no reordering is needed
+        else:
+            flat.copy_(slots[0])
+            for peer in range(1, world):
+                flat.add_(slots[peer])
+        for work in sends:
+            work.wait()
+
+    def _pipelined(self, pg: dist.ProcessGroup, flat: torch.Tensor, wire: torch.dtype, world: int, rank: int) -> None:
+        # The group's own send/recv take group ranks and skip the per-call checks of dist.isend/irecv.
+        right, left = (rank + 1) % world, (rank - 1) % world
+        n = flat.numel()
+        bounds = [(i * n) // world for i in range(world + 1)]
+        max_chunk = max(bounds[i + 1] - bounds[i] for i in range(world))
+        seg = max(1, self.segment_bytes // flat.element_size())
+        max_segments = -(-max_chunk // seg) + 1
+        compress = wire != flat.dtype
+        # Two halves each: hop h uses half h % 2, so the next hop's receives can be posted early.
+        scratch = self._buffer("scratch", wire, flat.device, 2 * max_chunk)
+        sendbuf = self._buffer("send", wire, flat.device, 2 * max_chunk) if compress else None
+        hops = 2 * (world - 1)
+        last_reduce_hop = world - 2
+
+        def segments(chunk: int) -> list[tuple[int, int]]:
+            lo, hi = bounds[chunk], bounds[chunk + 1]
+            return [(s, min(s + seg, hi)) for s in range(lo, hi, seg)]
+
+        recvs: dict[int, list[tuple[dist.Work, int, int, torch.Tensor]]] = {}
+        sends: dict[int, list[dist.Work]] = {}
+
+        def post_recvs(hop: int) -> None:
+            chunk = (rank - hop - 1) % world
+            base = bounds[chunk]
+            half = (hop % 2) * max_chunk
+            posted = []
+            for j, (lo, hi) in enumerate(segments(chunk)):
+                # Reduce-scatter hops land in scratch (then added); all-gather hops land in place.
+                into_scratch = hop <= last_reduce_hop or compress
+                buf = scratch[half + lo - base : half + hi - base] if into_scratch else flat[lo:hi]
+                work = pg.recv([buf], left, hop * max_segments + j)
+                posted.append((work, lo, hi, buf))
+            recvs[hop] = posted
+
+        def send(hop: int, j: int, lo: int, hi: int) -> None:
+            if sendbuf is not None:
+                base = bounds[(rank - hop) % world]
+                half = (hop % 2) * max_chunk
+                buf = sendbuf[half + lo - base : half + hi - base]
+                buf.copy_(flat[lo:hi])
+                if hop == last_reduce_hop + 1:
+                    # The owner of a fully reduced chunk keeps the rounded value it sends, so all ranks agree.
+                    flat[lo:hi].copy_(buf)
+            else:
+                buf = flat[lo:hi]
+            work = pg.send([buf], right, hop * max_segments + j)
+            sends.setdefault(hop, []).append(work)
+
+        post_recvs(0)
+        if hops > 1:
+            post_recvs(1)
+        for j, (lo, hi) in enumerate(segments(rank % world)):
+            send(0, j, lo, hi)
+        for hop in range(hops):
+            if 1 <= hop < hops - 1:
+                post_recvs(hop + 1)
+            for work in sends.pop(hop - 1, []):
+                work.wait()
+            for j, (work, lo, hi, buf) in enumerate(recvs.pop(hop)):
+                work.wait()
+                if hop <= last_reduce_hop:
+                    flat[lo:hi].add_(buf)
+                elif compress:
+                    flat[lo:hi].copy_(buf)
+                if hop + 1 < hops:
+                    send(hop + 1, j, lo, hi)
+        for pending in sends.values():
+            for work in pending:
+                work.wait()
+
+    def _grouped(self, flat: torch.Tensor, wire: torch.dtype, world: int) -> None:
+        # NCCL runs point-to-point ops of one pair on one stream: a receive posted ahead of a send would block
+        # it, so each hop is one batched send+receive with no cross-hop pipelining.
+        rank, right, left = self._peers(world)
+        n = flat.numel()
+        bounds = [(i * n) // world for i in range(world + 1)]
+        max_chunk = max(bounds[i + 1] - bounds[i] for i in range(world))
+        compress = wire != flat.dtype
+        scratch = self._buffer("scratch", wire, flat.device, max_chunk)
+        sendbuf = self._buffer("send", wire, flat.device, max_chunk) if compress else None
+        for hop in range(2 * (world - 1)):
+            out_chunk = (rank - hop) % world
+            in_chunk = (rank - hop - 1) % world
+            out = flat[bounds[out_chunk] : bounds[out_chunk + 1]]
+            into = flat[bounds[in_chunk] : bounds[in_chunk + 1]]
+            if sendbuf is not None:
+                wire_out = sendbuf[: out.numel()]
+                wire_out.copy_(out)
+                if hop == world - 1:
+                    out.copy_(wire_out)
+                out = wire_out
+            reducing = hop < world - 1
+            target = scratch[: into.numel()] if reducing or compress else into
+            ops = []
+            if out.numel():
+                ops.append(dist.P2POp(dist.isend, out, right, self.group))
+            if target.numel():
+                ops.append(dist.P2POp(dist.irecv, target, left, self.group))
+            if ops:
+                for work in dist.batch_isend_irecv(ops):
+                    work.wait()
+            if reducing:
+                into.add_(target)
+            elif compress:
+                into.copy_(target)
+
+
+class Handle(Protocol):
+    """An all-reduce in flight."""
+
+    def wait(self) -> None: ...
+
+
+class _FutureHandle:
+    def __init__(self, future: Future[torch.Tensor]) -> None:
+        self._future = future
+
+    def wait(self) -> None:
+        self._future.result()
+
+
+class _WorkHandle:
+    def __init__(self, work: dist.Work | None, tensor: torch.Tensor, divisor: int) -> None:
+        self._work, self._tensor, self._divisor = work, tensor, divisor
+
+    def wait(self) -> None:
+        if self._work is not None:
+            self._work.wait()
+        if self._divisor > 1:
+            self._tensor.div_(self._divisor)
+
+
+class AllreduceBackend(Protocol):
+    """One way of averaging or summing a tensor across the ranks; the first enabled backend of a list is used."""
+
+    name: str
+
+    def enabled(self) -> bool: ...
+
+    def allreduce_(self, tensor: torch.Tensor, op: ReduceOp = "sum") -> torch.Tensor: ...
+
+    def allreduce_async(self, tensor: torch.Tensor, op: ReduceOp = "sum") -> Handle: ...
+
+    def close(self) -> None: ...
+
+
+class RingBackend:
+    """Our ring; asynchronous calls run on one communication thread, in submission order, so every rank issues
+    the same sequence of point-to-point operations."""
+
+    name = "ring"
+
+    def __init__(
+        self,
+        group: dist.ProcessGroup | None = None,
+        wire_dtype: torch.dtype | None = None,
+        segment_bytes: int = 1 << 20,
+        small_bytes: int = 1 << 20,
+    ) -> None:
+        self.ring = RingAllreduce(group, segment_bytes=segment_bytes, small_bytes=small_bytes)
+        self.wire_dtype = wire_dtype
+        self._executor: ThreadPoolExecutor | None = None
+
+    def enabled(self) -> bool:
+        return dist.is_available() and dist.is_initialized()
+
+    def allreduce_(self, tensor: torch.Tensor, op: ReduceOp = "sum") -> torch.Tensor:
+        return self.ring(tensor, op, self.wire_dtype)
+
+    def allreduce_async(self, tensor: torch.Tensor, op: ReduceOp = "sum") -> Handle:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ring-allreduce")
+        return _FutureHandle(self._executor.submit(self.ring, tensor, op, self.wire_dtype))
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+
+class NativeBackend:
+    """``dist.all_reduce`` (what NCCL users pick on GPUs). gloo has no AVG, so averaging is a sum then a divide."""
+
+    name = "native"
+
+    def __init__(self, group: dist.ProcessGroup | None = None) -> None:
+        self.group = group
+
+    def enabled(self) -> bool:
+        return dist.is_available() and dist.is_initialized()
+
+    def allreduce_(self, tensor: torch.Tensor, op: ReduceOp = "sum") -> torch.Tensor:
+        self.allreduce_async(tensor, op).wait()
+        return tensor
+
+    def allreduce_async(self, tensor: torch.Tensor, op: ReduceOp = "sum") -> Handle:
+        world = dist.get_world_size(self.group)
+        work = dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=self.group, async_op=True)
+        return _WorkHandle(work, tensor, world if op == "avg" else 1)
+
+    def close(self) -> None:
+        pass
+
+
+BACKENDS = ("ring", "native")
+
+
+def select_backend(
+    names: list[str] | tuple[str, ...] = BACKENDS,
+    *,
+    group: dist.ProcessGroup | None = None,
+    wire_dtype: torch.dtype | None = None,
+) -> AllreduceBackend:
+    """The first enabled backend among ``names``, tried in order (like Horovod's operation manager)."""
+    for name in names:
+        backend: AllreduceBackend
+        if name == "ring":
+            backend = RingBackend(group, wire_dtype=wire_dtype)
+        elif name == "native":
+            backend = NativeBackend(group)
+        else:
+            raise ValueError(f"unknown all-reduce backend {name!r}; choose from {', '.join(BACKENDS)}")
+        if backend.enabled():
+            return backend
+    raise RuntimeError(f"no enabled all-reduce backend among {list(names)}: is torch.distributed initialised?")

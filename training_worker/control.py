@@ -1,0 +1,158 @@
+"""Control channel: commands from RabbitMQ (aio-pika, robust), worker messages out, SIGTERM and spot notices."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import Future
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+
+from ringfleet.contracts import (
+    COMMANDS_EXCHANGE,
+    WORKER_EVENTS_QUEUE,
+    command_routing_key,
+    encode_message,
+    parse_message,
+)
+from ringfleet.contracts.messages import CheckpointNow, Message, Reconfigure, Stop
+
+__all__ = ["ControlChannel", "SpotNoticeWatcher", "install_sigterm"]
+
+log = logging.getLogger("training_worker.control")
+
+Command = CheckpointNow | Reconfigure | Stop
+
+
+class ControlChannel:
+    """Consumes this job's and this instance's commands, publishes worker messages; runs its own event loop thread.
+
+    The connection is aio-pika's robust one: after a broker restart it reconnects and re-declares the exchange,
+    queue and bindings, so commands keep arriving without the worker noticing.
+    """
+
+    def __init__(self, url: str, job_id: str, instance_id: str, on_command: Callable[[Command], None]) -> None:
+        self.url, self.job_id, self.instance_id = url, job_id, instance_id
+        self.on_command = on_command
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="control-channel", daemon=True)
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: aio_pika.abc.AbstractChannel | None = None
+
+    def start(self, timeout: float = 30.0) -> None:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._connect(), self._loop).result(timeout)
+
+    async def _connect(self) -> None:
+        self._connection = await aio_pika.connect_robust(self.url)
+        self._channel = await self._connection.channel()
+        exchange = await self._channel.declare_exchange(COMMANDS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
+        queue = await self._channel.declare_queue(exclusive=True, auto_delete=True)
+        for key in (command_routing_key(self.job_id, self.instance_id), command_routing_key(self.job_id)):
+            await queue.bind(exchange, routing_key=key)
+        await queue.consume(self._on_message)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        async with message.process(ignore_processed=True):
+            try:
+                command = parse_message(message.body)
+            except Exception:
+                log.exception("dropping a command that does not parse")
+                return
+            if not isinstance(command, CheckpointNow | Reconfigure | Stop) or command.job_id != self.job_id:
+                log.warning("dropping %s: not a command for job %s", type(command).__name__, self.job_id)
+                return
+            self.on_command(command)
+
+    def publish(self, message: Message) -> Future[None]:
+        """Publishes to the worker-events queue through the default exchange; returns when the broker has it."""
+        return asyncio.run_coroutine_threadsafe(self._publish(message), self._loop)
+
+    async def _publish(self, message: Message) -> None:
+        assert self._channel is not None
+        body = aio_pika.Message(
+            encode_message(message),
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=str(message.message_id),
+            type=message.type,
+        )
+        await self._channel.default_exchange.publish(body, routing_key=WORKER_EVENTS_QUEUE)
+
+    def close(self) -> None:
+        async def shut() -> None:
+            if self._connection is not None:
+                await self._connection.close()
+
+        if self._thread.is_alive():
+            try:
+                asyncio.run_coroutine_threadsafe(shut(), self._loop).result(10)
+            finally:
+                self._loop.call_soon_threadsafe(self._loop.stop)
+                self._thread.join(10)
+
+
+class SpotNoticeWatcher:
+    """Polls the instance-metadata spot notice (``/latest/meta-data/spot/instance-action``); 404 means none yet."""
+
+    PATH = "/latest/meta-data/spot/instance-action"
+
+    def __init__(self, base_url: str, on_notice: Callable[[dict[str, str]], None], interval_s: float = 2.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.on_notice = on_notice
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="spot-notice", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _token(self) -> str | None:
+        # IMDSv2 first; an endpoint without tokens (IMDSv1, a test server) just answers without one.
+        request = urllib.request.Request(
+            self.base_url + "/latest/api/token", method="PUT", headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=2) as response:
+                return response.read().decode() or None
+        except (urllib.error.URLError, OSError):
+            return None
+
+    def check(self) -> dict[str, str] | None:
+        token = self._token()
+        headers = {"X-aws-ec2-metadata-token": token} if token else {}
+        try:
+            request = urllib.request.Request(self.base_url + self.PATH, headers=headers)
+            with urllib.request.urlopen(request, timeout=2) as r:
+                notice = json.loads(r.read().decode())
+                return {str(k): str(v) for k, v in notice.items()}
+        except urllib.error.HTTPError as e:
+            if e.code != 404:
+                log.warning("instance metadata answered %s for the spot notice", e.code)
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            log.debug("instance metadata not reachable: %s", e)
+        return None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            notice = self.check()
+            if notice is not None:
+                log.warning("spot interruption notice: %s", notice)
+                self.on_notice(notice)
+                return
+            self._stop.wait(self.interval_s)
+
+
+def install_sigterm(on_term: Callable[[], None]) -> None:
+    """SIGTERM (ECS/EC2 stopping the container) asks for a checkpoint at the next step boundary, then an exit."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: on_term())

@@ -1,0 +1,282 @@
+"""Elastic training: state with commit/restore/sync, membership behind HostDiscovery, and the retrying run loop."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import Enum
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+
+from ringfleet.contracts import parse_message
+from ringfleet.contracts.messages import Reconfigure
+from training_worker.checkpoint import snapshot
+from training_worker.data import ShardedDataSource
+from training_worker.optimizer import broadcast_tree
+
+__all__ = [
+    "CommandDiscovery",
+    "ElasticState",
+    "FileDiscovery",
+    "FixedHosts",
+    "HostDiscovery",
+    "Membership",
+    "Outcome",
+    "run_elastic",
+]
+
+log = logging.getLogger("training_worker.elastic")
+
+
+@dataclass(frozen=True)
+class Membership:
+    """Who this worker is in one generation of the job."""
+
+    generation: int
+    rank: int
+    world_size: int
+    rendezvous: str  # host:port of rank 0's store
+
+    @classmethod
+    def from_reconfigure(cls, command: Reconfigure, instance_id: str) -> Membership | None:
+        """This instance's place in ``command``, or None when the new generation leaves it out."""
+        if instance_id not in command.ranks:
+            return None
+        return cls(command.generation, command.ranks[instance_id], command.world_size, command.rendezvous)
+
+
+class HostDiscovery(Protocol):
+    """Where memberships come from: the control plane's Reconfigure in production, something fixed in tests."""
+
+    def wait(self, after_generation: int, timeout: float) -> Membership | None:
+        """The first membership newer than ``after_generation``, waiting up to ``timeout`` seconds."""
+        ...
+
+    def newer(self, than_generation: int) -> bool:
+        """Whether a newer membership (or the end of this worker's part) is known; must not block."""
+        ...
+
+
+class FixedHosts:
+    """One membership for the whole run (standalone use with --static-world, and tests)."""
+
+    def __init__(self, membership: Membership) -> None:
+        self.membership = membership
+
+    def wait(self, after_generation: int, timeout: float) -> Membership | None:
+        return self.membership if self.membership.generation > after_generation else None
+
+    def newer(self, than_generation: int) -> bool:
+        return False
+
+
+class CommandDiscovery:
+    """Memberships from Reconfigure commands, fed by the control channel; older generations are ignored."""
+
+    def __init__(self, instance_id: str) -> None:
+        self.instance_id = instance_id
+        self._latest: Reconfigure | None = None
+        self._cond = threading.Condition()
+
+    def offer(self, command: Reconfigure) -> bool:
+        with self._cond:
+            if self._latest is not None and command.generation <= self._latest.generation:
+                known = self._latest.generation
+                log.info("ignoring Reconfigure of generation %d: %d is known", command.generation, known)
+                return False
+            self._latest = command
+            self._cond.notify_all()
+            return True
+
+    @property
+    def generation(self) -> int:
+        return -1 if self._latest is None else self._latest.generation
+
+    def wait(self, after_generation: int, timeout: float) -> Membership | None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._latest is None or self._latest.generation <= after_generation:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._cond.wait(remaining)
+            latest = self._latest
+        return Membership.from_reconfigure(latest, self.instance_id)
+
+    def newer(self, than_generation: int) -> bool:
+        return self.generation > than_generation
+
+
+class FileDiscovery(CommandDiscovery):
+    """A Reconfigure message in a JSON file, re-read when asked (like Horovod's discovery script): tests and
+    hand-run fleets play the control plane by rewriting the file."""
+
+    def __init__(self, path: Path, instance_id: str) -> None:
+        super().__init__(instance_id)
+        self.path = path
+        self._mtime = 0.0
+
+    def _refresh(self) -> None:
+        try:
+            mtime = self.path.stat().st_mtime
+            if mtime == self._mtime:
+                return
+            command = parse_message(json.loads(self.path.read_text()))
+        except (OSError, ValueError):
+            return  # absent or half-written: look again later
+        self._mtime = mtime
+        if isinstance(command, Reconfigure):
+            self.offer(command)
+
+    def wait(self, after_generation: int, timeout: float) -> Membership | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            self._refresh()
+            found = super().wait(after_generation, 0)
+            if found is not None or self.generation > after_generation or time.monotonic() >= deadline:
+                return found
+            time.sleep(0.1)
+
+    def newer(self, than_generation: int) -> bool:
+        self._refresh()
+        return super().newer(than_generation)
+
+
+class ElasticState:
+    """Model, optimizer, step and data position, with a cheap in-memory ``commit()`` to fall back to."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: ShardedDataSource) -> None:
+        self.model, self.optimizer, self.data = model, optimizer, data
+        self.step = 0
+        self._commit: dict[str, Any] | None = None
+        self.committed_step = -1
+
+    def tree(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "trainer": {"step": self.step, "data": self.data.state_dict(), "rng": torch.get_rng_state()},
+        }
+
+    def load(self, tree: dict[str, Any]) -> None:
+        self.model.load_state_dict(tree["model"])
+        self.optimizer.load_state_dict(tree["optimizer"])
+        trainer = tree["trainer"]
+        self.step = int(trainer["step"])
+        self.data.load_state_dict(trainer["data"])
+        torch.set_rng_state(trainer["rng"])
+
+    def commit(self) -> None:
+        self._commit = snapshot(self.tree())
+        self.committed_step = self.step
+
+    def restore(self) -> None:
+        if self._commit is not None:
+            self.load(snapshot(self._commit))
+
+    def sync(self) -> int:
+        """Makes every rank hold the state of the rank furthest ahead (a survivor, not a joiner); returns its rank."""
+        steps: list[int] = [0] * dist.get_world_size()
+        dist.all_gather_object(steps, self.step)
+        root = max(range(len(steps)), key=lambda r: (steps[r], -r))
+        tree = broadcast_tree(self.tree(), root=root)
+        if dist.get_rank() != root:
+            self.load(tree)
+        self.commit()
+        return root
+
+
+class Outcome(Enum):
+    DONE = "done"  # trained all steps
+    CHANGED = "changed"  # membership changes at a step boundary: re-form, not a failure
+    STOPPED = "stopped"  # Stop command, or this worker is leaving (SIGTERM, spot notice)
+
+
+def _join(membership: Membership, backend: str, timeout_s: float) -> None:
+    dist.init_process_group(
+        backend,
+        init_method=f"tcp://{membership.rendezvous}",
+        rank=membership.rank,
+        world_size=membership.world_size,
+        # Short: a dead peer must be noticed in seconds. A killed process is usually seen at once (its sockets
+        # close); a frozen one only when this runs out.
+        timeout=timedelta(seconds=timeout_s),
+    )
+
+
+def _leave() -> None:
+    if dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception as e:  # after a failure the group may already be half gone
+            log.debug("destroying the process group: %s", e)
+
+
+def run_elastic(
+    state: ElasticState,
+    train: Callable[[Membership], Outcome],
+    discovery: HostDiscovery,
+    *,
+    backend: str = "gloo",
+    timeout_s: float = 10.0,
+    wait_s: float = 600.0,
+    max_failures: int = 10,
+    on_failure: Callable[[Membership, BaseException], None] | None = None,
+) -> Outcome:
+    """Runs ``train`` generation after generation until it finishes or stops.
+
+    A failed collective restores the last commit, leaves the group and waits for the next membership (the
+    survivors, or a replacement); a membership change at a step boundary re-forms the group without counting as
+    a failure. A membership that leaves this worker out ends its run.
+    """
+    failures, generation = 0, -1
+    while True:
+        membership = discovery.wait(generation, wait_s)
+        if membership is None:
+            if discovery.newer(generation):
+                log.info("the newest membership leaves this worker out: stopping")
+                return Outcome.STOPPED
+            raise TimeoutError(f"no membership newer than generation {generation} within {wait_s}s")
+        generation = membership.generation
+        log.info(
+            "joining generation %d as rank %d of %d at %s",
+            generation,
+            membership.rank,
+            membership.world_size,
+            membership.rendezvous,
+        )
+        try:
+            _join(membership, backend, timeout_s)
+            root = state.sync()
+            log.info("generation %d: state synced from rank %d at step %d", generation, root, state.step)
+            outcome = train(membership)
+        except (RuntimeError, TimeoutError, ConnectionError) as e:
+            failures += 1
+            failed_at = state.step
+            state.restore()
+            log.warning(
+                "collective failed at step %d in generation %d (%s): restored the commit of step %d, failure %d/%d",
+                failed_at,
+                generation,
+                str(e).splitlines()[0] if str(e) else type(e).__name__,
+                state.step,
+                failures,
+                max_failures,
+            )
+            if on_failure is not None:
+                on_failure(membership, e)
+            _leave()
+            if failures >= max_failures:
+                raise
+            continue
+        _leave()
+        if outcome is not Outcome.CHANGED:
+            return outcome

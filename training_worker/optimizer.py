@@ -1,0 +1,256 @@
+"""DistributedOptimizer: gradient hooks fill fusion buckets, each full bucket is reduced while backward goes on."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from training_worker.collectives import AllreduceBackend, Handle
+
+__all__ = ["DistributedOptimizer", "broadcast_tree"]
+
+DEFAULT_BUCKET_BYTES = 25 << 20  # DDP's default bucket cap, so bench comparisons are like for like
+
+
+@dataclass
+class _Bucket:
+    params: list[torch.nn.Parameter]
+    offsets: list[int]
+    buffer: torch.Tensor
+    ready: int = 0
+    handle: Handle | None = None
+    launched: bool = False
+
+
+@dataclass
+class _Building:
+    params: list[torch.nn.Parameter] = field(default_factory=list)
+    numel: int = 0
+    nbytes: int = 0
+
+
+class DistributedOptimizer:
+    """Wraps a torch optimizer so that ``step()`` applies gradients averaged over all ranks.
+
+    Buckets are formed on the first step in the order backward produces gradients, then kept (and their fusion
+    buffers reused) for the rest of the run; buckets are launched in that order on every rank, so all ranks issue
+    the same sequence of collectives. With ``backward_passes_per_step=k`` the gradients of k backward passes are
+    accumulated locally and reduced once; the applied gradient is their mean over passes and ranks, which is the
+    gradient of one worker on the whole global batch when each pass's loss is a mean over its micro-batch.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        params: Iterable[torch.nn.Parameter],
+        backend: AllreduceBackend,
+        *,
+        bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+        backward_passes_per_step: int = 1,
+    ) -> None:
+        if backward_passes_per_step < 1:
+            raise ValueError("backward_passes_per_step must be at least 1")
+        self.optimizer = optimizer
+        self.backend = backend
+        self.bucket_bytes = bucket_bytes
+        self.backward_passes_per_step = backward_passes_per_step
+        self.params = [p for p in params if p.requires_grad]
+        self._passes = dict.fromkeys(map(id, self.params), 0)
+        self._buckets: list[_Bucket] = []
+        self._bucket_of: dict[int, _Bucket] = {}
+        self._frozen = False
+        self._building = _Building()
+        self._next_launch = 0
+        self._hooks = [p.register_post_accumulate_grad_hook(self._on_grad) for p in self.params]
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self.optimizer.param_groups
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def close(self) -> None:
+        """Removes the gradient hooks (before the model is wrapped again, e.g. after a membership change)."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+
+    def _on_grad(self, param: torch.Tensor) -> None:
+        key = id(param)
+        self._passes[key] += 1
+        if self._passes[key] < self.backward_passes_per_step:
+            return
+        if self._passes[key] > self.backward_passes_per_step:
+            raise RuntimeError("a gradient arrived after its bucket was reduced: call step() after each accumulation")
+        if self._frozen:
+            bucket = self._bucket_of[key]
+            bucket.ready += 1
+            self._launch_ready()
+            return
+        assert isinstance(param, torch.nn.Parameter)
+        building = self._building
+        building.params.append(param)
+        building.numel += param.numel()
+        building.nbytes += param.numel() * param.element_size()
+        if building.nbytes >= self.bucket_bytes:
+            self._close_building()
+
+    def _close_building(self) -> None:
+        params = self._building.params
+        if not params:
+            return
+        offsets, total = [], 0
+        for p in params:
+            offsets.append(total)
+            total += p.numel()
+        bucket = _Bucket(params, offsets, torch.empty(total, dtype=params[0].dtype, device=params[0].device))
+        bucket.ready = len(params)
+        self._buckets.append(bucket)
+        for p in params:
+            self._bucket_of[id(p)] = bucket
+        self._building = _Building()
+        self._launch_ready()
+
+    def _launch_ready(self) -> None:
+        # In bucket order only: every rank must issue the same collectives in the same order.
+        while self._next_launch < len(self._buckets):
+            bucket = self._buckets[self._next_launch]
+            if bucket.ready < len(bucket.params):
+                return
+            self._launch(bucket)
+            self._next_launch += 1
+
+    def _launch(self, bucket: _Bucket) -> None:
+        for p, offset in zip(bucket.params, bucket.offsets, strict=True):
+            part = bucket.buffer[offset : offset + p.numel()]
+            if p.grad is None:
+                part.zero_()  # unused on this rank this step; it still has to take part in the reduction
+            else:
+                part.copy_(p.grad.reshape(-1))
+        if self.backward_passes_per_step > 1:
+            bucket.buffer.div_(self.backward_passes_per_step)
+        bucket.handle = self.backend.allreduce_async(bucket.buffer, "avg")
+        bucket.launched = True
+
+    def synchronize(self) -> None:
+        """Reduces what backward has not launched yet, waits for every bucket, and writes the averages to .grad."""
+        if not self._frozen:
+            # Parameters that produced no gradient on the first step go into the last bucket.
+            building = {id(p) for p in self._building.params}
+            for p in self.params:
+                if id(p) not in self._bucket_of and id(p) not in building:
+                    self._building.params.append(p)
+            self._close_building()
+            self._frozen = True
+        for bucket in self._buckets:
+            bucket.ready = len(bucket.params)
+        self._launch_ready()
+        for bucket in self._buckets:
+            assert bucket.handle is not None
+            bucket.handle.wait()
+            for p, offset in zip(bucket.params, bucket.offsets, strict=True):
+                reduced = bucket.buffer[offset : offset + p.numel()].view_as(p)
+                if p.grad is None:
+                    p.grad = reduced.clone()
+                else:
+                    p.grad.copy_(reduced)
+            bucket.ready, bucket.handle, bucket.launched = 0, None, False
+        self._next_launch = 0
+        self._passes = dict.fromkeys(self._passes, 0)
+
+    def step(self) -> None:
+        self.synchronize()
+        self.optimizer.step()
+
+
+@dataclass(frozen=True)
+class _TensorSlot:
+    index: int
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    device_type: str
+
+
+def broadcast_tree(tree: Any, root: int, group: dist.ProcessGroup | None = None) -> Any:
+    """Broadcasts a nest of dicts/lists/tuples holding tensors and plain values from ``root`` to every rank.
+
+    The structure travels pickled and small; the tensors travel as one coalesced buffer per dtype, so a model's
+    and optimizer's state costs one broadcast per dtype rather than one per tensor or a pickled copy of it all.
+    Returns the tree on every rank (the root gets its own tree back).
+    """
+    rank = dist.get_rank(group)
+    tensors: list[torch.Tensor] = []
+
+    def strip(node: Any) -> Any:
+        if isinstance(node, torch.Tensor):
+            tensors.append(node.detach())
+            return _TensorSlot(len(tensors) - 1, tuple(node.shape), node.dtype, node.device.type)
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items()}
+        if isinstance(node, list | tuple):
+            return type(node)(strip(v) for v in node)
+        return node
+
+    src = dist.get_global_rank(group, root) if group else root
+    payload = [strip(tree) if rank == root else None]
+    dist.broadcast_object_list(payload, src=src, group=group)
+    skeleton = payload[0]
+
+    slots: list[_TensorSlot] = []
+
+    def collect(node: Any) -> None:
+        if isinstance(node, _TensorSlot):
+            slots.append(node)
+        elif isinstance(node, dict):
+            for v in node.values():
+                collect(v)
+        elif isinstance(node, list | tuple):
+            for v in node:
+                collect(v)
+
+    if rank != root:
+        collect(skeleton)
+        slots.sort(key=lambda s: s.index)
+        tensors = [
+            torch.empty(s.shape, dtype=s.dtype, device="cuda" if s.device_type == "cuda" else "cpu") for s in slots
+        ]
+    by_kind: dict[tuple[torch.dtype, str], list[int]] = {}
+    for i, t in enumerate(tensors):
+        by_kind.setdefault((t.dtype, t.device.type), []).append(i)
+    for (dtype, device_type), indices in sorted(by_kind.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
+        flat = torch.cat([tensors[i].reshape(-1) for i in indices]) if rank == root else None
+        if flat is None:
+            flat = torch.empty(
+                sum(tensors[i].numel() for i in indices), dtype=dtype, device="cuda" if device_type == "cuda" else "cpu"
+            )
+        dist.broadcast(flat, src=src, group=group)
+        if rank != root:
+            offset = 0
+            for i in indices:
+                n = tensors[i].numel()
+                tensors[i].copy_(flat[offset : offset + n].view_as(tensors[i]))
+                offset += n
+    if rank == root:
+        return tree
+
+    def rebuild(node: Any) -> Any:
+        if isinstance(node, _TensorSlot):
+            return tensors[node.index]
+        if isinstance(node, dict):
+            return {k: rebuild(v) for k, v in node.items()}
+        if isinstance(node, list | tuple):
+            return type(node)(rebuild(v) for v in node)
+        return node
+
+    return rebuild(skeleton)

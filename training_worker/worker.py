@@ -1,0 +1,282 @@
+"""The worker: digits classifier trained data-parallel, wired to the control channel, checkpoints and elasticity."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from ringfleet.contracts.messages import CheckpointCompleted, CheckpointNow, Heartbeat, Message, Reconfigure, Stop
+from training_worker.checkpoint import AsyncCheckpointer, S3CheckpointStore, SavedCheckpoint
+from training_worker.collectives import BACKENDS, select_backend
+from training_worker.control import ControlChannel, SpotNoticeWatcher, install_sigterm
+from training_worker.data import ShardedDataSource, load_digits
+from training_worker.elastic import (
+    CommandDiscovery,
+    ElasticState,
+    FileDiscovery,
+    FixedHosts,
+    HostDiscovery,
+    Membership,
+    Outcome,
+    run_elastic,
+)
+from training_worker.optimizer import DistributedOptimizer
+
+__all__ = ["Worker", "WorkerConfig", "build_model"]
+
+log = logging.getLogger("training_worker")
+
+_WIRE = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class WorkerConfig:
+    job_id: str
+    instance_id: str
+    steps: int = 200
+    global_batch: int = 96
+    lr: float = 0.05
+    seed: int = 0
+    commit_every: int = 5
+    checkpoint_every: int = 50
+    backends: tuple[str, ...] = BACKENDS
+    wire: str = "none"
+    bucket_bytes: int = 25 << 20
+    backward_passes_per_step: int = 1
+    timeout_s: float = 10.0
+    wait_s: float = 600.0
+    log_every: int = 10
+    heartbeat_every_s: float = 5.0
+    broker_url: str | None = None
+    bucket: str | None = None
+    metadata_url: str | None = None
+    discovery_file: Path | None = None
+    static: Membership | None = None
+    final_state: Path | None = None
+    step_delay_s: float = 0.0
+    flags: dict[str, bool] = field(default_factory=dict)
+
+
+def build_model(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
+
+
+class Worker:
+    """Trains until ``steps``, re-forming its ring on every membership change and checkpointing to S3."""
+
+    # Step-boundary flags, OR-ed across ranks every step, so every rank acts on them at the same step.
+    RECONFIGURE, STOP, CHECKPOINT, LEAVE = range(4)
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        x, y = load_digits()
+        self.data = ShardedDataSource(x, y, config.global_batch, seed=config.seed)
+        self.model = build_model(config.seed)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=0.9)
+        self.state = ElasticState(self.model, self.optimizer, self.data)
+        self.store = S3CheckpointStore(config.bucket, config.job_id) if config.bucket else None
+        self.checkpointer = AsyncCheckpointer(self.store) if self.store else None
+        self.discovery: HostDiscovery
+        self.commands: CommandDiscovery | None = None
+        if config.static is not None:
+            self.discovery = FixedHosts(config.static)
+        elif config.discovery_file is not None:
+            self.discovery = FileDiscovery(config.discovery_file, config.instance_id)
+        else:
+            self.commands = CommandDiscovery(config.instance_id)
+            self.discovery = self.commands
+        self.channel: ControlChannel | None = None
+        self.generation = -1
+        self._pending = [False] * 4
+        self._emergency = False
+        self._leaving = False
+        self._lock = threading.Lock()
+
+    # -- inputs from other threads -------------------------------------------------------------------------------
+
+    def on_command(self, command: CheckpointNow | Reconfigure | Stop) -> None:
+        if command.generation < self.generation:
+            log.info("ignoring %s of generation %d (now %d)", command.type, command.generation, self.generation)
+            return
+        if isinstance(command, Reconfigure):
+            if self.commands is not None and self.commands.offer(command):
+                self._raise(self.RECONFIGURE)
+        elif isinstance(command, CheckpointNow):
+            log.info("CheckpointNow (%s): checkpointing at the next step boundary", command.reason)
+            self._emergency = True
+            self._raise(self.CHECKPOINT)
+        else:
+            log.info("Stop (%s): stopping at the next step boundary", command.reason)
+            self._raise(self.STOP)
+
+    def leave(self, why: str) -> None:
+        """SIGTERM or a spot notice: checkpoint at the next step boundary, then exit."""
+        log.warning("%s: checkpointing at the next step boundary, then leaving", why)
+        self._emergency = True
+        self._leaving = True
+        self._raise(self.LEAVE)
+
+    def _raise(self, flag: int) -> None:
+        with self._lock:
+            self._pending[flag] = True
+
+    def publish(self, message: Message) -> None:
+        if self.channel is not None:
+            try:
+                self.channel.publish(message).result(10)
+            except Exception:
+                log.exception("could not publish %s", message.type)
+
+    # -- the run -------------------------------------------------------------------------------------------------
+
+    def run(self) -> Outcome:
+        config = self.config
+        if config.broker_url:
+            self.channel = ControlChannel(config.broker_url, config.job_id, config.instance_id, self.on_command)
+            self.channel.start()
+        if config.metadata_url:
+            SpotNoticeWatcher(config.metadata_url, lambda notice: self.leave("spot interruption notice")).start()
+        if threading.current_thread() is threading.main_thread():
+            install_sigterm(lambda: self.leave("SIGTERM"))
+        if self.store is not None:
+            newest = self.store.load_newest()
+            if newest is not None:
+                manifest, tree = newest
+                self.state.load(tree)
+                log.info("resumed from checkpoint step %d (generation %d)", manifest.step, manifest.generation)
+        try:
+            outcome = run_elastic(
+                self.state,
+                self._train,
+                self.discovery,
+                timeout_s=config.timeout_s,
+                wait_s=config.wait_s,
+            )
+        finally:
+            if self.checkpointer is not None:
+                self.checkpointer.wait()
+            if self.channel is not None:
+                self.channel.close()
+        if config.final_state is not None:
+            torch.save(self.model.state_dict(), config.final_state)
+        print(f"finished: {outcome.value} at step {self.state.step}", flush=True)
+        return outcome
+
+    def _boundary_flags(self) -> list[bool]:
+        with self._lock:
+            local, self._pending = self._pending, [False] * 4
+        if self.discovery.newer(self.generation):
+            local[self.RECONFIGURE] = True
+        flags = torch.tensor([float(f) for f in local])
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        return [bool(f) for f in flags.tolist()]
+
+    def _checkpoint(self, membership: Membership, blocking: bool, emergency: bool) -> None:
+        if self.checkpointer is None or membership.rank != 0:
+            return  # the state is replicated: rank 0 writes it for everyone
+        step, generation = self.state.step, membership.generation
+
+        def done(saved: SavedCheckpoint) -> None:
+            self.publish(
+                CheckpointCompleted(
+                    job_id=self.config.job_id,
+                    instance_id=self.config.instance_id,
+                    generation=generation,
+                    step=saved.step,
+                    uri=saved.uri,
+                    manifest_sha256=saved.manifest_sha256,
+                    size_bytes=saved.size_bytes,
+                    emergency=emergency,
+                )
+            )
+
+        if blocking:
+            done(self.checkpointer.save(step, generation, membership.world_size, self.state.tree()))
+        else:
+            self.checkpointer.save_async(step, generation, membership.world_size, self.state.tree(), done)
+
+    def _train(self, membership: Membership) -> Outcome:
+        config, state = self.config, self.state
+        self.generation = membership.generation
+        wire = _WIRE[config.wire]
+        backend = select_backend(list(config.backends), wire_dtype=wire)
+        opt = DistributedOptimizer(
+            self.optimizer,
+            self.model.parameters(),
+            backend,
+            bucket_bytes=config.bucket_bytes,
+            backward_passes_per_step=config.backward_passes_per_step,
+        )
+        rank, world = membership.rank, membership.world_size
+        samples, window_start, last_heartbeat = 0, time.perf_counter(), 0.0
+        try:
+            while state.step < config.steps:
+                flags = self._boundary_flags()
+                if flags[self.CHECKPOINT] or flags[self.LEAVE]:
+                    self._checkpoint(membership, blocking=flags[self.LEAVE], emergency=self._emergency)
+                    self._emergency = False
+                if flags[self.LEAVE] or flags[self.STOP]:
+                    return Outcome.STOPPED if self._leaving_or_stop(flags) else Outcome.CHANGED
+                if flags[self.RECONFIGURE]:
+                    state.commit()
+                    log.info("membership changes after step %d: leaving generation %d", state.step, self.generation)
+                    return Outcome.CHANGED
+                opt.zero_grad()
+                batch = self.data.batch(rank, world)
+                passes = config.backward_passes_per_step
+                for x, y in zip(batch.x.chunk(passes), batch.y.chunk(passes), strict=True):
+                    loss = torch.nn.functional.cross_entropy(self.model(x), y) * batch.loss_scale
+                    loss.backward()
+                opt.step()
+                self.data.advance()
+                state.step += 1
+                samples += config.global_batch
+                if config.step_delay_s:
+                    time.sleep(config.step_delay_s)  # demo pacing only
+                if state.step % config.commit_every == 0:
+                    state.commit()
+                if state.step % config.checkpoint_every == 0:
+                    self._checkpoint(membership, blocking=False, emergency=False)
+                now = time.perf_counter()
+                rate = samples / max(now - window_start, 1e-9)
+                if state.step % config.log_every == 0 or state.step == config.steps:
+                    print(
+                        f"step {state.step} loss {loss.item():.4f} samples/s {rate:.0f} "
+                        f"world {world} rank {rank} generation {membership.generation}",
+                        flush=True,
+                    )
+                    samples, window_start = 0, now
+                if self.channel is not None and now - last_heartbeat >= config.heartbeat_every_s:
+                    last_heartbeat = now
+                    self.publish(
+                        Heartbeat(
+                            job_id=config.job_id,
+                            instance_id=config.instance_id,
+                            generation=membership.generation,
+                            rank=rank,
+                            world_size=world,
+                            step=state.step,
+                            loss=float(loss.item()),
+                            samples_per_second=float(rate),
+                        )
+                    )
+            if self.checkpointer is not None:
+                self.checkpointer.wait()
+                if self.checkpointer.last is None or self.checkpointer.last.step != state.step:
+                    self._checkpoint(membership, blocking=True, emergency=False)
+            return Outcome.DONE
+        finally:
+            opt.close()
+            backend.close()
+
+    def _leaving_or_stop(self, flags: list[bool]) -> bool:
+        # Stop ends everyone; a LEAVE ends only the worker that is going (SIGTERM, spot notice) while the others
+        # leave the group and wait for the control plane's next Reconfigure.
+        return flags[self.STOP] or self._leaving
