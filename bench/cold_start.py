@@ -10,7 +10,6 @@ Target: every ratio <= 1.15.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from ringfleet.local.template import load_template  # noqa: E402
+from ringfleet.local.context import CloudContext  # noqa: E402
 
 BASELINE = (
     "import boto3, pydantic\n"
@@ -33,13 +32,7 @@ TIMER = "import time\nt0 = time.perf_counter()\n{body}\nprint(time.perf_counter(
 TARGET = 1.15
 
 
-def one_run(body: str, pythonpath: str) -> float:
-    env = {
-        **os.environ,
-        "PYTHONPATH": pythonpath,
-        "POWERTOOLS_SERVICE_NAME": "bench",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
+def one_run(body: str, env: dict[str, str]) -> float:
     out = subprocess.run(
         [sys.executable, "-c", TIMER.format(body=body)], env=env, capture_output=True, text=True, check=True
     )
@@ -52,17 +45,17 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="3 repeats: a smoke run")
     args = parser.parse_args()
     repeats = 3 if args.quick else args.repeats
-    template = load_template(ROOT / "template.yaml")
-    src = str(ROOT / "src")
+    # Each run gets the function's environment from the template, as Lambda would; no request is ever sent.
+    ctx = CloudContext(ROOT / "template.yaml", endpoint="http://127.0.0.1:9")
     print(f"{'function':<28} {'handler ms':>10} {'baseline ms':>11} {'ratio':>6}")
     worst = 0.0
-    for lid, fn in sorted(template.functions().items()):
+    for lid, fn in sorted(ctx.functions.items()):
         module = fn.handler.rsplit(".", 1)[0]
-        path = os.pathsep.join([str(fn.code_uri), src])
+        env = ctx.function_environment(lid)
         base, handler = [], []
         for _ in range(repeats):
-            base.append(one_run(BASELINE, path))
-            handler.append(one_run(f"import {module}", path))
+            base.append(one_run(BASELINE, env))
+            handler.append(one_run(f"import {module}", env))
         b, h = statistics.median(base), statistics.median(handler)
         worst = max(worst, h / b)
         print(f"{lid:<28} {h * 1000:>10.0f} {b * 1000:>11.0f} {h / b:>6.2f}")

@@ -1,6 +1,8 @@
-"""worker_events: worker messages (Heartbeat, CheckpointCompleted, WorkerFailed) from the broker (Amazon MQ).
+"""worker_events: Heartbeat, CheckpointCompleted and WorkerFailed from the broker's worker-events queue (Amazon MQ).
 
-Until the recovery state machine lands this handler validates every message against its contract.
+Heartbeats record liveness; checkpoints and failures feed the recovery state machine. Each message is handled once
+per message id (Powertools idempotency). An invalid message fails the batch after the valid ones are applied: the
+broker redelivers it and, past its delivery limit, dead-letters it; the valid ones are then duplicates and skipped.
 """
 
 from __future__ import annotations
@@ -9,21 +11,55 @@ from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from ringfleet.contracts import WorkerMessage, parse_rmq_messages
+from ringfleet import wiring
+from ringfleet.contracts import Heartbeat, RabbitMqEvent, WorkerFailed, WorkerMessage, parse_rmq_messages
+from ringfleet.observability import report_outcome
 
 logger = Logger()
 tracer = Tracer()
 metrics = Metrics()
+idempotency = IdempotencyConfig(event_key_jmespath="message_id", raise_on_no_idempotency_key=True)
+
+
+@idempotent_function(data_keyword_argument="key", config=idempotency, persistence_store=wiring.idempotency_store())
+def handle_message(*, key: dict[str, str], message: Any) -> dict[str, Any]:
+    service = wiring.recovery_service()
+    metrics.add_metric(name=f"{message.type}Received", unit=MetricUnit.Count, value=1)
+    if isinstance(message, Heartbeat):
+        seen = service.nodes.record_heartbeat(
+            message.instance_id, generation=message.generation, step=message.step, at=message.sent_at
+        )
+        return {"heartbeat": "recorded" if seen else "ignored: unknown, lost or older-generation node"}
+    outcome = (
+        service.on_worker_failed(message)
+        if isinstance(message, WorkerFailed)
+        else service.on_checkpoint_completed(message)
+    )
+    report_outcome(logger, metrics, outcome, message_type=message.type, instance_id=message.instance_id)
+    return outcome.as_dict()
 
 
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    messages = parse_rmq_messages(event, WorkerMessage)
-    for message in messages:
-        logger.debug("worker message", type=message.type, job_id=message.job_id, instance_id=message.instance_id)
-        metrics.add_metric(name=f"{message.type}Received", unit=MetricUnit.Count, value=1)
-    return {"accepted": len(messages)}
+    idempotency.register_lambda_context(context)
+    rejected: list[str] = []
+    applied = 0
+    for _, raw in RabbitMqEvent.model_validate(event).messages():
+        single = {**event, "rmqMessagesByQueue": {"q::/": [raw.model_dump(by_alias=True)]}}
+        try:
+            (message,) = parse_rmq_messages(single, WorkerMessage)
+        except ValueError as exc:
+            logger.error("message rejected", message_id=raw.basic_properties.message_id, reason=str(exc))
+            metrics.add_metric(name="RecordsRejected", unit=MetricUnit.Count, value=1)
+            rejected.append(str(exc))
+            continue
+        handle_message(key={"message_id": str(message.message_id)}, message=message)
+        applied += 1
+    if rejected:
+        raise ValueError(f"{len(rejected)} invalid worker message(s): {'; '.join(rejected)}")
+    return {"accepted": applied}

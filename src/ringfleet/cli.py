@@ -1,4 +1,5 @@
-"""The `ringfleet` command: the local cloud (up, down, status, emit, env), invoke, and the demo."""
+"""The `ringfleet` command: jobs (submit, cancel, status, events), the local cloud (up, down, status, emit, env),
+invoke, and the demo."""
 
 from __future__ import annotations
 
@@ -24,6 +25,12 @@ examples:
   ringfleet invoke NodeRecoveryFunction --event events/sqs_spot_interruption_warning.json
   eval "$(ringfleet local env)"; aws s3 ls   point the AWS CLI / boto3 at the local cloud
   ringfleet local down
+
+jobs (against the local cloud when one is up, else RINGFLEET_BROKER_URL + RINGFLEET_JOBS_TABLE):
+  ringfleet submit examples/job.yaml         validate a job file and publish it (waits for admission)
+  ringfleet status --tenant acme             a table of the tenant's jobs; `ringfleet status JOB` for one
+  ringfleet cancel digits-demo --tenant acme
+  ringfleet events --tenant acme --follow    job events (admitted, started, interrupted, ...) as they happen
 """
 
 
@@ -232,6 +239,149 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(template=args.template, fast=args.fast)
 
 
+# -- jobs ---------------------------------------------------------------------------------------------------------
+
+
+def _job_client() -> Any:
+    """A client on the running local cloud, or on RINGFLEET_BROKER_URL / RINGFLEET_JOBS_TABLE in AWS."""
+    import boto3
+
+    from ringfleet.adapters.dynamodb import DynamoDbJobRepository
+    from ringfleet.client import RingfleetClient
+    from ringfleet.local.context import CloudContext, LocalState
+    from ringfleet.wiring import WallClock
+
+    state = LocalState.load(STATE_DIR)
+    if state is not None:
+        ctx = CloudContext.from_state(state)
+        resource = boto3.resource(
+            "dynamodb",
+            endpoint_url=ctx.endpoint,
+            region_name=ctx.region,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+        table = str(ctx.resolve({"Ref": "JobsTable"}))
+        return RingfleetClient(ctx.broker_url, DynamoDbJobRepository(table, clock=WallClock(), boto3_resource=resource))
+    url, jobs_table = os.environ.get("RINGFLEET_BROKER_URL"), os.environ.get("RINGFLEET_JOBS_TABLE")
+    if not url:
+        sys.exit("ringfleet: no local cloud is up and RINGFLEET_BROKER_URL is not set")
+    jobs = DynamoDbJobRepository(jobs_table, clock=WallClock()) if jobs_table else None
+    return RingfleetClient(url, jobs)
+
+
+def _wait_for_job(client: Any, tenant: str, job_id: str, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.jobs.get(job_id) if client.jobs is not None else None
+        if job is not None:
+            return job
+        time.sleep(0.2)
+    return None
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from ringfleet.client import Rejected, load_job_file
+
+    try:
+        fields = load_job_file(args.file)
+        for override in args.set or []:
+            key, _, value = override.partition("=")
+            fields[key] = json.loads(value) if value[:1] in "-0123456789[{tf" else value
+        client = _job_client()
+        message = client.submit(fields)
+    except (Rejected, OSError) as exc:
+        sys.exit(f"ringfleet: {exc}")
+    print(f"submitted {message.job_id} for tenant {message.tenant} (message {message.message_id})")
+    if args.no_wait or client.jobs is None:
+        return 0
+    job = _wait_for_job(client, message.tenant, message.job_id, args.timeout)
+    if job is None:
+        sys.exit(f"ringfleet: no word from job intake within {args.timeout:.0f} s; see `ringfleet status`")
+    if job.tenant != message.tenant or job.spec.message_id != message.message_id:
+        sys.exit(f"ringfleet: job rejected: job id {message.job_id!r} is already taken")
+    if job.state.value == "FAILED":
+        reason = next((i.detail for i in job.incidents if i.cause == "rejected"), "rejected")
+        sys.exit(f"ringfleet: job rejected: {reason}")
+    print(f"admitted: {job.job_id} is {job.state.value}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from ringfleet.client import Rejected
+
+    try:
+        _job_client().cancel(args.tenant, args.job, args.reason)
+    except Rejected as exc:
+        sys.exit(f"ringfleet: {exc}")
+    print(f"cancel of {args.job} sent")
+    return 0
+
+
+def _job_row(job: Any, now: float) -> list[str]:
+    # Workers report their step in heartbeats (nodes table); the job record knows the last one a recovery saw.
+    step = job.recovery.last_step if job.recovery is not None else None
+    durable = job.durable_checkpoint.step if job.durable_checkpoint else None
+    started = next((i.at for i in job.incidents if i.cause == "started"), None)
+    end = job.updated_at.timestamp() if job.is_final and job.updated_at else now
+    hours = max(0.0, end - started.timestamp()) / 3600 if started else 0.0
+    # An estimate: workers x hours at the job's budget rate share, capped by its budget.
+    cost = hours * min(job.spec.budget_usd_per_hour, job.spec.budget_usd_per_hour * job.world_size / job.max_workers)
+    reason = job.incidents[-1].cause + (f": {job.incidents[-1].detail}" if job.incidents[-1].detail else "")
+    return [
+        job.job_id,
+        job.state.value,
+        str(job.generation),
+        str(job.world_size),
+        "-" if step is None else str(step),
+        "-" if durable is None else str(durable),
+        f"{cost:.2f}",
+        reason if job.incidents else "",
+    ]
+
+
+def cmd_job_status(args: argparse.Namespace) -> int:
+    client = _job_client()
+    if client.jobs is None:
+        sys.exit("ringfleet: set RINGFLEET_JOBS_TABLE to read job status")
+    if args.job:
+        job = client.job(args.tenant, args.job)
+        if job is None:
+            sys.exit(f"ringfleet: no job {args.job!r} of tenant {args.tenant!r}")
+        jobs = [job]
+    else:
+        jobs = client.list_jobs(args.tenant)
+    header = ["JOB", "STATE", "GEN", "WORLD", "STEP", "CHECKPOINT", "COST $", "LAST EVENT"]
+    rows = [header] + [_job_row(j, time.time()) for j in jobs]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1])
+    return 0
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    client = _job_client()
+    if client.jobs is None:
+        sys.exit("ringfleet: set RINGFLEET_JOBS_TABLE to read job events")
+    seen: set[tuple[str, str, str, int]] = set()
+    deadline = time.monotonic() + args.for_seconds if args.for_seconds else None
+    while True:
+        lines = []
+        for job in client.list_jobs(args.tenant):
+            for i in job.incidents:
+                key = (job.job_id, i.at.isoformat(), i.cause, i.generation)
+                if key not in seen:
+                    seen.add(key)
+                    detail = f" {i.detail}" if i.detail else ""
+                    on = f" on {i.instance_id}" if i.instance_id else ""
+                    lines.append((i.at, f"{i.at:%H:%M:%S} {job.job_id} gen {i.generation} {i.cause}{on}{detail}"))
+        for _, line in sorted(lines):
+            print(line, flush=True)
+        if not args.follow or (deadline is not None and time.monotonic() > deadline):
+            return 0
+        time.sleep(1.0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ringfleet",
@@ -292,6 +442,42 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--fast", action="store_true", help="the short scenario (what the tests run)")
     demo.add_argument("--template", default="template.yaml")
     demo.set_defaults(func=cmd_demo)
+
+    tenant_help = "the tenant whose jobs these are (default: $RINGFLEET_TENANT)"
+    sub_ = sub.add_parser(
+        "submit",
+        help="validate a job file and send it to job intake",
+        description="Reads a YAML job file (see examples/job.yaml), checks every field against the JobSubmitted "
+        "contract (workers 1..1024 with max >= min, a positive budget, known instance type names, ...) and "
+        "publishes it to the broker with publisher confirms. Then waits for job intake to admit it or say why not "
+        "(tenant quotas: GPUs and $/h). A refused job exits non-zero with the reason.",
+    )
+    sub_.add_argument("file", help="a job file, e.g. examples/job.yaml")
+    sub_.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a field, e.g. --set job_id=j2")
+    sub_.add_argument("--no-wait", action="store_true", help="return once the broker confirmed the message")
+    sub_.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for admission (default 30)")
+    sub_.set_defaults(func=cmd_submit)
+    can = sub.add_parser(
+        "cancel", help="cancel one of your jobs", description="Stops the job's workers; it ends CANCELLED."
+    )
+    can.add_argument("job", help="the job id")
+    can.add_argument("--tenant", default=os.environ.get("RINGFLEET_TENANT", ""), help=tenant_help)
+    can.add_argument("--reason", default="cancelled by its tenant", help="why, for the job's event log")
+    can.set_defaults(func=cmd_cancel)
+    st = sub.add_parser(
+        "status",
+        help="a table of your jobs: state, generation, world size, step, checkpoint, cost",
+        description="One row per job: state, generation (grows at each membership change), world size, step, "
+        "newest durable checkpoint's step, an estimate of the cost so far, and the last event.",
+    )
+    st.add_argument("job", nargs="?", help="only this job")
+    st.add_argument("--tenant", default=os.environ.get("RINGFLEET_TENANT", ""), help=tenant_help)
+    st.set_defaults(func=cmd_job_status)
+    ev = sub.add_parser("events", help="your jobs' events (admitted, started, interrupted, reconfigured, ...)")
+    ev.add_argument("--tenant", default=os.environ.get("RINGFLEET_TENANT", ""), help=tenant_help)
+    ev.add_argument("--follow", "-f", action="store_true", help="keep printing new events until interrupted")
+    ev.add_argument("--for-seconds", type=float, default=None, help=argparse.SUPPRESS)
+    ev.set_defaults(func=cmd_events)
     return parser
 
 

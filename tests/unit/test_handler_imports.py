@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
-from ringfleet.local.template import load_template
+from ringfleet.local.context import CloudContext
 from tests.conftest import ROOT
 
-FUNCTIONS = load_template(ROOT / "template.yaml").functions()
+# The endpoint is never contacted: importing a handler builds clients but sends no request.
+CONTEXT = CloudContext(ROOT / "template.yaml", endpoint="http://127.0.0.1:9")
+FUNCTIONS = CONTEXT.functions
 HEAVY = ("torch", "numpy", "training_worker", "moto", "matplotlib")
 
 PROBE = """
@@ -24,14 +25,10 @@ print(json.dumps(sorted(m.split(".")[0] for m in sys.modules)))
 
 @pytest.mark.parametrize("logical_id", sorted(FUNCTIONS))
 def test_handler_imports_without_heavy_packages(logical_id: str) -> None:
-    # given the function's code and the shared layer on the path, as Lambda would put them
+    # given the function's environment from the template, its code and the shared layer on the path, as in Lambda
     fn = FUNCTIONS[logical_id]
     module, attr = fn.handler.rsplit(".", 1)
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(fn.code_uri), str(ROOT / "src")]),
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
+    env = CONTEXT.function_environment(logical_id)
     # when a fresh interpreter imports the handler module
     out = subprocess.run(
         [sys.executable, "-c", PROBE.format(module=module)],

@@ -1,0 +1,235 @@
+"""A burst of spot interruption warnings through node_recovery's handler against the moto server.
+
+A pool is reclaimed: every node of a 1,000-node fleet (100 jobs of 10) gets its two-minute warning at once. Each
+warning goes through the real handler (SQS record -> Powertools idempotency -> plan_recovery -> conditional save
+-> CheckpointNow on RabbitMQ -> nodes table), several handler processes in parallel as Lambda would run several
+execution environments. Prints events/s and the latency per event (median, p99), and the same run's baseline: one
+DynamoDB GetItem on the same moto server, so the ratio says how many round trips' worth one decision costs.
+
+Then every job gets its emergency CheckpointCompleted and ten replacements (through the recovery use case, as the
+fleet scaler places them), and the bench checks that every job ends exactly one generation later, with exactly one
+Reconfigure published for it and exactly one CheckpointNow. Targets: >= 200 events/s, p99 <= 50 ms.
+
+Needs RabbitMQ (RINGFLEET_BROKER_URL, default amqp://guest:guest@127.0.0.1:5672/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import io
+import json
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))
+
+TARGET_RATE = 200.0
+TARGET_P99_MS = 50.0
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def warning(instance_id: str, n: int) -> dict[str, Any]:
+    event = json.loads((ROOT / "events/ec2_spot_interruption_warning.json").read_text())
+    event["id"] = str(uuid.uuid4())
+    event["detail"]["instance-id"] = instance_id
+    event["resources"] = [f"arn:aws:ec2:us-east-1:123456789012:instance/{instance_id}"]
+    return {
+        "Records": [
+            {
+                "messageId": str(uuid.uuid4()),
+                "receiptHandle": f"r{n}",
+                "body": json.dumps(event),
+                "attributes": {
+                    "ApproximateReceiveCount": "1",
+                    "SentTimestamp": "0",
+                    "SenderId": "bench",
+                    "ApproximateFirstReceiveTimestamp": "0",
+                },
+                "messageAttributes": {},
+                "md5OfBody": "",
+                "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:recovery",
+                "awsRegion": "us-east-1",
+            }
+        ]
+    }
+
+
+class Context:
+    function_name = "NodeRecoveryFunction"
+    memory_limit_in_mb = 256
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:bench"
+    aws_request_id = "bench"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 30_000
+
+
+def load_handler(env: dict[str, str]) -> Any:
+    os.environ.update(env)
+    spec = importlib.util.spec_from_file_location("node_recovery_app", ROOT / "services/node_recovery/app.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_worker(env: dict[str, str], events: list[dict[str, Any]], out: Any) -> None:
+    """One execution environment: handles its share of the events one at a time, timing each."""
+    app = load_handler(env)
+    context = Context()
+    latencies, failures = [], 0
+    with contextlib.redirect_stdout(io.StringIO()) as sink:
+        for event in events:
+            sink.seek(0)
+            sink.truncate()  # Powertools logs and metrics go to stdout; keep none of it
+            t0 = time.perf_counter()
+            result = app.handler(event, context)
+            latencies.append(time.perf_counter() - t0)
+            failures += len(result.get("batchItemFailures", []))
+    app.wiring.recovery_service().publisher.close()
+    out.put((latencies, failures))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="100 warnings, 100 nodes, 10 jobs: a smoke run")
+    parser.add_argument("--jobs", type=int, default=100)
+    parser.add_argument("--nodes-per-job", type=int, default=10)
+    parser.add_argument("--processes", type=int, default=4, help="handler processes (execution environments)")
+    args = parser.parse_args()
+    jobs_n = 10 if args.quick else args.jobs
+    per_job = args.nodes_per_job
+
+    from ringfleet.adapters.commands import AmqpCommandPublisher
+    from ringfleet.adapters.dynamodb import DynamoDbJobRepository, DynamoDbNodeRepository
+    from ringfleet.adapters.memory import InMemoryFleetGateway
+    from ringfleet.contracts import CheckpointCompleted
+    from ringfleet.local.cloud import LocalCloud
+    from ringfleet.recovery import RecoveryService
+    from ringfleet.wiring import WallClock
+    from tests.builders import instance, running_job
+    from tests.e2e.recovery_support import CommandTap
+
+    broker = os.environ.get("RINGFLEET_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    with LocalCloud(ROOT / "template.yaml", route=False, broker_url=broker) as cloud:
+        env = cloud.ctx.function_environment("NodeRecoveryFunction")
+        env["RINGFLEET_BROKER_URL"] = broker
+        env["POWERTOOLS_LOG_LEVEL"] = "WARNING"
+        os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_")})
+        import boto3
+
+        ddb = boto3.resource("dynamodb")
+        clock = WallClock()
+        jobs = DynamoDbJobRepository(env["JOBS_TABLE"], clock=clock, boto3_resource=ddb)
+        nodes = DynamoDbNodeRepository(env["NODES_TABLE"], clock=clock, boto3_resource=ddb)
+        print(f"seeding {jobs_n} jobs x {per_job} nodes ...", flush=True)
+        members: list[str] = []
+        for j in range(jobs_n):
+            job, job_nodes = running_job(f"burst-{j:04d}", members=per_job, first=1 + j * per_job)
+            jobs.create(job)
+            for node in job_nodes:
+                nodes.put(node)
+                members.append(node.instance_id)
+
+        # Baseline, same server, same run: one GetItem round trip.
+        table = ddb.Table(env["JOBS_TABLE"])
+        base = []
+        for _ in range(200):
+            t0 = time.perf_counter()
+            table.get_item(Key={"job_id": "burst-0000"})
+            base.append(time.perf_counter() - t0)
+
+        tap = CommandTap(broker, "#")  # every job's commands
+        events = [warning(member, n) for n, member in enumerate(members)]
+        share = [events[i :: args.processes] for i in range(args.processes)]
+        ctx = mp.get_context("spawn")
+        out: Any = ctx.Queue()
+        procs = [ctx.Process(target=run_worker, args=(env, s, out)) for s in share]
+        # Start the environments and let them warm up (imports, first connections) before timing the burst.
+        print(f"{len(events)} warnings through {args.processes} handler processes ...", flush=True)
+        t0 = time.perf_counter()
+        for p in procs:
+            p.start()
+        results = [out.get(timeout=600) for _ in procs]
+        wall = time.perf_counter() - t0
+        for p in procs:
+            p.join()
+        latencies = [x for lat, _ in results for x in lat]
+        failures = sum(f for _, f in results)
+        busy = max(sum(lat) for lat, _ in results)  # the busiest environment's handler time, cold starts excluded
+
+        # Follow-up: the emergency checkpoints and the replacements, then check one new generation per job.
+        from ringfleet.wiring import Settings
+
+        settings = Settings.from_env(env)
+        service = RecoveryService(
+            jobs=jobs,
+            nodes=nodes,
+            publisher=AmqpCommandPublisher(settings.broker_url),
+            fleet=InMemoryFleetGateway(),
+            clock=clock,
+        )
+        for j in range(jobs_n):
+            job_id = f"burst-{j:04d}"
+            uri = f"s3://ringfleet-checkpoints/jobs/{job_id}/ckpt/{500:012d}/"
+            service.on_checkpoint_completed(
+                CheckpointCompleted(
+                    job_id=job_id,
+                    instance_id=instance(1 + j * per_job),
+                    generation=1,
+                    step=500,
+                    uri=uri,
+                    manifest_sha256="0" * 64,
+                    size_bytes=1,
+                    emergency=True,
+                )
+            )
+            for r in range(per_job):
+                replacement = instance(0x100000 + j * per_job + r)
+                service.on_capacity_arrived(job_id, replacement, host=f"10.1.{j % 250}.{r}")
+
+        service.publisher.close()  # type: ignore[attr-defined]
+        commands = tap.settle(quiet=0.5)
+        checkpoint_now = Counter(c["job_id"] for c in commands if c["type"] == "CheckpointNow")
+        reconfigures = Counter(c["job_id"] for c in commands if c["type"] == "Reconfigure")
+        generations = Counter(j.generation for j in jobs.list_active())
+        names = [f"burst-{j:04d}" for j in range(jobs_n)]
+        exactly_one = (
+            all(reconfigures[n] == 1 and checkpoint_now[n] == 1 for n in names)
+            and generations == Counter({2: jobs_n})
+            and not set(reconfigures) - set(names)
+        )
+
+    rate = len(latencies) / busy if busy else float("nan")
+    p50, p99 = statistics.median(latencies) * 1000, percentile(latencies, 0.99) * 1000
+    base_ms = statistics.median(base) * 1000
+    print()
+    print(f"warnings handled        {len(latencies)} ({failures} failed records)")
+    print(f"events/s                {rate:8.1f}   (target >= {TARGET_RATE:.0f}; wall incl. cold starts {wall:.1f} s)")
+    print(f"latency p50 / p99 (ms)  {p50:8.2f} / {p99:.2f}   (target p99 <= {TARGET_P99_MS:.0f})")
+    print(f"baseline GetItem (ms)   {base_ms:8.2f}   ratio p50/GetItem {p50 / base_ms:.1f}x")
+    print(f"CheckpointNow per job   {sorted(set(checkpoint_now.values()))} (10 warnings each)")
+    print(f"generations of the jobs {dict(generations)}; Reconfigure per job: {sorted(set(reconfigures.values()))}")
+    ok = exactly_one and failures == 0
+    print("exactly one new generation per job:", "yes" if exactly_one else "NO")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

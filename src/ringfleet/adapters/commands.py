@@ -1,0 +1,116 @@
+"""CommandPublisher over AMQP (aio-pika): commands to a job's workers on the commands topic exchange.
+
+One connection per Lambda execution environment, kept between invocations on a private event loop: an AMQPS
+handshake with Amazon MQ costs tens of milliseconds, more than the rest of a recovery decision. A publish that
+fails drops the connection, so the next invocation starts from a fresh one; the handler's error makes the event
+come back, and the job's outbox makes sure the commands go out then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import aio_pika
+
+from ringfleet.contracts.broker import COMMANDS_EXCHANGE, command_routing_key
+
+if TYPE_CHECKING:
+    from aio_pika.abc import AbstractExchange, AbstractRobustConnection
+
+    from ringfleet.contracts import CheckpointNow, Reconfigure, Stop
+
+__all__ = ["AmqpCommandPublisher", "broker_url"]
+
+
+def broker_url(endpoint: str, username: str, password: str, vhost: str | None = None) -> str:
+    """``amqps://user:pass@host:port/vhost`` from the endpoint (which carries no credentials) and a secret."""
+    parts = urlsplit(endpoint)
+    netloc = f"{quote(username, safe='')}:{quote(password, safe='')}@{parts.hostname}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    path = "/" + quote(vhost, safe="") if vhost is not None else parts.path
+    return urlunsplit((parts.scheme, netloc, path, "", ""))
+
+
+def credentials_from_secret(secret_id: str, *, secrets_client: Any | None = None) -> tuple[str, str]:
+    """``(username, password)`` of the broker secret (JSON with those keys), as Amazon MQ event sources read it."""
+    import boto3
+
+    client = secrets_client or boto3.client("secretsmanager")
+    secret = json.loads(client.get_secret_value(SecretId=secret_id)["SecretString"])
+    return secret["username"], secret["password"]
+
+
+async def _cancel_others() -> None:
+    """Ends what the connection left running (reader tasks), so nothing is pending on a loop about to close."""
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in others:
+        task.cancel()
+    await asyncio.gather(*others, return_exceptions=True)
+
+
+class AmqpCommandPublisher:
+    """Publishes commands, each confirmed by the broker, with its message id and type as AMQP properties."""
+
+    def __init__(self, url: str | Callable[[], str]) -> None:
+        self._url = url
+        self._loop = asyncio.new_event_loop()
+        self._lock = threading.Lock()
+        self._connection: AbstractRobustConnection | None = None
+        self._exchange: AbstractExchange | None = None
+
+    def publish(self, commands: Sequence[CheckpointNow | Reconfigure | Stop]) -> None:
+        if not commands:
+            return
+        with self._lock:
+            try:
+                self._loop.run_until_complete(self._publish(commands))
+            except BaseException:
+                self._loop.run_until_complete(self._drop())
+                raise
+
+    def close(self) -> None:
+        with self._lock:
+            if self._loop.is_closed():
+                return
+            self._loop.run_until_complete(self._drop())
+            self._loop.run_until_complete(_cancel_others())
+            self._loop.close()
+
+    async def _publish(self, commands: Sequence[CheckpointNow | Reconfigure | Stop]) -> None:
+        exchange = await self._ready()
+        for command in commands:
+            message = aio_pika.Message(
+                command.model_dump_json().encode(),
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                message_id=str(command.message_id),
+                type=command.type,
+                app_id="ringfleet-control",
+            )
+            await exchange.publish(message, routing_key=command_routing_key(command.job_id), timeout=10)
+
+    async def _ready(self) -> AbstractExchange:
+        if self._exchange is None:
+            from ringfleet.adapters.rabbitmq import connect
+
+            url = self._url() if callable(self._url) else self._url
+            self._connection = await connect(url)
+            channel = await self._connection.channel(publisher_confirms=True)
+            self._exchange = await channel.declare_exchange(
+                COMMANDS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
+            )
+        return self._exchange
+
+    async def _drop(self) -> None:
+        connection, self._connection, self._exchange = self._connection, None, None
+        if connection is not None:
+            # A broken connection is being thrown away anyway: failing to close it changes nothing.
+            with contextlib.suppress(Exception):
+                await connection.close()

@@ -1,0 +1,360 @@
+"""DynamoDB implementations of the repositories: jobs, nodes and checkpoints tables, every change conditional."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, replace
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from boto3.dynamodb.conditions import Attr, Key
+from botocore.exceptions import ClientError
+
+from ringfleet.domain.jobs import ACTIVE_STATES, DurableCheckpoint, Incident, Job, JobState, PendingRecovery
+from ringfleet.domain.nodes import LifecycleHook, Node, NodeState
+from ringfleet.ports import CheckpointRecord, CheckpointStatus
+
+if TYPE_CHECKING:
+    from ringfleet.ports import Clock
+
+__all__ = [
+    "DynamoDbCheckpointCatalog",
+    "DynamoDbJobRepository",
+    "DynamoDbNodeRepository",
+    "job_from_item",
+    "job_to_item",
+]
+
+# Attributes a conditional save writes; the durable checkpoint is not among them (see record_durable_checkpoint).
+_SAVED = (
+    "state",
+    "generation",
+    "revision",
+    "members",
+    "spares",
+    "replacements_wanted",
+    "restoring_step",
+    "recovery",
+    "incidents",
+    "outbox",
+    "updated_at",
+)
+
+
+def _table(name: str, resource: Any | None) -> Any:
+    return (resource or boto3.resource("dynamodb")).Table(name)
+
+
+def _is_condition_failure(exc: ClientError) -> bool:
+    return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
+
+
+def _time(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _parse_time(value: Any) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _int(value: Any) -> int | None:
+    return int(value) if value is not None else None
+
+
+# -- jobs -------------------------------------------------------------------------------------------------------------
+
+
+def _recovery_to_json(recovery: PendingRecovery | None) -> str | None:
+    if recovery is None:
+        return None
+    data = asdict(recovery)
+    data["started_at"] = _time(recovery.started_at)
+    data["deadline"] = _time(recovery.deadline)
+    data["leaving"] = list(recovery.leaving)
+    data["lost"] = list(recovery.lost)
+    return json.dumps(data)
+
+
+def _recovery_from_json(text: str | None) -> PendingRecovery | None:
+    if not text:
+        return None
+    data = json.loads(text)
+    data["started_at"] = _parse_time(data["started_at"])
+    data["deadline"] = _parse_time(data.get("deadline"))
+    data["leaving"] = tuple(data["leaving"])
+    data["lost"] = tuple(data.get("lost", ()))
+    return PendingRecovery(**data)
+
+
+def _incidents_to_json(incidents: tuple[Incident, ...]) -> str:
+    return json.dumps([{**asdict(i), "at": _time(i.at)} for i in incidents])
+
+
+def _incidents_from_json(text: str | None) -> tuple[Incident, ...]:
+    return tuple(Incident(**{**i, "at": _parse_time(i["at"])}) for i in json.loads(text or "[]"))
+
+
+def job_to_item(job: Job) -> dict[str, Any]:
+    """The jobs-table item of a job (nested records as JSON text: readable in the console, free of Decimals)."""
+    item: dict[str, Any] = {
+        "job_id": job.job_id,
+        "tenant": job.tenant,
+        "state": job.state.value,
+        "generation": job.generation,
+        "revision": job.revision,
+        "spec": job.spec.model_dump_json(),
+        "members": dict(job.members),
+        "spares": list(job.spares),
+        "replacements_wanted": job.replacements_wanted,
+        "restoring_step": job.restoring_step,
+        "recovery": _recovery_to_json(job.recovery),
+        "incidents": _incidents_to_json(job.incidents),
+        "outbox": json.dumps(list(job.outbox)),
+        "created_at": _time(job.created_at),
+        "updated_at": _time(job.updated_at),
+    }
+    if job.durable_checkpoint is not None:
+        item["durable_checkpoint"] = asdict(job.durable_checkpoint)
+        item["durable_step"] = job.durable_checkpoint.step
+    return item
+
+
+def job_from_item(item: dict[str, Any]) -> Job:
+    from ringfleet.contracts import JobSubmitted
+
+    durable = item.get("durable_checkpoint")
+    return Job(
+        job_id=item["job_id"],
+        tenant=item["tenant"],
+        state=JobState(item["state"]),
+        spec=JobSubmitted.model_validate_json(item["spec"]),
+        generation=int(item["generation"]),
+        members={k: int(v) for k, v in (item.get("members") or {}).items()},
+        spares=tuple(item.get("spares") or ()),
+        replacements_wanted=int(item.get("replacements_wanted") or 0),
+        durable_checkpoint=(
+            DurableCheckpoint(uri=durable["uri"], step=int(durable["step"]), generation=int(durable["generation"]))
+            if durable
+            else None
+        ),
+        restoring_step=_int(item.get("restoring_step")),
+        recovery=_recovery_from_json(item.get("recovery")),
+        incidents=_incidents_from_json(item.get("incidents")),
+        outbox=tuple(json.loads(item.get("outbox") or "[]")),
+        created_at=_parse_time(item.get("created_at")),
+        updated_at=_parse_time(item.get("updated_at")),
+        revision=int(item.get("revision") or 0),
+    )
+
+
+class DynamoDbJobRepository:
+    """``JobRepository`` on the jobs table (partition key ``job_id``)."""
+
+    def __init__(self, table_name: str, *, clock: Clock, boto3_resource: Any | None = None) -> None:
+        self._table = _table(table_name, boto3_resource)
+        self._clock = clock
+
+    def create(self, job: Job) -> bool:
+        stamped = job.saved(self._clock.now()) if job.revision == 0 else job
+        try:
+            self._table.put_item(Item=job_to_item(stamped), ConditionExpression=Attr("job_id").not_exists())
+        except ClientError as exc:
+            if _is_condition_failure(exc):
+                return False
+            raise
+        return True
+
+    def get(self, job_id: str) -> Job | None:
+        item = self._table.get_item(Key={"job_id": job_id}, ConsistentRead=True).get("Item")
+        return job_from_item(item) if item else None
+
+    def save(self, job: Job, *, decided_from: Job) -> bool:
+        if job.job_id != decided_from.job_id:
+            raise ValueError(f"cannot save job {job.job_id} as decided from job {decided_from.job_id}")
+        item = job_to_item(job.saved(self._clock.now()) if job.revision == decided_from.revision else job)
+        names = {f"#{a}": a for a in _SAVED}
+        values = {f":{a}": item[a] for a in _SAVED}
+        values |= {":decided_generation": decided_from.generation, ":decided_revision": decided_from.revision}
+        try:
+            self._table.update_item(
+                Key={"job_id": job.job_id},
+                UpdateExpression="SET " + ", ".join(f"#{a} = :{a}" for a in _SAVED),
+                ConditionExpression="#generation = :decided_generation AND #revision = :decided_revision",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+            )
+        except ClientError as exc:
+            if _is_condition_failure(exc):
+                return False
+            raise
+        return True
+
+    def record_durable_checkpoint(self, job_id: str, checkpoint: DurableCheckpoint) -> bool:
+        try:
+            self._table.update_item(
+                Key={"job_id": job_id},
+                UpdateExpression="SET durable_checkpoint = :checkpoint, durable_step = :step",
+                ConditionExpression=Attr("job_id").exists()
+                & (Attr("durable_step").not_exists() | Attr("durable_step").lt(checkpoint.step)),
+                ExpressionAttributeValues={":checkpoint": asdict(checkpoint), ":step": checkpoint.step},
+            )
+        except ClientError as exc:
+            if _is_condition_failure(exc):
+                return False
+            raise
+        return True
+
+    def list_by_tenant(self, tenant: str) -> list[Job]:
+        # A scan: tenants list their jobs rarely and the table is small; add a by-tenant index if that changes.
+        return [job_from_item(i) for i in _scan(self._table, Attr("tenant").eq(tenant))]
+
+    def list_active(self) -> list[Job]:
+        states = [s.value for s in ACTIVE_STATES]
+        return [job_from_item(i) for i in _scan(self._table, Attr("state").is_in(states))]
+
+
+def _scan(table: Any, condition: Any) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    kwargs: dict[str, Any] = {"FilterExpression": condition, "ConsistentRead": True}
+    while True:
+        page = table.scan(**kwargs)
+        items.extend(page.get("Items", []))
+        if "LastEvaluatedKey" not in page:
+            return items
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+# -- nodes ------------------------------------------------------------------------------------------------------------
+
+
+def node_to_item(node: Node) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "instance_id": node.instance_id,
+        "job_id": node.job_id,
+        "state": node.state.value,
+        "rank": node.rank,
+        "generation": node.generation,
+        "host": node.host,
+        "last_heartbeat": _time(node.last_heartbeat),
+        "last_step": node.last_step,
+        "updated_at": _time(node.updated_at),
+    }
+    if node.lifecycle_hook is not None:
+        item["lifecycle_hook"] = asdict(node.lifecycle_hook)
+    return item
+
+
+def node_from_item(item: dict[str, Any]) -> Node:
+    hook = item.get("lifecycle_hook")
+    return Node(
+        instance_id=item["instance_id"],
+        job_id=item["job_id"],
+        state=NodeState(item["state"]),
+        rank=_int(item.get("rank")),
+        generation=int(item.get("generation") or 0),
+        host=item.get("host"),
+        last_heartbeat=_parse_time(item.get("last_heartbeat")),
+        last_step=_int(item.get("last_step")),
+        lifecycle_hook=LifecycleHook(**hook) if hook else None,
+        updated_at=_parse_time(item.get("updated_at")),
+    )
+
+
+class DynamoDbNodeRepository:
+    """``NodeRepository`` on the nodes table (partition key ``instance_id``, index ``by-job``)."""
+
+    def __init__(self, table_name: str, *, clock: Clock, boto3_resource: Any | None = None) -> None:
+        self._table = _table(table_name, boto3_resource)
+        self._clock = clock
+
+    def put(self, node: Node) -> None:
+        stamped = node if node.updated_at else replace(node, updated_at=self._clock.now())
+        self._table.put_item(Item=node_to_item(stamped))
+
+    def get(self, instance_id: str) -> Node | None:
+        item = self._table.get_item(Key={"instance_id": instance_id}, ConsistentRead=True).get("Item")
+        return node_from_item(item) if item else None
+
+    def list_by_job(self, job_id: str) -> list[Node]:
+        items: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {"IndexName": "by-job", "KeyConditionExpression": Key("job_id").eq(job_id)}
+        while True:
+            page = self._table.query(**kwargs)
+            items.extend(page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                break
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return sorted((node_from_item(i) for i in items), key=lambda n: n.instance_id)
+
+    def record_heartbeat(self, instance_id: str, *, generation: int, step: int, at: datetime) -> bool:
+        try:
+            self._table.update_item(
+                Key={"instance_id": instance_id},
+                UpdateExpression="SET last_heartbeat = :at, last_step = :step",
+                ConditionExpression=Attr("instance_id").exists()
+                & Attr("state").is_in([NodeState.ACTIVE.value, NodeState.LEAVING.value])
+                & Attr("generation").lte(generation)
+                & (Attr("last_heartbeat").not_exists() | Attr("last_heartbeat").lt(at.isoformat())),
+                ExpressionAttributeValues={":at": at.isoformat(), ":step": step},
+            )
+        except ClientError as exc:
+            if _is_condition_failure(exc):
+                return False
+            raise
+        return True
+
+    def list_silent(self, before: datetime) -> list[Node]:
+        # ISO-8601 UTC timestamps of one format compare as strings in time order.
+        silent = Attr("state").eq(NodeState.ACTIVE.value) & (
+            Attr("last_heartbeat").lt(before.isoformat())
+            | (Attr("last_heartbeat").eq(None) & Attr("updated_at").lt(before.isoformat()))
+        )
+        return [node_from_item(i) for i in _scan(self._table, silent)]
+
+
+# -- checkpoints ------------------------------------------------------------------------------------------------------
+
+
+class DynamoDbCheckpointCatalog:
+    """``CheckpointCatalog`` on the checkpoints table (``job_id`` + ``step``)."""
+
+    def __init__(self, table_name: str, *, boto3_resource: Any | None = None) -> None:
+        self._table = _table(table_name, boto3_resource)
+
+    def put(self, record: CheckpointRecord) -> None:
+        self._table.put_item(
+            Item={
+                "job_id": record.job_id,
+                "step": record.step,
+                "generation": record.generation,
+                "status": record.status.value,
+                "uri": record.uri,
+                "size_bytes": record.size_bytes,
+                "recorded_at": record.recorded_at.isoformat(),
+                "reason": record.reason,
+            }
+        )
+
+    def list(self, job_id: str) -> list[CheckpointRecord]:
+        items: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {"KeyConditionExpression": Key("job_id").eq(job_id), "ConsistentRead": True}
+        while True:
+            page = self._table.query(**kwargs)
+            items.extend(page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                break
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return [
+            CheckpointRecord(
+                job_id=i["job_id"],
+                step=int(i["step"]),
+                generation=int(i["generation"]),
+                status=CheckpointStatus(i["status"]),
+                uri=i["uri"],
+                size_bytes=int(i["size_bytes"]),
+                recorded_at=datetime.fromisoformat(i["recorded_at"]),
+                reason=i.get("reason", ""),
+            )
+            for i in items
+        ]

@@ -1,0 +1,263 @@
+"""The recovery use case: read the job, plan_recovery, save conditionally, publish, sync nodes — shared by handlers.
+
+``RecoveryService`` is the imperative shell around ``ringfleet.domain.recovery``. One signal is applied as:
+
+1. read the job (and publish any commands a crashed run left in its outbox);
+2. decide with the pure ``plan_recovery``;
+3. save the decision conditionally on the generation and revision it was decided from, with its commands in the
+   job's outbox — a stale decision is dropped and re-made from a fresh read (the generation fence);
+4. publish the commands (message ids derived from job, generation and kind), then clear the outbox;
+5. bring the nodes table in line with the job and complete lifecycle hooks no longer needed.
+
+A crash anywhere leaves either nothing decided, or a decision whose commands are still in the outbox: the retried
+event (or the next event of the job) publishes them. Re-running a step that already happened changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from ringfleet.domain.recovery import (
+    CapacityArrived,
+    CheckpointTaken,
+    NodeLost,
+    NoticeGiven,
+    RecoveryPlan,
+    Signal,
+    plan_node_updates,
+    plan_recovery,
+)
+
+if TYPE_CHECKING:
+    from ringfleet.contracts import CheckpointCompleted, NodeEvent, WorkerFailed
+    from ringfleet.domain.jobs import Job
+    from ringfleet.domain.nodes import LifecycleHook, Node
+    from ringfleet.ports import Clock, CommandPublisher, FleetGateway, JobRepository, NodeRepository
+
+__all__ = ["Outcome", "RecoveryService", "StaleDecision", "UnknownJob", "signal_of"]
+
+log = logging.getLogger(__name__)
+
+#: Conditional saves lost to concurrent writers before giving up (the event is then retried by its queue).
+MAX_ATTEMPTS = 8
+#: An outbox older than this was left by a writer that crashed before clearing it (a publish takes milliseconds).
+OUTBOX_GRACE = timedelta(seconds=30)
+
+
+class UnknownJob(ValueError):
+    """A worker reported about a job the control plane does not know: a bug or a forgery, never retried into life."""
+
+
+class StaleDecision(RuntimeError):
+    """Every attempt found the job changed under it; the event is retried later."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What applying one signal did, for the handler's log and metrics."""
+
+    job_id: str | None
+    outcome: str
+    plan: RecoveryPlan | None = None
+    #: Seconds from the event (or the last heartbeat) to its handling.
+    time_to_detect: float | None = None
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        plan = self.plan
+        return {
+            "job_id": self.job_id,
+            "outcome": self.outcome,
+            "generation": plan.job.generation if plan else None,
+            "commands": [c.type for c in plan.commands] if plan else [],
+        }
+
+
+def signal_of(event: NodeEvent) -> Signal:
+    """The recovery signal a cloud event about one instance amounts to."""
+    from ringfleet.contracts import (
+        InstanceStateChange,
+        LifecycleTerminateAction,
+        RebalanceRecommendation,
+        SpotInterruptionWarning,
+    )
+    from ringfleet.domain.nodes import LifecycleHook
+
+    if isinstance(event, SpotInterruptionWarning):
+        return NoticeGiven(event.instance_id, "spot-interruption", event.time, deadline=event.interruption_at)
+    if isinstance(event, RebalanceRecommendation):
+        return NoticeGiven(event.instance_id, "rebalance", event.time)
+    if isinstance(event, LifecycleTerminateAction):
+        d = event.detail
+        hook = LifecycleHook(d.auto_scaling_group_name, d.lifecycle_hook_name, d.lifecycle_action_token, d.instance_id)
+        return NoticeGiven(event.instance_id, "lifecycle-terminate", event.time, lifecycle_hook=hook)
+    if isinstance(event, InstanceStateChange):
+        if not event.is_leaving:
+            raise ValueError(f"state {event.state!r} of {event.instance_id} is not a node leaving")
+        return NodeLost(event.instance_id, "instance-stopped", event.time, detail=f"state {event.state}")
+    raise TypeError(f"{type(event).__name__} is not a node event")
+
+
+class RecoveryService:
+    def __init__(
+        self,
+        *,
+        jobs: JobRepository,
+        nodes: NodeRepository,
+        publisher: CommandPublisher,
+        fleet: FleetGateway,
+        clock: Clock,
+    ) -> None:
+        self.jobs = jobs
+        self.nodes = nodes
+        self.publisher = publisher
+        self.fleet = fleet
+        self.clock = clock
+
+    # -- entry points -------------------------------------------------------------------------------------------------
+
+    def on_node_event(self, event: NodeEvent) -> Outcome:
+        """A spot warning, rebalance recommendation, leaving state change or terminate lifecycle action."""
+        signal = signal_of(event)
+        detect = max(0.0, (self.clock.now() - event.time).total_seconds())
+        assert isinstance(signal, NoticeGiven | NodeLost)
+        node = self.nodes.get(signal.instance_id)
+        hook = signal.lifecycle_hook if isinstance(signal, NoticeGiven) else None
+        if node is None:
+            if hook is not None:
+                # Nothing of ours runs there: let Auto Scaling go ahead instead of waiting for the hook's timeout.
+                self.fleet.complete_lifecycle_action(hook)
+            return Outcome(None, "ignored: instance belongs to no job", time_to_detect=detect)
+        outcome = self.apply(node.job_id, signal, hooks={hook.instance_id: hook} if hook else None)
+        return replace(outcome, time_to_detect=detect)
+
+    def on_checkpoint_completed(self, message: CheckpointCompleted) -> Outcome:
+        self._known(message.job_id)
+        signal = CheckpointTaken(message.generation, message.step, message.sent_at, emergency=message.emergency)
+        return self.apply(message.job_id, signal)
+
+    def on_worker_failed(self, message: WorkerFailed) -> Outcome:
+        signal = NodeLost(
+            message.instance_id, "worker-failed", message.sent_at, generation=message.generation, detail=message.reason
+        )
+        self._known(message.job_id)
+        node = self.nodes.get(message.instance_id)
+        if node is None or node.job_id != message.job_id:
+            return Outcome(message.job_id, "ignored: instance is not a node of this job")
+        return self.apply(message.job_id, signal)
+
+    def on_capacity_arrived(self, job_id: str, instance_id: str, host: str | None = None) -> Outcome:
+        """An instance placed on the job is running (called by the fleet scaler once it placed it)."""
+        return self.apply(job_id, CapacityArrived(instance_id, self.clock.now(), host=host))
+
+    def sweep(self, silence: timedelta, *, now: datetime | None = None) -> list[Outcome]:
+        """Members silent for longer than ``silence`` (as of ``now``, default the clock's) are lost without notice."""
+        now = now or self.clock.now()
+        outcomes = []
+        for node in self.nodes.list_silent(now - silence):
+            last = node.last_heartbeat or node.updated_at or now
+            signal = NodeLost(node.instance_id, "heartbeat-lost", now, detail=f"silent since {last.isoformat()}")
+            outcome = self.apply(node.job_id, signal, only_generation=node.generation)
+            outcomes.append(replace(outcome, time_to_detect=(now - last).total_seconds()))
+        return outcomes
+
+    def _known(self, job_id: str) -> None:
+        if self.jobs.get(job_id) is None:
+            raise UnknownJob(f"job_id {job_id!r} names no job")
+
+    # -- the shell around plan_recovery -------------------------------------------------------------------------------
+
+    def apply(
+        self,
+        job_id: str,
+        signal: Signal,
+        *,
+        hooks: Mapping[str, LifecycleHook] | None = None,
+        only_generation: int | None = None,
+    ) -> Outcome:
+        """Applies one signal to one job (see the module docstring); retries when a concurrent writer won."""
+        lost = (signal.instance_id,) if isinstance(signal, NodeLost) else ()
+        for _ in range(MAX_ATTEMPTS):
+            job = self.jobs.get(job_id)
+            if job is None:
+                return Outcome(job_id, "ignored: no such job")
+            job = self._flush_outbox(job)
+            if job is None:
+                continue
+            nodes = self.nodes.list_by_job(job_id)
+            if only_generation is not None and job.generation != only_generation:
+                # A sweep's silence was judged at an older generation; the ring changed since: judge again later.
+                return Outcome(job_id, "ignored: node's generation is no longer the job's")
+            plan = plan_recovery(job, nodes, signal)
+            if plan.changed:
+                # Commands another writer is still publishing stay in the outbox, for it to clear (or, should it
+                # have crashed, for the first reader after OUTBOX_GRACE to publish).
+                commands = tuple(c.model_dump(mode="json") for c in plan.commands)
+                decided = replace(plan.job, outbox=(*job.outbox, *commands))
+                if not self.jobs.save(decided, decided_from=job):
+                    continue  # another writer moved the job: decide again from what it wrote
+                if plan.commands:
+                    self.publisher.publish(plan.commands)
+                    self._clear_outbox(job_id, {str(c.message_id) for c in plan.commands})
+                after = replace(decided, revision=job.revision + 1)
+            else:
+                after = job
+            # A lost instance the job still counts (a stale generation's failure report) is not marked lost.
+            gone = tuple(i for i in lost if i not in after.members and i not in after.spares)
+            self._sync_nodes(after, nodes, lost=gone, hooks=hooks)
+            return Outcome(job_id, plan.outcome, plan=plan, metrics=dict(plan.metrics))
+        raise StaleDecision(f"job {job_id}: {MAX_ATTEMPTS} conflicting writers in a row; retry later")
+
+    def _flush_outbox(self, job: Job) -> Job | None:
+        """Publishes commands a crashed run decided but did not clear; None when the job moved meanwhile.
+
+        Only an outbox untouched for OUTBOX_GRACE: a younger one belongs to a writer that is publishing it now,
+        and publishing it here too would send its commands twice.
+        """
+        if not job.outbox or (job.updated_at and self.clock.now() - job.updated_at < OUTBOX_GRACE):
+            return job
+        from ringfleet.contracts import parse_message
+
+        commands = [parse_message(c) for c in job.outbox]
+        log.warning("publishing %d command(s) left in job %s's outbox", len(commands), job.job_id)
+        self.publisher.publish(commands)  # type: ignore[arg-type]
+        cleared = replace(job, outbox=())
+        if not self.jobs.save(cleared, decided_from=job):
+            return None
+        return replace(cleared, revision=job.revision + 1)
+
+    def _clear_outbox(self, job_id: str, published: set[str]) -> None:
+        """Removes the commands just published from the job's outbox, leaving any other writer's in place."""
+        for _ in range(MAX_ATTEMPTS):
+            job = self.jobs.get(job_id)
+            if job is None:
+                return
+            left = tuple(c for c in job.outbox if str(c.get("message_id")) not in published)
+            if left == tuple(job.outbox) or self.jobs.save(replace(job, outbox=left), decided_from=job):
+                return
+        log.warning("job %s: could not clear its outbox; a later reader publishes those commands again", job_id)
+
+    def _sync_nodes(
+        self,
+        job: Job,
+        nodes: list[Node],
+        *,
+        lost: tuple[str, ...],
+        hooks: Mapping[str, LifecycleHook] | None,
+    ) -> None:
+        now = self.clock.now()
+        updates, release = plan_node_updates(job, nodes, now, lost=lost, hooks=hooks)
+        for hook in release:
+            self.fleet.complete_lifecycle_action(hook)
+        for update in updates:
+            self.nodes.put(update)
+        kept = {n.instance_id: n for n in updates}
+        for instance, hook in (hooks or {}).items():
+            held = kept.get(instance)
+            if held is not None and held.lifecycle_hook == hook:
+                # The emergency checkpoint is still running: keep Auto Scaling waiting for it.
+                self.fleet.heartbeat_lifecycle_action(hook)

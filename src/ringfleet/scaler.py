@@ -1,0 +1,190 @@
+"""The fleet scaler's shell: gather jobs, fleet and prices -> decide_scaling and plan_placement -> apply them.
+
+Every trigger (a job admitted or finished, an instance running, the backlog alarm, the minute's tick) runs the
+same reconciliation, so a lost or duplicated signal costs at most a minute: each run decides from what is, not
+from what the signal said.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from ringfleet.domain.jobs import JobState
+from ringfleet.domain.nodes import Node, NodeState
+from ringfleet.domain.placement import FreeInstance, plan_placement
+from ringfleet.domain.recovery import plan_node_updates
+from ringfleet.domain.scaling import FleetState, JobDemand, ScalingDecision, ScalingPolicy, decide_scaling
+
+if TYPE_CHECKING:
+    from ringfleet.ports import (
+        CommandPublisher,
+        JobRepository,
+        NodeRepository,
+        PriceSource,
+        ScalingStateStore,
+        SpotFleetGateway,
+    )
+
+__all__ = ["ScalerService", "ScalingReport", "policy_from_env"]
+
+log = logging.getLogger(__name__)
+
+
+def policy_from_env(env: Mapping[str, str] | None = None) -> ScalingPolicy:
+    """The policy with any of SCALING_MAX_POOL_SHARE, SCALING_FLEET_MAX_WORKERS, SCALING_TENANT_MAX_WORKERS,
+    SCALING_IDLE_TIMEOUT_SECONDS, SCALING_COOLDOWN_SECONDS overriding its defaults."""
+    env = os.environ if env is None else env
+    base = ScalingPolicy()
+
+    def num(name: str, default: float) -> float:
+        return float(env.get(name) or default)
+
+    return replace(
+        base,
+        max_pool_share=num("SCALING_MAX_POOL_SHARE", base.max_pool_share),
+        fleet_max_workers=int(num("SCALING_FLEET_MAX_WORKERS", base.fleet_max_workers)),
+        tenant_max_workers=int(num("SCALING_TENANT_MAX_WORKERS", base.tenant_max_workers)),
+        idle_timeout=timedelta(seconds=num("SCALING_IDLE_TIMEOUT_SECONDS", base.idle_timeout.total_seconds())),
+        scale_in_cooldown=timedelta(seconds=num("SCALING_COOLDOWN_SECONDS", base.scale_in_cooldown.total_seconds())),
+    )
+
+
+@dataclass(frozen=True)
+class ScalingReport:
+    decision: ScalingDecision
+    started: tuple[str, ...] = ()
+    replacements: tuple[tuple[str, str], ...] = ()
+    #: Workers wanted by jobs but not yet running for them (the backlog alarm's metric).
+    pending_workers: int = 0
+    running_by_pool: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = self.decision
+        return {
+            "targets": dict(d.targets),
+            "wanted": d.wanted,
+            "reason": d.reason,
+            "cost": {
+                "c_base": d.cost.c_base,
+                "c_adjust": d.cost.c_adjust,
+                "delta_r": d.cost.delta_r,
+                "c": d.cost.total,
+            },
+            "started": list(self.started),
+            "replacements": [list(r) for r in self.replacements],
+            "pending_workers": self.pending_workers,
+        }
+
+
+class ScalerService:
+    def __init__(
+        self,
+        *,
+        jobs: JobRepository,
+        nodes: NodeRepository,
+        fleet: SpotFleetGateway,
+        prices: PriceSource,
+        state: ScalingStateStore,
+        publisher: CommandPublisher,
+        on_capacity_arrived: Callable[[str, str, str | None], object] | None = None,
+        policy: ScalingPolicy | None = None,
+    ) -> None:
+        self.jobs = jobs
+        self.nodes = nodes
+        self.fleet = fleet
+        self.prices = prices
+        self.state = state
+        self.publisher = publisher
+        self.on_capacity_arrived = on_capacity_arrived
+        self.policy = policy or ScalingPolicy()
+
+    def reconcile(self, now: datetime) -> ScalingReport:
+        snapshot = self.fleet.snapshot()
+        active = self.jobs.list_active()
+        active_ids = {j.job_id for j in active}
+        busy: dict[str, str] = {}
+        for inst in snapshot.instances:
+            node = self.nodes.get(inst.instance_id)
+            if node is not None and node.state != NodeState.LOST and node.job_id in active_ids:
+                busy[inst.instance_id] = node.job_id
+        pool_of = {i.instance_id: i.pool for i in snapshot.instances}
+        demand = []
+        for job in active:
+            placed: dict[str, int] = {}
+            for iid, jid in busy.items():
+                if jid == job.job_id:
+                    placed[pool_of[iid]] = placed.get(pool_of[iid], 0) + 1
+            spec = job.spec
+            demand.append(
+                JobDemand(
+                    job.job_id,
+                    job.tenant,
+                    spec.min_workers,
+                    spec.max_workers,
+                    spec.gpus_per_worker,
+                    tuple(spec.instance_types),
+                    spec.budget_usd_per_hour,
+                    placed,
+                )
+            )
+        types = {t for j in active for t in j.spec.instance_types} | {k.split(":")[1] for k in snapshot.targets}
+        pools = self.prices.pools(types) if types else []
+        remembered, revision = self.state.load()
+        fleet_state = FleetState(
+            targets=snapshot.targets,
+            fulfilled=snapshot.fulfilled,
+            last_scaled_at=remembered.last_scaled_at,
+            surplus_since=remembered.surplus_since,
+            refused_until=remembered.refused_until,
+        )
+        decision = decide_scaling(demand, pools, fleet_state, now, self.policy)
+        release: list[str] = []
+        for pool, target in decision.targets.items():
+            idle = [i.instance_id for i in snapshot.instances if i.pool == pool and i.instance_id not in busy]
+            excess = sum(1 for i in snapshot.instances if i.pool == pool) - target
+            release += idle[: max(0, excess)]
+        if decision.changed or release:
+            self.fleet.set_targets(dict(decision.targets), release=release)
+        report_base = ScalingReport(decision)
+        if not self.state.save(decision.state, revision=revision, report=report_base.as_dict()):
+            log.info("another scaler run saved first; its decision stands and this one's targets were the same input")
+
+        if decision.changed:
+            # What just launched may already run (the local cloud fills at once): place it in this same run.
+            snapshot = self.fleet.snapshot()
+        free = [
+            FreeInstance(i.instance_id, i.instance_type, i.pool, i.host)
+            for i in snapshot.instances
+            if i.state == "running" and i.instance_id not in busy and i.instance_id not in release
+        ]
+        placement = plan_placement([j for j in active if j.state in (JobState.PENDING, JobState.RECOVERING)], free, now)
+        started = []
+        for start in placement.starts:
+            if not self.jobs.save(start.job, decided_from=start.before):
+                continue  # the job moved meanwhile (cancelled?): its instances stay free for the next run
+            stored = replace(start.job, revision=start.before.revision + 1)
+            known = [Node(i, start.job.job_id, host=h) for i, h in start.hosts.items()]
+            updates, _ = plan_node_updates(stored, known, now, lost=(), hooks=None)
+            for node in updates:
+                self.nodes.put(node)
+            self.publisher.publish([start.command])
+            self.jobs.save(replace(stored, outbox=()), decided_from=stored)
+            started.append(start.job.job_id)
+        for job_id, free_instance in placement.replacements:
+            self.nodes.put(Node(free_instance.instance_id, job_id, state=NodeState.PLACED, host=free_instance.host))
+            if self.on_capacity_arrived is not None:
+                self.on_capacity_arrived(job_id, free_instance.instance_id, free_instance.host)
+        running = {p: n for p, n in snapshot.fulfilled.items()}
+        serving = len(busy) + sum(len(s.job.members) for s in placement.starts if s.job.job_id in started)
+        return ScalingReport(
+            decision,
+            started=tuple(started),
+            replacements=tuple((j, i.instance_id) for j, i in placement.replacements),
+            pending_workers=max(0, decision.wanted - serving),
+            running_by_pool=running,
+        )

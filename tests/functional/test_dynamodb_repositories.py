@@ -1,0 +1,115 @@
+"""The DynamoDB repositories on template.yaml's tables: put-if-absent, the generation fence, newest-step-wins."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import boto3
+import pytest
+
+from ringfleet.adapters.dynamodb import DynamoDbJobRepository, DynamoDbNodeRepository
+from ringfleet.domain.jobs import DurableCheckpoint, Incident, JobState, PendingRecovery
+from ringfleet.domain.nodes import LifecycleHook, NodeState
+from ringfleet.local.cloud import LocalCloud
+from tests.builders import T0, instance, later, running_job
+
+
+class Clock:
+    def now(self) -> Any:
+        return later(5)
+
+
+@pytest.fixture
+def jobs(aws: LocalCloud) -> DynamoDbJobRepository:
+    table = aws.ctx.resolve({"Ref": "JobsTable"})
+    return DynamoDbJobRepository(str(table), clock=Clock(), boto3_resource=boto3.resource("dynamodb"))
+
+
+@pytest.fixture
+def nodes(aws: LocalCloud) -> DynamoDbNodeRepository:
+    table = aws.ctx.resolve({"Ref": "NodesTable"})
+    return DynamoDbNodeRepository(str(table), clock=Clock(), boto3_resource=boto3.resource("dynamodb"))
+
+
+def test_create_is_put_if_absent_and_a_job_reads_back_as_written(jobs: DynamoDbJobRepository) -> None:
+    # given a job with every field set
+    job, _ = running_job("repo-roundtrip")
+    job = replace(
+        job,
+        spares=(instance(40),),
+        replacements_wanted=2,
+        recovery=PendingRecovery(cause="spot-interruption", started_at=T0, leaving=(instance(2),), lost=(instance(3),)),
+        incidents=(Incident(at=T0, cause="spot-interruption", generation=1, instance_id=instance(2)),),
+        outbox=({"type": "Stop"},),
+    )
+    # when it is created twice
+    assert jobs.create(job) is True
+    assert jobs.create(replace(job, tenant="someone-else")) is False
+    # then the first one is stored, field for field
+    stored = jobs.get("repo-roundtrip")
+    assert stored == replace(job, revision=1, created_at=T0, updated_at=later(5))
+
+
+def test_a_save_decided_from_a_stale_read_is_refused(jobs: DynamoDbJobRepository) -> None:
+    job, _ = running_job("repo-fence")
+    jobs.create(job)
+    read = jobs.get("repo-fence")
+    assert read is not None
+    # when two deciders save from the same read
+    first = jobs.save(replace(read, state=JobState.RECOVERING), decided_from=read)
+    second = jobs.save(read.reconfigured({instance(1): 0}), decided_from=read)
+    # then only the first is stored
+    assert (first, second) == (True, False)
+    stored = jobs.get("repo-fence")
+    assert stored is not None and stored.state is JobState.RECOVERING and stored.generation == 1
+    assert stored.revision == read.revision + 1
+
+
+def test_only_a_newer_durable_checkpoint_wins_and_saves_never_overwrite_it(jobs: DynamoDbJobRepository) -> None:
+    job, _ = running_job("repo-durable")
+    jobs.create(job)
+    read = jobs.get("repo-durable")
+    assert read is not None
+
+    def checkpoint(step: int) -> DurableCheckpoint:
+        return DurableCheckpoint(f"s3://backups-b/jobs/repo-durable/ckpt/{step:012d}/", step, 1)
+
+    assert jobs.record_durable_checkpoint("repo-durable", checkpoint(120)) is True
+    assert jobs.record_durable_checkpoint("repo-durable", checkpoint(80)) is False  # older, arriving late
+    assert jobs.record_durable_checkpoint("no-such-job", checkpoint(80)) is False
+    # a state change decided from a read taken before the checkpoint landed keeps the checkpoint
+    assert jobs.save(replace(read, state=JobState.RECOVERING), decided_from=read)
+    stored = jobs.get("repo-durable")
+    assert stored is not None and stored.durable_checkpoint == checkpoint(120)
+
+
+def test_list_by_tenant_and_list_active(jobs: DynamoDbJobRepository) -> None:
+    live, _ = running_job("repo-live")
+    done = replace(running_job("repo-done")[0], state=JobState.SUCCEEDED)
+    other = replace(running_job("repo-other")[0], tenant="globex")
+    for job in (live, done, other):
+        jobs.create(job)
+    assert {"repo-live", "repo-done"} <= {j.job_id for j in jobs.list_by_tenant("acme")}
+    assert "repo-other" not in {j.job_id for j in jobs.list_by_tenant("acme")}
+    active = {j.job_id for j in jobs.list_active()}
+    assert "repo-live" in active and "repo-done" not in active
+
+
+def test_heartbeats_keep_nodes_alive_but_never_revive_a_lost_one(nodes: DynamoDbNodeRepository) -> None:
+    _, job_nodes = running_job("repo-nodes", members=2, first=200)
+    hook = LifecycleHook("asg", "hook", "token", job_nodes[0].instance_id)
+    nodes.put(replace(job_nodes[0], lifecycle_hook=hook))
+    nodes.put(replace(job_nodes[1], state=NodeState.LOST))
+    alive, lost = job_nodes[0].instance_id, job_nodes[1].instance_id
+    assert nodes.get(alive) == replace(job_nodes[0], lifecycle_hook=hook)
+    # a heartbeat of the current generation is recorded; one of an older generation or for a lost node is not
+    assert nodes.record_heartbeat(alive, generation=1, step=150, at=later(30)) is True
+    assert nodes.record_heartbeat(alive, generation=0, step=151, at=later(31)) is False
+    assert nodes.record_heartbeat(lost, generation=1, step=150, at=later(30)) is False
+    assert nodes.record_heartbeat(instance(0xDEAD), generation=1, step=1, at=later(30)) is False
+    # and only the node silent since before the cut-off is listed as silent
+    silent = {n.instance_id for n in nodes.list_silent(later(20))}
+    assert alive not in silent and lost not in silent
+    assert alive in {n.instance_id for n in nodes.list_silent(later(40))}
+    assert [n.instance_id for n in nodes.list_by_job("repo-nodes")] == sorted([alive, lost])

@@ -1,0 +1,71 @@
+"""Job intake: admission with quotas, idempotency per message id, and the hostile cases, on in-memory adapters."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ringfleet.adapters.memory import InMemoryJobRepository, RecordingCommandPublisher
+from ringfleet.contracts import JobCancelled
+from ringfleet.domain.jobs import JobState
+from ringfleet.domain.quotas import Quotas, TenantQuota
+from ringfleet.intake import IntakeService
+from ringfleet.wiring import WallClock
+from tests.builders import spec
+
+
+def service(quotas: Quotas | None = None) -> tuple[IntakeService, list[dict[str, Any]], RecordingCommandPublisher]:
+    events: list[dict[str, Any]] = []
+    publisher = RecordingCommandPublisher()
+    svc = IntakeService(
+        jobs=InMemoryJobRepository(WallClock()),
+        publisher=publisher,
+        put_events=events.extend,
+        quotas=quotas or Quotas(),
+        clock=WallClock(),
+    )
+    return svc, events, publisher
+
+
+def test_an_admitted_job_is_pending_and_announced_once_even_when_its_message_comes_twice() -> None:
+    svc, events, _ = service()
+    message = spec("job-1", min_workers=2, max_workers=4)
+    assert svc.on_submitted(message).outcome == "admitted"
+    assert svc.on_submitted(message).outcome == "duplicate"
+    job = svc.jobs.get("job-1")
+    assert job is not None and job.state == JobState.PENDING
+    assert [e["DetailType"] for e in events] == ["Job Admitted"]
+    assert json.loads(events[0]["Detail"])["max_workers"] == 4
+
+
+def test_a_job_over_the_tenants_gpu_quota_is_recorded_failed_with_the_reason_and_never_announced() -> None:
+    svc, events, _ = service(Quotas(default=TenantQuota(max_gpus=6)))
+    assert svc.on_submitted(spec("job-1", max_workers=4)).outcome == "admitted"
+    outcome = svc.on_submitted(spec("job-2", max_workers=4))
+    assert outcome.outcome == "rejected" and "quota" in outcome.reason
+    job = svc.jobs.get("job-2")
+    assert job is not None and job.state == JobState.FAILED and "quota" in job.incidents[-1].detail
+    assert len(events) == 1
+
+
+def test_reusing_another_tenants_job_id_is_rejected_and_leaves_that_job_alone() -> None:
+    svc, _, _ = service()
+    svc.on_submitted(spec("job-1"))
+    intruder = spec("job-1").model_copy(update={"tenant": "globex"})
+    assert svc.on_submitted(intruder).outcome == "rejected"
+    job = svc.jobs.get("job-1")
+    assert job is not None and job.tenant == "acme" and job.state == JobState.PENDING
+
+
+def test_only_the_owner_can_cancel_and_the_workers_are_told_to_stop() -> None:
+    svc, events, publisher = service()
+    svc.on_submitted(spec("job-1"))
+    assert svc.on_cancelled(JobCancelled(tenant="globex", job_id="job-1", reason="x")).outcome == "rejected"
+    job = svc.jobs.get("job-1")
+    assert job is not None and job.state == JobState.PENDING
+    assert svc.on_cancelled(JobCancelled(tenant="acme", job_id="job-1", reason="done")).outcome == "cancelled"
+    assert svc.on_cancelled(JobCancelled(tenant="acme", job_id="job-1", reason="done")).outcome == "duplicate"
+    job = svc.jobs.get("job-1")
+    assert job is not None and job.state == JobState.CANCELLED and not job.outbox
+    assert [c.type for c in publisher.published] == ["Stop"]
+    assert [e["DetailType"] for e in events] == ["Job Admitted", "Job Finished"]
