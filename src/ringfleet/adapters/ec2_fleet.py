@@ -13,6 +13,7 @@ EC2 would; a pool's target there is the instances it has live (moto fills every 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -167,13 +168,19 @@ class Ec2SpotFleetGateway:
         )
 
 
+LOCAL_HOST = "127.0.0.1"
+
+
 class MotoSpotFleetGateway(Ec2SpotFleetGateway):
     """The local cloud's gateway: ModifyFleet emulated with CreateFleet / TerminateInstances (see the module)."""
 
     def snapshot(self) -> FleetSnapshot:
         by_pool, instances = self._read()
         live = {pool: sum(1 for i in instances if i.pool == pool) for pool in by_pool}
-        return FleetSnapshot(targets=live, fulfilled=dict(live), instances=tuple(instances))
+        # Every emulated instance's worker runs on this machine: moto's private IPs exist nowhere, and a ring
+        # must never try to reach them.
+        local = tuple(dataclasses.replace(i, host=LOCAL_HOST) for i in instances)
+        return FleetSnapshot(targets=live, fulfilled=dict(live), instances=local)
 
     def set_targets(self, targets: dict[str, int], *, release: Sequence[str] = ()) -> None:
         by_pool, instances = self._read()

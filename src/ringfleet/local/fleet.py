@@ -1,0 +1,233 @@
+"""The fleet emulator: emulated EC2 instances become real worker processes; chaos sends what AWS would send.
+
+moto keeps the instances' state but runs nothing. The emulator watches moto's running instances of the stack
+(tag ``ringfleet:stack``) and, once an instance is assigned to a job (``job_of(instance_id)``, what the worker
+container's start-up would learn), starts ``python -m training_worker`` for it with its own instance-metadata
+endpoint. A terminated instance's process is killed. Chaos injection reproduces the two ways AWS takes capacity:
+
+- ``interrupt(instance, grace_s)``: the spot notice appears in the instance's metadata and the interruption
+  warning (and a rebalance recommendation) goes through EventBridge; after the grace period the instance is
+  terminated, its state-change event is sent and its process killed;
+- ``hard_kill(instance)``: the process dies and the instance is terminated with no notice at all.
+
+``duplicate_events=True`` sends every cloud event twice, as EventBridge's at-least-once delivery may.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from ringfleet.local.context import CloudContext
+
+__all__ = ["EmulatedInstance", "FleetEmulator", "MetadataServer"]
+
+STACK_TAG = "ringfleet:stack"
+
+
+class MetadataServer:
+    """Instance metadata for every emulated instance: ``/<instance-id>/latest/meta-data/...``.
+
+    Serves ``instance-id`` always and ``spot/instance-action`` once a notice is set (404 before, as EC2 does).
+    """
+
+    def __init__(self) -> None:
+        self.notices: dict[str, dict[str, str]] = {}
+        notices = self.notices
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                parts = self.path.strip("/").split("/", 1)
+                instance, rest = parts[0], parts[1] if len(parts) > 1 else ""
+                body: bytes | None = None
+                if rest == "latest/meta-data/instance-id":
+                    body = instance.encode()
+                elif rest == "latest/meta-data/spot/instance-action" and instance in notices:
+                    body = json.dumps(notices[instance]).encode()
+                self.send_response(200 if body is not None else 404)
+                self.end_headers()
+                self.wfile.write(body or b"")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True, name="metadata")
+        self._thread.start()
+
+    def base_url(self, instance_id: str) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/{instance_id}"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@dataclass
+class EmulatedInstance:
+    """One instance and its worker process."""
+
+    instance_id: str
+    job_id: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    started_at: float = field(default_factory=time.time)
+
+
+class FleetEmulator:
+    """Turns the stack's running instances into worker processes; ``poll()`` or ``start()`` a watcher thread."""
+
+    def __init__(
+        self,
+        ctx: CloudContext,
+        *,
+        job_of: Callable[[str], str | None],
+        worker_args: Callable[[str, str], list[str]] | None = None,
+        log_dir: Path,
+        duplicate_events: bool = False,
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.job_of = job_of
+        self.worker_args = worker_args or (lambda job, instance: [])
+        self.log_dir = log_dir
+        self.duplicate_events = duplicate_events
+        self.on_event = on_event or (lambda kind, info: None)
+        self.metadata = MetadataServer()
+        self.instances: dict[str, EmulatedInstance] = {}
+        self.gone: set[str] = set()
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._ec2 = ctx.client("ec2")
+        self._events = ctx.client("events")
+
+    # -- processes -------------------------------------------------------------------------------------------
+    def running_instances(self) -> list[str]:
+        pages = self._ec2.get_paginator("describe_instances").paginate(
+            Filters=[
+                {"Name": f"tag:{STACK_TAG}", "Values": [self.ctx.stack]},
+                {"Name": "instance-state-name", "Values": ["running"]},
+            ]
+        )
+        return [i["InstanceId"] for page in pages for r in page["Reservations"] for i in r["Instances"]]
+
+    def poll(self) -> None:
+        """Starts a worker for each assigned running instance that has none; reaps workers whose instance went."""
+        running = set(self.running_instances())
+        with self._lock:
+            for instance_id in sorted(running - set(self.instances) - self.gone):
+                job_id = self.job_of(instance_id)
+                if job_id is not None:
+                    self._launch(instance_id, job_id)
+            for instance_id in sorted(set(self.instances) - running):
+                self._kill(instance_id, signal.SIGKILL)
+
+    def _launch(self, instance_id: str, job_id: str) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{instance_id}.log"
+        env = {
+            **os.environ,
+            **self.ctx.aws_environment,
+            "RINGFLEET_JOB_ID": job_id,
+            "RINGFLEET_INSTANCE_ID": instance_id,
+            "RINGFLEET_BROKER_URL": self.ctx.broker_url,
+            "RINGFLEET_METADATA_URL": self.metadata.base_url(instance_id),
+            "RINGFLEET_CHECKPOINT_BUCKET": str(self.ctx.resolve({"Ref": "CheckpointBucket"})),
+            "PYTHONUNBUFFERED": "1",
+        }
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "training_worker", *self.worker_args(job_id, instance_id)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        self.instances[instance_id] = EmulatedInstance(instance_id, job_id, process, log_path)
+        self.on_event("worker-started", {"instance_id": instance_id, "job_id": job_id, "pid": process.pid})
+
+    def _kill(self, instance_id: str, sig: signal.Signals) -> None:
+        inst = self.instances.pop(instance_id, None)
+        self.gone.add(instance_id)
+        if inst is not None and inst.process.poll() is None:
+            inst.process.send_signal(sig)
+            try:
+                inst.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                inst.process.kill()
+                inst.process.wait()
+
+    # -- chaos ------------------------------------------------------------------------------------------------
+    def _put(self, detail_type: str, detail: dict[str, Any], instance_id: str) -> None:
+        arn = f"arn:aws:ec2:{self.ctx.region}:{self.ctx.account}:instance/{instance_id}"
+        entry = {"Source": "aws.ec2", "DetailType": detail_type, "Detail": json.dumps(detail), "Resources": [arn]}
+        for _ in range(2 if self.duplicate_events else 1):
+            self._events.put_events(Entries=[entry])
+        self.on_event(detail_type, {"instance_id": instance_id, **detail})
+
+    def interrupt(self, instance_id: str, grace_s: float, *, rebalance: bool = True) -> threading.Thread:
+        """Spot interruption with notice; returns the thread that terminates the instance after the grace period."""
+        when = datetime.now(UTC) + timedelta(seconds=grace_s)
+        self.metadata.notices[instance_id] = {"action": "terminate", "time": when.strftime("%Y-%m-%dT%H:%M:%SZ")}
+        if rebalance:
+            self._put("EC2 Instance Rebalance Recommendation", {"instance-id": instance_id}, instance_id)
+        self._put(
+            "EC2 Spot Instance Interruption Warning",
+            {"instance-id": instance_id, "instance-action": "terminate"},
+            instance_id,
+        )
+
+        def terminate_later() -> None:
+            if self._stop.wait(grace_s):
+                return
+            self.terminate(instance_id, sig=signal.SIGKILL)
+
+        t = threading.Thread(target=terminate_later, daemon=True, name=f"terminate-{instance_id}")
+        t.start()
+        return t
+
+    def terminate(self, instance_id: str, *, sig: signal.Signals = signal.SIGKILL) -> None:
+        """The instance goes: moto terminates it, EC2's state-change events are sent, the process is killed."""
+        with self._lock:
+            self._kill(instance_id, sig)
+        self._ec2.terminate_instances(InstanceIds=[instance_id])
+        for state in ("shutting-down", "terminated"):
+            self._put(
+                "EC2 Instance State-change Notification", {"instance-id": instance_id, "state": state}, instance_id
+            )
+
+    def hard_kill(self, instance_id: str) -> None:
+        """No notice at all: the worker dies mid-step; the control plane must notice on its own."""
+        with self._lock:
+            self._kill(instance_id, signal.SIGKILL)
+        self._ec2.terminate_instances(InstanceIds=[instance_id])
+        self.on_event("hard-kill", {"instance_id": instance_id})
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+    def start(self, interval_s: float = 0.5) -> None:
+        def loop() -> None:
+            while not self._stop.wait(interval_s):
+                self.poll()
+
+        self._thread = threading.Thread(target=loop, daemon=True, name="fleet-emulator")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        with self._lock:
+            for instance_id in list(self.instances):
+                self._kill(instance_id, signal.SIGTERM)
+        self.metadata.close()
