@@ -17,9 +17,11 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from ringfleet.contracts import (
     COMMANDS_EXCHANGE,
+    INSTANCE_QUEUE_ARGUMENTS,
     WORKER_EVENTS_QUEUE,
-    command_routing_key,
     encode_message,
+    instance_queue,
+    instance_routing_keys,
     parse_message,
 )
 from ringfleet.contracts.messages import CheckpointNow, Message, Reconfigure, Stop
@@ -54,8 +56,12 @@ class ControlChannel:
         self._connection = await aio_pika.connect_robust(self.url)
         self._channel = await self._connection.channel()
         exchange = await self._channel.declare_exchange(COMMANDS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
-        queue = await self._channel.declare_queue(exclusive=True, auto_delete=True)
-        for key in (command_routing_key(self.job_id, self.instance_id), command_routing_key(self.job_id)):
+        # The instance's durable mailbox (see ringfleet.contracts.broker.instance_queue): a Reconfigure sent while
+        # this process was starting is waiting there.
+        queue = await self._channel.declare_queue(
+            instance_queue(self.instance_id), durable=True, arguments=dict(INSTANCE_QUEUE_ARGUMENTS)
+        )
+        for key in instance_routing_keys(self.job_id, self.instance_id):
             await queue.bind(exchange, routing_key=key)
         await queue.consume(self._on_message)
 

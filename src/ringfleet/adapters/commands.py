@@ -18,10 +18,16 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import aio_pika
 
-from ringfleet.contracts.broker import COMMANDS_EXCHANGE, command_routing_key
+from ringfleet.contracts.broker import (
+    COMMANDS_EXCHANGE,
+    INSTANCE_QUEUE_ARGUMENTS,
+    command_routing_key,
+    instance_queue,
+    instance_routing_keys,
+)
 
 if TYPE_CHECKING:
-    from aio_pika.abc import AbstractExchange, AbstractRobustConnection
+    from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 
     from ringfleet.contracts import CheckpointNow, Reconfigure, Stop
 
@@ -64,6 +70,7 @@ class AmqpCommandPublisher:
         self._lock = threading.Lock()
         self._connection: AbstractRobustConnection | None = None
         self._exchange: AbstractExchange | None = None
+        self._channel: AbstractChannel | None = None
 
     def publish(self, commands: Sequence[CheckpointNow | Reconfigure | Stop]) -> None:
         if not commands:
@@ -86,6 +93,8 @@ class AmqpCommandPublisher:
     async def _publish(self, commands: Sequence[CheckpointNow | Reconfigure | Stop]) -> None:
         exchange = await self._ready()
         for command in commands:
+            if command.type == "Reconfigure":
+                await self._open_mailboxes(exchange, command)
             message = aio_pika.Message(
                 command.model_dump_json().encode(),
                 content_type="application/json",
@@ -96,20 +105,30 @@ class AmqpCommandPublisher:
             )
             await exchange.publish(message, routing_key=command_routing_key(command.job_id), timeout=10)
 
+    async def _open_mailboxes(self, exchange: AbstractExchange, command: Reconfigure) -> None:
+        """Declares each named instance's mailbox before the command goes out, so a worker still starting gets it."""
+        assert self._channel is not None
+        for instance_id in command.ranks:
+            queue = await self._channel.declare_queue(
+                instance_queue(instance_id), durable=True, arguments=dict(INSTANCE_QUEUE_ARGUMENTS)
+            )
+            for key in instance_routing_keys(command.job_id, instance_id):
+                await queue.bind(exchange, routing_key=key)
+
     async def _ready(self) -> AbstractExchange:
         if self._exchange is None:
             from ringfleet.adapters.rabbitmq import connect
 
             url = self._url() if callable(self._url) else self._url
             self._connection = await connect(url)
-            channel = await self._connection.channel(publisher_confirms=True)
+            channel = self._channel = await self._connection.channel(publisher_confirms=True)
             self._exchange = await channel.declare_exchange(
                 COMMANDS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
             )
         return self._exchange
 
     async def _drop(self) -> None:
-        connection, self._connection, self._exchange = self._connection, None, None
+        connection, self._connection, self._exchange, self._channel = self._connection, None, None, None
         if connection is not None:
             # A broken connection is being thrown away anyway: failing to close it changes nothing.
             with contextlib.suppress(Exception):

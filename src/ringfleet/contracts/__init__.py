@@ -16,6 +16,9 @@ if TYPE_CHECKING:
         DEAD_LETTER_EXCHANGE as DEAD_LETTER_EXCHANGE,
     )
     from ringfleet.contracts.broker import (
+        INSTANCE_QUEUE_ARGUMENTS as INSTANCE_QUEUE_ARGUMENTS,
+    )
+    from ringfleet.contracts.broker import (
         JOBS_QUEUE as JOBS_QUEUE,
     )
     from ringfleet.contracts.broker import (
@@ -29,6 +32,12 @@ if TYPE_CHECKING:
     )
     from ringfleet.contracts.broker import (
         dead_letter_queue as dead_letter_queue,
+    )
+    from ringfleet.contracts.broker import (
+        instance_queue as instance_queue,
+    )
+    from ringfleet.contracts.broker import (
+        instance_routing_keys as instance_routing_keys,
     )
     from ringfleet.contracts.checkpoints import (
         MANIFEST_NAME as MANIFEST_NAME,
@@ -237,6 +246,9 @@ _WHERE = {
     "AlarmStateChangeDetail": "cloud",
     "AppMessage": "messages",
     "COMMANDS_EXCHANGE": "broker",
+    "INSTANCE_QUEUE_ARGUMENTS": "broker",
+    "instance_queue": "broker",
+    "instance_routing_keys": "broker",
     "CONTROL_SOURCE": "cloud",
     "CheckpointCompleted": "messages",
     "CheckpointManifest": "checkpoints",

@@ -107,6 +107,7 @@ class FleetEmulator:
         self.metadata = MetadataServer()
         self.instances: dict[str, EmulatedInstance] = {}
         self.gone: set[str] = set()
+        self.seen: set[str] = set()
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -124,8 +125,16 @@ class FleetEmulator:
         return [i["InstanceId"] for page in pages for r in page["Reservations"] for i in r["Instances"]]
 
     def poll(self) -> None:
-        """Starts a worker for each assigned running instance that has none; reaps workers whose instance went."""
+        """Starts a worker for each assigned running instance that has none; reaps workers whose instance went.
+
+        moto sends no EC2 state-change events: a newly running instance's ``running`` event is sent from here.
+        """
         running = set(self.running_instances())
+        for instance_id in sorted(running - self.seen):
+            self.seen.add(instance_id)
+            self._put(
+                "EC2 Instance State-change Notification", {"instance-id": instance_id, "state": "running"}, instance_id
+            )
         with self._lock:
             for instance_id in sorted(running - set(self.instances) - self.gone):
                 job_id = self.job_of(instance_id)
