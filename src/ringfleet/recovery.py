@@ -131,7 +131,7 @@ class RecoveryService:
             if hook is not None:
                 # Nothing of ours runs there: let Auto Scaling go ahead instead of waiting for the hook's timeout.
                 self.fleet.complete_lifecycle_action(hook)
-            return Outcome(None, "ignored: instance belongs to no job", time_to_detect=detect)
+            return Outcome(None, "ignored: instance belongs to no job")  # no recovery: nothing to time
         outcome = self.apply(node.job_id, signal, hooks={hook.instance_id: hook} if hook else None)
         return replace(outcome, time_to_detect=detect)
 

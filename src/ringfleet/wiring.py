@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import TYPE_CHECKING
-from urllib.parse import unquote, urlsplit
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
@@ -41,8 +40,6 @@ class Settings:
     keep_every: int = 0
     #: A member not heard from for this long is lost (workers heartbeat every few seconds).
     heartbeat_timeout: timedelta = timedelta(seconds=90)
-    #: Set only in the local cloud, whose MqEndpoint drops the virtual host of RINGFLEET_BROKER_URL.
-    broker_vhost: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -50,10 +47,6 @@ class Settings:
         missing = [k for k in ("JOBS_TABLE", "NODES_TABLE", "IDEMPOTENCY_TABLE") if not env.get(k)]
         if missing:
             raise RuntimeError(f"environment variables {missing} are not set (see template.yaml Globals)")
-        vhost = None
-        if env.get("RINGFLEET_LOCAL_CLOUD") == "1" and env.get("RINGFLEET_BROKER_URL"):
-            path = urlsplit(env["RINGFLEET_BROKER_URL"]).path
-            vhost = unquote(path[1:]) if len(path) > 1 else "/"
         return cls(
             jobs_table=env["JOBS_TABLE"],
             nodes_table=env["NODES_TABLE"],
@@ -66,7 +59,6 @@ class Settings:
             keep_last=int(env.get("CHECKPOINT_KEEP_LAST") or 3),
             keep_every=int(env.get("CHECKPOINT_KEEP_EVERY") or 0),
             heartbeat_timeout=timedelta(seconds=float(env.get("HEARTBEAT_TIMEOUT_SECONDS") or 90)),
-            broker_vhost=vhost,
         )
 
     def broker_url(self) -> str:
@@ -74,7 +66,7 @@ class Settings:
         from ringfleet.adapters.commands import broker_url, credentials_from_secret
 
         username, password = credentials_from_secret(self.broker_secret_id)
-        return broker_url(self.broker_endpoint, username, password, self.broker_vhost)
+        return broker_url(self.broker_endpoint, username, password)
 
 
 @lru_cache(maxsize=1)

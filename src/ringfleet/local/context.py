@@ -53,10 +53,13 @@ class LocalState:
 
 
 def _broker_host_url(broker_url: str) -> str:
-    """amqp://user:pass@host:port/vhost -> amqp://host:port (credentials travel in the secret, as on Amazon MQ)."""
+    """amqp://user:pass@host:port/vhost -> amqp://host:port/vhost: credentials travel in the secret, as on Amazon MQ.
+
+    The virtual host stays, so a local cloud on its own vhost (tests running side by side) is the one handlers use.
+    """
     scheme, rest = broker_url.split("://", 1)
-    host = rest.rsplit("@", 1)[-1].split("/", 1)[0]
-    return f"{scheme}://{host}"
+    host, _, vhost = rest.rsplit("@", 1)[-1].partition("/")
+    return f"{scheme}://{host}/{vhost}" if vhost else f"{scheme}://{host}"
 
 
 class CloudContext:

@@ -1,0 +1,79 @@
+"""A job submitted through the client trains to the end on emulated instances, steered by the real handlers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ringfleet.client import RingfleetClient, load_job_file
+from ringfleet.contracts.broker import JOBS_QUEUE
+from ringfleet.local.cloud import LocalCloud
+from ringfleet.local.fleet import FleetEmulator
+from tests.conftest import ROOT, purge_queue
+
+pytestmark = pytest.mark.e2e
+
+STEPS = 40
+
+
+@pytest.fixture
+def cloud(broker_url: str, tmp_path: Path) -> Iterator[LocalCloud]:
+    purge_queue(broker_url, JOBS_QUEUE)
+    with LocalCloud(ROOT / "template.yaml", broker_url=broker_url, state_dir=tmp_path / "state") as c:
+        yield c
+
+
+def test_submitted_job_is_placed_on_three_instances_that_train_it_together(cloud: LocalCloud, tmp_path: Path) -> None:
+    # given the fleet emulator, which runs a worker for each instance the scaler assigns to a job
+    nodes = cloud.client("dynamodb")
+    table = cloud.ctx.resolve({"Ref": "NodesTable"})
+
+    def job_of(instance_id: str) -> str | None:
+        item = nodes.get_item(TableName=table, Key={"instance_id": {"S": instance_id}}).get("Item")
+        return item["job_id"]["S"] if item else None
+
+    emulator = FleetEmulator(
+        cloud.ctx,
+        job_of=job_of,
+        worker_args=lambda job, instance: ["--steps", str(STEPS), "--checkpoint-every", "20", "--log-every", "10"],
+        log_dir=tmp_path / "workers",
+    )
+    emulator.start()
+    try:
+        # when an app submits a job for exactly three workers
+        fields = load_job_file(ROOT / "examples" / "job.yaml")
+        fields.update(job_id="e2e-train", min_workers=3, max_workers=3, budget_usd_per_hour=50)
+        RingfleetClient(cloud.broker_url).submit(fields)
+
+        # then the scaler launches three instances, placement sends them a Reconfigure (waiting in each instance's
+        # mailbox while its worker starts), and the three train one ring to the last step
+        def finished() -> list[str]:
+            return [
+                i.instance_id
+                for i in emulator.instances.values()
+                if f"finished: done at step {STEPS}" in i.log_path.read_text()
+            ]
+
+        deadline = time.monotonic() + 240
+        while len(finished()) < 3 and time.monotonic() < deadline:
+            time.sleep(1)
+        logs = {i.instance_id: i.log_path.read_text()[-2000:] for i in emulator.instances.values()}
+        assert len(finished()) == 3, f"workers did not all finish: {logs}"
+        assert all("world 3 rank" in text and "generation 1" in text for text in logs.values())
+        # and rank 0's checkpoints landed in S3 and were backed up by checkpoint_backup
+        cloud.router.wait_for(
+            lambda ds: (
+                sum(
+                    1
+                    for d in ds
+                    if d.function == "CheckpointBackupFunction" and d.result.ok and "e2e-train" in str(d.event)
+                )
+                >= 2
+            ),
+            timeout=60,
+        )
+    finally:
+        emulator.stop()
