@@ -103,6 +103,13 @@ def main(argv: list[str] | None = None) -> int:
         help="a rank sending up to this much in all exchanges whole tensors in one round instead of the ring;"
         " 0 = the ring at every size",
     )
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=1,
+        help="repeat the whole measurement this many times (fresh processes each) and print the median of the"
+        " runs' ratios with their range: on a shared or small machine one run's ratio moves by +-20%%",
+    )
     args = parser.parse_args(argv)
     tuning = (args.segment_kib * 1024, args.small_kib * 1024)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -111,11 +118,27 @@ def main(argv: list[str] | None = None) -> int:
         if args.sizes_kib
         else list(QUICK_SIZES_KIB if args.quick else SIZES_KIB)
     )
-    print(f"{'ranks':>5} {'size':>9} {'ring ms':>9} {'native ms':>9} {'ratio':>6}   (medians, same run, {args.device})")
+    runs = max(1, args.runs)
+    spread = "  range of the runs' ratios" if runs > 1 else ""
+    print(
+        f"{'ranks':>5} {'size':>9} {'ring ms':>9} {'native ms':>9} {'ratio':>6}{spread}"
+        f"   (medians, same run, {args.device}{f', median of {runs} runs' if runs > 1 else ''})"
+    )
     for world in (int(w) for w in args.worlds.split(",")):
-        for size_kib, ring_s, native_s in run(world, sizes, args.quick, args.device, tuning):
+        per_size: dict[int, list[tuple[float, float]]] = {}
+        for _ in range(runs):
+            for size_kib, ring_s, native_s in run(world, sizes, args.quick, args.device, tuning):
+                per_size.setdefault(size_kib, []).append((ring_s, native_s))
+        for size_kib, timings in per_size.items():
             label = f"{size_kib // 1024} MiB" if size_kib >= 1024 else f"{size_kib} KiB"
-            print(f"{world:>5} {label:>9} {ring_s * 1e3:>9.3f} {native_s * 1e3:>9.3f} {ring_s / native_s:>6.2f}")
+            ring_s = statistics.median(r for r, _ in timings)
+            native_s = statistics.median(n for _, n in timings)
+            ratios = [r / n for r, n in timings]
+            ratio = statistics.median(ratios)
+            line = f"{world:>5} {label:>9} {ring_s * 1e3:>9.3f} {native_s * 1e3:>9.3f} {ratio:>6.2f}"
+            if runs > 1:
+                line += f"  {min(ratios):.2f}-{max(ratios):.2f}"
+            print(line)
     return 0
 
 

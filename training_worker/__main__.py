@@ -18,9 +18,12 @@ on torch.distributed (gloo on CPU), checkpoints to S3 and follows the control pl
 
 How it learns who it is:
   * by default it consumes its commands from RabbitMQ (exchange ringfleet.commands, routing keys
-    <job>.<instance> and <job>.all) and waits for its first Reconfigure: generation, its rank, the world size
-    and the rendezvous host:port. A Reconfigure of a newer generation makes every rank leave the ring at the
-    same step boundary and re-form it; an older one is ignored.
+    <job>.<instance> and <job>.all), prints "control channel ready" once it is listening (commands sent before
+    are not seen) and waits for its first Reconfigure: generation, its rank, the world size and the rendezvous
+    host:port (and, when the job restarts from S3, the checkpoint to restore). A Reconfigure of a newer
+    generation makes every rank leave the ring at the same step boundary and re-form it; an older one is
+    ignored. A generation that leaves out a worker that has not trained yet keeps it waiting as a spare; one
+    that leaves out a member ends that member's run. Stop ends the run at the next step boundary.
   * --static-world RANK:WORLD:HOST:PORT skips the control plane (standalone runs).
   * --discovery-file PATH reads a Reconfigure message (JSON) from a file and re-reads it when it changes.
 
@@ -28,8 +31,9 @@ What it does on the way:
   * commits its state in memory every --commit-every steps; when a peer dies it restores that commit and waits
     for the next membership (the survivors), instead of starting over;
   * checkpoints to s3://BUCKET/jobs/JOB/ckpt/STEP/ every --checkpoint-every steps in the background, on
-    CheckpointNow, and before leaving on SIGTERM or a spot interruption notice; at start it resumes from the
-    newest checkpoint that verifies;
+    CheckpointNow, and before leaving on SIGTERM or a spot interruption notice (then exits 0 once the checkpoint
+    is in S3, while the other ranks wait for the next Reconfigure); at start it resumes from the newest
+    checkpoint that verifies;
   * publishes Heartbeat and CheckpointCompleted to the ringfleet.worker-events queue, and prints one progress
     line every --log-every steps: step, loss, samples/s, world size, rank, generation.
 
@@ -102,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--timeout", type=float, default=10.0, help="seconds before a silent peer counts as dead")
     tr.add_argument("--wait", type=float, default=600.0, help="seconds to wait for a (new) membership")
     tr.add_argument("--log-every", type=int, default=10, help="steps between progress lines")
+    tr.add_argument("--heartbeat-every", type=float, default=5.0, help="seconds between Heartbeats (default 5)")
     tr.add_argument("--step-delay", type=float, default=0.0, help="sleep per step, to pace demos")
     tr.add_argument("--final-state", type=Path, default=None, help="write the final model state_dict here")
     return p
@@ -128,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         timeout_s=args.timeout,
         wait_s=args.wait,
         log_every=args.log_every,
+        heartbeat_every_s=args.heartbeat_every,
         broker_url=None if no_broker else args.broker_url,
         bucket=args.bucket,
         metadata_url=args.metadata_url,

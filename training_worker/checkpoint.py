@@ -97,6 +97,16 @@ class S3CheckpointStore:
         self.s3.put_object(Bucket=self.bucket, Key=prefix + MANIFEST_NAME, Body=body, ContentType="application/json")
         return SavedCheckpoint(step, self.uri(step), hashlib.sha256(body).hexdigest(), total + len(body))
 
+    def exists(self, step: int) -> bool:
+        """Whether the manifest of ``step`` is there (written last: its shards are there too)."""
+        try:
+            self.s3.head_object(Bucket=self.bucket, Key=checkpoint_prefix(self.job_id, step) + MANIFEST_NAME)
+        except self.s3.exceptions.ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+
     def steps(self) -> list[int]:
         """Steps that have a manifest, newest first."""
         found = []
@@ -185,6 +195,7 @@ class AsyncCheckpointer:
         self.wait()
         saved = self.store.save(step, generation, world_size, snapshot(tree))
         self.last = saved
+        log.info("checkpoint step %d saved to %s (%d bytes)", step, saved.uri, saved.size_bytes)
         return saved
 
     def wait(self) -> None:

@@ -74,16 +74,18 @@ class RingAllreduce:
         if not tensor.is_contiguous():
             raise ValueError("RingAllreduce needs a contiguous tensor (the optimizer passes its fusion buffers)")
         pg, world, rank, gloo = self._group_layout()
+        divided = False
         if world > 1 and tensor.numel() > 0:
             wire = wire_dtype if wire_dtype is not None else tensor.dtype
             with self._lock:
                 if gloo and tensor.numel() * tensor.element_size() * (world - 1) <= self.small_bytes:
                     self._exchange(pg, tensor.view(-1), wire, world, rank)
                 elif gloo:
-                    self._pipelined(pg, tensor.view(-1), wire, world, rank)
+                    self._pipelined(pg, tensor.view(-1), wire, world, rank, average=op == "avg")
+                    divided = op == "avg"
                 else:
                     self._grouped(tensor.view(-1), wire, world)
-        if op == "avg" and world > 1:
+        if op == "avg" and world > 1 and not divided:
             tensor.div_(world)
         return tensor
 
@@ -114,7 +116,9 @@ class RingAllreduce:
         for work in sends:
             work.wait()
 
-    def _pipelined(self, pg: dist.ProcessGroup, flat: torch.Tensor, wire: torch.dtype, world: int, rank: int) -> None:
+    def _pipelined(
+        self, pg: dist.ProcessGroup, flat: torch.Tensor, wire: torch.dtype, world: int, rank: int, average: bool
+    ) -> None:
         # The group's own send/recv take group ranks and skip the per-call checks of dist.isend/irecv.
         right, left = (rank + 1) % world, (rank - 1) % world
         n = flat.numel()
@@ -177,6 +181,10 @@ class RingAllreduce:
                 work.wait()
                 if hop <= last_reduce_hop:
                     flat[lo:hi].add_(buf)
+                    if average and hop == last_reduce_hop:
+                        # The owner divides its fully reduced segment while it is still in cache, before sending it
+                        # on: every rank then receives the average, and no rank makes a pass over the whole tensor.
+                        flat[lo:hi].div_(world)
                 elif compress:
                     flat[lo:hi].copy_(buf)
                 if hop + 1 < hops:

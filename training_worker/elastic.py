@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from ringfleet.contracts import parse_message
-from ringfleet.contracts.messages import Reconfigure
+from ringfleet.contracts.messages import CheckpointRef, Reconfigure
 from training_worker.checkpoint import snapshot
 from training_worker.data import ShardedDataSource
 from training_worker.optimizer import broadcast_tree
@@ -44,24 +44,44 @@ class Membership:
     rank: int
     world_size: int
     rendezvous: str  # host:port of rank 0's store
+    #: Restore this durable checkpoint before syncing (the control plane restarts the job from S3); None: keep the
+    #: in-memory state and sync it from a survivor.
+    checkpoint: CheckpointRef | None = None
 
     @classmethod
     def from_reconfigure(cls, command: Reconfigure, instance_id: str) -> Membership | None:
         """This instance's place in ``command``, or None when the new generation leaves it out."""
         if instance_id not in command.ranks:
             return None
-        return cls(command.generation, command.ranks[instance_id], command.world_size, command.rendezvous)
+        return cls(
+            command.generation, command.ranks[instance_id], command.world_size, command.rendezvous, command.checkpoint
+        )
 
 
 class HostDiscovery(Protocol):
     """Where memberships come from: the control plane's Reconfigure in production, something fixed in tests."""
 
+    @property
+    def generation(self) -> int:
+        """The newest generation known, whether or not it includes this worker; -1 before the first."""
+        ...
+
+    @property
+    def closed(self) -> bool:
+        """Whether this worker is done with memberships (Stop, SIGTERM, a spot notice): waiting returns at once."""
+        ...
+
     def wait(self, after_generation: int, timeout: float) -> Membership | None:
-        """The first membership newer than ``after_generation``, waiting up to ``timeout`` seconds."""
+        """The first membership newer than ``after_generation``, waiting up to ``timeout`` seconds; None when the
+        newest generation leaves this worker out, when the wait times out, or once closed."""
         ...
 
     def newer(self, than_generation: int) -> bool:
         """Whether a newer membership (or the end of this worker's part) is known; must not block."""
+        ...
+
+    def close(self) -> None:
+        """Ends every present and future wait: the worker is leaving."""
         ...
 
 
@@ -70,12 +90,26 @@ class FixedHosts:
 
     def __init__(self, membership: Membership) -> None:
         self.membership = membership
+        self._closed = False
+
+    @property
+    def generation(self) -> int:
+        return self.membership.generation
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def wait(self, after_generation: int, timeout: float) -> Membership | None:
+        if self._closed:
+            return None
         return self.membership if self.membership.generation > after_generation else None
 
     def newer(self, than_generation: int) -> bool:
         return False
+
+    def close(self) -> None:
+        self._closed = True
 
 
 class CommandDiscovery:
@@ -84,9 +118,11 @@ class CommandDiscovery:
     def __init__(self, instance_id: str) -> None:
         self.instance_id = instance_id
         self._latest: Reconfigure | None = None
+        self._closed = False
         self._cond = threading.Condition()
 
     def offer(self, command: Reconfigure) -> bool:
+        """Takes ``command`` if it is newer than every one seen; returns whether it did."""
         with self._cond:
             if self._latest is not None and command.generation <= self._latest.generation:
                 known = self._latest.generation
@@ -100,10 +136,22 @@ class CommandDiscovery:
     def generation(self) -> int:
         return -1 if self._latest is None else self._latest.generation
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        # Called from a signal handler too: the main thread may be inside wait(), whose lock it has released.
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
     def wait(self, after_generation: int, timeout: float) -> Membership | None:
         deadline = time.monotonic() + timeout
         with self._cond:
             while self._latest is None or self._latest.generation <= after_generation:
+                if self._closed:
+                    return None
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
@@ -141,7 +189,7 @@ class FileDiscovery(CommandDiscovery):
         while True:
             self._refresh()
             found = super().wait(after_generation, 0)
-            if found is not None or self.generation > after_generation or time.monotonic() >= deadline:
+            if found is not None or self.generation > after_generation or self.closed or time.monotonic() >= deadline:
                 return found
             time.sleep(0.1)
 
@@ -230,22 +278,33 @@ def run_elastic(
     wait_s: float = 600.0,
     max_failures: int = 10,
     on_failure: Callable[[Membership, BaseException], None] | None = None,
+    before_sync: Callable[[Membership], None] | None = None,
 ) -> Outcome:
     """Runs ``train`` generation after generation until it finishes or stops.
 
     A failed collective restores the last commit, leaves the group and waits for the next membership (the
     survivors, or a replacement); a membership change at a step boundary re-forms the group without counting as
-    a failure. A membership that leaves this worker out ends its run.
+    a failure. A worker that has not been a member yet waits as a spare through generations that leave it out; a
+    member that a newer generation leaves out ends its run, and so does one whose discovery is closed.
+    ``before_sync`` runs once the group is joined, before the state is synced (restoring a durable checkpoint).
     """
-    failures, generation = 0, -1
+    failures, generation, member = 0, -1, False
     while True:
         membership = discovery.wait(generation, wait_s)
         if membership is None:
-            if discovery.newer(generation):
-                log.info("the newest membership leaves this worker out: stopping")
+            if discovery.closed:
+                log.info("leaving: no further generation is joined")
                 return Outcome.STOPPED
-            raise TimeoutError(f"no membership newer than generation {generation} within {wait_s}s")
-        generation = membership.generation
+            newest = discovery.generation
+            if newest <= generation:
+                raise TimeoutError(f"no membership newer than generation {generation} within {wait_s}s")
+            if member:
+                log.info("generation %d leaves this worker out: stopping", newest)
+                return Outcome.STOPPED
+            log.info("generation %d does not include this worker: waiting as a spare", newest)
+            generation = newest
+            continue
+        generation, member = membership.generation, True
         log.info(
             "joining generation %d as rank %d of %d at %s",
             generation,
@@ -255,6 +314,8 @@ def run_elastic(
         )
         try:
             _join(membership, backend, timeout_s)
+            if before_sync is not None:
+                before_sync(membership)
             root = state.sync()
             log.info("generation %d: state synced from rank %d at step %d", generation, root, state.step)
             outcome = train(membership)
@@ -276,7 +337,16 @@ def run_elastic(
             _leave()
             if failures >= max_failures:
                 raise
+            log.info("waiting for a Reconfigure newer than generation %d", generation)
             continue
         _leave()
         if outcome is not Outcome.CHANGED:
             return outcome
+        log.info(
+            "left generation %d at step %d, a membership change and not a failure (failures: %d): "
+            "waiting for a Reconfigure newer than generation %d",
+            generation,
+            state.step,
+            failures,
+            generation,
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 from ringfleet.contracts.messages import CheckpointCompleted, CheckpointNow, Heartbeat, Message, Reconfigure, Stop
-from training_worker.checkpoint import AsyncCheckpointer, S3CheckpointStore, SavedCheckpoint
+from training_worker.checkpoint import AsyncCheckpointer, CheckpointCorrupt, S3CheckpointStore, SavedCheckpoint
 from training_worker.collectives import BACKENDS, select_backend
 from training_worker.control import ControlChannel, SpotNoticeWatcher, install_sigterm
 from training_worker.data import ShardedDataSource, load_digits
@@ -95,8 +96,8 @@ class Worker:
         self.channel: ControlChannel | None = None
         self.generation = -1
         self._pending = [False] * 4
-        self._emergency = False
         self._leaving = False
+        self._beating: Future[None] | None = None
         self._lock = threading.Lock()
 
     # -- inputs from other threads -------------------------------------------------------------------------------
@@ -106,33 +107,53 @@ class Worker:
             log.info("ignoring %s of generation %d (now %d)", command.type, command.generation, self.generation)
             return
         if isinstance(command, Reconfigure):
-            if self.commands is not None and self.commands.offer(command):
-                self._raise(self.RECONFIGURE)
+            # Not a pending flag: each step boundary asks discovery whether a generation newer than the one being
+            # trained is known, so the Reconfigure that starts a generation never ends it.
+            if self.commands is not None:
+                self.commands.offer(command)
         elif isinstance(command, CheckpointNow):
             log.info("CheckpointNow (%s): checkpointing at the next step boundary", command.reason)
-            self._emergency = True
             self._raise(self.CHECKPOINT)
         else:
             log.info("Stop (%s): stopping at the next step boundary", command.reason)
             self._raise(self.STOP)
+            self.discovery.close()  # a worker waiting for a membership stops now
 
     def leave(self, why: str) -> None:
-        """SIGTERM or a spot notice: checkpoint at the next step boundary, then exit."""
+        """SIGTERM or a spot notice: checkpoint at the next step boundary, then exit.
+
+        The other ranks take the same step boundary, rank 0 writes the checkpoint, and they wait for the control
+        plane's next Reconfigure. A worker that is not training (waiting for a membership) exits at once.
+        """
         log.warning("%s: checkpointing at the next step boundary, then leaving", why)
-        self._emergency = True
         self._leaving = True
         self._raise(self.LEAVE)
+        self.discovery.close()
 
     def _raise(self, flag: int) -> None:
         with self._lock:
             self._pending[flag] = True
 
     def publish(self, message: Message) -> None:
+        """Publishes and waits for the broker (CheckpointCompleted, from the upload thread)."""
         if self.channel is not None:
             try:
                 self.channel.publish(message).result(10)
             except Exception:
                 log.exception("could not publish %s", message.type)
+
+    def _heartbeat(self, beat: Heartbeat) -> None:
+        """Publishes without waiting: a broker that is away (restarting) must not stall training. One at a time, so
+        an outage does not pile them up; the robust connection resumes them once the broker is back."""
+        if self.channel is None or (self._beating is not None and not self._beating.done()):
+            return
+
+        def report(future: Future[None]) -> None:
+            if not future.cancelled() and future.exception() is not None:
+                log.warning("could not publish a Heartbeat: %s", future.exception())
+
+        self._beating = self.channel.publish(beat)
+        self._beating.add_done_callback(report)
 
     # -- the run -------------------------------------------------------------------------------------------------
 
@@ -141,6 +162,9 @@ class Worker:
         if config.broker_url:
             self.channel = ControlChannel(config.broker_url, config.job_id, config.instance_id, self.on_command)
             self.channel.start()
+            # Commands published before this line are not seen (the queue is this process's own): a launcher waits
+            # for it before asking the control plane to place the instance.
+            print(f"control channel ready: waiting for a Reconfigure of job {config.job_id}", flush=True)
         if config.metadata_url:
             SpotNoticeWatcher(config.metadata_url, lambda notice: self.leave("spot interruption notice")).start()
         if threading.current_thread() is threading.main_thread():
@@ -158,6 +182,7 @@ class Worker:
                 self.discovery,
                 timeout_s=config.timeout_s,
                 wait_s=config.wait_s,
+                before_sync=self._restore_checkpoint,
             )
         finally:
             if self.checkpointer is not None:
@@ -172,14 +197,39 @@ class Worker:
     def _boundary_flags(self) -> list[bool]:
         with self._lock:
             local, self._pending = self._pending, [False] * 4
-        if self.discovery.newer(self.generation):
-            local[self.RECONFIGURE] = True
+        local[self.RECONFIGURE] = self.discovery.newer(self.generation)
         flags = torch.tensor([float(f) for f in local])
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
         return [bool(f) for f in flags.tolist()]
 
+    def _restore_checkpoint(self, membership: Membership) -> None:
+        """A Reconfigure that names a checkpoint restarts the job from it (every rank loads it, then syncs)."""
+        ref = membership.checkpoint
+        if ref is None:
+            return
+        store = self.store
+        if store is None or store.bucket != ref.bucket or store.job_id != ref.job_id:
+            store = S3CheckpointStore(ref.bucket, ref.job_id)
+        try:
+            manifest, tree = store.load(ref.step)
+        except (CheckpointCorrupt, store.s3.exceptions.NoSuchKey) as e:
+            log.warning("checkpoint %s named by generation %d does not verify (%s)", ref.uri, membership.generation, e)
+            newest = store.load_newest(max_step=ref.step)
+            if newest is None:
+                raise RuntimeError(f"no checkpoint at or before step {ref.step} verifies") from e
+            manifest, tree = newest
+        self.state.load(tree)
+        self.state.commit()
+        log.info("restored checkpoint step %d for generation %d", manifest.step, membership.generation)
+
     def _checkpoint(self, membership: Membership, blocking: bool, emergency: bool) -> None:
-        if self.checkpointer is None or membership.rank != 0:
+        if self.checkpointer is None:
+            if emergency and membership.rank == 0:
+                log.warning(
+                    "no checkpoint bucket configured: the emergency checkpoint at step %d is skipped", self.state.step
+                )
+            return
+        if membership.rank != 0:
             return  # the state is replicated: rank 0 writes it for everyone
         step, generation = self.state.step, membership.generation
 
@@ -220,10 +270,17 @@ class Worker:
             while state.step < config.steps:
                 flags = self._boundary_flags()
                 if flags[self.CHECKPOINT] or flags[self.LEAVE]:
-                    self._checkpoint(membership, blocking=flags[self.LEAVE], emergency=self._emergency)
-                    self._emergency = False
+                    # Notice was given (CheckpointNow, SIGTERM or a spot notice on any rank): an emergency checkpoint,
+                    # blocking when a rank is about to go so that it lands before the process does.
+                    self._checkpoint(membership, blocking=flags[self.LEAVE], emergency=True)
                 if flags[self.LEAVE] or flags[self.STOP]:
-                    return Outcome.STOPPED if self._leaving_or_stop(flags) else Outcome.CHANGED
+                    if self._leaving_or_stop(flags):
+                        if flags[self.LEAVE] and self._leaving:
+                            self._await_checkpoint(membership)
+                        return Outcome.STOPPED
+                    state.commit()
+                    log.info("a rank leaves after step %d: leaving generation %d", state.step, self.generation)
+                    return Outcome.CHANGED
                 if flags[self.RECONFIGURE]:
                     state.commit()
                     log.info("membership changes after step %d: leaving generation %d", state.step, self.generation)
@@ -255,7 +312,7 @@ class Worker:
                     samples, window_start = 0, now
                 if self.channel is not None and now - last_heartbeat >= config.heartbeat_every_s:
                     last_heartbeat = now
-                    self.publish(
+                    self._heartbeat(
                         Heartbeat(
                             job_id=config.job_id,
                             instance_id=config.instance_id,
@@ -275,6 +332,20 @@ class Worker:
         finally:
             opt.close()
             backend.close()
+
+    def _await_checkpoint(self, membership: Membership, timeout_s: float = 120.0) -> None:
+        """A leaving rank other than 0 stays until rank 0's emergency checkpoint is in S3, so that it exits only
+        once its work is durable (rank 0 writes for everyone)."""
+        if self.store is None or membership.rank == 0:
+            return
+        step = self.state.step
+        deadline = time.monotonic() + timeout_s
+        while not self.store.exists(step):
+            if time.monotonic() >= deadline:
+                log.warning("leaving without seeing the checkpoint of step %d within %.0fs", step, timeout_s)
+                return
+            time.sleep(0.1)
+        log.info("checkpoint step %d saved by rank 0: leaving", step)
 
     def _leaving_or_stop(self, flags: list[bool]) -> bool:
         # Stop ends everyone; a LEAVE ends only the worker that is going (SIGTERM, spot notice) while the others

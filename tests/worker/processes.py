@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -10,9 +12,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
+_PROGRESS = re.compile(r"^step (\d+) .* world (\d+) rank (\d+) generation (\d+)$")
+
 
 class WorkerProcess:
-    def __init__(self, log: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    """One worker process. Without ``broker_url`` it runs with ``--broker-url none``; with one it is configured the
+    way a fleet launches it, through ``RINGFLEET_BROKER_URL``."""
+
+    def __init__(self, log: Path, *args: str, env: dict[str, str] | None = None, broker_url: str | None = None) -> None:
         self.log = log
         full_env = {
             **os.environ,
@@ -20,9 +27,12 @@ class WorkerProcess:
             "OMP_NUM_THREADS": "1",
             **(env or {}),
         }
+        if broker_url is not None:
+            full_env["RINGFLEET_BROKER_URL"] = broker_url
+        flags = [] if broker_url is not None else ["--broker-url", "none"]
         self._file = log.open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "training_worker", "--broker-url", "none", *args],
+            [sys.executable, "-m", "training_worker", *flags, *args],
             cwd=ROOT,
             env=full_env,
             stdout=self._file,
@@ -31,6 +41,11 @@ class WorkerProcess:
 
     def output(self) -> str:
         return self.log.read_text()
+
+    def progress(self) -> list[tuple[int, int, int, int]]:
+        """Every progress line so far as (step, world size, rank, generation)."""
+        found = (_PROGRESS.match(line) for line in self.output().splitlines())
+        return [(int(m[1]), int(m[2]), int(m[3]), int(m[4])) for m in found if m]
 
     def wait_for(self, text: str, timeout: float = 60.0) -> float:
         """Waits until the output contains ``text``; returns when (monotonic). Fails on exit or timeout."""
@@ -44,6 +59,22 @@ class WorkerProcess:
                 )
             time.sleep(0.05)
         raise AssertionError(f"no {text!r} within {timeout}s:\n{self.output()}")
+
+    def wait_for_step(self, step: int, generation: int, timeout: float = 60.0) -> tuple[int, int, int, int]:
+        """Waits for a progress line at ``step`` or later in ``generation``; returns the first such line."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.progress():
+                if line[0] >= step and line[3] == generation:
+                    return line
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited ({self.proc.returncode}) before step {step}:\n{self.output()}")
+            time.sleep(0.05)
+        raise AssertionError(f"no step {step} of generation {generation} within {timeout}s:\n{self.output()}")
+
+    def terminate(self) -> None:
+        """SIGTERM, as ECS or EC2 stopping the container sends it."""
+        self.proc.send_signal(signal.SIGTERM)
 
     def finish(self, timeout: float = 60.0) -> int:
         try:

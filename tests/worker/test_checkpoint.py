@@ -11,7 +11,7 @@ import torch
 from moto import mock_aws
 
 from ringfleet.contracts import MANIFEST_NAME, CheckpointManifest, checkpoint_prefix
-from training_worker.checkpoint import AsyncCheckpointer, CheckpointCorrupt, S3CheckpointStore
+from training_worker.checkpoint import AsyncCheckpointer, CheckpointCorrupt, S3CheckpointStore, SavedCheckpoint
 
 BUCKET = "ckpt"
 
@@ -35,7 +35,7 @@ def _tree(value: float) -> dict[str, object]:
 
 def test_saved_checkpoint_lists_every_shard_in_a_manifest_and_loads_back(store: S3CheckpointStore) -> None:
     # given a checkpoint saved in the background at step 7
-    done = []
+    done: list[SavedCheckpoint] = []
     saver = AsyncCheckpointer(store)
     saver.save_async(7, 2, 3, _tree(7.0), done.append)
     saver.wait()

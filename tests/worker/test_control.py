@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import http.server
-import json
 import queue
-import threading
-from collections.abc import Iterator
 
 import aio_pika
-import pytest
 
 from ringfleet.adapters.rabbitmq import publish
 from ringfleet.contracts import (
@@ -22,6 +17,7 @@ from ringfleet.contracts import (
 )
 from ringfleet.contracts.messages import CheckpointNow, Heartbeat, Stop
 from tests.conftest import purge_queue
+from tests.worker.conftest import InstanceMetadata
 from training_worker.control import ControlChannel, SpotNoticeWatcher
 from training_worker.worker import Worker, WorkerConfig
 
@@ -85,37 +81,9 @@ def test_commands_for_this_instance_and_for_the_whole_job_arrive_and_messages_go
         channel.close()
 
 
-class _Metadata(http.server.BaseHTTPRequestHandler):
-    notice: dict[str, str] | None = None
-
-    def do_PUT(self) -> None:  # IMDSv2 token
-        self.send_response(200)
-        self.end_headers()
-        self.wfile.write(b"token")
-
-    def do_GET(self) -> None:
-        if self.path == SpotNoticeWatcher.PATH and type(self).notice is not None:
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(json.dumps(type(self).notice).encode())
-        else:
-            self.send_response(404)
-            self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def metadata() -> Iterator[tuple[str, type[_Metadata]]]:
-    handler = type("Metadata", (_Metadata,), {"notice": None})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", handler
-    server.shutdown()
-
-
-def test_a_spot_notice_is_noticed_once_the_metadata_endpoint_serves_it(metadata: tuple[str, type[_Metadata]]) -> None:
+def test_a_spot_notice_is_noticed_once_the_metadata_endpoint_serves_it(
+    metadata: tuple[str, type[InstanceMetadata]],
+) -> None:
     # given a watcher polling an endpoint that has no notice yet
     url, handler = metadata
     noticed: queue.Queue[dict[str, str]] = queue.Queue()

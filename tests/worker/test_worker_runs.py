@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
-import pytest
 import torch
-from moto.server import ThreadedMotoServer
 
 from ringfleet.contracts import encode_message
 from ringfleet.contracts.messages import Reconfigure
@@ -17,29 +13,6 @@ from tests.worker.distributed import free_port
 from tests.worker.processes import WorkerProcess
 
 INSTANCES = ["i-0000000000000001a", "i-0000000000000002b", "i-0000000000000003c"]
-
-
-@pytest.fixture(scope="module")
-def s3_env() -> Iterator[dict[str, str]]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    env = {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "RINGFLEET_CHECKPOINT_BUCKET": "ckpt",
-    }
-    boto3.client(
-        "s3",
-        endpoint_url=env["AWS_ENDPOINT_URL"],
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    ).create_bucket(Bucket="ckpt")
-    yield env
-    server.stop()
 
 
 def _run_pair(tmp: Path, name: str, job: str, steps: int, env: dict[str, str]) -> Path:
