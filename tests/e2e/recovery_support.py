@@ -20,6 +20,7 @@ from ringfleet.domain.nodes import Node
 from ringfleet.local.cloud import LocalCloud
 from ringfleet.local.router import Delivery, decode_rmq
 from tests.builders import later, running_job
+from tests.e2e.support import carrying
 
 
 class FixedClock:
@@ -113,17 +114,6 @@ class CommandTap:
 
     def of_type(self, kind: str) -> list[dict[str, Any]]:
         return [c for c in self.seen if c["type"] == kind]
-
-
-def carrying(deliveries: list[Delivery], needle: str) -> list[Delivery]:
-    out = []
-    for d in deliveries:
-        text = json.dumps(d.event)
-        if d.event.get("eventSource") == "aws:rmq":
-            text += b"".join(decode_rmq(d.event)).decode(errors="replace")
-        if needle in text:
-            out.append(d)
-    return out
 
 
 def records_handled(deliveries: list[Delivery], needle: str) -> int:

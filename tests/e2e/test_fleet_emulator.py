@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from ringfleet.local.cloud import LocalCloud, free_port
 from ringfleet.local.fleet import STACK_TAG, FleetEmulator
 from ringfleet.local.router import Delivery
 from tests.conftest import ROOT
+from tests.e2e.support import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -35,15 +35,6 @@ def launch_instance(cloud: LocalCloud) -> str:
         TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": STACK_TAG, "Value": cloud.ctx.stack}]}],
     )
     return str(out["Instances"][0]["InstanceId"])
-
-
-def wait_until(condition: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def recovery_saw(deliveries: list[Delivery], instance: str, detail_type: str) -> int:

@@ -17,8 +17,9 @@ from ringfleet.contracts.broker import JOBS_QUEUE, WORKER_EVENTS_QUEUE
 from ringfleet.local.clock import ManualClock
 from ringfleet.local.cloud import LocalCloud
 from ringfleet.local.emit import emit
-from ringfleet.local.router import Delivery, decode_rmq
+from ringfleet.local.router import Delivery
 from tests.conftest import ROOT, purge_queue
+from tests.e2e.support import carrying
 
 pytestmark = pytest.mark.e2e
 
@@ -40,18 +41,6 @@ def cloud(broker_url: str, clock: ManualClock) -> Iterator[LocalCloud]:
         purge_queue(broker_url, q)
     with LocalCloud(ROOT / "template.yaml", broker_url=broker_url, clock=clock) as c:
         yield c
-
-
-def carrying(deliveries: list[Delivery], needle: str) -> list[Delivery]:
-    """Deliveries whose event mentions ``needle`` (bodies of SQS records and aws:rmq messages decoded)."""
-    out = []
-    for d in deliveries:
-        text = json.dumps(d.event)
-        if d.event.get("eventSource") == "aws:rmq":
-            text += b"".join(decode_rmq(d.event)).decode(errors="replace")
-        if needle in text:
-            out.append(d)
-    return out
 
 
 def test_spot_interruption_warning_put_on_eventbridge_reaches_node_recovery_only(cloud: LocalCloud) -> None:

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -20,6 +19,7 @@ from ringfleet.local.clock import ManualClock
 from ringfleet.local.cloud import LocalCloud
 from ringfleet.ports import FleetSnapshot
 from tests.conftest import ROOT, purge_queue
+from tests.e2e.support import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -51,14 +51,6 @@ def fleet(cloud: LocalCloud) -> FleetSnapshot:
     return MotoSpotFleetGateway(
         stack=cloud.stack, launch_template="ringfleet-worker", ec2_client=cloud.client("ec2")
     ).snapshot()
-
-
-def wait_until(condition: object, timeout: float = 45.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        time.sleep(0.2)
 
 
 def scaler_runs(cloud: LocalCloud) -> int:
