@@ -26,7 +26,13 @@ def instance(n: int) -> str:
 
 
 def running_job(
-    job_id: str = "digits-demo", *, members: int = 4, generation: int = 1, min_workers: int = 1, first: int = 1
+    job_id: str = "digits-demo",
+    *,
+    members: int = 4,
+    generation: int = 1,
+    min_workers: int = 1,
+    max_workers: int = 8,
+    first: int = 1,
 ) -> tuple[Job, list[Node]]:
     """A RUNNING job with ``members`` ACTIVE nodes i-...first.., ranks in order, every node heard from at T0."""
     ranks = {instance(first + r): r for r in range(members)}
@@ -34,7 +40,7 @@ def running_job(
         job_id=job_id,
         tenant="acme",
         state=JobState.RUNNING,
-        spec=spec(job_id, min_workers=min_workers),
+        spec=spec(job_id, min_workers=min_workers, max_workers=max_workers),
         generation=generation,
         members=ranks,
         created_at=T0,

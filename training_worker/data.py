@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
-__all__ = ["Batch", "ShardedDataSource", "load_digits"]
+__all__ = ["TEST_SAMPLES", "Batch", "ShardedDataSource", "accuracy", "load_digits"]
 
 
 @dataclass(frozen=True)
@@ -68,10 +68,24 @@ class ShardedDataSource:
         self._order = self._permutation(self.epoch)
 
 
-def load_digits() -> tuple[torch.Tensor, torch.Tensor]:
-    """scikit-learn's 8x8 handwritten digits (1797 images, shipped inside the package: nothing is downloaded)."""
+#: Images held out of training (the last ones), on which accuracy is measured.
+TEST_SAMPLES = 297
+
+
+def load_digits(split: Literal["train", "test"] = "train") -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's 8x8 handwritten digits (1797 images, shipped inside the package: nothing is downloaded):
+    the first 1500 to train on, the last TEST_SAMPLES held out to measure accuracy."""
     from sklearn.datasets import load_digits as sklearn_digits
 
     data = sklearn_digits()
     x = torch.tensor(data.data, dtype=torch.float32) / 16.0
-    return x, torch.tensor(data.target, dtype=torch.long)
+    y = torch.tensor(data.target, dtype=torch.long)
+    cut = len(y) - TEST_SAMPLES
+    return (x[:cut], y[:cut]) if split == "train" else (x[cut:], y[cut:])
+
+
+def accuracy(model: torch.nn.Module) -> float:
+    """The share of held-out digits ``model`` classifies correctly."""
+    x, y = load_digits("test")
+    with torch.no_grad():
+        return float((model(x).argmax(dim=1) == y).float().mean())

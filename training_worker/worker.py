@@ -12,7 +12,15 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ringfleet.contracts.messages import CheckpointCompleted, CheckpointNow, Heartbeat, Message, Reconfigure, Stop
+from ringfleet.contracts.messages import (
+    CheckpointCompleted,
+    CheckpointNow,
+    Heartbeat,
+    Message,
+    Reconfigure,
+    Stop,
+    WorkerFailed,
+)
 from training_worker.checkpoint import AsyncCheckpointer, CheckpointCorrupt, S3CheckpointStore, SavedCheckpoint
 from training_worker.collectives import BACKENDS, select_backend
 from training_worker.control import ControlChannel, SpotNoticeWatcher, install_sigterm
@@ -182,6 +190,7 @@ class Worker:
                 self.discovery,
                 timeout_s=config.timeout_s,
                 wait_s=config.wait_s,
+                on_failure=self._ring_failed,
                 before_sync=self._restore_checkpoint,
             )
         finally:
@@ -193,6 +202,22 @@ class Worker:
             torch.save(self.model.state_dict(), config.final_state)
         print(f"finished: {outcome.value} at step {self.state.step}", flush=True)
         return outcome
+
+    def _ring_failed(self, membership: Membership, error: BaseException) -> None:
+        """A collective failed: tell the control plane at once (it finds the lost peer) instead of waiting for a
+        heartbeat to go missing. The state is already rolled back to the last commit."""
+        reason = (str(error).splitlines() or [type(error).__name__])[0][:400] or type(error).__name__
+        self.publish(
+            WorkerFailed(
+                job_id=self.config.job_id,
+                instance_id=self.config.instance_id,
+                generation=membership.generation,
+                rank=membership.rank,
+                step=self.state.step,
+                reason=f"collective failed: {reason}",
+                scope="ring",
+            )
+        )
 
     def _boundary_flags(self) -> list[bool]:
         with self._lock:

@@ -10,14 +10,15 @@ Stable signatures (other handlers build on them; change them only together):
 - ``NodeRepository`` — the nodes table (instance -> job, rank, state, last heartbeat). Placing an instance on a
   job is ``put(Node(instance_id, job_id, state=NodeState.PLACED, host=...))``.
 - ``CommandPublisher`` — commands to a job's workers over the broker.
-- ``FleetGateway`` — the Auto Scaling lifecycle hook (heartbeat while a checkpoint runs, complete with CONTINUE).
+- ``FleetGateway`` — the Auto Scaling lifecycle hook (heartbeat while a checkpoint runs, complete with CONTINUE), and
+  which instances EC2 no longer runs (a worker's failed collective names no culprit: the fleet does).
 - ``CheckpointStore`` / ``CheckpointCatalog`` — checkpoint objects in S3 and the checkpoints table.
 - ``Clock`` — now, injectable in tests.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -115,6 +116,10 @@ class FleetGateway(Protocol):
 
     def complete_lifecycle_action(self, hook: LifecycleHook, result: str = "CONTINUE") -> None:
         """Lets Auto Scaling terminate the instance."""
+        ...
+
+    def not_running(self, instance_ids: Collection[str]) -> set[str]:
+        """Those of ``instance_ids`` that EC2 does not report running (stopping, shutting down, gone, unknown)."""
         ...
 
 

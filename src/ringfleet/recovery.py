@@ -16,7 +16,7 @@ event (or the next event of the job) publishes them. Re-running a step that alre
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -111,12 +111,14 @@ class RecoveryService:
         publisher: CommandPublisher,
         fleet: FleetGateway,
         clock: Clock,
+        put_events: Callable[[list[dict[str, Any]]], None] | None = None,
     ) -> None:
         self.jobs = jobs
         self.nodes = nodes
         self.publisher = publisher
         self.fleet = fleet
         self.clock = clock
+        self.put_events = put_events
 
     # -- entry points -------------------------------------------------------------------------------------------------
 
@@ -141,14 +143,38 @@ class RecoveryService:
         return self.apply(message.job_id, signal)
 
     def on_worker_failed(self, message: WorkerFailed) -> Outcome:
-        signal = NodeLost(
-            message.instance_id, "worker-failed", message.sent_at, generation=message.generation, detail=message.reason
-        )
+        """A worker's own failure (``scope`` self: it is the lost node), or its ring's (``ring``: a peer is gone).
+
+        A failed collective does not say which peer died, so the fleet does: the members of the reported
+        generation that EC2 no longer runs are lost. When every member still runs (a crashed process on a live
+        instance), nothing is decided here; the heartbeat sweep finds the silent one.
+        """
         self._known(message.job_id)
         node = self.nodes.get(message.instance_id)
         if node is None or node.job_id != message.job_id:
             return Outcome(message.job_id, "ignored: instance is not a node of this job")
-        return self.apply(message.job_id, signal)
+        detect = max(0.0, (self.clock.now() - message.sent_at).total_seconds())
+        if message.scope == "self":
+            signal = NodeLost(
+                message.instance_id,
+                "worker-failed",
+                message.sent_at,
+                generation=message.generation,
+                detail=message.reason,
+            )
+            return replace(self.apply(message.job_id, signal), time_to_detect=detect)
+        job = self.jobs.get(message.job_id)
+        if job is None or job.generation != message.generation:
+            return Outcome(message.job_id, f"ignored: generation {message.generation}'s ring was already re-formed")
+        gone = sorted(self.fleet.not_running([i for i in job.members if i != message.instance_id]))
+        if not gone:
+            return Outcome(message.job_id, "ring broken but every member runs: the heartbeat sweep decides")
+        outcome = Outcome(message.job_id, "ignored: no member lost")
+        for instance in gone:
+            detail = f"not running; ring broken at step {message.step}: {message.reason}"
+            signal = NodeLost(instance, "worker-failed", message.sent_at, generation=message.generation, detail=detail)
+            outcome = self.apply(message.job_id, signal)
+        return replace(outcome, time_to_detect=detect)
 
     def on_capacity_arrived(self, job_id: str, instance_id: str, host: str | None = None) -> Outcome:
         """An instance placed on the job is running (called by the fleet scaler once it placed it)."""
@@ -204,6 +230,8 @@ class RecoveryService:
                     self.publisher.publish(plan.commands)
                     self._clear_outbox(job_id, {str(c.message_id) for c in plan.commands})
                 after = replace(decided, revision=job.revision + 1)
+                if isinstance(signal, NoticeGiven | NodeLost):
+                    self._want_capacity(after, signal)
             else:
                 after = job
             # A lost instance the job still counts (a stale generation's failure report) is not marked lost.
@@ -211,6 +239,23 @@ class RecoveryService:
             self._sync_nodes(after, nodes, lost=gone, hooks=hooks)
             return Outcome(job_id, plan.outcome, plan=plan, metrics=dict(plan.metrics))
         raise StaleDecision(f"job {job_id}: {MAX_ATTEMPTS} conflicting writers in a row; retry later")
+
+    def _want_capacity(self, job: Job, signal: NoticeGiven | NodeLost) -> None:
+        """Tells the fleet scaler at once that the job wants capacity (``Capacity Wanted`` on EventBridge).
+
+        The scaler's minute tick would find the shortfall too, a minute later; a failed put only costs that minute,
+        so it is logged, not raised (raising would redeliver an event whose decision is already saved).
+        """
+        if self.put_events is None:
+            return
+        from ringfleet.contracts import CapacityWantedDetail, control_event_entry
+
+        wanted = max(1, job.replacements_wanted, job.max_workers - len(job.members) - len(job.spares))
+        detail = CapacityWantedDetail(tenant=job.tenant, job_id=job.job_id, replacements=wanted, cause=signal.cause)
+        try:
+            self.put_events([control_event_entry(detail)])
+        except Exception:
+            log.exception("job %s: could not announce that it wants capacity; the scaler's tick will", job.job_id)
 
     def _flush_outbox(self, job: Job) -> Job | None:
         """Publishes commands a crashed run decided but did not clear; None when the job moved meanwhile.

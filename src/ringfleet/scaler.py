@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -108,16 +109,21 @@ class ScalerService:
         active = self.jobs.list_active()
         active_ids = {j.job_id for j in active}
         busy: dict[str, str] = {}
+        # Instances leaving with notice still run (finishing their emergency checkpoint) but are not capacity: they
+        # are left out of the decision and added back when applying it, so that their replacements launch now.
+        leaving: dict[str, str] = {}  # instance -> pool
         for inst in snapshot.instances:
             node = self.nodes.get(inst.instance_id)
             if node is not None and node.state != NodeState.LOST and node.job_id in active_ids:
                 busy[inst.instance_id] = node.job_id
+                if node.state == NodeState.LEAVING:
+                    leaving[inst.instance_id] = inst.pool
         pool_of = {i.instance_id: i.pool for i in snapshot.instances}
         demand = []
         for job in active:
             placed: dict[str, int] = {}
             for iid, jid in busy.items():
-                if jid == job.job_id:
+                if jid == job.job_id and iid not in leaving:
                     placed[pool_of[iid]] = placed.get(pool_of[iid], 0) + 1
             spec = job.spec
             demand.append(
@@ -135,9 +141,10 @@ class ScalerService:
         types = {t for j in active for t in j.spec.instance_types} | {k.split(":")[1] for k in snapshot.targets}
         pools = self.prices.pools(types) if types else []
         remembered, revision = self.state.load()
+        going = Counter(leaving.values())
         fleet_state = FleetState(
-            targets=snapshot.targets,
-            fulfilled=snapshot.fulfilled,
+            targets={k: max(0, n - going[k]) for k, n in snapshot.targets.items()},
+            fulfilled={k: max(0, n - going[k]) for k, n in snapshot.fulfilled.items()},
             last_scaled_at=remembered.last_scaled_at,
             surplus_since=remembered.surplus_since,
             refused_until=remembered.refused_until,
@@ -146,10 +153,11 @@ class ScalerService:
         release: list[str] = []
         for pool, target in decision.targets.items():
             idle = [i.instance_id for i in snapshot.instances if i.pool == pool and i.instance_id not in busy]
-            excess = sum(1 for i in snapshot.instances if i.pool == pool) - target
+            excess = sum(1 for i in snapshot.instances if i.pool == pool) - target - going[pool]
             release += idle[: max(0, excess)]
         if decision.changed or release:
-            self.fleet.set_targets(dict(decision.targets), release=release)
+            applied = {k: n + going[k] for k, n in decision.targets.items()}
+            self.fleet.set_targets(applied, release=release)
         report_base = ScalingReport(decision)
         if not self.state.save(decision.state, revision=revision, report=report_base.as_dict()):
             log.info("another scaler run saved first; its decision stands and this one's targets were the same input")
@@ -162,7 +170,7 @@ class ScalerService:
             for i in snapshot.instances
             if i.state == "running" and i.instance_id not in busy and i.instance_id not in release
         ]
-        placement = plan_placement([j for j in active if j.state in (JobState.PENDING, JobState.RECOVERING)], free, now)
+        placement = plan_placement([j for j in active if j.state is not JobState.PROVISIONING], free, now)
         started = []
         for start in placement.starts:
             if not self.jobs.save(start.job, decided_from=start.before):

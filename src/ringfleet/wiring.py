@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
@@ -15,7 +15,15 @@ if TYPE_CHECKING:
     from ringfleet.backup import BackupService
     from ringfleet.recovery import RecoveryService
 
-__all__ = ["Settings", "WallClock", "backup_service", "idempotency_store", "recovery_service", "settings"]
+__all__ = [
+    "Settings",
+    "WallClock",
+    "backup_service",
+    "idempotency_store",
+    "put_events",
+    "recovery_service",
+    "settings",
+]
 
 
 class WallClock:
@@ -82,10 +90,25 @@ def _dynamodb() -> object:
 
 
 @lru_cache(maxsize=1)
+def _events() -> Any:
+    import boto3
+
+    return boto3.client("events")
+
+
+def put_events(entries: list[dict[str, Any]]) -> None:
+    """Puts the control plane's own events on the function's bus (EVENT_BUS_NAME, template.yaml Globals)."""
+    bus = os.environ.get("EVENT_BUS_NAME", "default")
+    response = _events().put_events(Entries=[{**e, "EventBusName": bus} for e in entries])
+    if response.get("FailedEntryCount"):
+        raise RuntimeError(f"put_events failed: {response.get('Entries')}")
+
+
+@lru_cache(maxsize=1)
 def recovery_service() -> RecoveryService:
     from ringfleet.adapters.commands import AmqpCommandPublisher
     from ringfleet.adapters.dynamodb import DynamoDbJobRepository, DynamoDbNodeRepository
-    from ringfleet.adapters.fleet import AutoScalingFleetGateway
+    from ringfleet.adapters.fleet import AwsFleetGateway
     from ringfleet.recovery import RecoveryService
 
     s, clock, ddb = settings(), WallClock(), _dynamodb()
@@ -93,8 +116,9 @@ def recovery_service() -> RecoveryService:
         jobs=DynamoDbJobRepository(s.jobs_table, clock=clock, boto3_resource=ddb),
         nodes=DynamoDbNodeRepository(s.nodes_table, clock=clock, boto3_resource=ddb),
         publisher=AmqpCommandPublisher(s.broker_url),
-        fleet=AutoScalingFleetGateway(),
+        fleet=AwsFleetGateway(),
         clock=clock,
+        put_events=put_events,
     )
 
 

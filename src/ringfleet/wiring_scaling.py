@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from ringfleet.wiring import WallClock, _dynamodb, settings
+from ringfleet.wiring import WallClock, _dynamodb, put_events, settings
 
 if TYPE_CHECKING:
     from ringfleet.intake import IntakeService
@@ -21,20 +21,6 @@ def _local() -> bool:
 
 
 @lru_cache(maxsize=1)
-def _events() -> Any:
-    import boto3
-
-    return boto3.client("events")
-
-
-def _put_events(entries: list[dict[str, Any]]) -> None:
-    bus = os.environ.get("EVENT_BUS_NAME", "default")
-    response = _events().put_events(Entries=[{**e, "EventBusName": bus} for e in entries])
-    if response.get("FailedEntryCount"):
-        raise RuntimeError(f"put_events failed: {response.get('Entries')}")
-
-
-@lru_cache(maxsize=1)
 def intake_service() -> IntakeService:
     from ringfleet.adapters.commands import AmqpCommandPublisher
     from ringfleet.adapters.dynamodb import DynamoDbJobRepository
@@ -45,7 +31,7 @@ def intake_service() -> IntakeService:
     return IntakeService(
         jobs=DynamoDbJobRepository(s.jobs_table, clock=clock, boto3_resource=_dynamodb()),
         publisher=AmqpCommandPublisher(s.broker_url),
-        put_events=_put_events,
+        put_events=put_events,
         quotas=Quotas.from_json(os.environ.get("TENANT_QUOTAS")),
         clock=clock,
     )

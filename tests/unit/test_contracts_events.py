@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 from ringfleet.contracts import (
     MESSAGE_TYPES,
     AlarmStateChange,
+    CapacityWanted,
     CloudEventSqsModel,
     CreatedObject,
     InstanceStateChange,
@@ -66,6 +67,7 @@ PARSERS: dict[str, tuple[Callable[[Any], Any], type]] = {
     "scheduled_event.json": (parse_cloud_event, ScheduledEvent),
     "s3_object_created_eventbridge.json": (parse_cloud_event, S3ObjectCreated),
     "control_job_admitted.json": (parse_cloud_event, JobAdmitted),
+    "control_capacity_wanted.json": (parse_cloud_event, CapacityWanted),
     "control_job_finished.json": (parse_cloud_event, JobFinished),
     "s3_object_created.json": (S3ObjectCreatedNotification.model_validate, S3ObjectCreatedNotification),
     "s3_object_created_sqs.json": (S3ObjectCreatedSqsModel.model_validate, S3ObjectCreatedSqsModel),

@@ -54,6 +54,24 @@ def test_notice_reconfigures_once_both_the_checkpoint_and_the_replacement_are_th
     assert plan.metrics["StepsLost"] == 0
 
 
+def test_capacity_for_a_ring_below_max_workers_grows_it_without_a_recovery() -> None:
+    # given a job of 3 (max 3) whose survivors re-formed as 2 after a loss without notice
+    job, nodes = running_job(members=3, max_workers=3)
+    job = plan_recovery(job, nodes, NodeLost(instance(2), "worker-failed", later(1))).job
+    assert (job.generation, job.world_size, job.recovery) == (2, 2, None)
+    # when a replacement instance arrives
+    plan = plan_recovery(job, nodes, CapacityArrived(instance(50), later(9), host="10.0.0.50"))
+    # then the ring grows back to 3 at generation 3: survivors keep their order, the newcomer joins last
+    (command,) = plan.commands
+    assert isinstance(command, Reconfigure)
+    assert command.generation == 3 and command.checkpoint is None
+    assert command.ranks == {instance(1): 0, instance(3): 1, instance(50): 2}
+    assert plan.job.spares == () and plan.job.incidents[-1].cause == "grown"
+    # and a full ring keeps further capacity as a spare
+    full = plan_recovery(plan.job, nodes, CapacityArrived(instance(51), later(10)))
+    assert full.commands == () and full.job.spares == (instance(51),)
+
+
 def test_replacement_before_checkpoint_waits_for_the_checkpoint() -> None:
     job, nodes = running_job()
     job = plan_recovery(job, nodes, NoticeGiven(instance(2), "spot-interruption", later(1))).job

@@ -43,6 +43,7 @@ SAMPLE_RULES: dict[str, set[str]] = {
     "autoscaling_lifecycle_terminate.json": {"LifecycleTerminateRule"},
     "cloudwatch_alarm_state_change.json": {"BacklogAlarmRule"},  # the alarm it names is ringfleet-backlog
     "control_job_admitted.json": {"JobLifecycleRule"},
+    "control_capacity_wanted.json": {"JobLifecycleRule"},
     "control_job_finished.json": {"JobLifecycleRule"},
 }
 

@@ -48,5 +48,12 @@ def test_the_next_epoch_is_a_new_permutation() -> None:
     source = _source()
     _seen(source, source.steps_per_epoch, world=1)
     assert source.epoch == 1 and source.position == 0
-    digits_x, digits_y = load_digits()
-    assert digits_x.shape == (1797, 64) and int(digits_y.max()) == 9
+
+
+def test_digits_hold_out_a_test_split_that_training_never_sees() -> None:
+    train_x, _ = load_digits()
+    test_x, test_y = load_digits("test")
+    assert train_x.shape == (1500, 64) and test_x.shape == (297, 64)
+    assert set(test_y.tolist()) == set(range(10)), "every digit is in the held-out split"
+    seen = {tuple(row) for row in train_x.tolist()}
+    assert sum(tuple(row) in seen for row in test_x.tolist()) < len(test_x) // 10

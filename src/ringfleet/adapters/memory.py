@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -110,6 +110,11 @@ class InMemoryFleetGateway:
     def __init__(self) -> None:
         self.heartbeats: list[LifecycleHook] = []
         self.completed: list[tuple[LifecycleHook, str]] = []
+        #: Instances the fleet reports not running.
+        self.stopped: set[str] = set()
+
+    def not_running(self, instance_ids: Collection[str]) -> set[str]:
+        return set(instance_ids) & self.stopped
 
     def heartbeat_lifecycle_action(self, hook: LifecycleHook) -> None:
         self.heartbeats.append(hook)

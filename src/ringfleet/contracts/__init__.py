@@ -88,6 +88,12 @@ if TYPE_CHECKING:
         AlarmStateChangeDetail as AlarmStateChangeDetail,
     )
     from ringfleet.contracts.cloud import (
+        CapacityWanted as CapacityWanted,
+    )
+    from ringfleet.contracts.cloud import (
+        CapacityWantedDetail as CapacityWantedDetail,
+    )
+    from ringfleet.contracts.cloud import (
         CloudEvent as CloudEvent,
     )
     from ringfleet.contracts.cloud import (
@@ -95,6 +101,9 @@ if TYPE_CHECKING:
     )
     from ringfleet.contracts.cloud import (
         CloudEventSqsRecord as CloudEventSqsRecord,
+    )
+    from ringfleet.contracts.cloud import (
+        ControlDetail as ControlDetail,
     )
     from ringfleet.contracts.cloud import (
         CreatedObject as CreatedObject,
@@ -250,6 +259,9 @@ _WHERE = {
     "instance_queue": "broker",
     "instance_routing_keys": "broker",
     "CONTROL_SOURCE": "cloud",
+    "CapacityWanted": "cloud",
+    "CapacityWantedDetail": "cloud",
+    "ControlDetail": "cloud",
     "CheckpointCompleted": "messages",
     "CheckpointManifest": "checkpoints",
     "CheckpointNow": "messages",

@@ -35,9 +35,12 @@ __all__ = [
     "AlarmState",
     "AlarmStateChange",
     "AlarmStateChangeDetail",
+    "CapacityWanted",
+    "CapacityWantedDetail",
     "CloudEvent",
     "CloudEventSqsModel",
     "CloudEventSqsRecord",
+    "ControlDetail",
     "CreatedObject",
     "InstanceState",
     "InstanceStateChange",
@@ -298,15 +301,38 @@ class JobFinished(EventBridgeModel):
     detail: JobFinishedDetail
 
 
+class CapacityWantedDetail(BaseModel):
+    """A running job lost (or is about to lose) workers and wants replacements now, not at the scaler's next tick."""
+
+    model_config = _OWN_DETAIL
+
+    schema_version: Literal[1] = 1
+    tenant: TenantId
+    job_id: JobId
+    replacements: Annotated[int, Field(strict=True, ge=1, le=1024)]
+    cause: Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class CapacityWanted(EventBridgeModel):
+    """Put on EventBridge by the recovery use case when a job wants replacement capacity; the scaler reconciles."""
+
+    model_config = ConfigDict(defer_build=True, frozen=True)
+
+    source: Literal["ringfleet.control"]
+    detail_type: Literal["Capacity Wanted"] = Field(alias="detail-type")
+    detail: CapacityWantedDetail
+
+
+ControlDetail = JobAdmittedDetail | JobFinishedDetail | CapacityWantedDetail
+
 _CONTROL_DETAIL_TYPES: dict[type[BaseModel], str] = {
     JobAdmittedDetail: "Job Admitted",
     JobFinishedDetail: "Job Finished",
+    CapacityWantedDetail: "Capacity Wanted",
 }
 
 
-def control_event_entry(
-    detail: JobAdmittedDetail | JobFinishedDetail, *, resources: list[str] | None = None
-) -> dict[str, Any]:
+def control_event_entry(detail: ControlDetail, *, resources: list[str] | None = None) -> dict[str, Any]:
     """The ``put_events`` entry that publishes one of the control plane's own events."""
     return {
         "Source": CONTROL_SOURCE,
@@ -427,7 +453,8 @@ CloudEvent = Annotated[
     | ScheduledEvent
     | S3ObjectCreated
     | JobAdmitted
-    | JobFinished,
+    | JobFinished
+    | CapacityWanted,
     Field(discriminator="detail_type"),
 ]
 

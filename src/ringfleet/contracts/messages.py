@@ -203,6 +203,9 @@ class WorkerFailed(MessageBase):
     rank: Rank
     step: Step
     reason: Reason
+    #: ``self``: this worker cannot go on and is the lost node. ``ring``: a collective with its peers failed; the
+    #: reporter is alive, rolled back to its last commit and waits for a Reconfigure: one of its peers is gone.
+    scope: Literal["self", "ring"] = "self"
 
 
 # -- commands (control plane -> workers, on the commands exchange) -----------------------------------------------

@@ -2,8 +2,9 @@
 
 A PENDING job is started once enough instances of its types are free for its min_workers: it takes up to
 max_workers of them, becomes RUNNING at generation 1 and its workers get a Reconfigure naming their ranks.
-A RECOVERING job that wants replacements gets instances too; its recovery (plan_recovery's CapacityArrived)
-decides what to do with them. Oldest job first, so a stream of small jobs cannot starve a big one forever.
+A RECOVERING job that wants replacements gets instances too, and so does a RUNNING one below its max_workers;
+its recovery (plan_recovery's CapacityArrived) decides what to do with them: re-form or grow the ring.
+Oldest job first, so a stream of small jobs cannot starve a big one forever.
 """
 
 from __future__ import annotations
@@ -69,11 +70,17 @@ def plan_placement(jobs: Sequence[Job], free: Sequence[FreeInstance], now: datet
             taken = _spread(fits, job.max_workers)
             starts.append(_start(job, taken, now))
             left = [i for i in left if i not in taken]
-        elif job.state == JobState.RECOVERING and job.replacements_wanted > 0 and fits:
-            for instance in fits[: job.replacements_wanted]:
+        elif job.state in (JobState.RUNNING, JobState.RECOVERING) and fits:
+            for instance in fits[: _wanted(job)]:
                 replacements.append((job.job_id, instance))
                 left.remove(instance)
     return Placement(tuple(starts), tuple(replacements), tuple(left))
+
+
+def _wanted(job: Job) -> int:
+    """Instances a started job takes: its recovery's replacements, or room up to max_workers (a ring that
+    re-formed smaller after a loss grows back)."""
+    return max(job.replacements_wanted, job.max_workers - len(job.members) - len(job.spares))
 
 
 def _spread(instances: Sequence[FreeInstance], n: int) -> list[FreeInstance]:

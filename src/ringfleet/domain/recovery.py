@@ -214,9 +214,16 @@ def _on_capacity(job: Job, nodes: Sequence[Node], signal: CapacityArrived) -> Re
     after = replace(
         job, spares=(*job.spares, instance), replacements_wanted=max(0, job.replacements_wanted - 1)
     ).with_incident(Incident(at=signal.at, cause="capacity-arrived", generation=job.generation, instance_id=instance))
-    if after.recovery is None:
-        return RecoveryPlan(before=job, job=after, outcome="spare added: no recovery waits for it")
     known = [*nodes, Node(instance_id=instance, job_id=job.job_id, host=signal.host)]
+    if after.recovery is None:
+        room = job.max_workers - len(job.members)
+        if job.state is JobState.RUNNING and room > 0:
+            # Running below max_workers (survivors of a loss re-formed without a replacement): grow the ring. A
+            # membership change at a step boundary, not a failure: nothing is lost.
+            joining = after.spares[:room]
+            plan = _reconfigure(after, known, list(job.members), joining, signal.at, restore=False, cause="grown")
+            return replace(plan, before=job, outcome=f"capacity arrived: {plan.outcome}")
+        return RecoveryPlan(before=job, job=after, outcome="spare added: no recovery waits for it")
     plan = _try_reconfigure(after, known, signal.at)
     return replace(plan, before=job, outcome=f"capacity arrived: {plan.outcome}")
 
@@ -250,12 +257,20 @@ def _try_reconfigure(job: Job, nodes: Sequence[Node], at: datetime) -> RecoveryP
 
 
 def _reconfigure(
-    job: Job, nodes: Sequence[Node], survivors: Sequence[str], joining: Sequence[str], at: datetime, *, restore: bool
+    job: Job,
+    nodes: Sequence[Node],
+    survivors: Sequence[str],
+    joining: Sequence[str],
+    at: datetime,
+    *,
+    restore: bool,
+    cause: str | None = None,
 ) -> RecoveryPlan:
+    """The next generation: ``survivors`` keep their order (rank 0 first), ``joining`` spares follow."""
     from ringfleet.contracts import Reconfigure
 
     recovery = job.recovery
-    assert recovery is not None
+    survivors = sorted(survivors, key=lambda i: job.members[i])
     ranks = {instance: rank for rank, instance in enumerate([*survivors, *joining])}
     remaining_spares = tuple(s for s in job.spares if s not in ranks)
     after = job.reconfigured(ranks, spares=remaining_spares)
@@ -274,9 +289,12 @@ def _reconfigure(
         message_id=command_message_id(job.job_id, after.generation, "Reconfigure"),
         sent_at=at,
     )
-    cause = "restarted" if restore else "reconfigured"
+    cause = cause or ("restarted" if restore else "reconfigured")
     detail = f"world {len(ranks)}" + (f", from step {checkpoint.step}" if checkpoint else "")
     after = after.with_incident(Incident(at=at, cause=cause, generation=after.generation, detail=detail))
+    if recovery is None:
+        outcome = f"{cause} at generation {after.generation} ({detail})"
+        return RecoveryPlan(before=job, job=after, commands=(command,), outcome=outcome)
     metrics: dict[str, float] = {"TimeToRecover": max(0.0, (at - recovery.started_at).total_seconds())}
     if restore:
         reached = recovery.last_step if recovery.last_step is not None else 0

@@ -217,10 +217,13 @@ class FleetEmulator:
             )
 
     def hard_kill(self, instance_id: str) -> None:
-        """No notice at all: the worker dies mid-step; the control plane must notice on its own."""
+        """No notice at all: the instance and its worker die mid-step; the control plane must notice on its own.
+
+        moto learns first, so that EC2 already reports the instance gone when a survivor's failed collective asks.
+        """
+        self._ec2.terminate_instances(InstanceIds=[instance_id])
         with self._lock:
             self._kill(instance_id, signal.SIGKILL)
-        self._ec2.terminate_instances(InstanceIds=[instance_id])
         self.on_event("hard-kill", {"instance_id": instance_id})
 
     # -- lifecycle ---------------------------------------------------------------------------------------------

@@ -1,0 +1,121 @@
+"""The recovery use case around plan_recovery: a broken ring's report finds the lost peer through the fleet, and a
+job that loses capacity tells the fleet scaler at once."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ringfleet.adapters.memory import (
+    InMemoryFleetGateway,
+    InMemoryJobRepository,
+    InMemoryNodeRepository,
+    RecordingCommandPublisher,
+)
+from ringfleet.contracts import Reconfigure, WorkerFailed, parse_cloud_event
+from ringfleet.domain.jobs import Job
+from ringfleet.recovery import RecoveryService
+from tests.builders import cloud_event, instance, later, running_job
+
+
+class Clock:
+    def now(self) -> Any:
+        return later(5)
+
+
+def world(members: int = 3) -> tuple[RecoveryService, InMemoryFleetGateway, RecordingCommandPublisher, list[Any]]:
+    clock = Clock()
+    jobs, nodes, publisher, fleet = (
+        InMemoryJobRepository(clock),
+        InMemoryNodeRepository(),
+        RecordingCommandPublisher(),
+        InMemoryFleetGateway(),
+    )
+    job, job_nodes = running_job(members=members, max_workers=members)
+    jobs.create(job)
+    for node in job_nodes:
+        nodes.put(node)
+    events: list[Any] = []
+    service = RecoveryService(
+        jobs=jobs, nodes=nodes, publisher=publisher, fleet=fleet, clock=clock, put_events=events.extend
+    )
+    return service, fleet, publisher, events
+
+
+def ring_failure(reporter: str, generation: int = 1) -> WorkerFailed:
+    return WorkerFailed(
+        job_id="digits-demo",
+        instance_id=reporter,
+        generation=generation,
+        rank=0,
+        step=42,
+        reason="collective failed: Connection closed by peer",
+        scope="ring",
+        sent_at=later(4.8),
+    )
+
+
+def job_of(service: RecoveryService) -> Job:
+    job = service.jobs.get("digits-demo")
+    assert job is not None
+    return job
+
+
+def test_a_broken_ring_reported_by_both_survivors_reforms_once_without_the_instance_ec2_no_longer_runs() -> None:
+    service, fleet, publisher, events = world()
+    fleet.stopped.add(instance(2))  # hard-killed: EC2 reports it gone, nobody gave notice
+    # when both survivors report their failed collective
+    first = service.on_worker_failed(ring_failure(instance(1)))
+    service.on_worker_failed(ring_failure(instance(3)))
+    # then one Reconfigure re-forms the two survivors at generation 2, from memory
+    reconfigures = [c for c in publisher.published if isinstance(c, Reconfigure)]
+    assert [(c.generation, c.ranks) for c in reconfigures] == [(2, {instance(1): 0, instance(3): 1})]
+    assert first.time_to_detect is not None and abs(first.time_to_detect - 0.2) < 1e-6
+    # and the fleet scaler is told at once that the job wants one instance back
+    (entry,) = events
+    assert entry["Source"] == "ringfleet.control" and entry["DetailType"] == "Capacity Wanted"
+    assert (
+        parse_cloud_event(
+            {
+                "version": "0",
+                "id": "x",
+                "detail-type": entry["DetailType"],
+                "source": entry["Source"],
+                "account": "123456789012",
+                "time": "2026-01-01T00:00:00Z",
+                "region": "us-east-1",
+                "resources": [],
+                "detail": json.loads(entry["Detail"]),
+            }
+        ).detail.replacements
+        == 1
+    )  # type: ignore[union-attr]
+
+
+def test_a_broken_ring_whose_members_all_run_is_left_to_the_heartbeat_sweep() -> None:
+    service, _, publisher, events = world()
+    outcome = service.on_worker_failed(ring_failure(instance(1)))
+    assert "heartbeat sweep" in outcome.outcome
+    assert publisher.published == [] and events == [] and job_of(service).generation == 1
+
+
+def test_a_ring_failure_of_an_older_generation_decides_nothing() -> None:
+    service, fleet, publisher, _ = world()
+    fleet.stopped.add(instance(2))
+    service.on_worker_failed(ring_failure(instance(1)))
+    publisher.published.clear()
+    # a late report from the ring that was already re-formed
+    outcome = service.on_worker_failed(ring_failure(instance(3), generation=1))
+    assert publisher.published == [] and "already re-formed" in outcome.outcome
+
+
+def test_a_spot_warning_asks_the_scaler_for_a_replacement_while_the_instance_still_runs() -> None:
+    service, _, _, events = world()
+    warning = cloud_event(
+        "EC2 Spot Instance Interruption Warning", instance(3), later(1), **{"instance-action": "terminate"}
+    )
+    service.on_node_event(parse_cloud_event(warning))  # type: ignore[arg-type]
+    assert [e["DetailType"] for e in events] == ["Capacity Wanted"]
+    # the same warning again is already being handled: no second announcement
+    service.on_node_event(parse_cloud_event(warning))  # type: ignore[arg-type]
+    assert len(events) == 1
