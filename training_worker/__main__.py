@@ -104,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--wire", choices=("none", "fp16", "bf16"), default="none", help="gradient compression")
     tr.add_argument("--backward-passes-per-step", type=int, default=1, help="gradient accumulation")
     tr.add_argument("--timeout", type=float, default=10.0, help="seconds before a silent peer counts as dead")
+    tr.add_argument(
+        "--join-timeout",
+        type=float,
+        default=60.0,
+        help="seconds to wait for every member of a new generation at its rendezvous (default 60)",
+    )
     tr.add_argument("--wait", type=float, default=600.0, help="seconds to wait for a (new) membership")
     tr.add_argument("--log-every", type=int, default=10, help="steps between progress lines")
     tr.add_argument("--heartbeat-every", type=float, default=5.0, help="seconds between Heartbeats (default 5)")
@@ -131,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         wire=args.wire,
         backward_passes_per_step=args.backward_passes_per_step,
         timeout_s=args.timeout,
+        join_timeout_s=args.join_timeout,
         wait_s=args.wait,
         log_every=args.log_every,
         heartbeat_every_s=args.heartbeat_every,

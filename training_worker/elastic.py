@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -248,10 +249,66 @@ class Outcome(Enum):
     STOPPED = "stopped"  # Stop command, or this worker is leaving (SIGTERM, spot notice)
 
 
-def _join(membership: Membership, backend: str, timeout_s: float) -> None:
+#: The current generation's rendezvous store (rank 0 serves it), kept until the group is left.
+_store: dist.TCPStore | None = None
+
+
+class Superseded(Exception):
+    """A newer generation was announced while this one was being joined: join that one instead (not a failure)."""
+
+
+#: How long one attempt to reach a rendezvous lasts before the worker checks whether it was superseded.
+_CONNECT_SLICE_S = 2.0
+
+
+def _join(
+    membership: Membership,
+    backend: str,
+    timeout_s: float,
+    join_timeout_s: float,
+    superseded: Callable[[], bool] = lambda: False,
+) -> None:
+    """Joins the generation's group once every member has arrived at its rendezvous.
+
+    Two timeouts: members of a new generation arrive over seconds (a survivor still notices the old ring's failure,
+    a replacement is starting), so the rendezvous waits up to ``join_timeout_s`` for all of them; once they are
+    all there, a collective that stalls for ``timeout_s`` means a dead peer, noticed in seconds. While waiting, a
+    newer generation (its rank 0 may never serve this one) ends the wait with ``Superseded``.
+    """
+    global _store
+    host, port = membership.rendezvous.rsplit(":", 1)
+    deadline = time.monotonic() + join_timeout_s
+
+    def check(what: str) -> None:
+        if superseded():
+            raise Superseded(f"generation {membership.generation} was superseded while {what}")
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"generation {membership.generation}: {what} for {join_timeout_s:.0f}s")
+
+    store: dist.TCPStore | None = None
+    while store is None:
+        try:
+            store = dist.TCPStore(
+                host,
+                int(port),
+                is_master=membership.rank == 0,
+                timeout=timedelta(seconds=_CONNECT_SLICE_S),
+                wait_for_workers=False,
+            )
+        except (RuntimeError, ConnectionError):
+            if membership.rank == 0:
+                raise  # the server could not bind: no retry helps
+            check(f"rank 0's rendezvous at {membership.rendezvous} did not answer")
+    store.set_timeout(timedelta(seconds=join_timeout_s))
+    _store = store
+    arrived = store.add("arrived", 1)
+    while arrived < membership.world_size:
+        check(f"{arrived} of {membership.world_size} members arrived at {membership.rendezvous}")
+        time.sleep(0.02)
+        arrived = store.add("arrived", 0)
     dist.init_process_group(
         backend,
-        init_method=f"tcp://{membership.rendezvous}",
+        store=store,
         rank=membership.rank,
         world_size=membership.world_size,
         # Short: a dead peer must be noticed in seconds. A killed process is usually seen at once (its sockets
@@ -261,11 +318,13 @@ def _join(membership: Membership, backend: str, timeout_s: float) -> None:
 
 
 def _leave() -> None:
+    global _store
     if dist.is_initialized():
         try:
             dist.destroy_process_group()
         except Exception as e:  # after a failure the group may already be half gone
             log.debug("destroying the process group: %s", e)
+    _store = None
 
 
 def run_elastic(
@@ -275,6 +334,7 @@ def run_elastic(
     *,
     backend: str = "gloo",
     timeout_s: float = 10.0,
+    join_timeout_s: float = 60.0,
     wait_s: float = 600.0,
     max_failures: int = 10,
     on_failure: Callable[[Membership, BaseException], None] | None = None,
@@ -313,12 +373,16 @@ def run_elastic(
             membership.rendezvous,
         )
         try:
-            _join(membership, backend, timeout_s)
+            _join(membership, backend, timeout_s, join_timeout_s, functools.partial(discovery.newer, generation))
             if before_sync is not None:
                 before_sync(membership)
             root = state.sync()
             log.info("generation %d: state synced from rank %d at step %d", generation, root, state.step)
             outcome = train(membership)
+        except Superseded as e:
+            log.info("%s: joining the newer one", e)
+            _leave()
+            continue
         except (RuntimeError, TimeoutError, ConnectionError) as e:
             failures += 1
             failed_at = state.step

@@ -59,6 +59,7 @@ class WorkerConfig:
     bucket_bytes: int = 25 << 20
     backward_passes_per_step: int = 1
     timeout_s: float = 10.0
+    join_timeout_s: float = 60.0
     wait_s: float = 600.0
     log_every: int = 10
     heartbeat_every_s: float = 5.0
@@ -106,6 +107,11 @@ class Worker:
         self._pending = [False] * 4
         self._leaving = False
         self._beating: Future[None] | None = None
+        #: What the next Heartbeat reports (generation, rank, world size, step, loss, samples/s), and when training
+        #: last made a step (None while the worker is not training: waiting for, or joining, a generation).
+        self._progress: tuple[int, int, int, int, float, float] = (0, 0, 1, 0, 0.0, 0.0)
+        self._stepped_at: float | None = None
+        self._done = threading.Event()
         self._lock = threading.Lock()
 
     # -- inputs from other threads -------------------------------------------------------------------------------
@@ -150,18 +156,42 @@ class Worker:
             except Exception:
                 log.exception("could not publish %s", message.type)
 
-    def _heartbeat(self, beat: Heartbeat) -> None:
-        """Publishes without waiting: a broker that is away (restarting) must not stall training. One at a time, so
-        an outage does not pile them up; the robust connection resumes them once the broker is back."""
-        if self.channel is None or (self._beating is not None and not self._beating.done()):
-            return
+    def _heartbeats(self) -> None:
+        """Beats every ``heartbeat_every_s`` from its own thread: while training, and while waiting for or joining a
+        generation (a worker between rings is alive, and must not be swept as silent). A worker whose training stops
+        making steps stops beating, so a frozen one is found by the heartbeat sweep.
 
-        def report(future: Future[None]) -> None:
-            if not future.cancelled() and future.exception() is not None:
-                log.warning("could not publish a Heartbeat: %s", future.exception())
+        Publishes without waiting: a broker that is away (restarting) must not stall anything. One at a time, so an
+        outage does not pile them up; the robust connection resumes them once the broker is back.
+        """
+        config = self.config
+        stall_s = max(30.0, 6 * config.heartbeat_every_s)
+        while not self._done.wait(config.heartbeat_every_s):
+            if self.channel is None or (self._beating is not None and not self._beating.done()):
+                continue
+            stepped = self._stepped_at
+            if stepped is not None and time.monotonic() - stepped > stall_s:
+                continue  # training is stuck: stay silent
+            generation, rank, world, step, loss, rate = self._progress
+            if stepped is None:
+                generation = max(generation, self.discovery.generation)  # the newest one it waits for
+            beat = Heartbeat(
+                job_id=config.job_id,
+                instance_id=config.instance_id,
+                generation=max(0, generation),
+                rank=rank,
+                world_size=world,
+                step=step,
+                loss=loss,
+                samples_per_second=rate,
+            )
 
-        self._beating = self.channel.publish(beat)
-        self._beating.add_done_callback(report)
+            def report(future: Future[None]) -> None:
+                if not future.cancelled() and future.exception() is not None:
+                    log.warning("could not publish a Heartbeat: %s", future.exception())
+
+            self._beating = self.channel.publish(beat)
+            self._beating.add_done_callback(report)
 
     # -- the run -------------------------------------------------------------------------------------------------
 
@@ -183,17 +213,21 @@ class Worker:
                 manifest, tree = newest
                 self.state.load(tree)
                 log.info("resumed from checkpoint step %d (generation %d)", manifest.step, manifest.generation)
+        if self.channel is not None:
+            threading.Thread(target=self._heartbeats, daemon=True, name="heartbeats").start()
         try:
             outcome = run_elastic(
                 self.state,
                 self._train,
                 self.discovery,
                 timeout_s=config.timeout_s,
+                join_timeout_s=config.join_timeout_s,
                 wait_s=config.wait_s,
                 on_failure=self._ring_failed,
                 before_sync=self._restore_checkpoint,
             )
         finally:
+            self._done.set()
             if self.checkpointer is not None:
                 self.checkpointer.wait()
             if self.channel is not None:
@@ -290,7 +324,8 @@ class Worker:
             backward_passes_per_step=config.backward_passes_per_step,
         )
         rank, world = membership.rank, membership.world_size
-        samples, window_start, last_heartbeat = 0, time.perf_counter(), 0.0
+        samples, window_start = 0, time.perf_counter()
+        self._stepped_at = time.monotonic()
         try:
             while state.step < config.steps:
                 flags = self._boundary_flags()
@@ -335,26 +370,15 @@ class Worker:
                         flush=True,
                     )
                     samples, window_start = 0, now
-                if self.channel is not None and now - last_heartbeat >= config.heartbeat_every_s:
-                    last_heartbeat = now
-                    self._heartbeat(
-                        Heartbeat(
-                            job_id=config.job_id,
-                            instance_id=config.instance_id,
-                            generation=membership.generation,
-                            rank=rank,
-                            world_size=world,
-                            step=state.step,
-                            loss=float(loss.item()),
-                            samples_per_second=float(rate),
-                        )
-                    )
+                self._progress = (membership.generation, rank, world, state.step, float(loss.item()), float(rate))
+                self._stepped_at = time.monotonic()
             if self.checkpointer is not None:
                 self.checkpointer.wait()
                 if self.checkpointer.last is None or self.checkpointer.last.step != state.step:
                     self._checkpoint(membership, blocking=True, emergency=False)
             return Outcome.DONE
         finally:
+            self._stepped_at = None  # not training: the heartbeat says it waits
             opt.close()
             backend.close()
 

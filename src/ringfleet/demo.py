@@ -1,27 +1,70 @@
-"""`ringfleet demo`: brings the local cloud up and routes one event of each kind end to end through the handlers.
+"""`ringfleet demo`: spot-interrupted distributed training end to end on the local cloud, with a report and a plot.
 
-This is the foundation's demo: it shows the wiring of template.yaml working locally. The spot-interrupted
-training run (fleet emulator, workers, report, timeline) builds on it.
+What it does, in order:
+
+1. brings the local cloud up (moto server, template.yaml's resources, the event router running the six handlers)
+   and the fleet emulator, which turns every instance the fleet scaler launches into a real worker process;
+2. submits a job through the client: 3 workers (at least 2) training a digits classifier on our ring all-reduce;
+3. while it trains, injects what AWS does to spot fleets, every cloud event delivered twice:
+   a spot interruption warning with a grace period and then the termination, and later a hard kill of another
+   worker with no notice at all;
+4. follows the workers and the control plane as they go and prints progress and incidents;
+5. trains the same job once more, uninterrupted, on a fixed ring of 3 (same seed and global batches), and compares
+   the final parameters and the held-out accuracy;
+6. writes ``report.md`` (per incident: cause, time to detect and to recover, steps lost, checkpoints and backups,
+   cost-model figures) and ``timeline.png`` into the output folder.
+
+Recovery happens through the real handlers and the real worker code; the demo only injects the failures and
+watches. Times to detect are measured from the injection to the handler invocation that decided on it; times to
+recover from the injection to the moment the new ring had synced its state and trained on.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import os
 import shutil
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ringfleet.contracts.checkpoints import CheckpointManifest, ShardEntry, checkpoint_prefix, encode_manifest
-from ringfleet.local.cloud import DEFAULT_BROKER_URL, LocalCloud, broker_reachable
-from ringfleet.local.emit import emit
+from ringfleet.local.cloud import DEFAULT_BROKER_URL, LocalCloud, broker_reachable, free_port
+from ringfleet.local.report import Incident, RunTimeline, write_report
 from ringfleet.local.router import Delivery
+from ringfleet.local.worker_logs import LogFollower, WorkerLine
 
-__all__ = ["ensure_broker", "run_demo"]
+__all__ = ["FAST", "FULL", "Scenario", "ensure_broker", "run_demo"]
+
+JOB_ID = "digits-demo"
+TENANT = "acme"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """How long the job trains and when the failures come. Steps are global steps of rank 0."""
+
+    steps: int
+    step_delay_s: float
+    grace_s: float
+    interrupt_at_step: int
+    kill_at_step: int
+    checkpoint_every: int
+    commit_every: int = 5
+    log_every: int = 10
+    workers: int = 3
+    min_workers: int = 2
+    #: A silent peer counts as dead after this (a killed one is seen at once: its sockets close).
+    peer_timeout_s: float = 5.0
+    deadline_s: float = 600.0
+
+
+FAST = Scenario(steps=240, step_delay_s=0.04, grace_s=8, interrupt_at_step=40, kill_at_step=130, checkpoint_every=30)
+FULL = Scenario(steps=600, step_delay_s=0.08, grace_s=20, interrupt_at_step=120, kill_at_step=360, checkpoint_every=50)
 
 
 def ensure_broker(url: str = DEFAULT_BROKER_URL, wait_s: float = 60.0) -> None:
@@ -44,87 +87,447 @@ def ensure_broker(url: str = DEFAULT_BROKER_URL, wait_s: float = 60.0) -> None:
     raise SystemExit(f"RabbitMQ did not come up within {wait_s:.0f} s")
 
 
-def _step(
-    cloud: LocalCloud,
-    title: str,
-    event_file: Path,
-    function: str,
-    *,
-    body: bytes | None = None,
-    overrides: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-) -> Delivery:
-    event = json.loads(event_file.read_text())
-    if overrides is not None:
-        event = overrides(event)
-    print(f"\n== {title}", flush=True)
-    before = len(cloud.router.deliveries)
-    for action in emit(cloud.ctx, event, body=body):
-        print(f"   sent: {action}", flush=True)
-    done = cloud.router.wait_for(lambda ds: any(d.function == function for d in ds[before:]), timeout=30)
-    delivery = next(d for d in done[before:] if d.function == function)
+# -- watching the run -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Watch:
+    """Everything the demo saw, in seconds since the job was submitted (``t0``)."""
+
+    t0: float
+    timeline: RunTimeline = field(default_factory=RunTimeline)
+    generation: int = 0
+    world: int = 0
+    step: int = 0
+    finished: set[str] = field(default_factory=set)
+    #: generation -> (when its ring synced, the step it resumed from).
+    synced: dict[int, tuple[float, int]] = field(default_factory=dict)
+    #: generation -> furthest step any worker reached in it before leaving or failing.
+    reached: dict[int, int] = field(default_factory=dict)
+    #: generation -> its world size (from the workers joining it).
+    worlds: dict[int, int] = field(default_factory=dict)
+    #: Deliveries to the recovery handlers, for counting the signals each incident produced.
+    deliveries: list[Delivery] = field(default_factory=list)
+    decisions: list[tuple[float, str, str, dict[str, Any]]] = field(default_factory=list)
+    cost_lines: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def rel(self, at: float) -> float:
+        return at - self.t0
+
+    def say(self, at: float, text: str) -> None:
+        print(f"[{self.rel(at):6.1f}s] {text}", flush=True)
+
+
+def _on_worker_line(watch: _Watch, line: WorkerLine) -> None:
+    g = int(line.fields.get("generation", 0) or 0)
+    if line.kind == "progress":
+        step, rank = line.int("step"), line.int("rank")
+        watch.reached[g] = max(watch.reached.get(g, 0), step)
+        if rank == 0 and g >= watch.generation:
+            watch.generation, watch.world, watch.step = g, line.int("world"), step
+            loss = float(line.fields["loss"])
+            watch.timeline.progress.append((watch.rel(line.at), step, loss, watch.world, g))
+            watch.say(line.at, f"step {step:4d}  loss {loss:.4f}  world {watch.world}  generation {g}")
+    elif line.kind == "joining":
+        watch.worlds[g] = line.int("world")
+    elif line.kind == "synced" and g not in watch.synced:
+        watch.synced[g] = (line.at, line.int("step"))
+        watch.timeline.membership.append((watch.rel(line.at), watch.worlds.get(g, 0)))
+        watch.say(line.at, f"generation {g}: the ring is formed and synced at step {line.int('step')}")
+    elif line.kind in ("failed", "left"):
+        ring = watch.timeline.membership
+        if max(watch.synced, default=-1) == g and ring and ring[-1][1] != 0:
+            ring.append((watch.rel(line.at), 0))  # the ring stopped training
+        watch.reached[g] = max(watch.reached.get(g, 0), line.int("reached"))
+        if line.kind == "failed":
+            watch.say(
+                line.at,
+                f"{line.instance_id}: collective failed at step {line.int('reached')}, rolled back to the commit "
+                f"of step {line.int('step')}",
+            )
+    elif line.kind == "finished":
+        watch.finished.add(line.instance_id)
+
+
+def _on_delivery(watch: _Watch, delivery: Delivery) -> None:
+    """Prints the control plane's decisions about the job, and keeps the fleet scaler's cost figures."""
     r = delivery.result
-    failures = len(r.result.get("batchItemFailures") or []) if r.ok and isinstance(r.result, dict) else 0
-    outcome = "ok" if r.ok and not failures else f"{failures} record(s) rejected" if r.ok else r.error_message
-    print(
-        f"   delivered to {function} via {delivery.source} ({delivery.source_type}) in the Lambda event shape: "
-        f"{outcome} [{r.duration_ms:.0f} ms]",
-        flush=True,
-    )
-    for line in r.logs.splitlines():
+    if delivery.function in ("NodeRecoveryFunction", "WorkerEventsFunction"):
+        with watch.lock:
+            watch.deliveries.append(delivery)
+    for raw in r.logs.splitlines():
         try:
-            entry = json.loads(line)
+            entry = json.loads(raw)
         except ValueError:
             continue
-        if isinstance(entry, dict) and entry.get("level") in ("INFO", "WARNING", "ERROR"):
-            extra = entry.get("reason") or entry.get("job_id") or ""
-            print(f"   {entry['level'].lower()}: {entry.get('message')} {extra}".rstrip(), flush=True)
-    return delivery
+        if not isinstance(entry, dict):
+            continue
+        scaling = entry.get("cost") if delivery.function == "FleetScalerFunction" else None
+        if isinstance(scaling, dict) and scaling.get("delta_r"):
+            line = (
+                f"C = {scaling['c_base']:.2f} $/h + {scaling['c_adjust']:.2f} $ x {scaling['delta_r']} "
+                f"= {scaling['c']:.2f} (targets {entry.get('targets')})"
+            )
+            with watch.lock:
+                watch.cost_lines.append(f"- at {watch.rel(r.started_at):.1f} s: {line}")
+            watch.say(r.started_at, f"fleet_scaler: {entry.get('message')}: {line}")
+        if delivery.function == "CheckpointBackupFunction":
+            continue  # the S3 sampler reports checkpoints and backups
+        if entry.get("job_id") != JOB_ID or "outcome" in entry or entry.get("level") != "INFO":
+            continue
+        message = str(entry.get("message", ""))
+        commands = entry.get("commands") or []
+        if message.startswith(("ignored", "checkpoint noted", "spare added")) and not commands:
+            continue
+        with watch.lock:
+            watch.decisions.append((r.started_at, delivery.function, message, entry))
+        sent = f" -> {', '.join(commands)}" if commands else ""
+        watch.say(r.started_at, f"{delivery.function}: {message}{sent}")
 
 
-def _write_checkpoint_shard(cloud: LocalCloud, job_id: str, step: int) -> bytes:
-    """Uploads one shard as a worker would and returns the manifest that lists it (written last, by emit)."""
-    shard = b"demo shard: a worker's zstd-compressed state would be here"
-    prefix = checkpoint_prefix(job_id, step)
-    cloud.client("s3").put_object(
-        Bucket=cloud.ctx.resolve({"Ref": "CheckpointBucket"}), Key=f"{prefix}model.zst", Body=shard
+# -- the run ----------------------------------------------------------------------------------------------------------
+
+
+def _members(cloud: LocalCloud) -> dict[str, int]:
+    item = (
+        cloud.client("dynamodb")
+        .get_item(TableName=cloud.ctx.resolve({"Ref": "JobsTable"}), Key={"job_id": {"S": JOB_ID}})
+        .get("Item")
     )
-    manifest = CheckpointManifest(
-        job_id=job_id,
-        step=step,
-        generation=1,
-        world_size=1,
-        created_at=datetime.now(UTC),
-        shards=[ShardEntry(name="model.zst", size=len(shard), sha256=hashlib.sha256(shard).hexdigest())],
+    if not item or "members" not in item:
+        return {}
+    return {k: int(v["N"]) for k, v in item["members"]["M"].items()}
+
+
+def _job_incidents(cloud: LocalCloud) -> list[dict[str, Any]]:
+    from ringfleet.adapters.dynamodb import DynamoDbJobRepository
+    from ringfleet.wiring import WallClock
+
+    env = cloud.ctx.aws_environment
+    import boto3
+
+    resource = boto3.session.Session(
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name=env["AWS_REGION"],
+    ).resource("dynamodb", endpoint_url=env["AWS_ENDPOINT_URL"])
+    job = DynamoDbJobRepository(
+        cloud.ctx.resolve({"Ref": "JobsTable"}), clock=WallClock(), boto3_resource=resource
+    ).get(JOB_ID)
+    if job is None:
+        return []
+    return [
+        {"at": i.at.timestamp(), "cause": i.cause, "generation": i.generation, "detail": i.detail}
+        for i in job.incidents
+    ]
+
+
+def _manifest_steps(cloud: LocalCloud, bucket_ref: str) -> set[int]:
+    s3, bucket = cloud.client("s3"), cloud.ctx.resolve({"Ref": bucket_ref})
+    steps = set()
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"jobs/{JOB_ID}/ckpt/"):
+        for obj in page.get("Contents", []):
+            if obj["Key"].endswith("/manifest.json"):
+                steps.add(int(obj["Key"].split("/")[-2]))
+    return steps
+
+
+def _worker_args(scenario: Scenario, out: Path) -> Callable[[str, str], list[str]]:
+    def args(job_id: str, instance_id: str) -> list[str]:
+        return [
+            "--steps", str(scenario.steps),
+            "--step-delay", str(scenario.step_delay_s),
+            "--checkpoint-every", str(scenario.checkpoint_every),
+            "--commit-every", str(scenario.commit_every),
+            "--log-every", str(scenario.log_every),
+            "--heartbeat-every", "2",
+            "--timeout", str(scenario.peer_timeout_s),
+            "--wait", "120",
+            "--final-state", str(out / "workers" / f"{instance_id}.pt"),
+        ]  # fmt: skip
+
+    return args
+
+
+class _Demo:
+    def __init__(self, cloud: LocalCloud, scenario: Scenario, out: Path, watch: _Watch) -> None:
+        from ringfleet.local.fleet import FleetEmulator
+
+        self.cloud, self.scenario, self.out, self.watch = cloud, scenario, out, watch
+        self.incidents: list[tuple[Incident, int]] = []  # with the generation it struck
+        nodes, table = cloud.client("dynamodb"), cloud.ctx.resolve({"Ref": "NodesTable"})
+
+        def job_of(instance_id: str) -> str | None:
+            item = nodes.get_item(TableName=table, Key={"instance_id": {"S": instance_id}}).get("Item")
+            return item["job_id"]["S"] if item else None
+
+        def on_event(kind: str, info: dict[str, Any]) -> None:
+            if kind == "worker-started":
+                watch.say(
+                    time.time(), f"fleet emulator: instance {info['instance_id']} runs a worker (pid {info['pid']})"
+                )
+
+        self.emulator = FleetEmulator(
+            cloud.ctx,
+            job_of=job_of,
+            worker_args=_worker_args(scenario, out),
+            log_dir=out / "workers",
+            duplicate_events=True,
+            on_event=on_event,
+        )
+        self.logs = LogFollower(out / "workers")
+        self.checkpoints: set[int] = set()
+        self.backups: set[int] = set()
+
+    def _sample(self, now: float, *, storage: bool) -> None:
+        watch = self.watch
+        for line in self.logs.poll(now) if (self.out / "workers").exists() else []:
+            _on_worker_line(watch, line)
+        if storage:
+            running = len(self.emulator.instances)
+            if not watch.timeline.fleet or watch.timeline.fleet[-1][1] != running:
+                watch.timeline.fleet.append((watch.rel(now), running))
+            for step in sorted(_manifest_steps(self.cloud, "CheckpointBucket") - self.checkpoints):
+                self.checkpoints.add(step)
+                watch.timeline.checkpoints.append((watch.rel(now), step))
+                watch.say(now, f"checkpoint of step {step} in S3 (shards, then manifest)")
+            for step in sorted(_manifest_steps(self.cloud, "BackupBucket") - self.backups):
+                self.backups.add(step)
+                watch.timeline.backups.append((watch.rel(now), step))
+                watch.say(now, f"checkpoint of step {step} verified and backed up by checkpoint_backup")
+
+    def _instance_at_rank(self, rank: int) -> str | None:
+        members = _members(self.cloud)
+        return next((i for i, r in members.items() if r == rank and i in self.emulator.instances), None)
+
+    def run(self) -> None:
+        from ringfleet.client import RingfleetClient, load_job_file
+
+        scenario, watch = self.scenario, self.watch
+        self.emulator.start()
+        fields = load_job_file(Path(self.cloud.template_path).parent / "examples" / "job.yaml")
+        fields.update(
+            job_id=JOB_ID,
+            tenant=TENANT,
+            min_workers=scenario.min_workers,
+            max_workers=scenario.workers,
+            budget_usd_per_hour=20,
+            checkpoint_interval_steps=scenario.checkpoint_every,
+        )
+        RingfleetClient(self.cloud.broker_url).submit(fields)
+        watch.say(
+            time.time(),
+            f"job {JOB_ID} submitted through the client: {scenario.workers} workers (at least {scenario.min_workers}),"
+            f" {scenario.steps} steps, every cloud event will be delivered twice",
+        )
+        deadline = time.monotonic() + scenario.deadline_s
+        tick = 0
+        while time.monotonic() < deadline:
+            now = time.time()
+            self._sample(now, storage=tick % 4 == 0)
+            tick += 1
+            self._inject(now)
+            alive = set(self.emulator.instances)
+            if watch.finished and alive and alive <= watch.finished:
+                self._sample(time.time(), storage=True)
+                watch.say(time.time(), f"training finished at step {watch.step} on {len(alive)} workers")
+                return
+            time.sleep(0.25)
+        raise SystemExit(f"the demo did not finish within {scenario.deadline_s:.0f} s; worker logs: {self.out}/workers")
+
+    def _inject(self, now: float) -> None:
+        scenario, watch = self.scenario, self.watch
+        if not self.incidents and watch.step >= scenario.interrupt_at_step:
+            victim = self._instance_at_rank(watch.world - 1)
+            if victim is not None:
+                watch.say(
+                    now,
+                    f"INCIDENT 1: spot interruption warning for {victim} (rank {watch.world - 1}), "
+                    f"{scenario.grace_s:.0f} s grace, then termination",
+                )
+                self.incidents.append((Incident("spot interruption", victim, watch.rel(now)), watch.generation))
+                self.emulator.interrupt(victim, scenario.grace_s)
+        elif (
+            len(self.incidents) == 1
+            and watch.step >= scenario.kill_at_step
+            and watch.generation > self.incidents[0][1]
+            and watch.world == scenario.workers
+        ):
+            victim = self._instance_at_rank(1)
+            if victim is not None:
+                watch.say(now, f"INCIDENT 2: hard kill of {victim} (rank 1), no notice at all")
+                self.incidents.append((Incident("hard kill", victim, watch.rel(now)), watch.generation))
+                self.emulator.hard_kill(victim)
+
+    def close(self) -> None:
+        self.emulator.stop()
+
+    # -- after the run ------------------------------------------------------------------------------------------------
+
+    def account(self) -> None:
+        """Fills each incident's detection, recovery, steps lost, restarts and checkpoints from what was seen."""
+        watch = self.watch
+        job_log = _job_incidents(self.cloud)
+        struck = [g for _, g in self.incidents] + [10**9]
+        injected = [watch.t0 + inc.injected_at for inc, _ in self.incidents] + [float("inf")]
+        for n, (inc, generation) in enumerate(self.incidents):
+            decided = [
+                at
+                for at, _, message, _ in watch.decisions
+                if injected[n] <= at < injected[n + 1] and message.startswith(("notice", "lost without notice"))
+            ]
+            if decided:
+                inc.detected_at = watch.rel(min(decided))
+            # The restarts this incident caused: the ring re-formed (not grown) after the generation it struck and
+            # up to the one the next incident struck.
+            restarts = [
+                i
+                for i in job_log
+                if i["cause"] in ("reconfigured", "restarted") and generation < i["generation"] <= struck[n + 1]
+            ]
+            inc.restarts = len(restarts)
+            if restarts:
+                inc.generation = restarts[0]["generation"]
+                synced = watch.synced.get(inc.generation)
+                if synced is not None:
+                    inc.recovered_at = watch.rel(synced[0])
+                    inc.steps_lost = max(0, watch.reached.get(generation, 0) - synced[1])
+            resumed = watch.synced.get(inc.generation or -1, (0.0, -1))[1]
+            # The checkpoint the new ring's state is durable from: the emergency one when notice was given.
+            durable = [step for step in self.checkpoints if step <= resumed]
+            inc.checkpoints = [max(durable)] if durable else []
+            window = (injected[n], watch.t0 + (inc.recovered_at or inc.injected_at) + 1)
+            inc.signals = self._signals(inc.instance_id, window)
+            inc.decisions = sum(
+                1
+                for at, _, message, _ in watch.decisions
+                if window[0] <= at <= window[1] and not message.startswith("capacity arrived: grown")
+            )
+            watch.timeline.incidents.append(inc)
+
+    def _signals(self, instance_id: str, window: tuple[float, float]) -> int:
+        """Cloud events about ``instance_id`` (each sent twice) and workers' failure reports, in ``window``."""
+        from ringfleet.local.router import decode_rmq
+
+        count = 0
+        for d in self.watch.deliveries:
+            if not window[0] <= d.result.started_at <= window[1]:
+                continue
+            if d.function == "NodeRecoveryFunction":
+                count += sum(1 for r in d.event.get("Records", []) if instance_id in r.get("body", ""))
+            else:
+                count += sum(1 for body in decode_rmq(d.event) if b'"WorkerFailed"' in body)
+        return count
+
+
+def _baseline(scenario: Scenario, out: Path) -> Path:
+    """The same job on a fixed ring of ``workers`` with no control plane and no failures; rank 0's final state."""
+    port = free_port()
+    folder = out / "baseline"
+    folder.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RINGFLEET_", "AWS_"))}
+    procs = []
+    for rank in range(scenario.workers):
+        command = [sys.executable, "-m", "training_worker", "--job-id", "baseline", "--broker-url", "none"]
+        command += ["--instance-id", f"baseline-{rank}"]
+        command += ["--static-world", f"{rank}:{scenario.workers}:127.0.0.1:{port}"]
+        command += ["--steps", str(scenario.steps), "--commit-every", str(scenario.commit_every)]
+        command += ["--log-every", str(scenario.steps), "--final-state", str(folder / f"rank{rank}.pt")]
+        with (folder / f"rank{rank}.log").open("wb") as log:
+            procs.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env))
+    for p in procs:
+        if p.wait(timeout=300) != 0:
+            raise SystemExit(f"the uninterrupted baseline run failed; see {folder}")
+    return folder / "rank0.pt"
+
+
+def _compare(final: Path, baseline: Path, watch: _Watch) -> bool:
+    import torch
+
+    from training_worker.data import accuracy
+    from training_worker.worker import build_model
+
+    def load(path: Path) -> torch.nn.Module:
+        model = build_model(0)
+        model.load_state_dict(torch.load(path, weights_only=True))
+        return model
+
+    ours, theirs = load(final), load(baseline)
+    watch.timeline.accuracy = accuracy(ours)
+    watch.timeline.baseline_accuracy = accuracy(theirs)
+    match = all(
+        torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+        for a, b in zip(ours.state_dict().values(), theirs.state_dict().values(), strict=True)
     )
-    return encode_manifest(manifest)
+    watch.timeline.params_match_baseline = match
+    return match
 
 
-def run_demo(template: str = "template.yaml", fast: bool = False) -> int:
-    ensure_broker()
-    events = Path(template).resolve().parent / "events"
-    print("Starting the local cloud: moto server, template.yaml's resources, the event router", flush=True)
-    with LocalCloud(template) as cloud:
-        print(f"AWS at {cloud.endpoint}; RabbitMQ at 127.0.0.1:5672", flush=True)
-        for kind, names in sorted(cloud.created.items()):
-            print(f"  {kind}: {len(names)}", flush=True)
-        job_file = events / "messages" / "job_submitted.json"
-        job_id = json.loads(job_file.read_text())["job_id"]
-        deliveries = [
-            _step(cloud, "A job submitted by an app over RabbitMQ", job_file, "JobIntakeFunction"),
-            _step(
-                cloud,
-                "A checkpoint of that job lands in S3 (shard, then manifest): verified and backed up",
-                events / "s3_object_created.json",
-                "CheckpointBackupFunction",
-                body=_write_checkpoint_shard(cloud, job_id, step=120),
-            ),
-            _step(
-                cloud,
-                "A spot interruption warning, put on EventBridge (for an instance no job runs on)",
-                events / "ec2_spot_interruption_warning.json",
-                "NodeRecoveryFunction",
-            ),
-        ]
-    ok = all(d.result.ok for d in deliveries)
-    print("\nEvery event reached the handler template.yaml wires to it." if ok else "\nSome deliveries failed.")
-    return 0 if ok else 1
+def run_demo(
+    template: str = "template.yaml",
+    fast: bool = False,
+    out_dir: str | Path = "demo-output",
+    scenario: Scenario | None = None,
+) -> int:
+    scenario = scenario or (FAST if fast else FULL)
+    ensure_broker(os.environ.get("RINGFLEET_BROKER_URL", DEFAULT_BROKER_URL))
+    out = Path(out_dir).resolve()
+    shutil.rmtree(out / "workers", ignore_errors=True)
+    shutil.rmtree(out / "baseline", ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    print(
+        "Starting the local cloud: moto server, template.yaml's resources, the event router and its six handlers",
+        flush=True,
+    )
+    watch = _Watch(t0=time.time())
+    watch.timeline.membership.append((0.0, 0))
+    with LocalCloud(template, on_delivery=lambda d: _on_delivery(watch, d), state_dir=out / "state") as cloud:
+        print(f"AWS at {cloud.endpoint}; RabbitMQ at {cloud.broker_url.rsplit('@', 1)[-1]}", flush=True)
+        demo = _Demo(cloud, scenario, out, watch)
+        watch.t0 = time.time()
+        try:
+            demo.run()
+            # Let the last checkpoint's backup land before the report is written.
+            final_step = scenario.steps
+            until = time.monotonic() + 30
+            while final_step not in demo.backups and time.monotonic() < until:
+                time.sleep(0.5)
+                demo._sample(time.time(), storage=True)
+            demo.account()
+        finally:
+            demo.close()
+        finals = [out / "workers" / f"{i}.pt" for i in sorted(watch.finished)]
+    print("Training the same job uninterrupted on a fixed ring of 3, for comparison", flush=True)
+    baseline = _baseline(scenario, out)
+    final = next((p for p in finals if p.exists()), None)
+    if final is None:
+        raise SystemExit(f"no worker wrote its final state; see {out}/workers")
+    match = _compare(final, baseline, watch)
+    watch.timeline.cost_lines = watch.cost_lines
+    md, png = write_report(watch.timeline, out, title="ringfleet demo" + (" (fast)" if fast else ""))
+    print(md.read_text(), flush=True)
+    print(f"Report: {md}\nTimeline: {png}", flush=True)
+    return _verdict(watch.timeline, scenario, match)
+
+
+def _verdict(timeline: RunTimeline, scenario: Scenario, match: bool) -> int:
+    """Checks what the demo promises and says which promise broke."""
+    problems = []
+    if len(timeline.incidents) != 2:
+        problems.append(f"{len(timeline.incidents)} incident(s) injected, 2 planned")
+    for inc in timeline.incidents:
+        if inc.restarts != 1:
+            problems.append(f"{inc.cause}: {inc.restarts} restarts, exactly 1 expected despite duplicated events")
+        if inc.recovered_at is None:
+            problems.append(f"{inc.cause}: the job did not recover")
+        limit = 0 if inc.cause == "spot interruption" else scenario.commit_every
+        if inc.steps_lost is not None and inc.steps_lost > limit:
+            problems.append(f"{inc.cause}: {inc.steps_lost} steps lost, at most {limit} expected")
+    if not match:
+        problems.append("final parameters differ from the uninterrupted run's")
+    for problem in problems:
+        print(f"PROBLEM: {problem}", flush=True)
+    if not problems:
+        print("Every incident was recovered exactly once, within its loss budget, to the same final model.", flush=True)
+    return 1 if problems else 0

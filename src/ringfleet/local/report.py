@@ -23,6 +23,10 @@ class Incident:
     restarts: int = 0
     generation: int | None = None
     checkpoints: list[int] = field(default_factory=list)
+    #: Signals the control plane received about it (cloud events, each delivered twice; workers' failure reports).
+    signals: int = 0
+    #: Decisions they led to (saved changes of the job); the rest were recognised as already handled.
+    decisions: int = 0
 
     @property
     def time_to_detect(self) -> float | None:
@@ -39,6 +43,8 @@ class RunTimeline:
 
     #: (t, step, loss, world_size, generation) from the workers' progress.
     progress: list[tuple[float, int, float, int, int]] = field(default_factory=list)
+    #: (t, workers training in the ring): 0 from the moment a ring stops until the next one has synced.
+    membership: list[tuple[float, int]] = field(default_factory=list)
     #: (t, running instances).
     fleet: list[tuple[float, int]] = field(default_factory=list)
     #: (t, step) of checkpoints written, and of those backed up.
@@ -55,9 +61,17 @@ def _fmt(value: float | None, unit: str = "s") -> str:
     return "—" if value is None else f"{value:.2f} {unit}"
 
 
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f} %"
+
+
 def _median(values: Sequence[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return statistics.median(present) if present else None
+
+
+def _met(value: float | None, limit: float) -> str:
+    return "not measured" if value is None else "met" if value <= limit else "MISSED"
 
 
 def write_report(timeline: RunTimeline, out_dir: Path, *, title: str = "ringfleet demo") -> tuple[Path, Path]:
@@ -73,21 +87,28 @@ def write_report(timeline: RunTimeline, out_dir: Path, *, title: str = "ringflee
         "",
         "## Incidents",
         "",
-        "| # | cause | instance | time to detect | time to recover | steps lost | restarts | new generation | "
-        "checkpoints involved |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| # | cause | instance | time to detect | time to recover | steps lost | signals received | decisions | "
+        "restarts | new generation | checkpoints involved |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    backed_up = {step for _, step in timeline.backups}
     for i, inc in enumerate(timeline.incidents, 1):
-        ckpts = ", ".join(str(s) for s in inc.checkpoints) or "—"
+        ckpts = ", ".join(f"{s}{' (backed up)' if s in backed_up else ''}" for s in inc.checkpoints) or "—"
         lines.append(
             f"| {i} | {inc.cause} | {inc.instance_id} | {_fmt(inc.time_to_detect)} | {_fmt(inc.time_to_recover)} | "
-            f"{'—' if inc.steps_lost is None else inc.steps_lost} | {inc.restarts} | "
-            f"{'—' if inc.generation is None else inc.generation} | {ckpts} |"
+            f"{'—' if inc.steps_lost is None else inc.steps_lost} | {inc.signals} | {inc.decisions} | "
+            f"{inc.restarts} | {'—' if inc.generation is None else inc.generation} | {ckpts} |"
         )
+    detect = _median([i.time_to_detect for i in timeline.incidents])
+    recover = _median([i.time_to_recover for i in timeline.incidents])
     lines += [
         "",
-        f"Median time to detect: {_fmt(_median([i.time_to_detect for i in timeline.incidents]))}; "
-        f"median time to recover: {_fmt(_median([i.time_to_recover for i in timeline.incidents]))}.",
+        f"Median time to detect: {_fmt(detect)} (target ≤ 1 s: {_met(detect, 1.0)}); "
+        f"median time to recover: {_fmt(recover)} (target ≤ 10 s: {_met(recover, 10.0)}).",
+        "",
+        "Time to detect runs from the injection to the handler invocation that decided on it; time to recover from "
+        "the injection until the next ring had synced its state and trained on. Steps lost: the furthest step of "
+        "the struck ring minus the step the next one resumed from.",
         "",
         "## Checkpoints and backups",
         "",
@@ -96,8 +117,8 @@ def write_report(timeline: RunTimeline, out_dir: Path, *, title: str = "ringflee
         "",
         "## Result",
         "",
-        f"Final accuracy: {_fmt(timeline.accuracy, '')}; uninterrupted run with the same global batches: "
-        f"{_fmt(timeline.baseline_accuracy, '')}.",
+        f"Final accuracy on held-out digits: {_pct(timeline.accuracy)}; uninterrupted run with the same global "
+        f"batches: {_pct(timeline.baseline_accuracy)}.",
     ]
     if timeline.params_match_baseline is not None:
         verdict = "match" if timeline.params_match_baseline else "DO NOT match"
@@ -116,13 +137,15 @@ def _plot(timeline: RunTimeline, path: Path, title: str) -> None:
     from matplotlib.ticker import MaxNLocator
 
     fig, (ax_loss, ax_size) = plt.subplots(2, 1, figsize=(11, 7), sharex=True)
+    end = max([t for t, *_ in timeline.progress] + [t for t, _ in timeline.fleet + timeline.membership] + [0.0])
     if timeline.progress:
-        t, _, loss, world, _ = zip(*timeline.progress, strict=True)
-        ax_loss.plot(t, loss, color="tab:blue", label="loss")
-        ax_size.step(t, world, where="post", color="tab:green", label="world size")
+        t, _, loss, _, _ = zip(*timeline.progress, strict=True)
+        ax_loss.plot(t, loss, color="tab:blue", marker=".", label="loss")
+    # A step plot stops at its last sample: hold the last value until the end of the run.
+    if timeline.membership:
+        mt, mn = zip(*timeline.membership, (end, timeline.membership[-1][1]), strict=True)
+        ax_size.step(mt, mn, where="post", color="tab:green", label="workers training in the ring")
     if timeline.fleet:
-        # A step plot stops at its last sample: hold the last fleet size until the end of the run.
-        end = max([t for t, *_ in timeline.progress] + [t for t, _ in timeline.fleet])
         ft, fn = zip(*timeline.fleet, (end, timeline.fleet[-1][1]), strict=True)
         ax_size.step(ft, fn, where="post", color="tab:gray", linestyle="--", label="fleet (running instances)")
     for tc, step in timeline.checkpoints:
