@@ -281,7 +281,7 @@ class Worker:
         self.state.commit()
         log.info("restored checkpoint step %d for generation %d", manifest.step, membership.generation)
 
-    def _checkpoint(self, membership: Membership, blocking: bool, emergency: bool) -> None:
+    def _checkpoint(self, membership: Membership, blocking: bool, emergency: bool, final: bool = False) -> None:
         if self.checkpointer is None:
             if emergency and membership.rank == 0:
                 log.warning(
@@ -293,23 +293,27 @@ class Worker:
         step, generation = self.state.step, membership.generation
 
         def done(saved: SavedCheckpoint) -> None:
-            self.publish(
-                CheckpointCompleted(
-                    job_id=self.config.job_id,
-                    instance_id=self.config.instance_id,
-                    generation=generation,
-                    step=saved.step,
-                    uri=saved.uri,
-                    manifest_sha256=saved.manifest_sha256,
-                    size_bytes=saved.size_bytes,
-                    emergency=emergency,
-                )
-            )
+            self._report(saved, generation, emergency=emergency, final=final)
 
         if blocking:
             done(self.checkpointer.save(step, generation, membership.world_size, self.state.tree()))
         else:
             self.checkpointer.save_async(step, generation, membership.world_size, self.state.tree(), done)
+
+    def _report(self, saved: SavedCheckpoint, generation: int, *, emergency: bool, final: bool) -> None:
+        self.publish(
+            CheckpointCompleted(
+                job_id=self.config.job_id,
+                instance_id=self.config.instance_id,
+                generation=generation,
+                step=saved.step,
+                uri=saved.uri,
+                manifest_sha256=saved.manifest_sha256,
+                size_bytes=saved.size_bytes,
+                emergency=emergency,
+                final=final,
+            )
+        )
 
     def _train(self, membership: Membership) -> Outcome:
         config, state = self.config, self.state
@@ -373,9 +377,14 @@ class Worker:
                 self._progress = (membership.generation, rank, world, state.step, float(loss.item()), float(rate))
                 self._stepped_at = time.monotonic()
             if self.checkpointer is not None:
+                # The last step's checkpoint is the job's result: reported as final, which ends the job.
                 self.checkpointer.wait()
-                if self.checkpointer.last is None or self.checkpointer.last.step != state.step:
-                    self._checkpoint(membership, blocking=True, emergency=False)
+                last = self.checkpointer.last
+                if last is not None and last.step == state.step:
+                    if rank == 0:
+                        self._report(last, membership.generation, emergency=False, final=True)
+                else:
+                    self._checkpoint(membership, blocking=True, emergency=False, final=True)
             return Outcome.DONE
         finally:
             self._stepped_at = None  # not training: the heartbeat says it waits

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ringfleet.domain.jobs import Job
 from ringfleet.local.cloud import DEFAULT_BROKER_URL, LocalCloud, broker_reachable, free_port
 from ringfleet.local.report import Incident, RunTimeline, write_report
 from ringfleet.local.router import Delivery
@@ -110,6 +111,7 @@ class _Watch:
     deliveries: list[Delivery] = field(default_factory=list)
     decisions: list[tuple[float, str, str, dict[str, Any]]] = field(default_factory=list)
     cost_lines: list[str] = field(default_factory=list)
+    job_state: str = "unknown"
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def rel(self, at: float) -> float:
@@ -189,32 +191,30 @@ def _on_delivery(watch: _Watch, delivery: Delivery) -> None:
 # -- the run ----------------------------------------------------------------------------------------------------------
 
 
-def _members(cloud: LocalCloud) -> dict[str, int]:
-    item = (
-        cloud.client("dynamodb")
-        .get_item(TableName=cloud.ctx.resolve({"Ref": "JobsTable"}), Key={"job_id": {"S": JOB_ID}})
-        .get("Item")
-    )
-    if not item or "members" not in item:
-        return {}
-    return {k: int(v["N"]) for k, v in item["members"]["M"].items()}
+def _job(cloud: LocalCloud) -> Job | None:
+    import boto3
 
-
-def _job_incidents(cloud: LocalCloud) -> list[dict[str, Any]]:
     from ringfleet.adapters.dynamodb import DynamoDbJobRepository
     from ringfleet.wiring import WallClock
 
     env = cloud.ctx.aws_environment
-    import boto3
-
     resource = boto3.session.Session(
         aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
         region_name=env["AWS_REGION"],
     ).resource("dynamodb", endpoint_url=env["AWS_ENDPOINT_URL"])
-    job = DynamoDbJobRepository(
+    return DynamoDbJobRepository(
         cloud.ctx.resolve({"Ref": "JobsTable"}), clock=WallClock(), boto3_resource=resource
     ).get(JOB_ID)
+
+
+def _members(cloud: LocalCloud) -> dict[str, int]:
+    job = _job(cloud)
+    return dict(job.members) if job else {}
+
+
+def _job_incidents(cloud: LocalCloud) -> list[dict[str, Any]]:
+    job = _job(cloud)
     if job is None:
         return []
     return [
@@ -489,11 +489,14 @@ def run_demo(
         try:
             demo.run()
             # Let the last checkpoint's backup land before the report is written.
-            final_step = scenario.steps
             until = time.monotonic() + 30
-            while final_step not in demo.backups and time.monotonic() < until:
+            job = _job(cloud)
+            while (scenario.steps not in demo.backups or job is None or not job.is_final) and time.monotonic() < until:
                 time.sleep(0.5)
                 demo._sample(time.time(), storage=True)
+                job = _job(cloud)
+            watch.job_state = str(job.state) if job else "unknown"
+            watch.say(time.time(), f"job {JOB_ID} is {watch.job_state} (its final checkpoint is its result)")
             demo.account()
         finally:
             demo.close()
@@ -508,12 +511,12 @@ def run_demo(
     md, png = write_report(watch.timeline, out, title="ringfleet demo" + (" (fast)" if fast else ""))
     print(md.read_text(), flush=True)
     print(f"Report: {md}\nTimeline: {png}", flush=True)
-    return _verdict(watch.timeline, scenario, match)
+    return _verdict(watch.timeline, scenario, match, watch.job_state)
 
 
-def _verdict(timeline: RunTimeline, scenario: Scenario, match: bool) -> int:
+def _verdict(timeline: RunTimeline, scenario: Scenario, match: bool, job_state: str) -> int:
     """Checks what the demo promises and says which promise broke."""
-    problems = []
+    problems = [] if job_state == "SUCCEEDED" else [f"the job ended {job_state}, not SUCCEEDED"]
     if len(timeline.incidents) != 2:
         problems.append(f"{len(timeline.incidents)} incident(s) injected, 2 planned")
     for inc in timeline.incidents:

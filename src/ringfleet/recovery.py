@@ -139,7 +139,9 @@ class RecoveryService:
 
     def on_checkpoint_completed(self, message: CheckpointCompleted) -> Outcome:
         self._known(message.job_id)
-        signal = CheckpointTaken(message.generation, message.step, message.sent_at, emergency=message.emergency)
+        signal = CheckpointTaken(
+            message.generation, message.step, message.sent_at, emergency=message.emergency, final=message.final
+        )
         return self.apply(message.job_id, signal)
 
     def on_worker_failed(self, message: WorkerFailed) -> Outcome:
@@ -232,6 +234,8 @@ class RecoveryService:
                 after = replace(decided, revision=job.revision + 1)
                 if isinstance(signal, NoticeGiven | NodeLost):
                     self._want_capacity(after, signal)
+                if after.is_final:
+                    self._announce_finished(after)
             else:
                 after = job
             # A lost instance the job still counts (a stale generation's failure report) is not marked lost.
@@ -256,6 +260,18 @@ class RecoveryService:
             self.put_events([control_event_entry(detail)])
         except Exception:
             log.exception("job %s: could not announce that it wants capacity; the scaler's tick will", job.job_id)
+
+    def _announce_finished(self, job: Job) -> None:
+        """``Job Finished`` on EventBridge: the fleet scaler stops counting its workers (at its tick otherwise)."""
+        if self.put_events is None:
+            return
+        from ringfleet.contracts import JobFinishedDetail, control_event_entry
+
+        detail = JobFinishedDetail(tenant=job.tenant, job_id=job.job_id, state="SUCCEEDED")
+        try:
+            self.put_events([control_event_entry(detail)])
+        except Exception:
+            log.exception("job %s: could not announce that it finished; the scaler's tick will see it", job.job_id)
 
     def _flush_outbox(self, job: Job) -> Job | None:
         """Publishes commands a crashed run decided but did not clear; None when the job moved meanwhile.

@@ -192,3 +192,18 @@ def test_node_updates_follow_the_job_and_release_a_lifecycle_hook_once_the_check
     updates, release = plan_node_updates(done.job, nodes, later(30))
     # once the checkpoint is done the hook is completed (the instance may go)
     assert release == [hook] and updates[0].lifecycle_hook is None
+
+
+def test_the_final_checkpoint_of_the_current_generation_ends_the_job_and_releases_its_nodes() -> None:
+    job, nodes = running_job()
+    # a final checkpoint from a ring that was already replaced changes nothing
+    stale = plan_recovery(job, nodes, CheckpointTaken(0, 200, later(5), final=True))
+    assert not stale.changed
+    # the current ring's final checkpoint ends the job, once
+    plan = plan_recovery(job, nodes, CheckpointTaken(1, 200, later(5), final=True))
+    assert plan.job.state is JobState.SUCCEEDED and plan.commands == ()
+    assert plan.job.incidents[-1].cause == "finished"
+    assert not plan_recovery(plan.job, nodes, CheckpointTaken(1, 200, later(6), final=True)).changed
+    # and its instances no longer serve it: the scaler frees them and the heartbeat sweep leaves them alone
+    updates, _ = plan_node_updates(plan.job, nodes, later(5))
+    assert {n.state for n in updates} == {NodeState.LOST} and len(updates) == len(nodes)

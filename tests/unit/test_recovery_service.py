@@ -12,7 +12,7 @@ from ringfleet.adapters.memory import (
     InMemoryNodeRepository,
     RecordingCommandPublisher,
 )
-from ringfleet.contracts import Reconfigure, WorkerFailed, parse_cloud_event
+from ringfleet.contracts import CheckpointCompleted, Reconfigure, WorkerFailed, parse_cloud_event
 from ringfleet.domain.jobs import Job
 from ringfleet.recovery import RecoveryService
 from tests.builders import cloud_event, instance, later, running_job
@@ -119,3 +119,22 @@ def test_a_spot_warning_asks_the_scaler_for_a_replacement_while_the_instance_sti
     # the same warning again is already being handled: no second announcement
     service.on_node_event(parse_cloud_event(warning))  # type: ignore[arg-type]
     assert len(events) == 1
+
+
+def test_the_final_checkpoint_announces_the_finished_job_to_the_scaler() -> None:
+    service, _, publisher, events = world()
+    final = CheckpointCompleted(
+        job_id="digits-demo",
+        instance_id=instance(1),
+        generation=1,
+        step=240,
+        uri="s3://ringfleet-checkpoints/jobs/digits-demo/ckpt/000000000240/",
+        manifest_sha256="0" * 64,
+        size_bytes=1234,
+        final=True,
+    )
+    service.on_checkpoint_completed(final)
+    service.on_checkpoint_completed(final)  # delivered twice
+    assert job_of(service).state == "SUCCEEDED"
+    assert [(e["DetailType"], json.loads(e["Detail"])["state"]) for e in events] == [("Job Finished", "SUCCEEDED")]
+    assert publisher.published == []

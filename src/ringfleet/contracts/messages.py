@@ -186,6 +186,8 @@ class CheckpointCompleted(MessageBase):
     size_bytes: SizeBytes
     #: Taken because notice was given (CheckpointNow), not on the job's regular interval.
     emergency: bool = False
+    #: The job trained its last step: this checkpoint is its result, and the job is done.
+    final: bool = False
 
     @model_validator(mode="after")
     def _uri_names_this_checkpoint(self) -> CheckpointCompleted:

@@ -16,7 +16,7 @@ class NodeState(StrEnum):
     ACTIVE = "ACTIVE"
     #: Notice given (spot warning, rebalance, lifecycle hook): still alive, about to go.
     LEAVING = "LEAVING"
-    #: Gone: terminated, stopped, silent or failed. Never comes back.
+    #: Gone (terminated, stopped, silent or failed), or released by its finished job. Never comes back.
     LOST = "LOST"
 
 

@@ -76,6 +76,8 @@ class CheckpointTaken:
     step: int
     at: datetime
     emergency: bool = False
+    #: The job's last step: the job is done.
+    final: bool = False
 
 
 @dataclass(frozen=True)
@@ -200,6 +202,12 @@ def _on_checkpoint(job: Job, nodes: Sequence[Node], signal: CheckpointTaken) -> 
     recovery = job.recovery
     if signal.generation != job.generation:
         return _unchanged(job, f"ignored: checkpoint of generation {signal.generation}, job is at {job.generation}")
+    if signal.final:
+        finished = Incident(at=signal.at, cause="finished", generation=job.generation, detail=f"step {signal.step}")
+        after = replace(job.moved_to(JobState.SUCCEEDED), recovery=None, replacements_wanted=0, spares=())
+        return RecoveryPlan(
+            before=job, job=after.with_incident(finished), outcome=f"finished: final checkpoint at step {signal.step}"
+        )
     if recovery is None or not recovery.awaiting_checkpoint:
         return _unchanged(job, "checkpoint noted: no recovery waits for it")
     after = replace(job, recovery=replace(recovery, awaiting_checkpoint=False, checkpoint_step=signal.step))
@@ -362,6 +370,10 @@ def plan_node_updates(
     brought), so running it again after a crash changes nothing more. A hook is completed once its instance is no
     longer needed: it left the ring, or its emergency checkpoint is done.
     """
+    if job.is_final:
+        # The job is over: its instances no longer serve it (the fleet scaler frees them, the sweep ignores them).
+        done = [replace(n, state=NodeState.LOST, rank=None, updated_at=at) for n in nodes if n.state != NodeState.LOST]
+        return done, [n.lifecycle_hook for n in nodes if n.lifecycle_hook is not None]
     recovery = job.recovery
     leaving = set(recovery.leaving) if recovery else set()
     gone = set(lost) | (set(recovery.lost) if recovery else set())
