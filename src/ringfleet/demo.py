@@ -96,6 +96,8 @@ class _Watch:
     """Everything the demo saw, in seconds since the job was submitted (``t0``)."""
 
     t0: float
+    #: Where every handler invocation's log goes (control-plane.log).
+    out: Path
     timeline: RunTimeline = field(default_factory=RunTimeline)
     generation: int = 0
     world: int = 0
@@ -155,6 +157,8 @@ def _on_worker_line(watch: _Watch, line: WorkerLine) -> None:
 def _on_delivery(watch: _Watch, delivery: Delivery) -> None:
     """Prints the control plane's decisions about the job, and keeps the fleet scaler's cost figures."""
     r = delivery.result
+    with watch.lock, (watch.out / "control-plane.log").open("a") as log:
+        log.write(f"--- {watch.rel(r.started_at):.2f}s {delivery.function} via {delivery.source}\n{r.logs}\n")
     if delivery.function in ("NodeRecoveryFunction", "WorkerEventsFunction"):
         with watch.lock:
             watch.deliveries.append(delivery)
@@ -285,7 +289,7 @@ class _Demo:
         for line in self.logs.poll(now) if (self.out / "workers").exists() else []:
             _on_worker_line(watch, line)
         if storage:
-            running = len(self.emulator.instances)
+            running = len(self.emulator.running_instances())
             if not watch.timeline.fleet or watch.timeline.fleet[-1][1] != running:
                 watch.timeline.fleet.append((watch.rel(now), running))
             for step in sorted(_manifest_steps(self.cloud, "CheckpointBucket") - self.checkpoints):
@@ -389,20 +393,24 @@ class _Demo:
             inc.restarts = len(restarts)
             if restarts:
                 inc.generation = restarts[0]["generation"]
-                synced = watch.synced.get(inc.generation)
-                if synced is not None:
-                    inc.recovered_at = watch.rel(synced[0])
-                    inc.steps_lost = max(0, watch.reached.get(generation, 0) - synced[1])
-            resumed = watch.synced.get(inc.generation or -1, (0.0, -1))[1]
+            # Recovered once a later ring synced and trained on. It may be a newer one than the restart's: the ring
+            # can grow back before the survivors' one formed, and they then join the grown ring at once.
+            formed = sorted(g for g in watch.synced if generation < g <= struck[n + 1])
+            resumed = -1
+            if formed:
+                at, resumed = watch.synced[formed[0]]
+                inc.recovered_at = watch.rel(at)
+                inc.steps_lost = max(0, watch.reached.get(generation, 0) - resumed)
             # The checkpoint the new ring's state is durable from: the emergency one when notice was given.
             durable = [step for step in self.checkpoints if step <= resumed]
             inc.checkpoints = [max(durable)] if durable else []
-            window = (injected[n], watch.t0 + (inc.recovered_at or inc.injected_at) + 1)
+            # Every signal about it, up to the next incident: the termination comes after the grace period.
+            window = (injected[n], injected[n + 1])
             inc.signals = self._signals(inc.instance_id, window)
             inc.decisions = sum(
                 1
                 for at, _, message, _ in watch.decisions
-                if window[0] <= at <= window[1] and not message.startswith("capacity arrived: grown")
+                if window[0] <= at < window[1] and not message.startswith(("capacity arrived: grown", "finished"))
             )
             watch.timeline.incidents.append(inc)
 
@@ -475,12 +483,13 @@ def run_demo(
     out = Path(out_dir).resolve()
     shutil.rmtree(out / "workers", ignore_errors=True)
     shutil.rmtree(out / "baseline", ignore_errors=True)
+    (out / "control-plane.log").unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     print(
         "Starting the local cloud: moto server, template.yaml's resources, the event router and its six handlers",
         flush=True,
     )
-    watch = _Watch(t0=time.time())
+    watch = _Watch(t0=time.time(), out=out)
     watch.timeline.membership.append((0.0, 0))
     with LocalCloud(template, on_delivery=lambda d: _on_delivery(watch, d), state_dir=out / "state") as cloud:
         print(f"AWS at {cloud.endpoint}; RabbitMQ at {cloud.broker_url.rsplit('@', 1)[-1]}", flush=True)

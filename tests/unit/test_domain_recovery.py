@@ -207,3 +207,19 @@ def test_the_final_checkpoint_of_the_current_generation_ends_the_job_and_release
     # and its instances no longer serve it: the scaler frees them and the heartbeat sweep leaves them alone
     updates, _ = plan_node_updates(plan.job, nodes, later(5))
     assert {n.state for n in updates} == {NodeState.LOST} and len(updates) == len(nodes)
+
+
+def test_an_emergency_checkpoint_that_beats_its_notice_is_not_waited_for_again() -> None:
+    # given workers that saw the spot notice in the instance metadata and checkpointed before EventBridge's warning
+    # reached the control plane
+    job, nodes = running_job(members=3, max_workers=3)
+    early = plan_recovery(job, nodes, CheckpointTaken(1, 53, later(1), emergency=True))
+    assert early.changed and early.commands == ()
+    assert not plan_recovery(early.job, nodes, CheckpointTaken(1, 53, later(1), emergency=True)).changed
+    # when the warning arrives
+    plan = plan_recovery(early.job, nodes, NoticeGiven(instance(3), "spot-interruption", later(2)))
+    # then no second checkpoint is asked for, and the ring re-forms as soon as the replacement is there
+    assert plan.commands == () and plan.job.recovery is not None and not plan.job.recovery.awaiting_checkpoint
+    done = plan_recovery(plan.job, nodes, CapacityArrived(instance(50), later(6)))
+    (command,) = done.commands
+    assert isinstance(command, Reconfigure) and set(command.ranks) == {instance(1), instance(2), instance(50)}

@@ -82,6 +82,8 @@ class Incident:
     generation: int
     instance_id: str | None = None
     detail: str = ""
+    #: The step it concerns, when it concerns one (an emergency checkpoint's).
+    step: int | None = None
 
 
 @dataclass(frozen=True)

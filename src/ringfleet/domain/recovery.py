@@ -154,6 +154,18 @@ def _on_notice(job: Job, nodes: Sequence[Node], signal: NoticeGiven) -> Recovery
         after = replace(job, recovery=migrating).with_incident(incident)
         plan = _try_reconfigure(after, nodes, signal.at)
         return replace(plan, before=job, outcome="rebalance: rank migrated to a spare")
+    taken = _emergency_checkpoint_taken(job)
+    if recovery is None and taken is not None:
+        # The workers saw the notice first (instance metadata) and their emergency checkpoint is already in: no
+        # CheckpointNow, only the replacement to wait for.
+        ready = replace(
+            _recovery_with(job, signal, leaving=(instance,), awaiting_checkpoint=False), checkpoint_step=taken
+        )
+        after = replace(
+            job.moved_to(JobState.RECOVERING), recovery=ready, replacements_wanted=job.replacements_wanted + 1
+        ).with_incident(incident)
+        plan = _try_reconfigure(after, nodes, signal.at)
+        return replace(plan, before=job, outcome=f"notice: checkpoint already taken at step {taken}, {plan.outcome}")
     asking = recovery is None or not recovery.awaiting_checkpoint
     new_recovery = _recovery_with(job, signal, leaving=(instance,), awaiting_checkpoint=True)
     after = replace(
@@ -166,6 +178,16 @@ def _on_notice(job: Job, nodes: Sequence[Node], signal: NoticeGiven) -> Recovery
         commands = (_checkpoint_now(job, signal),)
     outcome = "notice: checkpoint requested, replacement wanted" if asking else "notice: checkpoint already requested"
     return RecoveryPlan(before=job, job=after, commands=commands, outcome=outcome)
+
+
+def _emergency_checkpoint_taken(job: Job) -> int | None:
+    """The step of an emergency checkpoint the current generation reported before any notice reached the job."""
+    steps = [
+        i.step
+        for i in job.incidents
+        if i.cause == "emergency-checkpoint" and i.generation == job.generation and i.step is not None
+    ]
+    return max(steps) if steps else None
 
 
 def _on_lost(job: Job, nodes: Sequence[Node], signal: NodeLost) -> RecoveryPlan:
@@ -209,7 +231,18 @@ def _on_checkpoint(job: Job, nodes: Sequence[Node], signal: CheckpointTaken) -> 
             before=job, job=after.with_incident(finished), outcome=f"finished: final checkpoint at step {signal.step}"
         )
     if recovery is None or not recovery.awaiting_checkpoint:
-        return _unchanged(job, "checkpoint noted: no recovery waits for it")
+        if not signal.emergency or recovery is not None:
+            return _unchanged(job, "checkpoint noted: no recovery waits for it")
+        if any(i.cause == "emergency-checkpoint" and i.generation == job.generation for i in job.incidents):
+            return _unchanged(job, "emergency checkpoint already noted")
+        # The workers saw a notice (instance metadata, SIGTERM) before the control plane did: remembered, so that
+        # the notice, when it arrives, does not wait for a checkpoint that will not come again.
+        noted = Incident(
+            at=signal.at, cause="emergency-checkpoint", generation=job.generation, detail="", step=signal.step
+        )
+        return RecoveryPlan(
+            before=job, job=job.with_incident(noted), outcome="emergency checkpoint noted before its notice"
+        )
     after = replace(job, recovery=replace(recovery, awaiting_checkpoint=False, checkpoint_step=signal.step))
     plan = _try_reconfigure(after, nodes, signal.at)
     return replace(plan, before=job, outcome=f"emergency checkpoint at step {signal.step}: {plan.outcome}")
