@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import uuid4
 
+from ringfleet.adapters.memory import (
+    InMemoryFleetGateway,
+    InMemoryJobRepository,
+    InMemoryNodeRepository,
+    RecordingCommandPublisher,
+)
 from ringfleet.contracts import JobSubmitted
 from ringfleet.domain.jobs import Job, JobState
 from ringfleet.domain.nodes import Node, NodeState
+from ringfleet.recovery import RecoveryService
 from tests.conftest import ROOT
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -82,3 +90,29 @@ def cloud_event(detail_type: str, instance_id: str, at: datetime, **detail: Any)
 
 def later(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
+
+
+@dataclass
+class RecoveryWorld:
+    """The recovery use case on in-memory adapters, around one RUNNING job (``running_job``)."""
+
+    service: RecoveryService
+    jobs: InMemoryJobRepository
+    nodes: InMemoryNodeRepository
+    publisher: RecordingCommandPublisher
+    fleet: InMemoryFleetGateway
+    #: What the service put on EventBridge.
+    events: list[dict[str, Any]]
+
+    @classmethod
+    def of(cls, clock: Any, *, members: int = 4, max_workers: int = 8) -> RecoveryWorld:
+        jobs, nodes = InMemoryJobRepository(clock), InMemoryNodeRepository()
+        publisher, fleet, events = RecordingCommandPublisher(), InMemoryFleetGateway(), []
+        job, job_nodes = running_job(members=members, max_workers=max_workers)
+        jobs.create(job)
+        for node in job_nodes:
+            nodes.put(node)
+        service = RecoveryService(
+            jobs=jobs, nodes=nodes, publisher=publisher, fleet=fleet, clock=clock, put_events=events.extend
+        )
+        return cls(service, jobs, nodes, publisher, fleet, events)

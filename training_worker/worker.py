@@ -173,6 +173,8 @@ class Worker:
             if stepped is not None and time.monotonic() - stepped > stall_s:
                 continue  # training is stuck: stay silent
             generation, rank, world, step, loss, rate = self._progress
+            if generation < 1:
+                continue  # not a member of any ring yet: nobody waits for its beats
             if stepped is None:
                 generation = max(generation, self.discovery.generation)  # the newest one it waits for
             beat = Heartbeat(

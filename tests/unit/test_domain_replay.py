@@ -7,23 +7,15 @@ generation fence alone makes duplicated and reordered events harmless (idempoten
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ringfleet.adapters.memory import (
-    InMemoryFleetGateway,
-    InMemoryJobRepository,
-    InMemoryNodeRepository,
-    RecordingCommandPublisher,
-)
 from ringfleet.contracts import CheckpointCompleted, Reconfigure, parse_cloud_event
 from ringfleet.domain.jobs import Job, JobState
 from ringfleet.domain.nodes import NodeState
-from ringfleet.recovery import RecoveryService
-from tests.builders import cloud_event, instance, later, running_job
+from tests.builders import RecoveryWorld, cloud_event, instance, later
 
 
 class Clock:
@@ -31,26 +23,7 @@ class Clock:
         return later(600)
 
 
-@dataclass
-class World:
-    service: RecoveryService
-    jobs: InMemoryJobRepository
-    nodes: InMemoryNodeRepository
-    publisher: RecordingCommandPublisher
-
-    @classmethod
-    def of(cls, members: int) -> World:
-        clock = Clock()
-        jobs, nodes, publisher = InMemoryJobRepository(clock), InMemoryNodeRepository(), RecordingCommandPublisher()
-        job, job_nodes = running_job(members=members)
-        jobs.create(job)
-        for node in job_nodes:
-            nodes.put(node)
-        service = RecoveryService(
-            jobs=jobs, nodes=nodes, publisher=publisher, fleet=InMemoryFleetGateway(), clock=clock
-        )
-        return cls(service, jobs, nodes, publisher)
-
+class World(RecoveryWorld):
     def deliver(self, event: Any) -> None:
         if isinstance(event, CheckpointCompleted):
             self.service.on_checkpoint_completed(event)
@@ -89,7 +62,7 @@ def in_order(members: int, incidents: list[Incident]) -> tuple[World, list[Any]]
 
     A CheckpointCompleted carries the generation the workers were at when they sent it: the in-order one.
     """
-    world, events, clock = World.of(members), [], 0
+    world, events, clock = World.of(Clock(), members=members), [], 0
     for kind, index in incidents:
         who = instance(1 + index)
         steps: list[Any] = []
@@ -120,7 +93,7 @@ def test_one_incident_delivered_three_times_shuffled_ends_as_in_order() -> None:
     reference, events = in_order(4, [("warning", 2)])
     # when every event arrives three times, termination before the warning and the old checkpoint after the restart
     termination, warning, completed = events[2], events[0], events[1]
-    replayed = World.of(4)
+    replayed = World.of(Clock(), members=4)
     for event in [termination, termination, warning, termination, warning, completed, warning, completed, completed]:
         replayed.deliver(event)
     # then there is exactly one Reconfigure, of generation 2, and the same final job as in order
@@ -153,7 +126,7 @@ def test_random_incidents_duplicated_and_shuffled_end_in_the_same_ring_one_recon
     deliveries = events * 3
     random.Random(seed).shuffle(deliveries)
     # when they arrive three times each, in a random order
-    replayed = World.of(6)
+    replayed = World.of(Clock(), members=6)
     terminated: set[str] = set()
     for event in deliveries:
         replayed.deliver(event)

@@ -6,16 +6,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ringfleet.adapters.memory import (
-    InMemoryFleetGateway,
-    InMemoryJobRepository,
-    InMemoryNodeRepository,
-    RecordingCommandPublisher,
-)
+from ringfleet.adapters.memory import InMemoryFleetGateway, RecordingCommandPublisher
 from ringfleet.contracts import CheckpointCompleted, Reconfigure, WorkerFailed, parse_cloud_event
 from ringfleet.domain.jobs import Job
 from ringfleet.recovery import RecoveryService
-from tests.builders import cloud_event, instance, later, running_job
+from tests.builders import RecoveryWorld, cloud_event, instance, later
 
 
 class Clock:
@@ -24,22 +19,8 @@ class Clock:
 
 
 def world(members: int = 3) -> tuple[RecoveryService, InMemoryFleetGateway, RecordingCommandPublisher, list[Any]]:
-    clock = Clock()
-    jobs, nodes, publisher, fleet = (
-        InMemoryJobRepository(clock),
-        InMemoryNodeRepository(),
-        RecordingCommandPublisher(),
-        InMemoryFleetGateway(),
-    )
-    job, job_nodes = running_job(members=members, max_workers=members)
-    jobs.create(job)
-    for node in job_nodes:
-        nodes.put(node)
-    events: list[Any] = []
-    service = RecoveryService(
-        jobs=jobs, nodes=nodes, publisher=publisher, fleet=fleet, clock=clock, put_events=events.extend
-    )
-    return service, fleet, publisher, events
+    w = RecoveryWorld.of(Clock(), members=members, max_workers=members)
+    return w.service, w.fleet, w.publisher, w.events
 
 
 def ring_failure(reporter: str, generation: int = 1) -> WorkerFailed:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import uuid
 
 import aio_pika
 
@@ -17,11 +18,13 @@ from ringfleet.contracts import (
 )
 from ringfleet.contracts.messages import CheckpointNow, Heartbeat, Stop
 from tests.conftest import purge_queue
+from tests.worker.broker import new_job_id
 from tests.worker.conftest import InstanceMetadata
 from training_worker.control import ControlChannel, SpotNoticeWatcher
 from training_worker.worker import Worker, WorkerConfig
 
-JOB, INSTANCE = "digits-demo", "i-0abcd1234ef567890"
+# A job and an instance of its own: a durable mailbox left by an earlier run (say a demo) never feeds this test.
+JOB, INSTANCE = new_job_id("control"), f"i-{uuid.uuid4().hex[:17]}"
 
 
 def _send(url: str, message: CheckpointNow | Stop, instance: str | None) -> None:
