@@ -107,7 +107,8 @@ class RecoveryWorld:
     @classmethod
     def of(cls, clock: Any, *, members: int = 4, max_workers: int = 8) -> RecoveryWorld:
         jobs, nodes = InMemoryJobRepository(clock), InMemoryNodeRepository()
-        publisher, fleet, events = RecordingCommandPublisher(), InMemoryFleetGateway(), []
+        publisher, fleet = RecordingCommandPublisher(), InMemoryFleetGateway()
+        events: list[dict[str, Any]] = []
         job, job_nodes = running_job(members=members, max_workers=max_workers)
         jobs.create(job)
         for node in job_nodes:

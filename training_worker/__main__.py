@@ -24,6 +24,8 @@ How it learns who it is:
     generation makes every rank leave the ring at the same step boundary and re-form it; an older one is
     ignored. A generation that leaves out a worker that has not trained yet keeps it waiting as a spare; one
     that leaves out a member ends that member's run. Stop ends the run at the next step boundary.
+    Without --job-id (a container that boots with its instance, before the fleet scaler places it) it waits
+    in its instance's mailbox for as long as it takes and serves the job its first Reconfigure names.
   * --static-world RANK:WORLD:HOST:PORT skips the control plane (standalone runs).
   * --discovery-file PATH reads a Reconfigure message (JSON) from a file and re-reads it when it changes.
 
@@ -66,7 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     who = p.add_argument_group("identity and control plane")
-    who.add_argument("--job-id", default=_env("RINGFLEET_JOB_ID"), help="job id [RINGFLEET_JOB_ID]")
+    who.add_argument(
+        "--job-id",
+        default=_env("RINGFLEET_JOB_ID"),
+        help="job id [RINGFLEET_JOB_ID]; leave it out when the worker boots with its instance: it then waits to be "
+        "placed and serves the job its first Reconfigure names",
+    )
     who.add_argument(
         "--instance-id", default=_env("RINGFLEET_INSTANCE_ID"), help="this instance's id [RINGFLEET_INSTANCE_ID]"
     )
@@ -120,10 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not args.job_id or not args.instance_id:
-        build_parser().error("--job-id and --instance-id (or RINGFLEET_JOB_ID, RINGFLEET_INSTANCE_ID) are needed")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     no_broker = args.broker_url in (None, "", "none")
+    if not args.instance_id:
+        build_parser().error("--instance-id (or RINGFLEET_INSTANCE_ID) is needed")
+    if not args.job_id and no_broker:
+        build_parser().error("--job-id (or RINGFLEET_JOB_ID) is needed without a broker: nothing would place it")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     config = WorkerConfig(
         job_id=args.job_id,
         instance_id=args.instance_id,

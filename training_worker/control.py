@@ -40,7 +40,9 @@ class ControlChannel:
     queue and bindings, so commands keep arriving without the worker noticing.
     """
 
-    def __init__(self, url: str, job_id: str, instance_id: str, on_command: Callable[[Command], None]) -> None:
+    def __init__(self, url: str, job_id: str | None, instance_id: str, on_command: Callable[[Command], None]) -> None:
+        #: None: the worker booted with its instance before any job was placed there; the control plane binds the
+        #: instance's mailbox to the job's commands when it places it, and the first command names the job.
         self.url, self.job_id, self.instance_id = url, job_id, instance_id
         self.on_command = on_command
         self._loop = asyncio.new_event_loop()
@@ -61,8 +63,9 @@ class ControlChannel:
         queue = await self._channel.declare_queue(
             instance_queue(self.instance_id), durable=True, arguments=dict(INSTANCE_QUEUE_ARGUMENTS)
         )
-        for key in instance_routing_keys(self.job_id, self.instance_id):
-            await queue.bind(exchange, routing_key=key)
+        if self.job_id is not None:
+            for key in instance_routing_keys(self.job_id, self.instance_id):
+                await queue.bind(exchange, routing_key=key)
         await queue.consume(self._on_message)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
@@ -72,7 +75,13 @@ class ControlChannel:
             except Exception:
                 log.exception("dropping a command that does not parse")
                 return
-            if not isinstance(command, CheckpointNow | Reconfigure | Stop) or command.job_id != self.job_id:
+            if not isinstance(command, CheckpointNow | Reconfigure | Stop):
+                log.warning("dropping %s: not a command", type(command).__name__)
+                return
+            if self.job_id is None and isinstance(command, Reconfigure):
+                self.job_id = command.job_id  # placed: this instance now serves that job
+                log.info("placed on job %s", self.job_id)
+            if command.job_id != self.job_id:
                 log.warning("dropping %s: not a command for job %s", type(command).__name__, self.job_id)
                 return
             self.on_command(command)

@@ -336,6 +336,7 @@ def run_elastic(
     timeout_s: float = 10.0,
     join_timeout_s: float = 60.0,
     wait_s: float = 600.0,
+    first_wait_s: float | None = None,
     max_failures: int = 10,
     on_failure: Callable[[Membership, BaseException], None] | None = None,
     before_sync: Callable[[Membership], None] | None = None,
@@ -347,10 +348,12 @@ def run_elastic(
     a failure. A worker that has not been a member yet waits as a spare through generations that leave it out; a
     member that a newer generation leaves out ends its run, and so does one whose discovery is closed.
     ``before_sync`` runs once the group is joined, before the state is synced (restoring a durable checkpoint).
+    ``first_wait_s`` bounds the wait for the first membership instead of ``wait_s`` (a worker that boots with its
+    instance may wait long for the scaler to place it).
     """
     failures, generation, member = 0, -1, False
     while True:
-        membership = discovery.wait(generation, wait_s)
+        membership = discovery.wait(generation, wait_s if member or first_wait_s is None else first_wait_s)
         if membership is None:
             if discovery.closed:
                 log.info("leaving: no further generation is joined")

@@ -41,12 +41,16 @@ __all__ = ["Worker", "WorkerConfig", "build_model"]
 
 log = logging.getLogger("training_worker")
 
+#: How long a worker booted without a job waits to be placed: as long as its instance runs (ten years).
+UNPLACED_WAIT_S = 10 * 365 * 86400.0
+
 _WIRE = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass
 class WorkerConfig:
-    job_id: str
+    #: None: boot with the instance and serve the job its first Reconfigure names (needs the control channel).
+    job_id: str | None
     instance_id: str
     steps: int = 200
     global_batch: int = 96
@@ -91,8 +95,10 @@ class Worker:
         self.model = build_model(config.seed)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=0.9)
         self.state = ElasticState(self.model, self.optimizer, self.data)
-        self.store = S3CheckpointStore(config.bucket, config.job_id) if config.bucket else None
-        self.checkpointer = AsyncCheckpointer(self.store) if self.store else None
+        self.store: S3CheckpointStore | None = None
+        self.checkpointer: AsyncCheckpointer | None = None
+        if config.job_id is not None:
+            self._serve(config.job_id)
         self.discovery: HostDiscovery
         self.commands: CommandDiscovery | None = None
         if config.static is not None:
@@ -111,12 +117,31 @@ class Worker:
         #: last made a step (None while the worker is not training: waiting for, or joining, a generation).
         self._progress: tuple[int, int, int, int, float, float] = (0, 0, 1, 0, 0.0, 0.0)
         self._stepped_at: float | None = None
+        #: The generation the pending CheckpointNow was meant for.
+        self._checkpoint_generation = -1
         self._done = threading.Event()
         self._lock = threading.Lock()
 
     # -- inputs from other threads -------------------------------------------------------------------------------
 
+    def _serve(self, job_id: str) -> None:
+        """From now on this worker trains ``job_id``: its checkpoints and messages are that job's."""
+        self.config.job_id = job_id
+        if self.config.bucket:
+            self.store = S3CheckpointStore(self.config.bucket, job_id)
+            self.checkpointer = AsyncCheckpointer(self.store)
+
+    @property
+    def job_id(self) -> str:
+        if self.config.job_id is None:
+            raise RuntimeError("no job yet: the worker has not been placed")
+        return self.config.job_id
+
     def on_command(self, command: CheckpointNow | Reconfigure | Stop) -> None:
+        if self.config.job_id is None:
+            # Booted before placement: the first Reconfigure (the control channel lets no other command through
+            # before it) names the job. Set up before the membership is offered, so the run finds it ready.
+            self._serve(command.job_id)
         if command.generation < self.generation:
             log.info("ignoring %s of generation %d (now %d)", command.type, command.generation, self.generation)
             return
@@ -127,6 +152,7 @@ class Worker:
                 self.commands.offer(command)
         elif isinstance(command, CheckpointNow):
             log.info("CheckpointNow (%s): checkpointing at the next step boundary", command.reason)
+            self._checkpoint_generation = command.generation
             self._raise(self.CHECKPOINT)
         else:
             log.info("Stop (%s): stopping at the next step boundary", command.reason)
@@ -178,7 +204,7 @@ class Worker:
             if stepped is None:
                 generation = max(generation, self.discovery.generation)  # the newest one it waits for
             beat = Heartbeat(
-                job_id=config.job_id,
+                job_id=self.job_id,
                 instance_id=config.instance_id,
                 generation=max(0, generation),
                 rank=rank,
@@ -202,9 +228,8 @@ class Worker:
         if config.broker_url:
             self.channel = ControlChannel(config.broker_url, config.job_id, config.instance_id, self.on_command)
             self.channel.start()
-            # Commands published before this line are not seen (the queue is this process's own): a launcher waits
-            # for it before asking the control plane to place the instance.
-            print(f"control channel ready: waiting for a Reconfigure of job {config.job_id}", flush=True)
+            job = f"of job {config.job_id}" if config.job_id else "(not placed on a job yet)"
+            print(f"control channel ready: waiting for a Reconfigure {job}", flush=True)
         if config.metadata_url:
             SpotNoticeWatcher(config.metadata_url, lambda notice: self.leave("spot interruption notice")).start()
         if threading.current_thread() is threading.main_thread():
@@ -225,6 +250,7 @@ class Worker:
                 timeout_s=config.timeout_s,
                 join_timeout_s=config.join_timeout_s,
                 wait_s=config.wait_s,
+                first_wait_s=UNPLACED_WAIT_S if config.job_id is None else None,
                 on_failure=self._ring_failed,
                 before_sync=self._restore_checkpoint,
             )
@@ -245,7 +271,7 @@ class Worker:
         reason = (str(error).splitlines() or [type(error).__name__])[0][:400] or type(error).__name__
         self.publish(
             WorkerFailed(
-                job_id=self.config.job_id,
+                job_id=self.job_id,
                 instance_id=self.config.instance_id,
                 generation=membership.generation,
                 rank=membership.rank,
@@ -305,7 +331,7 @@ class Worker:
     def _report(self, saved: SavedCheckpoint, generation: int, *, emergency: bool, final: bool) -> None:
         self.publish(
             CheckpointCompleted(
-                job_id=self.config.job_id,
+                job_id=self.job_id,
                 instance_id=self.config.instance_id,
                 generation=generation,
                 step=saved.step,
@@ -330,6 +356,11 @@ class Worker:
             backward_passes_per_step=config.backward_passes_per_step,
         )
         rank, world = membership.rank, membership.world_size
+        with self._lock:
+            if self._checkpoint_generation < membership.generation:
+                # Asked of a ring that is gone (it arrived while this worker waited for the new one): the new
+                # ring's state is no less durable than what that checkpoint would have saved.
+                self._pending[self.CHECKPOINT] = False
         samples, window_start = 0, time.perf_counter()
         self._stepped_at = time.monotonic()
         try:

@@ -237,8 +237,8 @@ def _manifest_steps(cloud: LocalCloud, bucket_ref: str) -> set[int]:
     return steps
 
 
-def _worker_args(scenario: Scenario, out: Path) -> Callable[[str, str], list[str]]:
-    def args(job_id: str, instance_id: str) -> list[str]:
+def _worker_args(scenario: Scenario, out: Path) -> Callable[[str | None, str], list[str]]:
+    def args(job_id: str | None, instance_id: str) -> list[str]:
         return [
             "--steps", str(scenario.steps),
             "--step-delay", str(scenario.step_delay_s),
@@ -260,21 +260,15 @@ class _Demo:
 
         self.cloud, self.scenario, self.out, self.watch = cloud, scenario, out, watch
         self.incidents: list[tuple[Incident, int]] = []  # with the generation it struck
-        nodes, table = cloud.client("dynamodb"), cloud.ctx.resolve({"Ref": "NodesTable"})
-
-        def job_of(instance_id: str) -> str | None:
-            item = nodes.get_item(TableName=table, Key={"instance_id": {"S": instance_id}}).get("Item")
-            return item["job_id"]["S"] if item else None
 
         def on_event(kind: str, info: dict[str, Any]) -> None:
             if kind == "worker-started":
                 watch.say(
-                    time.time(), f"fleet emulator: instance {info['instance_id']} runs a worker (pid {info['pid']})"
+                    time.time(), f"fleet emulator: instance {info['instance_id']} boots a worker (pid {info['pid']})"
                 )
 
         self.emulator = FleetEmulator(
             cloud.ctx,
-            job_of=job_of,
             worker_args=_worker_args(scenario, out),
             log_dir=out / "workers",
             duplicate_events=True,
@@ -332,10 +326,10 @@ class _Demo:
             self._sample(now, storage=tick % 4 == 0)
             tick += 1
             self._inject(now)
-            alive = set(self.emulator.instances)
-            if watch.finished and alive and alive <= watch.finished:
+            members = set(_members(self.cloud)) if watch.finished else set()
+            if members and members <= watch.finished:
                 self._sample(time.time(), storage=True)
-                watch.say(time.time(), f"training finished at step {watch.step} on {len(alive)} workers")
+                watch.say(time.time(), f"training finished at step {watch.step} on {len(members)} workers")
                 return
             time.sleep(0.25)
         raise SystemExit(f"the demo did not finish within {scenario.deadline_s:.0f} s; worker logs: {self.out}/workers")

@@ -27,17 +27,10 @@ def cloud(broker_url: str, tmp_path: Path) -> Iterator[LocalCloud]:
 
 
 def test_submitted_job_is_placed_on_three_instances_that_train_it_together(cloud: LocalCloud, tmp_path: Path) -> None:
-    # given the fleet emulator, which runs a worker for each instance the scaler assigns to a job
-    nodes = cloud.client("dynamodb")
-    table = cloud.ctx.resolve({"Ref": "NodesTable"})
-
-    def job_of(instance_id: str) -> str | None:
-        item = nodes.get_item(TableName=table, Key={"instance_id": {"S": instance_id}}).get("Item")
-        return item["job_id"]["S"] if item else None
-
+    # given the fleet emulator, which boots a worker with every instance the scaler launches, as the container
+    # boots with its instance in AWS: it knows no job until placement sends its first Reconfigure
     emulator = FleetEmulator(
         cloud.ctx,
-        job_of=job_of,
         worker_args=lambda job, instance: ["--steps", str(STEPS), "--checkpoint-every", "20", "--log-every", "10"],
         log_dir=tmp_path / "workers",
     )

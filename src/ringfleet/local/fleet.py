@@ -1,9 +1,11 @@
 """The fleet emulator: emulated EC2 instances become real worker processes; chaos sends what AWS would send.
 
 moto keeps the instances' state but runs nothing. The emulator watches moto's running instances of the stack
-(tag ``ringfleet:stack``) and, once an instance is assigned to a job (``job_of(instance_id)``, what the worker
-container's start-up would learn), starts ``python -m training_worker`` for it with its own instance-metadata
-endpoint. A terminated instance's process is killed. Chaos injection reproduces the two ways AWS takes capacity:
+(tag ``ringfleet:stack``) and boots ``python -m training_worker`` with each, as the worker container starts with
+its instance in AWS: with its own instance-metadata endpoint and no job yet; the worker waits in its instance's
+mailbox until the fleet scaler places it and its first Reconfigure names the job. (Runs without a control plane
+pass ``job_of``: a worker then starts once its instance is assigned, with that job.) A terminated instance's
+process is killed. Chaos injection reproduces the two ways AWS takes capacity:
 
 - ``interrupt(instance, grace_s)``: the spot notice appears in the instance's metadata and the interruption
   warning (and a rebalance recommendation) goes through EventBridge; after the grace period the instance is
@@ -79,7 +81,8 @@ class EmulatedInstance:
     """One instance and its worker process."""
 
     instance_id: str
-    job_id: str
+    #: The job it was started for; None when it boots unplaced and learns its job from its first Reconfigure.
+    job_id: str | None
     process: subprocess.Popen[bytes]
     log_path: Path
     started_at: float = field(default_factory=time.time)
@@ -92,8 +95,8 @@ class FleetEmulator:
         self,
         ctx: CloudContext,
         *,
-        job_of: Callable[[str], str | None],
-        worker_args: Callable[[str, str], list[str]] | None = None,
+        job_of: Callable[[str], str | None] | None = None,
+        worker_args: Callable[[str | None, str], list[str]] | None = None,
         log_dir: Path,
         duplicate_events: bool = False,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
@@ -137,19 +140,20 @@ class FleetEmulator:
             )
         with self._lock:
             for instance_id in sorted(running - set(self.instances) - self.gone):
-                job_id = self.job_of(instance_id)
-                if job_id is not None:
+                if self.job_of is None:
+                    self._launch(instance_id, None)
+                elif (job_id := self.job_of(instance_id)) is not None:
                     self._launch(instance_id, job_id)
             for instance_id in sorted(set(self.instances) - running):
                 self._kill(instance_id, signal.SIGKILL)
 
-    def _launch(self, instance_id: str, job_id: str) -> None:
+    def _launch(self, instance_id: str, job_id: str | None) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{instance_id}.log"
         env = {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if k != "RINGFLEET_JOB_ID"},
+            **({"RINGFLEET_JOB_ID": job_id} if job_id else {}),
             **self.ctx.aws_environment,
-            "RINGFLEET_JOB_ID": job_id,
             "RINGFLEET_INSTANCE_ID": instance_id,
             "RINGFLEET_BROKER_URL": self.ctx.broker_url,
             "RINGFLEET_METADATA_URL": self.metadata.base_url(instance_id),
