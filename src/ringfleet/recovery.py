@@ -132,7 +132,9 @@ class RecoveryService:
                 # Nothing of ours runs there: let Auto Scaling go ahead instead of waiting for the hook's timeout.
                 self.fleet.complete_lifecycle_action(hook)
             return Outcome(None, "ignored: instance belongs to no job")  # no recovery: nothing to time
-        outcome = self.apply(node.job_id, signal, hooks={hook.instance_id: hook} if hook else None)
+        hooks = {hook.instance_id: hook} if hook else None
+        notified = node if isinstance(signal, NoticeGiven) else None
+        outcome = self.apply(node.job_id, signal, hooks=hooks, notified=notified)
         return replace(outcome, time_to_detect=detect)
 
     def on_checkpoint_completed(self, message: CheckpointCompleted) -> Outcome:
@@ -178,8 +180,14 @@ class RecoveryService:
         *,
         hooks: Mapping[str, LifecycleHook] | None = None,
         only_generation: int | None = None,
+        notified: Node | None = None,
     ) -> Outcome:
-        """Applies one signal to one job (see the module docstring); retries when a concurrent writer won."""
+        """Applies one signal to one job (see the module docstring); retries when a concurrent writer won.
+
+        ``notified`` is the node a notice is about, as just read. A notice that does not re-form the ring changes
+        that node alone, so it is decided and synced from that node without reading the job's other nodes (a query
+        per event, in a burst of a thousand warnings); a notice that re-forms the ring reads them all.
+        """
         lost = (signal.instance_id,) if isinstance(signal, NodeLost) else ()
         for _ in range(MAX_ATTEMPTS):
             job = self.jobs.get(job_id)
@@ -188,11 +196,14 @@ class RecoveryService:
             job = self._flush_outbox(job)
             if job is None:
                 continue
-            nodes = self.nodes.list_by_job(job_id)
             if only_generation is not None and job.generation != only_generation:
                 # A sweep's silence was judged at an older generation; the ring changed since: judge again later.
                 return Outcome(job_id, "ignored: node's generation is no longer the job's")
+            nodes = [notified] if notified is not None else self.nodes.list_by_job(job_id)
             plan = plan_recovery(job, nodes, signal)
+            if notified is not None and plan.reconfigured:
+                nodes = self.nodes.list_by_job(job_id)  # the new ring's hosts, and the nodes it leaves out
+                plan = plan_recovery(job, nodes, signal)
             if plan.changed:
                 # Commands another writer is still publishing stay in the outbox, for it to clear (or, should it
                 # have crashed, for the first reader after OUTBOX_GRACE to publish).
@@ -200,10 +211,10 @@ class RecoveryService:
                 decided = replace(plan.job, outbox=(*job.outbox, *commands))
                 if not self.jobs.save(decided, decided_from=job):
                     continue  # another writer moved the job: decide again from what it wrote
+                after = replace(decided, revision=job.revision + 1)
                 if plan.commands:
                     self.publisher.publish(plan.commands)
-                    self._clear_outbox(job_id, {str(c.message_id) for c in plan.commands})
-                after = replace(decided, revision=job.revision + 1)
+                    self._clear_outbox(after, {str(c.message_id) for c in plan.commands})
             else:
                 after = job
             # A lost instance the job still counts (a stale generation's failure report) is not marked lost.
@@ -230,16 +241,22 @@ class RecoveryService:
             return None
         return replace(cleared, revision=job.revision + 1)
 
-    def _clear_outbox(self, job_id: str, published: set[str]) -> None:
-        """Removes the commands just published from the job's outbox, leaving any other writer's in place."""
-        for _ in range(MAX_ATTEMPTS):
-            job = self.jobs.get(job_id)
+    def _clear_outbox(self, saved: Job, published: set[str]) -> None:
+        """Removes the commands just published from the job's outbox, leaving any other writer's in place.
+
+        The first try writes over ``saved`` (the job as this run just saved it) without reading it again: the save
+        is conditional on that revision, so it only goes through if nobody has written since.
+        """
+        job: Job | None = saved
+        for attempt in range(MAX_ATTEMPTS):
+            if attempt:
+                job = self.jobs.get(saved.job_id)
             if job is None:
                 return
             left = tuple(c for c in job.outbox if str(c.get("message_id")) not in published)
             if left == tuple(job.outbox) or self.jobs.save(replace(job, outbox=left), decided_from=job):
                 return
-        log.warning("job %s: could not clear its outbox; a later reader publishes those commands again", job_id)
+        log.warning("job %s: could not clear its outbox; a later reader publishes those commands again", saved.job_id)
 
     def _sync_nodes(
         self,
