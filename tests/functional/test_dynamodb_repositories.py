@@ -68,6 +68,28 @@ def test_a_save_decided_from_a_stale_read_is_refused(jobs: DynamoDbJobRepository
     assert stored.revision == read.revision + 1
 
 
+def test_saves_write_what_changed_and_the_job_reads_back_as_each_decision(jobs: DynamoDbJobRepository) -> None:
+    job, _ = running_job("repo-changes")
+    jobs.create(job)
+    read = jobs.get("repo-changes")
+    assert read is not None
+    # when one decision changes a few attributes, and the next one others, each from the job the last one stored
+    first = replace(
+        read,
+        state=JobState.RECOVERING,
+        recovery=PendingRecovery(cause="spot-interruption", started_at=T0, leaving=(instance(2),)),
+        outbox=({"type": "CheckpointNow", "message_id": "m1"},),
+    )
+    assert jobs.save(first, decided_from=read)
+    after_first = jobs.get("repo-changes")
+    assert after_first is not None
+    second = replace(after_first, outbox=(), spares=(instance(40),), replacements_wanted=0)
+    assert jobs.save(second, decided_from=after_first)
+    # then the job reads back as the last decision, field for field
+    assert after_first == replace(first, revision=read.revision + 1, updated_at=later(5))
+    assert jobs.get("repo-changes") == replace(second, revision=read.revision + 2, updated_at=later(5))
+
+
 def test_of_many_deciders_saving_from_the_same_read_at_once_exactly_one_wins(aws: LocalCloud) -> None:
     # given a job, and eight deciders (threads, each with its own client) that all read it
     table = str(aws.ctx.resolve({"Ref": "JobsTable"}))
