@@ -7,7 +7,8 @@
 3. save the decision conditionally on the generation and revision it was decided from, with its commands in the
    job's outbox — a stale decision is dropped and re-made from a fresh read (the generation fence);
 4. publish the commands (message ids derived from job, generation and kind), then clear the outbox;
-5. bring the nodes table in line with the job and complete lifecycle hooks no longer needed.
+5. bring the nodes table in line with the job (a notice that keeps the ring: the node it names, the only one it
+   changes) and complete lifecycle hooks no longer needed.
 
 A crash anywhere leaves either nothing decided, or a decision whose commands are still in the outbox: the retried
 event (or the next event of the job) publishes them. Re-running a step that already happened changes nothing.
@@ -184,9 +185,11 @@ class RecoveryService:
     ) -> Outcome:
         """Applies one signal to one job (see the module docstring); retries when a concurrent writer won.
 
-        ``notified`` is the node a notice is about, as just read. A notice that does not re-form the ring changes
-        that node alone, so it is decided and synced from that node without reading the job's other nodes (a query
-        per event, in a burst of a thousand warnings); a notice that re-forms the ring reads them all.
+        ``notified`` is the node a notice is about, as just read. A notice that changes the job without re-forming
+        the ring changes that node alone, so it is decided and synced from that node without reading the job's
+        other nodes (a query per event, in a burst of a thousand warnings). A notice that re-forms the ring reads
+        them all (the new ring's hosts, the nodes it leaves out), and so does one that changes nothing: it may be
+        the retry of a run that died between its save and its node sync.
         """
         lost = (signal.instance_id,) if isinstance(signal, NodeLost) else ()
         for _ in range(MAX_ATTEMPTS):
@@ -201,8 +204,8 @@ class RecoveryService:
                 return Outcome(job_id, "ignored: node's generation is no longer the job's")
             nodes = [notified] if notified is not None else self.nodes.list_by_job(job_id)
             plan = plan_recovery(job, nodes, signal)
-            if notified is not None and plan.reconfigured:
-                nodes = self.nodes.list_by_job(job_id)  # the new ring's hosts, and the nodes it leaves out
+            if notified is not None and (plan.reconfigured or not plan.changed):
+                nodes = self.nodes.list_by_job(job_id)
                 plan = plan_recovery(job, nodes, signal)
             if plan.changed:
                 # Commands another writer is still publishing stay in the outbox, for it to clear (or, should it

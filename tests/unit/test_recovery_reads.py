@@ -9,6 +9,8 @@ from collections import Counter
 from dataclasses import replace
 from typing import Any
 
+import pytest
+
 from ringfleet.adapters.memory import (
     InMemoryFleetGateway,
     InMemoryJobRepository,
@@ -136,3 +138,27 @@ def test_an_outbox_another_writer_touched_meanwhile_is_cleared_from_a_fresh_read
     job = jobs.get("digits-demo")
     assert job is not None and job.outbox == () and job.replacements_wanted == 2
     assert len(published) == 1
+
+
+def test_a_notice_retried_after_a_crash_before_the_node_sync_brings_every_node_in_line() -> None:
+    service, _, nodes, published = world(spares=(instance(40),))
+    put = nodes.put
+
+    def crash(node: Node) -> None:
+        raise RuntimeError("the execution environment died")
+
+    # given a rebalance whose ring change was saved and published, then the run died before syncing the nodes
+    nodes.put = crash  # type: ignore[method-assign]
+    event = cloud_event(REBALANCE, instance(1), later(1))
+    with pytest.raises(RuntimeError):
+        service.on_node_event(parse_cloud_event(event))
+    nodes.put = put  # type: ignore[method-assign]
+    assert len(published) == 1
+    assert {n.instance_id: n.state for n in nodes.list_by_job("digits-demo")}[instance(40)] is NodeState.PLACED
+    # when the event comes back (its queue retries it): its decision is already made
+    service.on_node_event(parse_cloud_event(event))
+    # then nothing more is published, and every node is brought in line with the job, the joined spare included
+    assert len(published) == 1
+    states = {n.instance_id: (n.state, n.rank) for n in nodes.list_by_job("digits-demo")}
+    assert states[instance(40)] == (NodeState.ACTIVE, 3)
+    assert states[instance(1)] == (NodeState.LOST, None)
