@@ -4,7 +4,10 @@ A pool is reclaimed: every node of a 1,000-node fleet (100 jobs of 10) gets its 
 warning goes through the real handler (SQS record -> Powertools idempotency -> plan_recovery -> conditional save
 -> CheckpointNow on RabbitMQ -> nodes table), several handler processes in parallel as Lambda would run several
 execution environments. Prints events/s and the latency per event (median, p99), and the same run's baseline: one
-DynamoDB GetItem on the same moto server, so the ratio says how many round trips' worth one decision costs.
+DynamoDB GetItem on the same moto server, so the ratio says how many round trips' worth one decision costs. Also
+the AWS calls per event and the moto server's ceiling, measured in the same run: the GetItems per second it answers
+to as many clients as there are handler processes. moto is one Python process (one core at most); its ceiling over
+the calls per event is about the most events/s any handler reaches against it.
 
 Then every job gets its emergency CheckpointCompleted and ten replacements (through the recovery use case, as the
 fleet scaler places them), and the bench checks that every job ends exactly one generation later, with exactly one
@@ -273,7 +276,7 @@ def main() -> int:
     print(f"AWS calls per event     {per_event:8.2f}   ({detail})")
     print(
         f"moto ceiling (GetItem/s, {args.processes} clients) {ceiling:6.0f}   "
-        f"=> at most {ceiling / per_event:.0f} events/s at {per_event:.1f} calls each"
+        f"=> about {ceiling / per_event:.0f} events/s at most, at {per_event:.1f} calls each"
     )
     print(f"CheckpointNow per job   {sorted(set(checkpoint_now.values()))} (10 warnings each)")
     print(f"generations of the jobs {dict(generations)}; Reconfigure per job: {sorted(set(reconfigures.values()))}")
