@@ -4,7 +4,10 @@ A pool is reclaimed: every node of a 1,000-node fleet (100 jobs of 10) gets its 
 warning goes through the real handler (SQS record -> Powertools idempotency -> plan_recovery -> conditional save
 -> CheckpointNow on RabbitMQ -> nodes table), several handler processes in parallel as Lambda would run several
 execution environments. Prints events/s and the latency per event (median, p99), and the same run's baseline: one
-DynamoDB GetItem on the same moto server, so the ratio says how many round trips' worth one decision costs.
+DynamoDB GetItem on the same moto server, so the ratio says how many round trips' worth one decision costs. Also
+the AWS calls per event and the moto server's ceiling, measured in the same run: the GetItems per second it answers
+to as many clients as there are handler processes. moto is one Python process (one core at most); its ceiling over
+the calls per event is about the most events/s any handler reaches against it.
 
 Then every job gets its emergency CheckpointCompleted and ten replacements (through the recovery use case, as the
 fleet scaler places them), and the bench checks that every job ends exactly one generation later, with exactly one
@@ -89,9 +92,25 @@ def load_handler(env: dict[str, str]) -> Any:
     return module
 
 
+def count_round_trips() -> Counter[str]:
+    """Counts this process's AWS API calls by operation (a counter bumped per call: no measurable cost)."""
+    import botocore.client
+
+    calls: Counter[str] = Counter()
+    make_api_call = getattr(botocore.client.BaseClient, "_make_api_call")  # noqa: B009 (private: mypy knows it not)
+
+    def counted(self: Any, operation: str, params: dict[str, Any]) -> Any:
+        calls[operation] += 1
+        return make_api_call(self, operation, params)
+
+    setattr(botocore.client.BaseClient, "_make_api_call", counted)  # noqa: B010
+    return calls
+
+
 def run_worker(env: dict[str, str], events: list[dict[str, Any]], out: Any) -> None:
     """One execution environment: handles its share of the events one at a time, timing each."""
     app = load_handler(env)
+    calls = count_round_trips()
     context = Context()
     latencies, failures = [], 0
     with contextlib.redirect_stdout(io.StringIO()) as sink:
@@ -103,7 +122,32 @@ def run_worker(env: dict[str, str], events: list[dict[str, Any]], out: Any) -> N
             latencies.append(time.perf_counter() - t0)
             failures += len(result.get("batchItemFailures", []))
     app.wiring.recovery_service().publisher.close()
-    out.put((latencies, failures))
+    out.put((latencies, failures, calls))
+
+
+def get_items(endpoint_env: dict[str, str], table: str, seconds: float, out: Any) -> None:
+    """One client of the moto ceiling: consistent GetItems of one job, back to back, for ``seconds``."""
+    os.environ.update(endpoint_env)
+    import boto3
+
+    items = boto3.resource("dynamodb").Table(table)
+    n, end = 0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        items.get_item(Key={"job_id": "burst-0000"}, ConsistentRead=True)
+        n += 1
+    out.put(n)
+
+
+def moto_ceiling(ctx: Any, endpoint_env: dict[str, str], table: str, clients: int, seconds: float = 3.0) -> float:
+    """GetItems per second the moto server answers to ``clients`` processes at once: its ceiling in this run."""
+    out: Any = ctx.Queue()
+    procs = [ctx.Process(target=get_items, args=(endpoint_env, table, seconds, out)) for _ in range(clients)]
+    for p in procs:
+        p.start()
+    total = sum(out.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join()
+    return total / seconds
 
 
 def main() -> int:
@@ -170,9 +214,12 @@ def main() -> int:
         wall = time.perf_counter() - t0
         for p in procs:
             p.join()
-        latencies = [x for lat, _ in results for x in lat]
-        failures = sum(f for _, f in results)
-        busy = max(sum(lat) for lat, _ in results)  # the busiest environment's handler time, cold starts excluded
+        latencies = [x for lat, _, _ in results for x in lat]
+        failures = sum(f for _, f, _ in results)
+        calls: Counter[str] = sum((c for _, _, c in results), Counter())
+        busy = max(sum(lat) for lat, _, _ in results)  # the busiest environment's handler time, cold starts excluded
+        aws_env = {k: v for k, v in env.items() if k.startswith("AWS_")}
+        ceiling = moto_ceiling(ctx, aws_env, env["JOBS_TABLE"], args.processes)
 
         # Follow-up: the emergency checkpoints and the replacements, then check one new generation per job.
         from ringfleet.wiring import Settings
@@ -224,6 +271,13 @@ def main() -> int:
     print(f"events/s                {rate:8.1f}   (target >= {TARGET_RATE:.0f}; wall incl. cold starts {wall:.1f} s)")
     print(f"latency p50 / p99 (ms)  {p50:8.2f} / {p99:.2f}   (target p99 <= {TARGET_P99_MS:.0f})")
     print(f"baseline GetItem (ms)   {base_ms:8.2f}   ratio p50/GetItem {p50 / base_ms:.1f}x")
+    per_event = sum(calls.values()) / len(latencies)
+    detail = ", ".join(f"{op} {n / len(latencies):.2f}" for op, n in sorted(calls.items()))
+    print(f"AWS calls per event     {per_event:8.2f}   ({detail})")
+    print(
+        f"moto ceiling (GetItem/s, {args.processes} clients) {ceiling:6.0f}   "
+        f"=> about {ceiling / per_event:.0f} events/s at most, at {per_event:.1f} calls each"
+    )
     print(f"CheckpointNow per job   {sorted(set(checkpoint_now.values()))} (10 warnings each)")
     print(f"generations of the jobs {dict(generations)}; Reconfigure per job: {sorted(set(reconfigures.values()))}")
     ok = exactly_one and failures == 0

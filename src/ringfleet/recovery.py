@@ -7,7 +7,8 @@
 3. save the decision conditionally on the generation and revision it was decided from, with its commands in the
    job's outbox — a stale decision is dropped and re-made from a fresh read (the generation fence);
 4. publish the commands (message ids derived from job, generation and kind), then clear the outbox;
-5. bring the nodes table in line with the job and complete lifecycle hooks no longer needed.
+5. bring the nodes table in line with the job (a notice that keeps the ring: the node it names, the only one it
+   changes) and complete lifecycle hooks no longer needed.
 
 A crash anywhere leaves either nothing decided, or a decision whose commands are still in the outbox: the retried
 event (or the next event of the job) publishes them. Re-running a step that already happened changes nothing.
@@ -134,7 +135,9 @@ class RecoveryService:
                 # Nothing of ours runs there: let Auto Scaling go ahead instead of waiting for the hook's timeout.
                 self.fleet.complete_lifecycle_action(hook)
             return Outcome(None, "ignored: instance belongs to no job")  # no recovery: nothing to time
-        outcome = self.apply(node.job_id, signal, hooks={hook.instance_id: hook} if hook else None)
+        hooks = {hook.instance_id: hook} if hook else None
+        notified = node if isinstance(signal, NoticeGiven) else None
+        outcome = self.apply(node.job_id, signal, hooks=hooks, notified=notified)
         return replace(outcome, time_to_detect=detect)
 
     def on_checkpoint_completed(self, message: CheckpointCompleted) -> Outcome:
@@ -206,8 +209,16 @@ class RecoveryService:
         *,
         hooks: Mapping[str, LifecycleHook] | None = None,
         only_generation: int | None = None,
+        notified: Node | None = None,
     ) -> Outcome:
-        """Applies one signal to one job (see the module docstring); retries when a concurrent writer won."""
+        """Applies one signal to one job (see the module docstring); retries when a concurrent writer won.
+
+        ``notified`` is the node a notice is about, as just read. A notice that changes the job without re-forming
+        the ring changes that node alone, so it is decided and synced from that node without reading the job's
+        other nodes (a query per event, in a burst of a thousand warnings). A notice that re-forms the ring reads
+        them all (the new ring's hosts, the nodes it leaves out), and so does one that changes nothing: it may be
+        the retry of a run that died between its save and its node sync.
+        """
         lost = (signal.instance_id,) if isinstance(signal, NodeLost) else ()
         for _ in range(MAX_ATTEMPTS):
             job = self.jobs.get(job_id)
@@ -216,11 +227,14 @@ class RecoveryService:
             job = self._flush_outbox(job)
             if job is None:
                 continue
-            nodes = self.nodes.list_by_job(job_id)
             if only_generation is not None and job.generation != only_generation:
                 # A sweep's silence was judged at an older generation; the ring changed since: judge again later.
                 return Outcome(job_id, "ignored: node's generation is no longer the job's")
+            nodes = [notified] if notified is not None else self.nodes.list_by_job(job_id)
             plan = plan_recovery(job, nodes, signal)
+            if notified is not None and (plan.reconfigured or not plan.changed):
+                nodes = self.nodes.list_by_job(job_id)
+                plan = plan_recovery(job, nodes, signal)
             if plan.changed:
                 # Commands another writer is still publishing stay in the outbox, for it to clear (or, should it
                 # have crashed, for the first reader after OUTBOX_GRACE to publish).
@@ -228,10 +242,10 @@ class RecoveryService:
                 decided = replace(plan.job, outbox=(*job.outbox, *commands))
                 if not self.jobs.save(decided, decided_from=job):
                     continue  # another writer moved the job: decide again from what it wrote
+                after = replace(decided, revision=job.revision + 1)
                 if plan.commands:
                     self.publisher.publish(plan.commands)
-                    self._clear_outbox(job_id, {str(c.message_id) for c in plan.commands})
-                after = replace(decided, revision=job.revision + 1)
+                    self._clear_outbox(after, {str(c.message_id) for c in plan.commands})
                 if isinstance(signal, NoticeGiven | NodeLost):
                     self._want_capacity(after, signal)
                 if after.is_final:
@@ -291,16 +305,22 @@ class RecoveryService:
             return None
         return replace(cleared, revision=job.revision + 1)
 
-    def _clear_outbox(self, job_id: str, published: set[str]) -> None:
-        """Removes the commands just published from the job's outbox, leaving any other writer's in place."""
-        for _ in range(MAX_ATTEMPTS):
-            job = self.jobs.get(job_id)
+    def _clear_outbox(self, saved: Job, published: set[str]) -> None:
+        """Removes the commands just published from the job's outbox, leaving any other writer's in place.
+
+        The first try writes over ``saved`` (the job as this run just saved it) without reading it again: the save
+        is conditional on that revision, so it only goes through if nobody has written since.
+        """
+        job: Job | None = saved
+        for attempt in range(MAX_ATTEMPTS):
+            if attempt:
+                job = self.jobs.get(saved.job_id)
             if job is None:
                 return
             left = tuple(c for c in job.outbox if str(c.get("message_id")) not in published)
             if left == tuple(job.outbox) or self.jobs.save(replace(job, outbox=left), decided_from=job):
                 return
-        log.warning("job %s: could not clear its outbox; a later reader publishes those commands again", job_id)
+        log.warning("job %s: could not clear its outbox; a later reader publishes those commands again", saved.job_id)
 
     def _sync_nodes(
         self,

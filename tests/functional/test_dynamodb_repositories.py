@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
@@ -64,6 +66,56 @@ def test_a_save_decided_from_a_stale_read_is_refused(jobs: DynamoDbJobRepository
     stored = jobs.get("repo-fence")
     assert stored is not None and stored.state is JobState.RECOVERING and stored.generation == 1
     assert stored.revision == read.revision + 1
+
+
+def test_saves_write_what_changed_and_the_job_reads_back_as_each_decision(jobs: DynamoDbJobRepository) -> None:
+    job, _ = running_job("repo-changes")
+    jobs.create(job)
+    read = jobs.get("repo-changes")
+    assert read is not None
+    # when one decision changes a few attributes, and the next one others, each from the job the last one stored
+    first = replace(
+        read,
+        state=JobState.RECOVERING,
+        recovery=PendingRecovery(cause="spot-interruption", started_at=T0, leaving=(instance(2),)),
+        outbox=({"type": "CheckpointNow", "message_id": "m1"},),
+    )
+    assert jobs.save(first, decided_from=read)
+    after_first = jobs.get("repo-changes")
+    assert after_first is not None
+    second = replace(after_first, outbox=(), spares=(instance(40),), replacements_wanted=0)
+    assert jobs.save(second, decided_from=after_first)
+    # then the job reads back as the last decision, field for field
+    assert after_first == replace(first, revision=read.revision + 1, updated_at=later(5))
+    assert jobs.get("repo-changes") == replace(second, revision=read.revision + 2, updated_at=later(5))
+
+
+def test_of_many_deciders_saving_from_the_same_read_at_once_exactly_one_wins(aws: LocalCloud) -> None:
+    # given a job, and eight deciders (threads, each with its own client) that all read it
+    table = str(aws.ctx.resolve({"Ref": "JobsTable"}))
+    deciders = [
+        DynamoDbJobRepository(table, clock=Clock(), boto3_resource=boto3.Session().resource("dynamodb"))
+        for _ in range(8)
+    ]
+    job, _ = running_job("repo-race")
+    deciders[0].create(job)
+    for round_ in range(20):
+        read = deciders[0].get("repo-race")
+        assert read is not None
+        start = threading.Barrier(len(deciders))
+
+        def decide(repo: DynamoDbJobRepository, n: int, read: Any = read, start: Any = start) -> bool:
+            start.wait()
+            return repo.save(replace(read, replacements_wanted=n), decided_from=read)
+
+        # when they all save their own decision at once
+        with ThreadPoolExecutor(len(deciders)) as pool:
+            won = list(pool.map(decide, deciders, range(len(deciders))))
+        # then exactly one goes through, and what is stored is its decision (as DynamoDB's atomic writes give)
+        assert won.count(True) == 1, f"round {round_}: {won}"
+        stored = deciders[0].get("repo-race")
+        assert stored is not None and stored.revision == read.revision + 1
+        assert stored.replacements_wanted == won.index(True)
 
 
 def test_only_a_newer_durable_checkpoint_wins_and_saves_never_overwrite_it(jobs: DynamoDbJobRepository) -> None:

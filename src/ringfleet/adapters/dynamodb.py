@@ -173,13 +173,17 @@ class DynamoDbJobRepository:
         if job.job_id != decided_from.job_id:
             raise ValueError(f"cannot save job {job.job_id} as decided from job {decided_from.job_id}")
         item = job_to_item(job.saved(self._clock.now()) if job.revision == decided_from.revision else job)
-        names = {f"#{a}": a for a in _SAVED}
-        values = {f":{a}": item[a] for a in _SAVED}
+        # Only what the decision changed is written (the revision and time always): the condition holds only while
+        # the stored job is still decided_from, every save moving the revision, so the rest already holds its value.
+        before = job_to_item(decided_from)
+        changed = [a for a in _SAVED if item[a] != before[a]]
+        names = {f"#{a}": a for a in (*changed, "generation", "revision")}
+        values = {f":{a}": item[a] for a in changed}
         values |= {":decided_generation": decided_from.generation, ":decided_revision": decided_from.revision}
         try:
             self._table.update_item(
                 Key={"job_id": job.job_id},
-                UpdateExpression="SET " + ", ".join(f"#{a} = :{a}" for a in _SAVED),
+                UpdateExpression="SET " + ", ".join(f"#{a} = :{a}" for a in changed),
                 ConditionExpression="#generation = :decided_generation AND #revision = :decided_revision",
                 ExpressionAttributeNames=names,
                 ExpressionAttributeValues=values,

@@ -103,7 +103,7 @@ class LocalCloud:
         port = free_port()
         endpoint = f"http://127.0.0.1:{port}"
         self._moto = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            [sys.executable, "-m", "ringfleet.local.moto_server", "-H", "127.0.0.1", "-p", str(port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
