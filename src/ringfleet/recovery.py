@@ -246,7 +246,7 @@ class RecoveryService:
                 if plan.commands:
                     self.publisher.publish(plan.commands)
                     self._clear_outbox(after, {str(c.message_id) for c in plan.commands})
-                if isinstance(signal, NoticeGiven | NodeLost):
+                if isinstance(signal, NoticeGiven | NodeLost) and job.recovery is None:
                     self._want_capacity(after, signal)
                 if after.is_final:
                     self._announce_finished(after)
@@ -261,8 +261,11 @@ class RecoveryService:
     def _want_capacity(self, job: Job, signal: NoticeGiven | NodeLost) -> None:
         """Tells the fleet scaler at once that the job wants capacity (``Capacity Wanted`` on EventBridge).
 
-        The scaler's minute tick would find the shortfall too, a minute later; a failed put only costs that minute,
-        so it is logged, not raised (raising would redeliver an event whose decision is already saved).
+        Once per recovery, when it starts: the scaler reconciles from the jobs as they are, and the instances it
+        launches trigger it again when they run, so further losses of the same recovery are seen then (a pool
+        reclaimed at once sends one event per job, not one per node). The minute tick would find any shortfall
+        too; a failed put only costs that minute, so it is logged, not raised (raising would redeliver an event
+        whose decision is already saved).
         """
         if self.put_events is None:
             return

@@ -119,3 +119,14 @@ def test_the_final_checkpoint_announces_the_finished_job_to_the_scaler() -> None
     assert job_of(service).state == "SUCCEEDED"
     assert [(e["DetailType"], json.loads(e["Detail"])["state"]) for e in events] == [("Job Finished", "SUCCEEDED")]
     assert publisher.published == []
+
+
+def test_a_pool_reclaimed_at_once_asks_the_scaler_once_per_job() -> None:
+    service, _, _, events = world(members=4)
+    for n in (2, 3, 4):
+        warning = cloud_event(
+            "EC2 Spot Instance Interruption Warning", instance(n), later(1), **{"instance-action": "terminate"}
+        )
+        service.on_node_event(parse_cloud_event(warning))  # type: ignore[arg-type]
+    assert job_of(service).replacements_wanted == 3
+    assert [e["DetailType"] for e in events] == ["Capacity Wanted"]
