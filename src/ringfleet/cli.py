@@ -244,8 +244,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _job_client() -> Any:
     """A client on the running local cloud, or on RINGFLEET_BROKER_URL / RINGFLEET_JOBS_TABLE in AWS."""
-    import boto3
-
     from ringfleet.adapters.dynamodb import DynamoDbJobRepository
     from ringfleet.client import RingfleetClient
     from ringfleet.local.context import CloudContext, LocalState
@@ -254,15 +252,9 @@ def _job_client() -> Any:
     state = LocalState.load(STATE_DIR)
     if state is not None:
         ctx = CloudContext.from_state(state)
-        resource = boto3.resource(
-            "dynamodb",
-            endpoint_url=ctx.endpoint,
-            region_name=ctx.region,
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
         table = str(ctx.resolve({"Ref": "JobsTable"}))
-        return RingfleetClient(ctx.broker_url, DynamoDbJobRepository(table, clock=WallClock(), boto3_resource=resource))
+        repository = DynamoDbJobRepository(table, clock=WallClock(), boto3_resource=ctx.resource("dynamodb"))
+        return RingfleetClient(ctx.broker_url, repository)
     url, jobs_table = os.environ.get("RINGFLEET_BROKER_URL"), os.environ.get("RINGFLEET_JOBS_TABLE")
     if not url:
         sys.exit("ringfleet: no local cloud is up and RINGFLEET_BROKER_URL is not set")

@@ -195,38 +195,6 @@ def _on_delivery(watch: _Watch, delivery: Delivery) -> None:
 # -- the run ----------------------------------------------------------------------------------------------------------
 
 
-def _job(cloud: LocalCloud) -> Job | None:
-    import boto3
-
-    from ringfleet.adapters.dynamodb import DynamoDbJobRepository
-    from ringfleet.wiring import WallClock
-
-    env = cloud.ctx.aws_environment
-    resource = boto3.session.Session(
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-        region_name=env["AWS_REGION"],
-    ).resource("dynamodb", endpoint_url=env["AWS_ENDPOINT_URL"])
-    return DynamoDbJobRepository(
-        cloud.ctx.resolve({"Ref": "JobsTable"}), clock=WallClock(), boto3_resource=resource
-    ).get(JOB_ID)
-
-
-def _members(cloud: LocalCloud) -> dict[str, int]:
-    job = _job(cloud)
-    return dict(job.members) if job else {}
-
-
-def _job_incidents(cloud: LocalCloud) -> list[dict[str, Any]]:
-    job = _job(cloud)
-    if job is None:
-        return []
-    return [
-        {"at": i.at.timestamp(), "cause": i.cause, "generation": i.generation, "detail": i.detail}
-        for i in job.incidents
-    ]
-
-
 def _manifest_steps(cloud: LocalCloud, bucket_ref: str) -> set[int]:
     s3, bucket = cloud.client("s3"), cloud.ctx.resolve({"Ref": bucket_ref})
     steps = set()
@@ -256,10 +224,15 @@ def _worker_args(scenario: Scenario, out: Path) -> Callable[[str | None, str], l
 
 class _Demo:
     def __init__(self, cloud: LocalCloud, scenario: Scenario, out: Path, watch: _Watch) -> None:
+        from ringfleet.adapters.dynamodb import DynamoDbJobRepository
         from ringfleet.local.fleet import FleetEmulator
+        from ringfleet.wiring import WallClock
 
         self.cloud, self.scenario, self.out, self.watch = cloud, scenario, out, watch
         self.incidents: list[tuple[Incident, int]] = []  # with the generation it struck
+        self.jobs = DynamoDbJobRepository(
+            cloud.ctx.resolve({"Ref": "JobsTable"}), clock=WallClock(), boto3_resource=cloud.ctx.resource("dynamodb")
+        )
 
         def on_event(kind: str, info: dict[str, Any]) -> None:
             if kind == "worker-started":
@@ -295,8 +268,15 @@ class _Demo:
                 watch.timeline.backups.append((watch.rel(now), step))
                 watch.say(now, f"checkpoint of step {step} verified and backed up by checkpoint_backup")
 
+    def job(self) -> Job | None:
+        return self.jobs.get(JOB_ID)
+
+    def members(self) -> dict[str, int]:
+        job = self.job()
+        return dict(job.members) if job else {}
+
     def _instance_at_rank(self, rank: int) -> str | None:
-        members = _members(self.cloud)
+        members = self.members()
         return next((i for i, r in members.items() if r == rank and i in self.emulator.instances), None)
 
     def run(self) -> None:
@@ -326,7 +306,7 @@ class _Demo:
             self._sample(now, storage=tick % 4 == 0)
             tick += 1
             self._inject(now)
-            members = set(_members(self.cloud)) if watch.finished else set()
+            members = set(self.members()) if watch.finished else set()
             if members and members <= watch.finished:
                 self._sample(time.time(), storage=True)
                 watch.say(time.time(), f"training finished at step {watch.step} on {len(members)} workers")
@@ -366,7 +346,8 @@ class _Demo:
     def account(self) -> None:
         """Fills each incident's detection, recovery, steps lost, restarts and checkpoints from what was seen."""
         watch = self.watch
-        job_log = _job_incidents(self.cloud)
+        job = self.job()
+        job_log = job.incidents if job else ()
         struck = [g for _, g in self.incidents] + [10**9]
         injected = [watch.t0 + inc.injected_at for inc, _ in self.incidents] + [float("inf")]
         for n, (inc, generation) in enumerate(self.incidents):
@@ -382,11 +363,11 @@ class _Demo:
             restarts = [
                 i
                 for i in job_log
-                if i["cause"] in ("reconfigured", "restarted") and generation < i["generation"] <= struck[n + 1]
+                if i.cause in ("reconfigured", "restarted") and generation < i.generation <= struck[n + 1]
             ]
             inc.restarts = len(restarts)
             if restarts:
-                inc.generation = restarts[0]["generation"]
+                inc.generation = restarts[0].generation
             # Recovered once a later ring synced and trained on. It may be a newer one than the restart's: the ring
             # can grow back before the survivors' one formed, and they then join the grown ring at once.
             formed = sorted(g for g in watch.synced if generation < g <= struck[n + 1])
@@ -493,11 +474,11 @@ def run_demo(
             demo.run()
             # Let the last checkpoint's backup land before the report is written.
             until = time.monotonic() + 30
-            job = _job(cloud)
+            job = demo.job()
             while (scenario.steps not in demo.backups or job is None or not job.is_final) and time.monotonic() < until:
                 time.sleep(0.5)
                 demo._sample(time.time(), storage=True)
-                job = _job(cloud)
+                job = demo.job()
             watch.job_state = str(job.state) if job else "unknown"
             watch.say(time.time(), f"job {JOB_ID} is {watch.job_state} (its final checkpoint is its result)")
             demo.account()

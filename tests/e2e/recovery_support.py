@@ -10,7 +10,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import aio_pika
-import boto3
 
 from ringfleet.adapters.dynamodb import DynamoDbCheckpointCatalog, DynamoDbJobRepository, DynamoDbNodeRepository
 from ringfleet.adapters.rabbitmq import connect, declare_topology
@@ -36,10 +35,7 @@ class Tables:
 
     @classmethod
     def of(cls, cloud: LocalCloud) -> Tables:
-        env = cloud.ctx.aws_environment
-        resource = boto3.session.Session(
-            aws_access_key_id="testing", aws_secret_access_key="testing", region_name=env["AWS_REGION"]
-        ).resource("dynamodb", endpoint_url=env["AWS_ENDPOINT_URL"])
+        resource = cloud.ctx.resource("dynamodb")
 
         def name(lid: str) -> str:
             return str(cloud.ctx.resolve({"Ref": lid}))

@@ -104,10 +104,17 @@ class CloudContext:
             "AWS_REGION": self.region,
         }
 
-    def client(self, service: str) -> Any:
+    def _session(self) -> boto3.session.Session:
         return boto3.session.Session(
             aws_access_key_id="testing", aws_secret_access_key="testing", region_name=self.region
-        ).client(service, endpoint_url=self.endpoint)  # type: ignore[call-overload]
+        )
+
+    def client(self, service: str) -> Any:
+        return self._session().client(service, endpoint_url=self.endpoint)  # type: ignore[call-overload]
+
+    def resource(self, service: str) -> Any:
+        """A boto3 resource on this local cloud (``dynamodb`` for the repositories)."""
+        return self._session().resource(service, endpoint_url=self.endpoint)  # type: ignore[call-overload]
 
     # -- names -------------------------------------------------------------------------------------------
     @property
