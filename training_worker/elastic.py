@@ -249,10 +249,6 @@ class Outcome(Enum):
     STOPPED = "stopped"  # Stop command, or this worker is leaving (SIGTERM, spot notice)
 
 
-#: The current generation's rendezvous store (rank 0 serves it), kept until the group is left.
-_store: dist.TCPStore | None = None
-
-
 class Superseded(Exception):
     """A newer generation was announced while this one was being joined: join that one instead (not a failure)."""
 
@@ -275,7 +271,6 @@ def _join(
     all there, a collective that stalls for ``timeout_s`` means a dead peer, noticed in seconds. While waiting, a
     newer generation (its rank 0 may never serve this one) ends the wait with ``Superseded``.
     """
-    global _store
     host, port = membership.rendezvous.rsplit(":", 1)
     deadline = time.monotonic() + join_timeout_s
 
@@ -299,8 +294,8 @@ def _join(
             if membership.rank == 0:
                 raise  # the server could not bind: no retry helps
             check(f"rank 0's rendezvous at {membership.rendezvous} did not answer")
+    # The process group keeps the store (rank 0's serves the rendezvous) until the group is destroyed.
     store.set_timeout(timedelta(seconds=join_timeout_s))
-    _store = store
     arrived = store.add("arrived", 1)
     while arrived < membership.world_size:
         check(f"{arrived} of {membership.world_size} members arrived at {membership.rendezvous}")
@@ -318,13 +313,11 @@ def _join(
 
 
 def _leave() -> None:
-    global _store
     if dist.is_initialized():
         try:
             dist.destroy_process_group()
         except Exception as e:  # after a failure the group may already be half gone
             log.debug("destroying the process group: %s", e)
-    _store = None
 
 
 def run_elastic(

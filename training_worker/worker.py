@@ -206,7 +206,7 @@ class Worker:
             beat = Heartbeat(
                 job_id=self.job_id,
                 instance_id=config.instance_id,
-                generation=max(0, generation),
+                generation=generation,
                 rank=rank,
                 world_size=world,
                 step=step,

@@ -34,7 +34,7 @@ from ringfleet.domain.recovery import (
 )
 
 if TYPE_CHECKING:
-    from ringfleet.contracts import CheckpointCompleted, NodeEvent, WorkerFailed
+    from ringfleet.contracts import CheckpointCompleted, ControlDetail, NodeEvent, WorkerFailed
     from ringfleet.domain.jobs import Job
     from ringfleet.domain.nodes import LifecycleHook, Node
     from ringfleet.ports import Clock, CommandPublisher, FleetGateway, JobRepository, NodeRepository
@@ -263,32 +263,35 @@ class RecoveryService:
 
         Once per recovery, when it starts: the scaler reconciles from the jobs as they are, and the instances it
         launches trigger it again when they run, so further losses of the same recovery are seen then (a pool
-        reclaimed at once sends one event per job, not one per node). The minute tick would find any shortfall
-        too; a failed put only costs that minute, so it is logged, not raised (raising would redeliver an event
-        whose decision is already saved).
+        reclaimed at once sends one event per job, not one per node).
         """
-        if self.put_events is None:
-            return
-        from ringfleet.contracts import CapacityWantedDetail, control_event_entry
+        from ringfleet.contracts import CapacityWantedDetail
 
-        wanted = max(1, job.replacements_wanted, job.max_workers - len(job.members) - len(job.spares))
-        detail = CapacityWantedDetail(tenant=job.tenant, job_id=job.job_id, replacements=wanted, cause=signal.cause)
-        try:
-            self.put_events([control_event_entry(detail)])
-        except Exception:
-            log.exception("job %s: could not announce that it wants capacity; the scaler's tick will", job.job_id)
+        wanted = max(1, job.instances_wanted)
+        self._announce(
+            CapacityWantedDetail(tenant=job.tenant, job_id=job.job_id, replacements=wanted, cause=signal.cause)
+        )
 
     def _announce_finished(self, job: Job) -> None:
-        """``Job Finished`` on EventBridge: the fleet scaler stops counting its workers (at its tick otherwise)."""
+        """``Job Finished`` on EventBridge: the fleet scaler stops counting its workers."""
+        from ringfleet.contracts import JobFinishedDetail
+
+        self._announce(JobFinishedDetail(tenant=job.tenant, job_id=job.job_id, state="SUCCEEDED"))
+
+    def _announce(self, detail: ControlDetail) -> None:
+        """Puts one of the control plane's own events for the fleet scaler. Its minute tick would see the change
+        too, so a failed put costs at most that minute: logged, not raised (raising would redeliver an event whose
+        decision is already saved)."""
         if self.put_events is None:
             return
-        from ringfleet.contracts import JobFinishedDetail, control_event_entry
+        from ringfleet.contracts import control_event_entry
 
-        detail = JobFinishedDetail(tenant=job.tenant, job_id=job.job_id, state="SUCCEEDED")
         try:
             self.put_events([control_event_entry(detail)])
         except Exception:
-            log.exception("job %s: could not announce that it finished; the scaler's tick will see it", job.job_id)
+            log.exception(
+                "could not put %s for job %s; the scaler's tick will see it", type(detail).__name__, detail.job_id
+            )
 
     def _flush_outbox(self, job: Job) -> Job | None:
         """Publishes commands a crashed run decided but did not clear; None when the job moved meanwhile.

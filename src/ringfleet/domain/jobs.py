@@ -149,6 +149,12 @@ class Job:
         return len(self.members)
 
     @property
+    def instances_wanted(self) -> int:
+        """More instances the job takes: its recovery's replacements, or room up to max_workers (a ring that
+        re-formed smaller after a loss grows back)."""
+        return max(self.replacements_wanted, self.max_workers - len(self.members) - len(self.spares))
+
+    @property
     def min_workers(self) -> int:
         return self.spec.min_workers
 

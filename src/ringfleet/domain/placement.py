@@ -71,16 +71,10 @@ def plan_placement(jobs: Sequence[Job], free: Sequence[FreeInstance], now: datet
             starts.append(_start(job, taken, now))
             left = [i for i in left if i not in taken]
         elif job.state in (JobState.RUNNING, JobState.RECOVERING) and fits:
-            for instance in fits[: _wanted(job)]:
+            for instance in fits[: job.instances_wanted]:
                 replacements.append((job.job_id, instance))
                 left.remove(instance)
     return Placement(tuple(starts), tuple(replacements), tuple(left))
-
-
-def _wanted(job: Job) -> int:
-    """Instances a started job takes: its recovery's replacements, or room up to max_workers (a ring that
-    re-formed smaller after a loss grows back)."""
-    return max(job.replacements_wanted, job.max_workers - len(job.members) - len(job.spares))
 
 
 def _spread(instances: Sequence[FreeInstance], n: int) -> list[FreeInstance]:

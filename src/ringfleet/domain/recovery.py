@@ -233,7 +233,7 @@ def _on_checkpoint(job: Job, nodes: Sequence[Node], signal: CheckpointTaken) -> 
     if recovery is None or not recovery.awaiting_checkpoint:
         if not signal.emergency or recovery is not None:
             return _unchanged(job, "checkpoint noted: no recovery waits for it")
-        if any(i.cause == "emergency-checkpoint" and i.generation == job.generation for i in job.incidents):
+        if _emergency_checkpoint_taken(job) is not None:
             return _unchanged(job, "emergency checkpoint already noted")
         # The workers saw a notice (instance metadata, SIGTERM) before the control plane did: remembered, so that
         # the notice, when it arrives, does not wait for a checkpoint that will not come again.
@@ -274,7 +274,7 @@ def _try_reconfigure(job: Job, nodes: Sequence[Node], at: datetime) -> RecoveryP
     recovery = job.recovery
     assert recovery is not None
     gone = set(recovery.leaving) | set(recovery.lost)
-    survivors = sorted((i for i in job.members if i not in gone), key=lambda i: job.members[i])
+    survivors = [i for i in job.members if i not in gone]  # _reconfigure keeps their rank order
     spares = list(job.spares)
     if recovery.lost:
         # The ring is broken: re-form now with whoever is there, without waiting for a checkpoint.
