@@ -1,1 +1,133 @@
-"""The ringfleet training worker: ring all-reduce, distributed optimizer, elastic state, checkpoints, control."""
+"""ringfleet's worker API for your own training script, shaped like Horovod's elastic PyTorch API.
+
+```python
+import training_worker as rf
+
+rf.init()                                             # joins the ring (waits for its first membership)
+optimizer = rf.DistributedOptimizer(torch.optim.AdamW(model.parameters()), model.named_parameters())
+state = rf.elastic.TorchState(model=model, optimizer=optimizer, sampler=sampler, epoch=0)
+
+@rf.elastic.run
+def train(state): ...                                 # survives lost peers and membership changes
+
+train(state)
+```
+
+Porting from Horovod is mostly ``import horovod.torch as hvd`` → ``import training_worker as hvd`` (the README maps
+every call). Checkpoints to S3, emergency checkpoints on notice, heartbeats and the control channel belong to the
+runtime (``training_worker.runtime``), never to the script.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from training_worker import elastic
+from training_worker import runtime as _rt
+from training_worker.optimizer import DistributedOptimizer, broadcast_tree
+
+__all__ = [
+    "Average",
+    "DistributedOptimizer",
+    "Sum",
+    "allreduce",
+    "allreduce_",
+    "broadcast_object",
+    "broadcast_optimizer_state",
+    "broadcast_parameters",
+    "elastic",
+    "init",
+    "is_initialized",
+    "local_rank",
+    "rank",
+    "report",
+    "size",
+]
+
+#: Reduction ops, as Horovod names them.
+Average = "avg"
+Sum = "sum"
+
+
+def init() -> None:
+    """Starts the runtime and joins the first ring this worker is a member of (at once when run alone or with
+    torchrun's variables; under the instance agent, the generation that placed it). Safe to call twice."""
+    runtime = _rt.current()
+    runtime.start()
+    if runtime.membership is None and not runtime.initialized:
+        runtime.join_next()
+    runtime.initialized = True
+
+
+def is_initialized() -> bool:
+    return _rt.current().initialized
+
+
+def rank() -> int:
+    """This worker's rank in the current ring (changes when the ring re-forms)."""
+    return _rt.current().require_membership().rank
+
+
+def size() -> int:
+    """The current ring's world size (changes when the ring re-forms)."""
+    return _rt.current().require_membership().world_size
+
+
+def local_rank() -> int:
+    """This worker's index among the workers of its machine: 0 with one worker per instance (ringfleet's fleets);
+    torchrun's ``LOCAL_RANK`` when it set one. Use it to pick a GPU: ``torch.cuda.set_device(local_rank())``."""
+    import os
+
+    _rt.current().require_membership()
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def allreduce_(tensor: torch.Tensor, op: str = Average) -> torch.Tensor:
+    """Reduces ``tensor`` in place over the ring (``Average`` or ``Sum``) and returns it."""
+    if op not in (Average, Sum):
+        raise ValueError(f"op must be training_worker.Average or training_worker.Sum, not {op!r}")
+    backend = _rt.current().require_backend()
+    flat = tensor if tensor.is_contiguous() else tensor.contiguous()
+    _rt.collective(lambda: backend.allreduce_(flat.view(-1), op))  # type: ignore[arg-type]
+    if flat is not tensor:
+        tensor.copy_(flat)
+    return tensor
+
+
+def allreduce(tensor: torch.Tensor, op: str = Average) -> torch.Tensor:
+    """A new tensor: ``tensor`` reduced over the ring (``Average`` or ``Sum``); ``tensor`` is left as it is."""
+    return allreduce_(tensor.detach().clone(), op)
+
+
+def broadcast_parameters(params: Any, root_rank: int = 0) -> None:
+    """Copies ``root_rank``'s tensors into every rank's, in place: a ``state_dict()`` or ``named_parameters()``."""
+    items = list(params.items()) if isinstance(params, dict) else list(params)
+    _rt.current().require_membership()
+    tree = {name: t.detach() for name, t in items if isinstance(t, torch.Tensor)}
+    received = _rt.collective(lambda: broadcast_tree(tree, root=root_rank))
+    with torch.no_grad():
+        for name, t in items:
+            if isinstance(t, torch.Tensor) and received[name] is not tree[name]:
+                t.copy_(received[name])
+
+
+def broadcast_optimizer_state(optimizer: torch.optim.Optimizer, root_rank: int = 0) -> None:
+    """Makes every rank's optimizer state (moments, step counts, learning rates) ``root_rank``'s."""
+    _rt.current().require_membership()
+    received = _rt.collective(lambda: broadcast_tree(optimizer.state_dict(), root=root_rank))
+    if _rt.current().require_membership().rank != root_rank:
+        optimizer.load_state_dict(received)
+
+
+def broadcast_object(obj: Any, root_rank: int = 0) -> Any:
+    """``root_rank``'s ``obj`` (tensors inside travel as tensors) on every rank."""
+    _rt.current().require_membership()
+    return _rt.collective(lambda: broadcast_tree(obj, root=root_rank))
+
+
+def report(**metrics: float) -> None:
+    """Tells ringfleet how training goes (Ray Train's ``report``): ``report(loss=loss.item())``. The loss shows in
+    the progress lines, the heartbeats and ``ringfleet status``."""
+    _rt.current().metrics.update({k: float(v) for k, v in metrics.items()})

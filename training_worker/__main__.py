@@ -1,4 +1,4 @@
-"""``python -m training_worker``: the container entrypoint."""
+"""``python -m training_worker``: the instance agent, the worker container's entrypoint."""
 
 from __future__ import annotations
 
@@ -8,44 +8,46 @@ import os
 import sys
 from pathlib import Path
 
+from training_worker.agent import Agent
 from training_worker.collectives import BACKENDS
-from training_worker.elastic import Membership
-from training_worker.worker import Worker, WorkerConfig
+from training_worker.runtime import RuntimeConfig, parse_static
 
 DESCRIPTION = """\
-A ringfleet training worker: trains a digits classifier data-parallel with a Horovod-style ring all-reduce
-on torch.distributed (gloo on CPU), checkpoints to S3 and follows the control plane.
+The ringfleet instance agent: runs a job's own training script on this instance, data-parallel with a
+Horovod-style ring all-reduce on torch.distributed (gloo on CPU, NCCL on GPU), checkpoints to S3 and follows
+the control plane. The script is written against training_worker's public API (see the README's "Train your own
+model"); everything operational is done here, beside it.
 
-How it learns who it is:
-  * by default it consumes its commands from RabbitMQ (exchange ringfleet.commands, routing keys
-    <job>.<instance> and <job>.all), prints "control channel ready" once it is listening (commands sent before
-    are not seen) and waits for its first Reconfigure: generation, its rank, the world size and the rendezvous
-    host:port (and, when the job restarts from S3, the checkpoint to restore). A Reconfigure of a newer
-    generation makes every rank leave the ring at the same step boundary and re-form it; an older one is
-    ignored. A generation that leaves out a worker that has not trained yet keeps it waiting as a spare; one
-    that leaves out a member ends that member's run. Stop ends the run at the next step boundary.
-    Without --job-id (a container that boots with its instance, before the fleet scaler places it) it waits
-    in its instance's mailbox for as long as it takes and serves the job its first Reconfigure names.
-  * --static-world RANK:WORLD:HOST:PORT skips the control plane (standalone runs).
-  * --discovery-file PATH reads a Reconfigure message (JSON) from a file and re-reads it when it changes.
+How it learns what to run and who it is:
+  * by default it boots with its instance, consumes its commands from RabbitMQ (exchange ringfleet.commands) and
+    waits, unplaced, for its first Reconfigure: the job, the generation, its rank, the world size, the rendezvous
+    and the job's program (entrypoint and hyperparameters). It then runs the entrypoint with the hyperparameters
+    as --name value arguments (and as JSON in RINGFLEET_HYPERPARAMETERS). A Python entrypoint (python script.py,
+    python -m module) runs in this interpreter, already warm; anything else as a child process, or inside the
+    job's image with --container-runtime (how it runs in AWS).
+  * PROGRAM after -- runs that instead (standalone runs and tests), with --static-world RANK:WORLD:HOST:PORT (or
+    torchrun's RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT variables), --discovery-file PATH (a Reconfigure message as
+    JSON, re-read when it changes) or the broker for its memberships.
 
-What it does on the way:
-  * commits its state in memory every --commit-every steps; when a peer dies it restores that commit and waits
-    for the next membership (the survivors), instead of starting over;
-  * checkpoints to s3://BUCKET/jobs/JOB/ckpt/STEP/ every --checkpoint-every steps in the background, on
-    CheckpointNow, and before leaving on SIGTERM or a spot interruption notice (then exits 0 once the checkpoint
-    is in S3, while the other ranks wait for the next Reconfigure); at start it resumes from the newest
-    checkpoint that verifies;
-  * publishes Heartbeat and CheckpointCompleted to the ringfleet.worker-events queue, and prints one progress
-    line every --log-every steps: step, loss, samples/s, world size, rank, generation.
+What it does on the way, so the script never has to:
+  * a newer Reconfigure re-forms the ring at the script's next state.commit(); a failed collective restores the
+    last commit and waits for the next membership; Stop ends the script at its next commit;
+  * checkpoints to s3://BUCKET/jobs/JOB/ckpt/STEP/ every checkpoint_interval_steps of the job (in the
+    background), on CheckpointNow, and before leaving on SIGTERM or a spot interruption notice; a job whose
+    workers all start fresh resumes from its newest checkpoint that verifies; the last step's checkpoint is
+    reported final when the script's @elastic.run function returns, which ends the job;
+  * publishes Heartbeat, CheckpointCompleted and WorkerFailed to the ringfleet.worker-events queue; a script that
+    fails is reported with the last lines of its traceback and run again on the next Reconfigure (the job's
+    max_restarts bounds that); prints a progress line every --log-every steps.
 
 Every option falls back to an environment variable (shown in brackets), so a container needs no arguments.
 
-Example (two ranks, no broker, no S3):
-  python -m training_worker --job-id demo --instance-id i-00000000000000001 --broker-url none \\
-      --static-world 0:2:127.0.0.1:29500 &
-  python -m training_worker --job-id demo --instance-id i-00000000000000002 --broker-url none \\
-      --static-world 1:2:127.0.0.1:29500
+Examples:
+  # two ranks on this machine, no broker, no S3
+  python -m training_worker --static-world 0:2:127.0.0.1:29500 -- python examples/digits/train.py --steps 100 &
+  python -m training_worker --static-world 1:2:127.0.0.1:29500 -- python examples/digits/train.py --steps 100
+  # as an instance boots in a fleet: wait to be placed, then run the job's program
+  python -m training_worker --instance-id i-0123456789abcdef0 --broker-url amqps://...
 """
 
 
@@ -53,27 +55,24 @@ def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(name, default)
 
 
-def parse_static(value: str) -> Membership:
+def _static(value: str) -> str:
     try:
-        rank, world, host, port = value.split(":")
-        return Membership(generation=0, rank=int(rank), world_size=int(world), rendezvous=f"{host}:{int(port)}")
+        parse_static(value)
     except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected RANK:WORLD:HOST:PORT, got {value!r}") from e
+        raise argparse.ArgumentTypeError(str(e)) from e
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m training_worker",
+        usage="python -m training_worker [options] [-- PROGRAM [ARGS...]]",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     who = p.add_argument_group("identity and control plane")
-    who.add_argument(
-        "--job-id",
-        default=_env("RINGFLEET_JOB_ID"),
-        help="job id [RINGFLEET_JOB_ID]; leave it out when the worker boots with its instance: it then waits to be "
-        "placed and serves the job its first Reconfigure names",
-    )
+    who.add_argument("--job-id", default=_env("RINGFLEET_JOB_ID"), help="job id [RINGFLEET_JOB_ID]; leave it out when "
+                     "the agent boots with its instance: its first Reconfigure names the job")  # fmt: skip
     who.add_argument(
         "--instance-id", default=_env("RINGFLEET_INSTANCE_ID"), help="this instance's id [RINGFLEET_INSTANCE_ID]"
     )
@@ -82,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("RINGFLEET_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/"),
         help="RabbitMQ / Amazon MQ URL [RINGFLEET_BROKER_URL]; 'none' disables the control channel",
     )
-    who.add_argument("--static-world", type=parse_static, default=None, help="RANK:WORLD:HOST:PORT, no control plane")
+    who.add_argument("--static-world", type=_static, default=_env("RINGFLEET_STATIC_WORLD"),
+                     help="RANK:WORLD:HOST:PORT, one fixed ring, no control plane [RINGFLEET_STATIC_WORLD]")  # fmt: skip
     who.add_argument("--discovery-file", type=Path, default=None, help="a Reconfigure message as JSON, re-read")
     who.add_argument(
         "--metadata-url",
@@ -90,76 +90,67 @@ def build_parser() -> argparse.ArgumentParser:
         help="instance-metadata base URL polled for the spot notice, e.g. http://169.254.169.254 "
         "[RINGFLEET_METADATA_URL]; unset: not polled",
     )
+    who.add_argument("--container-runtime", default=_env("RINGFLEET_CONTAINER_RUNTIME"),
+                     help="run the job's image with this (docker, podman) instead of the entrypoint as written "
+                     "[RINGFLEET_CONTAINER_RUNTIME]")  # fmt: skip
     ck = p.add_argument_group("checkpoints")
     ck.add_argument(
         "--bucket",
         default=_env("RINGFLEET_CHECKPOINT_BUCKET"),
         help="S3 bucket for checkpoints [RINGFLEET_CHECKPOINT_BUCKET]; unset: none (AWS_ENDPOINT_URL is honoured)",
     )
-    ck.add_argument("--checkpoint-every", type=int, default=50, help="steps between S3 checkpoints (default 50)")
-    ck.add_argument("--commit-every", type=int, default=5, help="steps between in-memory commits (default 5)")
-    tr = p.add_argument_group("training")
-    tr.add_argument("--steps", type=int, default=200, help="train until this global step (default 200)")
-    tr.add_argument("--global-batch", type=int, default=96, help="samples per step over all ranks (default 96)")
-    tr.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (momentum 0.9)")
-    tr.add_argument("--seed", type=int, default=0, help="model init and data order")
-    tr.add_argument(
+    ck.add_argument("--checkpoint-every", type=int, default=50,
+                    help="steps between S3 checkpoints when the program comes from -- (a job's program says its own)")  # fmt: skip
+    ring = p.add_argument_group("the ring")
+    ring.add_argument(
         "--backends",
         default=",".join(BACKENDS),
         help="all-reduce backends tried in order: ring (ours), native (dist.all_reduce) (default ring,native)",
     )
-    tr.add_argument("--wire", choices=("none", "fp16", "bf16"), default="none", help="gradient compression")
-    tr.add_argument("--backward-passes-per-step", type=int, default=1, help="gradient accumulation")
-    tr.add_argument("--timeout", type=float, default=10.0, help="seconds before a silent peer counts as dead")
-    tr.add_argument(
-        "--join-timeout",
-        type=float,
-        default=60.0,
-        help="seconds to wait for every member of a new generation at its rendezvous (default 60)",
-    )
-    tr.add_argument("--wait", type=float, default=600.0, help="seconds to wait for a (new) membership")
-    tr.add_argument("--log-every", type=int, default=10, help="steps between progress lines")
-    tr.add_argument("--heartbeat-every", type=float, default=5.0, help="seconds between Heartbeats (default 5)")
-    tr.add_argument("--step-delay", type=float, default=0.0, help="sleep per step, to pace demos")
-    tr.add_argument("--final-state", type=Path, default=None, help="write the final model state_dict here")
+    ring.add_argument("--wire", choices=("none", "fp16", "bf16"), default="none", help="gradient compression")
+    ring.add_argument("--timeout", type=float, default=10.0, help="seconds before a silent peer counts as dead")
+    ring.add_argument("--join-timeout", type=float, default=60.0,
+                      help="seconds to wait for every member of a new generation at its rendezvous (default 60)")  # fmt: skip
+    ring.add_argument("--wait", type=float, default=600.0, help="seconds to wait for a (new) membership")
+    ring.add_argument("--log-every", type=int, default=10, help="steps between progress lines")
+    ring.add_argument("--heartbeat-every", type=float, default=5.0, help="seconds between Heartbeats (default 5)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    program: list[str] | None = None
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, program = argv[:cut], argv[cut + 1 :]
+        if not program:
+            build_parser().error("nothing after --: give the program to run, e.g. -- python train.py")
+    parser = build_parser()
+    args = parser.parse_args(argv)
     no_broker = args.broker_url in (None, "", "none")
     if not args.instance_id:
-        build_parser().error("--instance-id (or RINGFLEET_INSTANCE_ID) is needed")
-    if not args.job_id and no_broker:
-        build_parser().error("--job-id (or RINGFLEET_JOB_ID) is needed without a broker: nothing would place it")
+        parser.error("--instance-id (or RINGFLEET_INSTANCE_ID) is needed")
+    if program is None and no_broker:
+        parser.error("without a broker nothing places this agent: give the program to run after --")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
-    config = WorkerConfig(
+    config = RuntimeConfig(
         job_id=args.job_id,
         instance_id=args.instance_id,
-        steps=args.steps,
-        global_batch=args.global_batch,
-        lr=args.lr,
-        seed=args.seed,
-        commit_every=args.commit_every,
-        checkpoint_every=args.checkpoint_every,
-        backends=tuple(args.backends.split(",")),
-        wire=args.wire,
-        backward_passes_per_step=args.backward_passes_per_step,
-        timeout_s=args.timeout,
-        join_timeout_s=args.join_timeout,
-        wait_s=args.wait,
-        log_every=args.log_every,
-        heartbeat_every_s=args.heartbeat_every,
         broker_url=None if no_broker else args.broker_url,
         bucket=args.bucket,
         metadata_url=args.metadata_url,
+        static=parse_static(args.static_world) if args.static_world else None,
         discovery_file=args.discovery_file,
-        static=args.static_world,
-        final_state=args.final_state,
-        step_delay_s=args.step_delay,
+        backends=tuple(args.backends.split(",")),
+        wire=args.wire,
+        timeout_s=args.timeout,
+        join_timeout_s=args.join_timeout,
+        wait_s=args.wait,
+        heartbeat_every_s=args.heartbeat_every,
+        checkpoint_every=args.checkpoint_every,
+        log_every=args.log_every,
     )
-    Worker(config).run()
-    return 0
+    return Agent(config, entrypoint=program, container_runtime=args.container_runtime).run()
 
 
 if __name__ == "__main__":

@@ -1,412 +1,317 @@
-"""Elastic training: state with commit/restore/sync, membership behind HostDiscovery, and the retrying run loop."""
+"""Elastic training, Horovod's way: ``TorchState`` with commit/restore/sync, ``ElasticSampler`` and ``@run``.
+
+```python
+import training_worker as rf
+
+@rf.elastic.run
+def train(state):
+    for state.epoch in range(state.epoch, epochs):
+        state.sampler.set_epoch(state.epoch)
+        for x, y in loader:            # DataLoader(dataset, batch_sampler=state.sampler)
+            ...; optimizer.step()
+            state.commit()             # a step boundary: membership changes surface here
+
+state = rf.elastic.TorchState(model=model, optimizer=optimizer, sampler=sampler, epoch=0)
+train(state)
+```
+
+A failed collective (a peer died) restores the last commit, re-forms the ring with whoever is left and calls
+``train(state)`` again; a membership change (a replacement joins, a worker leaves with notice) raises
+``HostsUpdatedInterrupt`` out of ``state.commit()`` and re-forms the same way without counting as a failure. When
+``train`` returns, the runtime writes the job's final checkpoint. ``state.commit()`` is a collective: every rank calls
+it at the same points (every step, or every few).
+"""
 
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import threading
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import timedelta
-from enum import Enum
-from pathlib import Path
-from typing import Any, Protocol
+import random
+from collections.abc import Callable, Iterator, Sized
+from typing import Any, ParamSpec, TypeVar
 
 import torch
-import torch.distributed as dist
 
-from ringfleet.contracts import parse_message
-from ringfleet.contracts.messages import CheckpointRef, Reconfigure
+from training_worker import runtime as _rt
 from training_worker.checkpoint import snapshot
-from training_worker.data import ShardedDataSource
 from training_worker.optimizer import broadcast_tree
+from training_worker.runtime import CollectiveError, HostsUpdatedInterrupt, Stopped
 
-__all__ = [
-    "CommandDiscovery",
-    "ElasticState",
-    "FileDiscovery",
-    "FixedHosts",
-    "HostDiscovery",
-    "Membership",
-    "Outcome",
-    "run_elastic",
-]
+__all__ = ["ElasticSampler", "HostsUpdatedInterrupt", "TorchState", "run"]
 
 log = logging.getLogger("training_worker.elastic")
 
-
-@dataclass(frozen=True)
-class Membership:
-    """Who this worker is in one generation of the job."""
-
-    generation: int
-    rank: int
-    world_size: int
-    rendezvous: str  # host:port of rank 0's store
-    #: Restore this durable checkpoint before syncing (the control plane restarts the job from S3); None: keep the
-    #: in-memory state and sync it from a survivor.
-    checkpoint: CheckpointRef | None = None
-
-    @classmethod
-    def from_reconfigure(cls, command: Reconfigure, instance_id: str) -> Membership | None:
-        """This instance's place in ``command``, or None when the new generation leaves it out."""
-        if instance_id not in command.ranks:
-            return None
-        return cls(
-            command.generation, command.ranks[instance_id], command.world_size, command.rendezvous, command.checkpoint
-        )
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
-class HostDiscovery(Protocol):
-    """Where memberships come from: the control plane's Reconfigure in production, something fixed in tests."""
+class ElasticSampler(torch.utils.data.Sampler[list[int]]):
+    """A batch sampler whose global batch stays ``global_batch_size`` whatever the world size.
 
-    @property
-    def generation(self) -> int:
-        """The newest generation known, whether or not it includes this worker; -1 before the first."""
-        ...
+    Each epoch is one permutation of the dataset (seeded by ``seed`` and the epoch), cut into global batches; rank r
+    of W takes the r-th of W near-equal slices of each. The position is global (batches consumed in the epoch), not
+    per rank, so after a world change the new ring continues exactly where the old one stopped: no sample repeated,
+    none skipped. A trailing partial batch is dropped. Use it as ``DataLoader(dataset, batch_sampler=sampler)``; a
+    batch counts as consumed when the loader takes it (so keep ``num_workers=0``, or the loader's prefetching runs
+    ahead of the commits).
 
-    @property
-    def closed(self) -> bool:
-        """Whether this worker is done with memberships (Stop, SIGTERM, a spot notice): waiting returns at once."""
-        ...
+    When W does not divide the global batch, ranks hold shares of different sizes; the DistributedOptimizer then
+    weights each rank's gradient by its share, so the applied gradient is still the global batch's mean.
+    """
 
-    def wait(self, after_generation: int, timeout: float) -> Membership | None:
-        """The first membership newer than ``after_generation``, waiting up to ``timeout`` seconds; None when the
-        newest generation leaves this worker out, when the wait times out, or once closed."""
-        ...
+    def __init__(self, dataset: Sized, global_batch_size: int, *, shuffle: bool = True, seed: int = 0) -> None:
+        if not 0 < global_batch_size <= len(dataset):
+            raise ValueError(f"global_batch_size {global_batch_size} must be between 1 and the dataset size {len(dataset)}")
+        self.size = len(dataset)
+        self.global_batch_size = global_batch_size
+        self.shuffle, self.seed = shuffle, seed
+        self.epoch = 0
+        #: Global batches of this epoch consumed so far.
+        self.position = 0
 
-    def newer(self, than_generation: int) -> bool:
-        """Whether a newer membership (or the end of this worker's part) is known; must not block."""
-        ...
-
-    def close(self) -> None:
-        """Ends every present and future wait: the worker is leaving."""
-        ...
-
-
-class FixedHosts:
-    """One membership for the whole run (standalone use with --static-world, and tests)."""
-
-    def __init__(self, membership: Membership) -> None:
-        self.membership = membership
-        self._closed = False
+    def set_epoch(self, epoch: int) -> None:
+        """Moves to ``epoch`` (from its start); the epoch it is in already keeps its position, so calling this at
+        the top of every epoch resumes a half-done epoch where it stopped."""
+        if epoch != self.epoch:
+            self.epoch, self.position = epoch, 0
 
     @property
-    def generation(self) -> int:
-        return self.membership.generation
+    def batches_per_epoch(self) -> int:
+        return self.size // self.global_batch_size
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
+    def _order(self) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(self.size)
+        return torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch))
 
-    def wait(self, after_generation: int, timeout: float) -> Membership | None:
-        if self._closed:
-            return None
-        return self.membership if self.membership.generation > after_generation else None
+    def __iter__(self) -> Iterator[list[int]]:
+        order = self._order()
+        g = self.global_batch_size
+        while self.position < self.batches_per_epoch:
+            runtime = _rt.current()
+            membership = runtime.membership
+            rank, world = (membership.rank, membership.world_size) if membership is not None else (0, 1)
+            batch = order[self.position * g : (self.position + 1) * g]
+            mine = batch[rank * g // world : (rank + 1) * g // world]
+            self.position += 1
+            runtime.grad_scale = len(mine) * world / g
+            yield mine.tolist()
 
-    def newer(self, than_generation: int) -> bool:
-        return False
+    def __len__(self) -> int:
+        return self.batches_per_epoch - self.position
 
-    def close(self) -> None:
-        self._closed = True
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
 
-
-class CommandDiscovery:
-    """Memberships from Reconfigure commands, fed by the control channel; older generations are ignored."""
-
-    def __init__(self, instance_id: str) -> None:
-        self.instance_id = instance_id
-        self._latest: Reconfigure | None = None
-        self._closed = False
-        self._cond = threading.Condition()
-
-    def offer(self, command: Reconfigure) -> bool:
-        """Takes ``command`` if it is newer than every one seen; returns whether it did."""
-        with self._cond:
-            if self._latest is not None and command.generation <= self._latest.generation:
-                known = self._latest.generation
-                log.info("ignoring Reconfigure of generation %d: %d is known", command.generation, known)
-                return False
-            self._latest = command
-            self._cond.notify_all()
-            return True
-
-    @property
-    def generation(self) -> int:
-        return -1 if self._latest is None else self._latest.generation
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def close(self) -> None:
-        # Called from a signal handler too: the main thread may be inside wait(), whose lock it has released.
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
-    def wait(self, after_generation: int, timeout: float) -> Membership | None:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._latest is None or self._latest.generation <= after_generation:
-                if self._closed:
-                    return None
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                self._cond.wait(remaining)
-            latest = self._latest
-        return Membership.from_reconfigure(latest, self.instance_id)
-
-    def newer(self, than_generation: int) -> bool:
-        return self.generation > than_generation
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch, self.position, self.seed = int(state["epoch"]), int(state["position"]), int(state["seed"])
 
 
-class FileDiscovery(CommandDiscovery):
-    """A Reconfigure message in a JSON file, re-read when asked (like Horovod's discovery script): tests and
-    hand-run fleets play the control plane by rewriting the file."""
-
-    def __init__(self, path: Path, instance_id: str) -> None:
-        super().__init__(instance_id)
-        self.path = path
-        self._mtime = 0.0
-
-    def _refresh(self) -> None:
-        try:
-            mtime = self.path.stat().st_mtime
-            if mtime == self._mtime:
-                return
-            command = parse_message(json.loads(self.path.read_text()))
-        except (OSError, ValueError):
-            return  # absent or half-written: look again later
-        self._mtime = mtime
-        if isinstance(command, Reconfigure):
-            self.offer(command)
-
-    def wait(self, after_generation: int, timeout: float) -> Membership | None:
-        deadline = time.monotonic() + timeout
-        while True:
-            self._refresh()
-            found = super().wait(after_generation, 0)
-            if found is not None or self.generation > after_generation or self.closed or time.monotonic() >= deadline:
-                return found
-            time.sleep(0.1)
-
-    def newer(self, than_generation: int) -> bool:
-        self._refresh()
-        return super().newer(than_generation)
+def _has_state(value: Any) -> bool:
+    return callable(getattr(value, "state_dict", None)) and callable(getattr(value, "load_state_dict", None))
 
 
-class ElasticState:
-    """Model, optimizer, step and data position, with a cheap in-memory ``commit()`` to fall back to."""
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: ShardedDataSource) -> None:
-        self.model, self.optimizer, self.data = model, optimizer, data
-        self.step = 0
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    python = state["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class TorchState:
+    """What a job's training is: model, optimizer, sampler, any other keyword (``epoch=0``, ``scheduler=...``) and
+    the random number generators, with an in-memory ``commit()`` to fall back to.
+
+    Keywords with ``state_dict()``/``load_state_dict()`` (LR schedulers, GradScaler, another model) are saved through
+    them; plain values (numbers, lists) as they are, and read and written as attributes (``state.epoch``). A
+    checkpoint holds exactly this, and so does what a survivor sends a joining worker.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module | None = None,
+        optimizer: Any = None,
+        sampler: ElasticSampler | None = None,
+        **values: Any,
+    ) -> None:
+        self._names = list(values)
+        self.model, self.optimizer, self.sampler = model, optimizer, sampler
+        for name, value in values.items():
+            setattr(self, name, value)
         self._commit: dict[str, Any] | None = None
-        self.committed_step = -1
+        self._reset_callbacks: list[Callable[[], None]] = []
+        self._restored = False
+        if sampler is not None:
+            _rt.current().global_batch = sampler.global_batch_size
+
+    def register_reset_callbacks(self, callbacks: list[Callable[[], None]]) -> None:
+        """Called after every re-formed ring (a new world size), before the state syncs: rescale learning rates..."""
+        self._reset_callbacks.extend(callbacks)
+
+    def on_reset(self) -> None:
+        for callback in self._reset_callbacks:
+            callback()
+
+    # -- the tree ---------------------------------------------------------------------------------------------------
 
     def tree(self) -> dict[str, Any]:
+        values = {n: (v.state_dict() if _has_state(v) else v) for n in self._names for v in [getattr(self, n)]}
         return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "trainer": {"step": self.step, "data": self.data.state_dict(), "rng": torch.get_rng_state()},
+            "model": self.model.state_dict() if self.model is not None else {},
+            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else {},
+            "trainer": {
+                "step": _rt.current().step,
+                "sampler": self.sampler.state_dict() if self.sampler is not None else {},
+                "values": values,
+                "rng": _rng_state(),
+            },
         }
 
     def load(self, tree: dict[str, Any]) -> None:
-        self.model.load_state_dict(tree["model"])
-        self.optimizer.load_state_dict(tree["optimizer"])
+        if self.model is not None:
+            self.model.load_state_dict(tree["model"])
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(tree["optimizer"])
         trainer = tree["trainer"]
-        self.step = int(trainer["step"])
-        self.data.load_state_dict(trainer["data"])
-        torch.set_rng_state(trainer["rng"])
+        _rt.current().step = int(trainer["step"])
+        if self.sampler is not None:
+            self.sampler.load_state_dict(trainer["sampler"])
+        for name in self._names:
+            current, saved = getattr(self, name), trainer["values"][name]
+            if _has_state(current):
+                current.load_state_dict(saved)
+            else:
+                setattr(self, name, saved)
+        _set_rng_state(trainer["rng"])
+        self._restored = True
 
-    def commit(self) -> None:
+    def committed(self) -> dict[str, Any]:
+        """The last commit (what a checkpoint writes)."""
+        if self._commit is None:
+            self.save()
+        assert self._commit is not None
+        return self._commit
+
+    # -- Horovod's State interface ----------------------------------------------------------------------------------
+
+    def save(self) -> None:
+        """Snapshots the state in memory (no collective)."""
         self._commit = snapshot(self.tree())
-        self.committed_step = self.step
 
     def restore(self) -> None:
+        """Back to the last commit; a step the optimizer had half reduced is forgotten."""
         if self._commit is not None:
             self.load(snapshot(self._commit))
+        reset = getattr(self.optimizer, "reset", None)
+        if callable(reset):
+            reset()
+
+    def commit(self) -> None:
+        """Snapshots the state and takes a step boundary with the other ranks: checkpoints when asked or due, and
+        raises HostsUpdatedInterrupt when the membership changes. A collective: every rank calls it together."""
+        self.save()
+        _rt.current().boundary(self)
+
+    def check_host_updates(self) -> None:
+        """A step boundary without a snapshot (Horovod's name)."""
+        _rt.current().boundary(self)
 
     def sync(self) -> int:
-        """Makes every rank hold the state of the rank furthest ahead (a survivor, not a joiner); returns its rank."""
-        steps: list[int] = [0] * dist.get_world_size()
-        dist.all_gather_object(steps, self.step)
+        """Makes every rank hold the state of the rank furthest ahead (a survivor, not a joiner); returns its rank.
+
+        When every rank is fresh (a job starting, or restarting after all its workers were lost), rank 0 first loads
+        the job's newest checkpoint that verifies, so the job resumes there.
+        """
+        import torch.distributed as dist
+
+        runtime = _rt.current()
+        membership = runtime.require_membership()
+        named = runtime.restore_named(membership)
+        if named is not None:
+            self.load(named)
+        steps: list[Any] = [None] * membership.world_size
+        _rt.collective(lambda: dist.all_gather_object(steps, (runtime.step, self._restored)))
+        fresh = all(step == 0 and not restored for step, restored in steps)
+        if fresh and membership.rank == 0:
+            newest = runtime.newest_checkpoint()
+            if newest is not None:
+                self.load(newest)
+                steps[0] = (runtime.step, True)
         root = max(range(len(steps)), key=lambda r: (steps[r], -r))
-        tree = broadcast_tree(self.tree(), root=root)
-        if dist.get_rank() != root:
+        tree = _rt.collective(lambda: broadcast_tree(self.tree(), root=root))
+        if membership.rank != root:
             self.load(tree)
-        self.commit()
+        self.save()
+        runtime.last_checkpoint_step = max(runtime.last_checkpoint_step, runtime.step)
         return root
 
 
-class Outcome(Enum):
-    DONE = "done"  # trained all steps
-    CHANGED = "changed"  # membership changes at a step boundary: re-form, not a failure
-    STOPPED = "stopped"  # Stop command, or this worker is leaving (SIGTERM, spot notice)
+def run(func: Callable[..., R]) -> Callable[..., R]:
+    """Wraps the training function ``func(state, ...)`` so that it survives lost peers and membership changes.
 
-
-class Superseded(Exception):
-    """A newer generation was announced while this one was being joined: join that one instead (not a failure)."""
-
-
-#: How long one attempt to reach a rendezvous lasts before the worker checks whether it was superseded.
-_CONNECT_SLICE_S = 2.0
-
-
-def _join(
-    membership: Membership,
-    backend: str,
-    timeout_s: float,
-    join_timeout_s: float,
-    superseded: Callable[[], bool] = lambda: False,
-) -> None:
-    """Joins the generation's group once every member has arrived at its rendezvous.
-
-    Two timeouts: members of a new generation arrive over seconds (a survivor still notices the old ring's failure,
-    a replacement is starting), so the rendezvous waits up to ``join_timeout_s`` for all of them; once they are
-    all there, a collective that stalls for ``timeout_s`` means a dead peer, noticed in seconds. While waiting, a
-    newer generation (its rank 0 may never serve this one) ends the wait with ``Superseded``.
+    Each (re-)formed ring runs the reset callbacks (after the first), syncs the state from the rank furthest ahead
+    and calls ``func``. A failed collective restores the last commit and re-forms (at most ``max_failures`` times in
+    a row of failures); ``HostsUpdatedInterrupt`` re-forms without counting. When ``func`` returns, the runtime
+    writes the final checkpoint and the result is returned.
     """
-    host, port = membership.rendezvous.rsplit(":", 1)
-    deadline = time.monotonic() + join_timeout_s
 
-    def check(what: str) -> None:
-        if superseded():
-            raise Superseded(f"generation {membership.generation} was superseded while {what}")
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"generation {membership.generation}: {what} for {join_timeout_s:.0f}s")
-
-    store: dist.TCPStore | None = None
-    while store is None:
-        try:
-            store = dist.TCPStore(
-                host,
-                int(port),
-                is_master=membership.rank == 0,
-                timeout=timedelta(seconds=_CONNECT_SLICE_S),
-                wait_for_workers=False,
-            )
-        except (RuntimeError, ConnectionError):
-            if membership.rank == 0:
-                raise  # the server could not bind: no retry helps
-            check(f"rank 0's rendezvous at {membership.rendezvous} did not answer")
-    # The process group keeps the store (rank 0's serves the rendezvous) until the group is destroyed.
-    store.set_timeout(timedelta(seconds=join_timeout_s))
-    arrived = store.add("arrived", 1)
-    while arrived < membership.world_size:
-        check(f"{arrived} of {membership.world_size} members arrived at {membership.rendezvous}")
-        time.sleep(0.02)
-        arrived = store.add("arrived", 0)
-    dist.init_process_group(
-        backend,
-        store=store,
-        rank=membership.rank,
-        world_size=membership.world_size,
-        # Short: a dead peer must be noticed in seconds. A killed process is usually seen at once (its sockets
-        # close); a frozen one only when this runs out.
-        timeout=timedelta(seconds=timeout_s),
-    )
-
-
-def _leave() -> None:
-    if dist.is_initialized():
-        try:
-            dist.destroy_process_group()
-        except Exception as e:  # after a failure the group may already be half gone
-            log.debug("destroying the process group: %s", e)
-
-
-def run_elastic(
-    state: ElasticState,
-    train: Callable[[Membership], Outcome],
-    discovery: HostDiscovery,
-    *,
-    backend: str = "gloo",
-    timeout_s: float = 10.0,
-    join_timeout_s: float = 60.0,
-    wait_s: float = 600.0,
-    first_wait_s: float | None = None,
-    max_failures: int = 10,
-    on_failure: Callable[[Membership, BaseException], None] | None = None,
-    before_sync: Callable[[Membership], None] | None = None,
-) -> Outcome:
-    """Runs ``train`` generation after generation until it finishes or stops.
-
-    A failed collective restores the last commit, leaves the group and waits for the next membership (the
-    survivors, or a replacement); a membership change at a step boundary re-forms the group without counting as
-    a failure. A worker that has not been a member yet waits as a spare through generations that leave it out; a
-    member that a newer generation leaves out ends its run, and so does one whose discovery is closed.
-    ``before_sync`` runs once the group is joined, before the state is synced (restoring a durable checkpoint).
-    ``first_wait_s`` bounds the wait for the first membership instead of ``wait_s`` (a worker that boots with its
-    instance may wait long for the scaler to place it).
-    """
-    failures, generation, member = 0, -1, False
-    while True:
-        membership = discovery.wait(generation, wait_s if member or first_wait_s is None else first_wait_s)
-        if membership is None:
-            if discovery.closed:
-                log.info("leaving: no further generation is joined")
-                return Outcome.STOPPED
-            newest = discovery.generation
-            if newest <= generation:
-                raise TimeoutError(f"no membership newer than generation {generation} within {wait_s}s")
-            if member:
-                log.info("generation %d leaves this worker out: stopping", newest)
-                return Outcome.STOPPED
-            log.info("generation %d does not include this worker: waiting as a spare", newest)
-            generation = newest
-            continue
-        generation, member = membership.generation, True
-        log.info(
-            "joining generation %d as rank %d of %d at %s",
-            generation,
-            membership.rank,
-            membership.world_size,
-            membership.rendezvous,
-        )
-        try:
-            _join(membership, backend, timeout_s, join_timeout_s, functools.partial(discovery.newer, generation))
-            if before_sync is not None:
-                before_sync(membership)
-            root = state.sync()
-            log.info("generation %d: state synced from rank %d at step %d", generation, root, state.step)
-            outcome = train(membership)
-        except Superseded as e:
-            log.info("%s: joining the newer one", e)
-            _leave()
-            continue
-        except (RuntimeError, TimeoutError, ConnectionError) as e:
-            failures += 1
-            failed_at = state.step
-            state.restore()
-            log.warning(
-                "collective failed at step %d in generation %d (%s): restored the commit of step %d, failure %d/%d",
-                failed_at,
-                generation,
-                str(e).splitlines()[0] if str(e) else type(e).__name__,
-                state.step,
-                failures,
-                max_failures,
-            )
-            if on_failure is not None:
-                on_failure(membership, e)
-            _leave()
-            if failures >= max_failures:
+    @functools.wraps(func)
+    def wrapper(state: TorchState, *args: Any, **kwargs: Any) -> R:
+        runtime = _rt.current()
+        if not runtime.initialized:
+            raise RuntimeError("call training_worker.init() before the @elastic.run function")
+        first = True
+        while True:
+            try:
+                if runtime.membership is None:
+                    runtime.join_next()
+                if not first:
+                    state.on_reset()
+                root = state.sync()
+                membership = runtime.require_membership()
+                log.info("generation %d: state synced from rank %d at step %d", membership.generation, root, runtime.step)
+                first = False
+                result = func(state, *args, **kwargs)
+            except HostsUpdatedInterrupt as e:
+                log.info(
+                    "left generation %d at step %d, a membership change and not a failure (failures: %d): %s",
+                    runtime.generation,
+                    runtime.step,
+                    runtime.failures,
+                    e,
+                )
+                runtime.leave_group()
+                continue
+            except CollectiveError as e:
+                failed_at = runtime.step
+                state.restore()
+                log.warning(
+                    "collective failed at step %d in generation %d (%s): restored the commit of step %d, failure %d/%d",
+                    failed_at,
+                    runtime.generation,
+                    str(e).splitlines()[0] if str(e) else type(e).__name__,
+                    runtime.step,
+                    runtime.failures + 1,
+                    runtime.config.max_failures,
+                )
+                runtime.ring_failed(e)
+                runtime.leave_group()
+                if runtime.failures >= runtime.config.max_failures:
+                    raise
+                first = False
+                continue
+            except Stopped:
+                runtime.leave_group()
                 raise
-            log.info("waiting for a Reconfigure newer than generation %d", generation)
-            continue
-        _leave()
-        if outcome is not Outcome.CHANGED:
-            return outcome
-        log.info(
-            "left generation %d at step %d, a membership change and not a failure (failures: %d): "
-            "waiting for a Reconfigure newer than generation %d",
-            generation,
-            state.step,
-            failures,
-            generation,
-        )
+            runtime.finish(state)
+            return result
+
+    return wrapper

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from training_worker import runtime as _rt
 from training_worker.collectives import AllreduceBackend, Handle
 
 __all__ = ["DistributedOptimizer", "broadcast_tree"]
@@ -33,31 +35,55 @@ class _Building:
     nbytes: int = 0
 
 
-class DistributedOptimizer:
-    """Wraps a torch optimizer so that ``step()`` applies gradients averaged over all ranks.
+class DistributedOptimizer(torch.optim.Optimizer):
+    """Wraps any torch optimizer so that ``step()`` applies gradients averaged over all ranks (Horovod's
+    ``hvd.DistributedOptimizer``).
 
     Buckets are formed on the first step in the order backward produces gradients, then kept (and their fusion
     buffers reused) for the rest of the run; buckets are launched in that order on every rank, so all ranks issue
-    the same sequence of collectives. With ``backward_passes_per_step=k`` the gradients of k backward passes are
-    accumulated locally and reduced once; the applied gradient is their mean over passes and ranks, which is the
-    gradient of one worker on the whole global batch when each pass's loss is a mean over its micro-batch.
+    the same sequence of collectives, each while backward still runs. With ``backward_passes_per_step=k`` the
+    gradients of k backward passes are accumulated locally and reduced once; the applied gradient is their mean over
+    passes and ranks. ``synchronize()`` makes the averaged gradients available before ``step()`` (to clip them);
+    ``step()`` then does not reduce again.
+
+    It is a ``torch.optim.Optimizer`` sharing the wrapped one's ``param_groups`` and ``state``, so LR schedulers,
+    ``state_dict()`` and ``zero_grad()`` work on it as on the original. The ring it reduces over is the runtime's
+    current one (it changes with every generation); ``backend`` pins one instead (benchmarks, tests).
     """
 
     def __init__(
         self,
         optimizer: torch.optim.Optimizer,
-        params: Iterable[torch.nn.Parameter],
-        backend: AllreduceBackend,
+        named_parameters: Iterable[tuple[str, torch.nn.Parameter]] | Iterable[torch.nn.Parameter] | None = None,
+        backward_passes_per_step: int = 1,
         *,
         bucket_bytes: int = DEFAULT_BUCKET_BYTES,
-        backward_passes_per_step: int = 1,
+        backend: AllreduceBackend | None = None,
     ) -> None:
         if backward_passes_per_step < 1:
             raise ValueError("backward_passes_per_step must be at least 1")
+        # Not Optimizer.__init__: this object shares the wrapped optimizer's groups and state instead of its own.
         self.optimizer = optimizer
-        self.backend = backend
+        self.defaults = optimizer.defaults
+        self.param_groups = optimizer.param_groups
+        self.state = optimizer.state
+        self._optimizer_step_pre_hooks = optimizer._optimizer_step_pre_hooks
+        self._optimizer_step_post_hooks = optimizer._optimizer_step_post_hooks
+        self._optimizer_state_dict_pre_hooks = optimizer._optimizer_state_dict_pre_hooks
+        self._optimizer_state_dict_post_hooks = optimizer._optimizer_state_dict_post_hooks
+        self._optimizer_load_state_dict_pre_hooks = optimizer._optimizer_load_state_dict_pre_hooks
+        self._optimizer_load_state_dict_post_hooks = optimizer._optimizer_load_state_dict_post_hooks
+        self._pinned = backend
         self.bucket_bytes = bucket_bytes
         self.backward_passes_per_step = backward_passes_per_step
+        if named_parameters is None:
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+        else:
+            params = [p[1] if isinstance(p, tuple) else p for p in named_parameters]
+        grouped = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        missing = [p for p in params if id(p) not in grouped]
+        if missing:
+            raise ValueError(f"{len(missing)} of named_parameters are not optimised by the wrapped optimizer")
         self.params = [p for p in params if p.requires_grad]
         self._passes = dict.fromkeys(map(id, self.params), 0)
         self._buckets: list[_Bucket] = []
@@ -65,23 +91,32 @@ class DistributedOptimizer:
         self._frozen = False
         self._building = _Building()
         self._next_launch = 0
+        self._synchronized = False
         self._hooks = [p.register_post_accumulate_grad_hook(self._on_grad) for p in self.params]
 
     @property
-    def param_groups(self) -> list[dict[str, Any]]:
-        return self.optimizer.param_groups
+    def backend(self) -> AllreduceBackend:
+        return self._pinned if self._pinned is not None else _rt.current().require_backend()
 
     def state_dict(self) -> dict[str, Any]:
         return self.optimizer.state_dict()
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state)
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state_dict)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
+    def reset(self) -> None:
+        """Forgets a step that was half reduced when its ring failed (called when the state is restored)."""
+        for bucket in self._buckets:
+            bucket.ready, bucket.handle, bucket.launched = 0, None, False
+        self._next_launch = 0
+        self._passes = dict.fromkeys(self._passes, 0)
+        self._synchronized = False
+
     def close(self) -> None:
-        """Removes the gradient hooks (before the model is wrapped again, e.g. after a membership change)."""
+        """Removes the gradient hooks."""
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
@@ -138,13 +173,22 @@ class DistributedOptimizer:
                 part.zero_()  # unused on this rank this step; it still has to take part in the reduction
             else:
                 part.copy_(p.grad.reshape(-1))
-        if self.backward_passes_per_step > 1:
-            bucket.buffer.div_(self.backward_passes_per_step)
-        bucket.handle = self.backend.allreduce_async(bucket.buffer, "avg")
+        # Each rank's share of the global batch weighs its gradient (ElasticSampler's uneven splits), and k
+        # accumulated passes are averaged.
+        scale = (1.0 if self._pinned is not None else _rt.current().grad_scale) / self.backward_passes_per_step
+        if scale != 1.0:
+            bucket.buffer.mul_(scale)
+        bucket.handle = _rt.collective(lambda: self.backend.allreduce_async(bucket.buffer, "avg"))
         bucket.launched = True
 
     def synchronize(self) -> None:
-        """Reduces what backward has not launched yet, waits for every bucket, and writes the averages to .grad."""
+        """Reduces what backward has not launched yet, waits for every bucket, and writes the averages to .grad.
+
+        Call it before ``step()`` to work on the averaged gradients (``clip_grad_norm_``); ``step()`` then applies
+        them without reducing again.
+        """
+        if self._synchronized:
+            return
         if not self._frozen:
             # Parameters that produced no gradient on the first step go into the last bucket.
             building = {id(p) for p in self._building.params}
@@ -157,8 +201,9 @@ class DistributedOptimizer:
             bucket.ready = len(bucket.params)
         self._launch_ready()
         for bucket in self._buckets:
-            assert bucket.handle is not None
-            bucket.handle.wait()
+            handle = bucket.handle
+            assert handle is not None
+            _rt.collective(handle.wait)
             for p, offset in zip(bucket.params, bucket.offsets, strict=True):
                 reduced = bucket.buffer[offset : offset + p.numel()].view_as(p)
                 if p.grad is None:
@@ -168,10 +213,23 @@ class DistributedOptimizer:
             bucket.ready, bucket.handle, bucket.launched = 0, None, False
         self._next_launch = 0
         self._passes = dict.fromkeys(self._passes, 0)
+        self._synchronized = True
 
-    def step(self) -> None:
+    @contextlib.contextmanager
+    def skip_synchronize(self) -> Iterator[None]:
+        """Horovod's way to say "step() must not reduce again" after ``synchronize()``; kept so that ported
+        scripts run unchanged (``step()`` never reduces twice anyway)."""
+        yield
+
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        if closure is not None:
+            raise ValueError("DistributedOptimizer.step() takes no closure: its gradients come from backward hooks")
         self.synchronize()
-        self.optimizer.step()
+        result = self.optimizer.step()
+        self._synchronized = False
+        if self._pinned is None:
+            _rt.current().on_step()
+        return result
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ __all__ = [
     "JobSubmitted",
     "Message",
     "MessageBase",
+    "Program",
     "Reconfigure",
     "Stop",
     "WorkerFailed",
@@ -124,6 +125,9 @@ class JobSubmitted(MessageBase):
     checkpoint_interval_steps: Annotated[int, Field(strict=True, ge=1, le=10**9)]
     budget_usd_per_hour: Annotated[FiniteFloat, Field(gt=0, le=100_000)]
     hyperparameters: dict[MetadataKey, MetadataValue] = Field(default_factory=dict, max_length=256)
+    #: How many times the job's script may fail (raise, exit non-zero, never call ``init()``) before the job ends
+    #: FAILED; like torchrun's ``--max-restarts``. Membership changes and lost nodes never count.
+    max_restarts: Annotated[int, Field(strict=True, ge=0, le=100)] = 3
 
     @field_validator("instance_types")
     @classmethod
@@ -207,7 +211,10 @@ class WorkerFailed(MessageBase):
     reason: Reason
     #: ``self``: this worker cannot go on and is the lost node. ``ring``: a collective with its peers failed; the
     #: reporter is alive, rolled back to its last commit and waits for a Reconfigure: one of its peers is gone.
-    scope: Literal["self", "ring"] = "self"
+    #: ``script``: the job's own code failed (raised, exited non-zero, never called ``init()``, or its entrypoint is
+    #: missing); ``reason`` ends with the last lines of its traceback. The instance is fine and waits for the next
+    #: Reconfigure to run the script again; the job counts it against ``max_restarts``.
+    scope: Literal["self", "ring", "script"] = "self"
 
 
 # -- commands (control plane -> workers, on the commands exchange) -----------------------------------------------
@@ -261,6 +268,27 @@ class CheckpointRef(BaseModel):
         return parsed
 
 
+class Program(BaseModel):
+    """What a job's workers run: the job's container image, its entrypoint and hyperparameters (from its spec)."""
+
+    model_config = ConfigDict(defer_build=True, extra="forbid", frozen=True)
+
+    image: _Image
+    entrypoint: list[_Arg] = Field(min_length=1, max_length=256)
+    hyperparameters: dict[MetadataKey, MetadataValue] = Field(default_factory=dict, max_length=256)
+    #: Steps between the job's regular S3 checkpoints.
+    checkpoint_interval_steps: Annotated[int, Field(strict=True, ge=1, le=10**9)] = 50
+
+    @classmethod
+    def of(cls, spec: JobSubmitted) -> Program:
+        return cls(
+            image=spec.image,
+            entrypoint=spec.entrypoint,
+            hyperparameters=spec.hyperparameters,
+            checkpoint_interval_steps=spec.checkpoint_interval_steps,
+        )
+
+
 class Reconfigure(MessageBase):
     """Re-form the ring: the new generation's members, their ranks, where to rendezvous and what to restore."""
 
@@ -274,6 +302,8 @@ class Reconfigure(MessageBase):
     rendezvous: str
     #: None: keep the in-memory state (survivors sync from each other); set: restore from this checkpoint.
     checkpoint: CheckpointRef | None = None
+    #: What the job runs: an instance agent placed by this Reconfigure starts the program's entrypoint.
+    program: Program | None = None
 
     @field_validator("rendezvous")
     @classmethod

@@ -1,0 +1,235 @@
+"""The instance agent: boots with its instance, learns its job from the first Reconfigure, runs the job's program.
+
+A Python entrypoint (``python script.py ...``, ``python -m module ...``, ``script.py ...``) runs inside the agent's
+own interpreter, already warm (torch imported, control channel connected), so a worker placed on a job trains within
+a second; anything else (or ``--container-runtime``, how it runs in AWS) runs as a child process, which gets this
+runtime's configuration and the Reconfigure that placed it through environment variables. The job's
+hyperparameters are passed both as ``--name value`` arguments and as JSON in ``RINGFLEET_HYPERPARAMETERS``
+(SageMaker's habit).
+
+When the script fails (raises, exits non-zero, never calls ``training_worker.init()``, or its entrypoint does not
+exist), the agent reports ``WorkerFailed(scope="script")`` with the last lines of the traceback and waits for the
+next Reconfigure to run it again: the control plane counts failures against the job's ``max_restarts`` and ends it
+FAILED past them. Membership changes never count: they happen inside the script's ``@elastic.run``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import runpy
+import shlex
+import subprocess
+import sys
+import traceback
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+from ringfleet.contracts.messages import Program
+from training_worker import runtime as _rt
+from training_worker.runtime import Runtime, RuntimeConfig, Stopped
+
+__all__ = ["Agent", "ScriptFailed", "command_line"]
+
+log = logging.getLogger("training_worker.agent")
+
+#: Lines of a failed script's traceback (or output) the control plane gets.
+TRACEBACK_LINES = 12
+
+
+class ScriptFailed(Exception):
+    """The job's script failed; the message names the cause and ends with the last lines of its traceback."""
+
+
+def _argument(value: object) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def command_line(program: Program) -> list[str]:
+    """The entrypoint with the hyperparameters appended as ``--name value``."""
+    args = list(program.entrypoint)
+    for name, value in program.hyperparameters.items():
+        args += [f"--{name}", _argument(value)]
+    return args
+
+
+_PYTHONS = {"python", "python3", f"python3.{sys.version_info.minor}", sys.executable}
+
+
+@dataclass(frozen=True)
+class _PythonTarget:
+    kind: str  # "path" or "module"
+    target: str
+    argv: list[str]
+
+
+def _python_target(argv: list[str]) -> _PythonTarget | None:
+    """How to run ``argv`` in this interpreter, or None when it is not a plain Python entrypoint."""
+    if argv and (argv[0] in _PYTHONS or Path(argv[0]).name in _PYTHONS):
+        rest = argv[1:]
+        if len(rest) >= 2 and rest[0] == "-m":
+            return _PythonTarget("module", rest[1], [rest[1], *rest[2:]])
+        if rest and not rest[0].startswith("-"):
+            return _PythonTarget("path", rest[0], rest)
+        return None
+    if argv and argv[0].endswith(".py"):
+        return _PythonTarget("path", argv[0], argv)
+    return None
+
+
+def _tail(text: str, lines: int = TRACEBACK_LINES) -> str:
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+class Agent:
+    """Runs the job's program on this instance, again after each failure, until it ends or the worker leaves."""
+
+    def __init__(
+        self, config: RuntimeConfig, *, entrypoint: list[str] | None = None, container_runtime: str | None = None
+    ) -> None:
+        self.config = config
+        self.entrypoint = entrypoint
+        self.container_runtime = container_runtime
+        self.runtime = _rt.install(Runtime(config))
+
+    def program(self) -> Program:
+        """The program given on the command line, or the one the first Reconfigure names (waiting for it)."""
+        if self.entrypoint is not None:
+            return Program(
+                image="local", entrypoint=self.entrypoint, checkpoint_interval_steps=self.config.checkpoint_every
+            )
+        commands = self.runtime.commands
+        if commands is None:
+            raise SystemExit("nothing to run: give an entrypoint after -- or a broker to be placed through")
+        while commands.latest is None or commands.latest.program is None:
+            if commands.closed:
+                raise Stopped("leaving before being placed")
+            commands.wait(commands.generation, _rt.UNPLACED_WAIT_S)
+            if commands.latest is not None and commands.latest.program is None:
+                raise SystemExit(
+                    f"Reconfigure of generation {commands.latest.generation} names no program: the control plane "
+                    "is older than this worker"
+                )
+        return commands.latest.program
+
+    def run(self) -> int:
+        """Exit status: 0 when the job's program ended (trained, stopped or left), 1 when it failed for good."""
+        runtime = self.runtime
+        runtime.start()
+        try:
+            program = self.program()
+            while True:
+                try:
+                    self._run_once(program)
+                    return 0
+                except Stopped as e:
+                    log.info("stopped: %s", e)
+                    print(f"finished: stopped at step {runtime.step}", flush=True)
+                    return 0
+                except ScriptFailed as e:
+                    log.error("the job's script failed: %s", e)
+                    runtime.script_failed(str(e))
+                    if runtime.channel is None or runtime.discovery.closed:
+                        return 1
+                    runtime.reset_for_rerun()
+                    # The control plane restarts the job with a new generation (or stops it past max_restarts).
+                    log.info("waiting for a Reconfigure newer than generation %d to run it again", runtime.generation)
+                    latest = runtime.discovery.wait(runtime.generation, runtime.config.wait_s)
+                    if latest is None:
+                        return 0 if runtime.discovery.closed else 1
+        except Stopped as e:
+            log.info("stopped: %s", e)
+            return 0
+        finally:
+            runtime.close()
+
+    def _run_once(self, program: Program) -> None:
+        argv = command_line(program)
+        os.environ["RINGFLEET_HYPERPARAMETERS"] = json.dumps(program.hyperparameters)
+        os.environ["RINGFLEET_CHECKPOINT_EVERY"] = str(program.checkpoint_interval_steps)
+        self.runtime.config.checkpoint_every = program.checkpoint_interval_steps
+        target = None if self.container_runtime else _python_target(argv)
+        if target is None:
+            self._run_child(program, argv)
+        else:
+            self._run_in_process(target, shlex.join(argv))
+
+    def _run_in_process(self, target: _PythonTarget, shown: str) -> None:
+        log.info("running the job's entrypoint in this interpreter: %s", shown)
+        if target.kind == "path" and not Path(target.target).is_file():
+            raise ScriptFailed(
+                f"entrypoint {shown!r}: {target.target} does not exist (the agent runs in {Path.cwd()}; "
+                "relative paths resolve there)"
+            )
+        saved_argv, saved_path = sys.argv, list(sys.path)
+        sys.argv = list(target.argv)
+        if target.kind == "path":
+            sys.path.insert(0, str(Path(target.target).resolve().parent))
+        try:
+            if target.kind == "module":
+                runpy.run_module(target.target, run_name="__main__", alter_sys=True)
+            else:
+                runpy.run_path(target.target, run_name="__main__")
+        except Stopped:
+            raise
+        except SystemExit as e:
+            if e.code not in (None, 0):
+                raise ScriptFailed(f"entrypoint {shown!r} exited with status {e.code}") from e
+        except ImportError as e:
+            raise ScriptFailed(f"entrypoint {shown!r}: {e}\n{_tail(traceback.format_exc())}") from e
+        except BaseException as e:
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            raise ScriptFailed(
+                f"entrypoint {shown!r} raised {type(e).__name__}: {e}\n{_tail(traceback.format_exc())}"
+            ) from e
+        finally:
+            sys.argv, sys.path[:] = saved_argv, saved_path
+        if not self.runtime.initialized:
+            raise ScriptFailed(
+                f"entrypoint {shown!r} ended without calling training_worker.init(): it trained nothing with the "
+                "ring; call training_worker.init() first and wrap the training loop in @training_worker.elastic.run"
+            )
+
+    def _run_child(self, program: Program, argv: list[str]) -> None:
+        """A non-Python entrypoint, or the job's container image: the child runs its own runtime, so this one lets
+        go of the control channel (one consumer per mailbox) until the child ends."""
+        runtime = self.runtime
+        commands = runtime.commands
+        latest = commands.latest if commands is not None else None
+        env = {
+            **runtime.config.environment(),
+            "RINGFLEET_HYPERPARAMETERS": json.dumps(program.hyperparameters),
+            "RINGFLEET_CHECKPOINT_EVERY": str(program.checkpoint_interval_steps),
+            **({"RINGFLEET_RECONFIGURE": latest.model_dump_json()} if latest is not None else {}),
+            **({"RINGFLEET_JOB_ID": runtime.config.job_id} if runtime.config.job_id else {}),
+        }
+        if self.container_runtime:
+            flags = [f"--env={k}" for k in sorted(env)]
+            command = [self.container_runtime, "run", "--rm", "--network=host", *flags, program.image, *argv]
+        else:
+            command = argv
+        log.info("running the job's entrypoint as a child process: %s", shlex.join(command))
+        if runtime.channel is not None:
+            runtime.channel.close()
+            runtime.channel = None
+        tail: deque[str] = deque(maxlen=TRACEBACK_LINES)
+        try:
+            child = subprocess.Popen(
+                command, env={**os.environ, **env}, stdout=sys.stdout, stderr=subprocess.PIPE, text=True
+            )
+        except OSError as e:
+            raise ScriptFailed(f"entrypoint {shlex.join(argv)!r} could not start: {e}") from e
+        assert child.stderr is not None
+        try:
+            for line in child.stderr:
+                sys.stderr.write(line)
+                tail.append(line.rstrip())
+            status = child.wait()
+        finally:
+            runtime.reconnect()
+        if status != 0:
+            raise ScriptFailed(f"entrypoint {shlex.join(argv)!r} exited with status {status}\n" + "\n".join(tail))
+        runtime.initialized = True

@@ -1,0 +1,277 @@
+"""Membership: who a worker is in each generation of its job, where that comes from, and joining its group.
+
+A generation's membership comes from behind ``HostDiscovery`` (Horovod's idea): the control plane's Reconfigure
+commands in production (``CommandDiscovery``), a JSON file re-read on change (``FileDiscovery``), or one fixed ring
+(``FixedHosts``: standalone runs, torchrun-style environment variables, tests). Joining waits at rank 0's
+rendezvous until every member has arrived, so a ring never forms half-populated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Protocol
+
+import torch.distributed as dist
+
+from ringfleet.contracts import parse_message
+from ringfleet.contracts.messages import CheckpointRef, Reconfigure
+
+__all__ = [
+    "CommandDiscovery",
+    "FileDiscovery",
+    "FixedHosts",
+    "HostDiscovery",
+    "Membership",
+    "Superseded",
+    "join_group",
+    "leave_group",
+]
+
+log = logging.getLogger("training_worker.membership")
+
+
+@dataclass(frozen=True)
+class Membership:
+    """Who this worker is in one generation of the job."""
+
+    generation: int
+    rank: int
+    world_size: int
+    rendezvous: str  # host:port of rank 0's store
+    #: Restore this durable checkpoint before syncing (the control plane restarts the job from S3); None: keep the
+    #: in-memory state and sync it from a survivor.
+    checkpoint: CheckpointRef | None = None
+
+    @classmethod
+    def from_reconfigure(cls, command: Reconfigure, instance_id: str) -> Membership | None:
+        """This instance's place in ``command``, or None when the new generation leaves it out."""
+        if instance_id not in command.ranks:
+            return None
+        return cls(
+            command.generation, command.ranks[instance_id], command.world_size, command.rendezvous, command.checkpoint
+        )
+
+
+class HostDiscovery(Protocol):
+    """Where memberships come from: the control plane's Reconfigure in production, something fixed in tests."""
+
+    @property
+    def generation(self) -> int:
+        """The newest generation known, whether or not it includes this worker; -1 before the first."""
+        ...
+
+    @property
+    def closed(self) -> bool:
+        """Whether this worker is done with memberships (Stop, SIGTERM, a spot notice): waiting returns at once."""
+        ...
+
+    def wait(self, after_generation: int, timeout: float) -> Membership | None:
+        """The first membership newer than ``after_generation``, waiting up to ``timeout`` seconds; None when the
+        newest generation leaves this worker out, when the wait times out, or once closed."""
+        ...
+
+    def newer(self, than_generation: int) -> bool:
+        """Whether a newer membership (or the end of this worker's part) is known; must not block."""
+        ...
+
+    def close(self) -> None:
+        """Ends every present and future wait: the worker is leaving."""
+        ...
+
+
+class FixedHosts:
+    """One membership for the whole run (standalone use with --static-world, and tests)."""
+
+    def __init__(self, membership: Membership) -> None:
+        self.membership = membership
+        self._closed = False
+
+    @property
+    def generation(self) -> int:
+        return self.membership.generation
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def wait(self, after_generation: int, timeout: float) -> Membership | None:
+        if self._closed:
+            return None
+        return self.membership if self.membership.generation > after_generation else None
+
+    def newer(self, than_generation: int) -> bool:
+        return False
+
+    def close(self) -> None:
+        self._closed = True
+
+
+class CommandDiscovery:
+    """Memberships from Reconfigure commands, fed by the control channel; older generations are ignored."""
+
+    def __init__(self, instance_id: str) -> None:
+        self.instance_id = instance_id
+        self._latest: Reconfigure | None = None
+        self._closed = False
+        self._cond = threading.Condition()
+
+    def offer(self, command: Reconfigure) -> bool:
+        """Takes ``command`` if it is newer than every one seen; returns whether it did."""
+        with self._cond:
+            if self._latest is not None and command.generation <= self._latest.generation:
+                known = self._latest.generation
+                log.info("ignoring Reconfigure of generation %d: %d is known", command.generation, known)
+                return False
+            self._latest = command
+            self._cond.notify_all()
+            return True
+
+    @property
+    def generation(self) -> int:
+        return -1 if self._latest is None else self._latest.generation
+
+    @property
+    def latest(self) -> Reconfigure | None:
+        """The newest Reconfigure seen (the instance agent reads the job's program from it)."""
+        return self._latest
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        # Called from a signal handler too: the main thread may be inside wait(), whose lock it has released.
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def wait(self, after_generation: int, timeout: float) -> Membership | None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._latest is None or self._latest.generation <= after_generation:
+                if self._closed:
+                    return None
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._cond.wait(remaining)
+            latest = self._latest
+        return Membership.from_reconfigure(latest, self.instance_id)
+
+    def newer(self, than_generation: int) -> bool:
+        return self.generation > than_generation
+
+
+class FileDiscovery(CommandDiscovery):
+    """A Reconfigure message in a JSON file, re-read when asked (like Horovod's discovery script): tests and
+    hand-run fleets play the control plane by rewriting the file."""
+
+    def __init__(self, path: Path, instance_id: str) -> None:
+        super().__init__(instance_id)
+        self.path = path
+        self._mtime = 0.0
+
+    def _refresh(self) -> None:
+        try:
+            mtime = self.path.stat().st_mtime
+            if mtime == self._mtime:
+                return
+            command = parse_message(json.loads(self.path.read_text()))
+        except (OSError, ValueError):
+            return  # absent or half-written: look again later
+        self._mtime = mtime
+        if isinstance(command, Reconfigure):
+            self.offer(command)
+
+    def wait(self, after_generation: int, timeout: float) -> Membership | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            self._refresh()
+            found = super().wait(after_generation, 0)
+            if found is not None or self.generation > after_generation or self.closed or time.monotonic() >= deadline:
+                return found
+            time.sleep(0.1)
+
+    def newer(self, than_generation: int) -> bool:
+        self._refresh()
+        return super().newer(than_generation)
+
+
+class Superseded(Exception):
+    """A newer generation was announced while this one was being joined: join that one instead (not a failure)."""
+
+
+#: How long one attempt to reach a rendezvous lasts before the worker checks whether it was superseded.
+_CONNECT_SLICE_S = 2.0
+
+
+def join_group(
+    membership: Membership,
+    backend: str,
+    timeout_s: float,
+    join_timeout_s: float,
+    superseded: Callable[[], bool] = lambda: False,
+) -> None:
+    """Joins the generation's group once every member has arrived at its rendezvous.
+
+    Two timeouts: members of a new generation arrive over seconds (a survivor still notices the old ring's failure,
+    a replacement is starting), so the rendezvous waits up to ``join_timeout_s`` for all of them; once they are
+    all there, a collective that stalls for ``timeout_s`` means a dead peer, noticed in seconds. While waiting, a
+    newer generation (its rank 0 may never serve this one) ends the wait with ``Superseded``.
+    """
+    host, port = membership.rendezvous.rsplit(":", 1)
+    deadline = time.monotonic() + join_timeout_s
+
+    def check(what: str) -> None:
+        if superseded():
+            raise Superseded(f"generation {membership.generation} was superseded while {what}")
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"generation {membership.generation}: {what} for {join_timeout_s:.0f}s")
+
+    store: dist.TCPStore | None = None
+    while store is None:
+        try:
+            store = dist.TCPStore(
+                host,
+                int(port),
+                is_master=membership.rank == 0,
+                timeout=timedelta(seconds=_CONNECT_SLICE_S),
+                wait_for_workers=False,
+            )
+        except (RuntimeError, ConnectionError):
+            if membership.rank == 0:
+                raise  # the server could not bind: no retry helps
+            check(f"rank 0's rendezvous at {membership.rendezvous} did not answer")
+    # The process group keeps the store (rank 0's serves the rendezvous) until the group is destroyed.
+    store.set_timeout(timedelta(seconds=join_timeout_s))
+    arrived = store.add("arrived", 1)
+    while arrived < membership.world_size:
+        check(f"{arrived} of {membership.world_size} members arrived at {membership.rendezvous}")
+        time.sleep(0.02)
+        arrived = store.add("arrived", 0)
+    dist.init_process_group(
+        backend,
+        store=store,
+        rank=membership.rank,
+        world_size=membership.world_size,
+        # Short: a dead peer must be noticed in seconds. A killed process is usually seen at once (its sockets
+        # close); a frozen one only when this runs out.
+        timeout=timedelta(seconds=timeout_s),
+    )
+
+
+def leave_group() -> None:
+    if dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception as e:  # after a failure the group may already be half gone
+            log.debug("destroying the process group: %s", e)
+
+

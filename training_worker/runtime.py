@@ -1,0 +1,681 @@
+"""The runtime beside a user's training script: membership, the control channel, heartbeats, checkpoints, notices.
+
+A user's script sees only the public API (``training_worker.init()``, ``DistributedOptimizer``,
+``elastic.TorchState``, ``@elastic.run``, ...); everything operational lives here, in one ``Runtime`` per process
+(Horovod keeps the same kind of global behind ``hvd.init()``). It is configured from environment variables, so the
+same script runs under the instance agent (which sets them and starts the runtime before the script), under
+torchrun-style variables (``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT``) or ``RINGFLEET_STATIC_WORLD``, or
+alone (a ring of one).
+
+Step boundaries are the script's ``state.commit()`` calls: there every rank OR-s its pending flags (a newer
+membership, CheckpointNow, a notice, Stop) in one tiny all-reduce, so every rank acts on them at the same step.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as dist
+
+from ringfleet.contracts.messages import (
+    CheckpointCompleted,
+    CheckpointNow,
+    Heartbeat,
+    Message,
+    Reconfigure,
+    Stop,
+    WorkerFailed,
+)
+from training_worker.checkpoint import AsyncCheckpointer, CheckpointCorrupt, S3CheckpointStore, SavedCheckpoint
+from training_worker.collectives import BACKENDS, AllreduceBackend, select_backend
+from training_worker.control import ControlChannel, SpotNoticeWatcher, install_sigterm
+from training_worker.membership import (
+    CommandDiscovery,
+    FileDiscovery,
+    FixedHosts,
+    HostDiscovery,
+    Membership,
+    Superseded,
+    join_group,
+    leave_group,
+)
+
+if TYPE_CHECKING:
+    from training_worker.elastic import TorchState
+
+__all__ = [
+    "CollectiveError",
+    "HostsUpdatedInterrupt",
+    "Runtime",
+    "RuntimeConfig",
+    "Stopped",
+    "current",
+    "install",
+    "parse_static",
+]
+
+log = logging.getLogger("training_worker")
+
+#: How long a worker booted without a job waits to be placed: as long as its instance runs (ten years).
+UNPLACED_WAIT_S = 10 * 365 * 86400.0
+
+
+class CollectiveError(RuntimeError):
+    """A collective with the ring's peers failed (a peer died or froze): recoverable by re-forming the ring.
+
+    Only failures of our own collectives are wrapped in it, so a ``RuntimeError`` of the user's code (a shape
+    mismatch) is never mistaken for a lost peer: it fails the script instead.
+    """
+
+
+class HostsUpdatedInterrupt(Exception):  # noqa: N818 - Horovod's name, kept for porting
+    """Raised by ``state.commit()`` when the membership changes: ``@elastic.run`` re-forms the ring and calls the
+    training function again from the committed state. Not a failure."""
+
+
+class Stopped(SystemExit):
+    """This worker's part in the job is over (Stop, SIGTERM, a spot notice, left out of the new generation): the
+    script ends with exit status 0."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(0)
+        self.why = why
+
+    def __str__(self) -> str:
+        return self.why
+
+
+def parse_static(value: str) -> Membership:
+    """``RANK:WORLD:HOST:PORT`` as a fixed membership."""
+    try:
+        rank, world, host, port = value.split(":")
+        return Membership(generation=0, rank=int(rank), world_size=int(world), rendezvous=f"{host}:{int(port)}")
+    except ValueError as e:
+        raise ValueError(f"expected RANK:WORLD:HOST:PORT, got {value!r}") from e
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    return float(env.get(name) or default)
+
+
+@dataclass
+class RuntimeConfig:
+    """What the runtime needs; ``from_env`` reads it from the variables the agent (or the user) sets."""
+
+    job_id: str | None = None
+    instance_id: str = "local"
+    broker_url: str | None = None
+    bucket: str | None = None
+    metadata_url: str | None = None
+    static: Membership | None = None
+    discovery_file: Path | None = None
+    backends: tuple[str, ...] = BACKENDS
+    wire: str = "none"
+    timeout_s: float = 10.0
+    join_timeout_s: float = 60.0
+    wait_s: float = 600.0
+    heartbeat_every_s: float = 5.0
+    checkpoint_every: int = 50
+    log_every: int = 10
+    max_failures: int = 10
+    #: Where a Reconfigure came from before this process started (a container the agent launched), as JSON.
+    reconfigure_json: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> RuntimeConfig:
+        env = os.environ if env is None else env
+        static = None
+        if env.get("RINGFLEET_STATIC_WORLD"):
+            static = parse_static(env["RINGFLEET_STATIC_WORLD"])
+        elif all(env.get(k) for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")):
+            # torchrun's variables: `torchrun --nproc-per-node 2 train.py` runs a script as is.
+            static = Membership(0, int(env["RANK"]), int(env["WORLD_SIZE"]), f"{env['MASTER_ADDR']}:{env['MASTER_PORT']}")
+        broker = env.get("RINGFLEET_BROKER_URL") or None
+        return cls(
+            job_id=env.get("RINGFLEET_JOB_ID") or None,
+            instance_id=env.get("RINGFLEET_INSTANCE_ID") or f"local-{os.getpid()}",
+            broker_url=None if broker in (None, "none") else broker,
+            bucket=env.get("RINGFLEET_CHECKPOINT_BUCKET") or None,
+            metadata_url=env.get("RINGFLEET_METADATA_URL") or None,
+            static=static,
+            discovery_file=Path(env["RINGFLEET_DISCOVERY_FILE"]) if env.get("RINGFLEET_DISCOVERY_FILE") else None,
+            backends=tuple((env.get("RINGFLEET_BACKENDS") or ",".join(BACKENDS)).split(",")),
+            wire=env.get("RINGFLEET_WIRE") or "none",
+            timeout_s=_float(env, "RINGFLEET_TIMEOUT", 10.0),
+            join_timeout_s=_float(env, "RINGFLEET_JOIN_TIMEOUT", 60.0),
+            wait_s=_float(env, "RINGFLEET_WAIT", 600.0),
+            heartbeat_every_s=_float(env, "RINGFLEET_HEARTBEAT_EVERY", 5.0),
+            checkpoint_every=int(env.get("RINGFLEET_CHECKPOINT_EVERY") or 50),
+            log_every=int(env.get("RINGFLEET_LOG_EVERY") or 10),
+            reconfigure_json=env.get("RINGFLEET_RECONFIGURE") or None,
+        )
+
+    def environment(self) -> dict[str, str]:
+        """The variables ``from_env`` reads back into this configuration (for a process the agent launches)."""
+        env = {
+            "RINGFLEET_INSTANCE_ID": self.instance_id,
+            "RINGFLEET_BROKER_URL": self.broker_url or "none",
+            "RINGFLEET_BACKENDS": ",".join(self.backends),
+            "RINGFLEET_WIRE": self.wire,
+            "RINGFLEET_TIMEOUT": str(self.timeout_s),
+            "RINGFLEET_JOIN_TIMEOUT": str(self.join_timeout_s),
+            "RINGFLEET_WAIT": str(self.wait_s),
+            "RINGFLEET_HEARTBEAT_EVERY": str(self.heartbeat_every_s),
+            "RINGFLEET_CHECKPOINT_EVERY": str(self.checkpoint_every),
+            "RINGFLEET_LOG_EVERY": str(self.log_every),
+        }
+        optional = {
+            "RINGFLEET_JOB_ID": self.job_id,
+            "RINGFLEET_CHECKPOINT_BUCKET": self.bucket,
+            "RINGFLEET_METADATA_URL": self.metadata_url,
+            "RINGFLEET_DISCOVERY_FILE": str(self.discovery_file) if self.discovery_file else None,
+            "RINGFLEET_RECONFIGURE": self.reconfigure_json,
+        }
+        if self.static is not None:
+            s = self.static
+            optional["RINGFLEET_STATIC_WORLD"] = f"{s.rank}:{s.world_size}:{s.rendezvous}"
+        return {**env, **{k: v for k, v in optional.items() if v}}
+
+
+_WIRE = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class Runtime:
+    """One per process: the ring this worker is in, and everything the script must never see."""
+
+    # Step-boundary flags, OR-ed across ranks at every commit, so every rank acts on them at the same step.
+    RECONFIGURE, STOP, CHECKPOINT, LEAVE = range(4)
+
+    def __init__(self, config: RuntimeConfig) -> None:
+        self.config = config
+        self.discovery: HostDiscovery
+        self.commands: CommandDiscovery | None = None
+        if config.static is not None:
+            self.discovery = FixedHosts(config.static)
+        elif config.discovery_file is not None:
+            self.discovery = FileDiscovery(config.discovery_file, config.instance_id)
+        elif config.broker_url is not None or config.reconfigure_json is not None:
+            self.commands = CommandDiscovery(config.instance_id)
+            self.discovery = self.commands
+            if config.reconfigure_json is not None:
+                from ringfleet.contracts import parse_message
+
+                command = parse_message(config.reconfigure_json)
+                if isinstance(command, Reconfigure):
+                    self.commands.offer(command)
+        else:
+            # Neither a control plane nor a fixed ring: the script trains alone, a ring of one.
+            self.discovery = FixedHosts(Membership(0, 0, 1, f"127.0.0.1:{_free_port()}"))
+        self.store: S3CheckpointStore | None = None
+        self.checkpointer: AsyncCheckpointer | None = None
+        if config.job_id is not None:
+            self.serve(config.job_id)
+        self.channel: ControlChannel | None = None
+        self.membership: Membership | None = None
+        #: The newest generation this worker joined (or tried to); commands of older ones are ignored.
+        self.generation = -1
+        self.member = False  # has been a member of some generation
+        self.backend: AllreduceBackend | None = None
+        #: Global optimizer steps taken (every ``DistributedOptimizer.step()``); saved with the state.
+        self.step = 0
+        #: What ``report()`` last said (loss, ...), for progress lines and heartbeats.
+        self.metrics: dict[str, float] = {}
+        #: Samples per global step, when the script's TorchState has an ElasticSampler.
+        self.global_batch = 0
+        #: Gradient weight of this rank's share of the global batch (see ElasticSampler).
+        self.grad_scale = 1.0
+        self.initialized = False
+        self.failures = 0
+        self.last_checkpoint_step = 0
+        self.leaving = False
+        self._pending = [False] * 4
+        self._checkpoint_generation = -1
+        self._stepped_at: float | None = None
+        self._logged = (time.perf_counter(), 0)
+        self._beating: Future[None] | None = None
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._started = False
+
+    # -- lifecycle --------------------------------------------------------------------------------------------------
+
+    def serve(self, job_id: str) -> None:
+        """From now on this worker trains ``job_id``: its checkpoints and messages are that job's."""
+        self.config.job_id = job_id
+        if self.config.bucket:
+            self.store = S3CheckpointStore(self.config.bucket, job_id)
+            self.checkpointer = AsyncCheckpointer(self.store)
+
+    @property
+    def job_id(self) -> str:
+        if self.config.job_id is None:
+            raise RuntimeError("no job yet: the worker has not been placed")
+        return self.config.job_id
+
+    def start(self) -> None:
+        """Connects the control channel, watches for notices and SIGTERM, and starts heartbeats (once)."""
+        if self._started:
+            return
+        self._started = True
+        config = self.config
+        if config.broker_url:
+            self.channel = ControlChannel(config.broker_url, config.job_id, config.instance_id, self.on_command)
+            self.channel.start()
+            job = f"of job {config.job_id}" if config.job_id else "(not placed on a job yet)"
+            print(f"control channel ready: waiting for a Reconfigure {job}", flush=True)
+            threading.Thread(target=self._heartbeats, daemon=True, name="heartbeats").start()
+        if config.metadata_url:
+            SpotNoticeWatcher(config.metadata_url, lambda notice: self.leave("spot interruption notice")).start()
+        if threading.current_thread() is threading.main_thread():
+            install_sigterm(lambda: self.leave("SIGTERM"))
+
+    def reconnect(self) -> None:
+        """Takes the control channel back after a child process that had its own (see the agent)."""
+        if self.config.broker_url and self.channel is None:
+            self.channel = ControlChannel(self.config.broker_url, self.config.job_id, self.config.instance_id, self.on_command)
+            self.channel.start()
+
+    def close(self) -> None:
+        self._done.set()
+        self.leave_group()
+        if self.checkpointer is not None:
+            self.checkpointer.wait()
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+
+    def reset_for_rerun(self) -> None:
+        """The script failed and will run again in this process: it starts from a fresh state and a new ring."""
+        self.leave_group()
+        self.initialized = False
+        self.step = 0
+        self.metrics = {}
+        self.global_batch, self.grad_scale = 0, 1.0
+
+    # -- inputs from other threads -------------------------------------------------------------------------------
+
+    def on_command(self, command: CheckpointNow | Reconfigure | Stop) -> None:
+        if self.config.job_id is None:
+            # Booted before placement: the first Reconfigure (the control channel lets no other command through
+            # before it) names the job. Set up before the membership is offered, so the run finds it ready.
+            self.serve(command.job_id)
+        if command.generation < self.generation:
+            log.info("ignoring %s of generation %d (now %d)", command.type, command.generation, self.generation)
+            return
+        if isinstance(command, Reconfigure):
+            # Not a pending flag: each step boundary asks discovery whether a newer generation is known, so the
+            # Reconfigure that starts a generation never ends it.
+            if self.commands is not None:
+                self.commands.offer(command)
+        elif isinstance(command, CheckpointNow):
+            log.info("CheckpointNow (%s): checkpointing at the next step boundary", command.reason)
+            self._checkpoint_generation = command.generation
+            self._raise(self.CHECKPOINT)
+        else:
+            log.info("Stop (%s): stopping at the next step boundary", command.reason)
+            self._raise(self.STOP)
+            self.discovery.close()  # a worker waiting for a membership stops now
+
+    def leave(self, why: str) -> None:
+        """SIGTERM or a spot notice: checkpoint at the next step boundary, then exit.
+
+        The other ranks take the same step boundary, rank 0 writes the checkpoint, and they wait for the control
+        plane's next Reconfigure. A worker that is not training (waiting for a membership) exits at once.
+        """
+        log.warning("%s: checkpointing at the next step boundary, then leaving", why)
+        self.leaving = True
+        self._raise(self.LEAVE)
+        self.discovery.close()
+
+    def _raise(self, flag: int) -> None:
+        with self._lock:
+            self._pending[flag] = True
+
+    def publish(self, message: Message) -> None:
+        """Publishes and waits for the broker (CheckpointCompleted, WorkerFailed)."""
+        if self.channel is not None:
+            try:
+                self.channel.publish(message).result(10)
+            except Exception:
+                log.exception("could not publish %s", message.type)
+
+    def _heartbeats(self) -> None:
+        """Beats every ``heartbeat_every_s`` from its own thread: while training, and while waiting for or joining a
+        generation (a worker between rings is alive, and must not be swept as silent). A worker whose training stops
+        making steps stops beating, so a frozen one is found by the heartbeat sweep.
+
+        Publishes without waiting: a broker that is away must not stall anything. One at a time, so an outage does
+        not pile them up; the robust connection resumes them once the broker is back.
+        """
+        config = self.config
+        stall_s = max(30.0, 6 * config.heartbeat_every_s)
+        while not self._done.wait(config.heartbeat_every_s):
+            if self.channel is None or (self._beating is not None and not self._beating.done()):
+                continue
+            stepped = self._stepped_at
+            if stepped is not None and time.monotonic() - stepped > stall_s:
+                continue  # training is stuck: stay silent
+            membership = self.membership
+            if not self.member or config.job_id is None:
+                continue  # not a member of any ring yet: nobody waits for its beats
+            generation = max(self.generation, self.discovery.generation) if membership is None else self.generation
+            rank, world = (membership.rank, membership.world_size) if membership is not None else (0, 1)
+            beat = Heartbeat(
+                job_id=config.job_id,
+                instance_id=config.instance_id,
+                generation=generation,
+                rank=rank,
+                world_size=world,
+                step=self.step,
+                loss=self.metrics.get("loss"),
+                samples_per_second=self.metrics.get("samples_per_second", 0.0),
+            )
+
+            def report(future: Future[None]) -> None:
+                if not future.cancelled() and future.exception() is not None:
+                    log.warning("could not publish a Heartbeat: %s", future.exception())
+
+            self._beating = self.channel.publish(beat)
+            self._beating.add_done_callback(report)
+
+    # -- membership -------------------------------------------------------------------------------------------------
+
+    def join_next(self) -> Membership:
+        """Waits for the next membership that includes this worker and joins its group; raises Stopped when there
+        is none for it (Stop, a notice, left out of the newest generation)."""
+        config = self.config
+        while True:
+            wait = config.wait_s if self.member else UNPLACED_WAIT_S
+            membership = self.discovery.wait(self.generation, wait)
+            if membership is None:
+                if self.discovery.closed:
+                    raise Stopped("leaving: no further generation is joined")
+                newest = self.discovery.generation
+                if newest <= self.generation:
+                    raise TimeoutError(f"no membership newer than generation {self.generation} within {wait}s")
+                if self.member:
+                    log.info("generation %d leaves this worker out: stopping", newest)
+                    raise Stopped(f"generation {newest} leaves this worker out")
+                log.info("generation %d does not include this worker: waiting as a spare", newest)
+                self.generation = newest
+                continue
+            self.generation, self.member = membership.generation, True
+            log.info(
+                "joining generation %d as rank %d of %d at %s",
+                membership.generation,
+                membership.rank,
+                membership.world_size,
+                membership.rendezvous,
+            )
+            superseded = lambda: self.discovery.newer(membership.generation)  # noqa: E731
+            try:
+                join_group(membership, _process_group_backend(), config.timeout_s, config.join_timeout_s, superseded)
+            except Superseded as e:
+                log.info("%s: joining the newer one", e)
+                leave_group()
+                continue
+            except (RuntimeError, TimeoutError, ConnectionError) as e:
+                leave_group()
+                raise CollectiveError(f"joining generation {membership.generation}: {e}") from e
+            self.membership = membership
+            self.backend = select_backend(list(config.backends), wire_dtype=_WIRE[config.wire])
+            with self._lock:
+                if self._checkpoint_generation < membership.generation:
+                    # Asked of a ring that is gone: the new ring's state is no less durable than what that
+                    # checkpoint would have saved.
+                    self._pending[self.CHECKPOINT] = False
+            return membership
+
+    def leave_group(self) -> None:
+        if self.backend is not None:
+            self.backend.close()
+            self.backend = None
+        self.membership = None
+        self._stepped_at = None  # not training: the heartbeat says it waits
+        leave_group()
+
+    def require_membership(self) -> Membership:
+        if self.membership is None:
+            raise RuntimeError(
+                "training_worker is not initialised: call training_worker.init() before using the ring"
+            )
+        return self.membership
+
+    def require_backend(self) -> AllreduceBackend:
+        self.require_membership()
+        assert self.backend is not None
+        return self.backend
+
+    def ring_failed(self, error: BaseException) -> None:
+        """A collective failed: tell the control plane at once (it finds the lost peer) instead of waiting for a
+        heartbeat to go missing."""
+        membership = self.membership
+        self.failures += 1
+        if self.channel is None or membership is None:
+            return
+        reason = (str(error).splitlines() or [type(error).__name__])[0][:400] or type(error).__name__
+        self.publish(
+            WorkerFailed(
+                job_id=self.job_id,
+                instance_id=self.config.instance_id,
+                generation=membership.generation,
+                rank=membership.rank,
+                step=self.step,
+                reason=f"collective failed: {reason}",
+                scope="ring",
+            )
+        )
+
+    def script_failed(self, reason: str) -> None:
+        """The job's script failed on this worker: the control plane counts it against the job's max_restarts."""
+        if self.channel is None or self.config.job_id is None:
+            return
+        membership = self.membership
+        generation = max(self.generation, self.discovery.generation, 0)
+        self.publish(
+            WorkerFailed(
+                job_id=self.job_id,
+                instance_id=self.config.instance_id,
+                generation=generation,
+                rank=membership.rank if membership is not None else 0,
+                step=self.step,
+                reason=reason[-1024:],
+                scope="script",
+            )
+        )
+
+    # -- step boundaries --------------------------------------------------------------------------------------------
+
+    def on_step(self) -> None:
+        """A global optimizer step was taken."""
+        self.step += 1
+        self._stepped_at = time.monotonic()
+
+    def boundary(self, state: TorchState) -> None:
+        """``state.commit()``: every rank learns the pending flags; checkpoints; membership changes and stops."""
+        membership = self.require_membership()
+        with self._lock:
+            local, self._pending = self._pending, [False] * 4
+        local[self.RECONFIGURE] = self.discovery.newer(membership.generation)
+        flags_t = torch.tensor([float(f) for f in local])
+        collective(lambda: dist.all_reduce(flags_t, op=dist.ReduceOp.MAX))
+        flags = [bool(f) for f in flags_t.tolist()]
+        self._progress(membership)
+        if flags[self.CHECKPOINT] or flags[self.LEAVE]:
+            # Notice was given (CheckpointNow, SIGTERM or a spot notice on any rank): an emergency checkpoint,
+            # blocking when a rank is about to go so that it lands before the process does.
+            self.checkpoint(state, membership, blocking=flags[self.LEAVE], emergency=True)
+        elif self.step - self.last_checkpoint_step >= self.config.checkpoint_every:
+            self.checkpoint(state, membership, blocking=False, emergency=False)
+        if flags[self.STOP] or (flags[self.LEAVE] and self.leaving):
+            if flags[self.LEAVE] and self.leaving:
+                self._await_checkpoint(membership)
+            raise Stopped("Stop" if flags[self.STOP] else "leaving: notice given")
+        if flags[self.LEAVE]:
+            log.info("a rank leaves after step %d: leaving generation %d", self.step, membership.generation)
+            raise HostsUpdatedInterrupt(f"a rank of generation {membership.generation} leaves")
+        if flags[self.RECONFIGURE]:
+            log.info("membership changes after step %d: leaving generation %d", self.step, membership.generation)
+            raise HostsUpdatedInterrupt(f"generation {self.discovery.generation} replaces {membership.generation}")
+
+    def _progress(self, membership: Membership) -> None:
+        every = self.config.log_every
+        started, at_step = self._logged
+        if self.step // every == at_step // every:
+            return
+        now = time.perf_counter()
+        rate = (self.step - at_step) * self.global_batch / max(now - started, 1e-9)
+        self.metrics["samples_per_second"] = rate
+        self._logged = (now, self.step)
+        print(
+            f"step {self.step} loss {self.metrics.get('loss', 0.0):.4f} samples/s {rate:.0f} "
+            f"world {membership.world_size} rank {membership.rank} generation {membership.generation}",
+            flush=True,
+        )
+
+    # -- checkpoints -----------------------------------------------------------------------------------------------
+
+    def checkpoint(
+        self, state: TorchState, membership: Membership, *, blocking: bool, emergency: bool, final: bool = False
+    ) -> None:
+        self.last_checkpoint_step = self.step
+        if self.checkpointer is None:
+            if emergency and membership.rank == 0:
+                log.warning("no checkpoint bucket configured: the emergency checkpoint at step %d is skipped", self.step)
+            return
+        if membership.rank != 0:
+            return  # the state is replicated: rank 0 writes it for everyone
+        step, generation = self.step, membership.generation
+
+        def done(saved: SavedCheckpoint) -> None:
+            self._report(saved, generation, emergency=emergency, final=final)
+
+        tree = state.committed()
+        if blocking:
+            done(self.checkpointer.save(step, generation, membership.world_size, tree))
+        else:
+            self.checkpointer.save_async(step, generation, membership.world_size, tree, done)
+
+    def _report(self, saved: SavedCheckpoint, generation: int, *, emergency: bool, final: bool) -> None:
+        self.publish(
+            CheckpointCompleted(
+                job_id=self.job_id,
+                instance_id=self.config.instance_id,
+                generation=generation,
+                step=saved.step,
+                uri=saved.uri,
+                manifest_sha256=saved.manifest_sha256,
+                size_bytes=saved.size_bytes,
+                emergency=emergency,
+                final=final,
+            )
+        )
+
+    def finish(self, state: TorchState) -> None:
+        """The training function returned: the last step's checkpoint is the job's result, reported as final."""
+        membership = self.require_membership()
+        if self.checkpointer is not None:
+            self.checkpointer.wait()
+            last = self.checkpointer.last
+            if last is not None and last.step == self.step:
+                if membership.rank == 0:
+                    self._report(last, membership.generation, emergency=False, final=True)
+            else:
+                self.checkpoint(state, membership, blocking=True, emergency=False, final=True)
+        self._stepped_at = None
+        print(f"finished: done at step {self.step}", flush=True)
+
+    def restore_named(self, membership: Membership) -> dict[str, Any] | None:
+        """The tree of the durable checkpoint a Reconfigure names (the control plane restarts the job from S3)."""
+        ref = membership.checkpoint
+        if ref is None:
+            return None
+        store = self.store
+        if store is None or store.bucket != ref.bucket or store.job_id != ref.job_id:
+            store = S3CheckpointStore(ref.bucket, ref.job_id)
+        try:
+            manifest, tree = store.load(ref.step)
+        except (CheckpointCorrupt, store.s3.exceptions.NoSuchKey) as e:
+            log.warning("checkpoint %s named by generation %d does not verify (%s)", ref.uri, membership.generation, e)
+            newest = store.load_newest(max_step=ref.step)
+            if newest is None:
+                raise RuntimeError(f"no checkpoint at or before step {ref.step} verifies") from e
+            manifest, tree = newest
+        log.info("restored checkpoint step %d for generation %d", manifest.step, membership.generation)
+        return tree
+
+    def newest_checkpoint(self) -> dict[str, Any] | None:
+        """The newest checkpoint of this job that verifies (a job whose every worker starts fresh resumes there)."""
+        if self.store is None:
+            return None
+        newest = self.store.load_newest()
+        if newest is None:
+            return None
+        manifest, tree = newest
+        log.info("resumed from checkpoint step %d (generation %d)", manifest.step, manifest.generation)
+        return tree
+
+    def _await_checkpoint(self, membership: Membership, timeout_s: float = 120.0) -> None:
+        """A leaving rank other than 0 stays until rank 0's emergency checkpoint is in S3, so that it exits only
+        once its work is durable (rank 0 writes for everyone)."""
+        if self.store is None or membership.rank == 0:
+            return
+        deadline = time.monotonic() + timeout_s
+        while not self.store.exists(self.step):
+            if time.monotonic() >= deadline:
+                log.warning("leaving without seeing the checkpoint of step %d within %.0fs", self.step, timeout_s)
+                return
+            time.sleep(0.1)
+        log.info("checkpoint step %d saved by rank 0: leaving", self.step)
+
+
+def collective(call: Callable[[], Any]) -> Any:
+    """Runs one of our collectives; a failure of the ring becomes a CollectiveError (recoverable)."""
+    try:
+        return call()
+    except CollectiveError:
+        raise
+    except (RuntimeError, TimeoutError, ConnectionError) as e:
+        raise CollectiveError(str(e) or type(e).__name__) from e
+
+
+def _process_group_backend() -> str:
+    # CPU tensors (the step-boundary flags, state broadcasts of CPU state) always go over gloo; CUDA tensors over
+    # NCCL when there is a GPU, so the ring and native collectives use NCCL for the model's gradients.
+    return "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+_runtime: Runtime | None = None
+
+
+def install(runtime: Runtime) -> Runtime:
+    """Makes ``runtime`` this process's runtime (the agent does, before it runs the script)."""
+    global _runtime
+    _runtime = runtime
+    return runtime
+
+
+def current() -> Runtime:
+    """This process's runtime, built from the environment the first time it is asked for."""
+    global _runtime
+    if _runtime is None:
+        _runtime = Runtime(RuntimeConfig.from_env())
+    return _runtime
+
