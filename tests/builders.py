@@ -23,9 +23,12 @@ from tests.conftest import ROOT
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def spec(job_id: str = "digits-demo", *, min_workers: int = 1, max_workers: int = 8) -> JobSubmitted:
+def spec(
+    job_id: str = "digits-demo", *, min_workers: int = 1, max_workers: int = 8, max_restarts: int = 3
+) -> JobSubmitted:
     data = json.loads((ROOT / "events/messages/job_submitted.json").read_text())
     data.update(job_id=job_id, min_workers=min_workers, max_workers=max_workers, message_id=str(uuid4()))
+    data.update(max_restarts=max_restarts)
     return JobSubmitted.model_validate(data)
 
 
@@ -41,6 +44,7 @@ def running_job(
     min_workers: int = 1,
     max_workers: int = 8,
     first: int = 1,
+    max_restarts: int = 3,
 ) -> tuple[Job, list[Node]]:
     """A RUNNING job with ``members`` ACTIVE nodes i-...first.., ranks in order, every node heard from at T0."""
     ranks = {instance(first + r): r for r in range(members)}
@@ -48,7 +52,7 @@ def running_job(
         job_id=job_id,
         tenant="acme",
         state=JobState.RUNNING,
-        spec=spec(job_id, min_workers=min_workers, max_workers=max_workers),
+        spec=spec(job_id, min_workers=min_workers, max_workers=max_workers, max_restarts=max_restarts),
         generation=generation,
         members=ranks,
         created_at=T0,
@@ -105,11 +109,11 @@ class RecoveryWorld:
     events: list[dict[str, Any]]
 
     @classmethod
-    def of(cls, clock: Any, *, members: int = 4, max_workers: int = 8) -> RecoveryWorld:
+    def of(cls, clock: Any, *, members: int = 4, max_workers: int = 8, max_restarts: int = 3) -> RecoveryWorld:
         jobs, nodes = InMemoryJobRepository(clock), InMemoryNodeRepository()
         publisher, fleet = RecordingCommandPublisher(), InMemoryFleetGateway()
         events: list[dict[str, Any]] = []
-        job, job_nodes = running_job(members=members, max_workers=max_workers)
+        job, job_nodes = running_job(members=members, max_workers=max_workers, max_restarts=max_restarts)
         jobs.create(job)
         for node in job_nodes:
             nodes.put(node)

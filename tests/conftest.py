@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,12 +18,21 @@ def root() -> Path:
 
 
 @pytest.fixture(scope="session")
-def broker_url() -> str:
+def broker_url() -> Iterator[str]:
+    """The broker, on a vhost of this test session's own: test runs side by side never take each other's
+    messages."""
     from ringfleet.local.cloud import broker_reachable
+    from ringfleet.local.vhost import create_vhost, delete_vhost
 
     if not broker_reachable(BROKER_URL):
         pytest.fail(f"RabbitMQ does not answer at {BROKER_URL}: start it with `rabbitmq-server -detached`")
-    return BROKER_URL
+    own = create_vhost(BROKER_URL, prefix="ringfleet-tests")
+    if own is None:
+        yield BROKER_URL
+        return
+    vhost, url = own
+    yield url
+    delete_vhost(vhost)
 
 
 def purge_queue(url: str, queue: str) -> None:

@@ -130,4 +130,6 @@ def broadcast_object(obj: Any, root_rank: int = 0) -> Any:
 def report(**metrics: float) -> None:
     """Tells ringfleet how training goes (Ray Train's ``report``): ``report(loss=loss.item())``. The loss shows in
     the progress lines, the heartbeats and ``ringfleet status``."""
-    _rt.current().metrics.update({k: float(v) for k, v in metrics.items()})
+    runtime = _rt.current()
+    runtime.metrics.update({k: float(v) for k, v in metrics.items()})
+    runtime.progress()

@@ -22,6 +22,7 @@ import runpy
 import shlex
 import subprocess
 import sys
+import time
 import traceback
 from collections import deque
 from dataclasses import dataclass
@@ -136,14 +137,27 @@ class Agent:
                     runtime.reset_for_rerun()
                     # The control plane restarts the job with a new generation (or stops it past max_restarts).
                     log.info("waiting for a Reconfigure newer than generation %d to run it again", runtime.generation)
-                    latest = runtime.discovery.wait(runtime.generation, runtime.config.wait_s)
-                    if latest is None:
+                    if not self._await_restart():
                         return 0 if runtime.discovery.closed else 1
         except Stopped as e:
             log.info("stopped: %s", e)
             return 0
         finally:
             runtime.close()
+
+    def _await_restart(self) -> bool:
+        """Waits for a generation newer than the failed one that includes this worker; False when there is none
+        (Stop, SIGTERM, left out, or nothing within the wait)."""
+        runtime = self.runtime
+        deadline = time.monotonic() + runtime.config.wait_s
+        while time.monotonic() < deadline:
+            membership = runtime.discovery.wait(runtime.generation, max(0.0, deadline - time.monotonic()))
+            if membership is not None:
+                return True
+            if runtime.discovery.closed or runtime.discovery.generation <= runtime.generation:
+                return False
+            runtime.generation = runtime.discovery.generation  # a generation without this worker: wait on
+        return False
 
     def _run_once(self, program: Program) -> None:
         argv = command_line(program)

@@ -84,18 +84,24 @@ class ElasticSampler(torch.utils.data.Sampler[list[int]]):
             return torch.arange(self.size)
         return torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch))
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def shares(self, rank: int, world: int) -> Iterator[tuple[list[int], float]]:
+        """Rank ``rank`` of ``world``'s share of each remaining global batch of the epoch, with its gradient weight
+        (share size x world / global batch: 1 when the world divides the batch); advances the position."""
         order = self._order()
         g = self.global_batch_size
         while self.position < self.batches_per_epoch:
-            runtime = _rt.current()
-            membership = runtime.membership
-            rank, world = (membership.rank, membership.world_size) if membership is not None else (0, 1)
             batch = order[self.position * g : (self.position + 1) * g]
             mine = batch[rank * g // world : (rank + 1) * g // world]
             self.position += 1
-            runtime.grad_scale = len(mine) * world / g
-            yield mine.tolist()
+            yield mine.tolist(), len(mine) * world / g
+
+    def __iter__(self) -> Iterator[list[int]]:
+        runtime = _rt.current()
+        membership = runtime.membership
+        rank, world = (membership.rank, membership.world_size) if membership is not None else (0, 1)
+        for mine, weight in self.shares(rank, world):
+            runtime.grad_scale = weight
+            yield mine
 
     def __len__(self) -> int:
         return self.batches_per_epoch - self.position
@@ -282,11 +288,13 @@ def run(func: Callable[..., R]) -> Callable[..., R]:
                 result = func(state, *args, **kwargs)
             except HostsUpdatedInterrupt as e:
                 log.info(
-                    "left generation %d at step %d, a membership change and not a failure (failures: %d): %s",
+                    "left generation %d at step %d, a membership change and not a failure (%s; failures: %d): "
+                    "waiting for a Reconfigure newer than generation %d",
                     runtime.generation,
                     runtime.step,
-                    runtime.failures,
                     e,
+                    runtime.failures,
+                    runtime.generation,
                 )
                 runtime.leave_group()
                 continue
@@ -306,6 +314,7 @@ def run(func: Callable[..., R]) -> Callable[..., R]:
                 runtime.leave_group()
                 if runtime.failures >= runtime.config.max_failures:
                     raise
+                log.info("waiting for a Reconfigure newer than generation %d", runtime.generation)
                 first = False
                 continue
             except Stopped:

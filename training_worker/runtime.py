@@ -224,6 +224,9 @@ class Runtime:
         #: The newest generation this worker joined (or tried to); commands of older ones are ignored.
         self.generation = -1
         self.member = False  # has been a member of some generation
+        #: Rank and world size of the generation joined last (what heartbeats say while the worker is between rings).
+        self._place = (0, 1)
+        self._trained = False
         self.backend: AllreduceBackend | None = None
         #: Global optimizer steps taken (every ``DistributedOptimizer.step()``); saved with the state.
         self.step = 0
@@ -294,8 +297,10 @@ class Runtime:
             self.channel = None
 
     def reset_for_rerun(self) -> None:
-        """The script failed and will run again in this process: it starts from a fresh state and a new ring."""
+        """The script failed and will run again in this process: it starts from a fresh state and in a generation
+        newer than every one known now (the control plane's restart), never in the one it failed in."""
         self.leave_group()
+        self.generation = max(self.generation, self.discovery.generation)
         self.initialized = False
         self.step = 0
         self.metrics = {}
@@ -364,11 +369,11 @@ class Runtime:
             stepped = self._stepped_at
             if stepped is not None and time.monotonic() - stepped > stall_s:
                 continue  # training is stuck: stay silent
-            membership = self.membership
-            if not self.member or config.job_id is None:
-                continue  # not a member of any ring yet: nobody waits for its beats
-            generation = max(self.generation, self.discovery.generation) if membership is None else self.generation
-            rank, world = (membership.rank, membership.world_size) if membership is not None else (0, 1)
+            if not self._trained or config.job_id is None:
+                continue  # has not trained in any ring yet: nobody waits for its beats
+            training = self.membership is not None
+            generation = self.generation if training else max(self.generation, self.discovery.generation)
+            rank, world = self._place
             beat = Heartbeat(
                 job_id=config.job_id,
                 instance_id=config.instance_id,
@@ -409,6 +414,7 @@ class Runtime:
                 self.generation = newest
                 continue
             self.generation, self.member = membership.generation, True
+            self._place = (membership.rank, membership.world_size)
             log.info(
                 "joining generation %d as rank %d of %d at %s",
                 membership.generation,
@@ -499,6 +505,7 @@ class Runtime:
         """A global optimizer step was taken."""
         self.step += 1
         self._stepped_at = time.monotonic()
+        self._trained = True
 
     def boundary(self, state: TorchState) -> None:
         """``state.commit()``: every rank learns the pending flags; checkpoints; membership changes and stops."""
@@ -509,7 +516,7 @@ class Runtime:
         flags_t = torch.tensor([float(f) for f in local])
         collective(lambda: dist.all_reduce(flags_t, op=dist.ReduceOp.MAX))
         flags = [bool(f) for f in flags_t.tolist()]
-        self._progress(membership)
+        self.progress()
         if flags[self.CHECKPOINT] or flags[self.LEAVE]:
             # Notice was given (CheckpointNow, SIGTERM or a spot notice on any rank): an emergency checkpoint,
             # blocking when a rank is about to go so that it lands before the process does.
@@ -527,13 +534,16 @@ class Runtime:
             log.info("membership changes after step %d: leaving generation %d", self.step, membership.generation)
             raise HostsUpdatedInterrupt(f"generation {self.discovery.generation} replaces {membership.generation}")
 
-    def _progress(self, membership: Membership) -> None:
+    def progress(self) -> None:
+        """Prints the progress line once per ``log_every`` steps: from ``report()`` (with the step's loss), else from
+        the step boundary."""
+        membership = self.membership
         every = self.config.log_every
         started, at_step = self._logged
-        if self.step // every == at_step // every:
+        if membership is None or self.step // every == at_step // every:
             return
         now = time.perf_counter()
-        rate = (self.step - at_step) * self.global_batch / max(now - started, 1e-9)
+        rate = max(0, self.step - at_step) * self.global_batch / max(now - started, 1e-9)
         self.metrics["samples_per_second"] = rate
         self._logged = (now, self.step)
         print(

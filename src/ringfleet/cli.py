@@ -1,9 +1,10 @@
-"""The `ringfleet` command: jobs (submit, cancel, status, events), the local cloud (up, down, status, emit, env),
-invoke, and the demo."""
+"""The `ringfleet` command: jobs (submit, cancel, status, events, logs), the local cloud (up, down, status, emit,
+env), invoke, and the demo."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -16,10 +17,16 @@ from typing import Any
 __all__ = ["main"]
 
 STATE_DIR = Path(os.environ.get("RINGFLEET_STATE_DIR", ".ringfleet"))
+#: Where `local serve` says where its fleet's agents log and run (written once the fleet emulator is up).
+FLEET_FILE = "fleet.json"
+#: Seconds the agents get to end after SIGTERM when the local cloud goes down, before SIGKILL ends their groups.
+AGENT_GRACE_S = 10.0
 
 EPILOG = """\
 examples:
-  ringfleet local up                         start moto + router in the background (RabbitMQ must answer)
+  ringfleet local up                         start moto + router + fleet emulator in the background (RabbitMQ must
+                                             answer); every instance the fleet scaler launches boots an agent
+                                             here, in the directory `local up` ran from
   ringfleet local emit events/ec2_spot_interruption_warning.json --set detail.instance-id=i-0123456789abcdef0
   ringfleet local status                     endpoints, resources and the last deliveries
   ringfleet invoke NodeRecoveryFunction --event events/sqs_spot_interruption_warning.json
@@ -27,10 +34,11 @@ examples:
   ringfleet local down
 
 jobs (against the local cloud when one is up, else RINGFLEET_BROKER_URL + RINGFLEET_JOBS_TABLE):
-  ringfleet submit examples/job.yaml         validate a job file and publish it (waits for admission)
+  ringfleet submit examples/digits/job.yaml         validate a job file and publish it (waits for admission)
   ringfleet status --tenant acme             a table of the tenant's jobs; `ringfleet status JOB` for one
   ringfleet cancel digits-demo --tenant acme
   ringfleet events --tenant acme --follow    job events (admitted, started, interrupted, ...) as they happen
+  ringfleet logs digits-demo --tenant acme -f   the job's agents' logs (local cloud only)
 """
 
 
@@ -73,6 +81,36 @@ def _attached() -> Any:
     return CloudContext.from_state(state)
 
 
+def _start_fleet(cloud: Any) -> Any:
+    """The fleet emulator, as the demo runs it: every instance the fleet scaler launches boots an agent
+    (``python -m training_worker`` with no job: it learns the job from its first Reconfigure), working in this
+    directory so that a job's entrypoint (``python examples/digits/train.py``) resolves here, logging to
+    ``<state dir>/workers/<instance-id>.log``."""
+    from ringfleet.local.fleet import FleetEmulator
+
+    log_dir = (STATE_DIR / "workers").resolve()
+    fleet_file = STATE_DIR / FLEET_FILE
+    info: dict[str, Any] = {"log_dir": str(log_dir), "workdir": str(Path.cwd()), "agents": {}}
+
+    def write_info() -> None:
+        tmp = fleet_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(info, indent=2))
+        tmp.replace(fleet_file)
+
+    def on_event(kind: str, detail: dict[str, Any]) -> None:
+        if kind == "worker-started":
+            instance = detail["instance_id"]
+            info["agents"][instance] = detail["pid"]
+            write_info()
+            print(f"fleet emulator: instance {instance} boots an agent (pid {detail['pid']})", flush=True)
+
+    emulator = FleetEmulator(cloud.ctx, log_dir=log_dir, on_event=on_event, workdir=Path.cwd())
+    write_info()
+    emulator.start()
+    print(f"fleet emulator: agents work in {info['workdir']} and log to {log_dir}/<instance-id>.log", flush=True)
+    return emulator
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from ringfleet.local.cloud import LocalCloud
 
@@ -97,9 +135,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
         for kind, names in sorted(cloud.created.items()):
             print(f"  {kind}: {', '.join(names)}", flush=True)
-        print(f"routing events to {len(cloud.ctx.functions)} functions; Ctrl-C to stop", flush=True)
-        while not stop:
-            time.sleep(0.2)
+        emulator = _start_fleet(cloud) if args.fleet else None
+        try:
+            print(f"routing events to {len(cloud.ctx.functions)} functions; Ctrl-C to stop", flush=True)
+            while not stop:
+                time.sleep(0.2)
+        finally:
+            # Before the cloud goes: the agents get SIGTERM while the broker and moto still answer them.
+            if emulator is not None:
+                emulator.stop(grace_s=AGENT_GRACE_S)
+                (STATE_DIR / FLEET_FILE).unlink(missing_ok=True)
+                print("fleet emulator: every agent stopped", flush=True)
     print("local cloud down", flush=True)
     return 0
 
@@ -115,8 +161,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     log_path = STATE_DIR / "local.log"
     with log_path.open("w") as log:
+        command = [sys.executable, "-m", "ringfleet.cli", "local", "serve", "--template", args.template]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ringfleet.cli", "local", "serve", "--template", args.template],
+            [*command, *([] if args.fleet else ["--no-fleet"])],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -128,6 +175,11 @@ def cmd_up(args: argparse.Namespace) -> int:
             sys.exit(f"ringfleet: the local cloud did not start (log above, also in {log_path})")
         if (state := LocalState.load(STATE_DIR)) is not None:
             print(f"local cloud up (pid {state.pid}): AWS at {state.endpoint}; log: {log_path}")
+            if args.fleet:
+                print(
+                    f"fleet emulator: each instance boots an agent working in {Path.cwd()}, "
+                    f"logging to {(STATE_DIR / 'workers').resolve()}/<instance-id>.log"
+                )
             print('use it from a shell with: eval "$(ringfleet local env)"')
             return 0
         time.sleep(0.2)
@@ -143,11 +195,34 @@ def cmd_down(args: argparse.Namespace) -> int:
         print("no local cloud is running")
         return 0
     os.kill(state.pid, signal.SIGTERM)
-    deadline = time.monotonic() + 30
+    # It stops its agents first (SIGTERM, then SIGKILL after AGENT_GRACE_S), then the router and moto.
+    deadline = time.monotonic() + AGENT_GRACE_S + 50
     while time.monotonic() < deadline and LocalState.load(STATE_DIR) is not None:
         time.sleep(0.2)
+    if LocalState.load(STATE_DIR) is not None:
+        # Stuck: end it and what it started in its session (moto); agents lead groups of their own.
+        _kill_group(state.pid)
+        _kill_agents()
+        (STATE_DIR / "local.json").unlink(missing_ok=True)
     print("local cloud down")
     return 0
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(OSError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _kill_agents() -> None:
+    """SIGKILLs the process group of every agent a killed `local serve` left behind (its fleet file lists them)."""
+    path = STATE_DIR / FLEET_FILE
+    if not path.is_file():
+        return
+    for pid in json.loads(path.read_text()).get("agents", {}).values():
+        with contextlib.suppress(OSError):
+            if os.getpgid(pid) == pid:  # still the agent's own group, not a recycled pid
+                _kill_group(pid)
+    path.unlink(missing_ok=True)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -163,7 +238,21 @@ def cmd_status(args: argparse.Namespace) -> int:
         d = json.loads(raw)
         outcome = "ok" if d["ok"] else f"FAILED {d['error']}"
         print(f"  {time.strftime('%H:%M:%S', time.localtime(d['at']))} {d['function']} <- {d['source']} {outcome}")
+    fleet = _fleet_info()
+    if fleet is not None:
+        agents = fleet.get("agents", {})
+        print(
+            f"fleet emulator: {len(agents)} agent(s) booted so far, working in {fleet['workdir']}; "
+            f"their logs: {fleet['log_dir']}/<instance-id>.log (`ringfleet logs JOB`)"
+        )
+    else:
+        print("fleet emulator: off (started with --no-fleet)")
     return 0
+
+
+def _fleet_info() -> dict[str, Any] | None:
+    path = STATE_DIR / FLEET_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def cmd_env(args: argparse.Namespace) -> int:
@@ -293,7 +382,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if job.tenant != message.tenant or job.spec.message_id != message.message_id:
         sys.exit(f"ringfleet: job rejected: job id {message.job_id!r} is already taken")
     if job.state.value == "FAILED":
-        reason = next((i.detail for i in job.incidents if i.cause == "rejected"), "rejected")
+        reason = job.failure or next((i.detail for i in job.incidents if i.cause == "rejected"), "rejected")
         sys.exit(f"ringfleet: job rejected: {reason}")
     print(f"admitted: {job.job_id} is {job.state.value}")
     return 0
@@ -319,7 +408,13 @@ def _job_row(job: Any, now: float) -> list[str]:
     hours = max(0.0, end - started.timestamp()) / 3600 if started else 0.0
     # An estimate: workers x hours at the job's budget rate share, capped by its budget.
     cost = hours * min(job.spec.budget_usd_per_hour, job.spec.budget_usd_per_hour * job.world_size / job.max_workers)
-    reason = job.incidents[-1].cause + (f": {job.incidents[-1].detail}" if job.incidents[-1].detail else "")
+    if job.state.value == "FAILED" and job.failure:
+        reason = f"failed: {one_line(job.failure)}"
+    elif job.incidents:
+        last = job.incidents[-1]
+        reason = last.cause + (f": {one_line(last.detail)}" if last.detail else "")
+    else:
+        reason = ""
     return [
         job.job_id,
         job.state.value,
@@ -328,8 +423,21 @@ def _job_row(job: Any, now: float) -> list[str]:
         "-" if step is None else str(step),
         "-" if durable is None else str(durable),
         f"{cost:.2f}",
-        reason if job.incidents else "",
+        reason,
     ]
+
+
+def one_line(text: str, width: int = 120) -> str:
+    """A reason on one line of at most ``width`` characters: a traceback's tail keeps its first line (what failed)
+    and its last (the exception), the frames between are left to `ringfleet events`."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    head, last = lines[0], lines[-1]
+    if head.startswith("Traceback (most recent call last)"):
+        head = last
+    line = head if head == last else f"{head} ... {last}"
+    return line if len(line) <= width else line[: width - 3] + "..."
 
 
 def cmd_job_status(args: argparse.Namespace) -> int:
@@ -364,14 +472,61 @@ def cmd_events(args: argparse.Namespace) -> int:
                 key = (job.job_id, i.at.isoformat(), i.cause, i.generation)
                 if key not in seen:
                     seen.add(key)
-                    detail = f" {i.detail}" if i.detail else ""
+                    # A multi-line detail (a failed script's traceback tail) follows its event, indented.
+                    first, *more = i.detail.splitlines() or [""]
+                    detail = f" {first}" if first else ""
                     on = f" on {i.instance_id}" if i.instance_id else ""
-                    lines.append((i.at, f"{i.at:%H:%M:%S} {job.job_id} gen {i.generation} {i.cause}{on}{detail}"))
-        for _, line in sorted(lines):
+                    text = f"{i.at:%H:%M:%S} {job.job_id} gen {i.generation} {i.cause}{on}{detail}"
+                    lines.append((i.at, "\n".join([text, *(f"    {line}" for line in more)])))
+        for _, line in sorted(lines, key=lambda entry: entry[0]):  # stable: a job's events keep their order
             print(line, flush=True)
         if not args.follow or (deadline is not None and time.monotonic() > deadline):
             return 0
         time.sleep(1.0)
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    """Prints the logs of the agents that served a job on the local cloud (the nodes table says which)."""
+    from ringfleet.adapters.dynamodb import DynamoDbNodeRepository
+    from ringfleet.wiring import WallClock
+
+    ctx = _attached()
+    fleet = _fleet_info()
+    if fleet is None:
+        sys.exit("ringfleet: the local cloud runs no fleet emulator (it was started with --no-fleet)")
+    if _job_client().job(args.tenant, args.job) is None:
+        sys.exit(f"ringfleet: no job {args.job!r} of tenant {args.tenant!r}")
+    table = str(ctx.resolve({"Ref": "NodesTable"}))
+    nodes = DynamoDbNodeRepository(table, clock=WallClock(), boto3_resource=ctx.resource("dynamodb"))
+    log_dir = Path(fleet["log_dir"])
+
+    def instances() -> list[str]:
+        # Every instance ever placed on the job (replacements join as they come); or the one asked for.
+        placed = [n.instance_id for n in nodes.list_by_job(args.job)]
+        return [i for i in placed if i == args.instance] if args.instance else placed
+
+    offsets: dict[str, int] = {}
+    try:
+        while True:
+            for instance in instances():
+                path = log_dir / f"{instance}.log"
+                if not path.is_file():
+                    continue
+                with path.open("rb") as f:
+                    f.seek(offsets.get(instance, 0))
+                    chunk = f.read()
+                end = chunk.rfind(b"\n") + 1 if args.follow else len(chunk)
+                offsets[instance] = offsets.get(instance, 0) + end
+                for line in chunk[:end].decode(errors="replace").splitlines():
+                    print(f"[{instance}] {line}", flush=True)
+            if not args.follow:
+                break
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass  # --follow ends with Ctrl-C: not an error
+    if not offsets:
+        print(f"no agent log of job {args.job} yet in {log_dir}", file=sys.stderr)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -392,15 +547,29 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     lsub = local.add_subparsers(dest="local_command", required=True)
-    up = lsub.add_parser("up", help="start moto, create the template's resources, route events (background)")
+    up = lsub.add_parser(
+        "up",
+        help="start moto, create the template's resources, route events, emulate the fleet (background)",
+        description="Starts the local cloud in the background: a moto server with template.yaml's resources, the "
+        "event router that invokes the handlers, and the fleet emulator: every instance the fleet scaler launches "
+        "boots an agent process (python -m training_worker, no job yet: it learns the job and what to run from its "
+        "first Reconfigure). The agents work in the directory this command runs from, so a job's entrypoint such as "
+        "`python examples/digits/train.py` resolves here; their logs are in <state dir>/workers/<instance-id>.log "
+        "(`ringfleet logs JOB`). `ringfleet local down` stops them all.",
+    )
     up.add_argument("--template", default="template.yaml")
     up.add_argument("--foreground", action="store_true", help="stay attached and print every delivery")
+    up.add_argument(
+        "--no-fleet", dest="fleet", action="store_false", help="no fleet emulator: launched instances run nothing"
+    )
     up.set_defaults(func=cmd_up)
     serve = lsub.add_parser("serve", help=argparse.SUPPRESS)
     serve.add_argument("--template", default="template.yaml")
+    serve.add_argument("--no-fleet", dest="fleet", action="store_false")
     serve.set_defaults(func=cmd_serve)
-    lsub.add_parser("down", help="stop the local cloud").set_defaults(func=cmd_down)
-    lsub.add_parser("status", help="endpoints, functions and the last deliveries").set_defaults(func=cmd_status)
+    lsub.add_parser("down", help="stop the local cloud and every agent of its fleet").set_defaults(func=cmd_down)
+    status_help = "endpoints, functions, the last deliveries and where the agents log"
+    lsub.add_parser("status", help=status_help).set_defaults(func=cmd_status)
     lsub.add_parser("env", help="print exports that point boto3 / the AWS CLI here").set_defaults(func=cmd_env)
     em = lsub.add_parser(
         "emit",
@@ -449,12 +618,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub_ = sub.add_parser(
         "submit",
         help="validate a job file and send it to job intake",
-        description="Reads a YAML job file (see examples/job.yaml), checks every field against the JobSubmitted "
+        description="Reads a YAML job file (see examples/digits/job.yaml), checks every field against the JobSubmitted "
         "contract (workers 1..1024 with max >= min, a positive budget, known instance type names, ...) and "
         "publishes it to the broker with publisher confirms. Then waits for job intake to admit it or say why not "
-        "(tenant quotas: GPUs and $/h). A refused job exits non-zero with the reason.",
+        "(tenant quotas: GPUs and $/h). A refused job exits non-zero with the reason. On the local cloud the job's "
+        "entrypoint runs in the directory `ringfleet local up` was run from (relative paths resolve there). A script "
+        "that fails is run again up to max_restarts times (default 3); one more failure ends the job FAILED.",
     )
-    sub_.add_argument("file", help="a job file, e.g. examples/job.yaml")
+    sub_.add_argument("file", help="a job file, e.g. examples/digits/job.yaml")
     sub_.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a field, e.g. --set job_id=j2")
     sub_.add_argument("--no-wait", action="store_true", help="return once the broker confirmed the message")
     sub_.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for admission (default 30)")
@@ -480,6 +651,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--follow", "-f", action="store_true", help="keep printing new events until interrupted")
     ev.add_argument("--for-seconds", type=float, default=None, help=argparse.SUPPRESS)
     ev.set_defaults(func=cmd_events)
+    lg = sub.add_parser(
+        "logs",
+        help="the logs of a job's agents and its script (local cloud)",
+        description="Prints what the agents that served the job wrote (their own log and the job script's output), "
+        "each line prefixed with its instance. Reads <state dir>/workers/<instance-id>.log of the local cloud.",
+    )
+    lg.add_argument("job", help="the job id")
+    lg.add_argument("--tenant", default=os.environ.get("RINGFLEET_TENANT", ""), help=tenant_help)
+    lg.add_argument("--instance", help="only this instance's agent")
+    lg.add_argument("--follow", "-f", action="store_true", help="keep printing new lines until Ctrl-C")
+    lg.set_defaults(func=cmd_logs)
     return parser
 
 

@@ -36,7 +36,7 @@ def validation_reason(exc: ValidationError) -> str:
 def load_job_file(path: str | Path) -> dict[str, Any]:
     data = yaml.safe_load(Path(path).read_text())
     if not isinstance(data, dict):
-        raise Rejected(f"{path}: a job file is a YAML mapping of JobSubmitted fields (see examples/job.yaml)")
+        raise Rejected(f"{path}: a job file is a YAML mapping of JobSubmitted fields (see examples/digits/job.yaml)")
     return data
 
 

@@ -205,21 +205,32 @@ def _manifest_steps(cloud: LocalCloud, bucket_ref: str) -> set[int]:
     return steps
 
 
-def _worker_args(scenario: Scenario, out: Path) -> Callable[[str | None, str], list[str]]:
+def _agent_args(scenario: Scenario) -> Callable[[str | None, str], list[str]]:
+    """The instance agents' own flags (what the job trains comes from its program, in the Reconfigure)."""
+
     def args(job_id: str | None, instance_id: str) -> list[str]:
         return [
-            "--steps", str(scenario.steps),
-            "--step-delay", str(scenario.step_delay_s),
-            "--checkpoint-every", str(scenario.checkpoint_every),
-            "--commit-every", str(scenario.commit_every),
             "--log-every", str(scenario.log_every),
             "--heartbeat-every", "2",
             "--timeout", str(scenario.peer_timeout_s),
             "--wait", "120",
-            "--final-state", str(out / "workers" / f"{instance_id}.pt"),
         ]  # fmt: skip
 
     return args
+
+
+def _training_args(scenario: Scenario, final: Path) -> dict[str, Any]:
+    """The digits example's arguments: the job's hyperparameters, and the baseline's command line."""
+    return {
+        "steps": scenario.steps,
+        "step-delay": scenario.step_delay_s,
+        "commit-every": scenario.commit_every,
+        "save-final": str(final),
+    }
+
+
+def _examples(cloud_template: str) -> Path:
+    return Path(cloud_template).resolve().parent / "examples" / "digits"
 
 
 class _Demo:
@@ -242,7 +253,7 @@ class _Demo:
 
         self.emulator = FleetEmulator(
             cloud.ctx,
-            worker_args=_worker_args(scenario, out),
+            worker_args=_agent_args(scenario),
             log_dir=out / "workers",
             duplicate_events=True,
             on_event=on_event,
@@ -284,8 +295,12 @@ class _Demo:
 
         scenario, watch = self.scenario, self.watch
         self.emulator.start()
-        fields = load_job_file(Path(self.cloud.template_path).parent / "examples" / "job.yaml")
+        examples = _examples(self.cloud.template_path)
+        fields = load_job_file(examples / "job.yaml")
         fields.update(
+            # The path as the agents see it: they run from wherever the demo was started.
+            entrypoint=["python", str(examples / "train.py")],
+            hyperparameters=_training_args(scenario, self.out / "final.pt"),
             job_id=JOB_ID,
             tenant=TENANT,
             min_workers=scenario.min_workers,
@@ -404,44 +419,39 @@ class _Demo:
         return count
 
 
-def _baseline(scenario: Scenario, out: Path) -> Path:
-    """The same job on a fixed ring of ``workers`` with no control plane and no failures; rank 0's final state."""
+def _baseline(scenario: Scenario, out: Path, script: Path) -> Path:
+    """The same job on a fixed ring of ``workers`` with no control plane and no failures; its final state."""
     port = free_port()
     folder = out / "baseline"
     folder.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RINGFLEET_", "AWS_"))}
+    final = folder / "final.pt"
+    args = [x for name, value in _training_args(scenario, final).items() for x in (f"--{name}", str(value))]
     procs = []
     for rank in range(scenario.workers):
-        command = [sys.executable, "-m", "training_worker", "--job-id", "baseline", "--broker-url", "none"]
-        command += ["--instance-id", f"baseline-{rank}"]
-        command += ["--static-world", f"{rank}:{scenario.workers}:127.0.0.1:{port}"]
-        command += ["--steps", str(scenario.steps), "--commit-every", str(scenario.commit_every)]
-        command += ["--log-every", str(scenario.steps), "--final-state", str(folder / f"rank{rank}.pt")]
+        command = [sys.executable, "-m", "training_worker", "--broker-url", "none", "--instance-id", f"baseline-{rank}"]
+        command += ["--static-world", f"{rank}:{scenario.workers}:127.0.0.1:{port}", "--log-every", str(scenario.steps)]
+        command += ["--", "python", str(script), *args, "--step-delay", "0"]
         with (folder / f"rank{rank}.log").open("wb") as log:
             procs.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env))
     for p in procs:
         if p.wait(timeout=300) != 0:
             raise SystemExit(f"the uninterrupted baseline run failed; see {folder}")
-    return folder / "rank0.pt"
+    return final
+
+
+def _accuracy(log: Path) -> float | None:
+    """The held-out accuracy the digits example's rank 0 printed at the end."""
+    lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.startswith("held-out accuracy ")]
+    return float(lines[-1].split()[-1]) if lines else None
 
 
 def _compare(final: Path, baseline: Path, watch: _Watch) -> bool:
     import torch
 
-    from training_worker.data import accuracy
-    from training_worker.worker import build_model
-
-    def load(path: Path) -> torch.nn.Module:
-        model = build_model(0)
-        model.load_state_dict(torch.load(path, weights_only=True))
-        return model
-
-    ours, theirs = load(final), load(baseline)
-    watch.timeline.accuracy = accuracy(ours)
-    watch.timeline.baseline_accuracy = accuracy(theirs)
-    match = all(
-        torch.allclose(a, b, rtol=1e-4, atol=1e-5)
-        for a, b in zip(ours.state_dict().values(), theirs.state_dict().values(), strict=True)
+    ours, theirs = torch.load(final, weights_only=True), torch.load(baseline, weights_only=True)
+    match = ours.keys() == theirs.keys() and all(
+        torch.allclose(ours[k], theirs[k], rtol=1e-4, atol=1e-5) for k in ours
     )
     watch.timeline.params_match_baseline = match
     return match
@@ -458,6 +468,7 @@ def run_demo(
     out = Path(out_dir).resolve()
     shutil.rmtree(out / "workers", ignore_errors=True)
     shutil.rmtree(out / "baseline", ignore_errors=True)
+    (out / "final.pt").unlink(missing_ok=True)
     (out / "control-plane.log").unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     print(
@@ -484,12 +495,14 @@ def run_demo(
             demo.account()
         finally:
             demo.close()
-        finals = [out / "workers" / f"{i}.pt" for i in sorted(watch.finished)]
+        accuracies = [_accuracy(out / "workers" / f"{i}.log") for i in sorted(watch.finished)]
+        watch.timeline.accuracy = next((a for a in accuracies if a is not None), None)
     print("Training the same job uninterrupted on a fixed ring of 3, for comparison", flush=True)
-    baseline = _baseline(scenario, out)
-    final = next((p for p in finals if p.exists()), None)
-    if final is None:
-        raise SystemExit(f"no worker wrote its final state; see {out}/workers")
+    baseline = _baseline(scenario, out, _examples(template) / "train.py")
+    watch.timeline.baseline_accuracy = _accuracy(out / "baseline" / "rank0.log")
+    final = out / "final.pt"
+    if not final.exists():
+        raise SystemExit(f"the job's rank 0 wrote no final state; see {out}/workers")
     match = _compare(final, baseline, watch)
     watch.timeline.cost_lines = watch.cost_lines
     md, png = write_report(watch.timeline, out, title="ringfleet demo" + (" (fast)" if fast else ""))

@@ -71,6 +71,7 @@ class IntakeService:
                 tenant=message.tenant,
                 state=JobState.FAILED,
                 spec=message,
+                failure=reason,
                 incidents=(Incident(at=now, cause="rejected", generation=0, detail=reason),),
             )
             self.jobs.create(rejected)

@@ -28,6 +28,7 @@ from ringfleet.domain.recovery import (
     NodeLost,
     NoticeGiven,
     RecoveryPlan,
+    ScriptFailed,
     Signal,
     plan_node_updates,
     plan_recovery,
@@ -148,7 +149,8 @@ class RecoveryService:
         return self.apply(message.job_id, signal)
 
     def on_worker_failed(self, message: WorkerFailed) -> Outcome:
-        """A worker's own failure (``scope`` self: it is the lost node), or its ring's (``ring``: a peer is gone).
+        """A worker's own failure (``scope`` self: it is the lost node), its ring's (``ring``: a peer is gone), or
+        its job script's (``script``: the instance is fine; counted against the job's ``max_restarts``).
 
         A failed collective does not say which peer died, so the fleet does: the members of the reported
         generation that EC2 no longer runs are lost. When every member still runs (a crashed process on a live
@@ -159,6 +161,11 @@ class RecoveryService:
         if node is None or node.job_id != message.job_id:
             return Outcome(message.job_id, "ignored: instance is not a node of this job")
         detect = max(0.0, (self.clock.now() - message.sent_at).total_seconds())
+        if message.scope == "script":
+            failed = ScriptFailed(
+                message.instance_id, message.generation, message.sent_at, message.reason, step=message.step
+            )
+            return replace(self.apply(message.job_id, failed), time_to_detect=detect)
         if message.scope == "self":
             signal = NodeLost(
                 message.instance_id,
@@ -273,10 +280,12 @@ class RecoveryService:
         )
 
     def _announce_finished(self, job: Job) -> None:
-        """``Job Finished`` on EventBridge: the fleet scaler stops counting its workers."""
+        """``Job Finished`` on EventBridge (SUCCEEDED or FAILED): the fleet scaler stops counting its workers and
+        frees its instances."""
         from ringfleet.contracts import JobFinishedDetail
 
-        self._announce(JobFinishedDetail(tenant=job.tenant, job_id=job.job_id, state="SUCCEEDED"))
+        state = "FAILED" if job.state.value == "FAILED" else "SUCCEEDED"
+        self._announce(JobFinishedDetail(tenant=job.tenant, job_id=job.job_id, state=state))
 
     def _announce(self, detail: ControlDetail) -> None:
         """Puts one of the control plane's own events for the fleet scaler. Its minute tick would see the change

@@ -65,7 +65,7 @@ def test_three_jobs_grow_the_fleet_across_pools_and_cancelling_them_empties_it_a
         done = cli(
             cloud,
             "submit",
-            str(ROOT / "examples/job.yaml"),
+            str(ROOT / "examples/digits/job.yaml"),
             "--set", f"job_id={job_id}",
             "--set", f"instance_types={json.dumps([instance_type])}",
             "--set", f"min_workers={workers}",
@@ -108,7 +108,7 @@ def test_three_jobs_grow_the_fleet_across_pools_and_cancelling_them_empties_it_a
 def test_hostile_submissions_are_refused_with_the_reason_and_never_reach_the_scaler(cloud: LocalCloud) -> None:
     # given a job file asking for 100,000 workers with a negative budget
     done = cli(
-        cloud, "submit", str(ROOT / "examples/job.yaml"), "--set", "job_id=e2e-huge",
+        cloud, "submit", str(ROOT / "examples/digits/job.yaml"), "--set", "job_id=e2e-huge",
         "--set", "max_workers=100000", "--set", "budget_usd_per_hour=-5",
     )  # fmt: skip
     # then the CLI refuses it before sending, saying why

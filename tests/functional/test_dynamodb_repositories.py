@@ -44,6 +44,9 @@ def test_create_is_put_if_absent_and_a_job_reads_back_as_written(jobs: DynamoDbJ
         recovery=PendingRecovery(cause="spot-interruption", started_at=T0, leaving=(instance(2),), lost=(instance(3),)),
         incidents=(Incident(at=T0, cause="spot-interruption", generation=1, instance_id=instance(2)),),
         outbox=({"type": "Stop"},),
+        script_failures=2,
+        script_failed_generation=1,
+        failure="entrypoint exited with status 1\nTraceback (most recent call last):\nValueError: boom",
     )
     # when it is created twice
     assert jobs.create(job) is True
@@ -88,6 +91,30 @@ def test_saves_write_what_changed_and_the_job_reads_back_as_each_decision(jobs: 
     # then the job reads back as the last decision, field for field
     assert after_first == replace(first, revision=read.revision + 1, updated_at=later(5))
     assert jobs.get("repo-changes") == replace(second, revision=read.revision + 2, updated_at=later(5))
+
+
+def test_a_counted_script_failure_is_saved_under_the_fence_and_a_job_stored_before_it_reads_as_never_failed(
+    jobs: DynamoDbJobRepository,
+) -> None:
+    # given a job stored before jobs counted script failures (an item without those attributes)
+    job, _ = running_job("repo-script")
+    jobs.create(job)
+    jobs._table.update_item(
+        Key={"job_id": "repo-script"}, UpdateExpression="REMOVE script_failures, script_failed_generation, failure"
+    )
+    read = jobs.get("repo-script")
+    assert read is not None
+    assert (read.script_failures, read.script_failed_generation, read.failure) == (0, None, None)
+    # when one decider counts a failure and fails the job, and another decided from the same read
+    failed = replace(
+        read, state=JobState.FAILED, script_failures=1, script_failed_generation=1, failure="ValueError: boom"
+    )
+    assert jobs.save(failed, decided_from=read) is True
+    assert jobs.save(replace(read, script_failures=1, script_failed_generation=1), decided_from=read) is False
+    # then the job reads back FAILED with its count and reason
+    stored = jobs.get("repo-script")
+    assert stored is not None and stored.state is JobState.FAILED
+    assert (stored.script_failures, stored.script_failed_generation, stored.failure) == (1, 1, "ValueError: boom")
 
 
 def test_of_many_deciders_saving_from_the_same_read_at_once_exactly_one_wins(aws: LocalCloud) -> None:

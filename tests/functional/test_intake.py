@@ -45,6 +45,7 @@ def test_a_job_over_the_tenants_gpu_quota_is_recorded_failed_with_the_reason_and
     assert outcome.outcome == "rejected" and "quota" in outcome.reason
     job = svc.jobs.get("job-2")
     assert job is not None and job.state == JobState.FAILED and "quota" in job.incidents[-1].detail
+    assert job.failure == outcome.reason  # what `ringfleet status` shows for it
     assert len(events) == 1
 
 

@@ -15,11 +15,24 @@ ROOT = Path(__file__).resolve().parents[2]
 _PROGRESS = re.compile(r"^step (\d+) .* world (\d+) rank (\d+) generation (\d+)$")
 
 
-class WorkerProcess:
-    """One worker process. Without ``broker_url`` it runs with ``--broker-url none``; with one it is configured the
-    way a fleet launches it, through ``RINGFLEET_BROKER_URL``."""
+#: The job script the worker tests run: the digits example, written against the public API only.
+DIGITS = ("python", "examples/digits/train.py")
 
-    def __init__(self, log: Path, *args: str, env: dict[str, str] | None = None, broker_url: str | None = None) -> None:
+
+class WorkerProcess:
+    """One instance agent process running ``script`` (the digits example with these arguments; None: no program,
+    it waits to be placed and runs what its first Reconfigure names). Without ``broker_url`` it runs with
+    ``--broker-url none``; with one it is configured the way a fleet launches it, through ``RINGFLEET_BROKER_URL``."""
+
+    def __init__(
+        self,
+        log: Path,
+        *args: str,
+        script: tuple[str, ...] | None = (),
+        program: tuple[str, ...] = DIGITS,
+        env: dict[str, str] | None = None,
+        broker_url: str | None = None,
+    ) -> None:
         self.log = log
         full_env = {
             **os.environ,
@@ -32,7 +45,7 @@ class WorkerProcess:
         flags = [] if broker_url is not None else ["--broker-url", "none"]
         self._file = log.open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "training_worker", *flags, *args],
+            [sys.executable, "-m", "training_worker", *flags, *args, *([] if script is None else ["--", *program, *script])],
             cwd=ROOT,
             env=full_env,
             stdout=self._file,

@@ -21,7 +21,7 @@ from tests.conftest import purge_queue
 from tests.worker.broker import new_job_id
 from tests.worker.conftest import InstanceMetadata
 from training_worker.control import ControlChannel, SpotNoticeWatcher
-from training_worker.worker import Worker, WorkerConfig
+from training_worker.runtime import Runtime, RuntimeConfig
 
 # A job and an instance of its own: a durable mailbox left by an earlier run (say a demo) never feeds this test.
 JOB, INSTANCE = new_job_id("control"), f"i-{uuid.uuid4().hex[:17]}"
@@ -101,7 +101,7 @@ def test_a_spot_notice_is_noticed_once_the_metadata_endpoint_serves_it(
 
 def test_the_worker_ignores_commands_of_an_older_generation() -> None:
     # given a worker in generation 5
-    worker = Worker(WorkerConfig(job_id=JOB, instance_id=INSTANCE, broker_url=None))
+    worker = Runtime(RuntimeConfig(job_id=JOB, instance_id=INSTANCE))
     worker.generation = 5
     # when a Stop of generation 4 and a CheckpointNow of generation 5 arrive
     worker.on_command(Stop(job_id=JOB, generation=4, reason="stale"))

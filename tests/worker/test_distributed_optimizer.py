@@ -32,7 +32,7 @@ def _train(rank: int, world: int, backend: AllreduceBackend | None, passes: int 
     if backend is not None:
         # small buckets: several of them are reduced while backward is still running
         opt = DistributedOptimizer(
-            inner, model.parameters(), backend, bucket_bytes=512, backward_passes_per_step=passes
+            inner, model.named_parameters(), passes, bucket_bytes=512, backend=backend
         )
     x, y = _data()
     share = 2 * BATCH // world

@@ -20,8 +20,10 @@ from training_worker.checkpoint import S3CheckpointStore
 
 A, B, C = "i-0000000000000000a", "i-0000000000000000b", "i-0000000000000000c"
 
-#: Paced so that a test sees every step and has time to act between two of them.
-TRAINING = ("--steps", "100000", "--step-delay", "0.02", "--log-every", "1", "--global-batch", "48", "--timeout", "5")
+#: Paced so that a test sees every step and has time to act between two of them: the agent's flags, then the
+#: digits example's.
+AGENT = ("--log-every", "1", "--timeout", "5")
+TRAINING = ("--steps", "100000", "--step-delay", "0.02", "--global-batch", "48")
 
 
 @pytest.fixture
@@ -39,12 +41,14 @@ def _start(
     instance: str,
     broker_url: str,
     *extra: str,
+    script: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
 ) -> WorkerProcess:
     worker = WorkerProcess(
         tmp / f"{instance}.log",
-        *TRAINING,
+        *AGENT,
         *extra,
+        script=(*TRAINING, *script),
         env={"RINGFLEET_JOB_ID": job, "RINGFLEET_INSTANCE_ID": instance, **(env or {})},
         broker_url=broker_url,
     )
@@ -67,7 +71,7 @@ def test_reconfigure_forms_the_ring_and_a_new_membership_re_forms_it_without_a_r
 ) -> None:
     # given three workers of one job, listening for commands and not yet told who they are
     job = new_job_id("reform")
-    a, b, c = (_start(workers, tmp_path, job, i, broker_url, "--commit-every", "4") for i in (A, B, C))
+    a, b, c = (_start(workers, tmp_path, job, i, broker_url, script=("--commit-every", "4")) for i in (A, B, C))
     _ready(a, b, c)
 
     # when generation 1 names a and b: they form a two-rank ring and train, and c waits as a spare

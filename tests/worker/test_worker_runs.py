@@ -27,13 +27,9 @@ def _run_pair(tmp: Path, name: str, job: str, steps: int, env: dict[str, str]) -
             INSTANCES[rank],
             "--static-world",
             f"{rank}:2:127.0.0.1:{port}",
-            "--steps",
-            str(steps),
             "--checkpoint-every",
             "10",
-            "--global-batch",
-            "48",
-            *(["--final-state", str(final)] if rank == 0 else []),
+            script=("--steps", str(steps), "--global-batch", "48", *(["--save-final", str(final)] if rank == 0 else [])),
             env=env,
         )
         for rank in range(2)
@@ -86,18 +82,11 @@ def test_kill_9_of_one_of_three_workers_is_survived_by_a_two_rank_ring(tmp_path:
             instance,
             "--discovery-file",
             str(discovery),
-            "--steps",
-            "120",
-            "--commit-every",
-            "4",
             "--timeout",
             "5",
             "--log-every",
             "5",
-            "--step-delay",
-            "0.05",
-            "--global-batch",
-            "48",
+            script=("--steps", "120", "--commit-every", "4", "--step-delay", "0.05", "--global-batch", "48"),
         )
         for i, instance in enumerate(INSTANCES)
     ]

@@ -214,6 +214,9 @@ if TYPE_CHECKING:
         MessageBase as MessageBase,
     )
     from ringfleet.contracts.messages import (
+        Program as Program,
+    )
+    from ringfleet.contracts.messages import (
         Reconfigure as Reconfigure,
     )
     from ringfleet.contracts.messages import (
@@ -291,6 +294,7 @@ _WHERE = {
     "Message": "messages",
     "MessageBase": "messages",
     "NodeEvent": "cloud",
+    "Program": "messages",
     "RabbitMqBasicProperties": "mq",
     "RabbitMqEnvelope": "envelopes",
     "RabbitMqEvent": "mq",

@@ -131,6 +131,14 @@ class Job:
     restoring_step: int | None = None
     recovery: PendingRecovery | None = None
     incidents: tuple[Incident, ...] = ()
+    #: How many times the job's own script failed (WorkerFailed scope ``script``), at most once per generation;
+    #: the job ends FAILED once this exceeds ``spec.max_restarts``. Lost nodes and membership changes never count.
+    script_failures: int = 0
+    #: The generation whose script failure was counted last: further reports of it (other ranks, redeliveries)
+    #: count nothing more.
+    script_failed_generation: int | None = None
+    #: Why the job ended FAILED (its script's last failure, traceback tail included, or why it was refused).
+    failure: str | None = None
     #: Commands decided but not yet confirmed as published (the outbox): published after the save that decided
     #: them, cleared by the next save, re-published by whoever finds them still here.
     outbox: tuple[Mapping[str, Any], ...] = ()

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from ringfleet.contracts import Reconfigure
+from ringfleet.contracts import Program, Reconfigure
 from ringfleet.domain.jobs import Incident, Job, JobState
 from ringfleet.domain.recovery import (
     DEFAULT_RENDEZVOUS_HOST,
@@ -103,6 +103,8 @@ def _start(job: Job, taken: Sequence[FreeInstance], now: datetime) -> JobStart:
         ranks=ranks,
         rendezvous=f"{taken[0].host or DEFAULT_RENDEZVOUS_HOST}:{port}",
         checkpoint=job.durable_checkpoint.ref() if job.durable_checkpoint else None,
+        # What to run: the fleet's instances boot with no job and learn it (and its program) from this message.
+        program=Program.of(job.spec),
         message_id=command_message_id(job.job_id, after.generation, "Reconfigure"),
         sent_at=now,
     )

@@ -1,10 +1,14 @@
-"""plan_recovery: what to do about a lost, leaving or new node, or a finished checkpoint — a pure decision.
+"""plan_recovery: what to do about a lost, leaving or new node, a failed job script, or a finished checkpoint — a
+pure decision.
 
 Recovery in order of preference (DESIGN.md): with notice, checkpoint now and re-form the ring with a replacement
 once both are there; without notice, the survivors re-form the ring at once; with nothing left, restart from the
-newest durable checkpoint. Every decision is made from one read of the job and returns the job as it should be
-saved; the caller saves it conditionally on the generation and revision it was decided from, so a duplicated or
-reordered signal decides nothing new: the signal finds its effect already there and the plan is unchanged.
+newest durable checkpoint. A failure of the job's own script is not a lost node: the same members run it again in a
+new generation, up to the job's ``max_restarts`` times, after which the job ends FAILED and its workers are stopped.
+
+Every decision is made from one read of the job and returns the job as it should be saved; the caller saves it
+conditionally on the generation and revision it was decided from, so a duplicated or reordered signal decides
+nothing new: the signal finds its effect already there and the plan is unchanged.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from ringfleet.domain.jobs import Incident, Job, JobState, PendingRecovery
 from ringfleet.domain.nodes import LifecycleHook, Node, NodeState
 
 if TYPE_CHECKING:
-    from ringfleet.contracts import CheckpointNow, Reconfigure
+    from ringfleet.contracts import CheckpointNow, Reconfigure, Stop
 
 __all__ = [
     "RENDEZVOUS_BASE_PORT",
@@ -28,6 +32,7 @@ __all__ = [
     "NodeLost",
     "NoticeGiven",
     "RecoveryPlan",
+    "ScriptFailed",
     "Signal",
     "command_message_id",
     "plan_node_updates",
@@ -89,7 +94,23 @@ class CapacityArrived:
     host: str | None = None
 
 
-Signal = NoticeGiven | NodeLost | CheckpointTaken | CapacityArrived
+@dataclass(frozen=True)
+class ScriptFailed:
+    """The job's own script failed on a member (raised, exited non-zero, never called init(), no entrypoint).
+
+    The instance is fine: its agent waits for the next Reconfigure to run the script again.
+    """
+
+    instance_id: str
+    #: The generation the script ran in.
+    generation: int
+    at: datetime
+    #: What the worker reported: the failure, ending with the last lines of its traceback.
+    reason: str
+    step: int | None = None
+
+
+Signal = NoticeGiven | NodeLost | CheckpointTaken | CapacityArrived | ScriptFailed
 
 
 @dataclass(frozen=True)
@@ -98,7 +119,7 @@ class RecoveryPlan:
 
     before: Job
     job: Job
-    commands: tuple[CheckpointNow | Reconfigure, ...] = ()
+    commands: tuple[CheckpointNow | Reconfigure | Stop, ...] = ()
     #: Why, in words, for the log.
     outcome: str = ""
     #: Metric name -> value (seconds or counts) for the handler to emit once the plan is saved.
@@ -134,6 +155,8 @@ def plan_recovery(job: Job, nodes: Sequence[Node], signal: Signal) -> RecoveryPl
         return _on_lost(job, nodes, signal)
     if isinstance(signal, CheckpointTaken):
         return _on_checkpoint(job, nodes, signal)
+    if isinstance(signal, ScriptFailed):
+        return _on_script_failed(job, nodes, signal)
     return _on_capacity(job, nodes, signal)
 
 
@@ -269,6 +292,64 @@ def _on_capacity(job: Job, nodes: Sequence[Node], signal: CapacityArrived) -> Re
     return replace(plan, before=job, outcome=f"capacity arrived: {plan.outcome}")
 
 
+def _on_script_failed(job: Job, nodes: Sequence[Node], signal: ScriptFailed) -> RecoveryPlan:
+    """Counts the failure once per generation; restarts the script on the same members, or fails the job."""
+    if signal.generation != job.generation:
+        # Every rank of a failed generation may report it, late or twice; the job has moved on since the first.
+        return _unchanged(job, f"ignored: script failure of generation {signal.generation}, job is at {job.generation}")
+    if job.script_failed_generation == job.generation:
+        return _unchanged(job, f"ignored: generation {job.generation}'s script failure is already counted")
+    if signal.instance_id not in job.members:
+        return _unchanged(job, "ignored: instance is not a member of the job's current generation")
+    failures = job.script_failures + 1
+    allowed = job.spec.max_restarts
+    incident = Incident(
+        at=signal.at,
+        cause="script-failed",
+        generation=job.generation,
+        instance_id=signal.instance_id,
+        detail=f"failure {failures} (max_restarts {allowed}): {signal.reason}",
+        step=signal.step,
+    )
+    counted = replace(job, script_failures=failures, script_failed_generation=job.generation).with_incident(incident)
+    metrics = {"ScriptFailures": 1.0}
+    if failures > allowed:
+        return _fail(job, counted, signal, f"script failed {failures} times (max_restarts {allowed})", metrics)
+    if counted.recovery is not None:
+        # A recovery is already re-forming the ring; its Reconfigure runs the script again. The failed script will
+        # not take the emergency checkpoint the recovery may be waiting for: stop waiting for it.
+        recovering = replace(counted, recovery=replace(counted.recovery, awaiting_checkpoint=False))
+        plan = _try_reconfigure(recovering, nodes, signal.at)
+        outcome = f"script failed ({failures} of {allowed} restarts) while recovering: {plan.outcome}"
+        return replace(plan, before=job, outcome=outcome, metrics={**plan.metrics, **metrics})
+    # The same members run the script again in a new generation; they keep what they hold in memory and sync it,
+    # as survivors do (checkpoint None): a failed script is no reason to lose their progress.
+    plan = _reconfigure(counted, nodes, list(job.members), [], signal.at, restore=False, cause="script-restarted")
+    outcome = f"script failed ({failures} of {allowed} restarts): {plan.outcome}"
+    return replace(plan, before=job, outcome=outcome, metrics=metrics, cause="script-failed")
+
+
+def _fail(job: Job, counted: Job, signal: ScriptFailed, why: str, metrics: Mapping[str, float]) -> RecoveryPlan:
+    """The job ends FAILED: its workers get Stop, and the reason stays on the record for ``ringfleet status``."""
+    from ringfleet.contracts import Stop
+
+    after = replace(
+        counted.moved_to(JobState.FAILED),
+        recovery=None,
+        replacements_wanted=0,
+        spares=(),
+        failure=signal.reason,
+    ).with_incident(Incident(at=signal.at, cause="failed", generation=job.generation, detail=why))
+    stop = Stop(
+        job_id=job.job_id,
+        generation=job.generation,
+        reason=f"failed: {why}",
+        message_id=command_message_id(job.job_id, job.generation, "Stop"),
+        sent_at=signal.at,
+    )
+    return RecoveryPlan(before=job, job=after, commands=(stop,), outcome=f"job failed: {why}", metrics=metrics)
+
+
 def _try_reconfigure(job: Job, nodes: Sequence[Node], at: datetime) -> RecoveryPlan:
     """Re-forms the ring when the recovery has what it waits for; otherwise the job as given, waiting."""
     recovery = job.recovery
@@ -308,7 +389,7 @@ def _reconfigure(
     cause: str | None = None,
 ) -> RecoveryPlan:
     """The next generation: ``survivors`` keep their order (rank 0 first), ``joining`` spares follow."""
-    from ringfleet.contracts import Reconfigure
+    from ringfleet.contracts import Program, Reconfigure
 
     recovery = job.recovery
     survivors = sorted(survivors, key=lambda i: job.members[i])
@@ -327,6 +408,8 @@ def _reconfigure(
         ranks=ranks,
         rendezvous=f"{hosts.get(rank0) or DEFAULT_RENDEZVOUS_HOST}:{port}",
         checkpoint=checkpoint.ref() if checkpoint else None,
+        # Every Reconfigure says what the job runs: an instance booted unplaced learns it from its first one.
+        program=Program.of(job.spec),
         message_id=command_message_id(job.job_id, after.generation, "Reconfigure"),
         sent_at=at,
     )

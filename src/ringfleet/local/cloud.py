@@ -18,6 +18,7 @@ from ringfleet.local.clock import Clock
 from ringfleet.local.context import CloudContext, LocalState
 from ringfleet.local.provision import provision
 from ringfleet.local.router import Delivery, Router
+from ringfleet.local.vhost import create_vhost, delete_vhost
 
 __all__ = ["LocalCloud", "broker_reachable", "free_port"]
 
@@ -63,6 +64,9 @@ class LocalCloud:
         stack: str = "ringfleet",
     ) -> None:
         self.template_path = Path(template).resolve()
+        #: Neither given nor set in the environment: the machine's broker, on a vhost of this cloud's own.
+        self._own_vhost = broker_url is None and not os.environ.get("RINGFLEET_BROKER_URL")
+        self._vhost: str | None = None
         self.broker_url = broker_url or os.environ.get("RINGFLEET_BROKER_URL", DEFAULT_BROKER_URL)
         self.clock = clock
         self.route = route
@@ -100,6 +104,10 @@ class LocalCloud:
                 f"RabbitMQ does not answer at {self.broker_url.split('@')[-1]}: start it with "
                 "`rabbitmq-server -detached` (or set RINGFLEET_BROKER_URL)"
             )
+        if self.route and self._own_vhost:
+            own = create_vhost(self.broker_url, prefix=f"{self.stack}-local")
+            if own is not None:
+                self._vhost, self.broker_url = own
         port = free_port()
         endpoint = f"http://127.0.0.1:{port}"
         self._moto = subprocess.Popen(
@@ -156,6 +164,9 @@ class LocalCloud:
             self._moto = None
         if self.state_dir is not None:
             (self.state_dir / "local.json").unlink(missing_ok=True)
+        if self._vhost is not None:
+            delete_vhost(self._vhost)
+            self._vhost = None
 
     def __enter__(self) -> LocalCloud:
         return self.start()

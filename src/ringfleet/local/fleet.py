@@ -4,8 +4,10 @@ moto keeps the instances' state but runs nothing. The emulator watches moto's ru
 (tag ``ringfleet:stack``) and boots ``python -m training_worker`` with each, as the worker container starts with
 its instance in AWS: with its own instance-metadata endpoint and no job yet; the worker waits in its instance's
 mailbox until the fleet scaler places it and its first Reconfigure names the job. (Runs without a control plane
-pass ``job_of``: a worker then starts once its instance is assigned, with that job.) A terminated instance's
-process is killed. Chaos injection reproduces the two ways AWS takes capacity:
+pass ``job_of``: a worker then starts once its instance is assigned, with that job.) Each worker leads a process
+group of its own, as if it were alone on its instance: whatever it starts (the job's script) goes with it when its
+instance is terminated or the emulator stops (SIGTERM, then SIGKILL to the whole group: nothing is left behind).
+Chaos injection reproduces the two ways AWS takes capacity:
 
 - ``interrupt(instance, grace_s)``: the spot notice appears in the instance's metadata and the interruption
   warning (and a rebalance recommendation) goes through EventBridge; after the grace period the instance is
@@ -17,6 +19,7 @@ process is killed. Chaos injection reproduces the two ways AWS takes capacity:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -24,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -100,6 +103,7 @@ class FleetEmulator:
         log_dir: Path,
         duplicate_events: bool = False,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        workdir: Path | None = None,
     ) -> None:
         self.ctx = ctx
         self.job_of = job_of
@@ -107,6 +111,8 @@ class FleetEmulator:
         self.log_dir = log_dir
         self.duplicate_events = duplicate_events
         self.on_event = on_event or (lambda kind, info: None)
+        #: The workers' working directory (default: this process's): a job's entrypoint resolves there.
+        self.workdir = workdir
         self.metadata = MetadataServer()
         self.instances: dict[str, EmulatedInstance] = {}
         self.gone: set[str] = set()
@@ -166,6 +172,8 @@ class FleetEmulator:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
+                cwd=self.workdir,
+                start_new_session=True,
             )
         self.instances[instance_id] = EmulatedInstance(instance_id, job_id, process, log_path)
         self.on_event("worker-started", {"instance_id": instance_id, "job_id": job_id, "pid": process.pid})
@@ -173,13 +181,8 @@ class FleetEmulator:
     def _kill(self, instance_id: str, sig: signal.Signals) -> None:
         inst = self.instances.pop(instance_id, None)
         self.gone.add(instance_id)
-        if inst is not None and inst.process.poll() is None:
-            inst.process.send_signal(sig)
-            try:
-                inst.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                inst.process.kill()
-                inst.process.wait()
+        if inst is not None:
+            _end([inst.process], sig, grace_s=30)
 
     # -- chaos ------------------------------------------------------------------------------------------------
     def _put(self, detail_type: str, detail: dict[str, Any], instance_id: str) -> None:
@@ -239,11 +242,35 @@ class FleetEmulator:
         self._thread = threading.Thread(target=loop, daemon=True, name="fleet-emulator")
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, grace_s: float = 30) -> None:
+        """Ends every worker: SIGTERM to all at once (each may checkpoint), SIGKILL to what is left after
+        ``grace_s``."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
         with self._lock:
-            for instance_id in list(self.instances):
-                self._kill(instance_id, signal.SIGTERM)
+            ending = list(self.instances.values())
+            self.gone.update(self.instances)
+            self.instances.clear()
+        _end([i.process for i in ending], signal.SIGTERM, grace_s=grace_s)
         self.metadata.close()
+
+
+def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    # The worker leads its group (start_new_session): the group is the worker and whatever it started.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, sig)
+
+
+def _end(processes: Sequence[subprocess.Popen[bytes]], sig: signal.Signals, *, grace_s: float) -> None:
+    """Sends ``sig`` to each worker's group, waits up to ``grace_s`` for the workers, then SIGKILLs the groups:
+    a script the worker started (or orphaned) never outlives its instance."""
+    for process in processes:
+        if process.poll() is None:
+            _signal_group(process, sig)
+    deadline = time.monotonic() + grace_s
+    for process in processes:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        _signal_group(process, signal.SIGKILL)
+        process.wait()
