@@ -84,8 +84,9 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def allreduce_(tensor: torch.Tensor, op: str = Average) -> torch.Tensor:
-    """Reduces ``tensor`` in place over the ring (``Average`` or ``Sum``) and returns it."""
+def allreduce_(tensor: torch.Tensor, op: str = Average, name: str | None = None) -> torch.Tensor:
+    """Reduces ``tensor`` in place over the ring (``Average`` or ``Sum``) and returns it; ``name`` is Horovod's, and
+    unused (collectives run in the order every rank calls them)."""
     if op not in (Average, Sum):
         raise ValueError(f"op must be training_worker.Average or training_worker.Sum, not {op!r}")
     backend = _rt.current().require_backend()
@@ -96,9 +97,9 @@ def allreduce_(tensor: torch.Tensor, op: str = Average) -> torch.Tensor:
     return tensor
 
 
-def allreduce(tensor: torch.Tensor, op: str = Average) -> torch.Tensor:
+def allreduce(tensor: torch.Tensor, op: str = Average, name: str | None = None) -> torch.Tensor:
     """A new tensor: ``tensor`` reduced over the ring (``Average`` or ``Sum``); ``tensor`` is left as it is."""
-    return allreduce_(tensor.detach().clone(), op)
+    return allreduce_(tensor.detach().clone(), op, name)
 
 
 def broadcast_parameters(params: Any, root_rank: int = 0) -> None:

@@ -71,8 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     who = p.add_argument_group("identity and control plane")
-    who.add_argument("--job-id", default=_env("RINGFLEET_JOB_ID"), help="job id [RINGFLEET_JOB_ID]; leave it out when "
-                     "the agent boots with its instance: its first Reconfigure names the job")  # fmt: skip
+    who.add_argument(
+        "--job-id",
+        default=_env("RINGFLEET_JOB_ID"),
+        help="job id [RINGFLEET_JOB_ID]; leave it out when "
+        "the agent boots with its instance: its first Reconfigure names the job",
+    )
     who.add_argument(
         "--instance-id", default=_env("RINGFLEET_INSTANCE_ID"), help="this instance's id [RINGFLEET_INSTANCE_ID]"
     )
@@ -81,8 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("RINGFLEET_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/"),
         help="RabbitMQ / Amazon MQ URL [RINGFLEET_BROKER_URL]; 'none' disables the control channel",
     )
-    who.add_argument("--static-world", type=_static, default=_env("RINGFLEET_STATIC_WORLD"),
-                     help="RANK:WORLD:HOST:PORT, one fixed ring, no control plane [RINGFLEET_STATIC_WORLD]")  # fmt: skip
+    who.add_argument(
+        "--static-world",
+        type=_static,
+        default=_env("RINGFLEET_STATIC_WORLD"),
+        help="RANK:WORLD:HOST:PORT, one fixed ring, no control plane [RINGFLEET_STATIC_WORLD]",
+    )
     who.add_argument("--discovery-file", type=Path, default=None, help="a Reconfigure message as JSON, re-read")
     who.add_argument(
         "--metadata-url",
@@ -90,17 +98,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="instance-metadata base URL polled for the spot notice, e.g. http://169.254.169.254 "
         "[RINGFLEET_METADATA_URL]; unset: not polled",
     )
-    who.add_argument("--container-runtime", default=_env("RINGFLEET_CONTAINER_RUNTIME"),
-                     help="run the job's image with this (docker, podman) instead of the entrypoint as written "
-                     "[RINGFLEET_CONTAINER_RUNTIME]")  # fmt: skip
+    who.add_argument(
+        "--container-runtime",
+        default=_env("RINGFLEET_CONTAINER_RUNTIME"),
+        help="run the job's image with this (docker, podman) instead of the entrypoint as written "
+        "[RINGFLEET_CONTAINER_RUNTIME]",
+    )
     ck = p.add_argument_group("checkpoints")
     ck.add_argument(
         "--bucket",
         default=_env("RINGFLEET_CHECKPOINT_BUCKET"),
         help="S3 bucket for checkpoints [RINGFLEET_CHECKPOINT_BUCKET]; unset: none (AWS_ENDPOINT_URL is honoured)",
     )
-    ck.add_argument("--checkpoint-every", type=int, default=50,
-                    help="steps between S3 checkpoints when the program comes from -- (a job's program says its own)")  # fmt: skip
+    ck.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=50,
+        help="steps between S3 checkpoints when the program comes from -- (a job's program says its own)",
+    )
     ring = p.add_argument_group("the ring")
     ring.add_argument(
         "--backends",
@@ -109,8 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ring.add_argument("--wire", choices=("none", "fp16", "bf16"), default="none", help="gradient compression")
     ring.add_argument("--timeout", type=float, default=10.0, help="seconds before a silent peer counts as dead")
-    ring.add_argument("--join-timeout", type=float, default=60.0,
-                      help="seconds to wait for every member of a new generation at its rendezvous (default 60)")  # fmt: skip
+    ring.add_argument(
+        "--join-timeout",
+        type=float,
+        default=60.0,
+        help="seconds to wait for every member of a new generation at its rendezvous (default 60)",
+    )
     ring.add_argument("--wait", type=float, default=600.0, help="seconds to wait for a (new) membership")
     ring.add_argument("--log-every", type=int, default=10, help="steps between progress lines")
     ring.add_argument("--heartbeat-every", type=float, default=5.0, help="seconds between Heartbeats (default 5)")

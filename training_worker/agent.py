@@ -174,8 +174,8 @@ class Agent:
         log.info("running the job's entrypoint in this interpreter: %s", shown)
         if target.kind == "path" and not Path(target.target).is_file():
             raise ScriptFailed(
-                f"entrypoint {shown!r}: {target.target} does not exist (the agent runs in {Path.cwd()}; "
-                "relative paths resolve there)"
+                f"the entrypoint's script does not exist: {target.target} (in {shown!r}; the agent runs in "
+                f"{Path.cwd()}, relative paths resolve there)"
             )
         saved_argv, saved_path = sys.argv, list(sys.path)
         sys.argv = list(target.argv)
@@ -190,21 +190,18 @@ class Agent:
             raise
         except SystemExit as e:
             if e.code not in (None, 0):
-                raise ScriptFailed(f"entrypoint {shown!r} exited with status {e.code}") from e
-        except ImportError as e:
-            raise ScriptFailed(f"entrypoint {shown!r}: {e}\n{_tail(traceback.format_exc())}") from e
+                raise ScriptFailed(f"the script exited with status {e.code} (entrypoint {shown!r})") from e
         except BaseException as e:
             if isinstance(e, KeyboardInterrupt):
                 raise
-            raise ScriptFailed(
-                f"entrypoint {shown!r} raised {type(e).__name__}: {e}\n{_tail(traceback.format_exc())}"
-            ) from e
+            raise ScriptFailed(f"{type(e).__name__}: {e} (raised by {shown})\n{_tail(traceback.format_exc())}") from e
         finally:
             sys.argv, sys.path[:] = saved_argv, saved_path
         if not self.runtime.initialized:
             raise ScriptFailed(
-                f"entrypoint {shown!r} ended without calling training_worker.init(): it trained nothing with the "
-                "ring; call training_worker.init() first and wrap the training loop in @training_worker.elastic.run"
+                f"the script ended without calling training_worker.init(), so it trained nothing on the ring "
+                f"(entrypoint {shown!r}): call training_worker.init() first and wrap the training loop in "
+                "@training_worker.elastic.run"
             )
 
     def _run_child(self, program: Program, argv: list[str]) -> None:
@@ -235,7 +232,7 @@ class Agent:
                 command, env={**os.environ, **env}, stdout=sys.stdout, stderr=subprocess.PIPE, text=True
             )
         except OSError as e:
-            raise ScriptFailed(f"entrypoint {shlex.join(argv)!r} could not start: {e}") from e
+            raise ScriptFailed(f"the entrypoint could not start: {e} ({shlex.join(argv)!r})") from e
         assert child.stderr is not None
         try:
             for line in child.stderr:
@@ -245,5 +242,5 @@ class Agent:
         finally:
             runtime.reconnect()
         if status != 0:
-            raise ScriptFailed(f"entrypoint {shlex.join(argv)!r} exited with status {status}\n" + "\n".join(tail))
+            raise ScriptFailed(f"the script exited with status {status} ({shlex.join(argv)!r})\n" + "\n".join(tail))
         runtime.initialized = True

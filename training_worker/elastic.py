@@ -61,7 +61,9 @@ class ElasticSampler(torch.utils.data.Sampler[list[int]]):
 
     def __init__(self, dataset: Sized, global_batch_size: int, *, shuffle: bool = True, seed: int = 0) -> None:
         if not 0 < global_batch_size <= len(dataset):
-            raise ValueError(f"global_batch_size {global_batch_size} must be between 1 and the dataset size {len(dataset)}")
+            raise ValueError(
+                f"global_batch_size {global_batch_size} must be between 1 and the dataset size {len(dataset)}"
+            )
         self.size = len(dataset)
         self.global_batch_size = global_batch_size
         self.shuffle, self.seed = shuffle, seed
@@ -107,9 +109,20 @@ class ElasticSampler(torch.utils.data.Sampler[list[int]]):
         return self.batches_per_epoch - self.position
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "seed": self.seed,
+            "global_batch_size": self.global_batch_size,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = int(state.get("global_batch_size", self.global_batch_size))
+        if saved != self.global_batch_size:
+            raise ValueError(
+                f"the checkpoint's sampler read global batches of {saved} samples, this one reads "
+                f"{self.global_batch_size}: its position would mean other samples; resume with the same global batch"
+            )
         self.epoch, self.position, self.seed = int(state["epoch"]), int(state["position"]), int(state["seed"])
 
 
@@ -283,7 +296,9 @@ def run(func: Callable[..., R]) -> Callable[..., R]:
                     state.on_reset()
                 root = state.sync()
                 membership = runtime.require_membership()
-                log.info("generation %d: state synced from rank %d at step %d", membership.generation, root, runtime.step)
+                log.info(
+                    "generation %d: state synced from rank %d at step %d", membership.generation, root, runtime.step
+                )
                 first = False
                 result = func(state, *args, **kwargs)
             except HostsUpdatedInterrupt as e:

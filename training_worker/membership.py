@@ -273,5 +273,3 @@ def leave_group() -> None:
             dist.destroy_process_group()
         except Exception as e:  # after a failure the group may already be half gone
             log.debug("destroying the process group: %s", e)
-
-

@@ -59,14 +59,23 @@ class DistributedOptimizer(torch.optim.Optimizer):
         *,
         bucket_bytes: int = DEFAULT_BUCKET_BYTES,
         backend: AllreduceBackend | None = None,
+        compression: Any = None,
+        op: str = "avg",
     ) -> None:
         if backward_passes_per_step < 1:
             raise ValueError("backward_passes_per_step must be at least 1")
+        # Horovod's arguments, accepted so that ported scripts run: gradients are always averaged, and what travels
+        # on the wire is the runtime's choice (python -m training_worker --wire fp16|bf16).
+        if op != "avg":
+            raise ValueError("DistributedOptimizer averages gradients: op must be training_worker.Average")
+        if compression not in (None, "none") and getattr(compression, "__name__", "") not in ("none", "NoneCompressor"):
+            raise ValueError(
+                "gradient compression is set for the whole worker, not per optimizer: run the agent with --wire fp16"
+                " (or bf16) and leave compression out"
+            )
         # Not Optimizer.__init__: this object shares the wrapped optimizer's groups and state instead of its own.
         self.optimizer = optimizer
         self.defaults = optimizer.defaults
-        self.param_groups = optimizer.param_groups
-        self.state = optimizer.state
         self._optimizer_step_pre_hooks = optimizer._optimizer_step_pre_hooks
         self._optimizer_step_post_hooks = optimizer._optimizer_step_post_hooks
         self._optimizer_state_dict_pre_hooks = optimizer._optimizer_state_dict_pre_hooks
@@ -93,6 +102,24 @@ class DistributedOptimizer(torch.optim.Optimizer):
         self._next_launch = 0
         self._synchronized = False
         self._hooks = [p.register_post_accumulate_grad_hook(self._on_grad) for p in self.params]
+
+    # The wrapped optimizer's, always: its load_state_dict() replaces both objects, and a scheduler or a reset
+    # callback setting a learning rate on this wrapper must reach the optimizer that steps.
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self.optimizer.param_groups
+
+    @param_groups.setter
+    def param_groups(self, groups: list[dict[str, Any]]) -> None:
+        self.optimizer.param_groups = groups
+
+    @property
+    def state(self) -> Any:
+        return self.optimizer.state
+
+    @state.setter
+    def state(self, state: Any) -> None:
+        self.optimizer.state = state
 
     @property
     def backend(self) -> AllreduceBackend:
@@ -221,7 +248,7 @@ class DistributedOptimizer(torch.optim.Optimizer):
         scripts run unchanged (``step()`` never reduces twice anyway)."""
         yield
 
-    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Any = None) -> Any:
         if closure is not None:
             raise ValueError("DistributedOptimizer.step() takes no closure: its gradients come from backward hooks")
         self.synchronize()

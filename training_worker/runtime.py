@@ -13,6 +13,8 @@ membership, CheckpointNow, a notice, Stop) in one tiny all-reduce, so every rank
 
 from __future__ import annotations
 
+import atexit
+import functools
 import logging
 import os
 import threading
@@ -77,7 +79,7 @@ class CollectiveError(RuntimeError):
     """
 
 
-class HostsUpdatedInterrupt(Exception):  # noqa: N818 - Horovod's name, kept for porting
+class HostsUpdatedInterrupt(Exception):
     """Raised by ``state.commit()`` when the membership changes: ``@elastic.run`` re-forms the ring and calls the
     training function again from the committed state. Not a failure."""
 
@@ -138,7 +140,9 @@ class RuntimeConfig:
             static = parse_static(env["RINGFLEET_STATIC_WORLD"])
         elif all(env.get(k) for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")):
             # torchrun's variables: `torchrun --nproc-per-node 2 train.py` runs a script as is.
-            static = Membership(0, int(env["RANK"]), int(env["WORLD_SIZE"]), f"{env['MASTER_ADDR']}:{env['MASTER_PORT']}")
+            static = Membership(
+                0, int(env["RANK"]), int(env["WORLD_SIZE"]), f"{env['MASTER_ADDR']}:{env['MASTER_PORT']}"
+            )
         broker = env.get("RINGFLEET_BROKER_URL") or None
         return cls(
             job_id=env.get("RINGFLEET_JOB_ID") or None,
@@ -280,11 +284,16 @@ class Runtime:
             SpotNoticeWatcher(config.metadata_url, lambda notice: self.leave("spot interruption notice")).start()
         if threading.current_thread() is threading.main_thread():
             install_sigterm(lambda: self.leave("SIGTERM"))
+        # A script run without the agent ends without calling close(): its process group and threads are still
+        # ended in order (gloo's threads torn down at exit abort the process).
+        atexit.register(self.close)
 
     def reconnect(self) -> None:
         """Takes the control channel back after a child process that had its own (see the agent)."""
         if self.config.broker_url and self.channel is None:
-            self.channel = ControlChannel(self.config.broker_url, self.config.job_id, self.config.instance_id, self.on_command)
+            self.channel = ControlChannel(
+                self.config.broker_url, self.config.job_id, self.config.instance_id, self.on_command
+            )
             self.channel.start()
 
     def close(self) -> None:
@@ -422,7 +431,7 @@ class Runtime:
                 membership.world_size,
                 membership.rendezvous,
             )
-            superseded = lambda: self.discovery.newer(membership.generation)  # noqa: E731
+            superseded = functools.partial(self.discovery.newer, membership.generation)
             try:
                 join_group(membership, _process_group_backend(), config.timeout_s, config.join_timeout_s, superseded)
             except Superseded as e:
@@ -451,9 +460,7 @@ class Runtime:
 
     def require_membership(self) -> Membership:
         if self.membership is None:
-            raise RuntimeError(
-                "training_worker is not initialised: call training_worker.init() before using the ring"
-            )
+            raise RuntimeError("training_worker is not initialised: call training_worker.init() before using the ring")
         return self.membership
 
     def require_backend(self) -> AllreduceBackend:
@@ -494,7 +501,7 @@ class Runtime:
                 generation=generation,
                 rank=membership.rank if membership is not None else 0,
                 step=self.step,
-                reason=reason[-1024:],
+                reason=_fit(reason, 1024),
                 scope="script",
             )
         )
@@ -560,7 +567,9 @@ class Runtime:
         self.last_checkpoint_step = self.step
         if self.checkpointer is None:
             if emergency and membership.rank == 0:
-                log.warning("no checkpoint bucket configured: the emergency checkpoint at step %d is skipped", self.step)
+                log.warning(
+                    "no checkpoint bucket configured: the emergency checkpoint at step %d is skipped", self.step
+                )
             return
         if membership.rank != 0:
             return  # the state is replicated: rank 0 writes it for everyone
@@ -576,6 +585,8 @@ class Runtime:
             self.checkpointer.save_async(step, generation, membership.world_size, tree, done)
 
     def _report(self, saved: SavedCheckpoint, generation: int, *, emergency: bool, final: bool) -> None:
+        if self.channel is None:
+            return  # no control plane to tell (standalone runs)
         self.publish(
             CheckpointCompleted(
                 job_id=self.job_id,
@@ -648,6 +659,16 @@ class Runtime:
         log.info("checkpoint step %d saved by rank 0: leaving", self.step)
 
 
+def _fit(text: str, limit: int) -> str:
+    """``text`` within ``limit`` characters: its first line (what failed) and as much of its end (the traceback's
+    last frames) as fits."""
+    if len(text) <= limit:
+        return text
+    head, _, rest = text.partition("\n")
+    head = head[: limit // 3]
+    return f"{head}\n...{rest[-(limit - len(head) - 4) :]}"
+
+
 def collective(call: Callable[[], Any]) -> Any:
     """Runs one of our collectives; a failure of the ring becomes a CollectiveError (recoverable)."""
     try:
@@ -688,4 +709,3 @@ def current() -> Runtime:
     if _runtime is None:
         _runtime = Runtime(RuntimeConfig.from_env())
     return _runtime
-

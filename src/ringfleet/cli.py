@@ -241,8 +241,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     fleet = _fleet_info()
     if fleet is not None:
         agents = fleet.get("agents", {})
+        pages = (
+            ctx.client("ec2")
+            .get_paginator("describe_instances")
+            .paginate(
+                Filters=[
+                    {"Name": "tag:ringfleet:stack", "Values": [ctx.stack]},
+                    {"Name": "instance-state-name", "Values": ["pending", "running"]},
+                ]
+            )
+        )
+        running = sum(len(r["Instances"]) for page in pages for r in page["Reservations"])
         print(
-            f"fleet emulator: {len(agents)} agent(s) booted so far, working in {fleet['workdir']}; "
+            f"fleet emulator: {running} instance(s) running; {len(agents)} agent(s) booted so far, working in "
+            f"{fleet['workdir']}; "
             f"their logs: {fleet['log_dir']}/<instance-id>.log (`ringfleet logs JOB`)"
         )
     else:

@@ -229,7 +229,7 @@ def _training_args(scenario: Scenario, final: Path) -> dict[str, Any]:
     }
 
 
-def _examples(cloud_template: str) -> Path:
+def _examples(cloud_template: str | Path) -> Path:
     return Path(cloud_template).resolve().parent / "examples" / "digits"
 
 
@@ -450,9 +450,7 @@ def _compare(final: Path, baseline: Path, watch: _Watch) -> bool:
     import torch
 
     ours, theirs = torch.load(final, weights_only=True), torch.load(baseline, weights_only=True)
-    match = ours.keys() == theirs.keys() and all(
-        torch.allclose(ours[k], theirs[k], rtol=1e-4, atol=1e-5) for k in ours
-    )
+    match = ours.keys() == theirs.keys() and all(torch.allclose(ours[k], theirs[k], rtol=1e-4, atol=1e-5) for k in ours)
     watch.timeline.params_match_baseline = match
     return match
 

@@ -17,6 +17,9 @@ from tests.e2e.support import wait_until
 
 pytestmark = pytest.mark.e2e
 
+#: The program each emulated instance's agent runs: the digits example, paced, for as long as the test needs.
+DIGITS = ("--", "python", str(ROOT / "examples" / "digits" / "train.py"), "--steps", "100000", "--step-delay", "0.02")
+
 JOB = "emu-job"
 
 
@@ -59,12 +62,9 @@ def test_interruption_with_notice_checkpoints_then_terminates(cloud: LocalCloud,
             "none",
             "--static-world",
             f"0:1:127.0.0.1:{port}",
-            "--steps",
-            "100000",
             "--checkpoint-every",
             "100000",
-            "--step-delay",
-            "0.02",
+            *DIGITS,
         ],
         log_dir=tmp_path,
         duplicate_events=True,
@@ -118,10 +118,7 @@ def test_hard_kill_gives_no_notice(cloud: LocalCloud, tmp_path: Path) -> None:
             "none",
             "--static-world",
             f"0:1:127.0.0.1:{port}",
-            "--steps",
-            "100000",
-            "--step-delay",
-            "0.02",
+            *DIGITS,
         ],
         log_dir=tmp_path,
     )

@@ -31,14 +31,22 @@ def test_submitted_job_is_placed_on_three_instances_that_train_it_together(cloud
     # boots with its instance in AWS: it knows no job until placement sends its first Reconfigure
     emulator = FleetEmulator(
         cloud.ctx,
-        worker_args=lambda job, instance: ["--steps", str(STEPS), "--checkpoint-every", "20", "--log-every", "10"],
+        worker_args=lambda job, instance: ["--log-every", "10"],
         log_dir=tmp_path / "workers",
     )
     emulator.start()
     try:
         # when an app submits a job for exactly three workers
-        fields = load_job_file(ROOT / "examples" / "job.yaml")
-        fields.update(job_id="e2e-train", min_workers=3, max_workers=3, budget_usd_per_hour=50)
+        fields = load_job_file(ROOT / "examples" / "digits" / "job.yaml")
+        fields.update(
+            job_id="e2e-train",
+            min_workers=3,
+            max_workers=3,
+            budget_usd_per_hour=50,
+            entrypoint=["python", str(ROOT / "examples" / "digits" / "train.py")],
+            hyperparameters={"steps": STEPS},
+            checkpoint_interval_steps=20,
+        )
         RingfleetClient(cloud.broker_url).submit(fields)
 
         # then the scaler launches three instances, placement sends them a Reconfigure (waiting in each instance's

@@ -45,7 +45,14 @@ class WorkerProcess:
         flags = [] if broker_url is not None else ["--broker-url", "none"]
         self._file = log.open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "training_worker", *flags, *args, *([] if script is None else ["--", *program, *script])],
+            [
+                sys.executable,
+                "-m",
+                "training_worker",
+                *flags,
+                *args,
+                *([] if script is None else ["--", *program, *script]),
+            ],
             cwd=ROOT,
             env=full_env,
             stdout=self._file,

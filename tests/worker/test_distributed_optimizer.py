@@ -31,9 +31,7 @@ def _train(rank: int, world: int, backend: AllreduceBackend | None, passes: int 
     opt: DistributedOptimizer | torch.optim.Optimizer = inner
     if backend is not None:
         # small buckets: several of them are reduced while backward is still running
-        opt = DistributedOptimizer(
-            inner, model.named_parameters(), passes, bucket_bytes=512, backend=backend
-        )
+        opt = DistributedOptimizer(inner, model.named_parameters(), passes, bucket_bytes=512, backend=backend)
     x, y = _data()
     share = 2 * BATCH // world
     for step in range(STEPS):

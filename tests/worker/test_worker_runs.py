@@ -29,7 +29,13 @@ def _run_pair(tmp: Path, name: str, job: str, steps: int, env: dict[str, str]) -
             f"{rank}:2:127.0.0.1:{port}",
             "--checkpoint-every",
             "10",
-            script=("--steps", str(steps), "--global-batch", "48", *(["--save-final", str(final)] if rank == 0 else [])),
+            script=(
+                "--steps",
+                str(steps),
+                "--global-batch",
+                "48",
+                *(["--save-final", str(final)] if rank == 0 else []),
+            ),
             env=env,
         )
         for rank in range(2)
