@@ -74,6 +74,8 @@ class RingAllreduce:
         if not tensor.is_contiguous():
             raise ValueError("RingAllreduce needs a contiguous tensor (the optimizer passes its fusion buffers)")
         pg, world, rank, gloo = self._group_layout()
+        # A group serving both devices ("cpu:gloo,cuda:nccl") sends CPU tensors over gloo and CUDA ones over NCCL.
+        gloo = gloo or tensor.device.type == "cpu"
         divided = False
         if world > 1 and tensor.numel() > 0:
             wire = wire_dtype if wire_dtype is not None else tensor.dtype

@@ -89,6 +89,8 @@ class EmulatedInstance:
     process: subprocess.Popen[bytes]
     log_path: Path
     started_at: float = field(default_factory=time.time)
+    #: When the emulator first saw the process gone while the instance still ran.
+    exited_at: float | None = None
 
 
 class FleetEmulator:
@@ -152,6 +154,25 @@ class FleetEmulator:
                     self._launch(instance_id, job_id)
             for instance_id in sorted(set(self.instances) - running):
                 self._kill(instance_id, signal.SIGKILL)
+            if self.job_of is None:
+                self._restart_exited(time.time())
+
+    #: Seconds an agent that exited on a running instance stays down before it is started again (Docker's
+    #: ``--restart always`` in the launch template): long enough for an instance given notice to be gone first.
+    RESTART_AFTER_S = 15.0
+
+    def _restart_exited(self, now: float) -> None:
+        """An agent ends with its job (trained, stopped, failed for good); its instance may serve the next job,
+        so, as the container in AWS is, it is started again, unplaced."""
+        for instance_id, inst in list(self.instances.items()):
+            code = inst.process.poll()
+            if code is None:
+                inst.exited_at = None
+                continue
+            if inst.exited_at is None:
+                inst.exited_at = now
+            elif now - inst.exited_at >= self.RESTART_AFTER_S:
+                self._launch(instance_id, None)
 
     def _launch(self, instance_id: str, job_id: str | None) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
