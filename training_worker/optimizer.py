@@ -16,6 +16,9 @@ from training_worker.collectives import AllreduceBackend, Handle
 __all__ = ["DistributedOptimizer", "broadcast_tree"]
 
 DEFAULT_BUCKET_BYTES = 25 << 20  # DDP's default bucket cap, so bench comparisons are like for like
+#: The first bucket is small, as DDP's is: the last layers' gradients (the first backward produces) start their
+#: reduction while backward is still early, instead of waiting for 25 MiB of them.
+FIRST_BUCKET_BYTES = 1 << 20
 
 
 @dataclass
@@ -165,7 +168,7 @@ class DistributedOptimizer(torch.optim.Optimizer):
         building.params.append(param)
         building.numel += param.numel()
         building.nbytes += param.numel() * param.element_size()
-        if building.nbytes >= self.bucket_bytes:
+        if building.nbytes >= (min(FIRST_BUCKET_BYTES, self.bucket_bytes) if not self._buckets else self.bucket_bytes):
             self._close_building()
 
     def _close_building(self) -> None:

@@ -98,3 +98,68 @@ def test_a_joining_worker_receives_parameters_and_optimizer_state_from_a_survivo
     assert torch.equal(p0, p1)
     assert torch.equal(s0["exp_avg"], s1["exp_avg"])
     assert step0 == step1 == 1
+
+
+class _CountingBackend:
+    """A ring of one that counts what it is asked to reduce."""
+
+    name = "counting"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def enabled(self) -> bool:
+        return True
+
+    def allreduce_(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        return tensor
+
+    def allreduce_async(self, tensor: torch.Tensor, op: str = "sum") -> _Done:
+        self.calls += 1
+        return _Done()
+
+    def close(self) -> None:
+        pass
+
+
+class _Done:
+    def wait(self) -> None:
+        pass
+
+
+def test_a_scheduler_on_the_wrapper_drives_the_wrapped_optimizer_even_after_a_state_load() -> None:
+    # given AdamW wrapped, a warm-up schedule attached to the wrapper, and its state loaded back (as a sync does)
+    model = _model()
+    optimizer = DistributedOptimizer(
+        torch.optim.AdamW(model.parameters(), lr=1.0), model.named_parameters(), backend=_CountingBackend()
+    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 4))
+    optimizer.load_state_dict(optimizer.state_dict())
+    # when three steps are taken
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(torch.randn(4, FEATURES)).sum().backward()
+        optimizer.step()
+        schedule.step()
+    # then the optimizer that steps has the scheduled learning rate, and the wrapper shows its state
+    assert optimizer.optimizer.param_groups[0]["lr"] == optimizer.param_groups[0]["lr"] == 1.0
+    assert len(optimizer.state) == len(list(model.parameters()))
+
+
+def test_clipping_between_synchronize_and_step_reduces_each_gradient_once() -> None:
+    # given a model whose gradients are reduced by a counting backend, in two buckets (a small first one, as DDP's)
+    model = torch.nn.Sequential(torch.nn.Linear(512, 512), torch.nn.Linear(512, 512))
+    backend = _CountingBackend()
+    optimizer = DistributedOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1), model.named_parameters(), backend=backend
+    )
+    # when a step synchronizes, clips the averaged gradients, then steps (Horovod's recipe)
+    model(torch.randn(2, 512)).sum().backward()
+    optimizer.synchronize()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    with optimizer.skip_synchronize():
+        optimizer.step()
+    # then every bucket was reduced once, not twice, and the clipped gradient is what was applied
+    assert backend.calls == 2
+    assert float(norm) > 1.0
+    assert float(torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))) <= 1.0 + 1e-5
