@@ -19,7 +19,7 @@ from ringfleet.domain.jobs import JobState
 from ringfleet.domain.nodes import Node, NodeState
 from ringfleet.domain.placement import FreeInstance, plan_placement
 from ringfleet.domain.recovery import plan_node_updates
-from ringfleet.domain.scaling import FleetState, JobDemand, ScalingDecision, ScalingPolicy, decide_scaling
+from ringfleet.domain.scaling import JobDemand, ScalingDecision, ScalingPolicy, decide_scaling, observe_fleet
 
 if TYPE_CHECKING:
     from ringfleet.ports import (
@@ -126,6 +126,9 @@ class ScalerService:
                 if jid == job.job_id and iid not in leaving:
                     placed[pool_of[iid]] = placed.get(pool_of[iid], 0) + 1
             spec = job.spec
+            deadline = None
+            if spec.deadline_hours is not None and job.created_at is not None:
+                deadline = job.created_at + timedelta(hours=spec.deadline_hours)
             demand.append(
                 JobDemand(
                     job.job_id,
@@ -136,18 +139,25 @@ class ScalerService:
                     tuple(spec.instance_types),
                     spec.budget_usd_per_hour,
                     placed,
+                    deadline=deadline,
                 )
             )
         types = {t for j in active for t in j.spec.instance_types} | {k.split(":")[1] for k in snapshot.targets}
         pools = self.prices.pools(types) if types else []
         remembered, revision = self.state.load()
         going = Counter(leaving.values())
-        fleet_state = FleetState(
-            targets={k: max(0, n - going[k]) for k, n in snapshot.targets.items()},
-            fulfilled={k: max(0, n - going[k]) for k, n in snapshot.fulfilled.items()},
-            last_scaled_at=remembered.last_scaled_at,
-            surplus_since=remembered.surplus_since,
-            refused_until=remembered.refused_until,
+        # Interruption rates are learned per pool: every notice counted once, over the pool-hours run meanwhile.
+        new_notices = [i for i in leaving if i not in remembered.noticed]
+        fleet_state = observe_fleet(
+            replace(
+                remembered,
+                targets={k: max(0, n - going[k]) for k, n in snapshot.targets.items()},
+                fulfilled={k: max(0, n - going[k]) for k, n in snapshot.fulfilled.items()},
+                noticed=frozenset(i for i in remembered.noticed | set(leaving) if i in pool_of),
+            ),
+            now,
+            running=snapshot.fulfilled,
+            interrupted=Counter(leaving[i] for i in new_notices),
         )
         decision = decide_scaling(demand, pools, fleet_state, now, self.policy)
         release: list[str] = []

@@ -15,6 +15,8 @@ from ringfleet.domain.scaling import (
     Pool,
     ScalingPolicy,
     decide_scaling,
+    learned_rate,
+    observe_fleet,
     pool_key,
 )
 
@@ -131,12 +133,21 @@ def test_every_bound_is_respected(jobs: list[JobDemand], policy: ScalingPolicy) 
 
 @settings(max_examples=200, deadline=None)
 @given(jobs=jobs_st, policy=policy_st)
-def test_no_spot_pool_exceeds_its_share_of_the_fleet(jobs: list[JobDemand], policy: ScalingPolicy) -> None:
+def test_spot_pools_share_the_fleet_and_past_their_shares_take_more_before_any_on_demand(
+    jobs: list[JobDemand], policy: ScalingPolicy
+) -> None:
+    # (The share used to cap a pool at a share of demand, sending the rest to on-demand even while spot pools had
+    # capacity: the bug of issue 14. It now spreads workers first and follows supply after.)
     decision = decide_scaling(jobs, market(), FleetState(), NOW, policy)
     cap = max(1, math.ceil(policy.max_pool_share * max(decision.wanted, policy.fleet_min_workers)))
-    for key, n in decision.targets.items():
-        if key.startswith("spot:"):
-            assert n <= cap, (key, n, cap)
+    spot = {k: n for k, n in decision.targets.items() if k.startswith("spot:")}
+    for key, n in spot.items():
+        if n > cap:
+            # a pool beyond its share only once every pool of its type holds its share
+            instance_type = key.split(":")[1]
+            assert all(spot.get(pool_key("spot", instance_type, z), 0) >= cap for z in ZONES), (key, spot)
+    # no pool is known to be short, so nothing goes to on-demand
+    assert not [k for k, n in decision.targets.items() if n and k.startswith("on-demand:")]
 
 
 @settings(max_examples=100, deadline=None)
@@ -212,21 +223,29 @@ def test_running_workers_stay_in_their_pool_when_prices_move() -> None:
     assert decision.total == 3
 
 
-def test_a_spot_pool_that_never_filled_its_target_is_abandoned_for_on_demand() -> None:
+def test_a_spot_pool_that_never_filled_its_target_is_abandoned_for_the_zone_that_supplies_then_on_demand() -> None:
     # given a fleet asked for 2 g5 spot workers in each zone 10 minutes ago, and only zone a got its two
     targets = {pool_key("spot", "g5.xlarge", z): 2 for z in ZONES}
     fulfilled = {pool_key("spot", "g5.xlarge", z): 2 if z == "us-east-1a" else 0 for z in ZONES}
     fleet = FleetState(targets=targets, fulfilled=fulfilled, last_scaled_at=NOW - timedelta(minutes=10))
     a = job("a", 6, placed={pool_key("spot", "g5.xlarge", "us-east-1a"): 2})
     decision = decide_scaling([a], market(), fleet, NOW)
-    # then zones b and c are marked refused, emptied, and their workers asked of on-demand
+    # then zones b and c are marked refused and emptied
     assert decision.targets[pool_key("spot", "g5.xlarge", "us-east-1b")] == 0
     assert decision.targets[pool_key("spot", "g5.xlarge", "us-east-1c")] == 0
-    zone_a = decision.targets[pool_key("spot", "g5.xlarge", "us-east-1a")]
-    assert zone_a == 3  # its two, plus one up to its 40 % share of six
-    assert sum(n for k, n in decision.targets.items() if k.startswith("on-demand:")) == 6 - zone_a
     assert set(decision.state.refused_until) == {pool_key("spot", "g5.xlarge", z) for z in ZONES[1:]}
     assert "refused" in decision.reason
+    # and their workers are asked of zone a, which still supplies, beyond its 40 % share (shares follow supply;
+    # the old rule capped it at 3 and sent the rest to on-demand: issue 14)
+    zone_a = pool_key("spot", "g5.xlarge", "us-east-1a")
+    assert decision.targets[zone_a] == 6
+    assert not any(n for k, n in decision.targets.items() if k.startswith("on-demand:"))
+    # when zone a then gives only 3 of its 6, the rest goes to on-demand
+    short = replace(decision.state, fulfilled={**decision.state.fulfilled, zone_a: 3})
+    a = replace(a, placed={zone_a: 3})
+    later = decide_scaling([a], market(), short, NOW + timedelta(minutes=10))
+    assert later.targets[zone_a] == 3
+    assert sum(n for k, n in later.targets.items() if k.startswith("on-demand:")) == 3
 
 
 def test_a_job_beyond_its_tenants_bound_waits_while_others_run() -> None:
@@ -256,3 +275,56 @@ def test_the_same_decision_twice_changes_nothing_the_second_time() -> None:
     second = decide_scaling(jobs, market(), first.state, NOW + timedelta(seconds=1))
     assert second.targets == first.targets
     assert second.cost.delta_r == 0 and not second.changed
+
+
+# -- deadlines, supply and learned interruption rates (issue 14) ---------------------------------------------------
+
+
+def deadline_job(slack_hours: float, **kw: object) -> JobDemand:
+    return job("d", 4, min_workers=2, deadline=NOW + timedelta(hours=10 + slack_hours), remaining_hours=10.0, **kw)
+
+
+def all_spot_refused() -> FleetState:
+    return FleetState(refused_until={pool_key("spot", "g5.xlarge", z): NOW + timedelta(minutes=10) for z in ZONES})
+
+
+def test_a_job_with_slack_waits_for_spot_and_takes_on_demand_only_once_its_slack_runs_out() -> None:
+    # given every g5 spot pool short of capacity
+    # when the job still has 5 hours of slack, then it waits for spot (no on-demand)
+    relaxed = decide_scaling([deadline_job(5)], market(), all_spot_refused(), NOW)
+    assert relaxed.total == 0
+    # when its slack is down to half an hour, then it takes on-demand for every worker it lacks
+    urgent = decide_scaling([deadline_job(0.5)], market(), all_spot_refused(), NOW)
+    assert sum(n for k, n in urgent.targets.items() if k.startswith("on-demand:")) == 4
+    assert "on-demand for deadline of d" in urgent.reason
+
+
+def test_on_demand_workers_move_back_to_spot_when_it_has_room_and_the_slack_allows() -> None:
+    on_demand = pool_key("on-demand", "g5.xlarge", "us-east-1a")
+    fleet = FleetState(targets={on_demand: 4}, fulfilled={on_demand: 4})
+    # given a job running 4 on-demand workers, spot capacity back, and 2 hours of slack
+    back = decide_scaling([deadline_job(2, placed={on_demand: 4})], market(), fleet, NOW)
+    # then 4 spot workers are asked for while the on-demand ones keep running until replaced (make before break)
+    assert sum(n for k, n in back.targets.items() if k.startswith("spot:")) == 4
+    assert back.targets[on_demand] == 4
+    # and once replaced, the on-demand pool is released at once (no idle hold for on-demand)
+    spot = {k: n for k, n in back.targets.items() if k.startswith("spot:") and n}
+    moved = decide_scaling([deadline_job(2, placed=spot)], market(), back.state, NOW + timedelta(minutes=5))
+    assert moved.targets[on_demand] == 0
+    # but with ten minutes of slack left they stay on on-demand
+    stay = decide_scaling([deadline_job(1 / 6, placed={on_demand: 4})], market(), fleet, NOW)
+    assert not any(n for k, n in stay.targets.items() if k.startswith("spot:"))
+
+
+def test_interruption_rates_are_learned_from_what_the_fleet_observes() -> None:
+    zone_a, zone_b = pool_key("spot", "g5.xlarge", "us-east-1a"), pool_key("spot", "g5.xlarge", "us-east-1b")
+    state = observe_fleet(FleetState(), NOW, running={}, interrupted={})
+    # given 10 workers in zone a for 10 hours, interrupted 20 times; zone b running as long, never interrupted
+    state = observe_fleet(state, NOW + timedelta(hours=10), {zone_a: 10, zone_b: 10}, {zone_a: 20})
+    pools = {p.key: p for p in market()}
+    # then zone a's learned rate is far above the quoted 0.05/h, and zone b's below it
+    assert learned_rate(pools[zone_a], state, ScalingPolicy()) > 0.15
+    assert learned_rate(pools[zone_b], state, ScalingPolicy()) < 0.05
+    # and zone a just reclaimed instances: new workers go elsewhere first
+    decision = decide_scaling([job("a", 2)], market(), state, NOW + timedelta(hours=10, minutes=1))
+    assert decision.targets.get(zone_a, 0) == 0 and decision.total == 2

@@ -27,6 +27,12 @@ def state_to_json(state: FleetState) -> str:
             "last_scaled_at": _time(state.last_scaled_at),
             "surplus_since": _time(state.surplus_since),
             "refused_until": {k: v.isoformat() for k, v in state.refused_until.items()},
+            "pool_hours": dict(state.pool_hours),
+            "pool_interruptions": dict(state.pool_interruptions),
+            "reclaimed_at": {k: v.isoformat() for k, v in state.reclaimed_at.items()},
+            "observed_at": _time(state.observed_at),
+            "on_demand_jobs": sorted(state.on_demand_jobs),
+            "noticed": sorted(state.noticed),
         }
     )
 
@@ -39,6 +45,12 @@ def state_from_json(text: str) -> FleetState:
         last_scaled_at=parse(data["last_scaled_at"]) if data.get("last_scaled_at") else None,
         surplus_since=parse(data["surplus_since"]) if data.get("surplus_since") else None,
         refused_until={k: parse(v) for k, v in data.get("refused_until", {}).items()},
+        pool_hours={k: float(v) for k, v in data.get("pool_hours", {}).items()},
+        pool_interruptions={k: int(v) for k, v in data.get("pool_interruptions", {}).items()},
+        reclaimed_at={k: parse(v) for k, v in data.get("reclaimed_at", {}).items()},
+        observed_at=parse(data["observed_at"]) if data.get("observed_at") else None,
+        on_demand_jobs=frozenset(data.get("on_demand_jobs", [])),
+        noticed=frozenset(data.get("noticed", [])),
     )
 
 

@@ -128,6 +128,9 @@ class JobSubmitted(MessageBase):
     #: How many times the job's script may fail (raise, exit non-zero, never call ``init()``) before the job ends
     #: FAILED; like torchrun's ``--max-restarts``. Membership changes and lost nodes never count.
     max_restarts: Annotated[int, Field(strict=True, ge=0, le=100)] = 3
+    #: Hours from submission by which the job should be done: the fleet scaler keeps it on spot while its slack
+    #: allows and takes on-demand as the slack runs out. None: no deadline.
+    deadline_hours: Annotated[FiniteFloat, Field(gt=0, le=24 * 365)] | None = None
 
     @field_validator("instance_types")
     @classmethod

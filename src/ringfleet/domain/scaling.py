@@ -3,10 +3,20 @@
 Demand is what admitted jobs want (each within its min..max workers, its budget and its tenant's bound, all within
 the fleet's bound). Supply is spread over pools (instance type x availability zone x market), cheapest expected
 cost per useful GPU-hour first: a spot pool's price is divided by the share of each hour that is not lost to
-recovering from its interruptions. No spot pool takes more than ``max_pool_share`` of the fleet, so one pool's
-interruption wave cannot take the whole fleet; what the spot pools cannot take goes to on-demand. Workers already
-running stay where they are. Capacity is added at once and released only after a surplus has lasted
-``idle_timeout`` and the last change is ``scale_in_cooldown`` old, so the fleet scales to zero once idle.
+recovering from its interruptions, at the interruption rate the fleet has observed in that pool (interruptions per
+pool-hour, starting from the market's quote). New workers are spread so that no spot pool holds more than
+``max_pool_share`` of the fleet while another has room; past that, shares follow what each zone supplies: a spot
+pool takes more until it falls short of what it was asked (then it is refused for a while, keeping what it
+gave), and a pool that just reclaimed instances is the last choice for their replacements.
+
+Jobs with a deadline (Can't Be Late, NSDI '24): while the job's slack (time to its deadline less the training it
+has left) allows, it runs on spot only and waits when spot is short; once the slack falls to ``deadline_safety``
+it takes on-demand for what spot cannot give; whenever spot has room again and the slack is above
+``spot_return_slack`` (enough for one more interruption), its on-demand workers move back (the spot ones launch
+first; the on-demand ones are released once replaced, at a step boundary). Jobs without a deadline take on-demand
+when no spot pool can supply, and move back to spot the same way. Capacity is added at once; spot surplus is
+released only after it has lasted ``idle_timeout`` and the last change is ``scale_in_cooldown`` old, so the fleet
+scales to zero once idle; on-demand surplus is released at once.
 
 Every decision reports the elastic cost model C = C_base + C_adjust x dR: C_base the $/h of the fleet decided,
 dR the workers launched or released, C_adjust what one such change costs (boot and ring re-formation time).
@@ -29,7 +39,10 @@ __all__ = [
     "ScalingDecision",
     "ScalingPolicy",
     "decide_scaling",
+    "learned_rate",
+    "observe_fleet",
     "pool_key",
+    "slack_hours",
     "useful_fraction",
     "with_fulfilled",
 ]
@@ -81,8 +94,12 @@ class JobDemand:
     gpus_per_worker: int
     instance_types: tuple[str, ...]
     budget_usd_per_hour: float
-    #: pool key -> workers of this job running there now (they stay put).
+    #: pool key -> workers of this job running there now.
     placed: Mapping[str, int] = field(default_factory=dict)
+    #: When the job must be done by (None: no deadline).
+    deadline: datetime | None = None
+    #: Hours of training the job has left at ``max_workers`` (None: unknown; the deadline then cannot steer it).
+    remaining_hours: float | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +122,15 @@ class ScalingPolicy:
     capacity_grace: timedelta = timedelta(minutes=3)
     #: ...and is left alone for this long.
     refusal_backoff: timedelta = timedelta(minutes=15)
+    #: A job with a deadline takes on-demand for what spot cannot give once its slack is down to this.
+    deadline_safety: timedelta = timedelta(hours=1)
+    #: Its on-demand workers move back to spot (when a spot pool has room) while its slack is above this: enough
+    #: to absorb another interruption and the switch back.
+    spot_return_slack: timedelta = timedelta(minutes=30)
+    #: Instance-hours the market's quoted interruption rate counts for before observations take over.
+    prior_pool_hours: float = 20.0
+    #: A spot pool that reclaimed instances this recently is the last choice for new workers.
+    reclaim_memory: timedelta = timedelta(minutes=30)
 
 
 @dataclass(frozen=True)
@@ -120,6 +146,17 @@ class FleetState:
     surplus_since: datetime | None = None
     #: pool key -> until when the pool is not asked for capacity (spot capacity refused).
     refused_until: Mapping[str, datetime] = field(default_factory=dict)
+    #: spot pool key -> instance-hours observed there, and interruptions observed in them.
+    pool_hours: Mapping[str, float] = field(default_factory=dict)
+    pool_interruptions: Mapping[str, int] = field(default_factory=dict)
+    #: spot pool key -> when it last reclaimed an instance.
+    reclaimed_at: Mapping[str, datetime] = field(default_factory=dict)
+    #: When pool-hours were last counted.
+    observed_at: datetime | None = None
+    #: Jobs with a deadline running on on-demand because their slack ran low.
+    on_demand_jobs: frozenset[str] = frozenset()
+    #: Instances whose interruption notice has been counted already (a notice is seen on several runs).
+    noticed: frozenset[str] = frozenset()
 
     @property
     def total(self) -> int:
@@ -179,22 +216,25 @@ def decide_scaling(
 ) -> ScalingDecision:
     """The pool targets for ``demand`` given the pools on offer and the fleet as it is at ``now``."""
     policy = policy or ScalingPolicy()
+    pools = [replace(p, interruptions_per_hour=learned_rate(p, fleet, policy)) for p in pools]
     by_key = {p.key: p for p in pools}
     refused = _refusals(fleet, by_key, now, policy)
     allotted = _allot(demand, by_key, policy)
     wanted = sum(allotted.values())
-    placed_targets, unplaceable = _place(demand, allotted, pools, refused, policy)
+    on_demand_jobs = _on_demand_jobs(demand, now, policy)
+    avoid = {k for k, at in fleet.reclaimed_at.items() if now - at < policy.reclaim_memory}
+    placed_targets, unplaceable = _place(demand, allotted, pools, refused, on_demand_jobs, avoid, now, policy)
     if sum(placed_targets.values()) < policy.fleet_min_workers:
         placed_targets = _keep_warm(placed_targets, pools, refused, policy)
 
     current = {k: n for k, n in fleet.targets.items() if n > 0}
     new_total = sum(placed_targets.values())
-    surplus = any(placed_targets.get(k, 0) < n for k, n in current.items() if k not in refused)
+    surplus = any(placed_targets.get(k, 0) < n for k, n in current.items() if k not in refused and not _on_demand(k))
     surplus_since = (fleet.surplus_since or now) if surplus else None
     release = surplus_since is not None and _may_release(fleet, surplus_since, now, policy)
     if surplus and not release:
         # Hold what runs (a job may come back for it); add only what is missing, within the fleet's bound.
-        targets = _hold(current, placed_targets, refused, policy)
+        targets = _hold({k: n for k, n in current.items() if not _on_demand(k)}, placed_targets, refused, policy)
         reason = f"holding {sum(targets.values()) - new_total} surplus worker(s) until idle for {policy.idle_timeout}"
     else:
         targets = {k: placed_targets.get(k, 0) for k in {*current, *placed_targets}}
@@ -209,15 +249,19 @@ def decide_scaling(
         c_adjust=policy.adjust_cost_per_worker,
         delta_r=delta,
     )
-    state = FleetState(
+    state = replace(
+        fleet,
         targets=dict(targets),
         fulfilled=dict(fleet.fulfilled),
         last_scaled_at=last_scaled_at,
         surplus_since=surplus_since,
         refused_until=refused,
+        on_demand_jobs=frozenset(on_demand_jobs),
     )
     if refused:
         reason += f"; spot refused in {', '.join(sorted(refused))}"
+    if on_demand_jobs:
+        reason += f"; on-demand for deadline of {', '.join(sorted(on_demand_jobs))}"
     return ScalingDecision(
         targets=dict(targets),
         allotted=allotted,
@@ -227,6 +271,59 @@ def decide_scaling(
         reason=reason,
         unplaceable=tuple(unplaceable),
     )
+
+
+def _on_demand(key: str) -> bool:
+    return key.startswith("on-demand:")
+
+
+def slack_hours(job: JobDemand, now: datetime) -> float | None:
+    """Hours to the job's deadline beyond the training it has left (None: no deadline or unknown work)."""
+    if job.deadline is None or job.remaining_hours is None:
+        return None
+    return (job.deadline - now).total_seconds() / 3600 - job.remaining_hours
+
+
+def _on_demand_jobs(demand: Sequence[JobDemand], now: datetime, policy: ScalingPolicy) -> set[str]:
+    """Jobs whose slack no longer allows waiting for spot."""
+    safety = policy.deadline_safety.total_seconds() / 3600
+    return {j.job_id for j in demand if (slack := slack_hours(j, now)) is not None and slack <= safety}
+
+
+def _stays_on_demand(job: JobDemand, now: datetime, policy: ScalingPolicy) -> bool:
+    """Whether the job's on-demand workers stay there: its slack is too small to risk spot again."""
+    slack = slack_hours(job, now)
+    return slack is not None and slack <= policy.spot_return_slack.total_seconds() / 3600
+
+
+def learned_rate(pool: Pool, fleet: FleetState, policy: ScalingPolicy) -> float:
+    """Interruptions per instance-hour: the market's quote as a prior worth ``prior_pool_hours``, then what the
+    fleet observed in the pool."""
+    if pool.market != "spot":
+        return 0.0
+    hours = fleet.pool_hours.get(pool.key, 0.0)
+    seen = fleet.pool_interruptions.get(pool.key, 0)
+    prior = policy.prior_pool_hours
+    return (pool.interruptions_per_hour * prior + seen) / (prior + hours)
+
+
+def observe_fleet(
+    state: FleetState, now: datetime, running: Mapping[str, int], interrupted: Mapping[str, int]
+) -> FleetState:
+    """The state with the spot pool-hours run since the last observation and the interruptions seen meanwhile."""
+    hours = dict(state.pool_hours)
+    if state.observed_at is not None and now > state.observed_at:
+        elapsed = (now - state.observed_at).total_seconds() / 3600
+        for key, n in running.items():
+            if n > 0 and key.startswith("spot:"):
+                hours[key] = hours.get(key, 0.0) + n * elapsed
+    counts = dict(state.pool_interruptions)
+    reclaimed = dict(state.reclaimed_at)
+    for key, n in interrupted.items():
+        if n > 0:
+            counts[key] = counts.get(key, 0) + n
+            reclaimed[key] = now
+    return replace(state, pool_hours=hours, pool_interruptions=counts, reclaimed_at=reclaimed, observed_at=now)
 
 
 def _refusals(
@@ -289,29 +386,38 @@ def _place(
     allotted: Mapping[str, int],
     pools: Sequence[Pool],
     refused: Mapping[str, datetime],
+    on_demand_jobs: set[str],
+    avoid: set[str],
+    now: datetime,
     policy: ScalingPolicy,
 ) -> tuple[dict[str, int], list[str]]:
-    """Pool targets for the allotted workers: running ones where they are, new ones cheapest-first within caps."""
+    """Pool targets for the allotted workers: running spot workers where they are; on-demand ones kept until spot
+    replaces them (or while the job needs on-demand); new ones spread over spot pools cheapest-first, then onto
+    whichever spot pool still supplies, then on-demand when the job may not wait."""
     total = sum(allotted.values())
     cap = max(1, math.ceil(policy.max_pool_share * total))
     known = {p.key for p in pools}
     targets: dict[str, int] = {}
     unplaceable: list[str] = []
-    todo: list[tuple[JobDemand, int]] = []
+    todo: list[tuple[JobDemand, int, int]] = []
     for job in demand:
         want = allotted.get(job.job_id, 0)
-        for key, n in sorted(job.placed.items()):
+        movable = 0
+        for key, n in sorted(job.placed.items(), key=lambda kv: (_on_demand(kv[0]), kv[0])):
             keep = min(n, want)
             if keep > 0 and key in known:
                 targets[key] = targets.get(key, 0) + keep
                 want -= keep
-        todo.append((job, want))
+                if _on_demand(key) and not _stays_on_demand(job, now, policy):
+                    movable += keep
+        todo.append((job, want, movable))
 
-    for job, want in todo:
+    for job, want, movable in todo:
         world = allotted.get(job.job_id, 0)
 
-        def rank(p: Pool, world: int = world) -> tuple[float, str]:
-            return (p.price_per_hour / useful_fraction(p, policy.recovery_overhead_hours, world), p.key)
+        def rank(p: Pool, world: int = world) -> tuple[bool, float, str]:
+            cost = p.price_per_hour / useful_fraction(p, policy.recovery_overhead_hours, world)
+            return (p.key in avoid, cost, p.key)
 
         eligible = sorted(
             (p for p in pools if p.instance_type in job.instance_types and p.gpus >= job.gpus_per_worker), key=rank
@@ -321,15 +427,29 @@ def _place(
             continue
         spot = [p for p in eligible if p.market == "spot" and p.key not in refused]
         on_demand = [p for p in eligible if p.market == "on-demand"]
-        for _ in range(want):
-            pool = next((p for p in spot if targets.get(p.key, 0) < cap), None)
+        needs_on_demand = job.job_id in on_demand_jobs
+        waits = job.deadline is not None and job.remaining_hours is not None and not needs_on_demand
+        # On-demand workers to move to spot: asked of spot now, released once the spot ones replace them.
+        for _ in range(movable):
+            pool = _spot_pool(spot, targets, cap)
             if pool is None:
+                break
+            targets[pool.key] = targets.get(pool.key, 0) + 1
+        for _ in range(want):
+            pool = None if needs_on_demand else _spot_pool(spot, targets, cap)
+            if pool is None and not waits:
                 pool = on_demand[0] if on_demand else None
             if pool is None:
-                unplaceable.append(job.job_id)
+                if not waits:
+                    unplaceable.append(job.job_id)
                 break
             targets[pool.key] = targets.get(pool.key, 0) + 1
     return targets, sorted(set(unplaceable))
+
+
+def _spot_pool(spot: Sequence[Pool], targets: Mapping[str, int], cap: int) -> Pool | None:
+    """Spread first (the cheapest pool under its share); past every share, the cheapest pool still supplying."""
+    return next((p for p in spot if targets.get(p.key, 0) < cap), None) or (spot[0] if spot else None)
 
 
 def _keep_warm(
