@@ -107,7 +107,7 @@ def broadcast_parameters(params: Any, root_rank: int = 0) -> None:
     items = list(params.items()) if isinstance(params, dict) else list(params)
     _rt.current().require_membership()
     tree = {name: t.detach() for name, t in items if isinstance(t, torch.Tensor)}
-    received = _rt.collective(lambda: broadcast_tree(tree, root=root_rank))
+    received = _rt.collective(lambda: broadcast_tree(tree, root=root_rank, group=_rt.current().group))
     with torch.no_grad():
         for name, t in items:
             if isinstance(t, torch.Tensor) and received[name] is not tree[name]:
@@ -117,7 +117,7 @@ def broadcast_parameters(params: Any, root_rank: int = 0) -> None:
 def broadcast_optimizer_state(optimizer: torch.optim.Optimizer, root_rank: int = 0) -> None:
     """Makes every rank's optimizer state (moments, step counts, learning rates) ``root_rank``'s."""
     _rt.current().require_membership()
-    received = _rt.collective(lambda: broadcast_tree(optimizer.state_dict(), root=root_rank))
+    received = _rt.collective(lambda: broadcast_tree(optimizer.state_dict(), root=root_rank, group=_rt.current().group))
     if _rt.current().require_membership().rank != root_rank:
         optimizer.load_state_dict(received)
 
@@ -125,7 +125,7 @@ def broadcast_optimizer_state(optimizer: torch.optim.Optimizer, root_rank: int =
 def broadcast_object(obj: Any, root_rank: int = 0) -> Any:
     """``root_rank``'s ``obj`` (tensors inside travel as tensors) on every rank."""
     _rt.current().require_membership()
-    return _rt.collective(lambda: broadcast_tree(obj, root=root_rank))
+    return _rt.collective(lambda: broadcast_tree(obj, root=root_rank, group=_rt.current().group))
 
 
 def report(**metrics: float) -> None:

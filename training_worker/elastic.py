@@ -70,6 +70,7 @@ class ElasticSampler(torch.utils.data.Sampler[list[int]]):
         self.epoch = 0
         #: Global batches of this epoch consumed so far.
         self.position = 0
+        self._cached: tuple[tuple[int, int, bool], torch.Tensor] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         """Moves to ``epoch`` (from its start); the epoch it is in already keeps its position, so calling this at
@@ -82,27 +83,32 @@ class ElasticSampler(torch.utils.data.Sampler[list[int]]):
         return self.size // self.global_batch_size
 
     def _order(self) -> torch.Tensor:
-        if not self.shuffle:
-            return torch.arange(self.size)
-        return torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch))
+        key = (self.epoch, self.seed, self.shuffle)
+        if self._cached is None or self._cached[0] != key:
+            order = (
+                torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch))
+                if self.shuffle
+                else torch.arange(self.size)
+            )
+            self._cached = (key, order)
+        return self._cached[1]
 
-    def shares(self, rank: int, world: int) -> Iterator[tuple[list[int], float]]:
-        """Rank ``rank`` of ``world``'s share of each remaining global batch of the epoch, with its gradient weight
-        (share size x world / global batch: 1 when the world divides the batch); advances the position."""
-        order = self._order()
+    def share(self, rank: int, world: int) -> tuple[list[int], float]:
+        """Rank ``rank`` of ``world``'s share of the next global batch, with its gradient weight (share size x world
+        / global batch: 1 when the world divides the batch); advances the position."""
         g = self.global_batch_size
-        while self.position < self.batches_per_epoch:
-            batch = order[self.position * g : (self.position + 1) * g]
-            mine = batch[rank * g // world : (rank + 1) * g // world]
-            self.position += 1
-            yield mine.tolist(), len(mine) * world / g
+        batch = self._order()[self.position * g : (self.position + 1) * g]
+        mine = batch[rank * g // world : (rank + 1) * g // world]
+        self.position += 1
+        return mine.tolist(), len(mine) * world / g
 
     def __iter__(self) -> Iterator[list[int]]:
         runtime = _rt.current()
-        membership = runtime.membership
-        rank, world = (membership.rank, membership.world_size) if membership is not None else (0, 1)
-        for mine, weight in self.shares(rank, world):
-            runtime.grad_scale = weight
+        while self.position < self.batches_per_epoch:
+            # Asked every batch: the ring may shrink between two (a worker left with notice).
+            membership = runtime.membership
+            rank, world = (membership.rank, membership.world_size) if membership is not None else (0, 1)
+            mine, runtime.grad_scale = self.share(rank, world)
             yield mine
 
     def __len__(self) -> int:
@@ -257,7 +263,7 @@ class TorchState:
         if named is not None:
             self.load(named)
         steps: list[Any] = [None] * membership.world_size
-        _rt.collective(lambda: dist.all_gather_object(steps, (runtime.step, self._restored)))
+        _rt.collective(lambda: dist.all_gather_object(steps, (runtime.step, self._restored), group=runtime.group))
         fresh = all(step == 0 and not restored for step, restored in steps)
         if fresh and membership.rank == 0:
             newest = runtime.newest_checkpoint()
@@ -265,7 +271,7 @@ class TorchState:
                 self.load(newest)
                 steps[0] = (runtime.step, True)
         root = max(range(len(steps)), key=lambda r: (steps[r], -r))
-        tree = _rt.collective(lambda: broadcast_tree(self.tree(), root=root))
+        tree = _rt.collective(lambda: broadcast_tree(self.tree(), root=root, group=runtime.group))
         if membership.rank != root:
             self.load(tree)
         self.save()

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -232,6 +232,9 @@ class Runtime:
         self._place = (0, 1)
         self._trained = False
         self.backend: AllreduceBackend | None = None
+        #: The ring's process group when it is a sub-group of the generation's (the survivors after a shrink); None:
+        #: the generation's own (torch's default group).
+        self.group: dist.ProcessGroup | None = None
         #: Global optimizer steps taken (every ``DistributedOptimizer.step()``); saved with the state.
         self.step = 0
         #: What ``report()`` last said (loss, ...), for progress lines and heartbeats.
@@ -455,6 +458,7 @@ class Runtime:
             self.backend.close()
             self.backend = None
         self.membership = None
+        self.group = None
         self._stepped_at = None  # not training: the heartbeat says it waits
         leave_group()
 
@@ -521,25 +525,67 @@ class Runtime:
             local, self._pending = self._pending, [False] * 4
         local[self.RECONFIGURE] = self.discovery.newer(membership.generation)
         flags_t = torch.tensor([float(f) for f in local])
-        collective(lambda: dist.all_reduce(flags_t, op=dist.ReduceOp.MAX))
+        collective(lambda: dist.all_reduce(flags_t, op=dist.ReduceOp.MAX, group=self.group))
         flags = [bool(f) for f in flags_t.tolist()]
         self.progress()
-        if flags[self.CHECKPOINT] or flags[self.LEAVE]:
-            # Notice was given (CheckpointNow, SIGTERM or a spot notice on any rank): an emergency checkpoint,
-            # blocking when a rank is about to go so that it lands before the process does.
-            self.checkpoint(state, membership, blocking=flags[self.LEAVE], emergency=True)
+        if flags[self.STOP]:
+            raise Stopped("Stop")
+        if flags[self.LEAVE] and self._shrink(membership):
+            # The survivors train on at once, without the leavers; the emergency checkpoint of this step is written
+            # by the new ring's rank 0 in the background.
+            self.checkpoint(state, self.require_membership(), blocking=False, emergency=True)
+            state.on_reset()
+        elif flags[self.LEAVE]:
+            # Every rank leaves: the checkpoint must land before the processes go.
+            self.checkpoint(state, membership, blocking=True, emergency=True)
+            self._await_checkpoint(membership)
+            raise Stopped("leaving: notice given")
+        elif flags[self.CHECKPOINT]:
+            self.checkpoint(state, membership, blocking=False, emergency=True)
         elif self.step - self.last_checkpoint_step >= self.config.checkpoint_every:
             self.checkpoint(state, membership, blocking=False, emergency=False)
-        if flags[self.STOP] or (flags[self.LEAVE] and self.leaving):
-            if flags[self.LEAVE] and self.leaving:
-                self._await_checkpoint(membership)
-            raise Stopped("Stop" if flags[self.STOP] else "leaving: notice given")
-        if flags[self.LEAVE]:
-            log.info("a rank leaves after step %d: leaving generation %d", self.step, membership.generation)
-            raise HostsUpdatedInterrupt(f"a rank of generation {membership.generation} leaves")
         if flags[self.RECONFIGURE]:
             log.info("membership changes after step %d: leaving generation %d", self.step, membership.generation)
             raise HostsUpdatedInterrupt(f"generation {self.discovery.generation} replaces {membership.generation}")
+
+    def _shrink(self, membership: Membership) -> bool:
+        """Some ranks leave with notice: the others form a ring of their own at this very step boundary and go on
+        training (a sub-group of the generation's group, formed among themselves in milliseconds) while the
+        leavers exit; nobody waits for the control plane or a replacement. Returns False when every rank leaves.
+
+        A leaver raises Stopped once the survivors' ring exists (its state is theirs: nothing of it is lost).
+        """
+        bits = torch.zeros(membership.world_size)
+        bits[membership.rank] = float(self.leaving)
+        collective(lambda: dist.all_reduce(bits, group=self.group))
+        survivors = [r for r, leaving in enumerate(bits.tolist()) if not leaving]
+        if not survivors:
+            return False
+        to_global = (lambda r: dist.get_global_rank(self.group, r)) if self.group is not None else (lambda r: r)
+        members = [to_global(r) for r in survivors]
+        group = None
+        if not self.leaving:
+            group = collective(lambda: dist.new_group(members, use_local_synchronization=True))
+        # The leavers stay until the survivors' ring exists: rank 0 of the generation serves its store.
+        collective(lambda: dist.barrier(group=self.group))
+        if self.leaving:
+            log.info("a rank leaves after step %d: the %d others train on", self.step, len(survivors))
+            raise Stopped("leaving: notice given; the others train on without this worker")
+        if self.backend is not None:
+            self.backend.close()
+        self.group = group
+        self.membership = replace(membership, rank=survivors.index(membership.rank), world_size=len(survivors))
+        self._place = (self.membership.rank, self.membership.world_size)
+        self.backend = select_backend(list(self.config.backends), group=group, wire_dtype=_WIRE[self.config.wire])
+        log.info(
+            "generation %d: shrank to %d at step %d without the leaving rank(s) %s; training on as rank %d",
+            membership.generation,
+            len(survivors),
+            self.step,
+            [r for r in range(membership.world_size) if r not in survivors],
+            self.membership.rank,
+        )
+        return True
 
     def progress(self) -> None:
         """Prints the progress line once per ``log_every`` steps: from ``report()`` (with the step's loss), else from

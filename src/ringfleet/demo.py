@@ -55,7 +55,9 @@ class Scenario:
     interrupt_at_step: int
     kill_at_step: int
     checkpoint_every: int
-    commit_every: int = 5
+    #: In-memory commits every step: a snapshot of the digits model costs far less than a step (see
+    #: bench/checkpoint_stall.py for a 10M-parameter model), and a hard kill then loses at most one step.
+    commit_every: int = 1
     log_every: int = 10
     workers: int = 3
     min_workers: int = 2
@@ -109,6 +111,8 @@ class _Watch:
     reached: dict[int, int] = field(default_factory=dict)
     #: generation -> its world size (from the workers joining it).
     worlds: dict[int, int] = field(default_factory=dict)
+    #: generation -> (when its survivors trained on without a leaving worker, the step they went on from).
+    shrunk: dict[int, tuple[float, int]] = field(default_factory=dict)
     #: Deliveries to the recovery handlers, for counting the signals each incident produced.
     deliveries: list[Delivery] = field(default_factory=list)
     decisions: list[tuple[float, str, str, dict[str, Any]]] = field(default_factory=list)
@@ -139,6 +143,14 @@ def _on_worker_line(watch: _Watch, line: WorkerLine) -> None:
         watch.synced[g] = (line.at, line.int("step"))
         watch.timeline.membership.append((watch.rel(line.at), watch.worlds.get(g, 0)))
         watch.say(line.at, f"generation {g}: the ring is formed and synced at step {line.int('step')}")
+    elif line.kind == "shrank" and g not in watch.shrunk:
+        watch.shrunk[g] = (line.at, line.int("step"))
+        watch.timeline.membership.append((watch.rel(line.at), line.int("world")))
+        watch.say(
+            line.at,
+            f"generation {g}: {line.int('world')} workers train on at once from step {line.int('step')}, "
+            "without the leaving one",
+        )
     elif line.kind in ("failed", "left"):
         ring = watch.timeline.membership
         if max(watch.synced, default=-1) == g and ring and ring[-1][1] != 0:
@@ -387,7 +399,13 @@ class _Demo:
             # can grow back before the survivors' one formed, and they then join the grown ring at once.
             formed = sorted(g for g in watch.synced if generation < g <= struck[n + 1])
             resumed = -1
-            if formed:
+            # With notice the survivors of the struck generation train on at once, without the leaving worker.
+            shrunk = watch.shrunk.get(generation)
+            if shrunk is not None and shrunk[0] >= injected[n]:
+                at, resumed = shrunk
+                inc.recovered_at = watch.rel(at)
+                inc.steps_lost = 0
+            elif formed:
                 at, resumed = watch.synced[formed[0]]
                 inc.recovered_at = watch.rel(at)
                 inc.steps_lost = max(0, watch.reached.get(generation, 0) - resumed)

@@ -17,13 +17,13 @@ def _seen(state: dict[str, int], steps: int, world: int) -> tuple[list[int], dic
     """What ``world`` ranks, each with a sampler restored from ``state``, read in ``steps`` global steps."""
     seen: list[int] = []
     samplers = []
-    for rank in range(world):
+    for _ in range(world):
         sampler = _sampler()
         sampler.load_state_dict(state)
-        samplers.append(sampler.shares(rank, world))
+        samplers.append(sampler)
     for _ in range(steps):
-        for share in samplers:
-            seen += next(share)[0]
+        for rank, sampler in enumerate(samplers):
+            seen += sampler.share(rank, world)[0]
     end = _sampler()
     end.load_state_dict(state)
     end.position += steps
@@ -45,7 +45,7 @@ def test_an_epoch_changing_world_size_midway_sees_each_sample_once() -> None:
 def test_uneven_shares_are_weighted_so_the_averaged_gradient_is_the_global_batch_mean() -> None:
     # given a global batch of 12 split over 5 ranks (shares 2, 2, 2, 3, 3)
     values = torch.arange(50, dtype=torch.float32)
-    shares = [next(_sampler().shares(rank, 5)) for rank in range(5)]
+    shares = [_sampler().share(rank, 5) for rank in range(5)]
     # then the ranks' average of (local mean x weight), which the DistributedOptimizer computes, is the global mean
     averaged = sum(float(values[idx].mean()) * weight for idx, weight in shares) / 5
     everything = [i for idx, _ in shares for i in idx]
@@ -55,12 +55,12 @@ def test_uneven_shares_are_weighted_so_the_averaged_gradient_is_the_global_batch
 
 def test_set_epoch_resumes_a_half_done_epoch_and_starts_a_new_one_from_its_beginning() -> None:
     sampler = _sampler()
-    first = [idx for idx, _ in sampler.shares(0, 1)]
+    first = list(sampler)
     assert len(first) == sampler.batches_per_epoch == 4 and len(sampler) == 0
     # when the same epoch is set again (a resumed training loop does), nothing of it is read twice
     sampler.set_epoch(0)
-    assert list(sampler.shares(0, 1)) == []
+    assert list(sampler) == []
     # when the next epoch starts, it is a new permutation read from its beginning
     sampler.set_epoch(1)
-    second = [idx for idx, _ in sampler.shares(0, 1)]
+    second = list(sampler)
     assert len(second) == 4 and second != first

@@ -246,23 +246,25 @@ def test_a_leaving_worker_checkpoints_before_it_exits_and_the_survivor_waits_for
     else:
         instance_metadata.notice = {"action": "terminate", "time": "2026-11-28T03:40:00Z"}
 
-    # then it exits cleanly, at a step boundary
+    # then it exits cleanly, at a step boundary, without waiting for anything: its state lives on in the survivor
     assert leaving.finish(30) == 0, leaving.output()
     stopped = int(leaving.output().split("finished: stopped at step ")[1].split()[0])
-    # and before it went, the checkpoint of that very step was in S3 with a manifest that verifies
-    assert _verified_step(s3_env, job, stopped) == stopped
-    log = leaving.output()
-    assert log.index(f"checkpoint step {stopped} saved") < log.index("finished: stopped"), log
-    # and the control plane hears of it as an emergency checkpoint
+    assert "the 1 others train on" in leaving.output()
+
+    # and the survivor never stops: at that very boundary it forms a ring of its own and trains on from the next step
+    survivor.wait_for(f"generation 1: shrank to 1 at step {stopped}")
+    assert survivor.wait_for_step(stopped + 1, generation=1)[:3] == (stopped + 1, 1, 0)
+    assert survivor.proc.poll() is None and "collective failed" not in survivor.output()
+    # and, now rank 0, it writes the emergency checkpoint of that step in the background: in S3, verified ...
     done = _completed(events.wait_until(lambda ms: bool(_completed(ms))))[0]
     assert (done.step, done.emergency, done.generation) == (stopped, True, 1)
+    assert done.instance_id == (A if survivor is started[A] else B)
+    assert _verified_step(s3_env, job, stopped) == stopped
 
-    # and the survivor stops training at the same step and waits for the control plane's next Reconfigure
-    survivor.wait_for("waiting for a Reconfigure newer than generation 1")
-    assert max(step for step, *_ in survivor.progress()) == stopped
-    assert survivor.proc.poll() is None and "collective failed" not in survivor.output()
-    # when generation 2 names the survivor alone, it goes on from the next step
+    # when generation 2 names the survivor (as the control plane's next Reconfigure does), it re-forms and goes on
+    ahead = max(step for step, *_ in survivor.progress())
     reconfigure(broker_url, job, 2, [(survivor is started[A] and A) or B])
-    assert survivor.wait_for_step(0, generation=2)[:3] == (stopped + 1, 1, 0)
+    step, world, rank, _ = survivor.wait_for_step(0, generation=2)
+    assert (world, rank) == (1, 0) and step > ahead
     send(broker_url, Stop(job_id=job, generation=2, reason="done"))
     assert survivor.finish(30) == 0

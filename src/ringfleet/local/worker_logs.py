@@ -28,6 +28,7 @@ _PATTERNS = {
     "left": re.compile(
         r"(?:a rank leaves|membership changes) after step (?P<reached>\d+): leaving generation (?P<generation>\d+)"
     ),
+    "shrank": re.compile(r"generation (?P<generation>\d+): shrank to (?P<world>\d+) at step (?P<step>\d+)"),
     "finished": re.compile(r"^finished: (?P<outcome>\w+) at step (?P<step>\d+)"),
 }
 
