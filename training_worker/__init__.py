@@ -56,8 +56,15 @@ def init() -> None:
     torchrun's variables; under the instance agent, the generation that placed it). Safe to call twice."""
     runtime = _rt.current()
     runtime.start()
-    if runtime.membership is None and not runtime.initialized:
-        runtime.join_next()
+    while runtime.membership is None and not runtime.initialized:
+        try:
+            runtime.join_next()
+        except _rt.CollectiveError as e:
+            # Not the script's fault (a peer never came to the rendezvous): wait for the next generation.
+            runtime.ring_failed(e)
+            runtime.leave_group()
+            if runtime.failures >= runtime.config.max_failures:
+                raise
     runtime.initialized = True
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "Superseded",
     "join_group",
     "leave_group",
+    "rendezvous_store",
 ]
 
 log = logging.getLogger("training_worker.membership")
@@ -48,6 +49,8 @@ class Membership:
     #: Restore this durable checkpoint before syncing (the control plane restarts the job from S3); None: keep the
     #: in-memory state and sync it from a survivor.
     checkpoint: CheckpointRef | None = None
+    #: The members' instance ids by rank, when known (from a Reconfigure): who is new in the next generation.
+    instances: tuple[str, ...] = ()
 
     @classmethod
     def from_reconfigure(cls, command: Reconfigure, instance_id: str) -> Membership | None:
@@ -55,7 +58,12 @@ class Membership:
         if instance_id not in command.ranks:
             return None
         return cls(
-            command.generation, command.ranks[instance_id], command.world_size, command.rendezvous, command.checkpoint
+            command.generation,
+            command.ranks[instance_id],
+            command.world_size,
+            command.rendezvous,
+            command.checkpoint,
+            tuple(sorted(command.ranks, key=command.ranks.__getitem__)),
         )
 
 
@@ -218,15 +226,16 @@ def join_group(
     timeout_s: float,
     join_timeout_s: float,
     superseded: Callable[[], bool] = lambda: False,
+    store: dist.TCPStore | None = None,
 ) -> None:
-    """Joins the generation's group once every member has arrived at its rendezvous.
+    """Joins the generation's group once every member has arrived at its rendezvous (``store``: rank 0's server,
+    when it already serves the rendezvous).
 
     Two timeouts: members of a new generation arrive over seconds (a survivor still notices the old ring's failure,
     a replacement is starting), so the rendezvous waits up to ``join_timeout_s`` for all of them; once they are
     all there, a collective that stalls for ``timeout_s`` means a dead peer, noticed in seconds. While waiting, a
     newer generation (its rank 0 may never serve this one) ends the wait with ``Superseded``.
     """
-    host, port = membership.rendezvous.rsplit(":", 1)
     deadline = time.monotonic() + join_timeout_s
 
     def check(what: str) -> None:
@@ -235,16 +244,9 @@ def join_group(
         if time.monotonic() >= deadline:
             raise TimeoutError(f"generation {membership.generation}: {what} for {join_timeout_s:.0f}s")
 
-    store: dist.TCPStore | None = None
     while store is None:
         try:
-            store = dist.TCPStore(
-                host,
-                int(port),
-                is_master=membership.rank == 0,
-                timeout=timedelta(seconds=_CONNECT_SLICE_S),
-                wait_for_workers=False,
-            )
+            store = rendezvous_store(membership.rendezvous, serve=membership.rank == 0, timeout_s=_CONNECT_SLICE_S)
         except (RuntimeError, ConnectionError):
             if membership.rank == 0:
                 raise  # the server could not bind: no retry helps
@@ -265,6 +267,12 @@ def join_group(
         # close); a frozen one only when this runs out.
         timeout=timedelta(seconds=timeout_s),
     )
+
+
+def rendezvous_store(rendezvous: str, *, serve: bool, timeout_s: float) -> dist.TCPStore:
+    """The TCP store at ``rendezvous``: its server when ``serve`` (rank 0), else a client connected to it."""
+    host, port = rendezvous.rsplit(":", 1)
+    return dist.TCPStore(host, int(port), is_master=serve, timeout=timedelta(seconds=timeout_s), wait_for_workers=False)
 
 
 def leave_group() -> None:

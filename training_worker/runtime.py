@@ -49,6 +49,7 @@ from training_worker.membership import (
     Superseded,
     join_group,
     leave_group,
+    rendezvous_store,
 )
 
 if TYPE_CHECKING:
@@ -206,7 +207,8 @@ class Runtime:
         if config.static is not None:
             self.discovery = FixedHosts(config.static)
         elif config.discovery_file is not None:
-            self.discovery = FileDiscovery(config.discovery_file, config.instance_id)
+            self.commands = FileDiscovery(config.discovery_file, config.instance_id)
+            self.discovery = self.commands
         elif config.broker_url is not None or config.reconfigure_json is not None:
             self.commands = CommandDiscovery(config.instance_id)
             self.discovery = self.commands
@@ -235,6 +237,9 @@ class Runtime:
         #: The ring's process group when it is a sub-group of the generation's (the survivors after a shrink); None:
         #: the generation's own (torch's default group).
         self.group: dist.ProcessGroup | None = None
+        #: The next generation's rendezvous, served early by its rank 0 / probed by the current ring's rank 0.
+        self._served: tuple[int, dist.TCPStore] | None = None
+        self._probe: tuple[int, dist.TCPStore] | None = None
         #: Global optimizer steps taken (every ``DistributedOptimizer.step()``); saved with the state.
         self.step = 0
         #: What ``report()`` last said (loss, ...), for progress lines and heartbeats.
@@ -383,8 +388,9 @@ class Runtime:
                 continue  # training is stuck: stay silent
             if not self._trained or config.job_id is None:
                 continue  # has not trained in any ring yet: nobody waits for its beats
-            training = self.membership is not None
-            generation = self.generation if training else max(self.generation, self.discovery.generation)
+            # The newest generation known: one that adds members is announced before the ring takes it (when the
+            # newcomers are ready), and the control plane counts this worker in it from the announcement on.
+            generation = max(self.generation, self.discovery.generation)
             rank, world = self._place
             beat = Heartbeat(
                 job_id=config.job_id,
@@ -435,8 +441,12 @@ class Runtime:
                 membership.rendezvous,
             )
             superseded = functools.partial(self.discovery.newer, membership.generation)
+            served = self._served[1] if self._served is not None and self._served[0] == membership.generation else None
+            self._served, self._probe = None, None
             try:
-                join_group(membership, _process_group_backend(), config.timeout_s, config.join_timeout_s, superseded)
+                join_group(
+                    membership, _process_group_backend(), config.timeout_s, config.join_timeout_s, superseded, served
+                )
             except Superseded as e:
                 log.info("%s: joining the newer one", e)
                 leave_group()
@@ -523,7 +533,7 @@ class Runtime:
         membership = self.require_membership()
         with self._lock:
             local, self._pending = self._pending, [False] * 4
-        local[self.RECONFIGURE] = self.discovery.newer(membership.generation)
+        local[self.RECONFIGURE] = self._next_generation_ready(membership)
         flags_t = torch.tensor([float(f) for f in local])
         collective(lambda: dist.all_reduce(flags_t, op=dist.ReduceOp.MAX, group=self.group))
         flags = [bool(f) for f in flags_t.tolist()]
@@ -547,6 +557,52 @@ class Runtime:
         if flags[self.RECONFIGURE]:
             log.info("membership changes after step %d: leaving generation %d", self.step, membership.generation)
             raise HostsUpdatedInterrupt(f"generation {self.discovery.generation} replaces {membership.generation}")
+
+    def _next_generation_ready(self, membership: Membership) -> bool:
+        """Whether the ring should leave for the newest generation at this boundary.
+
+        A generation that only removes members (a loss, a worker left) is taken at once. One that adds workers is
+        taken only once they are ready, that is waiting at its rendezvous with the job's script loaded (a
+        replacement still booting, importing torch or loading its data would otherwise stall the whole ring):
+        until then the ring trains on. The new generation's rank 0 serves its rendezvous from the moment it hears
+        of it, so the newcomers can arrive; the current ring's rank 0 counts them there, and the step-boundary
+        flags carry its verdict to every rank.
+        """
+        if not self.discovery.newer(membership.generation):
+            return False
+        latest = self.commands.latest if self.commands is not None else None
+        if latest is None or not membership.instances:
+            return True
+        mine = latest.ranks.get(self.config.instance_id)
+        if mine is None:
+            return True  # left out: leave now
+        joining = sum(1 for instance in latest.ranks if instance not in membership.instances)
+        if mine == 0:
+            self._serve_rendezvous(latest)
+        if joining == 0:
+            return True
+        if membership.rank != 0:
+            return False
+        return self._arrived(latest) >= joining
+
+    def _serve_rendezvous(self, command: Reconfigure) -> None:
+        if self._served is not None and self._served[0] == command.generation:
+            return
+        try:
+            self._served = (command.generation, rendezvous_store(command.rendezvous, serve=True, timeout_s=2.0))
+        except (RuntimeError, ConnectionError) as e:  # the port is taken: joining will say so
+            log.warning("cannot serve the rendezvous of generation %d yet: %s", command.generation, e)
+
+    def _arrived(self, command: Reconfigure) -> int:
+        """How many members already wait at ``command``'s rendezvous (0 while it does not answer)."""
+        try:
+            if self._served is not None and self._served[0] == command.generation:
+                return int(self._served[1].add("arrived", 0))
+            if self._probe is None or self._probe[0] != command.generation:
+                self._probe = (command.generation, rendezvous_store(command.rendezvous, serve=False, timeout_s=0.2))
+            return int(self._probe[1].add("arrived", 0))
+        except (RuntimeError, ConnectionError):
+            return 0
 
     def _shrink(self, membership: Membership) -> bool:
         """Some ranks leave with notice: the others form a ring of their own at this very step boundary and go on

@@ -245,7 +245,10 @@ def _on_lost(job: Job, nodes: Sequence[Node], signal: NodeLost) -> RecoveryPlan:
 
 def _on_checkpoint(job: Job, nodes: Sequence[Node], signal: CheckpointTaken) -> RecoveryPlan:
     recovery = job.recovery
-    if signal.generation != job.generation:
+    # A final checkpoint ends the job whichever generation reports it: workers take a generation that adds members
+    # only once the newcomers are ready, so the ring that trained the last step may be the one before a growth the
+    # control plane announced to a replacement that never got ready.
+    if signal.generation != job.generation and not signal.final:
         return _unchanged(job, f"ignored: checkpoint of generation {signal.generation}, job is at {job.generation}")
     if signal.final:
         finished = Incident(at=signal.at, cause="finished", generation=job.generation, detail=f"step {signal.step}")
