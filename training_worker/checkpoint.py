@@ -28,6 +28,9 @@ __all__ = ["AsyncCheckpointer", "CheckpointCorrupt", "S3CheckpointStore", "Saved
 
 log = logging.getLogger("training_worker.checkpoint")
 
+#: How far below training the upload thread runs (Linux), by default.
+UPLOAD_NICENESS = 10
+
 
 class CheckpointCorrupt(Exception):
     """A checkpoint whose manifest or shards do not verify."""
@@ -212,7 +215,7 @@ class AsyncCheckpointer:
     serializing, compressing and sending the checkpoint takes the CPU training leaves, rather than a share of it.
     """
 
-    def __init__(self, store: S3CheckpointStore, niceness: int = 10) -> None:
+    def __init__(self, store: S3CheckpointStore, niceness: int = UPLOAD_NICENESS) -> None:
         self.store = store
         self.niceness = niceness
         self._thread: threading.Thread | None = None

@@ -440,7 +440,7 @@ class Runtime:
                 membership.world_size,
                 membership.rendezvous,
             )
-            superseded = functools.partial(self.discovery.newer, membership.generation)
+            superseded = functools.partial(self._superseded, membership)
             served = self._served[1] if self._served is not None and self._served[0] == membership.generation else None
             self._served, self._probe = None, None
             try:
@@ -585,6 +585,17 @@ class Runtime:
             return False
         return self._arrived(latest) >= joining
 
+    def _superseded(self, membership: Membership) -> bool:
+        """Whether a newer generation makes joining ``membership`` pointless: one that drops some of its members.
+        One that only adds workers does not: this ring forms and trains, and takes the newer one at a step
+        boundary once the newcomers are ready (see ``_next_generation_ready``)."""
+        if not self.discovery.newer(membership.generation):
+            return False
+        latest = self.commands.latest if self.commands is not None else None
+        if latest is None or not membership.instances:
+            return True
+        return not set(membership.instances) <= set(latest.ranks)
+
     def _serve_rendezvous(self, command: Reconfigure) -> None:
         if self._served is not None and self._served[0] == command.generation:
             return
@@ -684,7 +695,8 @@ class Runtime:
         if blocking:
             done(self.checkpointer.save(step, generation, membership.world_size, tree))
         else:
-            self.checkpointer.save_async(step, generation, membership.world_size, tree, done)
+            # The commit is already a snapshot of its own, never changed again: uploaded as it is, not copied twice.
+            self.checkpointer.save_async(step, generation, membership.world_size, tree, done, copy=False)
 
     def _report(self, saved: SavedCheckpoint, generation: int, *, emergency: bool, final: bool) -> None:
         if self.channel is None:

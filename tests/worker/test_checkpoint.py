@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import threading
 from collections.abc import Iterator
 
 import boto3
@@ -11,7 +14,13 @@ import torch
 from moto import mock_aws
 
 from ringfleet.contracts import MANIFEST_NAME, CheckpointManifest, checkpoint_prefix
-from training_worker.checkpoint import AsyncCheckpointer, CheckpointCorrupt, S3CheckpointStore, SavedCheckpoint
+from training_worker.checkpoint import (
+    AsyncCheckpointer,
+    CheckpointCorrupt,
+    S3CheckpointStore,
+    SavedCheckpoint,
+    snapshot,
+)
 
 BUCKET = "ckpt"
 
@@ -90,3 +99,39 @@ def test_a_checkpoint_without_its_manifest_does_not_exist(store: S3CheckpointSto
     assert store.steps() == [10]
     newest = store.load_newest()
     assert newest is not None and newest[0].step == 10
+
+
+def test_a_caller_passing_its_own_snapshot_is_not_copied_again(store: S3CheckpointStore) -> None:
+    # given a commit's snapshot passed with copy=False (the runtime's path: TorchState.committed())
+    tree = _tree(3.0)
+    saver = AsyncCheckpointer(store)
+    saver.save_async(3, 0, 1, tree, copy=False)
+    saver.wait()
+    # then what was passed is what was uploaded
+    assert saver.error is None and float(store.load(3)[1]["model"]["w"][0]) == 3.0
+
+
+def test_a_snapshot_into_an_older_one_reuses_its_buffers_and_copies_the_values() -> None:
+    # given an older snapshot of the same shapes, and one whose shapes differ
+    live = {"model": {"w": torch.full((4,), 2.0)}, "opt": [torch.zeros(2)], "step": 5}
+    older = snapshot({"model": {"w": torch.zeros(4)}, "opt": [torch.zeros(3)], "step": 1})
+    buffer = older["model"]["w"]
+    # when the live tree is snapshot into it
+    new = snapshot(live, into=older)
+    live["model"]["w"].add_(1)  # type: ignore[index]
+    # then the matching tensor reuses the older buffer, the other is fresh, and the values are those of the call
+    assert new["model"]["w"] is buffer and float(new["model"]["w"][0]) == 2.0
+    assert new["opt"][0].shape == (2,) and new["step"] == 5
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a thread's own nice value is Linux's")
+def test_the_upload_thread_runs_below_training_and_training_keeps_its_priority(store: S3CheckpointStore) -> None:
+    # given a background save (on_done runs on the upload thread)
+    seen: list[int] = []
+    saver = AsyncCheckpointer(store, niceness=5)
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    saver.save_async(4, 0, 1, _tree(4.0), lambda _: seen.append(os.getpriority(os.PRIO_PROCESS, 0)))
+    saver.wait()
+    # then the upload thread ran nicer, and the calling thread's priority is unchanged
+    assert seen == [min(19, before + 5)]
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
