@@ -107,3 +107,22 @@ class WorkerProcess:
             self.proc.kill()
         self.proc.wait(10)
         self._file.close()
+
+
+def announce(discovery: Path, job: str, generation: int, instances: list[str]) -> None:
+    """Plays the control plane for agents run with ``--discovery-file``: a Reconfigure of ``generation`` with
+    ``instances`` (ranks in that order), written atomically so an agent never reads half a file."""
+    from ringfleet.contracts import encode_message
+    from ringfleet.contracts.messages import Reconfigure
+    from tests.worker.distributed import free_port
+
+    command = Reconfigure(
+        job_id=job,
+        generation=generation,
+        world_size=len(instances),
+        ranks={instance: rank for rank, instance in enumerate(instances)},
+        rendezvous=f"127.0.0.1:{free_port()}",
+    )
+    staged = discovery.with_suffix(".tmp")
+    staged.write_bytes(encode_message(command))
+    staged.replace(discovery)

@@ -11,11 +11,10 @@ from typing import Any
 import pytest
 import torch
 
-from ringfleet.contracts import MANIFEST_NAME, checkpoint_prefix, encode_message
-from ringfleet.contracts.messages import Reconfigure
+from ringfleet.contracts import MANIFEST_NAME, checkpoint_prefix
 from tests.worker.conftest import BUCKET, s3_client
 from tests.worker.distributed import free_port
-from tests.worker.processes import WorkerProcess
+from tests.worker.processes import WorkerProcess, announce
 
 pytestmark = pytest.mark.integration
 
@@ -111,20 +110,6 @@ def test_lm_trained_on_two_then_three_ranks_matches_one_rank_with_the_same_globa
     assert not torch.allclose(alone["model"][first], _initial_lm_weight(first))
 
 
-def _announce(discovery: Path, job: str, generation: int, instances: list[str]) -> None:
-    """Plays the control plane: a Reconfigure of ``generation`` with ``instances`` (ranks in that order)."""
-    command = Reconfigure(
-        job_id=job,
-        generation=generation,
-        world_size=len(instances),
-        ranks={instance: rank for rank, instance in enumerate(instances)},
-        rendezvous=f"127.0.0.1:{free_port()}",
-    )
-    staged = discovery.with_suffix(".tmp")
-    staged.write_bytes(encode_message(command))
-    staged.replace(discovery)  # atomic: an agent never reads half a file
-
-
 def test_lm_interrupted_by_notice_and_kill_9_ends_allclose_to_an_uninterrupted_run_with_the_same_global_batches(
     tmp_path: Path, s3_env: dict[str, str]
 ) -> None:
@@ -158,7 +143,7 @@ def test_lm_interrupted_by_notice_and_kill_9_ends_allclose_to_an_uninterrupted_r
 
     # given three agents A, B, C training the LM example as generation 1 (committing every step, checkpointing to S3),
     # and a fourth, D, started alike but left out of it: a spare, as a replacement instance waits to be placed
-    _announce(discovery, job, 1, [a, b, c])
+    announce(discovery, job, 1, [a, b, c])
     workers = {instance: agent(instance) for instance in (a, b, c, d)}
     A, B, C, D = (workers[i] for i in (a, b, c, d))
     try:
@@ -183,9 +168,9 @@ def test_lm_interrupted_by_notice_and_kill_9_ends_allclose_to_an_uninterrupted_r
         s3_client(s3_env).head_object(Bucket=BUCKET, Key=checkpoint_prefix(job, left_at) + MANIFEST_NAME)
 
         # when the control plane announces generation 2 = [A, B], and once they train in it, generation 3 = [A, B, D]
-        _announce(discovery, job, 2, [a, b])
+        announce(discovery, job, 2, [a, b])
         A.wait_for_step(left_at + 1, generation=2, timeout=60)
-        _announce(discovery, job, 3, [a, b, d])
+        announce(discovery, job, 3, [a, b, d])
         # then D joins and takes the survivors' state (it does not start the job over)
         D.wait_for("joining generation 3 as rank 2 of 3", timeout=60)
         D.wait_for("generation 3: state synced", timeout=60)
@@ -206,7 +191,7 @@ def test_lm_interrupted_by_notice_and_kill_9_ends_allclose_to_an_uninterrupted_r
             assert 0 <= failed - restored <= 1 and restored > joined_at, line
 
         # when the control plane announces generation 4 = [A, D]
-        _announce(discovery, job, 4, [a, d])
+        announce(discovery, job, 4, [a, d])
         # then both finish the job with exit status 0, the last steps trained on a ring of two in generation 4
         assert [A.finish(90), D.finish(90)] == [0, 0], A.output() + D.output()
         for rank, w in enumerate((A, D)):

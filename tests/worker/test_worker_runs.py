@@ -7,10 +7,8 @@ from pathlib import Path
 
 import torch
 
-from ringfleet.contracts import encode_message
-from ringfleet.contracts.messages import Reconfigure
 from tests.worker.distributed import free_port
-from tests.worker.processes import WorkerProcess
+from tests.worker.processes import WorkerProcess, announce
 
 INSTANCES = ["i-0000000000000001a", "i-0000000000000002b", "i-0000000000000003c"]
 
@@ -62,23 +60,10 @@ def test_stopping_and_resuming_from_s3_ends_bit_identical_to_an_uninterrupted_ru
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def _reconfigure(path: Path, generation: int, instances: list[str]) -> None:
-    command = Reconfigure(
-        job_id="elastic",
-        generation=generation,
-        world_size=len(instances),
-        ranks={instance: rank for rank, instance in enumerate(instances)},
-        rendezvous=f"127.0.0.1:{free_port()}",
-    )
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(encode_message(command))
-    tmp.replace(path)  # atomic: a worker never reads half a file
-
-
 def test_kill_9_of_one_of_three_workers_is_survived_by_a_two_rank_ring(tmp_path: Path) -> None:
     # given three workers of generation 1, committing every 4 steps
     discovery = tmp_path / "membership.json"
-    _reconfigure(discovery, 1, INSTANCES)
+    announce(discovery, "elastic", 1, INSTANCES)
     workers = [
         WorkerProcess(
             tmp_path / f"w{i}.log",
@@ -111,7 +96,7 @@ def test_kill_9_of_one_of_three_workers_is_survived_by_a_two_rank_ring(tmp_path:
             restored = int(line.split("restored the commit of step ")[1].split(",")[0])
             assert 0 <= failed - restored <= 4, line
         # and when the control plane announces generation 2 with the two survivors, they re-form and finish
-        _reconfigure(discovery, 2, INSTANCES[:2])
+        announce(discovery, "elastic", 2, INSTANCES[:2])
         assert [w.finish(120) for w in workers[:2]] == [0, 0]
         for w in workers[:2]:
             progress = [ln for ln in w.output().splitlines() if ln.startswith("step ")]
