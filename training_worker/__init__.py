@@ -52,19 +52,14 @@ Sum = "sum"
 
 
 def init() -> None:
-    """Starts the runtime and joins the first ring this worker is a member of (at once when run alone or with
-    torchrun's variables; under the instance agent, the generation that placed it). Safe to call twice."""
+    """Starts the runtime and waits until this worker is placed in a ring (at once when run alone or with
+    torchrun's variables; under the instance agent, the generation that placed it): ``rank()`` and ``size()`` are
+    known from then on. The ring's group forms at the first collective, or when ``@elastic.run`` starts, so a
+    worker joining a running job arrives only once its model and data are loaded. Safe to call twice."""
     runtime = _rt.current()
     runtime.start()
-    while runtime.membership is None and not runtime.initialized:
-        try:
-            runtime.join_next()
-        except _rt.CollectiveError as e:
-            # Not the script's fault (a peer never came to the rendezvous): wait for the next generation.
-            runtime.ring_failed(e)
-            runtime.leave_group()
-            if runtime.failures >= runtime.config.max_failures:
-                raise
+    if runtime.membership is None and not runtime.initialized:
+        runtime.await_membership()
     runtime.initialized = True
 
 
@@ -74,12 +69,12 @@ def is_initialized() -> bool:
 
 def rank() -> int:
     """This worker's rank in the current ring (changes when the ring re-forms)."""
-    return _rt.current().require_membership().rank
+    return _rt.current().place().rank
 
 
 def size() -> int:
     """The current ring's world size (changes when the ring re-forms)."""
-    return _rt.current().require_membership().world_size
+    return _rt.current().place().world_size
 
 
 def local_rank() -> int:
@@ -87,7 +82,7 @@ def local_rank() -> int:
     torchrun's ``LOCAL_RANK`` when it set one. Use it to pick a GPU: ``torch.cuda.set_device(local_rank())``."""
     import os
 
-    _rt.current().require_membership()
+    _rt.current().place()
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 

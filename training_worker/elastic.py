@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import logging
 import random
+import time
 from collections.abc import Callable, Iterator, Sized
 from typing import Any, ParamSpec, TypeVar
 
@@ -300,7 +301,9 @@ def run(func: Callable[..., R]) -> Callable[..., R]:
                     runtime.join_next()
                 if not first:
                     state.on_reset()
+                began = time.monotonic()
                 root = state.sync()
+                log.debug("state sync took %.3f s", time.monotonic() - began)
                 membership = runtime.require_membership()
                 log.info(
                     "generation %d: state synced from rank %d at step %d", membership.generation, root, runtime.step

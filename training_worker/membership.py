@@ -258,6 +258,7 @@ def join_group(
         check(f"{arrived} of {membership.world_size} members arrived at {membership.rendezvous}")
         time.sleep(0.02)
         arrived = store.add("arrived", 0)
+    all_there = time.monotonic()
     dist.init_process_group(
         backend,
         store=store,
@@ -266,6 +267,12 @@ def join_group(
         # Short: a dead peer must be noticed in seconds. A killed process is usually seen at once (its sockets
         # close); a frozen one only when this runs out.
         timeout=timedelta(seconds=timeout_s),
+    )
+    log.info(
+        "generation %d: all %d members at the rendezvous, group formed in %.3f s",
+        membership.generation,
+        membership.world_size,
+        time.monotonic() - all_there,
     )
 
 

@@ -227,6 +227,8 @@ class Runtime:
             self.serve(config.job_id)
         self.channel: ControlChannel | None = None
         self.membership: Membership | None = None
+        #: The membership waited for and known, whose group is not joined yet (see join_next).
+        self.pending: Membership | None = None
         #: The newest generation this worker joined (or tried to); commands of older ones are ignored.
         self.generation = -1
         self.member = False  # has been a member of some generation
@@ -317,6 +319,7 @@ class Runtime:
         """The script failed and will run again in this process: it starts from a fresh state and in a generation
         newer than every one known now (the control plane's restart), never in the one it failed in."""
         self.leave_group()
+        self.pending = None
         self.generation = max(self.generation, self.discovery.generation)
         self.initialized = False
         self.step = 0
@@ -412,27 +415,42 @@ class Runtime:
 
     # -- membership -------------------------------------------------------------------------------------------------
 
-    def join_next(self) -> Membership:
-        """Waits for the next membership that includes this worker and joins its group; raises Stopped when there
-        is none for it (Stop, a notice, left out of the newest generation)."""
+    def await_membership(self) -> Membership:
+        """The next membership that includes this worker, waiting for it; not joined yet (``pending``). Raises
+        Stopped when there is none for it (Stop, a notice, left out of the newest generation)."""
+        if self.pending is not None:
+            return self.pending
         config = self.config
         while True:
             wait = config.wait_s if self.member else UNPLACED_WAIT_S
             membership = self.discovery.wait(self.generation, wait)
-            if membership is None:
-                if self.discovery.closed:
-                    raise Stopped("leaving: no further generation is joined")
-                newest = self.discovery.generation
-                if newest <= self.generation:
-                    raise TimeoutError(f"no membership newer than generation {self.generation} within {wait}s")
-                if self.member:
-                    log.info("generation %d leaves this worker out: stopping", newest)
-                    raise Stopped(f"generation {newest} leaves this worker out")
-                log.info("generation %d does not include this worker: waiting as a spare", newest)
-                self.generation = newest
-                continue
-            self.generation, self.member = membership.generation, True
-            self._place = (membership.rank, membership.world_size)
+            if membership is not None:
+                self.generation, self.member = membership.generation, True
+                self._place = (membership.rank, membership.world_size)
+                self.pending = membership
+                return membership
+            if self.discovery.closed:
+                raise Stopped("leaving: no further generation is joined")
+            newest = self.discovery.generation
+            if newest <= self.generation:
+                raise TimeoutError(f"no membership newer than generation {self.generation} within {wait}s")
+            if self.member:
+                log.info("generation %d leaves this worker out: stopping", newest)
+                raise Stopped(f"generation {newest} leaves this worker out")
+            log.info("generation %d does not include this worker: waiting as a spare", newest)
+            self.generation = newest
+
+    def join_next(self) -> Membership:
+        """Joins the group of the pending membership, or of the next one (waiting for it).
+
+        A worker arrives at a rendezvous only from here: the first collective its script makes, or its
+        ``@elastic.run`` starting, not ``init()``. So a newcomer arrives once its script has loaded its model and
+        data, and the ring it joins (which grows only when every newcomer has arrived) never waits for that.
+        """
+        config = self.config
+        while True:
+            membership = self.await_membership()
+            self.pending = None
             log.info(
                 "joining generation %d as rank %d of %d at %s",
                 membership.generation,
@@ -472,7 +490,17 @@ class Runtime:
         self._stepped_at = None  # not training: the heartbeat says it waits
         leave_group()
 
+    def place(self) -> Membership:
+        """This worker's membership, joined or pending (rank and world size are known before the group forms)."""
+        place = self.membership or self.pending
+        if place is None:
+            raise RuntimeError("training_worker is not initialised: call training_worker.init() first")
+        return place
+
     def require_membership(self) -> Membership:
+        """The ring's membership, joining its group first when it is only pending."""
+        if self.membership is None and self.pending is not None:
+            self.join_next()
         if self.membership is None:
             raise RuntimeError("training_worker is not initialised: call training_worker.init() before using the ring")
         return self.membership
@@ -666,8 +694,11 @@ class Runtime:
         rate = max(0, self.step - at_step) * self.global_batch / max(now - started, 1e-9)
         self.metrics["samples_per_second"] = rate
         self._logged = (now, self.step)
+        wall = time.time()
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(wall)) + f",{int(wall % 1 * 1000):03d}"
         print(
-            f"step {self.step} loss {self.metrics.get('loss', 0.0):.4f} samples/s {rate:.0f} "
+            # Stamped like the log records, so that whoever reads the log (the demo) knows when each step ended.
+            f"{stamp} step {self.step} loss {self.metrics.get('loss', 0.0):.4f} samples/s {rate:.0f} "
             f"world {membership.world_size} rank {membership.rank} generation {membership.generation}",
             flush=True,
         )

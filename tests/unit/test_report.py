@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ringfleet.local.report import Incident, RunTimeline, write_report
+import pytest
+
+from ringfleet.local.report import Incident, RunTimeline, measure_goodput, write_report
 
 
 def timeline() -> RunTimeline:
     progress = [(float(t), t * 2, 2.3 / (1 + t), 3 if t < 20 else 2, 1 if t < 20 else 2) for t in range(40)]
     return RunTimeline(
         progress=progress,
+        steps=[(0.5 * i, i) for i in range(1, 81)],
         fleet=[(0.0, 3), (25.0, 2), (30.0, 3)],
         checkpoints=[(10.0, 20), (21.0, 42)],
         backups=[(11.0, 20), (22.5, 42)],
@@ -55,11 +58,34 @@ def test_report_lists_each_incident_with_its_timings_and_the_medians(tmp_path: P
     )
     assert "| 2 | hard kill | i-0aaaaaaaaaaaaaaa2 | 0.90 s | 7.00 s | 3 | 0 | 0 | 1 | 3 | — |" in text
     assert (
-        "Median time to detect: 0.65 s (target ≤ 1 s: met); median time to recover: 6.50 s (target ≤ 10 s: met)."
-        in text
+        "Median time to detect: 0.65 s (target ≤ 1 s: met); time to recover p50 6.50 s, p99 7.00 s "
+        "(target ≤ 1.5 s: MISSED)." in text
     )
+    # and the goodput of the run: its steps ended at a steady pace
+    assert "Goodput 100.0 % (target ≥ 97 %: met)" in text
     assert "Final accuracy on held-out digits: 95.1 %; uninterrupted run with the same global batches: 95.3 %." in text
     assert "match the uninterrupted run's" in text and "C_base" in text
     # and the timeline is a real PNG
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert png.stat().st_size > 20_000
+
+
+def test_goodput_counts_steps_that_reach_the_final_model_and_splits_the_badput() -> None:
+    # given steps 1..10 every 0.1 s, then a hard kill: steps 11-12 are rolled back, the ring re-forms for 2 s and
+    # trains 11..20 again at the same pace
+    steps = [(0.1 * s, s) for s in range(1, 13)]
+    steps += [(1.2 + 2.0 + 0.1 * (s - 10), s) for s in range(11, 21)]
+    goodput = measure_goodput(steps)
+    assert goodput is not None
+    # then 19 gaps count (each of the 18 normal ones, and the re-formed ring's first step up to 3 normal steps),
+    # the two rolled-back steps are replayed time, and the rest of the 2 s gap is a pause
+    assert goodput.replayed == pytest.approx(0.2)
+    assert goodput.paused == pytest.approx(2.1 - 0.3)
+    assert goodput.useful == pytest.approx(0.1 * 18 + 0.3)
+    assert goodput.wall == pytest.approx(steps[-1][0] - steps[0][0])
+    assert goodput.ratio == pytest.approx(goodput.useful / goodput.wall)
+    # and an incident's window sees only its own part
+    window = measure_goodput(steps, (1.15, 10.0))
+    assert window is not None and window.paused == pytest.approx(goodput.paused)
+    before = measure_goodput(steps, (0.0, 1.15))
+    assert before is not None and before.paused == 0 and before.replayed == pytest.approx(0.1)

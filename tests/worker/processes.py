@@ -12,7 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
-_PROGRESS = re.compile(r"^step (\d+) .* world (\d+) rank (\d+) generation (\d+)$")
+_PROGRESS = re.compile(r"\bstep (\d+) loss .* world (\d+) rank (\d+) generation (\d+)$")
 
 
 #: The job script the worker tests run: the digits example, written against the public API only.
@@ -64,7 +64,7 @@ class WorkerProcess:
 
     def progress(self) -> list[tuple[int, int, int, int]]:
         """Every progress line so far as (step, world size, rank, generation)."""
-        found = (_PROGRESS.match(line) for line in self.output().splitlines())
+        found = (_PROGRESS.search(line) for line in self.output().splitlines())
         return [(int(m[1]), int(m[2]), int(m[3]), int(m[4])) for m in found if m]
 
     def wait_for(self, text: str, timeout: float = 60.0) -> float:
