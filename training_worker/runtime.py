@@ -561,7 +561,11 @@ class Runtime:
         membership = self.require_membership()
         with self._lock:
             local, self._pending = self._pending, [False] * 4
-        local[self.RECONFIGURE] = self._next_generation_ready(membership)
+        if self._left_out(membership):
+            # The newest generation goes on without this worker (it is leaving with notice, the control plane
+            # replaces it): it leaves now, and the others train on without waiting for anyone.
+            self.leaving = local[self.LEAVE] = True
+        local[self.RECONFIGURE] = not self.leaving and self._next_generation_ready(membership)
         flags_t = torch.tensor([float(f) for f in local])
         collective(lambda: dist.all_reduce(flags_t, op=dist.ReduceOp.MAX, group=self.group))
         flags = [bool(f) for f in flags_t.tolist()]
@@ -603,7 +607,7 @@ class Runtime:
             return True
         mine = latest.ranks.get(self.config.instance_id)
         if mine is None:
-            return True  # left out: leave now
+            return True  # left out (a discovery without the members' names): leave now
         joining = sum(1 for instance in latest.ranks if instance not in membership.instances)
         if mine == 0:
             self._serve_rendezvous(latest)
@@ -623,6 +627,16 @@ class Runtime:
         if latest is None or not membership.instances:
             return True
         return not set(membership.instances) <= set(latest.ranks)
+
+    def _left_out(self, membership: Membership) -> bool:
+        """Whether a newer generation, named with its members, leaves this worker out."""
+        latest = self.commands.latest if self.commands is not None else None
+        return (
+            latest is not None
+            and bool(membership.instances)
+            and latest.generation > membership.generation
+            and self.config.instance_id not in latest.ranks
+        )
 
     def _serve_rendezvous(self, command: Reconfigure) -> None:
         if self._served is not None and self._served[0] == command.generation:
@@ -669,7 +683,12 @@ class Runtime:
         if self.backend is not None:
             self.backend.close()
         self.group = group
-        self.membership = replace(membership, rank=survivors.index(membership.rank), world_size=len(survivors))
+        self.membership = replace(
+            membership,
+            rank=survivors.index(membership.rank),
+            world_size=len(survivors),
+            instances=tuple(membership.instances[r] for r in survivors) if membership.instances else (),
+        )
         self._place = (self.membership.rank, self.membership.world_size)
         self.backend = select_backend(list(self.config.backends), group=group, wire_dtype=_WIRE[self.config.wire])
         log.info(
