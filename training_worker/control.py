@@ -119,7 +119,13 @@ class SpotNoticeWatcher:
 
     PATH = "/latest/meta-data/spot/instance-action"
 
-    def __init__(self, base_url: str, on_notice: Callable[[dict[str, str]], None], interval_s: float = 2.0) -> None:
+    #: Every half second: the endpoint is the instance's own (no network, no API limit), and the sooner a leaving
+    #: worker knows, the sooner the others train on without it.
+    INTERVAL_S = 0.5
+
+    def __init__(
+        self, base_url: str, on_notice: Callable[[dict[str, str]], None], interval_s: float = INTERVAL_S
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.on_notice = on_notice
         self.interval_s = interval_s
