@@ -518,12 +518,18 @@ class Runtime:
         if self.channel is None or membership is None:
             return
         reason = (str(error).splitlines() or [type(error).__name__])[0][:400] or type(error).__name__
+        # Reported in the newest generation this worker belongs to: the control plane may have announced a growth
+        # the ring had not taken yet, and it judges a failure against the generation it knows.
+        generation, rank = membership.generation, membership.rank
+        latest = self.commands.latest if self.commands is not None else None
+        if latest is not None and latest.generation > generation and self.config.instance_id in latest.ranks:
+            generation, rank = latest.generation, latest.ranks[self.config.instance_id]
         self.publish(
             WorkerFailed(
                 job_id=self.job_id,
                 instance_id=self.config.instance_id,
-                generation=membership.generation,
-                rank=membership.rank,
+                generation=generation,
+                rank=rank,
                 step=self.step,
                 reason=f"collective failed: {reason}",
                 scope="ring",
