@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -14,7 +15,28 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main"]
+__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_UNREACHABLE", "EXIT_USAGE", "CliError", "main"]
+
+#: Exit codes, as `ringfleet --help` lists them.
+EXIT_OK = 0
+#: What was asked was refused or failed: a job rejected, a handler that failed, no answer in time.
+EXIT_FAILED = 1
+#: The command line or a file it names is wrong: unknown option, missing or malformed file, bad --set, invalid job.
+EXIT_USAGE = 2
+#: Nothing to talk to: no local cloud is running and RINGFLEET_BROKER_URL is unset, or the broker / AWS endpoint
+#: does not answer.
+EXIT_UNREACHABLE = 3
+#: Ctrl-C (128 + SIGINT, as shells report it).
+EXIT_INTERRUPTED = 130
+
+
+class CliError(Exception):
+    """A mistake or refusal the user can act on: printed as one line on stderr, the process exits with ``code``."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
 
 STATE_DIR = Path(os.environ.get("RINGFLEET_STATE_DIR", ".ringfleet"))
 #: Where `local serve` says where its fleet's agents log and run (written once the fleet emulator is up).
@@ -39,6 +61,16 @@ jobs (against the local cloud when one is up, else RINGFLEET_BROKER_URL + RINGFL
   ringfleet cancel digits-demo --tenant acme
   ringfleet events --tenant acme --follow    job events (admitted, started, interrupted, ...) as they happen
   ringfleet logs digits-demo --tenant acme -f   the job's agents' logs (local cloud only)
+
+read commands (status, events, local status) take --output table|json; --debug shows a traceback on errors.
+
+exit codes:
+  0    done
+  1    refused or failed: a job rejected by intake, a handler that failed, no answer within --timeout
+  2    usage: an unknown option, a missing or malformed file (YAML errors give line and column), a bad --set,
+       a job that fails validation (`submit --dry-run` checks one offline)
+  3    nothing to talk to: no local cloud is running here and RINGFLEET_BROKER_URL is unset, or it does not answer
+  130  interrupted (Ctrl-C)
 """
 
 
@@ -77,7 +109,7 @@ def _attached() -> Any:
 
     state = LocalState.load(STATE_DIR)
     if state is None:
-        sys.exit("ringfleet: no local cloud is running here; start one with `ringfleet local up`")
+        raise CliError("no local cloud is running here; start one with `ringfleet local up`", EXIT_UNREACHABLE)
     return CloudContext.from_state(state)
 
 
@@ -172,7 +204,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             print(log_path.read_text(), file=sys.stderr)
-            sys.exit(f"ringfleet: the local cloud did not start (log above, also in {log_path})")
+            raise CliError(f"the local cloud did not start (log above, also in {log_path})", EXIT_UNREACHABLE)
         if (state := LocalState.load(STATE_DIR)) is not None:
             print(f"local cloud up (pid {state.pid}): AWS at {state.endpoint}; log: {log_path}")
             if args.fleet:
@@ -184,7 +216,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             return 0
         time.sleep(0.2)
     proc.terminate()
-    sys.exit(f"ringfleet: the local cloud did not come up within 60 s; see {log_path}")
+    raise CliError(f"the local cloud did not come up within 60 s; see {log_path}", EXIT_UNREACHABLE)
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -227,20 +259,12 @@ def _kill_agents() -> None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     ctx = _attached()
-    print(f"AWS (moto) at {ctx.endpoint}; RabbitMQ at {ctx.broker_url.split('@')[-1]}; stack {ctx.stack}")
-    for lid, fn in sorted(ctx.functions.items()):
-        sources = ", ".join(f"{e.name} ({e.type})" for e in fn.events)
-        print(f"  {lid}: {sources}")
     path = STATE_DIR / "deliveries.jsonl"
     lines = path.read_text().splitlines() if path.is_file() else []
-    print(f"{len(lines)} deliveries so far" + (", the last ones:" if lines else ""))
-    for raw in lines[-10:]:
-        d = json.loads(raw)
-        outcome = "ok" if d["ok"] else f"FAILED {d['error']}"
-        print(f"  {time.strftime('%H:%M:%S', time.localtime(d['at']))} {d['function']} <- {d['source']} {outcome}")
+    deliveries = [json.loads(raw) for raw in lines]
     fleet = _fleet_info()
+    running = None
     if fleet is not None:
-        agents = fleet.get("agents", {})
         pages = (
             ctx.client("ec2")
             .get_paginator("describe_instances")
@@ -252,9 +276,39 @@ def cmd_status(args: argparse.Namespace) -> int:
             )
         )
         running = sum(len(r["Instances"]) for page in pages for r in page["Reservations"])
+    if args.output == "json":
+        status = {
+            "aws_endpoint": ctx.endpoint,
+            "broker": ctx.broker_url.split("@")[-1],
+            "stack": ctx.stack,
+            "functions": {
+                lid: [{"name": e.name, "type": e.type} for e in fn.events] for lid, fn in sorted(ctx.functions.items())
+            },
+            "deliveries": len(deliveries),
+            "last_deliveries": deliveries[-10:],
+            "fleet": None
+            if fleet is None
+            else {
+                "running_instances": running,
+                "agents_booted": len(fleet.get("agents", {})),
+                "workdir": fleet["workdir"],
+                "log_dir": fleet["log_dir"],
+            },
+        }
+        print(json.dumps(status, indent=2))
+        return 0
+    print(f"AWS (moto) at {ctx.endpoint}; RabbitMQ at {ctx.broker_url.split('@')[-1]}; stack {ctx.stack}")
+    for lid, fn in sorted(ctx.functions.items()):
+        sources = ", ".join(f"{e.name} ({e.type})" for e in fn.events)
+        print(f"  {lid}: {sources}")
+    print(f"{len(deliveries)} deliveries so far" + (", the last ones:" if deliveries else ""))
+    for d in deliveries[-10:]:
+        outcome = "ok" if d["ok"] else f"FAILED {d['error']}"
+        print(f"  {time.strftime('%H:%M:%S', time.localtime(d['at']))} {d['function']} <- {d['source']} {outcome}")
+    if fleet is not None:
         print(
-            f"fleet emulator: {running} instance(s) running; {len(agents)} agent(s) booted so far, working in "
-            f"{fleet['workdir']}; "
+            f"fleet emulator: {running} instance(s) running; {len(fleet.get('agents', {}))} agent(s) booted so far, "
+            f"working in {fleet['workdir']}; "
             f"their logs: {fleet['log_dir']}/<instance-id>.log (`ringfleet logs JOB`)"
         )
     else:
@@ -269,33 +323,61 @@ def _fleet_info() -> dict[str, Any] | None:
 
 def cmd_env(args: argparse.Namespace) -> int:
     ctx = _attached()
+    if args.sam_env_vars:
+        print(json.dumps(sam_env_vars(ctx), indent=2))
+        return 0
     for key, value in ctx.aws_environment.items():
         print(f"export {key}={value}")
     print(f"export RINGFLEET_BROKER_URL={ctx.broker_url}")
     return 0
 
 
+def sam_env_vars(ctx: Any) -> dict[str, dict[str, str]]:
+    """The ``--env-vars`` file of ``sam local invoke``: per function, the template's variables resolved to the local
+    cloud's names (tables, buckets, the broker), and the local endpoint and credentials.
+
+    SAM only sets the variables a function's template declares; the AWS_* ones reach the container as SAM passes
+    them, so run ``sam local invoke`` with the same shell exports (``eval "$(ringfleet local env)"``) and
+    ``--docker-network host`` so that 127.0.0.1 is this machine."""
+    out: dict[str, dict[str, str]] = {}
+    for lid, fn in sorted(ctx.functions.items()):
+        env = {
+            key: "" if (value := ctx.resolve(raw, f"{lid}.Environment.{key}")) is None else str(value)
+            for key, raw in fn.environment.items()
+        }
+        env.update(ctx.aws_environment)
+        env.update({"POWERTOOLS_TRACE_DISABLED": "true", "RINGFLEET_LOCAL_CLOUD": "1"})
+        out[lid] = env
+    return out
+
+
 def _load_event(path: str) -> Any:
     p = Path(path)
     if not p.is_file():
-        sys.exit(f"ringfleet: {path}: no such file (the samples are in events/)")
+        raise CliError(f"{path}: no such file (the samples are in events/)", EXIT_USAGE)
     try:
         return json.loads(p.read_text())
     except ValueError as exc:
-        sys.exit(f"ringfleet: {path} is not JSON: {exc}")
+        raise CliError(f"{path} is not JSON: {exc}", EXIT_USAGE) from None
 
 
 def cmd_emit(args: argparse.Namespace) -> int:
     from ringfleet.local.emit import EmitError, apply_overrides, emit
 
-    ctx = _attached()
     event = _load_event(args.file)
+    if args.body and not Path(args.body).is_file():
+        raise CliError(f"--body {args.body}: no such file", EXIT_USAGE)
+    try:
+        event = apply_overrides(event, args.set or [])
+    except (EmitError, ValueError, LookupError, TypeError) as exc:
+        raise CliError(f"--set: {exc}", EXIT_USAGE) from None
+    ctx = _attached()
     body = Path(args.body).read_bytes() if args.body else None
     try:
-        for action in emit(ctx, apply_overrides(event, args.set or []), body=body):
+        for action in emit(ctx, event, body=body):
             print(action)
     except (EmitError, ValueError) as exc:
-        sys.exit(f"ringfleet: {exc}")
+        raise CliError(str(exc), EXIT_USAGE) from None
     return 0
 
 
@@ -320,7 +402,7 @@ def cmd_invoke(args: argparse.Namespace) -> int:
         delivery = router.invoke(args.function, event)
         router.stop()
     except TemplateError as exc:
-        sys.exit(f"ringfleet: {exc}")
+        raise CliError(str(exc), EXIT_USAGE) from None
     finally:
         if cloud is not None:
             cloud.stop()
@@ -358,55 +440,92 @@ def _job_client() -> Any:
         return RingfleetClient(ctx.broker_url, repository)
     url, jobs_table = os.environ.get("RINGFLEET_BROKER_URL"), os.environ.get("RINGFLEET_JOBS_TABLE")
     if not url:
-        sys.exit("ringfleet: no local cloud is up and RINGFLEET_BROKER_URL is not set")
+        raise CliError(
+            "no local cloud is up here and RINGFLEET_BROKER_URL is not set; start one with `ringfleet local up`",
+            EXIT_UNREACHABLE,
+        )
     jobs = DynamoDbJobRepository(jobs_table, clock=WallClock()) if jobs_table else None
     return RingfleetClient(url, jobs)
 
 
-def _wait_for_job(client: Any, tenant: str, job_id: str, timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.jobs.get(job_id) if client.jobs is not None else None
-        if job is not None:
-            return job
-        time.sleep(0.2)
-    return None
+def _wait_for_job(client: Any, job_id: str, timeout: float) -> Any:
+    """The job record once intake wrote it, or None after ``timeout``; shows the wait on stderr meanwhile."""
+    started = time.monotonic()
+    deadline = started + timeout
+    live = sys.stderr.isatty()
+    if not live:
+        print(f"waiting up to {timeout:.0f} s for job intake to admit {job_id} ...", file=sys.stderr, flush=True)
+    try:
+        while time.monotonic() < deadline:
+            job = client.jobs.get(job_id) if client.jobs is not None else None
+            if job is not None:
+                return job
+            if live:
+                waited = time.monotonic() - started
+                sys.stderr.write(f"\rwaiting for job intake to admit {job_id} ... {waited:.0f} s / {timeout:.0f} s")
+                sys.stderr.flush()
+            time.sleep(0.2)
+        return None
+    finally:
+        if live:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+
+def _known_instance_types() -> frozenset[str]:
+    from ringfleet.adapters.ec2_fleet import ON_DEMAND_PRICES
+
+    return frozenset(ON_DEMAND_PRICES)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from ringfleet.client import Rejected, load_job_file
+    from ringfleet.client import Rejected, apply_job_overrides, check_job, load_job_file
 
     try:
-        fields = load_job_file(args.file)
-        for override in args.set or []:
-            key, _, value = override.partition("=")
-            fields[key] = json.loads(value) if value[:1] in "-0123456789[{tf" else value
-        client = _job_client()
-        message = client.submit(fields)
-    except (Rejected, OSError) as exc:
-        sys.exit(f"ringfleet: {exc}")
+        fields = apply_job_overrides(load_job_file(args.file), args.set or [])
+        if args.dry_run:
+            message = check_job(fields, _known_instance_types())
+        else:
+            client = _job_client()
+            message = client.submit(fields)
+    except Rejected as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    if args.dry_run:
+        print(
+            f"valid: {message.job_id} for tenant {message.tenant}, {message.min_workers}..{message.max_workers} "
+            f"workers on {', '.join(message.instance_types)} (nothing sent)"
+        )
+        return EXIT_OK
     print(f"submitted {message.job_id} for tenant {message.tenant} (message {message.message_id})")
     if args.no_wait or client.jobs is None:
         return 0
-    job = _wait_for_job(client, message.tenant, message.job_id, args.timeout)
+    job = _wait_for_job(client, message.job_id, args.timeout)
     if job is None:
-        sys.exit(f"ringfleet: no word from job intake within {args.timeout:.0f} s; see `ringfleet status`")
+        raise CliError(f"no word from job intake within {args.timeout:.0f} s; see `ringfleet status`")
     if job.tenant != message.tenant or job.spec.message_id != message.message_id:
-        sys.exit(f"ringfleet: job rejected: job id {message.job_id!r} is already taken")
+        raise CliError(f"job rejected: job id {message.job_id!r} is already taken")
     if job.state.value == "FAILED":
         reason = job.failure or next((i.detail for i in job.incidents if i.cause == "rejected"), "rejected")
-        sys.exit(f"ringfleet: job rejected: {reason}")
+        raise CliError(f"job rejected: {one_line(reason, 400)}")
     print(f"admitted: {job.job_id} is {job.state.value}")
     return 0
+
+
+def _need_tenant(args: argparse.Namespace) -> str:
+    tenant: str = args.tenant
+    if not tenant:
+        raise CliError("whose jobs? pass --tenant NAME or set RINGFLEET_TENANT", EXIT_USAGE)
+    return tenant
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     from ringfleet.client import Rejected
 
     try:
-        _job_client().cancel(args.tenant, args.job, args.reason)
+        tenant = _need_tenant(args)
+        _job_client().cancel(tenant, args.job, args.reason)
     except Rejected as exc:
-        sys.exit(f"ringfleet: {exc}")
+        raise CliError(str(exc)) from None
     print(f"cancel of {args.job} sent")
     return 0
 
@@ -452,19 +571,40 @@ def one_line(text: str, width: int = 120) -> str:
     return line if len(line) <= width else line[: width - 3] + "..."
 
 
+def _job_json(job: Any, row: list[str]) -> dict[str, Any]:
+    return {
+        "job_id": job.job_id,
+        "tenant": job.tenant,
+        "state": job.state.value,
+        "generation": job.generation,
+        "world_size": job.world_size,
+        "step": None if row[4] == "-" else int(row[4]),
+        "checkpoint_step": None if row[5] == "-" else int(row[5]),
+        "cost_usd": float(row[6]),
+        "last_event": row[7],
+        "failure": job.failure or None,
+    }
+
+
 def cmd_job_status(args: argparse.Namespace) -> int:
+    tenant = _need_tenant(args)
     client = _job_client()
     if client.jobs is None:
-        sys.exit("ringfleet: set RINGFLEET_JOBS_TABLE to read job status")
+        raise CliError("set RINGFLEET_JOBS_TABLE to read job status", EXIT_USAGE)
     if args.job:
-        job = client.job(args.tenant, args.job)
+        job = client.job(tenant, args.job)
         if job is None:
-            sys.exit(f"ringfleet: no job {args.job!r} of tenant {args.tenant!r}")
+            raise CliError(f"no job {args.job!r} of tenant {tenant!r}")
         jobs = [job]
     else:
-        jobs = client.list_jobs(args.tenant)
+        jobs = client.list_jobs(tenant)
+    now = time.time()
+    body = [(j, _job_row(j, now)) for j in jobs]
+    if args.output == "json":
+        print(json.dumps([_job_json(j, row) for j, row in body], indent=2))
+        return 0
     header = ["JOB", "STATE", "GEN", "WORLD", "STEP", "CHECKPOINT", "COST $", "LAST EVENT"]
-    rows = [header] + [_job_row(j, time.time()) for j in jobs]
+    rows = [header] + [row for _, row in body]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1])
@@ -472,26 +612,48 @@ def cmd_job_status(args: argparse.Namespace) -> int:
 
 
 def cmd_events(args: argparse.Namespace) -> int:
+    """Prints the tenant's job events; with --output json an array, or one object per line with --follow."""
+    tenant = _need_tenant(args)
     client = _job_client()
     if client.jobs is None:
-        sys.exit("ringfleet: set RINGFLEET_JOBS_TABLE to read job events")
+        raise CliError("set RINGFLEET_JOBS_TABLE to read job events", EXIT_USAGE)
     seen: set[tuple[str, str, str, int]] = set()
     deadline = time.monotonic() + args.for_seconds if args.for_seconds else None
+    as_json = args.output == "json"
     while True:
-        lines = []
-        for job in client.list_jobs(args.tenant):
+        found: list[tuple[Any, str, Any]] = []
+        for job in client.list_jobs(tenant):
             for i in job.incidents:
                 key = (job.job_id, i.at.isoformat(), i.cause, i.generation)
                 if key not in seen:
                     seen.add(key)
-                    # A multi-line detail (a failed script's traceback tail) follows its event, indented.
-                    first, *more = i.detail.splitlines() or [""]
-                    detail = f" {first}" if first else ""
-                    on = f" on {i.instance_id}" if i.instance_id else ""
-                    text = f"{i.at:%H:%M:%S} {job.job_id} gen {i.generation} {i.cause}{on}{detail}"
-                    lines.append((i.at, "\n".join([text, *(f"    {line}" for line in more)])))
-        for _, line in sorted(lines, key=lambda entry: entry[0]):  # stable: a job's events keep their order
-            print(line, flush=True)
+                    found.append((i.at, job.job_id, i))
+        found.sort(key=lambda entry: entry[0])  # stable: a job's events keep their order
+        if as_json:
+            records = [
+                {
+                    "at": i.at.isoformat(),
+                    "job_id": job_id,
+                    "generation": i.generation,
+                    "cause": i.cause,
+                    "instance_id": i.instance_id or None,
+                    "detail": i.detail,
+                }
+                for _, job_id, i in found
+            ]
+            if args.follow:
+                for record in records:
+                    print(json.dumps(record), flush=True)
+            else:
+                print(json.dumps(records, indent=2))
+        else:
+            for _, job_id, i in found:
+                # A multi-line detail (a failed script's traceback tail) follows its event, indented.
+                first, *more = i.detail.splitlines() or [""]
+                detail = f" {first}" if first else ""
+                on = f" on {i.instance_id}" if i.instance_id else ""
+                text = f"{i.at:%H:%M:%S} {job_id} gen {i.generation} {i.cause}{on}{detail}"
+                print("\n".join([text, *(f"    {line}" for line in more)]), flush=True)
         if not args.follow or (deadline is not None and time.monotonic() > deadline):
             return 0
         time.sleep(1.0)
@@ -505,9 +667,9 @@ def cmd_logs(args: argparse.Namespace) -> int:
     ctx = _attached()
     fleet = _fleet_info()
     if fleet is None:
-        sys.exit("ringfleet: the local cloud runs no fleet emulator (it was started with --no-fleet)")
+        raise CliError("the local cloud runs no fleet emulator (it was started with --no-fleet)")
     if _job_client().job(args.tenant, args.job) is None:
-        sys.exit(f"ringfleet: no job {args.job!r} of tenant {args.tenant!r}")
+        raise CliError(f"no job {args.job!r} of tenant {args.tenant!r}")
     table = str(ctx.resolve({"Ref": "NodesTable"}))
     nodes = DynamoDbNodeRepository(table, clock=WallClock(), boto3_resource=ctx.resource("dynamodb"))
     log_dir = Path(fleet["log_dir"])
@@ -541,6 +703,25 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ringfleet")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _add_output(parser: argparse.ArgumentParser, json_help: str = "JSON") -> None:
+    parser.add_argument(
+        "--output",
+        "-o",
+        choices=("table", "json"),
+        default="table",
+        help=f"table (default) for people, or {json_help} for programs",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ringfleet",
@@ -550,6 +731,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--debug", action="store_true", help="on an error, show the traceback too")
     sub = parser.add_subparsers(dest="command", required=True)
 
     local = sub.add_parser(
@@ -558,7 +741,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    lsub = local.add_subparsers(dest="local_command", required=True)
+    lsub = local.add_subparsers(dest="local_command", required=True, metavar="{up,down,status,env,emit}")
     up = lsub.add_parser(
         "up",
         help="start moto, create the template's resources, route events, emulate the fleet (background)",
@@ -575,14 +758,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-fleet", dest="fleet", action="store_false", help="no fleet emulator: launched instances run nothing"
     )
     up.set_defaults(func=cmd_up)
-    serve = lsub.add_parser("serve", help=argparse.SUPPRESS)
+    serve = lsub.add_parser("serve")  # what `local up` runs in the background; not listed
     serve.add_argument("--template", default="template.yaml")
     serve.add_argument("--no-fleet", dest="fleet", action="store_false")
     serve.set_defaults(func=cmd_serve)
     lsub.add_parser("down", help="stop the local cloud and every agent of its fleet").set_defaults(func=cmd_down)
     status_help = "endpoints, functions, the last deliveries and where the agents log"
-    lsub.add_parser("status", help=status_help).set_defaults(func=cmd_status)
-    lsub.add_parser("env", help="print exports that point boto3 / the AWS CLI here").set_defaults(func=cmd_env)
+    ls = lsub.add_parser("status", help=status_help, description=status_help)
+    _add_output(ls)
+    ls.set_defaults(func=cmd_status)
+    env = lsub.add_parser(
+        "env",
+        help="print exports that point boto3 / the AWS CLI here",
+        description='Prints `export` lines for a shell (eval "$(ringfleet local env)"); with --sam-env-vars the '
+        "JSON for `sam local invoke --env-vars env.json --docker-network host`: every function's template variables "
+        "resolved to the local cloud's tables, buckets and broker.",
+    )
+    env.add_argument("--sam-env-vars", action="store_true", help="print sam local invoke's --env-vars JSON instead")
+    env.set_defaults(func=cmd_env)
     em = lsub.add_parser(
         "emit",
         help="put an event in through the path AWS would use",
@@ -640,6 +833,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub_.add_argument("file", help="a job file, e.g. examples/digits/job.yaml")
     sub_.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a field, e.g. --set job_id=j2")
     sub_.add_argument("--no-wait", action="store_true", help="return once the broker confirmed the message")
+    sub_.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate the job file offline (fields, and instance types the market knows) and send nothing",
+    )
     sub_.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for admission (default 30)")
     sub_.set_defaults(func=cmd_submit)
     can = sub.add_parser(
@@ -657,11 +855,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     st.add_argument("job", nargs="?", help="only this job")
     st.add_argument("--tenant", default=os.environ.get("RINGFLEET_TENANT", ""), help=tenant_help)
+    _add_output(st)
     st.set_defaults(func=cmd_job_status)
     ev = sub.add_parser("events", help="your jobs' events (admitted, started, interrupted, reconfigured, ...)")
     ev.add_argument("--tenant", default=os.environ.get("RINGFLEET_TENANT", ""), help=tenant_help)
     ev.add_argument("--follow", "-f", action="store_true", help="keep printing new events until interrupted")
     ev.add_argument("--for-seconds", type=float, default=None, help=argparse.SUPPRESS)
+    _add_output(ev, json_help="a JSON array; with --follow one JSON object per line")
     ev.set_defaults(func=cmd_events)
     lg = sub.add_parser(
         "logs",
@@ -677,9 +877,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _unreachable(exc: BaseException) -> bool:
+    """A broker or endpoint that does not answer (refused, unknown host, closed), whichever library noticed."""
+    if isinstance(exc, ConnectionError | TimeoutError | OSError):
+        return True
+    names = {f"{t.__module__}.{t.__name__}" for t in type(exc).__mro__}
+    return bool(
+        names
+        & {
+            "aiormq.exceptions.AMQPConnectionError",
+            "botocore.exceptions.EndpointConnectionError",
+            "botocore.exceptions.ConnectionClosedError",
+        }
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Runs one command; a user's mistake or a refusal is one line on stderr and an exit code, never a traceback
+    (``--debug`` shows it)."""
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    if not args.debug and args.func is not cmd_serve:
+        # The broker libraries log a failed connect before raising it; the raise becomes our one line.
+        for name in ("aio_pika", "aiormq"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    try:
+        return int(args.func(args))
+    except CliError as exc:
+        if args.debug:
+            raise
+        print(f"ringfleet: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(file=sys.stderr)  # end the line ^C was echoed on
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if args.debug:
+            raise
+        what = " ".join(str(exc).split()) or type(exc).__name__
+        if _unreachable(exc):
+            print(f"ringfleet: cannot reach the broker or AWS ({what}); is the local cloud up?", file=sys.stderr)
+            return EXIT_UNREACHABLE
+        print(f"ringfleet: {type(exc).__name__}: {what} (run with --debug for the traceback)", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

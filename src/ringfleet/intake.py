@@ -9,7 +9,7 @@ job. Only admitted jobs are announced (``Job Admitted``), so nothing rejected ev
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from ringfleet.contracts import JobCancelled, JobSubmitted
     from ringfleet.ports import Clock, CommandPublisher, JobRepository
 
-__all__ = ["IntakeOutcome", "IntakeService"]
+__all__ = ["IntakeOutcome", "IntakeService", "check_instance_types"]
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 5
@@ -38,6 +38,16 @@ class IntakeOutcome:
         return {"job_id": self.job_id, "outcome": self.outcome, "reason": self.reason}
 
 
+def check_instance_types(requested: Collection[str], known: Collection[str]) -> str | None:
+    """None when the market knows every instance type asked for; otherwise why not, naming the ones it knows.
+
+    A job whose types no pool offers would stay PENDING for ever: the scaler finds nothing to launch."""
+    unknown = [t for t in requested if t not in known]
+    if not unknown:
+        return None
+    return f"unknown instance type(s) {', '.join(unknown)}: the fleet's market offers {', '.join(sorted(known))}"
+
+
 class IntakeService:
     def __init__(
         self,
@@ -47,12 +57,15 @@ class IntakeService:
         put_events: Callable[[list[dict[str, Any]]], None],
         quotas: Quotas,
         clock: Clock,
+        instance_types: Collection[str] | None = None,
     ) -> None:
         self.jobs = jobs
         self.publisher = publisher
         self.put_events = put_events
         self.quotas = quotas
         self.clock = clock
+        #: The instance types the fleet's market offers (None: any).
+        self.instance_types = instance_types
 
     def on_submitted(self, message: JobSubmitted) -> IntakeOutcome:
         from ringfleet.contracts import JobAdmittedDetail, control_event_entry
@@ -64,7 +77,10 @@ class IntakeService:
             return IntakeOutcome(message.job_id, "rejected", f"job id {message.job_id!r} is already taken")
         now = self.clock.now()
         active = [j for j in self.jobs.list_by_tenant(message.tenant) if not j.is_final]
-        reason = admit_job(message, active, self.quotas)
+        reason = None
+        if self.instance_types is not None:
+            reason = check_instance_types(message.instance_types, self.instance_types)
+        reason = reason or admit_job(message, active, self.quotas)
         if reason is not None:
             rejected = Job(
                 job_id=message.job_id,

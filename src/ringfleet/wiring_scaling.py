@@ -24,6 +24,7 @@ def _local() -> bool:
 def intake_service() -> IntakeService:
     from ringfleet.adapters.commands import AmqpCommandPublisher
     from ringfleet.adapters.dynamodb import DynamoDbJobRepository
+    from ringfleet.adapters.ec2_fleet import ON_DEMAND_PRICES
     from ringfleet.domain.quotas import Quotas
     from ringfleet.intake import IntakeService
 
@@ -34,6 +35,8 @@ def intake_service() -> IntakeService:
         put_events=put_events,
         quotas=Quotas.from_json(os.environ.get("TENANT_QUOTAS")),
         clock=clock,
+        # The types the scaler can price (the local market has the same): a job asking for others is rejected.
+        instance_types=frozenset(ON_DEMAND_PRICES),
     )
 
 

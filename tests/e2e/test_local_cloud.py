@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,24 @@ def test_job_submitted_published_on_rabbitmq_reaches_job_intake_only(cloud: Loca
     assert [(o["job_id"], o["outcome"]) for o in hits[0].result.result["outcomes"]] == [("e2e-intake-job", "admitted")]
 
 
+def test_job_intake_survives_a_message_with_a_decimal_header(cloud: LocalCloud, broker_url: str) -> None:
+    # given a legal AMQP message whose headers hold a decimal (and a timestamp-less byte array), as any app may send
+    odd = load("messages/job_submitted.json") | {"job_id": "e2e-decimal-header"}
+    headers = {"price": Decimal("1.25"), "raw": bytearray(b"ab"), "nested": {"n": [Decimal("-0.5")]}}
+    asyncio.run(publish(broker_url, json.dumps(odd).encode(), queue=JOBS_QUEUE, headers=headers))
+    # when an ordinary JobSubmitted follows it
+    after = load("messages/job_submitted.json") | {"job_id": "e2e-after-decimal"}
+    asyncio.run(publish(broker_url, json.dumps(after).encode(), queue=JOBS_QUEUE))
+    # then job intake handled both: the odd one with its headers rendered, and intake consumes on
+    done = cloud.router.wait_for(
+        lambda ds: bool(carrying(ds, "e2e-decimal-header")) and bool(carrying(ds, "e2e-after-decimal"))
+    )
+    odd_delivery = carrying(done, "e2e-decimal-header")[0]
+    (messages,) = odd_delivery.event["rmqMessagesByQueue"].values()
+    assert messages[0]["basicProperties"]["headers"]["price"] == 1.25
+    assert all(d.result.ok for d in carrying(done, "e2e-after-decimal"))
+
+
 def test_malformed_cloud_event_is_reported_and_ends_in_the_dlq(cloud: LocalCloud) -> None:
     # given a warning without its instance-id, and a short visibility timeout so the retries come quickly
     sqs = cloud.client("sqs")
@@ -162,6 +181,15 @@ def test_invoke_runs_a_handler_like_sam_local_invoke(tmp_path: Path) -> None:
     assert "REPORT RequestId" in out.stderr
 
 
+@pytest.mark.parametrize("function", ["HeartbeatSweepFunction", "FleetScalerFunction"])
+def test_schedule_handlers_take_what_sam_local_generate_event_prints(tmp_path: Path, function: str) -> None:
+    # given `sam local generate-event cloudwatch scheduled-event`'s output (no top-level version)
+    # when a user invokes a schedule handler with it, as with `sam local invoke`
+    out = ringfleet("invoke", function, "--event", "events/scheduled_event_sam_local.json", state_dir=tmp_path)
+    # then the handler runs the tick
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
 def test_invoke_names_the_functions_when_the_logical_id_is_wrong(tmp_path: Path) -> None:
     out = ringfleet("invoke", "NoSuchFunction", "--event", "events/scheduled_event.json", state_dir=tmp_path)
     assert out.returncode != 0
@@ -190,6 +218,9 @@ def test_local_up_emit_status_down(tmp_path: Path, broker_url: str) -> None:
             if "NodeRecoveryFunction <- " in status.stdout:
                 break
         assert "NodeRecoveryFunction <- " in status.stdout and " ok" in status.stdout
+        # and its JSON form parses, with the same deliveries
+        as_json = json.loads(ringfleet("local", "status", "--output", "json", state_dir=tmp_path).stdout)
+        assert any(d["function"] == "NodeRecoveryFunction" for d in as_json["last_deliveries"])
     finally:
         down = ringfleet("local", "down", state_dir=tmp_path)
     assert down.returncode == 0 and "down" in down.stdout

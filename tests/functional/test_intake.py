@@ -70,3 +70,26 @@ def test_only_the_owner_can_cancel_and_the_workers_are_told_to_stop() -> None:
     assert job is not None and job.state == JobState.CANCELLED and not job.outbox
     assert [c.type for c in publisher.published] == ["Stop"]
     assert [e["DetailType"] for e in events] == ["Job Admitted", "Job Finished"]
+
+
+def test_a_job_asking_for_instance_types_the_market_does_not_know_is_rejected_with_the_known_ones() -> None:
+    # given intake that knows the market's instance types
+    events: list[dict[str, Any]] = []
+    svc = IntakeService(
+        jobs=InMemoryJobRepository(WallClock()),
+        publisher=RecordingCommandPublisher(),
+        put_events=events.extend,
+        quotas=Quotas(),
+        clock=WallClock(),
+        instance_types={"g5.xlarge", "g6.xlarge"},
+    )
+    # when a job asks for one it knows and one it does not
+    message = spec("job-1").model_copy(update={"instance_types": ["g5.xlarge", "p9.mega"]})
+    outcome = svc.on_submitted(message)
+    # then it is rejected at once, naming the unknown type and the known ones, instead of staying PENDING for ever
+    assert outcome.outcome == "rejected"
+    assert "p9.mega" in outcome.reason and "g5.xlarge, g6.xlarge" in outcome.reason
+    job = svc.jobs.get("job-1")
+    assert job is not None and job.state == JobState.FAILED
+    assert job.incidents[-1].cause == "rejected"  # a `rejected` event in `ringfleet events`
+    assert events == []  # never announced, so the scaler never counts it

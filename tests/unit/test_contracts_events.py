@@ -57,6 +57,9 @@ MESSAGE_SAMPLES = {
 }
 MQ_SAMPLES = ("job_submitted", "job_cancelled", "heartbeat", "checkpoint_completed", "worker_failed")
 
+#: What `sam local generate-event cloudwatch scheduled-event` prints, as is: no top-level ``version``.
+SAM_SCHEDULED_EVENT = "scheduled_event_sam_local.json"
+
 #: file (relative to events/) -> (the parser a handler uses, what it must parse into)
 PARSERS: dict[str, tuple[Callable[[Any], Any], type]] = {
     "ec2_spot_interruption_warning.json": (parse_cloud_event, SpotInterruptionWarning),
@@ -65,6 +68,7 @@ PARSERS: dict[str, tuple[Callable[[Any], Any], type]] = {
     "autoscaling_lifecycle_terminate.json": (parse_cloud_event, LifecycleTerminateAction),
     "cloudwatch_alarm_state_change.json": (parse_cloud_event, AlarmStateChange),
     "scheduled_event.json": (parse_cloud_event, ScheduledEvent),
+    SAM_SCHEDULED_EVENT: (parse_cloud_event, ScheduledEvent),
     "s3_object_created_eventbridge.json": (parse_cloud_event, S3ObjectCreated),
     "control_job_admitted.json": (parse_cloud_event, JobAdmitted),
     "control_capacity_wanted.json": (parse_cloud_event, CapacityWanted),
@@ -76,7 +80,9 @@ PARSERS: dict[str, tuple[Callable[[Any], Any], type]] = {
     **{f"messages/{name}.json": (parse_message, MESSAGE_TYPES[cls]) for name, cls in MESSAGE_SAMPLES.items()},
 }
 
-EVENTBRIDGE_SAMPLES = [name for name, (parser, _) in PARSERS.items() if parser is parse_cloud_event]
+EVENTBRIDGE_SAMPLES = [
+    name for name, (parser, _) in PARSERS.items() if parser is parse_cloud_event and name != SAM_SCHEDULED_EVENT
+]
 
 
 def load(name: str) -> dict[str, Any]:
@@ -413,3 +419,13 @@ def test_eventbridge_scheduler_ticks_parse_too() -> None:
     event.update(source="aws.scheduler", detail="{}")
     tick = parse_cloud_event(event)
     assert isinstance(tick, ScheduledEvent) and tick.detail == {}
+
+
+def test_the_scheduled_event_sam_local_generates_parses_though_it_has_no_version() -> None:
+    # given the output of `sam local generate-event cloudwatch scheduled-event`, which has no top-level version
+    event = load(SAM_SCHEDULED_EVENT)
+    assert "version" not in event
+    # when a schedule handler parses it
+    tick = parse_cloud_event(event)
+    # then it is a tick like EventBridge's, with the version EventBridge would have sent
+    assert isinstance(tick, ScheduledEvent) and tick.version == "0" and tick.id == event["id"]

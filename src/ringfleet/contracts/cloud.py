@@ -239,6 +239,9 @@ class ScheduledEvent(EventBridgeModel):
 
     model_config = ConfigDict(defer_build=True, frozen=True)
 
+    #: EventBridge always sends "0"; `sam local generate-event cloudwatch scheduled-event` leaves it out, and that is
+    #: what `sam local invoke` users feed the schedule handlers.
+    version: str = "0"
     source: Literal["aws.events", "aws.scheduler"]
     detail_type: Literal["Scheduled Event"] = Field(alias="detail-type")
     detail: dict[str, Any]

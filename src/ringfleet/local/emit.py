@@ -12,11 +12,16 @@ from ringfleet.adapters.rabbitmq import publish
 from ringfleet.contracts.broker import COMMANDS_EXCHANGE, JOBS_QUEUE, WORKER_EVENTS_QUEUE, command_routing_key
 from ringfleet.local.context import CloudContext
 
-__all__ = ["EmitError", "apply_overrides", "emit"]
+__all__ = ["MAX_EVENT_BYTES", "MAX_SQS_MESSAGE_BYTES", "EmitError", "apply_overrides", "emit", "entry_size"]
 
 _APP = {"JobSubmitted", "JobCancelled"}
 _WORKER = {"Heartbeat", "CheckpointCompleted", "WorkerFailed"}
 _COMMANDS = {"CheckpointNow", "Reconfigure", "Stop"}
+
+
+#: The most EventBridge takes in one PutEvents entry, and SQS in one message (body and attributes): 256 KiB.
+MAX_EVENT_BYTES = 256 * 1024
+MAX_SQS_MESSAGE_BYTES = 256 * 1024
 
 
 class EmitError(ValueError):
@@ -49,6 +54,7 @@ def apply_overrides(event: dict[str, Any], overrides: list[str]) -> dict[str, An
 def emit(ctx: CloudContext, event: dict[str, Any], *, body: bytes | None = None) -> list[str]:
     """Delivers ``event`` the way AWS or an app would; returns one line per action taken."""
     if "detail-type" in event and "source" in event:
+        _check_entry_size(event)
         return _put_event(ctx, event, body)
     records = event.get("Records")
     if isinstance(records, list) and records:
@@ -59,8 +65,22 @@ def emit(ctx: CloudContext, event: dict[str, Any], *, body: bytes | None = None)
                 for r in records
             ]
         if source == "aws:sqs":
+            for i, r in enumerate(records):
+                size = len(str(r.get("body", "")).encode())
+                if size > MAX_SQS_MESSAGE_BYTES:
+                    raise EmitError(
+                        f"Records.{i}.body is {size} bytes; SQS refuses a message over {MAX_SQS_MESSAGE_BYTES} bytes "
+                        "(256 KiB): put large payloads in S3 and send their key"
+                    )
             return _send_sqs(ctx, records)
     if event.get("eventSource") == "aws:rmq":
+        wired = _wired_rmq_queues(ctx)
+        for queue_vhost in event.get("rmqMessagesByQueue", {}):
+            if queue_vhost.split("::", 1)[0] not in wired:
+                raise EmitError(
+                    f"queue {queue_vhost.split('::', 1)[0]!r} is wired to no function in the template (an MQ event "
+                    f"source's Queues), so Lambda would never deliver it; wired queues: {', '.join(sorted(wired))}"
+                )
         actions = []
         for queue_vhost, messages in event.get("rmqMessagesByQueue", {}).items():
             queue = queue_vhost.split("::", 1)[0]
@@ -82,6 +102,37 @@ def emit(ctx: CloudContext, event: dict[str, Any], *, body: bytes | None = None)
         "not an event the local cloud delivers: expected an EventBridge event, an S3 or SQS event "
         "(Records), an aws:rmq event, or a ringfleet message (schema_version, type)"
     )
+
+
+def entry_size(event: dict[str, Any]) -> int:
+    """A PutEvents entry's size as EventBridge counts it: 14 bytes for Time, then Source, DetailType, Detail and
+    each Resource in UTF-8."""
+    detail = event.get("detail", {})
+    parts = [
+        event.get("source", ""),
+        event.get("detail-type", ""),
+        detail if isinstance(detail, str) else json.dumps(detail),
+    ]
+    return 14 + sum(len(str(p).encode()) for p in [*parts, *event.get("resources", [])])
+
+
+def _check_entry_size(event: dict[str, Any]) -> None:
+    size = entry_size(event)
+    if size > MAX_EVENT_BYTES:
+        raise EmitError(
+            f"the event is {size} bytes as a PutEvents entry; EventBridge refuses an entry over {MAX_EVENT_BYTES} "
+            "bytes (256 KiB)"
+        )
+
+
+def _wired_rmq_queues(ctx: CloudContext) -> set[str]:
+    queues: set[str] = set()
+    for lid, fn in ctx.functions.items():
+        for ev in fn.events:
+            if ev.type == "MQ":
+                props = ctx.resolve(dict(ev.properties), f"{lid}.{ev.name}")
+                queues.update(str(q) for q in props.get("Queues", []))
+    return queues
 
 
 def _put_event(ctx: CloudContext, event: dict[str, Any], body: bytes | None) -> list[str]:

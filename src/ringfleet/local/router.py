@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import functools
 import json
 import logging
@@ -24,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from ringfleet.local.clock import Clock, WallClock
@@ -215,7 +217,7 @@ class Router:
             loop.close()
 
     async def _consume_mq(self, sources: list[tuple[str, FunctionEvent]], ready: threading.Event) -> None:
-        from ringfleet.adapters.rabbitmq import connect, declare_topology
+        from ringfleet.adapters.rabbitmq import connect
 
         connection = await connect(self.ctx.broker_url)
         async with connection:
@@ -225,21 +227,53 @@ class Router:
                 batch = int(props.get("BatchSize", 100))
                 window = float(props.get("MaximumBatchingWindowInSeconds", 0.5))
                 for queue_name in props.get("Queues", []):
-                    channel = await connection.channel()
-                    await channel.set_qos(prefetch_count=batch)
-                    await declare_topology(channel)
-                    queue = await channel.get_queue(queue_name)
-                    tasks.append(
-                        asyncio.create_task(
-                            self._mq_batches(lid, ev.name, queue, batch, window, str(props.get("Broker")))
-                        )
+                    queue = await self._subscribe(connection, queue_name, batch)
+                    consumer = self._consumer(
+                        connection, lid, ev.name, queue_name, queue, batch, window, str(props.get("Broker"))
                     )
+                    tasks.append(asyncio.create_task(consumer))
             ready.set()
             while not self._stop.is_set():
                 await asyncio.sleep(0.1)
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    @staticmethod
+    async def _subscribe(connection: Any, queue_name: str, batch: int) -> Any:
+        from ringfleet.adapters.rabbitmq import declare_topology
+
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=batch)
+        await declare_topology(channel)
+        return await channel.get_queue(queue_name)
+
+    async def _consumer(
+        self,
+        connection: Any,
+        lid: str,
+        source: str,
+        queue_name: str,
+        queue: Any,
+        batch: int,
+        window: float,
+        broker: str,
+    ) -> None:
+        """Consumes one queue for one function for as long as the router runs: a consumer that fails (its channel
+        closed, a bug) is logged and started again on a new channel, so one bad moment never ends job intake."""
+        while not self._stop.is_set():
+            try:
+                if queue is None:
+                    queue = await self._subscribe(connection, queue_name, batch)
+                await self._mq_batches(lid, source, queue, batch, window, broker)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("router: the consumer of RabbitMQ queue %s for %s failed; restarting it", queue_name, lid)
+                with contextlib.suppress(Exception):
+                    await queue.channel.close()
+                queue = None
+                await asyncio.sleep(1.0)
 
     async def _mq_batches(self, lid: str, source: str, queue: Any, batch: int, window: float, broker: str) -> None:
         inbox: asyncio.Queue[Any] = asyncio.Queue()
@@ -259,15 +293,22 @@ class Router:
                     pending.append(await asyncio.wait_for(inbox.get(), timeout=left))
                 except TimeoutError:
                     break
-            event = rmq_event(
-                [(queue.name, m.body, _properties(m), bool(m.redelivered)) for m in pending],
-                broker_arn=broker,
-            )
-            delivery = await asyncio.get_running_loop().run_in_executor(
-                None, functools.partial(self.invoke, lid, event, source=source, source_type="MQ")
-            )
+            try:
+                event = rmq_event(
+                    [(queue.name, m.body, _properties(m), bool(m.redelivered)) for m in pending],
+                    broker_arn=broker,
+                )
+                delivery = await asyncio.get_running_loop().run_in_executor(
+                    None, functools.partial(self.invoke, lid, event, source=source, source_type="MQ")
+                )
+                ok = delivery.result.ok
+            except Exception:
+                # Requeued like a failed batch: the quorum queue's delivery limit dead-letters a message that
+                # can never be handed over, and the others go on.
+                log.exception("router: a batch from RabbitMQ queue %s could not be handed to %s", queue.name, lid)
+                ok = False
             for m in pending:
-                if delivery.result.ok:
+                if ok:
                     await m.ack()
                 else:
                     await m.nack(requeue=True)
@@ -294,15 +335,21 @@ class Router:
 
 
 def _jsonable(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return {"bytes": list(value)}  # how Lambda's aws:rmq event renders byte headers
+    """An AMQP header value as JSON: every type an AMQP 0-9-1 field table can hold (decimals, timestamps, byte
+    arrays, nested tables and arrays) has a rendering, so no legal message can stop the consumer."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"bytes": list(bytes(value))}  # how Lambda's aws:rmq event renders byte headers
     if isinstance(value, datetime):
         return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value) if value.is_finite() else str(value)
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
+    if isinstance(value, list | tuple | set | frozenset):
         return [_jsonable(v) for v in value]
-    return value
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
 
 
 def _properties(message: Any) -> dict[str, Any]:
