@@ -100,8 +100,6 @@ def run(args: argparse.Namespace, endpoint: str) -> dict[str, Any]:
         train_step()
         step += 1
     commit = snapshot(tree())
-    spare = snapshot(tree())  # a second commit buffer, for the commit that reuses buffers
-    reused: list[float] = []
     idle: list[float] = []
     busy: list[float] = []
     commits: list[float] = []
@@ -118,9 +116,6 @@ def run(args: argparse.Namespace, endpoint: str) -> dict[str, Any]:
             start = time.perf_counter()
             commit = snapshot(tree())  # the per-step commit (TorchState.commit's in-memory snapshot)
             commits.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            spare = snapshot(tree(), into=spare)  # the same, copied into the buffers of an older commit
-            reused.append(time.perf_counter() - start)
         # then a checkpoint of the last commit, as the runtime starts it at the step boundary, and steps until it lands
         start = time.perf_counter()
         saver.save_async(step, 0, 1, commit, copy=args.copy)
@@ -150,7 +145,6 @@ def run(args: argparse.Namespace, endpoint: str) -> dict[str, Any]:
         "idle": statistics.median(idle),
         "busy": statistics.median(busy),
         "commit": statistics.median(commits),
-        "reused": statistics.median(reused),
         "boundary": statistics.median(boundaries),
         "upload": statistics.median(uploads),
         "busy_steps": statistics.median(busy_steps),
@@ -222,10 +216,6 @@ def main(argv: list[str] | None = None) -> int:
         " (its steps' time beyond the no-upload median)"
     )
     print(f"  commit snapshot       : {r['commit'] * 1e3:8.1f} ms   {r['commit'] / r['idle']:.1%} of a step")
-    print(
-        f"  commit, reused buffers: {r['reused'] * 1e3:8.1f} ms   {r['reused'] / r['idle']:.1%} of a step"
-        " (snapshot(tree, into=an older commit))"
-    )
     print(
         f"  save_async call       : {r['boundary'] * 1e3:8.1f} ms   {r['boundary'] / r['idle']:.1%} of a step"
         f" ({'copies the commit' if args.copy else 'no second copy'})"

@@ -44,33 +44,14 @@ class SavedCheckpoint:
     size_bytes: int
 
 
-def snapshot(tree: Any, into: Any = None) -> Any:
-    """A CPU copy of a nest of dicts/lists holding tensors: training may go on changing the originals.
-
-    ``into``: an older snapshot of the same shapes that nothing reads any more; its tensors are copied into rather
-    than new ones allocated. Most of a fresh copy's time goes on the kernel's first touch of new memory: reusing the
-    buffers makes a commit several times cheaper (``bench/checkpoint_stall.py``). A tensor that does not match
-    (shape, dtype, layout) is copied fresh.
-    """
+def snapshot(tree: Any) -> Any:
+    """A CPU copy of a nest of dicts/lists holding tensors: training may go on changing the originals."""
     if isinstance(tree, torch.Tensor):
-        src = tree.detach()
-        if (
-            isinstance(into, torch.Tensor)
-            and into.device.type == "cpu"
-            and into.shape == src.shape
-            and into.dtype == src.dtype
-            and into.layout == src.layout == torch.strided
-            and into.is_contiguous()
-            and not into.requires_grad
-        ):
-            return into.copy_(src)
-        return src.to("cpu", copy=True)
+        return tree.detach().to("cpu", copy=True)
     if isinstance(tree, dict):
-        old = into if isinstance(into, dict) else {}
-        return {k: snapshot(v, old.get(k)) for k, v in tree.items()}
+        return {k: snapshot(v) for k, v in tree.items()}
     if isinstance(tree, list | tuple):
-        olds = list(into) if isinstance(into, list | tuple) and len(into) == len(tree) else [None] * len(tree)
-        return type(tree)(snapshot(v, o) for v, o in zip(tree, olds, strict=True))
+        return type(tree)(snapshot(v) for v in tree)
     return tree
 
 
