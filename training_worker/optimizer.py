@@ -135,7 +135,22 @@ class DistributedOptimizer(torch.optim.Optimizer):
         self.optimizer.load_state_dict(state_dict)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        self.optimizer.zero_grad(set_to_none=set_to_none)
+        """Zeroes the gradients; those that are views into the fusion buckets are zeroed in place and kept (so
+        backward keeps accumulating into the buckets), whatever ``set_to_none`` says."""
+        bucketed = set()
+        for bucket in self._buckets:
+            bucket.buffer.zero_()
+            for p, offset in zip(bucket.params, bucket.offsets, strict=True):
+                if p.grad is not None and p.grad.data_ptr() == bucket.buffer[offset:].data_ptr():
+                    bucketed.add(id(p))
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is None or id(p) in bucketed:
+                    continue
+                if set_to_none:
+                    p.grad = None
+                else:
+                    p.grad.detach_().zero_()
 
     def reset(self) -> None:
         """Forgets a step that was half reduced when its ring failed (called when the state is restored)."""
@@ -144,6 +159,7 @@ class DistributedOptimizer(torch.optim.Optimizer):
         self._next_launch = 0
         self._passes = dict.fromkeys(self._passes, 0)
         self._synchronized = False
+        self.zero_grad()  # what the failed step accumulated or half reduced must not reach the next one
 
     def close(self) -> None:
         """Removes the gradient hooks."""
@@ -201,8 +217,8 @@ class DistributedOptimizer(torch.optim.Optimizer):
             part = bucket.buffer[offset : offset + p.numel()]
             if p.grad is None:
                 part.zero_()  # unused on this rank this step; it still has to take part in the reduction
-            else:
-                part.copy_(p.grad.reshape(-1))
+            elif p.grad.data_ptr() != part.data_ptr():
+                part.copy_(p.grad.reshape(-1))  # a gradient that is not (or no longer) a view into its bucket
         # Each rank's share of the global batch weighs its gradient (ElasticSampler's uneven splits), and k
         # accumulated passes are averaged.
         scale = (1.0 if self._pinned is not None else _rt.current().grad_scale) / self.backward_passes_per_step
@@ -235,11 +251,11 @@ class DistributedOptimizer(torch.optim.Optimizer):
             assert handle is not None
             _rt.collective(handle.wait)
             for p, offset in zip(bucket.params, bucket.offsets, strict=True):
+                # From now on the gradient is a view into the bucket (DDP's gradient_as_bucket_view): backward
+                # accumulates straight into what is reduced, and the average needs no copy back.
                 reduced = bucket.buffer[offset : offset + p.numel()].view_as(p)
-                if p.grad is None:
-                    p.grad = reduced.clone()
-                else:
-                    p.grad.copy_(reduced)
+                if p.grad is None or p.grad.data_ptr() != reduced.data_ptr():
+                    p.grad = reduced
             bucket.ready, bucket.handle, bucket.launched = 0, None, False
         self._next_launch = 0
         self._passes = dict.fromkeys(self._passes, 0)
