@@ -150,9 +150,12 @@ class Sim:
                     del self.instances[inst.iid]
                     surplus -= 1
 
-    def assign(self, active: list[SimJob], t: int) -> None:
+    def assign(self, active: list[SimJob], t: int, placements: dict[str, dict[str, int]] | None = None) -> None:
         free = [i for i in self.instances.values() if i.job is None and i.ready_at <= t]
         free.sort(key=lambda i: (i.price, i.iid))
+        if placements is not None:
+            self._assign_placed(active, t, placements, free)
+            return
         for job in active:
             mine = list(free)
             changed = False
@@ -176,6 +179,46 @@ class Sim:
                 changed = True
             if changed and job.progress > 0:
                 job.stalled_until = max(job.stalled_until, t + RECONFIG_MINUTES)
+
+    def _assign_placed(
+        self, active: list[SimJob], t: int, placements: dict[str, dict[str, int]], free: list[Instance]
+    ) -> None:
+        """Free instances go to the job the decision launched them for (its pool counts); a job past its size
+        (a spot worker replacing an on-demand one) releases its dearest workers at a step boundary. Left-over spot
+        instances go to jobs still short."""
+        for job in active:
+            want = placements.get(job.job_id, {})
+            changed = False
+            for pool, n in want.items():
+                have = sum(1 for w in job.workers if self.instances[w].pool == pool)
+                for inst in [i for i in free if i.pool == pool][: max(0, n - have)]:
+                    free.remove(inst)
+                    inst.job = job.job_id
+                    job.workers.add(inst.iid)
+                    changed = True
+            if changed:
+                self._trim(job, t)
+        for job in active:
+            spare = [i for i in free if not i.pool.startswith("on-demand:")]
+            changed = False
+            while spare and len(job.workers) < job.max_workers:
+                inst = spare.pop(0)
+                free.remove(inst)
+                inst.job = job.job_id
+                job.workers.add(inst.iid)
+                changed = True
+            if changed:
+                self._trim(job, t)
+
+    def _trim(self, job: SimJob, t: int) -> None:
+        ready = sorted(
+            (self.instances[w] for w in job.workers if self.instances[w].ready_at <= t), key=lambda i: -i.price
+        )
+        for worker in ready[: max(0, len(job.workers) - job.max_workers)]:
+            worker.job = None
+            job.workers.discard(worker.iid)
+        if job.progress > 0:
+            job.stalled_until = max(job.stalled_until, t + RECONFIG_MINUTES)
 
     def step(self, active: list[SimJob], t: int) -> None:
         training: set[int] = set()
@@ -207,7 +250,7 @@ def simulate(
             _failover(sim, active, t)
         else:
             sim.apply(policy(t, active, sim.instances, market), t)
-            sim.assign(active, t)
+            sim.assign(active, t, getattr(policy, "placements", None))
         if hasattr(policy, "observe"):
             policy.observe(sim, t)
         sim.step(active, t)
@@ -280,6 +323,8 @@ class Ours:
     def __init__(self, policy: ScalingPolicy) -> None:
         self.policy = policy
         self.state = FleetState()
+        #: job -> pool -> workers, from the last decision: which job each new instance is for.
+        self.placements: dict[str, dict[str, int]] = {}
 
     def __call__(
         self, t: int, active: list[SimJob], instances: dict[int, Instance], market: TraceMarket
@@ -302,6 +347,7 @@ class Ours:
             )  # fmt: skip
         decision = decide_scaling(demand, market.pools({market.instance_type}), self.state, now, self.policy)
         self.state = decision.state
+        self.placements = {j: dict(p) for j, p in decision.placements.items()}
         return dict(decision.targets)
 
     def observe(self, sim: Sim, t: int) -> None:

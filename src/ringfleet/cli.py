@@ -113,7 +113,7 @@ def _attached() -> Any:
     return CloudContext.from_state(state)
 
 
-def _start_fleet(cloud: Any) -> Any:
+def _start_fleet(cloud: Any, replay: Any = None) -> Any:
     """The fleet emulator, as the demo runs it: every instance the fleet scaler launches boots an agent
     (``python -m training_worker`` with no job: it learns the job from its first Reconfigure), working in this
     directory so that a job's entrypoint (``python examples/digits/train.py``) resolves here, logging to
@@ -136,11 +136,26 @@ def _start_fleet(cloud: Any) -> Any:
             write_info()
             print(f"fleet emulator: instance {instance} boots an agent (pid {detail['pid']})", flush=True)
 
-    emulator = FleetEmulator(cloud.ctx, log_dir=log_dir, on_event=on_event, workdir=Path.cwd())
+    emulator = FleetEmulator(cloud.ctx, log_dir=log_dir, on_event=on_event, workdir=Path.cwd(), replay=replay)
     write_info()
     emulator.start()
     print(f"fleet emulator: agents work in {info['workdir']} and log to {log_dir}/<instance-id>.log", flush=True)
     return emulator
+
+
+def _trace_replay(args: argparse.Namespace) -> Any:
+    from ringfleet.local.spot_traces import TraceError, replay_from_options
+
+    try:
+        return replay_from_options(getattr(args, "spot_traces", None), getattr(args, "trace_speed", 1.0))
+    except TraceError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def _trace_options(args: argparse.Namespace) -> list[str]:
+    if not getattr(args, "spot_traces", None):
+        return []
+    return ["--spot-traces", str(args.spot_traces), "--trace-speed", str(args.trace_speed)]
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -167,7 +182,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
         for kind, names in sorted(cloud.created.items()):
             print(f"  {kind}: {', '.join(names)}", flush=True)
-        emulator = _start_fleet(cloud) if args.fleet else None
+        emulator = _start_fleet(cloud, _trace_replay(args)) if args.fleet else None
         try:
             print(f"routing events to {len(cloud.ctx.functions)} functions; Ctrl-C to stop", flush=True)
             while not stop:
@@ -195,7 +210,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     with log_path.open("w") as log:
         command = [sys.executable, "-m", "ringfleet.cli", "local", "serve", "--template", args.template]
         proc = subprocess.Popen(
-            [*command, *([] if args.fleet else ["--no-fleet"])],
+            [*command, *([] if args.fleet else ["--no-fleet"]), *_trace_options(args)],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -761,6 +776,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = lsub.add_parser("serve")  # what `local up` runs in the background; not listed
     serve.add_argument("--template", default="template.yaml")
     serve.add_argument("--no-fleet", dest="fleet", action="store_false")
+    for p in (up, serve):
+        p.add_argument("--spot-traces", metavar="DIR", help="replay spot availability traces (one JSON per zone)")
+        p.add_argument("--trace-speed", type=float, default=1.0, help="trace-seconds per second (default 1)")
     serve.set_defaults(func=cmd_serve)
     lsub.add_parser("down", help="stop the local cloud and every agent of its fleet").set_defaults(func=cmd_down)
     status_help = "endpoints, functions, the last deliveries and where the agents log"

@@ -328,3 +328,49 @@ def test_interruption_rates_are_learned_from_what_the_fleet_observes() -> None:
     # and zone a just reclaimed instances: new workers go elsewhere first
     decision = decide_scaling([job("a", 2)], market(), state, NOW + timedelta(hours=10, minutes=1))
     assert decision.targets.get(zone_a, 0) == 0 and decision.total == 2
+
+
+def test_a_job_whose_slack_is_down_to_the_safety_margin_takes_spot_where_it_has_room_and_on_demand_for_the_rest() -> (
+    None
+):
+    # given zones a and b refusing g5 spot, zone c still supplying, and a job with 45 minutes of slack
+    refused = {pool_key("spot", "g5.xlarge", z): NOW + timedelta(minutes=10) for z in ZONES[:2]}
+    fleet = FleetState(refused_until=refused)
+    # when the safety margin is 1 hour (the slack is below it) but above the 30 minutes that pin it to on-demand
+    decision = decide_scaling([deadline_job(0.75)], market(), fleet, NOW)
+    # then it stops waiting: every worker it lacks is asked of the pool that still supplies, none of on-demand yet
+    zone_c = pool_key("spot", "g5.xlarge", "us-east-1c")
+    assert decision.targets.get(zone_c) == 4
+    assert not any(n for k, n in decision.targets.items() if k.startswith("on-demand:"))
+    # and with the margin at 30 minutes (the slack above it) it still waits for spot the same way
+    relaxed = decide_scaling([deadline_job(0.75)], market(), fleet, NOW, ScalingPolicy(deadline_safety=timedelta(0)))
+    assert relaxed.targets.get(zone_c) == 4 and "on-demand for deadline" not in relaxed.reason
+    # but once zone c refuses too, the margin decides: below it on-demand fills the gap, above it the job waits
+    every = all_spot_refused()
+    assert sum(n for k, n in decide_scaling([deadline_job(0.75)], market(), every, NOW).targets.items()) == 4
+    wide = ScalingPolicy(deadline_safety=timedelta(minutes=30))
+    assert decide_scaling([deadline_job(0.75)], market(), every, NOW, wide).total == 0
+
+
+def test_a_refused_pool_keeps_what_it_gave_and_those_instances_serve_the_job_before_any_launch() -> None:
+    zone_a = pool_key("spot", "g5.xlarge", "us-east-1a")
+    # given zone a asked for 4, gave 3 (booting, not placed yet) and so now refused; the other zones refused too
+    fleet = replace(all_spot_refused(), targets={zone_a: 4}, fulfilled={zone_a: 3})
+    # when a job with an hour of slack wants 4 workers
+    decision = decide_scaling([deadline_job(0.75)], market(), fleet, NOW)
+    # then the 3 zone a gave stay (not released by the refusal) and only the fourth comes from on-demand
+    assert decision.targets[zone_a] == 3
+    assert sum(n for k, n in decision.targets.items() if k.startswith("on-demand:")) == 1
+    # and the decision says which job each pool's workers are for
+    assert decision.placements["d"][zone_a] == 3
+
+
+def test_on_demand_surplus_is_released_at_once_even_while_spot_surplus_is_held() -> None:
+    spot = pool_key("spot", "g5.xlarge", "us-east-1a")
+    on_demand = pool_key("on-demand", "g5.xlarge", "us-east-1a")
+    # given a finished job's 2 spot and 2 on-demand workers, now idle, and a job left using 2 spot ones
+    fleet = FleetState(targets={spot: 4, on_demand: 2}, fulfilled={spot: 4, on_demand: 2}, last_scaled_at=NOW)
+    decision = decide_scaling([job("left", 2, placed={spot: 2})], market(), fleet, NOW)
+    # then the spot surplus is held for the idle timeout but the on-demand pool goes to zero now
+    assert decision.targets[spot] == 4
+    assert decision.targets[on_demand] == 0

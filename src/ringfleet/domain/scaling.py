@@ -194,6 +194,9 @@ class ScalingDecision:
     reason: str
     #: Jobs none of whose instance types any pool offers.
     unplaceable: tuple[str, ...] = ()
+    #: job id -> pool key -> workers of that job the targets provide there (running ones, new ones, and the spot
+    #: ones replacing its on-demand workers): which job a new instance is for.
+    placements: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -223,7 +226,11 @@ def decide_scaling(
     wanted = sum(allotted.values())
     on_demand_jobs = _on_demand_jobs(demand, now, policy)
     avoid = {k for k, at in fleet.reclaimed_at.items() if now - at < policy.reclaim_memory}
-    placed_targets, unplaceable = _place(demand, allotted, pools, refused, on_demand_jobs, avoid, now, policy)
+    # A refused pool keeps what it gave: instances launched there and not yet placed still serve new workers.
+    given = {k: fleet.fulfilled.get(k, 0) for k in refused}
+    placed_targets, unplaceable, placements = _place(
+        demand, allotted, pools, refused, given, on_demand_jobs, avoid, now, policy
+    )
     if sum(placed_targets.values()) < policy.fleet_min_workers:
         placed_targets = _keep_warm(placed_targets, pools, refused, policy)
 
@@ -235,6 +242,8 @@ def decide_scaling(
     if surplus and not release:
         # Hold what runs (a job may come back for it); add only what is missing, within the fleet's bound.
         targets = _hold({k: n for k, n in current.items() if not _on_demand(k)}, placed_targets, refused, policy)
+        # On-demand surplus goes at once: its pools stay in the targets (at what is placed) so that it is released.
+        targets.update({k: placed_targets.get(k, 0) for k in current if _on_demand(k)})
         reason = f"holding {sum(targets.values()) - new_total} surplus worker(s) until idle for {policy.idle_timeout}"
     else:
         targets = {k: placed_targets.get(k, 0) for k in {*current, *placed_targets}}
@@ -270,6 +279,7 @@ def decide_scaling(
         state=state,
         reason=reason,
         unplaceable=tuple(unplaceable),
+        placements=placements,
     )
 
 
@@ -386,11 +396,12 @@ def _place(
     allotted: Mapping[str, int],
     pools: Sequence[Pool],
     refused: Mapping[str, datetime],
+    given: Mapping[str, int],
     on_demand_jobs: set[str],
     avoid: set[str],
     now: datetime,
     policy: ScalingPolicy,
-) -> tuple[dict[str, int], list[str]]:
+) -> tuple[dict[str, int], list[str], dict[str, dict[str, int]]]:
     """Pool targets for the allotted workers: running spot workers where they are; on-demand ones kept until spot
     replaces them (or while the job needs on-demand); new ones spread over spot pools cheapest-first, then onto
     whichever spot pool still supplies, then on-demand when the job may not wait."""
@@ -398,15 +409,22 @@ def _place(
     cap = max(1, math.ceil(policy.max_pool_share * total))
     known = {p.key for p in pools}
     targets: dict[str, int] = {}
+    placements: dict[str, dict[str, int]] = {}
     unplaceable: list[str] = []
     todo: list[tuple[JobDemand, int, int]] = []
+
+    def add(job: JobDemand, key: str, n: int = 1) -> None:
+        targets[key] = targets.get(key, 0) + n
+        mine = placements.setdefault(job.job_id, {})
+        mine[key] = mine.get(key, 0) + n
+
     for job in demand:
         want = allotted.get(job.job_id, 0)
         movable = 0
         for key, n in sorted(job.placed.items(), key=lambda kv: (_on_demand(kv[0]), kv[0])):
             keep = min(n, want)
             if keep > 0 and key in known:
-                targets[key] = targets.get(key, 0) + keep
+                add(job, key, keep)
                 want -= keep
                 if _on_demand(key) and not _stays_on_demand(job, now, policy):
                     movable += keep
@@ -425,31 +443,38 @@ def _place(
         if want > 0 and not eligible:
             unplaceable.append(job.job_id)
             continue
-        spot = [p for p in eligible if p.market == "spot" and p.key not in refused]
+        spot = [p for p in eligible if p.market == "spot" and (p.key not in refused or given.get(p.key, 0) > 0)]
         on_demand = [p for p in eligible if p.market == "on-demand"]
-        needs_on_demand = job.job_id in on_demand_jobs
-        waits = job.deadline is not None and job.remaining_hours is not None and not needs_on_demand
+        # Slack down to deadline_safety: spot where it has room, on-demand for the rest (no more waiting); down to
+        # spot_return_slack: on-demand only (another interruption would cost the deadline).
+        urgent = _stays_on_demand(job, now, policy)
+        waits = job.deadline is not None and job.remaining_hours is not None and job.job_id not in on_demand_jobs
         # On-demand workers to move to spot: asked of spot now, released once the spot ones replace them.
         for _ in range(movable):
-            pool = _spot_pool(spot, targets, cap)
+            pool = _spot_pool(spot, targets, cap, given)
             if pool is None:
                 break
-            targets[pool.key] = targets.get(pool.key, 0) + 1
+            add(job, pool.key)
         for _ in range(want):
-            pool = None if needs_on_demand else _spot_pool(spot, targets, cap)
+            pool = None if urgent else _spot_pool(spot, targets, cap, given)
             if pool is None and not waits:
                 pool = on_demand[0] if on_demand else None
             if pool is None:
                 if not waits:
                     unplaceable.append(job.job_id)
                 break
-            targets[pool.key] = targets.get(pool.key, 0) + 1
-    return targets, sorted(set(unplaceable))
+            add(job, pool.key)
+    return targets, sorted(set(unplaceable)), placements
 
 
-def _spot_pool(spot: Sequence[Pool], targets: Mapping[str, int], cap: int) -> Pool | None:
-    """Spread first (the cheapest pool under its share); past every share, the cheapest pool still supplying."""
-    return next((p for p in spot if targets.get(p.key, 0) < cap), None) or (spot[0] if spot else None)
+def _spot_pool(spot: Sequence[Pool], targets: Mapping[str, int], cap: int, given: Mapping[str, int]) -> Pool | None:
+    """Instances a refused pool already gave first (they run or boot: nothing to launch); then spread (the cheapest
+    pool under its share); past every share, the cheapest pool still supplying."""
+    ready = next((p for p in spot if p.key in given and targets.get(p.key, 0) < given[p.key]), None)
+    if ready is not None:
+        return ready
+    asked = [p for p in spot if p.key not in given]
+    return next((p for p in asked if targets.get(p.key, 0) < cap), None) or (asked[0] if asked else None)
 
 
 def _keep_warm(
@@ -483,7 +508,7 @@ def _hold(
     policy: ScalingPolicy,
 ) -> dict[str, int]:
     """Every pool at least at its current target (refused pools excepted), trimmed to the fleet's bound."""
-    targets = {k: max(wanted.get(k, 0), 0 if k in refused else n) for k, n in {**current, **wanted}.items()}
+    targets = {k: max(wanted.get(k, 0), 0 if k in refused else current.get(k, 0)) for k in {*current, *wanted}}
     excess = sum(targets.values()) - max(policy.fleet_max_workers, sum(wanted.values()))
     for key in sorted(targets, key=lambda k: targets[k] - wanted.get(k, 0), reverse=True):
         if excess <= 0:

@@ -15,6 +15,9 @@ Chaos injection reproduces the two ways AWS takes capacity:
 - ``hard_kill(instance)``: the process dies and the instance is terminated with no notice at all.
 
 ``duplicate_events=True`` sends every cloud event twice, as EventBridge's at-least-once delivery may.
+``replay`` (a :class:`~ringfleet.local.spot_traces.TraceReplay`, ``local up --spot-traces DIR``) replays spot
+availability: on every poll, a spot pool holding more than its trace has available now gets the newest of its
+instances interrupted (the notice scaled by the trace's speed), several at once when the drop is deep.
 """
 
 from __future__ import annotations
@@ -35,10 +38,12 @@ from pathlib import Path
 from typing import Any
 
 from ringfleet.local.context import CloudContext
+from ringfleet.local.spot_traces import TraceReplay
 
 __all__ = ["EmulatedInstance", "FleetEmulator", "MetadataServer"]
 
 STACK_TAG = "ringfleet:stack"
+POOL_TAG = "ringfleet:pool"
 
 
 class MetadataServer:
@@ -106,8 +111,10 @@ class FleetEmulator:
         duplicate_events: bool = False,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
         workdir: Path | None = None,
+        replay: TraceReplay | None = None,
     ) -> None:
         self.ctx = ctx
+        self.replay = replay
         self.job_of = job_of
         self.worker_args = worker_args or (lambda job, instance: [])
         self.log_dir = log_dir
@@ -141,6 +148,8 @@ class FleetEmulator:
         moto sends no EC2 state-change events: a newly running instance's ``running`` event is sent from here.
         """
         running = set(self.running_instances())
+        if self.replay is not None:
+            self.replay_traces()
         for instance_id in sorted(running - self.seen):
             self.seen.add(instance_id)
             self._put(
@@ -212,6 +221,36 @@ class FleetEmulator:
         for _ in range(2 if self.duplicate_events else 1):
             self._events.put_events(Entries=[entry])
         self.on_event(detail_type, {"instance_id": instance_id, **detail})
+
+    def spot_pools(self) -> dict[str, list[str]]:
+        """The stack's running spot instances per pool (tag ``ringfleet:pool``), oldest launch first."""
+        pages = self._ec2.get_paginator("describe_instances").paginate(
+            Filters=[
+                {"Name": f"tag:{STACK_TAG}", "Values": [self.ctx.stack]},
+                {"Name": "instance-state-name", "Values": ["running"]},
+            ]
+        )
+        found: list[tuple[str, str, str]] = []
+        for page in pages:
+            for reservation in page["Reservations"]:
+                for inst in reservation["Instances"]:
+                    pool = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}.get(POOL_TAG, "")
+                    if pool.startswith("spot:"):
+                        found.append((str(inst.get("LaunchTime", "")), inst["InstanceId"], pool))
+        by_pool: dict[str, list[str]] = {}
+        for _, instance_id, pool in sorted(found):
+            by_pool.setdefault(pool, []).append(instance_id)
+        return by_pool
+
+    def replay_traces(self) -> list[str]:
+        """Interrupts what the replayed traces take back now (see the module); returns those instances."""
+        if self.replay is None:
+            return []
+        taken = self.replay.reclaim(self.spot_pools())
+        for instance_id in taken:
+            self.on_event("trace-reclaim", {"instance_id": instance_id, "at_hours": round(self.replay.hours(), 3)})
+            self.interrupt(instance_id, self.replay.grace_s)
+        return taken
 
     def interrupt(self, instance_id: str, grace_s: float, *, rebalance: bool = True) -> threading.Thread:
         """Spot interruption with notice; returns the thread that terminates the instance after the grace period."""

@@ -21,7 +21,8 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,7 @@ __all__ = [
     "LaunchResult",
     "TraceError",
     "TraceMarket",
+    "TraceReplay",
     "generate_bursty_trace",
     "load_trace",
     "load_trace_dir",
@@ -262,3 +264,66 @@ class TraceMarket:
         cls, directory: str | Path, instance_type: str = DEFAULT_TRACE_INSTANCE_TYPE, **kw: float
     ) -> TraceMarket:
         return cls(load_trace_dir(directory), instance_type, **kw)
+
+
+class TraceReplay:
+    """A :class:`TraceMarket` replayed in real time, ``speed`` trace-seconds per second (the local cloud's
+    ``--spot-traces DIR --trace-speed X``): which held instances a pool takes back now, and the notice they get.
+
+    The fleet emulator asks :meth:`reclaim` on every poll with the instances each spot pool holds (oldest first);
+    every instance beyond what the pool's trace says is available now is returned once (the newest go first) and
+    interrupted with the two-minute notice, scaled by the speed (:attr:`grace_s`). :meth:`launch` answers a launch
+    as EC2 Fleet would at this moment of the trace.
+    """
+
+    NOTICE_S = 120.0
+
+    def __init__(
+        self,
+        market: TraceMarket,
+        *,
+        speed: float = 1.0,
+        start_hours: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not (math.isfinite(speed) and speed > 0):
+            raise TraceError(f"the trace speed must be a positive number, got {speed!r}")
+        self.market = market
+        self.speed = speed
+        self.start_hours = start_hours
+        self._clock = clock
+        self._started = clock()
+        #: Instances already given notice (each is reclaimed once).
+        self.noticed: set[str] = set()
+
+    @property
+    def grace_s(self) -> float:
+        """The spot notice in wall-clock seconds."""
+        return self.NOTICE_S / self.speed
+
+    def hours(self) -> float:
+        """Where in the trace the replay is now (hours from its start)."""
+        return self.start_hours + (self._clock() - self._started) * self.speed / 3600
+
+    def reclaim(self, held: Mapping[str, Sequence[str]]) -> list[str]:
+        """Instances to interrupt now: per spot pool, the newest of ``held`` beyond its availability (those
+        already given notice count as gone)."""
+        at = self.hours()
+        out: list[str] = []
+        for pool, instances in sorted(held.items()):
+            staying = [i for i in instances if i not in self.noticed]
+            excess = self.market.reclaimed(pool, len(staying), at)
+            if excess:
+                out += staying[len(staying) - excess :]
+        self.noticed.update(out)
+        return out
+
+    def launch(self, pool: str, held: int, asked: int) -> LaunchResult:
+        return self.market.launch(pool, held, asked, self.hours())
+
+
+def replay_from_options(directory: str | Path | None, speed: float = 1.0) -> TraceReplay | None:
+    """What ``local up --spot-traces DIR --trace-speed X`` replays (``None`` without a folder)."""
+    if directory is None:
+        return None
+    return TraceReplay(TraceMarket.from_dir(directory), speed=speed)
