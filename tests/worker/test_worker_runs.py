@@ -104,3 +104,42 @@ def test_kill_9_of_one_of_three_workers_is_survived_by_a_two_rank_ring(tmp_path:
     finally:
         for w in workers:
             w.kill()
+
+
+def test_two_workers_leaving_at_once_leave_the_third_training_alone_without_a_pause(tmp_path: Path) -> None:
+    # given three workers of generation 1 (a zone losing capacity takes two instances at once)
+    discovery = tmp_path / "membership.json"
+    announce(discovery, "elastic", 1, INSTANCES)
+    workers = [
+        WorkerProcess(
+            tmp_path / f"w{i}.log",
+            "--job-id",
+            "elastic",
+            "--instance-id",
+            instance,
+            "--discovery-file",
+            str(discovery),
+            "--log-every",
+            "1",
+            script=("--steps", "100000", "--commit-every", "1", "--step-delay", "0.05", "--global-batch", "48"),
+        )
+        for i, instance in enumerate(INSTANCES)
+    ]
+    try:
+        for w in workers:
+            w.wait_for_step(10, generation=1)
+        # when two of them get notice together
+        workers[1].terminate()
+        workers[2].terminate()
+        # then both leave cleanly at a step boundary ...
+        assert [w.finish(30) for w in workers[1:]] == [0, 0]
+        left = {int(w.output().split("finished: stopped at step ")[1].split()[0]) for w in workers[1:]}
+        assert len(left) == 1, "they left at the same boundary"
+        # ... and the first trains on alone from the very next step, without a failure
+        step = left.pop()
+        workers[0].wait_for(f"generation 1: shrank to 1 at step {step}")
+        assert workers[0].wait_for_step(step + 3, generation=1)[1:3] == (1, 0)
+        assert "collective failed" not in workers[0].output()
+    finally:
+        for w in workers:
+            w.kill()
