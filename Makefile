@@ -6,7 +6,7 @@ SAM_VENV := .venv-sam
 SAM := $(SAM_VENV)/bin/sam
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: demo test install lint typecheck lint-template pytest clean
+.PHONY: demo test install lint typecheck lint-template pytest clean pre-traffic-samples
 
 # torch is installed first, pinned to the CPU build, so that nothing resolves an unpinned (CUDA) torch.
 $(VENV)/.installed: pyproject.toml
@@ -42,6 +42,11 @@ pytest: $(VENV)/.installed
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 test: lint typecheck lint-template pytest
+
+# The pre-traffic hook sends the samples of events/ it finds next to it (sam build packages a function's CodeUri
+# only): refresh its copies after changing a sample. tests/unit/test_template.py fails while they differ.
+pre-traffic-samples:
+	for f in services/pre_traffic/samples/*.json; do cp "events/$$(basename "$$f")" "$$f"; done
 
 clean:
 	rm -rf $(VENV) $(SAM_VENV) .aws-sam .ringfleet

@@ -9,8 +9,10 @@ import signal
 import threading
 import urllib.error
 import urllib.request
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
+from uuid import UUID
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
@@ -48,6 +50,8 @@ class ControlChannel:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="control-channel", daemon=True)
         self._connection: AbstractRobustConnection | None = None
+        #: The ids of the last commands received, to drop a redelivered or re-published duplicate.
+        self._seen: deque[UUID] = deque(maxlen=1024)
         self._channel: aio_pika.abc.AbstractChannel | None = None
 
     def start(self, timeout: float = 30.0) -> None:
@@ -78,6 +82,11 @@ class ControlChannel:
             if not isinstance(command, CheckpointNow | Reconfigure | Stop):
                 log.warning("dropping %s: not a command", type(command).__name__)
                 return
+            if command.message_id in self._seen:
+                # The control plane re-publishes what a crashed run may not have (its outbox): seen once is enough.
+                log.info("dropping %s %s: already received", command.type, command.message_id)
+                return
+            self._seen.append(command.message_id)
             if self.job_id is None and isinstance(command, Reconfigure):
                 self.job_id = command.job_id  # placed: this instance now serves that job
                 log.info("placed on job %s", self.job_id)

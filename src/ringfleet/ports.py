@@ -43,6 +43,7 @@ __all__ = [
     "JobRepository",
     "NodeRepository",
     "PriceSource",
+    "Saved",
     "ScalingStateStore",
     "ShardDigest",
     "SpotFleetGateway",
@@ -55,6 +56,24 @@ class Clock(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Saved:
+    """What a conditional save did: truthy when it was written.
+
+    When another writer got there first, ``current`` is the job as that writer left it, returned by the failed
+    write itself (DynamoDB's ``ReturnValuesOnConditionCheckFailure``): the caller decides again from it without a
+    second round trip. ``nodes_written`` says whether the nodes passed along were written in the same transaction
+    (a repository that cannot leaves them to the caller).
+    """
+
+    saved: bool
+    current: Job | None = None
+    nodes_written: bool = False
+
+    def __bool__(self) -> bool:
+        return self.saved
+
+
 class JobRepository(Protocol):
     def create(self, job: Job) -> bool:
         """Stores a new job if no job with its id exists; True when stored, False when one already was."""
@@ -64,9 +83,11 @@ class JobRepository(Protocol):
         """The job as stored (strongly consistent read), or None."""
         ...
 
-    def save(self, job: Job, *, decided_from: Job) -> bool:
+    def save(self, job: Job, *, decided_from: Job, nodes: Sequence[Node] = ()) -> Saved:
         """Writes ``job`` (at ``decided_from.revision + 1``) if the stored job is still ``decided_from``'s generation
-        and revision; False when another writer got there first (the decision is stale and must be dropped)."""
+        and revision; falsy when another writer got there first (the decision is stale and must be dropped), with
+        the stored job when the write returned it. ``nodes``: the nodes the decision changes, written in the same
+        transaction where the repository can (``Saved.nodes_written``)."""
         ...
 
     def record_durable_checkpoint(self, job_id: str, checkpoint: DurableCheckpoint) -> bool:
@@ -78,7 +99,8 @@ class JobRepository(Protocol):
         ...
 
     def list_active(self) -> list[Job]:
-        """Every job not in a final state (PENDING, PROVISIONING, RUNNING, RECOVERING)."""
+        """Every job not in a final state (PENDING, PROVISIONING, RUNNING, RECOVERING); reads grow with the active
+        jobs, not with the jobs ever run."""
         ...
 
 
@@ -99,7 +121,8 @@ class NodeRepository(Protocol):
         ...
 
     def list_silent(self, before: datetime) -> list[Node]:
-        """ACTIVE nodes whose last heartbeat (or placement) is older than ``before``."""
+        """ACTIVE nodes whose last heartbeat (or placement) is older than ``before``; reads grow with the silent
+        nodes, not with the table."""
         ...
 
 

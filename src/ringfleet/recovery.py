@@ -5,10 +5,15 @@
 1. read the job (and publish any commands a crashed run left in its outbox);
 2. decide with the pure ``plan_recovery``;
 3. save the decision conditionally on the generation and revision it was decided from, with its commands in the
-   job's outbox — a stale decision is dropped and re-made from a fresh read (the generation fence);
+   job's outbox and the nodes it changes, in one transaction — a stale decision is dropped and re-made from the job
+   the failed write returned (the generation fence; no re-read), after a short jittered pause;
 4. publish the commands (message ids derived from job, generation and kind), then clear the outbox;
-5. bring the nodes table in line with the job (a notice that keeps the ring: the node it names, the only one it
-   changes) and complete lifecycle hooks no longer needed.
+5. complete lifecycle hooks no longer needed.
+
+The fence is also what makes a repeated event safe: a notice already applied is "already being handled", a loss
+already recorded "already being handled", a stale generation's report ignored. So node_recovery needs no
+idempotency record per event (two more round trips each); the handlers whose work is not fenced by the generation
+(the backup's copies, intake's admissions, the scaler's fleet changes, the minute's sweep) keep Powertools'.
 
 A crash anywhere leaves either nothing decided, or a decision whose commands are still in the outbox: the retried
 event (or the next event of the job) publishes them. Re-running a step that already happened changes nothing.
@@ -17,7 +22,9 @@ event (or the next event of the job) publishes them. Re-running a step that alre
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -33,6 +40,7 @@ from ringfleet.domain.recovery import (
     plan_node_updates,
     plan_recovery,
 )
+from ringfleet.ports import Saved
 
 if TYPE_CHECKING:
     from ringfleet.contracts import CheckpointCompleted, ControlDetail, NodeEvent, WorkerFailed
@@ -46,8 +54,17 @@ log = logging.getLogger(__name__)
 
 #: Conditional saves lost to concurrent writers before giving up (the event is then retried by its queue).
 MAX_ATTEMPTS = 8
+#: Full-jitter backoff between attempts after a lost race: up to BASE * 2**attempt, at most CAP (at most ~1.3 s
+#: over all attempts, so a contended job still decides inside one invocation).
+BACKOFF_BASE = 0.01
+BACKOFF_CAP = 0.32
 #: An outbox older than this was left by a writer that crashed before clearing it (a publish takes milliseconds).
 OUTBOX_GRACE = timedelta(seconds=30)
+
+
+def _is_this_decision(current: Job | None, decided: Job) -> bool:
+    """Whether the stored job is ``decided`` as saved (its time stamp aside)."""
+    return current is not None and replace(current, updated_at=None) == replace(decided, updated_at=None)
 
 
 class UnknownJob(ValueError):
@@ -114,7 +131,9 @@ class RecoveryService:
         fleet: FleetGateway,
         clock: Clock,
         put_events: Callable[[list[dict[str, Any]]], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        self.sleep = sleep
         self.jobs = jobs
         self.nodes = nodes
         self.publisher = publisher
@@ -142,11 +161,10 @@ class RecoveryService:
         return replace(outcome, time_to_detect=detect)
 
     def on_checkpoint_completed(self, message: CheckpointCompleted) -> Outcome:
-        self._known(message.job_id)
         signal = CheckpointTaken(
             message.generation, message.step, message.sent_at, emergency=message.emergency, final=message.final
         )
-        return self.apply(message.job_id, signal)
+        return self.apply(message.job_id, signal, known=True)
 
     def on_worker_failed(self, message: WorkerFailed) -> Outcome:
         """A worker's own failure (``scope`` self: it is the lost node), its ring's (``ring``: a peer is gone), or
@@ -156,16 +174,16 @@ class RecoveryService:
         generation that EC2 no longer runs are lost. When every member still runs (a crashed process on a live
         instance), nothing is decided here; the heartbeat sweep finds the silent one.
         """
-        self._known(message.job_id)
         node = self.nodes.get(message.instance_id)
         if node is None or node.job_id != message.job_id:
+            self._known(message.job_id)
             return Outcome(message.job_id, "ignored: instance is not a node of this job")
         detect = max(0.0, (self.clock.now() - message.sent_at).total_seconds())
         if message.scope == "script":
             failed = ScriptFailed(
                 message.instance_id, message.generation, message.sent_at, message.reason, step=message.step
             )
-            return replace(self.apply(message.job_id, failed), time_to_detect=detect)
+            return replace(self.apply(message.job_id, failed, known=True), time_to_detect=detect)
         if message.scope == "self":
             signal = NodeLost(
                 message.instance_id,
@@ -174,18 +192,22 @@ class RecoveryService:
                 generation=message.generation,
                 detail=message.reason,
             )
-            return replace(self.apply(message.job_id, signal), time_to_detect=detect)
+            return replace(self.apply(message.job_id, signal, known=True), time_to_detect=detect)
         job = self.jobs.get(message.job_id)
-        if job is None or job.generation != message.generation:
+        if job is None:
+            raise UnknownJob(f"job_id {message.job_id!r} names no job")
+        if job.generation != message.generation:
             return Outcome(message.job_id, f"ignored: generation {message.generation}'s ring was already re-formed")
         gone = sorted(self.fleet.not_running([i for i in job.members if i != message.instance_id]))
         if not gone:
             return Outcome(message.job_id, "ring broken but every member runs: the heartbeat sweep decides")
         outcome = Outcome(message.job_id, "ignored: no member lost")
+        read: Job | None = job
         for instance in gone:
             detail = f"not running; ring broken at step {message.step}: {message.reason}"
             signal = NodeLost(instance, "worker-failed", message.sent_at, generation=message.generation, detail=detail)
-            outcome = self.apply(message.job_id, signal)
+            outcome = self.apply(message.job_id, signal, read=read)
+            read = None  # the job as just read serves the first loss only
         return replace(outcome, time_to_detect=detect)
 
     def on_capacity_arrived(self, job_id: str, instance_id: str, host: str | None = None) -> Outcome:
@@ -199,7 +221,13 @@ class RecoveryService:
         for node in self.nodes.list_silent(now - silence):
             last = node.last_heartbeat or node.updated_at or now
             signal = NodeLost(node.instance_id, "heartbeat-lost", now, detail=f"silent since {last.isoformat()}")
-            outcome = self.apply(node.job_id, signal, only_generation=node.generation)
+            try:
+                outcome = self.apply(node.job_id, signal, only_generation=node.generation)
+            except Exception as exc:
+                # One job's failure (a broker down for its commands, a write that keeps losing) must not keep the
+                # other jobs' lost nodes from recovery: it is reported, and the next tick finds its node again.
+                log.exception("sweep: job %s, node %s failed", node.job_id, node.instance_id)
+                outcome = Outcome(node.job_id, f"failed: {type(exc).__name__}: {exc}")
             outcomes.append(replace(outcome, time_to_detect=(now - last).total_seconds()))
         return outcomes
 
@@ -217,6 +245,8 @@ class RecoveryService:
         hooks: Mapping[str, LifecycleHook] | None = None,
         only_generation: int | None = None,
         notified: Node | None = None,
+        read: Job | None = None,
+        known: bool = False,
     ) -> Outcome:
         """Applies one signal to one job (see the module docstring); retries when a concurrent writer won.
 
@@ -224,16 +254,25 @@ class RecoveryService:
         the ring changes that node alone, so it is decided and synced from that node without reading the job's
         other nodes (a query per event, in a burst of a thousand warnings). A notice that re-forms the ring reads
         them all (the new ring's hosts, the nodes it leaves out), and so does one that changes nothing: it may be
-        the retry of a run that died between its save and its node sync.
+        the retry of a run that died before it completed a lifecycle hook.
+
+        ``read``: the job as the caller just read it (saves the first read). ``known``: the job must exist (a
+        worker's report): a missing one raises UnknownJob instead of being ignored.
         """
         lost = (signal.instance_id,) if isinstance(signal, NodeLost) else ()
-        for _ in range(MAX_ATTEMPTS):
-            job = self.jobs.get(job_id)
+        job = read if read is not None else self.jobs.get(job_id)
+        for attempt in range(MAX_ATTEMPTS):
+            if attempt:
+                self._back_off(attempt)
             if job is None:
+                if known:
+                    raise UnknownJob(f"job_id {job_id!r} names no job")
                 return Outcome(job_id, "ignored: no such job")
-            job = self._flush_outbox(job)
-            if job is None:
+            flushed = self._flush_outbox(job)
+            if flushed is None:
+                job = self.jobs.get(job_id)
                 continue
+            job = flushed
             if only_generation is not None and job.generation != only_generation:
                 # A sweep's silence was judged at an older generation; the ring changed since: judge again later.
                 return Outcome(job_id, "ignored: node's generation is no longer the job's")
@@ -242,28 +281,43 @@ class RecoveryService:
             if notified is not None and (plan.reconfigured or not plan.changed):
                 nodes = self.nodes.list_by_job(job_id)
                 plan = plan_recovery(job, nodes, signal)
-            if plan.changed:
-                # Commands another writer is still publishing stay in the outbox, for it to clear (or, should it
-                # have crashed, for the first reader after OUTBOX_GRACE to publish).
-                commands = tuple(c.model_dump(mode="json") for c in plan.commands)
-                decided = replace(plan.job, outbox=(*job.outbox, *commands))
-                if not self.jobs.save(decided, decided_from=job):
-                    continue  # another writer moved the job: decide again from what it wrote
-                after = replace(decided, revision=job.revision + 1)
-                if plan.commands:
-                    self.publisher.publish(plan.commands)
-                    self._clear_outbox(after, {str(c.message_id) for c in plan.commands})
-                if isinstance(signal, NoticeGiven | NodeLost) and job.recovery is None:
-                    self._want_capacity(after, signal)
-                if after.is_final:
-                    self._announce_finished(after)
-            else:
-                after = job
+            now = self.clock.now()
+            if not plan.changed:
+                gone = tuple(i for i in lost if i not in job.members and i not in job.spares)
+                updates, release = plan_node_updates(job, nodes, now, lost=gone, hooks=hooks)
+                self._apply_node_updates(updates, release, hooks, written=False)
+                return Outcome(job_id, plan.outcome, plan=plan, metrics=dict(plan.metrics))
+            # Commands another writer is still publishing stay in the outbox, for it to clear (or, should it have
+            # crashed, for the first reader after OUTBOX_GRACE to publish).
+            commands = tuple(c.model_dump(mode="json") for c in plan.commands)
+            decided = replace(plan.job, outbox=(*job.outbox, *commands))
+            after = replace(decided, revision=job.revision + 1)
             # A lost instance the job still counts (a stale generation's failure report) is not marked lost.
             gone = tuple(i for i in lost if i not in after.members and i not in after.spares)
-            self._sync_nodes(after, nodes, lost=gone, hooks=hooks)
+            updates, release = plan_node_updates(after, nodes, now, lost=gone, hooks=hooks)
+            saved = self.jobs.save(decided, decided_from=job, nodes=updates)
+            if not saved and _is_this_decision(saved.current, after):
+                # The SDK retried a write that timed out but had landed: the "other writer" is this run's own write
+                # (nodes put again below: the same values).
+                saved = Saved(True)
+            if not saved:
+                # Another writer moved the job: decide again from what it wrote (returned by the failed write).
+                job = saved.current if saved.current is not None else self.jobs.get(job_id)
+                continue
+            if plan.commands:
+                self.publisher.publish(plan.commands)
+                self._clear_outbox(after, {str(c.message_id) for c in plan.commands})
+            if isinstance(signal, NoticeGiven | NodeLost) and job.recovery is None:
+                self._want_capacity(after, signal)
+            if after.is_final:
+                self._announce_finished(after)
+            self._apply_node_updates(updates, release, hooks, written=saved.nodes_written)
             return Outcome(job_id, plan.outcome, plan=plan, metrics=dict(plan.metrics))
         raise StaleDecision(f"job {job_id}: {MAX_ATTEMPTS} conflicting writers in a row; retry later")
+
+    def _back_off(self, attempt: int) -> None:
+        """Full jitter: concurrent losers spread out instead of colliding again at once."""
+        self.sleep(random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt)))
 
     def _want_capacity(self, job: Job, signal: NoticeGiven | NodeLost) -> None:
         """Tells the fleet scaler at once that the job wants capacity (``Capacity Wanted`` on EventBridge).
@@ -329,28 +383,32 @@ class RecoveryService:
         job: Job | None = saved
         for attempt in range(MAX_ATTEMPTS):
             if attempt:
-                job = self.jobs.get(saved.job_id)
+                self._back_off(attempt)
             if job is None:
                 return
             left = tuple(c for c in job.outbox if str(c.get("message_id")) not in published)
-            if left == tuple(job.outbox) or self.jobs.save(replace(job, outbox=left), decided_from=job):
+            if left == tuple(job.outbox):
                 return
+            result = self.jobs.save(replace(job, outbox=left), decided_from=job)
+            if result:
+                return
+            job = result.current if result.current is not None else self.jobs.get(saved.job_id)
         log.warning("job %s: could not clear its outbox; a later reader publishes those commands again", saved.job_id)
 
-    def _sync_nodes(
+    def _apply_node_updates(
         self,
-        job: Job,
-        nodes: list[Node],
-        *,
-        lost: tuple[str, ...],
+        updates: Sequence[Node],
+        release: Sequence[LifecycleHook],
         hooks: Mapping[str, LifecycleHook] | None,
+        *,
+        written: bool,
     ) -> None:
-        now = self.clock.now()
-        updates, release = plan_node_updates(job, nodes, now, lost=lost, hooks=hooks)
+        """Writes the node updates the job's save did not (``written``), and settles lifecycle hooks."""
         for hook in release:
             self.fleet.complete_lifecycle_action(hook)
-        for update in updates:
-            self.nodes.put(update)
+        if not written:
+            for update in updates:
+                self.nodes.put(update)
         kept = {n.instance_id: n for n in updates}
         for instance, hook in (hooks or {}).items():
             held = kept.get(instance)

@@ -82,18 +82,37 @@ def settings() -> Settings:
     return Settings.from_env()
 
 
+#: AWS calls retry inside the invocation, boto3's "standard" mode: at most 3 attempts, exponential backoff with full
+#: jitter (base 1 s, capped at 20 s, throttles and transient errors only), so a blip costs a second or two instead of
+#: the queue's visibility timeout. Connect and read timeouts bound one attempt well inside the function's timeout.
+AWS_MAX_ATTEMPTS = 3
+
+
+@lru_cache(maxsize=1)
+def aws_config() -> Any:
+    from botocore.config import Config
+
+    return Config(retries={"mode": "standard", "max_attempts": AWS_MAX_ATTEMPTS}, connect_timeout=2, read_timeout=5)
+
+
 @lru_cache(maxsize=1)
 def _dynamodb() -> object:
     import boto3
 
-    return boto3.resource("dynamodb")
+    return boto3.resource("dynamodb", config=aws_config())
 
 
 @lru_cache(maxsize=1)
 def _events() -> Any:
     import boto3
 
-    return boto3.client("events")
+    return boto3.client("events", config=aws_config())
+
+
+def _client(service: str) -> Any:
+    import boto3
+
+    return boto3.client(service, config=aws_config())  # type: ignore[call-overload]
 
 
 def put_events(entries: list[dict[str, Any]]) -> None:
@@ -113,10 +132,10 @@ def recovery_service() -> RecoveryService:
 
     s, clock, ddb = settings(), WallClock(), _dynamodb()
     return RecoveryService(
-        jobs=DynamoDbJobRepository(s.jobs_table, clock=clock, boto3_resource=ddb),
+        jobs=DynamoDbJobRepository(s.jobs_table, clock=clock, boto3_resource=ddb, nodes_table=s.nodes_table),
         nodes=DynamoDbNodeRepository(s.nodes_table, clock=clock, boto3_resource=ddb),
         publisher=AmqpCommandPublisher(s.broker_url),
-        fleet=AwsFleetGateway(),
+        fleet=AwsFleetGateway(autoscaling_client=_client("autoscaling")),
         clock=clock,
         put_events=put_events,
     )
@@ -144,4 +163,4 @@ def backup_service() -> BackupService:
 def idempotency_store() -> DynamoDBPersistenceLayer:
     from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 
-    return DynamoDBPersistenceLayer(table_name=settings().idempotency_table)
+    return DynamoDBPersistenceLayer(table_name=settings().idempotency_table, boto_config=aws_config())

@@ -62,8 +62,8 @@ def test_a_save_decided_from_a_stale_read_is_refused(jobs: DynamoDbJobRepository
     read = jobs.get("repo-fence")
     assert read is not None
     # when two deciders save from the same read
-    first = jobs.save(replace(read, state=JobState.RECOVERING), decided_from=read)
-    second = jobs.save(read.reconfigured({instance(1): 0}), decided_from=read)
+    first = bool(jobs.save(replace(read, state=JobState.RECOVERING), decided_from=read))
+    second = bool(jobs.save(read.reconfigured({instance(1): 0}), decided_from=read))
     # then only the first is stored
     assert (first, second) == (True, False)
     stored = jobs.get("repo-fence")
@@ -109,8 +109,8 @@ def test_a_counted_script_failure_is_saved_under_the_fence_and_a_job_stored_befo
     failed = replace(
         read, state=JobState.FAILED, script_failures=1, script_failed_generation=1, failure="ValueError: boom"
     )
-    assert jobs.save(failed, decided_from=read) is True
-    assert jobs.save(replace(read, script_failures=1, script_failed_generation=1), decided_from=read) is False
+    assert jobs.save(failed, decided_from=read)
+    assert not jobs.save(replace(read, script_failures=1, script_failed_generation=1), decided_from=read)
     # then the job reads back FAILED with its count and reason
     stored = jobs.get("repo-script")
     assert stored is not None and stored.state is JobState.FAILED
@@ -133,7 +133,7 @@ def test_of_many_deciders_saving_from_the_same_read_at_once_exactly_one_wins(aws
 
         def decide(repo: DynamoDbJobRepository, n: int, read: Any = read, start: Any = start) -> bool:
             start.wait()
-            return repo.save(replace(read, replacements_wanted=n), decided_from=read)
+            return bool(repo.save(replace(read, replacements_wanted=n), decided_from=read))
 
         # when they all save their own decision at once
         with ThreadPoolExecutor(len(deciders)) as pool:

@@ -75,6 +75,8 @@ PARSERS: dict[str, tuple[Callable[[Any], Any], type]] = {
     "control_job_finished.json": (parse_cloud_event, JobFinished),
     "s3_object_created.json": (S3ObjectCreatedNotification.model_validate, S3ObjectCreatedNotification),
     "s3_object_created_sqs.json": (S3ObjectCreatedSqsModel.model_validate, S3ObjectCreatedSqsModel),
+    # what S3 sends once when the notification is configured (the pre-traffic hook's harmless backup probe)
+    "s3_test_event.json": (parse_s3_notification, S3TestEvent),
     "sqs_spot_interruption_warning.json": (CloudEventSqsModel.model_validate, CloudEventSqsModel),
     **{f"mq_{name}.json": (RabbitMqEvent.model_validate, RabbitMqEvent) for name in MQ_SAMPLES},
     **{f"messages/{name}.json": (parse_message, MESSAGE_TYPES[cls]) for name, cls in MESSAGE_SAMPLES.items()},

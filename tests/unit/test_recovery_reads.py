@@ -6,6 +6,7 @@ Each round trip here is one to DynamoDB in Lambda; in a burst of a thousand spot
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -20,6 +21,7 @@ from ringfleet.adapters.memory import (
 from ringfleet.contracts import CheckpointNow, Reconfigure, parse_cloud_event
 from ringfleet.domain.jobs import Job, JobState
 from ringfleet.domain.nodes import Node, NodeState
+from ringfleet.ports import Saved
 from ringfleet.recovery import RecoveryService
 from tests.builders import cloud_event, instance, later, running_job
 
@@ -41,9 +43,9 @@ class CountingJobs(InMemoryJobRepository):
         self.calls["get"] += 1
         return super().get(job_id)
 
-    def save(self, job: Job, *, decided_from: Job) -> bool:
+    def save(self, job: Job, *, decided_from: Job, nodes: Sequence[Node] = ()) -> Saved:
         self.calls["save"] += 1
-        return super().save(job, decided_from=decided_from)
+        return super().save(job, decided_from=decided_from, nodes=nodes)
 
 
 class CountingNodes(InMemoryNodeRepository):
@@ -117,13 +119,13 @@ def test_a_rebalance_that_migrates_to_a_spare_reads_every_node_for_the_new_ring(
     assert states[instance(1)] is NodeState.LOST and states[instance(40)] is NodeState.ACTIVE
 
 
-def test_an_outbox_another_writer_touched_meanwhile_is_cleared_from_a_fresh_read() -> None:
+def test_an_outbox_another_writer_touched_meanwhile_is_cleared_from_what_the_failed_write_returned() -> None:
     service, jobs, _, published = world()
     save = jobs.save
     raced: list[bool] = []
 
-    def save_then_race(job: Job, *, decided_from: Job) -> bool:
-        saved = save(job, decided_from=decided_from)
+    def save_then_race(job: Job, *, decided_from: Job, nodes: Sequence[Node] = ()) -> Saved:
+        saved = save(job, decided_from=decided_from, nodes=nodes)
         if job.outbox and not raced:
             # another writer saves right after the decision, keeping its outbox (its commands not yet published)
             raced.append(True)
@@ -134,7 +136,9 @@ def test_an_outbox_another_writer_touched_meanwhile_is_cleared_from_a_fresh_read
 
     jobs.save = save_then_race  # type: ignore[method-assign]
     service.on_node_event(parse_cloud_event(cloud_event(WARNING, instance(2), later(1))))
-    # then the blind clear misses, a fresh read clears it, and the other writer's change stays
+    # then the blind clear misses, the job it returns clears it without a read (the one read besides the service's
+    # own is the racing writer's), and the other writer's change stays
+    assert jobs.calls["get"] == 2
     job = jobs.get("digits-demo")
     assert job is not None and job.outbox == () and job.replacements_wanted == 2
     assert len(published) == 1
@@ -162,3 +166,49 @@ def test_a_notice_retried_after_a_crash_before_the_node_sync_brings_every_node_i
     states = {n.instance_id: (n.state, n.rank) for n in nodes.list_by_job("digits-demo")}
     assert states[instance(40)] == (NodeState.ACTIVE, 3)
     assert states[instance(1)] == (NodeState.LOST, None)
+
+
+def test_a_sweep_isolates_one_jobs_failure_and_reports_it() -> None:
+    clock = Clock()
+    jobs, nodes = CountingJobs(clock), CountingNodes()
+    for job_id, first in (("broken", 1), ("healthy", 11)):
+        job, job_nodes = running_job(job_id, members=2, first=first)
+        jobs.create(job)
+        for node in job_nodes:
+            nodes.put(replace(node, last_heartbeat=later(0), updated_at=later(0)))
+
+    class FailingFor(RecordingCommandPublisher):
+        def publish(self, commands: Sequence[Any]) -> None:
+            if any(c.job_id == "broken" for c in commands):
+                raise ConnectionError("broker refused")
+            super().publish(commands)
+
+    publisher = FailingFor()
+    service = RecoveryService(jobs=jobs, nodes=nodes, publisher=publisher, fleet=InMemoryFleetGateway(), clock=clock)
+    # when every node of both jobs went silent and the broken job's commands cannot be published
+    outcomes = service.sweep(later(600) - later(500))
+    # then the healthy job's losses are handled and the broken job's failure is reported, not raised
+    failed = {o.job_id for o in outcomes if o.outcome.startswith("failed: ConnectionError")}
+    assert failed == {"broken"}
+    assert any(c.job_id == "healthy" for c in publisher.published)
+
+
+def test_a_lost_race_is_retried_after_a_jittered_pause_not_at_once() -> None:
+    service, jobs, _, _ = world()
+    pauses: list[float] = []
+    service.sleep = pauses.append
+    save = jobs.save
+    losses = [3]
+
+    def lose_three_times(job: Job, *, decided_from: Job, nodes: Sequence[Node] = ()) -> Saved:
+        if losses[0]:
+            losses[0] -= 1
+            return Saved(False, current=decided_from)
+        return save(job, decided_from=decided_from, nodes=nodes)
+
+    jobs.save = lose_three_times  # type: ignore[method-assign]
+    service.on_node_event(parse_cloud_event(cloud_event(WARNING, instance(2), later(1))))
+    # then it paused before each retry, within the growing bound, and re-read nothing (the failed write said it)
+    assert len(pauses) == 3
+    assert all(0 <= p <= 0.01 * 2**n for n, p in enumerate(pauses, start=1))
+    assert jobs.calls["get"] == 1

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 from moto.events.models import EventPattern
 
-from ringfleet.contracts.broker import JOBS_QUEUE, WORKER_EVENTS_QUEUE
+from ringfleet.contracts.broker import JOBS_QUEUE, WORKER_EVENTS_QUEUE, dead_letter_queue
 from ringfleet.local.context import CloudContext
 from ringfleet.local.router import rate_seconds
 from ringfleet.local.template import load_template
@@ -33,7 +34,11 @@ WIRING: dict[str, tuple[str, set[tuple[str, str]]]] = {
     "FleetScalerFunction": ("fleet_scaler", {("SQS", "ScalingQueue"), ("Schedule", "rate(1 minute)")}),
     "CheckpointBackupFunction": ("checkpoint_backup", {("SQS", "BackupQueue")}),
     "HeartbeatSweepFunction": ("heartbeat_sweep", {("Schedule", "rate(1 minute)")}),
+    # CodeDeploy invokes it, nothing else: no event source
+    "PreTrafficHookFunction": ("pre_traffic", set()),
 }
+HOOK = "PreTrafficHookFunction"
+HANDLERS = sorted(set(WIRING) - {HOOK})
 
 # sample event in events/ -> the only rules that may match it
 SAMPLE_RULES: dict[str, set[str]] = {
@@ -134,7 +139,7 @@ def intrinsics(node: Any) -> Iterator[str]:
 # -- functions and their triggers -------------------------------------------------------------------------------
 
 
-def test_the_template_declares_exactly_the_six_handlers() -> None:
+def test_the_template_declares_exactly_the_six_handlers_and_the_pre_traffic_hook() -> None:
     assert set(FUNCTIONS) == set(WIRING)
 
 
@@ -415,11 +420,34 @@ def test_tables_have_the_keys_the_handlers_use_and_are_encrypted(
     assert p.get("PointInTimeRecoverySpecification", {}).get("PointInTimeRecoveryEnabled", False) is pitr
 
 
-def test_nodes_are_found_by_job_and_idempotency_records_expire() -> None:
-    (index,) = props("NodesTable")["GlobalSecondaryIndexes"]
-    assert index["IndexName"] == "by-job"
-    assert index["KeySchema"] == [{"AttributeName": "job_id", "KeyType": "HASH"}]
+def test_nodes_are_found_by_job_and_by_silence_jobs_by_activity_and_tenant_and_ended_rows_expire() -> None:
+    from ringfleet.adapters import dynamodb
+
+    def indexes(table: str) -> dict[str, list[tuple[str, str]]]:
+        return {
+            i["IndexName"]: [(k["AttributeName"], k["KeyType"]) for k in i["KeySchema"]]
+            for i in props(table)["GlobalSecondaryIndexes"]
+        }
+
+    assert indexes("NodesTable") == {
+        "by-job": [("job_id", "HASH")],
+        dynamodb.SILENCE_INDEX: [("watch_shard", "HASH"), ("last_seen", "RANGE")],
+    }
+    assert indexes("JobsTable") == {
+        dynamodb.ACTIVE_JOBS_INDEX: [("active_shard", "HASH"), ("job_id", "RANGE")],
+        dynamodb.TENANT_INDEX: [("tenant", "HASH"), ("job_id", "RANGE")],
+    }
     assert props("IdempotencyTable")["TimeToLiveSpecification"] == {"AttributeName": "expiration", "Enabled": True}
+    for table in ("NodesTable", "JobsTable"):
+        assert props(table)["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+
+
+def test_a_retried_spot_warning_still_lands_inside_the_two_minute_notice() -> None:
+    timeout = FUNCTIONS["NodeRecoveryFunction"].timeout
+    visibility = props("RecoveryQueue")["VisibilityTimeout"]
+    # AWS's advice for SQS event sources, and the second attempt's end well inside 120 s
+    assert visibility >= 6 * timeout
+    assert visibility + timeout <= 90
 
 
 def test_every_function_is_told_where_the_tables_buckets_and_broker_are() -> None:
@@ -495,3 +523,148 @@ def test_the_template_uses_only_intrinsics_the_local_cloud_resolves() -> None:
     LOCAL.resolve(TEMPLATE.body["Globals"], "Globals")
     LOCAL.resolve(TEMPLATE.body["Resources"], "Resources")
     LOCAL.resolve(TEMPLATE.body["Outputs"], "Outputs")
+
+
+# -- safe deploys and the dashboard -----------------------------------------------------------------------------
+
+
+def alarms_on(namespace: str, metric: str) -> dict[str, dict[str, Any]]:
+    return {
+        lid: props(lid)
+        for lid in of_type("AWS::CloudWatch::Alarm")
+        if (props(lid).get("Namespace"), props(lid).get("MetricName")) == (namespace, metric)
+    }
+
+
+def expected_rollback_alarms(function: str) -> set[str]:
+    """The function's own alarms: its errors, and the dead letters of what it consumes (SQS or the broker)."""
+    out = {a for a, p in alarms_on("AWS/Lambda", "Errors").items() if p["Dimensions"][0]["Value"] == {"Ref": function}}
+    dlqs = set(redrive_targets().items())
+    for ev in FUNCTIONS[function].events:
+        if ev.type == "SQS":
+            queue = getatt_target(ev.properties["Queue"])
+            out |= {
+                a
+                for a, p in alarms_on("AWS/SQS", "ApproximateNumberOfMessagesVisible").items()
+                for q, dlq in dlqs
+                if q == queue and p["Dimensions"][0]["Value"] == {"Fn::GetAtt": [dlq, "QueueName"]}
+            }
+        if ev.type == "MQ":
+            queues = {dead_letter_queue(str(q)) for q in ev.properties["Queues"]}
+            out |= {
+                a
+                for a, p in alarms_on("AWS/AmazonMQ", "MessageCount").items()
+                if {d["Name"]: d["Value"] for d in p["Dimensions"]}.get("Queue") in queues
+            }
+    return out
+
+
+@pytest.mark.parametrize("function", HANDLERS)
+def test_each_handler_is_deployed_gradually_behind_its_alias_checked_first_and_rolled_back_by_its_alarms(
+    function: str,
+) -> None:
+    p = props(function)
+    assert p["AutoPublishAlias"] == "live"
+    preference = p["DeploymentPreference"]
+    assert preference["Type"] == {"Ref": "DeploymentPreferenceType"}
+    assert TEMPLATE.parameters["DeploymentPreferenceType"]["Default"].startswith(("Canary", "Linear"))
+    assert preference["Hooks"] == {"PreTraffic": {"Ref": HOOK}}
+    alarms = {a["Ref"] for a in preference["Alarms"]}
+    assert alarms == expected_rollback_alarms(function)
+    assert len(alarms) >= 1 + any(ev.type in {"SQS", "MQ"} for ev in FUNCTIONS[function].events)
+
+
+def test_the_hook_is_a_function_codedeploy_may_invoke_and_has_no_deployment_of_its_own() -> None:
+    p = props(HOOK)
+    # the role SAM generates for CodeDeploy (AWSCodeDeployRoleForLambda) invokes CodeDeployHook_* functions only
+    assert p["FunctionName"]["Fn::Sub"].startswith("CodeDeployHook_")
+    assert "AutoPublishAlias" not in p and "DeploymentPreference" not in p
+    assert "DeploymentPreference" not in TEMPLATE.body["Globals"]["Function"]
+    # it tells each function apart by name, and may invoke their versions only
+    env = FUNCTIONS[HOOK].environment
+    services = {WIRING[lid][0]: lid for lid in HANDLERS}
+    assert {k: v for k, v in env.items() if k.endswith("_FUNCTION")} == {
+        f"{service.upper()}_FUNCTION": {"Ref": lid} for service, lid in services.items()
+    }
+    statements = [st for policy in p["Policies"] for st in as_list(policy["Statement"])]
+    invoke = [st for st in statements if "lambda:InvokeFunction" in as_list(st["Action"])]
+    resources = [r["Fn::Sub"] for st in invoke for r in as_list(st["Resource"])]
+    assert sorted(resources) == sorted(f"${{{lid}.Arn}}:*" for lid in services.values())
+    actions = {a for st in statements for a in as_list(st["Action"])}
+    assert actions == {
+        "lambda:InvokeFunction",
+        "codedeploy:GetDeployment",
+        "codedeploy:PutLifecycleEventHookExecutionStatus",
+    }
+
+
+def test_the_hook_has_probes_for_every_handler_and_its_samples_are_the_events_samples() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pre_traffic_probes", ROOT / "services" / "pre_traffic" / "app.py")
+    assert spec is not None and spec.loader is not None
+    hook = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = hook  # its dataclasses look their module up
+    spec.loader.exec_module(hook)
+    assert set(hook.PROBES) == {WIRING[lid][0] for lid in HANDLERS}
+    packaged = ROOT / "services" / "pre_traffic" / "samples"
+    used = {probe.sample for probes in hook.PROBES.values() for probe in probes} | {hook.SQS_ENVELOPE}
+    assert {p.name for p in packaged.glob("*.json")} == used
+    for name in used:
+        # run `make pre-traffic-samples` after changing a sample in events/
+        assert (packaged / name).read_bytes() == (ROOT / "events" / name).read_bytes(), name
+
+
+def test_every_broker_dead_letter_queue_has_an_alarm() -> None:
+    consumed = {
+        str(q) for fn in FUNCTIONS.values() for ev in fn.events if ev.type == "MQ" for q in ev.properties["Queues"]
+    }
+    alarmed = {}
+    for lid, p in alarms_on("AWS/AmazonMQ", "MessageCount").items():
+        dims = {d["Name"]: d["Value"] for d in p["Dimensions"]}
+        assert dims["Broker"] == {"Ref": "MqBrokerName"} and dims["VirtualHost"] == "/", lid
+        assert p["ComparisonOperator"] == "GreaterThanThreshold" and p["Threshold"] == 0, lid
+        assert p["AlarmActions"] == [{"Ref": "AlarmTopic"}], lid
+        alarmed[dims["Queue"]] = lid
+    assert set(alarmed) == {dead_letter_queue(q) for q in consumed}
+
+
+def dashboard() -> dict[str, Any]:
+    body = LOCAL.resolve(props("OperationsDashboard")["DashboardBody"], "OperationsDashboard")
+    data: dict[str, Any] = json.loads(body)
+    return data
+
+
+def dashboard_metrics() -> list[list[Any]]:
+    return [m for w in dashboard()["widgets"] if w["type"] == "metric" for m in w["properties"]["metrics"]]
+
+
+def test_the_dashboard_shows_every_dead_letter_queue_and_every_alarm() -> None:
+    metrics = dashboard_metrics()
+    sqs = {m[3] for m in metrics if m[:2] == ["AWS/SQS", "ApproximateNumberOfMessagesVisible"]}
+    assert sqs == {LOCAL.resolve({"Fn::GetAtt": [dlq, "QueueName"]}) for dlq in set(redrive_targets().values())}
+    broker = {m[7] for m in metrics if m[:2] == ["AWS/AmazonMQ", "MessageCount"]}
+    assert broker == {
+        {d["Name"]: d["Value"] for d in p["Dimensions"]}["Queue"]
+        for p in alarms_on("AWS/AmazonMQ", "MessageCount").values()
+    }
+    (alarm_widget,) = [w for w in dashboard()["widgets"] if w["type"] == "alarm"]
+    shown = set(alarm_widget["properties"]["alarms"])
+    assert shown == {LOCAL.resolve({"Fn::GetAtt": [lid, "Arn"]}) for lid in of_type("AWS::CloudWatch::Alarm")}
+
+
+def test_the_dashboard_reads_only_metrics_the_handlers_publish() -> None:
+    # Powertools Metrics: namespace ringfleet, dimension service; the names the handlers and observability.py add
+    import re
+
+    sources = [*(ROOT / "services").glob("*/app.py"), ROOT / "src" / "ringfleet" / "observability.py"]
+    text = "\n".join(p.read_text() for p in sources)
+    names = set(re.findall(r'name="([A-Za-z]+)"', text)) | set(re.findall(r'"([A-Za-z]+)": MetricUnit', text))
+    families = set(re.findall(r'name=f"([A-Za-z]+)\.\{', text))  # Jobs.<outcome>, Recoveries.<cause>, ...
+    services = {WIRING[lid][0] for lid in WIRING}
+    ours = [m for m in dashboard_metrics() if m[0] == "ringfleet"]
+    assert ours
+    for metric in ours:
+        name = metric[1]
+        assert metric[2] == "service" and metric[3] in services, metric
+        assert name in names or (name.split(".", 1)[0] in families and "." in name), metric

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+import zlib
+from collections.abc import Sequence
 from dataclasses import asdict, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import boto3
 from boto3.dynamodb.conditions import Attr, Key
+from boto3.dynamodb.types import TypeDeserializer
 from botocore.exceptions import ClientError
 
 from ringfleet.domain.jobs import ACTIVE_STATES, DurableCheckpoint, Incident, Job, JobState, PendingRecovery
 from ringfleet.domain.nodes import LifecycleHook, Node, NodeState
-from ringfleet.ports import CheckpointRecord, CheckpointStatus
+from ringfleet.ports import CheckpointRecord, CheckpointStatus, Saved
 
 if TYPE_CHECKING:
     from ringfleet.ports import Clock
@@ -25,6 +28,33 @@ __all__ = [
     "job_from_item",
     "job_to_item",
 ]
+
+#: Index of the active jobs (sparse: only an active job has ``active_shard``), so the scaler reads what runs, never
+#: the jobs that ended; keyed by one of JOB_SHARDS shards so that no index partition takes every job's writes.
+ACTIVE_JOBS_INDEX = "active"
+JOB_SHARDS = 4
+#: A tenant's jobs (intake counts a tenant's active jobs on each submission).
+TENANT_INDEX = "by-tenant"
+#: Index of the ACTIVE nodes by when they were last heard of (sparse: ``watch_shard`` only while ACTIVE). The sweep
+#: reads, per shard, only the nodes silent since before its cut-off: its reads grow with the silent nodes, not with
+#: the table. NODE_SHARDS shards spread the heartbeats' index writes (one partition takes ~1,000 writes/s).
+SILENCE_INDEX = "by-silence"
+NODE_SHARDS = 8
+#: Rows that ended expire (DynamoDB TTL on ``expires_at``, epoch seconds): lost or released nodes after a week,
+#: finished jobs after 90 days (their checkpoints' catalogue rows stay until retention retires them).
+NODE_RETENTION = timedelta(days=7)
+JOB_RETENTION = timedelta(days=90)
+
+_deserialize = TypeDeserializer().deserialize
+
+
+def _shard(key: str, shards: int) -> str:
+    return f"{zlib.crc32(key.encode()) % shards:02d}"
+
+
+def _epoch(at: datetime | None, after: timedelta) -> int | None:
+    return int((at + after).timestamp()) if at is not None else None
+
 
 # Attributes a conditional save writes; the durable checkpoint is not among them (see record_durable_checkpoint).
 _SAVED = (
@@ -42,6 +72,8 @@ _SAVED = (
     "failure",
     "outbox",
     "updated_at",
+    "active_shard",
+    "expires_at",
 )
 
 
@@ -123,6 +155,10 @@ def job_to_item(job: Job) -> dict[str, Any]:
     if job.durable_checkpoint is not None:
         item["durable_checkpoint"] = asdict(job.durable_checkpoint)
         item["durable_step"] = job.durable_checkpoint.step
+    if job.state in ACTIVE_STATES:
+        item["active_shard"] = _shard(job.job_id, JOB_SHARDS)
+    elif job.updated_at is not None:
+        item["expires_at"] = _epoch(job.updated_at, JOB_RETENTION)
     return item
 
 
@@ -158,12 +194,31 @@ def job_from_item(item: dict[str, Any]) -> Job:
     )
 
 
-class DynamoDbJobRepository:
-    """``JobRepository`` on the jobs table (partition key ``job_id``)."""
+def _current(raw: Any) -> Job | None:
+    """The job a failed conditional write returned (ALL_OLD, in DynamoDB's wire format: errors are not deserialized
+    by the resource layer), None when it returned none."""
+    if not raw:
+        return None
+    return job_from_item({k: _deserialize(v) for k, v in raw.items()})
 
-    def __init__(self, table_name: str, *, clock: Clock, boto3_resource: Any | None = None) -> None:
+
+class DynamoDbJobRepository:
+    """``JobRepository`` on the jobs table (partition key ``job_id``; indexes ``active`` and ``by-tenant``).
+
+    ``nodes_table``: where the nodes a decision changes are written in the same transaction as the job.
+    """
+
+    def __init__(
+        self,
+        table_name: str,
+        *,
+        clock: Clock,
+        boto3_resource: Any | None = None,
+        nodes_table: str | None = None,
+    ) -> None:
         self._table = _table(table_name, boto3_resource)
         self._clock = clock
+        self._nodes_table = nodes_table
 
     def create(self, job: Job) -> bool:
         stamped = job.saved(self._clock.now()) if job.revision == 0 else job
@@ -179,30 +234,78 @@ class DynamoDbJobRepository:
         item = self._table.get_item(Key={"job_id": job_id}, ConsistentRead=True).get("Item")
         return job_from_item(item) if item else None
 
-    def save(self, job: Job, *, decided_from: Job) -> bool:
+    def save(self, job: Job, *, decided_from: Job, nodes: Sequence[Node] = ()) -> Saved:
         if job.job_id != decided_from.job_id:
             raise ValueError(f"cannot save job {job.job_id} as decided from job {decided_from.job_id}")
         item = job_to_item(job.saved(self._clock.now()) if job.revision == decided_from.revision else job)
         # Only what the decision changed is written (the revision and time always): the condition holds only while
         # the stored job is still decided_from, every save moving the revision, so the rest already holds its value.
         before = job_to_item(decided_from)
-        changed = [a for a in _SAVED if item[a] != before[a]]
-        names = {f"#{a}": a for a in (*changed, "generation", "revision")}
+        changed = [a for a in _SAVED if a in item and item[a] != before.get(a)]
+        removed = [a for a in _SAVED if a not in item and a in before]
+        names = {f"#{a}": a for a in (*changed, *removed, "generation", "revision")}
         values = {f":{a}": item[a] for a in changed}
         values |= {":decided_generation": decided_from.generation, ":decided_revision": decided_from.revision}
+        update = "SET " + ", ".join(f"#{a} = :{a}" for a in changed)
+        if removed:
+            update += " REMOVE " + ", ".join(f"#{a}" for a in removed)
+        condition = "#generation = :decided_generation AND #revision = :decided_revision"
+        if nodes and self._nodes_table:
+            return self._save_with_nodes(job, update, condition, names, values, nodes)
         try:
             self._table.update_item(
                 Key={"job_id": job.job_id},
-                UpdateExpression="SET " + ", ".join(f"#{a} = :{a}" for a in changed),
-                ConditionExpression="#generation = :decided_generation AND #revision = :decided_revision",
+                UpdateExpression=update,
+                ConditionExpression=condition,
                 ExpressionAttributeNames=names,
                 ExpressionAttributeValues=values,
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as exc:
             if _is_condition_failure(exc):
-                return False
+                return Saved(False, current=_current(exc.response.get("Item")))
             raise
-        return True
+        return Saved(True)
+
+    def _save_with_nodes(
+        self,
+        job: Job,
+        update: str,
+        condition: str,
+        names: dict[str, str],
+        values: dict[str, Any],
+        nodes: Sequence[Node],
+    ) -> Saved:
+        """The job's conditional update and its nodes' puts in one transaction: one round trip, all or nothing."""
+        now = self._clock.now()
+        items: list[dict[str, Any]] = [
+            {
+                "Update": {
+                    "TableName": self._table.name,
+                    "Key": {"job_id": job.job_id},
+                    "UpdateExpression": update,
+                    "ConditionExpression": condition,
+                    "ExpressionAttributeNames": names,
+                    "ExpressionAttributeValues": values,
+                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                }
+            }
+        ]
+        for node in nodes:
+            stamped = node if node.updated_at else replace(node, updated_at=now)
+            items.append({"Put": {"TableName": self._nodes_table, "Item": node_to_item(stamped)}})
+        try:
+            # The resource's client: it serializes Python values as the table's methods do (errors come raw).
+            self._table.meta.client.transact_write_items(TransactItems=items)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
+                raise
+            reasons: list[dict[str, Any]] = list(exc.response.get("CancellationReasons") or [{}])  # type: ignore[arg-type]
+            if reasons[0].get("Code") == "ConditionalCheckFailed":
+                return Saved(False, current=_current(reasons[0].get("Item")))
+            # Another transaction on the same items at the same moment (TransactionConflict): a lost race too.
+            return Saved(False)
+        return Saved(True, nodes_written=True)
 
     def record_durable_checkpoint(self, job_id: str, checkpoint: DurableCheckpoint) -> bool:
         try:
@@ -220,19 +323,26 @@ class DynamoDbJobRepository:
         return True
 
     def list_by_tenant(self, tenant: str) -> list[Job]:
-        # A scan: tenants list their jobs rarely and the table is small; add a by-tenant index if that changes.
-        return [job_from_item(i) for i in _scan(self._table, Attr("tenant").eq(tenant))]
+        return [job_from_item(i) for i in _query(self._table, TENANT_INDEX, Key("tenant").eq(tenant))]
 
     def list_active(self) -> list[Job]:
-        states = [s.value for s in ACTIVE_STATES]
-        return [job_from_item(i) for i in _scan(self._table, Attr("state").is_in(states))]
+        # The index is eventually consistent: a job that changed state a moment ago may show its former state, which
+        # the scaler's next tick (or the event that changed it) corrects.
+        items = [
+            i
+            for shard in range(JOB_SHARDS)
+            for i in _query(self._table, ACTIVE_JOBS_INDEX, Key("active_shard").eq(f"{shard:02d}"))
+        ]
+        return [job_from_item(i) for i in items if JobState(i["state"]) in ACTIVE_STATES]
 
 
-def _scan(table: Any, condition: Any) -> list[dict[str, Any]]:
+def _query(table: Any, index: str | None, condition: Any) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
-    kwargs: dict[str, Any] = {"FilterExpression": condition, "ConsistentRead": True}
+    kwargs: dict[str, Any] = {"KeyConditionExpression": condition}
+    if index:
+        kwargs["IndexName"] = index
     while True:
-        page = table.scan(**kwargs)
+        page = table.query(**kwargs)
         items.extend(page.get("Items", []))
         if "LastEvaluatedKey" not in page:
             return items
@@ -256,6 +366,12 @@ def node_to_item(node: Node) -> dict[str, Any]:
     }
     if node.lifecycle_hook is not None:
         item["lifecycle_hook"] = asdict(node.lifecycle_hook)
+    seen = node.last_heartbeat or node.updated_at
+    if node.state is NodeState.ACTIVE and seen is not None:
+        item["watch_shard"] = _shard(node.instance_id, NODE_SHARDS)
+        item["last_seen"] = seen.isoformat()
+    elif node.state is NodeState.LOST:
+        item["expires_at"] = _epoch(node.updated_at, NODE_RETENTION)
     return item
 
 
@@ -291,21 +407,15 @@ class DynamoDbNodeRepository:
         return node_from_item(item) if item else None
 
     def list_by_job(self, job_id: str) -> list[Node]:
-        items: list[dict[str, Any]] = []
-        kwargs: dict[str, Any] = {"IndexName": "by-job", "KeyConditionExpression": Key("job_id").eq(job_id)}
-        while True:
-            page = self._table.query(**kwargs)
-            items.extend(page.get("Items", []))
-            if "LastEvaluatedKey" not in page:
-                break
-            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        items = _query(self._table, "by-job", Key("job_id").eq(job_id))
         return sorted((node_from_item(i) for i in items), key=lambda n: n.instance_id)
 
     def record_heartbeat(self, instance_id: str, *, generation: int, step: int, at: datetime) -> bool:
         try:
             self._table.update_item(
                 Key={"instance_id": instance_id},
-                UpdateExpression="SET last_heartbeat = :at, last_step = :step",
+                # last_seen moves the node along the silence index only while it has a watch_shard (ACTIVE).
+                UpdateExpression="SET last_heartbeat = :at, last_step = :step, last_seen = :at",
                 ConditionExpression=Attr("instance_id").exists()
                 & Attr("state").is_in([NodeState.ACTIVE.value, NodeState.LEAVING.value])
                 & Attr("generation").lte(generation)
@@ -319,12 +429,21 @@ class DynamoDbNodeRepository:
         return True
 
     def list_silent(self, before: datetime) -> list[Node]:
-        # ISO-8601 UTC timestamps of one format compare as strings in time order.
-        silent = Attr("state").eq(NodeState.ACTIVE.value) & (
-            Attr("last_heartbeat").lt(before.isoformat())
-            | (Attr("last_heartbeat").eq(None) & Attr("updated_at").lt(before.isoformat()))
+        # ISO-8601 UTC timestamps of one format compare as strings in time order. One query per shard, each reading
+        # only the silent nodes; the index lags the table by a moment, so each is checked as the item says.
+        found = [
+            node_from_item(i)
+            for shard in range(NODE_SHARDS)
+            for i in _query(
+                self._table,
+                SILENCE_INDEX,
+                Key("watch_shard").eq(f"{shard:02d}") & Key("last_seen").lt(before.isoformat()),
+            )
+        ]
+        return sorted(
+            (n for n in found if n.state is NodeState.ACTIVE and (n.last_heartbeat or n.updated_at or before) < before),
+            key=lambda n: n.instance_id,
         )
-        return [node_from_item(i) for i in _scan(self._table, silent)]
 
 
 # -- checkpoints ------------------------------------------------------------------------------------------------------

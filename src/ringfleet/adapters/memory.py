@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from ringfleet.domain.jobs import ACTIVE_STATES, DurableCheckpoint, Job
 from ringfleet.domain.nodes import LifecycleHook, Node, NodeState
-from ringfleet.ports import CheckpointRecord
+from ringfleet.ports import CheckpointRecord, Saved
 
 if TYPE_CHECKING:
     from ringfleet.contracts import CheckpointNow, Reconfigure, Stop
@@ -41,15 +41,16 @@ class InMemoryJobRepository:
     def get(self, job_id: str) -> Job | None:
         return self._jobs.get(job_id)
 
-    def save(self, job: Job, *, decided_from: Job) -> bool:
+    def save(self, job: Job, *, decided_from: Job, nodes: Sequence[Node] = ()) -> Saved:
+        """Nodes are left to the caller (``nodes_written`` False): this repository knows no nodes."""
         with self._lock:
             stored = self._jobs.get(job.job_id)
             expected = (decided_from.generation, decided_from.revision)
             if stored is None or (stored.generation, stored.revision) != expected:
-                return False
+                return Saved(False, current=stored)
             stamped = job.saved(self._clock.now()) if job.revision == decided_from.revision else job
             self._jobs[job.job_id] = replace(stamped, durable_checkpoint=stored.durable_checkpoint)
-            return True
+            return Saved(True)
 
     def record_durable_checkpoint(self, job_id: str, checkpoint: DurableCheckpoint) -> bool:
         with self._lock:

@@ -132,6 +132,7 @@ class CloudContext:
         values = {name: p.get("Default") for name, p in self.template.parameters.items()}
         local = {
             "MqBrokerArn": self.broker_arn,
+            "MqBrokerName": self.broker_arn.split(":")[6],
             "MqSecretArn": self.broker_secret_id,
             "MqEndpoint": _broker_host_url(self.broker_url),
         }
