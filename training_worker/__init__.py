@@ -26,7 +26,8 @@ import torch
 
 from training_worker import elastic
 from training_worker import runtime as _rt
-from training_worker.optimizer import DistributedOptimizer, broadcast_tree
+from training_worker.optimizer import DistributedOptimizer
+from training_worker.tree import broadcast_tree
 
 __all__ = [
     "Average",

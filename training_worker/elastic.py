@@ -35,8 +35,8 @@ import torch
 
 from training_worker import runtime as _rt
 from training_worker.checkpoint import snapshot
-from training_worker.optimizer import broadcast_tree
 from training_worker.runtime import CollectiveError, HostsUpdatedInterrupt, Stopped
+from training_worker.tree import broadcast_tree
 
 __all__ = ["ElasticSampler", "HostsUpdatedInterrupt", "TorchState", "run"]
 
@@ -263,8 +263,11 @@ class TorchState:
         named = runtime.restore_named(membership)
         if named is not None:
             self.load(named)
-        steps: list[Any] = [None] * membership.world_size
-        _rt.collective(lambda: dist.all_gather_object(steps, (runtime.step, self._restored), group=runtime.group))
+        # (step, has state) of every rank, as tensors: nothing a peer sends is unpickled.
+        mine = torch.tensor([runtime.step, int(self._restored)], dtype=torch.int64)
+        gathered = [torch.empty_like(mine) for _ in range(membership.world_size)]
+        _rt.collective(lambda: dist.all_gather(gathered, mine, group=runtime.group))
+        steps: list[tuple[int, bool]] = [(int(t[0]), bool(t[1])) for t in gathered]
         fresh = all(step == 0 and not restored for step, restored in steps)
         if fresh and membership.rank == 0:
             newest = runtime.newest_checkpoint()

@@ -8,12 +8,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from training_worker import runtime as _rt
 from training_worker.collectives import AllreduceBackend, Handle
 
-__all__ = ["DistributedOptimizer", "broadcast_tree"]
+__all__ = ["DistributedOptimizer"]
 
 DEFAULT_BUCKET_BYTES = 25 << 20  # DDP's default bucket cap, so bench comparisons are like for like
 #: The first bucket is small, as DDP's is: the last layers' gradients (the first backward produces) start their
@@ -276,85 +275,3 @@ class DistributedOptimizer(torch.optim.Optimizer):
         if self._pinned is None:
             _rt.current().on_step()
         return result
-
-
-@dataclass(frozen=True)
-class _TensorSlot:
-    index: int
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-    device_type: str
-
-
-def broadcast_tree(tree: Any, root: int, group: dist.ProcessGroup | None = None) -> Any:
-    """Broadcasts a nest of dicts/lists/tuples holding tensors and plain values from ``root`` to every rank.
-
-    The structure travels pickled and small; the tensors travel as one coalesced buffer per dtype, so a model's
-    and optimizer's state costs one broadcast per dtype rather than one per tensor or a pickled copy of it all.
-    Returns the tree on every rank (the root gets its own tree back).
-    """
-    rank = dist.get_rank(group)
-    tensors: list[torch.Tensor] = []
-
-    def strip(node: Any) -> Any:
-        if isinstance(node, torch.Tensor):
-            tensors.append(node.detach())
-            return _TensorSlot(len(tensors) - 1, tuple(node.shape), node.dtype, node.device.type)
-        if isinstance(node, dict):
-            return {k: strip(v) for k, v in node.items()}
-        if isinstance(node, list | tuple):
-            return type(node)(strip(v) for v in node)
-        return node
-
-    src = dist.get_global_rank(group, root) if group else root
-    payload = [strip(tree) if rank == root else None]
-    dist.broadcast_object_list(payload, src=src, group=group)
-    skeleton = payload[0]
-
-    slots: list[_TensorSlot] = []
-
-    def collect(node: Any) -> None:
-        if isinstance(node, _TensorSlot):
-            slots.append(node)
-        elif isinstance(node, dict):
-            for v in node.values():
-                collect(v)
-        elif isinstance(node, list | tuple):
-            for v in node:
-                collect(v)
-
-    if rank != root:
-        collect(skeleton)
-        slots.sort(key=lambda s: s.index)
-        tensors = [
-            torch.empty(s.shape, dtype=s.dtype, device="cuda" if s.device_type == "cuda" else "cpu") for s in slots
-        ]
-    by_kind: dict[tuple[torch.dtype, str], list[int]] = {}
-    for i, t in enumerate(tensors):
-        by_kind.setdefault((t.dtype, t.device.type), []).append(i)
-    for (dtype, device_type), indices in sorted(by_kind.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
-        flat = torch.cat([tensors[i].reshape(-1) for i in indices]) if rank == root else None
-        if flat is None:
-            flat = torch.empty(
-                sum(tensors[i].numel() for i in indices), dtype=dtype, device="cuda" if device_type == "cuda" else "cpu"
-            )
-        dist.broadcast(flat, src=src, group=group)
-        if rank != root:
-            offset = 0
-            for i in indices:
-                n = tensors[i].numel()
-                tensors[i].copy_(flat[offset : offset + n].view_as(tensors[i]))
-                offset += n
-    if rank == root:
-        return tree
-
-    def rebuild(node: Any) -> Any:
-        if isinstance(node, _TensorSlot):
-            return tensors[node.index]
-        if isinstance(node, dict):
-            return {k: rebuild(v) for k, v in node.items()}
-        if isinstance(node, list | tuple):
-            return type(node)(rebuild(v) for v in node)
-        return node
-
-    return rebuild(skeleton)

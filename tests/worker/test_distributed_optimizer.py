@@ -7,7 +7,8 @@ import torch.distributed as dist
 
 from tests.worker.distributed import run_ranks
 from training_worker.collectives import AllreduceBackend, NativeBackend, RingBackend
-from training_worker.optimizer import DistributedOptimizer, broadcast_tree
+from training_worker.optimizer import DistributedOptimizer
+from training_worker.tree import broadcast_tree
 
 STEPS, BATCH, FEATURES = 6, 8, 5
 
