@@ -126,7 +126,8 @@ def broadcast_optimizer_state(optimizer: torch.optim.Optimizer, root_rank: int =
 
 
 def broadcast_object(obj: Any, root_rank: int = 0) -> Any:
-    """``root_rank``'s ``obj`` (tensors inside travel as tensors) on every rank."""
+    """``root_rank``'s ``obj`` on every rank: tensors, numbers, strings, lists, tuples and dicts of them (Horovod
+    pickles any object; here nothing a peer sends is unpickled, so other objects are refused at the sender)."""
     _rt.current().require_membership()
     return _rt.collective(lambda: broadcast_tree(obj, root=root_rank, group=_rt.current().group))
 
