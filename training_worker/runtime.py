@@ -719,11 +719,13 @@ class Runtime:
         rate = max(0, self.step - at_step) * self.global_batch / max(now - started, 1e-9)
         self.metrics["samples_per_second"] = rate
         self._logged = (now, self.step)
+        # "-" until the script reports one (training_worker.report(loss=...)): never a made-up 0.
+        loss = f"{self.metrics['loss']:.4f}" if "loss" in self.metrics else "-"
         wall = time.time()
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(wall)) + f",{int(wall % 1 * 1000):03d}"
         print(
             # Stamped like the log records, so that whoever reads the log (the demo) knows when each step ended.
-            f"{stamp} step {self.step} loss {self.metrics.get('loss', 0.0):.4f} samples/s {rate:.0f} "
+            f"{stamp} step {self.step} loss {loss} samples/s {rate:.0f} "
             f"world {membership.world_size} rank {membership.rank} generation {membership.generation}",
             flush=True,
         )

@@ -150,7 +150,7 @@ def _on_worker_line(watch: _Watch, line: WorkerLine) -> None:
             watch.generation, watch.world, watch.step = g, line.int("world"), step
             watch.timeline.steps.append((watch.rel(line.at), step))
             if step % PRINT_EVERY == 0:
-                loss = float(line.fields["loss"])
+                loss = float(line.fields["loss"]) if line.fields["loss"] != "-" else float("nan")
                 watch.timeline.progress.append((watch.rel(line.at), step, loss, watch.world, g))
                 watch.say(line.at, f"step {step:4d}  loss {loss:.4f}  world {watch.world}  generation {g}")
     elif line.kind == "joining":

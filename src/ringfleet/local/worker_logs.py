@@ -16,7 +16,7 @@ __all__ = ["LogFollower", "WorkerLine", "parse_line"]
 _STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 _PATTERNS = {
     "progress": re.compile(
-        r"\bstep (?P<step>\d+) loss (?P<loss>[\d.]+) samples/s \d+ world (?P<world>\d+) rank (?P<rank>\d+) "
+        r"\bstep (?P<step>\d+) loss (?P<loss>[\d.]+|-) samples/s \d+ world (?P<world>\d+) rank (?P<rank>\d+) "
         r"generation (?P<generation>\d+)"
     ),
     "joining": re.compile(r"joining generation (?P<generation>\d+) as rank (?P<rank>\d+) of (?P<world>\d+)"),
