@@ -297,3 +297,14 @@ def test_any_valid_job_submitted_round_trips(
 def test_any_valid_heartbeat_round_trips(loss: float | None, step: int, when: datetime) -> None:
     message = Heartbeat.model_validate(sample("heartbeat", loss=loss, step=step, sent_at=when.isoformat()))
     assert parse_message(encode_message(message)) == message
+
+
+def test_a_job_spec_too_large_for_its_record_is_refused_with_the_reason() -> None:
+    from ringfleet.contracts.messages import MAX_SPEC_BYTES
+
+    # given a valid job whose hyperparameters add up to more than a job record can hold (each value within bounds)
+    fields = json.loads((ROOT / "events" / "messages" / "job_submitted.json").read_text())
+    fields["hyperparameters"] = {f"h{i}": "x" * 4000 for i in range(40)}
+    # then it is refused, saying how big it is and what to do
+    with pytest.raises(ValidationError, match=rf"more than {MAX_SPEC_BYTES}: keep the entrypoint"):
+        JobSubmitted.model_validate(fields)

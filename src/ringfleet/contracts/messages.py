@@ -61,6 +61,8 @@ __all__ = [
 ]
 
 WorkerCount = Annotated[int, Field(strict=True, ge=1, le=1024)]
+#: Largest JobSubmitted accepted (its JSON): well inside a DynamoDB item beside the job's own state.
+MAX_SPEC_BYTES = 64 * 1024
 GpuCount = Annotated[int, Field(strict=True, ge=0, le=16)]
 _Text = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=256)]
 _Arg = Annotated[str, StringConstraints(strict=True, max_length=4096)]
@@ -143,6 +145,18 @@ class JobSubmitted(MessageBase):
     def _max_workers_at_least_min(self) -> JobSubmitted:
         if self.max_workers < self.min_workers:
             raise ValueError(f"max_workers ({self.max_workers}) is less than min_workers ({self.min_workers})")
+        return self
+
+    @model_validator(mode="after")
+    def _fits_its_record(self) -> JobSubmitted:
+        # The spec is stored in the job's DynamoDB item (400 KB at most, with its incidents and members) and travels
+        # in every Reconfigure: what does not fit is refused here, with the reason, not dead-lettered later.
+        size = len(self.model_dump_json())
+        if size > MAX_SPEC_BYTES:
+            raise ValueError(
+                f"the job spec is {size} bytes, more than {MAX_SPEC_BYTES}: keep the entrypoint and hyperparameters "
+                "short (pass data and long settings by reference, e.g. an S3 URI)"
+            )
         return self
 
 
