@@ -154,6 +154,37 @@ def run(args: argparse.Namespace, endpoint: str) -> dict[str, Any]:
     }
 
 
+def commit_cost(args: argparse.Namespace) -> tuple[float, float]:
+    """Median step time without and with ``TorchState.commit()`` after every step, through the public API on a ring
+    of one, in alternating windows: what the per-step commit (parameters copied in the background) costs."""
+    import training_worker as rf
+
+    os.environ.setdefault("RINGFLEET_LOG_EVERY", str(10**9))  # no progress lines in the bench's output
+    rf.init()
+    torch.manual_seed(0)
+    model = build_model(args.width)
+    opt = rf.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9), model.named_parameters())
+    state = rf.elastic.TorchState(model=model, optimizer=opt)
+    x, y = torch.randn(args.batch, 1024), torch.randn(args.batch, 1024)
+    plain: list[float] = []
+    committed: list[float] = []
+
+    @rf.elastic.run
+    def train(state: rf.elastic.TorchState) -> None:
+        for round_ in range(2 * args.rounds):
+            for _ in range(args.idle_steps):
+                start = time.perf_counter()
+                opt.zero_grad()
+                torch.nn.functional.mse_loss(model(x), y).backward()
+                opt.step()
+                if round_ % 2:
+                    state.commit()
+                (committed if round_ % 2 else plain).append(time.perf_counter() - start)
+
+    train(state)
+    return statistics.median(plain), statistics.median(committed)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__
@@ -215,7 +246,15 @@ def main(argv: list[str] | None = None) -> int:
         f"  stall per checkpoint  : {r['stall'] * 1e3:8.1f} ms   {r['stall'] / r['idle']:.2f} steps' time lost in all"
         " (its steps' time beyond the no-upload median)"
     )
-    print(f"  commit snapshot       : {r['commit'] * 1e3:8.1f} ms   {r['commit'] / r['idle']:.1%} of a step")
+    print(
+        f"  synchronous snapshot  : {r['commit'] * 1e3:8.1f} ms   {r['commit'] / r['idle']:.1%} of a step (a commit's"
+        " copy, were it taken on the training thread)"
+    )
+    plain, committed = commit_cost(args)
+    print(
+        f"  commit every step     : {committed * 1e3:8.1f} ms/step vs {plain * 1e3:.1f} without, ratio"
+        f" {committed / plain:.3f} (TorchState.commit: parameters and optimizer state copied in the background)"
+    )
     print(
         f"  save_async call       : {r['boundary'] * 1e3:8.1f} ms   {r['boundary'] / r['idle']:.1%} of a step"
         f" ({'copies the commit' if args.copy else 'no second copy'})"

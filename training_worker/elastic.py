@@ -29,12 +29,14 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterator, Sized
+from concurrent.futures import Future
 from typing import Any, ParamSpec, TypeVar
 
 import torch
 
 from training_worker import runtime as _rt
 from training_worker.checkpoint import snapshot
+from training_worker.optimizer import DistributedOptimizer
 from training_worker.runtime import CollectiveError, HostsUpdatedInterrupt, Stopped
 from training_worker.tree import broadcast_tree
 
@@ -173,6 +175,9 @@ class TorchState:
         for name, value in values.items():
             setattr(self, name, value)
         self._commit: dict[str, Any] | None = None
+        #: A commit whose parameters and optimizer state are being copied: (the copy, what was copied at once, the
+        #: model's key order).
+        self._copying: tuple[Future[Any], dict[str, Any], list[str]] | None = None
         self._reset_callbacks: list[Callable[[], None]] = []
         self._restored = False
         if sampler is not None:
@@ -202,6 +207,7 @@ class TorchState:
         }
 
     def load(self, tree: dict[str, Any]) -> None:
+        _rt.current().before_update()  # a commit still being copied must not see the state change under it
         if self.model is not None:
             self.model.load_state_dict(tree["model"])
         if self.optimizer is not None:
@@ -221,6 +227,7 @@ class TorchState:
 
     def committed(self) -> dict[str, Any]:
         """The last commit (what a checkpoint writes)."""
+        self._settle()
         if self._commit is None:
             self.save()
         assert self._commit is not None
@@ -229,11 +236,47 @@ class TorchState:
     # -- Horovod's State interface ----------------------------------------------------------------------------------
 
     def save(self) -> None:
-        """Snapshots the state in memory (no collective)."""
-        self._commit = snapshot(self.tree())
+        """Snapshots the state in memory (no collective).
+
+        With a DistributedOptimizer the model's parameters and the optimizer's state are copied in the background,
+        while the next step's forward and backward run: only the optimizer changes them, and it waits for the copy
+        before it does (``Runtime.before_update``). Buffers (BatchNorm's running statistics, which forward changes),
+        the sampler, the values and the RNGs are copied at once. A commit then costs the step next to nothing
+        (``bench/checkpoint_stall.py`` measures it).
+        """
+        self._settle()
+        tree = self.tree()
+        if not isinstance(self.optimizer, DistributedOptimizer):
+            self._commit = snapshot(tree)
+            return
+        owned = {p.data_ptr() for p in self.model.parameters()} if self.model is not None else set()
+        later: dict[str, Any] = {
+            "model": {k: v for k, v in tree["model"].items() if v.data_ptr() in owned},
+            "optimizer": tree["optimizer"],
+        }
+        now = {
+            "model": snapshot({k: v for k, v in tree["model"].items() if v.data_ptr() not in owned}),
+            "trainer": snapshot(tree["trainer"]),
+        }
+        self._copying = (_rt.current().copy_async(later), now, list(tree["model"]))
+
+    def _settle(self) -> None:
+        """Completes a commit whose tensors were still being copied."""
+        if self._copying is None:
+            return
+        future, now, order = self._copying
+        self._copying = None
+        copied = future.result()
+        model = {**now["model"], **copied["model"]}
+        self._commit = {
+            "model": {k: model[k] for k in order},
+            "optimizer": copied["optimizer"],
+            "trainer": now["trainer"],
+        }
 
     def restore(self) -> None:
         """Back to the last commit; a step the optimizer had half reduced is forgotten."""
+        self._settle()
         if self._commit is not None:
             self.load(snapshot(self._commit))
         reset = getattr(self.optimizer, "reset", None)

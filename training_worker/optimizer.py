@@ -270,6 +270,8 @@ class DistributedOptimizer(torch.optim.Optimizer):
         if closure is not None:
             raise ValueError("DistributedOptimizer.step() takes no closure: its gradients come from backward hooks")
         self.synchronize()
+        if self._pinned is None:
+            _rt.current().before_update()  # the last commit's copy of the parameters completes first
         result = self.optimizer.step()
         self._synchronized = False
         if self._pinned is None:

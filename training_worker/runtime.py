@@ -20,7 +20,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,7 +37,13 @@ from ringfleet.contracts.messages import (
     Stop,
     WorkerFailed,
 )
-from training_worker.checkpoint import AsyncCheckpointer, CheckpointCorrupt, S3CheckpointStore, SavedCheckpoint
+from training_worker.checkpoint import (
+    AsyncCheckpointer,
+    CheckpointCorrupt,
+    S3CheckpointStore,
+    SavedCheckpoint,
+    snapshot,
+)
 from training_worker.collectives import BACKENDS, AllreduceBackend, select_backend
 from training_worker.control import ControlChannel, SpotNoticeWatcher, install_sigterm
 from training_worker.membership import (
@@ -235,6 +241,8 @@ class Runtime:
         #: Rank and world size of the generation joined last (what heartbeats say while the worker is between rings).
         self._place = (0, 1)
         self._trained = False
+        self._copier: ThreadPoolExecutor | None = None
+        self._copies: list[Future[Any]] = []
         self.backend: AllreduceBackend | None = None
         #: The ring's process group when it is a sub-group of the generation's (the survivors after a shrink); None:
         #: the generation's own (torch's default group).
@@ -555,6 +563,20 @@ class Runtime:
         )
 
     # -- step boundaries --------------------------------------------------------------------------------------------
+
+    def copy_async(self, tree: Any) -> Future[Any]:
+        """A snapshot of ``tree`` taken in the background (see ``TorchState.save``)."""
+        if self._copier is None:
+            self._copier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit-copy")
+        future = self._copier.submit(snapshot, tree)
+        self._copies.append(future)
+        return future
+
+    def before_update(self) -> None:
+        """The state is about to change (an optimizer step, a load): every commit still being copied completes."""
+        copies, self._copies = self._copies, []
+        for future in copies:
+            future.result()
 
     def on_step(self) -> None:
         """A global optimizer step was taken."""
