@@ -149,7 +149,7 @@ def _trace_replay(args: argparse.Namespace) -> Any:
     try:
         return replay_from_options(getattr(args, "spot_traces", None), getattr(args, "trace_speed", 1.0))
     except TraceError as exc:
-        raise CliError(str(exc)) from exc
+        raise CliError(str(exc), EXIT_USAGE) from exc
 
 
 def _trace_options(args: argparse.Namespace) -> list[str]:
@@ -166,7 +166,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _append_delivery(d)
 
     (STATE_DIR / "deliveries.jsonl").unlink(missing_ok=True)
-    cloud = LocalCloud(args.template, state_dir=STATE_DIR, on_delivery=on_delivery)
+    # Built before the cloud: the fleet scaler's processes get it in their environment and refuse launches beyond
+    # what the traces have, at the same moment of the trace as the emulator's interruptions.
+    replay = _trace_replay(args)
+    cloud = LocalCloud(
+        args.template,
+        state_dir=STATE_DIR,
+        on_delivery=on_delivery,
+        function_env=replay.environment() if replay is not None else None,
+    )
     stop = False
 
     def on_signal(*_: Any) -> None:
@@ -182,7 +190,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
         for kind, names in sorted(cloud.created.items()):
             print(f"  {kind}: {', '.join(names)}", flush=True)
-        emulator = _start_fleet(cloud, _trace_replay(args)) if args.fleet else None
+        emulator = _start_fleet(cloud, replay) if args.fleet else None
         try:
             print(f"routing events to {len(cloud.ctx.functions)} functions; Ctrl-C to stop", flush=True)
             while not stop:
@@ -205,6 +213,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     if (state := LocalState.load(STATE_DIR)) is not None:
         print(f"the local cloud is already up (pid {state.pid}) at {state.endpoint}")
         return 0
+    # A trace folder that cannot be replayed is refused here, in one line, not in the background process's log.
+    _trace_replay(args)
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     log_path = STATE_DIR / "local.log"
     with log_path.open("w") as log:

@@ -22,6 +22,7 @@ from ringfleet.domain.recovery import plan_node_updates
 from ringfleet.domain.scaling import JobDemand, ScalingDecision, ScalingPolicy, decide_scaling, observe_fleet
 
 if TYPE_CHECKING:
+    from ringfleet.domain.jobs import Job
     from ringfleet.ports import (
         CommandPublisher,
         JobRepository,
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
         SpotFleetGateway,
     )
 
-__all__ = ["ScalerService", "ScalingReport", "policy_from_env"]
+__all__ = ["ScalerService", "ScalingReport", "policy_from_env", "remaining_hours"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,27 @@ def policy_from_env(env: Mapping[str, str] | None = None) -> ScalingPolicy:
         idle_timeout=timedelta(seconds=num("SCALING_IDLE_TIMEOUT_SECONDS", base.idle_timeout.total_seconds())),
         scale_in_cooldown=timedelta(seconds=num("SCALING_COOLDOWN_SECONDS", base.scale_in_cooldown.total_seconds())),
     )
+
+
+def remaining_hours(job: Job, step: int | None, now: datetime) -> float | None:
+    """Hours of training ``job`` has left at ``max_workers``, estimated from what the control plane knows: the
+    total in its ``steps`` hyperparameter (the convention of the examples' scripts), the newest step its workers
+    reported (heartbeats) or checkpointed, and the pace since it was admitted, scaled from the workers it has to
+    its maximum. Counting from admission includes provisioning, so the pace is understated and the estimate errs
+    long (towards on-demand, towards the deadline). None when there is no honest estimate: no ``steps`` total, no
+    step reported yet, or no admission time; the deadline then does not steer the job (it takes on-demand when spot
+    is short, as a job without a deadline)."""
+    total = job.spec.hyperparameters.get("steps")
+    if isinstance(total, bool) or not isinstance(total, int | float) or total <= 0 or job.created_at is None:
+        return None
+    done = max(step or 0, job.durable_checkpoint.step if job.durable_checkpoint is not None else 0)
+    elapsed = (now - job.created_at).total_seconds() / 3600
+    if done <= 0 or elapsed <= 0:
+        return None
+    if done >= total:
+        return 0.0
+    workers = max(1, len(job.members))
+    return (total - done) * elapsed / done * workers / max(workers, job.spec.max_workers)
 
 
 @dataclass(frozen=True)
@@ -112,10 +134,14 @@ class ScalerService:
         # Instances leaving with notice still run (finishing their emergency checkpoint) but are not capacity: they
         # are left out of the decision and added back when applying it, so that their replacements launch now.
         leaving: dict[str, str] = {}  # instance -> pool
+        # The newest step each job's workers reported in their heartbeats: its progress, for its deadline.
+        steps: dict[str, int] = {}
         for inst in snapshot.instances:
             node = self.nodes.get(inst.instance_id)
             if node is not None and node.state != NodeState.LOST and node.job_id in active_ids:
                 busy[inst.instance_id] = node.job_id
+                if node.last_step is not None:
+                    steps[node.job_id] = max(steps.get(node.job_id, 0), node.last_step)
                 if node.state == NodeState.LEAVING:
                     leaving[inst.instance_id] = inst.pool
         pool_of = {i.instance_id: i.pool for i in snapshot.instances}
@@ -140,6 +166,7 @@ class ScalerService:
                     spec.budget_usd_per_hour,
                     placed,
                     deadline=deadline,
+                    remaining_hours=remaining_hours(job, steps.get(job.job_id), now) if deadline else None,
                 )
             )
         types = {t for j in active for t in j.spec.instance_types} | {k.split(":")[1] for k in snapshot.targets}

@@ -48,7 +48,14 @@ def _fleet_and_prices() -> tuple[SpotFleetGateway, PriceSource]:
     if _local():
         # moto's spot prices are one made-up number and it lacks ModifyFleet: the local market and gateway stand in.
         from ringfleet.local.spot_market import LocalSpotMarket
+        from ringfleet.local.spot_traces import TracePriceSource, replay_from_environment
 
+        # `local up --spot-traces DIR`: launches beyond what the replayed traces have now are refused, and the
+        # traced type's pools are the traces' zones.
+        replay = replay_from_environment(os.environ)
+        if replay is not None:
+            gateway = MotoSpotFleetGateway(stack=stack, launch_template=template, capacity=replay)
+            return gateway, TracePriceSource(replay.market)
         return MotoSpotFleetGateway(stack=stack, launch_template=template), LocalSpotMarket()
     return Ec2SpotFleetGateway(stack=stack, launch_template=template), Ec2SpotPriceSource()
 

@@ -87,6 +87,10 @@ def files(tmp_path: Path) -> Path:
     (tmp_path / "list.yaml").write_text("- just\n- a list\n")
     (tmp_path / "unclosed.yaml").write_text("tenant: acme\nentrypoint: [python, train.py\n")
     (tmp_path / "event.json").write_text("{not json")
+    (tmp_path / "traces").mkdir()
+    (tmp_path / "traces/us-east-1a_v100_1.json").write_text('{"metadata": {"gap_seconds": 600}, "data": [4, -1]}')
+    (tmp_path / "good").mkdir()
+    (tmp_path / "good/us-east-1a_v100_1.json").write_text('{"metadata": {"gap_seconds": 600}, "data": [4, 1]}')
     return tmp_path
 
 
@@ -120,6 +124,17 @@ MISTAKES = {
     "local env with no local cloud": (["local", "env", "--sam-env-vars"], EXIT_UNREACHABLE, ["ringfleet local up"]),
     "emit of a missing file": (["local", "emit", "nope.json"], EXIT_USAGE, ["nope.json: no such file"]),
     "emit of a file that is not JSON": (["local", "emit", "event.json"], EXIT_USAGE, ["not JSON"]),
+    "local up with a malformed trace": (
+        ["local", "up", "--spot-traces", "traces"],
+        EXIT_USAGE,
+        ["us-east-1a_v100_1.json", "data[1]", "negative"],
+    ),
+    "local up with no trace folder": (["local", "up", "--spot-traces", "nope"], EXIT_USAGE, ["nope: not a folder"]),
+    "local up with a trace speed of zero": (
+        ["local", "up", "--spot-traces", "good", "--trace-speed", "0"],
+        EXIT_USAGE,
+        ["trace speed", "positive"],
+    ),
     "invoke of a missing event file": (["invoke", "NodeRecoveryFunction", "-e", "nope.json"], EXIT_USAGE, ["nope"]),
 }
 
@@ -131,6 +146,14 @@ def test_a_mistake_is_one_line_on_stderr_with_its_documented_exit_code(files: Pa
     out = ringfleet(files, *args)
     # then one line says what is wrong, with the exit code `ringfleet --help` documents, and no traceback
     assert_one_line_error(out, code, *words)
+
+
+def test_local_up_refuses_a_trace_folder_before_starting_anything(files: Path) -> None:
+    # when the trace folder cannot be replayed
+    out = ringfleet(files, "local", "up", "--spot-traces", "traces")
+    # then the refusal comes before the background cloud is forked: no log of it, no state written
+    assert out.returncode == EXIT_USAGE
+    assert not (files / "state" / "local.log").exists()
 
 
 def test_a_broker_that_does_not_answer_is_one_line_and_exit_code_3(tmp_path: Path) -> None:

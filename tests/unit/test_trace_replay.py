@@ -95,3 +95,51 @@ def test_the_fleet_emulator_interrupts_two_instances_at_once_when_a_trace_drops_
         assert emulator.replay_traces() == []
     finally:
         emulator.metadata.close()
+
+
+@mock_aws
+def test_the_local_gateway_launches_only_what_the_trace_has_and_reports_the_pool_short() -> None:
+    from ringfleet.adapters.ec2_fleet import MotoSpotFleetGateway
+
+    trace, clock = replay((3, 3, 1))
+    gateway = MotoSpotFleetGateway(
+        stack="rf",
+        launch_template="rf-worker",
+        ec2_client=boto3.client("ec2", region_name="us-east-1"),
+        capacity=trace,
+    )
+    on_demand = "on-demand:p3.2xlarge:us-east-1a"
+    # given a pool whose trace has three instances now
+    # when the scaler asks for five there (and two on demand, never short)
+    gateway.set_targets({POOL: 5, on_demand: 2})
+    # then three launch and the pool is short of its target by two, as an EC2 Fleet short of capacity reports it
+    snapshot = gateway.snapshot()
+    assert snapshot.fulfilled[POOL] == 3 and snapshot.targets[POOL] == 5
+    assert snapshot.fulfilled[on_demand] == snapshot.targets[on_demand] == 2
+    # and when availability has dropped to one, asking for one more launches nothing
+    clock.now = 2.5
+    gateway.set_targets({POOL: 4})
+    assert gateway.snapshot().fulfilled[POOL] == 3 and gateway.snapshot().targets[POOL] == 4
+    # and a target the pool already holds is no longer short
+    gateway.set_targets({POOL: 3})
+    assert gateway.snapshot().targets[POOL] == 3
+
+
+def test_the_scalers_process_replays_the_same_moment_of_the_traces_from_its_environment(tmp_path: Path) -> None:
+    from ringfleet.local.spot_traces import TracePriceSource, replay_from_environment, replay_from_options, write_trace
+
+    write_trace(tmp_path / "us-east-1a_v100_1.json", [4, 0], gap_seconds=3600)
+    # given the local cloud's replay, started an hour and a half of trace ago at 3600x
+    ours = replay_from_options(tmp_path, speed=3600.0)
+    assert ours is not None
+    ours.started -= 1.5
+    # when a function's process rebuilds it from the environment the local cloud gives it
+    theirs = replay_from_environment(ours.environment())
+    # then both read the same moment of the trace (none available in the second hour)
+    assert theirs is not None and theirs.hours() == pytest.approx(ours.hours(), abs=0.01)
+    assert theirs.launch(POOL, 0, 2).granted == 0
+    # and the scaler's prices offer the traced type in the traces' zones, other types from the local market
+    prices = TracePriceSource(theirs.market)
+    assert {p.key for p in prices.pools({"p3.2xlarge"})} == {POOL, "on-demand:p3.2xlarge:us-east-1a"}
+    assert prices.pools({"g5.xlarge"})
+    assert replay_from_environment({}) is None

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -62,6 +62,7 @@ class LocalCloud:
         state_dir: str | Path | None = None,
         on_delivery: Callable[[Delivery], None] | None = None,
         stack: str = "ringfleet",
+        function_env: Mapping[str, str] | None = None,
     ) -> None:
         self.template_path = Path(template).resolve()
         #: Neither given nor set in the environment: the machine's broker, on a vhost of this cloud's own.
@@ -74,6 +75,8 @@ class LocalCloud:
         self.state_dir = Path(state_dir) if state_dir else None
         self.on_delivery = on_delivery
         self.stack = stack
+        #: Added to every function's environment (e.g. ``TraceReplay.environment()``: the scaler checks capacity).
+        self.function_env = dict(function_env or {})
         self._moto: subprocess.Popen[bytes] | None = None
         self._ctx: CloudContext | None = None
         self._router: Router | None = None
@@ -117,6 +120,7 @@ class LocalCloud:
         )
         self._wait_moto(endpoint)
         self._ctx = CloudContext(self.template_path, endpoint=endpoint, broker_url=self.broker_url, stack=self.stack)
+        self._ctx.function_env.update(self.function_env)
         try:
             self.created = provision(self._ctx)
             if self.route:

@@ -80,6 +80,8 @@ class CloudContext:
         self.stack = stack
         self.region = region
         self.account = ACCOUNT
+        #: Added to every function's environment (the local cloud's ``--spot-traces`` replay, for the scaler).
+        self.function_env: dict[str, str] = {}
 
     @classmethod
     def from_state(cls, state: LocalState) -> CloudContext:
@@ -243,6 +245,7 @@ class CloudContext:
                 "AWS_EXECUTION_ENV": f"AWS_Lambda_{fn.runtime}",
                 "POWERTOOLS_TRACE_DISABLED": "true",  # no X-Ray daemon locally
                 "RINGFLEET_LOCAL_CLOUD": "1",
+                **self.function_env,
             }
         )
         for key, value in fn.environment.items():

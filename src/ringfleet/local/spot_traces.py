@@ -36,10 +36,13 @@ __all__ = [
     "LaunchResult",
     "TraceError",
     "TraceMarket",
+    "TracePriceSource",
     "TraceReplay",
     "generate_bursty_trace",
     "load_trace",
     "load_trace_dir",
+    "replay_from_environment",
+    "replay_from_options",
     "write_trace",
 ]
 
@@ -274,6 +277,12 @@ class TraceReplay:
     every instance beyond what the pool's trace says is available now is returned once (the newest go first) and
     interrupted with the two-minute notice, scaled by the speed (:attr:`grace_s`). :meth:`launch` answers a launch
     as EC2 Fleet would at this moment of the trace.
+
+    The fleet scaler runs in a process of its own (a Lambda host) and checks its launches against the same replay:
+    :meth:`environment` is what the local cloud puts in the functions' environment (the folder, the speed, the
+    type and the wall-clock moment the replay started), :func:`replay_from_environment` what they rebuild it from.
+    Both sides then read the same moment of the trace (with ``clock=time.time``, the default of
+    :func:`replay_from_options`).
     """
 
     NOTICE_S = 120.0
@@ -285,6 +294,8 @@ class TraceReplay:
         speed: float = 1.0,
         start_hours: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        started: float | None = None,
+        source: str | Path | None = None,
     ) -> None:
         if not (math.isfinite(speed) and speed > 0):
             raise TraceError(f"the trace speed must be a positive number, got {speed!r}")
@@ -292,7 +303,10 @@ class TraceReplay:
         self.speed = speed
         self.start_hours = start_hours
         self._clock = clock
-        self._started = clock()
+        #: The clock's reading at the trace's start (``started``: another process's replay of the same traces).
+        self.started = clock() if started is None else started
+        #: The trace folder (for :meth:`environment`).
+        self.source = None if source is None else Path(source).resolve()
         #: Instances already given notice (each is reclaimed once).
         self.noticed: set[str] = set()
 
@@ -303,7 +317,7 @@ class TraceReplay:
 
     def hours(self) -> float:
         """Where in the trace the replay is now (hours from its start)."""
-        return self.start_hours + (self._clock() - self._started) * self.speed / 3600
+        return self.start_hours + (self._clock() - self.started) * self.speed / 3600
 
     def reclaim(self, held: Mapping[str, Sequence[str]]) -> list[str]:
         """Instances to interrupt now: per spot pool, the newest of ``held`` beyond its availability (those
@@ -321,9 +335,61 @@ class TraceReplay:
     def launch(self, pool: str, held: int, asked: int) -> LaunchResult:
         return self.market.launch(pool, held, asked, self.hours())
 
+    def environment(self) -> dict[str, str]:
+        """What a process of the local cloud needs to replay the same traces at the same moment (wall clock)."""
+        if self.source is None:
+            raise TraceError("a replay built without its trace folder cannot be shared with other processes")
+        return {
+            ENV_TRACES: str(self.source),
+            ENV_SPEED: repr(self.speed),
+            ENV_INSTANCE_TYPE: self.market.instance_type,
+            ENV_STARTED: repr(self.started - self.start_hours * 3600 / self.speed),
+        }
 
-def replay_from_options(directory: str | Path | None, speed: float = 1.0) -> TraceReplay | None:
-    """What ``local up --spot-traces DIR --trace-speed X`` replays (``None`` without a folder)."""
+
+ENV_TRACES = "RINGFLEET_SPOT_TRACES"
+ENV_SPEED = "RINGFLEET_TRACE_SPEED"
+ENV_INSTANCE_TYPE = "RINGFLEET_TRACE_INSTANCE_TYPE"
+ENV_STARTED = "RINGFLEET_TRACE_STARTED_AT"
+
+
+class TracePriceSource:
+    """``PriceSource`` while traces replay: the traced type's pools from the :class:`TraceMarket` (its zones, the
+    ones the replay limits), every other type's from the local market's table."""
+
+    def __init__(self, market: TraceMarket, others: Sequence[Pool] = LOCAL_SPOT_MARKET) -> None:
+        self.market = market
+        self.others = tuple(p for p in others if p.instance_type != market.instance_type)
+
+    def pools(self, instance_types: Iterable[str]) -> list[Pool]:
+        wanted = set(instance_types)
+        return self.market.pools(wanted) + [p for p in self.others if p.instance_type in wanted]
+
+
+def replay_from_options(
+    directory: str | Path | None,
+    speed: float = 1.0,
+    instance_type: str = DEFAULT_TRACE_INSTANCE_TYPE,
+    *,
+    clock: Callable[[], float] = time.time,
+) -> TraceReplay | None:
+    """What ``local up --spot-traces DIR --trace-speed X`` replays (``None`` without a folder), on the wall clock
+    so that the functions' processes replay the same moment (:meth:`TraceReplay.environment`)."""
     if directory is None:
         return None
-    return TraceReplay(TraceMarket.from_dir(directory), speed=speed)
+    market = TraceMarket.from_dir(directory, instance_type)
+    return TraceReplay(market, speed=speed, clock=clock, source=directory)
+
+
+def replay_from_environment(env: Mapping[str, str]) -> TraceReplay | None:
+    """The replay :meth:`TraceReplay.environment` describes (``None`` when no traces replay)."""
+    directory = env.get(ENV_TRACES)
+    if not directory:
+        return None
+    try:
+        speed = float(env.get(ENV_SPEED) or 1.0)
+        started = float(env[ENV_STARTED]) if env.get(ENV_STARTED) else None
+    except ValueError as exc:
+        raise TraceError(f"{ENV_SPEED} / {ENV_STARTED}: not a number ({exc})") from exc
+    market = TraceMarket.from_dir(directory, env.get(ENV_INSTANCE_TYPE) or DEFAULT_TRACE_INSTANCE_TYPE)
+    return TraceReplay(market, speed=speed, clock=time.time, started=started, source=directory)

@@ -1,0 +1,121 @@
+"""The local cloud replaying a spot availability trace: a drop that takes two of the digits job's three instances at
+once (the emulator gives both the notice in one poll, the scaler's launches are refused while the pool is short),
+and the job trains on and completes."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ringfleet.adapters.dynamodb import DynamoDbJobRepository
+from ringfleet.adapters.ec2_fleet import MotoSpotFleetGateway
+from ringfleet.client import RingfleetClient, load_job_file
+from ringfleet.domain.jobs import JobState
+from ringfleet.local.cloud import LocalCloud
+from ringfleet.local.fleet import FleetEmulator
+from ringfleet.local.spot_traces import replay_from_options, write_trace
+from ringfleet.ports import FleetSnapshot
+from ringfleet.wiring import WallClock
+from tests.conftest import ROOT
+from tests.e2e.support import wait_until
+
+pytestmark = pytest.mark.e2e
+
+#: At 60x a one-minute tick passes every second, and the spot notice lasts two seconds.
+SPEED = 60.0
+#: Wall-clock seconds of three instances available, then of one.
+PLENTY_S, SCARCE_S = 110, 30
+STEPS = 2400
+
+
+def fleet(cloud: LocalCloud) -> FleetSnapshot:
+    # Without a capacity check: what moto holds.
+    return MotoSpotFleetGateway(
+        stack=cloud.stack, launch_template="ringfleet-worker", ec2_client=cloud.client("ec2")
+    ).snapshot()
+
+
+def scaler_runs(cloud: LocalCloud) -> int:
+    return sum(1 for d in cloud.router.deliveries if d.function == "FleetScalerFunction")
+
+
+def test_the_digits_job_survives_a_trace_drop_that_takes_two_of_its_instances_at_once(
+    broker_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a trace of one zone with three p3.2xlarge for a while, then one for half a minute, then three again
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    write_trace(traces / "us-east-1a_v100_1.json", [3] * PLENTY_S + [1] * SCARCE_S + [3] * 600, gap_seconds=60)
+    replay = replay_from_options(traces, speed=SPEED)
+    assert replay is not None
+    monkeypatch.setenv("SCALING_COOLDOWN_SECONDS", "5")
+    reclaims: list[tuple[float, str]] = []
+    #: Fleet scaler runs done when the drop came.
+    at_drop: list[int] = []
+
+    def on_event(kind: str, detail: dict[str, Any]) -> None:
+        if kind == "trace-reclaim":
+            if not reclaims:
+                at_drop.append(scaler_runs(cloud))
+            reclaims.append((time.monotonic(), detail["instance_id"]))
+
+    # and a local cloud replaying it: the emulator interrupts, the scaler's launches are checked against it
+    with LocalCloud(ROOT / "template.yaml", broker_url=broker_url, function_env=replay.environment()) as cloud:
+        emulator = FleetEmulator(
+            cloud.ctx,
+            worker_args=lambda job, instance: ["--log-every", "10"],
+            log_dir=tmp_path / "workers",
+            replay=replay,
+            on_event=on_event,
+        )
+        jobs = DynamoDbJobRepository(
+            cloud.ctx.resolve({"Ref": "JobsTable"}), clock=WallClock(), boto3_resource=cloud.ctx.resource("dynamodb")
+        )
+        emulator.start()
+        try:
+            # when the digits job runs there on up to three spot workers
+            fields = load_job_file(ROOT / "examples" / "digits" / "job.yaml")
+            fields.update(
+                job_id="trace-drop",
+                min_workers=1,
+                max_workers=3,
+                instance_types=["p3.2xlarge"],
+                budget_usd_per_hour=50,
+                entrypoint=["python", str(ROOT / "examples" / "digits" / "train.py")],
+                hyperparameters={"steps": STEPS, "step-delay": 0.05, "commit-every": 1},
+                checkpoint_interval_steps=200,
+            )
+            RingfleetClient(cloud.broker_url).submit(fields)
+
+            def logs() -> dict[str, str]:
+                return {i.instance_id: i.log_path.read_text() for i in list(emulator.instances.values())}
+
+            until_drop = PLENTY_S - (time.time() - replay.started) - 5
+            wait_until(lambda: sum(" world 3 " in t for t in logs().values()) == 3, until_drop, "a ring of three")
+
+            # then the drop takes two of the three at once (one poll), and nothing more while the pool is short
+            wait_until(lambda: len(reclaims) >= 2, PLENTY_S + 30, "the trace to take two instances")
+            time.sleep(replay.grace_s + 1)
+            # and while the zone has one, the scaler runs (the job wants its two back) but no launch gets through
+            held = []
+            for _ in range(int(SCARCE_S / 2 / 0.5)):
+                held.append(fleet(cloud).fulfilled.get("spot:p3.2xlarge:us-east-1a", 0))
+                time.sleep(0.5)
+            assert max(held) <= 1 and scaler_runs(cloud) > at_drop[0], (held, at_drop)
+            assert len(reclaims) == 2 and abs(reclaims[0][0] - reclaims[1][0]) < 1.0, reclaims
+            job = jobs.get("trace-drop")
+            assert job is not None and not job.is_final, "the job ended before the drop: make STEPS larger"
+            survivors = [i for i in job.members if i not in {iid for _, iid in reclaims}]
+            assert survivors, job.members
+            # and the job trains on through it and completes
+            wait_until(lambda: (j := jobs.get("trace-drop")) is not None and j.is_final, 400, "the job to end")
+            job = jobs.get("trace-drop")
+            assert job is not None and job.state is JobState.SUCCEEDED, job
+            text = (tmp_path / "workers" / f"{survivors[0]}.log").read_text()
+            assert "collective failed" not in text
+            assert f"finished: done at step {STEPS}" in text, text[-3000:]
+        finally:
+            emulator.stop()

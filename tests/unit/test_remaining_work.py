@@ -1,0 +1,40 @@
+"""The live scaler's estimate of the work a job has left, which lets its deadline steer it."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+
+from ringfleet.domain.jobs import DurableCheckpoint, Job
+from ringfleet.scaler import remaining_hours
+from tests.builders import T0, running_job
+
+
+def with_steps(total: object) -> Job:
+    job, _ = running_job(members=2, max_workers=4)
+    return replace(job, spec=job.spec.model_copy(update={"hyperparameters": {"steps": total}}))
+
+
+def test_the_pace_since_admission_at_the_workers_it_has_scaled_to_its_maximum_gives_the_hours_left() -> None:
+    # given a job of 1000 steps on 2 of its 4 workers, admitted an hour ago, whose workers reported step 250
+    job = with_steps(1000)
+    # then 750 steps at 250 an hour on two workers is three hours, an hour and a half on four
+    assert remaining_hours(job, 250, T0 + timedelta(hours=1)) == pytest.approx(1.5)
+
+
+def test_a_durable_checkpoint_counts_when_no_heartbeat_says_more_and_a_finished_count_leaves_nothing() -> None:
+    job = replace(with_steps(1000), durable_checkpoint=DurableCheckpoint("s3://b/ckpt/500", 500, 1))
+    assert remaining_hours(job, None, T0 + timedelta(hours=1)) == pytest.approx(0.5)
+    assert remaining_hours(job, 1000, T0 + timedelta(hours=1)) == 0.0
+
+
+@pytest.mark.parametrize("total", [None, "many", True, 0])
+def test_without_a_steps_total_there_is_no_estimate(total: object) -> None:
+    job = with_steps(total) if total is not None else running_job()[0]
+    assert remaining_hours(job, 250, T0 + timedelta(hours=1)) is None
+
+
+def test_before_any_step_is_reported_there_is_no_estimate() -> None:
+    assert remaining_hours(with_steps(1000), None, T0 + timedelta(hours=1)) is None
