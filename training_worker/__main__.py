@@ -10,7 +10,7 @@ from pathlib import Path
 
 from training_worker.agent import Agent
 from training_worker.collectives import BACKENDS
-from training_worker.runtime import RuntimeConfig, parse_static
+from training_worker.runtime import RuntimeConfig, cache_dir, parse_static
 
 DESCRIPTION = """\
 The ringfleet instance agent: runs a job's own training script on this instance, data-parallel with a
@@ -111,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="S3 bucket for checkpoints [RINGFLEET_CHECKPOINT_BUCKET]; unset: none (AWS_ENDPOINT_URL is honoured)",
     )
     ck.add_argument(
+        "--checkpoint-cache",
+        default=_env("RINGFLEET_CHECKPOINT_CACHE"),
+        help="local-disk tier: keep this instance's newest checkpoints here too, and restore from them on this "
+        "instance [RINGFLEET_CHECKPOINT_CACHE]; default a folder under the temporary directory, 'none' turns it off",
+    )
+    ck.add_argument(
         "--checkpoint-every",
         type=int,
         default=50,
@@ -168,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         heartbeat_every_s=args.heartbeat_every,
         checkpoint_every=args.checkpoint_every,
         log_every=args.log_every,
+        checkpoint_cache=cache_dir(
+            {"RINGFLEET_INSTANCE_ID": args.instance_id, "RINGFLEET_CHECKPOINT_CACHE": args.checkpoint_cache or ""}
+        ),
     )
     return Agent(config, entrypoint=program, container_runtime=args.container_runtime).run()
 

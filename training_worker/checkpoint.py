@@ -6,12 +6,14 @@ import hashlib
 import io
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import boto3
@@ -86,7 +88,16 @@ def _lower_thread_priority(niceness: int) -> None:
 
 
 class S3CheckpointStore:
-    """``s3://<bucket>/jobs/<job>/ckpt/<step:012d>/``: one zstd shard per top-level key, ``manifest.json`` last."""
+    """``s3://<bucket>/jobs/<job>/ckpt/<step:012d>/``: one zstd shard per top-level key, ``manifest.json`` last.
+
+    The tiers: memory (every commit, ``TorchState``), this instance's local disk (``cache_dir``), S3. With a
+    ``cache_dir`` each checkpoint is also kept on local disk (the newest ``CACHED`` of them), and a restore on the
+    same instance (a job whose scripts all restarted there) reads the shards from disk instead of S3 — but only a
+    checkpoint whose manifest is in S3 (durable) and identical to the local one, every shard verified as always.
+    """
+
+    #: Checkpoints kept on local disk.
+    CACHED = 2
 
     def __init__(
         self,
@@ -95,9 +106,11 @@ class S3CheckpointStore:
         s3_client: S3Client | None = None,
         multipart_bytes: int = 8 << 20,
         level: int = 3,
+        cache_dir: Path | None = None,
     ) -> None:
         self.bucket = bucket
         self.job_id = job_id
+        self.cache = cache_dir / job_id if cache_dir is not None else None
         # boto3 follows AWS_ENDPOINT_URL, so the same code talks to moto locally and to S3 in AWS.
         self.s3: S3Client = s3_client or boto3.client("s3")
         self.transfer = TransferConfig(multipart_threshold=multipart_bytes, multipart_chunksize=multipart_bytes)
@@ -111,9 +124,15 @@ class S3CheckpointStore:
         prefix = checkpoint_prefix(self.job_id, step)
         compressor = zstandard.ZstdCompressor(level=self.level)
         entries, total = [], 0
+        local = self._local(step)
+        if local is not None:
+            shutil.rmtree(local, ignore_errors=True)
+            local.mkdir(parents=True)
         for key, value in tree.items():
             blob = compressor.compress(_serialize(value))
             name = f"{key}.pt.zst"
+            if local is not None:
+                (local / name).write_bytes(blob)
             self.s3.upload_fileobj(io.BytesIO(blob), self.bucket, prefix + name, Config=self.transfer)
             entries.append(ShardEntry(name=name, size=len(blob), sha256=hashlib.sha256(blob).hexdigest()))
             total += len(blob)
@@ -129,7 +148,19 @@ class S3CheckpointStore:
         body = manifest.model_dump_json().encode()
         # Written last: the checkpoint exists (and the backup handler hears of it) only once every shard is there.
         self.s3.put_object(Bucket=self.bucket, Key=prefix + MANIFEST_NAME, Body=body, ContentType="application/json")
+        if local is not None:
+            (local / MANIFEST_NAME).write_bytes(body)  # last here too: a local copy without it is never read
+            self._prune_local()
         return SavedCheckpoint(step, self.uri(step), hashlib.sha256(body).hexdigest(), total + len(body))
+
+    def _local(self, step: int) -> Path | None:
+        return self.cache / f"{step:012d}" if self.cache is not None else None
+
+    def _prune_local(self) -> None:
+        assert self.cache is not None
+        kept = sorted((p for p in self.cache.iterdir() if (p / MANIFEST_NAME).is_file()), reverse=True)
+        for old in kept[self.CACHED :]:
+            shutil.rmtree(old, ignore_errors=True)
 
     def exists(self, step: int) -> bool:
         """Whether the manifest of ``step`` is there (written last: its shards are there too)."""
@@ -162,18 +193,40 @@ class S3CheckpointStore:
             raise CheckpointCorrupt(f"manifest of step {step} does not parse: {e}") from e
         if manifest.job_id != self.job_id or manifest.step != step:
             raise CheckpointCorrupt(f"manifest of step {step} names job {manifest.job_id} step {manifest.step}")
+        # The local copy serves only when its manifest is byte for byte the durable one in S3.
+        local = self._local(step)
+        if local is not None and not (
+            (local / MANIFEST_NAME).is_file() and (local / MANIFEST_NAME).read_bytes() == raw
+        ):
+            local = None
         tree: dict[str, Any] = {}
         decompressor = zstandard.ZstdDecompressor()
+        if local is not None:
+            log.info("checkpoint step %d: reading its shards from local disk (%s)", step, local)
         for shard in manifest.shards:
-            blob = self.s3.get_object(Bucket=self.bucket, Key=prefix + shard.name)["Body"].read()
-            if len(blob) != shard.size:
-                raise CheckpointCorrupt(f"shard {shard.name} of step {step} is {len(blob)} bytes, not {shard.size}")
-            if hashlib.sha256(blob).hexdigest() != shard.sha256:
-                raise CheckpointCorrupt(f"shard {shard.name} of step {step} does not match its sha256")
+            blob = self._shard(step, shard, local)
             # Only verified bytes are ever unpickled.
             value = torch.load(io.BytesIO(decompressor.decompress(blob)), weights_only=True)
             tree[shard.name.removesuffix(".pt.zst")] = value
         return manifest, tree
+
+    def _shard(self, step: int, shard: ShardEntry, local: Path | None) -> bytes:
+        """A shard's bytes, verified: from local disk when there and intact, else from S3."""
+        if local is not None:
+            try:
+                blob = (local / shard.name).read_bytes()
+            except OSError:
+                blob = b""
+            if len(blob) == shard.size and hashlib.sha256(blob).hexdigest() == shard.sha256:
+                return blob
+            log.warning("local copy of shard %s of step %d does not verify: reading it from S3", shard.name, step)
+        key = checkpoint_prefix(self.job_id, step) + shard.name
+        blob = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        if len(blob) != shard.size:
+            raise CheckpointCorrupt(f"shard {shard.name} of step {step} is {len(blob)} bytes, not {shard.size}")
+        if hashlib.sha256(blob).hexdigest() != shard.sha256:
+            raise CheckpointCorrupt(f"shard {shard.name} of step {step} does not match its sha256")
+        return blob
 
     def load_newest(self, max_step: int | None = None) -> tuple[CheckpointManifest, dict[str, Any]] | None:
         """The newest checkpoint that verifies; older ones are tried in turn, each rejection logged."""

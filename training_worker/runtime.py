@@ -17,6 +17,7 @@ import atexit
 import functools
 import logging
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -67,6 +68,7 @@ __all__ = [
     "Runtime",
     "RuntimeConfig",
     "Stopped",
+    "cache_dir",
     "current",
     "install",
     "parse_static",
@@ -112,6 +114,18 @@ def parse_static(value: str) -> Membership:
         raise ValueError(f"expected RANK:WORLD:HOST:PORT, got {value!r}") from e
 
 
+def cache_dir(env: Mapping[str, str]) -> Path | None:
+    """RINGFLEET_CHECKPOINT_CACHE: the local-disk checkpoint tier's folder; "none" turns it off; by default one per
+    instance under the temporary directory (an instance's own disk: it goes with the instance)."""
+    value = env.get("RINGFLEET_CHECKPOINT_CACHE")
+    if value == "none":
+        return None
+    if value:
+        return Path(value)
+    instance = env.get("RINGFLEET_INSTANCE_ID") or f"local-{os.getpid()}"
+    return Path(tempfile.gettempdir()) / "ringfleet-checkpoints" / instance
+
+
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return float(env.get(name) or default)
 
@@ -138,6 +152,8 @@ class RuntimeConfig:
     max_failures: int = 10
     #: Where a Reconfigure came from before this process started (a container the agent launched), as JSON.
     reconfigure_json: str | None = None
+    #: The local-disk tier of checkpoints (this instance's newest ones); None: S3 only.
+    checkpoint_cache: Path | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RuntimeConfig:
@@ -168,6 +184,7 @@ class RuntimeConfig:
             checkpoint_every=int(env.get("RINGFLEET_CHECKPOINT_EVERY") or 50),
             log_every=int(env.get("RINGFLEET_LOG_EVERY") or 10),
             reconfigure_json=env.get("RINGFLEET_RECONFIGURE") or None,
+            checkpoint_cache=cache_dir(env),
         )
 
     def environment(self) -> dict[str, str]:
@@ -190,6 +207,7 @@ class RuntimeConfig:
             "RINGFLEET_METADATA_URL": self.metadata_url,
             "RINGFLEET_DISCOVERY_FILE": str(self.discovery_file) if self.discovery_file else None,
             "RINGFLEET_RECONFIGURE": self.reconfigure_json,
+            "RINGFLEET_CHECKPOINT_CACHE": str(self.checkpoint_cache) if self.checkpoint_cache else "none",
         }
         if self.static is not None:
             s = self.static
@@ -277,7 +295,7 @@ class Runtime:
         """From now on this worker trains ``job_id``: its checkpoints and messages are that job's."""
         self.config.job_id = job_id
         if self.config.bucket:
-            self.store = S3CheckpointStore(self.config.bucket, job_id)
+            self.store = S3CheckpointStore(self.config.bucket, job_id, cache_dir=self.config.checkpoint_cache)
             self.checkpointer = AsyncCheckpointer(self.store)
 
     @property

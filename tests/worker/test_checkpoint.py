@@ -6,6 +6,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import boto3
 import pytest
@@ -119,3 +120,28 @@ def test_the_upload_thread_runs_below_training_and_training_keeps_its_priority(s
     # then the upload thread ran nicer, and the calling thread's priority is unchanged
     assert seen == [min(19, before + 5)]
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
+
+
+def test_the_local_disk_tier_serves_a_restore_on_the_same_instance_and_only_a_durable_intact_one(
+    store: S3CheckpointStore, tmp_path: Path
+) -> None:
+    # given a store with a local-disk tier that saved steps 10, 20 and 30
+    local = S3CheckpointStore(BUCKET, "digits-demo", s3_client=store.s3, cache_dir=tmp_path)
+    for step in (10, 20, 30):
+        local.save(step, 1, 2, _tree(float(step)))
+    # then it keeps only the newest two on disk
+    assert sorted(p.name for p in (tmp_path / "digits-demo").iterdir()) == ["000000000020", "000000000030"]
+    # when S3 loses the newest checkpoint's shards (its manifest stays): the restore reads them from local disk
+    prefix = checkpoint_prefix("digits-demo", 30)
+    for name in ("model.pt.zst", "trainer.pt.zst"):
+        store.s3.delete_object(Bucket=BUCKET, Key=prefix + name)
+    manifest, tree = local.load_newest()  # type: ignore[misc]
+    assert manifest.step == 30 and torch.equal(tree["model"]["w"], torch.full((100_000,), 30.0))
+    # when a local shard is damaged: it is read from S3 instead, and still verified
+    (tmp_path / "digits-demo" / "000000000020" / "model.pt.zst").write_bytes(b"rot")
+    _, tree = local.load(20)
+    assert torch.equal(tree["model"]["w"], torch.full((100_000,), 20.0))
+    # and a local copy whose checkpoint S3 does not hold (never durable) is not a checkpoint at all
+    store.s3.delete_object(Bucket=BUCKET, Key=prefix + MANIFEST_NAME)
+    newest = local.load_newest()
+    assert newest is not None and newest[0].step == 20
