@@ -6,6 +6,7 @@ node rows each decision cost a copy of the fleet; ringfleet.local.moto_server ke
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,6 +30,9 @@ def ddb(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     assert DynamoDBBackend.transact_write_items is transact_write_items
     with mock_aws():
         client = boto3.client("dynamodb", region_name=REGION)
+        # moto's in-process backends outlive mock_aws when another test of the session runs a moto server in this
+        # process: start from no tables, and leave none behind.
+        _drop_tables(client)
         client.create_table(
             TableName=JOBS,
             KeySchema=[{"AttributeName": "job_id", "KeyType": "HASH"}],
@@ -62,6 +66,13 @@ def ddb(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
                 Item={"job_id": {"S": "j1"}, "instance_id": {"S": f"i-{n}"}, "state": {"S": "active"}},
             )
         yield client
+        _drop_tables(client)
+
+
+def _drop_tables(client: Any) -> None:
+    for name in (JOBS, NODES):
+        with contextlib.suppress(client.exceptions.ResourceNotFoundException):
+            client.delete_table(TableName=name)
 
 
 def decision(generation: int, *, expected: int) -> list[dict[str, Any]]:
