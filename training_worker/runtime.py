@@ -76,6 +76,9 @@ __all__ = [
 
 log = logging.getLogger("training_worker")
 
+#: How long the members of a ring wait for each other at its rendezvous once a generation that adds workers to it is
+#: known, before they all go to that one instead (see Runtime._superseded).
+SUPERSET_PATIENCE_S = 1.5
 #: How long a worker booted without a job waits to be placed: as long as its instance runs (ten years).
 UNPLACED_WAIT_S = 10 * 365 * 86400.0
 
@@ -484,7 +487,7 @@ class Runtime:
                 membership.world_size,
                 membership.rendezvous,
             )
-            superseded = functools.partial(self._superseded, membership)
+            superseded = functools.partial(self._superseded, membership, time.monotonic())
             served = self._served[1] if self._served is not None and self._served[0] == membership.generation else None
             self._served, self._probe = None, None
             try:
@@ -663,16 +666,20 @@ class Runtime:
             return False
         return self._arrived(latest) >= joining
 
-    def _superseded(self, membership: Membership) -> bool:
-        """Whether a newer generation makes joining ``membership`` pointless: one that drops some of its members.
-        One that only adds workers does not: this ring forms and trains, and takes the newer one at a step
-        boundary once the newcomers are ready (see ``_next_generation_ready``)."""
+    def _superseded(self, membership: Membership, joining_since: float) -> bool:
+        """Whether a newer generation makes joining ``membership`` pointless: at once when it drops some of its
+        members. One that only adds workers lets this ring form first (it trains, and takes the newer one at a step
+        boundary once the newcomers are ready, see ``_next_generation_ready``) — for ``SUPERSET_PATIENCE_S``: a
+        member that learned of the newer generation before joining this one went straight to it, and waiting for
+        it here would wait for nobody."""
         if not self.discovery.newer(membership.generation):
             return False
         latest = self.commands.latest if self.commands is not None else None
         if latest is None or not membership.instances:
             return True
-        return not set(membership.instances) <= set(latest.ranks)
+        if not set(membership.instances) <= set(latest.ranks):
+            return True
+        return time.monotonic() - joining_since > SUPERSET_PATIENCE_S
 
     def _left_out(self, membership: Membership) -> bool:
         """Whether a newer generation, named with its members, leaves this worker out."""

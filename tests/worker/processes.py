@@ -38,6 +38,7 @@ class WorkerProcess:
             **os.environ,
             "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}",
             "OMP_NUM_THREADS": "1",
+            "RINGFLEET_CHECKPOINT_CACHE": str(log.parent / "checkpoint-cache" / log.stem),
             **(env or {}),
         }
         if broker_url is not None:

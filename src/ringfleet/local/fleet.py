@@ -194,6 +194,8 @@ class FleetEmulator:
             "RINGFLEET_BROKER_URL": self.ctx.broker_url,
             "RINGFLEET_METADATA_URL": self.metadata.base_url(instance_id),
             "RINGFLEET_CHECKPOINT_BUCKET": str(self.ctx.resolve({"Ref": "CheckpointBucket"})),
+            # The instance's own disk (the local-disk checkpoint tier) lies beside its log, and goes with the run.
+            "RINGFLEET_CHECKPOINT_CACHE": str(self.log_dir / "checkpoint-cache" / instance_id),
             "PYTHONUNBUFFERED": "1",
         }
         with log_path.open("ab") as log:
