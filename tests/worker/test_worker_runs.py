@@ -60,27 +60,41 @@ def test_stopping_and_resuming_from_s3_ends_bit_identical_to_an_uninterrupted_ru
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_kill_9_of_one_of_three_workers_is_survived_by_a_two_rank_ring(tmp_path: Path) -> None:
-    # given three workers of generation 1, committing every 4 steps
-    discovery = tmp_path / "membership.json"
+def _three_agents(
+    tmp: Path, discovery: Path, flags: tuple[str, ...], *, steps: int, commit_every: int
+) -> list[WorkerProcess]:
+    """Three agents of job "elastic" in generation 1, told through ``discovery``, training the paced digits example."""
     announce(discovery, "elastic", 1, INSTANCES)
-    workers = [
+    script = (
+        "--steps",
+        str(steps),
+        "--commit-every",
+        str(commit_every),
+        "--step-delay",
+        "0.05",
+        "--global-batch",
+        "48",
+    )
+    return [
         WorkerProcess(
-            tmp_path / f"w{i}.log",
+            tmp / f"w{i}.log",
             "--job-id",
             "elastic",
             "--instance-id",
             instance,
             "--discovery-file",
             str(discovery),
-            "--timeout",
-            "5",
-            "--log-every",
-            "5",
-            script=("--steps", "120", "--commit-every", "4", "--step-delay", "0.05", "--global-batch", "48"),
+            *flags,
+            script=script,
         )
         for i, instance in enumerate(INSTANCES)
     ]
+
+
+def test_kill_9_of_one_of_three_workers_is_survived_by_a_two_rank_ring(tmp_path: Path) -> None:
+    # given three workers of generation 1, committing every 4 steps
+    discovery = tmp_path / "membership.json"
+    workers = _three_agents(tmp_path, discovery, ("--timeout", "5", "--log-every", "5"), steps=120, commit_every=4)
     try:
         for w in workers:
             w.wait_for("step 20 ", timeout=60)
@@ -109,22 +123,7 @@ def test_kill_9_of_one_of_three_workers_is_survived_by_a_two_rank_ring(tmp_path:
 def test_two_workers_leaving_at_once_leave_the_third_training_alone_without_a_pause(tmp_path: Path) -> None:
     # given three workers of generation 1 (a zone losing capacity takes two instances at once)
     discovery = tmp_path / "membership.json"
-    announce(discovery, "elastic", 1, INSTANCES)
-    workers = [
-        WorkerProcess(
-            tmp_path / f"w{i}.log",
-            "--job-id",
-            "elastic",
-            "--instance-id",
-            instance,
-            "--discovery-file",
-            str(discovery),
-            "--log-every",
-            "1",
-            script=("--steps", "100000", "--commit-every", "1", "--step-delay", "0.05", "--global-batch", "48"),
-        )
-        for i, instance in enumerate(INSTANCES)
-    ]
+    workers = _three_agents(tmp_path, discovery, ("--log-every", "1"), steps=100000, commit_every=1)
     try:
         for w in workers:
             w.wait_for_step(10, generation=1)
