@@ -43,7 +43,7 @@ def start_moto(niceness: int) -> tuple[subprocess.Popen[bytes], str]:
         "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ringfleet.local.moto_server", "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, "-m", "ringfleet_local.moto_server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=env,

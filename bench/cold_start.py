@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from ringfleet.local.context import CloudContext  # noqa: E402
+from ringfleet_local.context import CloudContext  # noqa: E402
 
 BASELINE = (
     "import boto3, pydantic\n"

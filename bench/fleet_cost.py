@@ -6,7 +6,7 @@
   relaunches in the next pool that has room for all of them (SkyPilot managed jobs' behaviour; spot only);
 - (d) ours: ``decide_scaling`` every minute (deadline-aware, shares following supply, learned interruption rates).
 
-The market replays one availability trace per zone (``ringfleet.local.spot_traces.TraceMarket``): a launch beyond
+The market replays one availability trace per zone (``ringfleet_local.spot_traces.TraceMarket``): a launch beyond
 what a zone has is refused, and when availability drops below what is held the newest instances are reclaimed.
 Every policy pays the same recovery costs: an instance boots for ``BOOT_MINUTES`` before it trains; a job stalls
 ``RECOVERY_MINUTES`` when it loses a worker (notice, emergency checkpoint, ring re-formed without it) and
@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from ringfleet.domain.scaling import FleetState, JobDemand, ScalingPolicy, decide_scaling, observe_fleet
-from ringfleet.local.spot_traces import DEFAULT_TRACE_INSTANCE_TYPE, TraceError, TraceMarket
+from ringfleet_local.spot_traces import DEFAULT_TRACE_INSTANCE_TYPE, TraceError, TraceMarket
+
+from ringfleet.scaling.decisions import FleetState, JobDemand, ScalingPolicy, decide_scaling, observe_fleet
 
 BOOT_MINUTES = 3
 RECOVERY_MINUTES = 6

@@ -180,14 +180,15 @@ def main() -> int:
     jobs_n = 10 if args.quick else args.jobs
     per_job = args.nodes_per_job
 
+    from ringfleet_local.cloud import LocalCloud
+
     from ringfleet.adapters.commands import AmqpCommandPublisher
     from ringfleet.adapters.dynamodb import DynamoDbJobRepository, DynamoDbNodeRepository
-    from ringfleet.adapters.memory import InMemoryFleetGateway
     from ringfleet.contracts import CheckpointCompleted
-    from ringfleet.local.cloud import LocalCloud
-    from ringfleet.recovery import RecoveryService
-    from ringfleet.wiring import WallClock
+    from ringfleet.core.ports import SystemClock
+    from ringfleet.recovery.service import RecoveryService
     from tests.builders import instance, running_job
+    from tests.doubles import InMemoryInstanceLifecycle
     from tests.e2e.recovery_support import CommandTap
 
     broker = os.environ.get("RINGFLEET_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -199,7 +200,7 @@ def main() -> int:
         import boto3
 
         ddb = boto3.resource("dynamodb")
-        clock = WallClock()
+        clock = SystemClock()
         nodes = DynamoDbNodeRepository(env["NODES_TABLE"], clock=clock, boto3_resource=ddb)
         jobs = DynamoDbJobRepository(env["JOBS_TABLE"], clock=clock, boto3_resource=ddb, nodes_table=env["NODES_TABLE"])
         print(f"seeding {jobs_n} jobs x {per_job} nodes ...", flush=True)
@@ -250,14 +251,14 @@ def main() -> int:
         ceiling = moto_ceiling(ctx, aws_env, env["JOBS_TABLE"], args.processes)
 
         # Follow-up: the emergency checkpoints and the replacements, then check one new generation per job.
-        from ringfleet.wiring import Settings
+        from ringfleet.bootstrap import Settings
 
         settings = Settings.from_env(env)
         service = RecoveryService(
             jobs=jobs,
             nodes=nodes,
             publisher=AmqpCommandPublisher(settings.broker_url),
-            fleet=InMemoryFleetGateway(),
+            fleet=InMemoryInstanceLifecycle(),
             clock=clock,
         )
         for j in range(jobs_n):

@@ -8,17 +8,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import uuid4
 
-from ringfleet.adapters.memory import (
-    InMemoryFleetGateway,
+from ringfleet.contracts import JobSubmitted
+from ringfleet.core.jobs import Job, JobState
+from ringfleet.core.nodes import Node, NodeState
+from ringfleet.recovery.service import RecoveryService
+from tests.conftest import ROOT
+from tests.doubles import (
+    InMemoryInstanceLifecycle,
     InMemoryJobRepository,
     InMemoryNodeRepository,
     RecordingCommandPublisher,
 )
-from ringfleet.contracts import JobSubmitted
-from ringfleet.domain.jobs import Job, JobState
-from ringfleet.domain.nodes import Node, NodeState
-from ringfleet.recovery import RecoveryService
-from tests.conftest import ROOT
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -104,14 +104,14 @@ class RecoveryWorld:
     jobs: InMemoryJobRepository
     nodes: InMemoryNodeRepository
     publisher: RecordingCommandPublisher
-    fleet: InMemoryFleetGateway
+    fleet: InMemoryInstanceLifecycle
     #: What the service put on EventBridge.
     events: list[dict[str, Any]]
 
     @classmethod
     def of(cls, clock: Any, *, members: int = 4, max_workers: int = 8, max_restarts: int = 3) -> RecoveryWorld:
         jobs, nodes = InMemoryJobRepository(clock), InMemoryNodeRepository()
-        publisher, fleet = RecordingCommandPublisher(), InMemoryFleetGateway()
+        publisher, fleet = RecordingCommandPublisher(), InMemoryInstanceLifecycle()
         events: list[dict[str, Any]] = []
         job, job_nodes = running_job(members=members, max_workers=max_workers, max_restarts=max_restarts)
         jobs.create(job)

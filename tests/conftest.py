@@ -21,8 +21,8 @@ def root() -> Path:
 def broker_url() -> Iterator[str]:
     """The broker, on a vhost of this test session's own: test runs side by side never take each other's
     messages."""
-    from ringfleet.local.cloud import broker_reachable
-    from ringfleet.local.vhost import create_vhost, delete_vhost
+    from ringfleet_local.cloud import broker_reachable
+    from ringfleet_local.vhost import create_vhost, delete_vhost
 
     if not broker_reachable(BROKER_URL):
         pytest.fail(f"RabbitMQ does not answer at {BROKER_URL}: start it with `rabbitmq-server -detached`")

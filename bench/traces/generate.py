@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ringfleet.local.spot_traces import generate_bursty_trace, write_trace
+from ringfleet_local.spot_traces import generate_bursty_trace, write_trace
 
 HERE = Path(__file__).parent
 #: zone -> (chance the next spell is an outage, chance it is scarce): zone a is the worst, zone c the calmest.

@@ -17,7 +17,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from ringfleet import wiring
+from ringfleet import bootstrap
 from ringfleet.batch import ReportingBatchProcessor
 from ringfleet.contracts import CreatedObject, S3TestEvent, parse_s3_notification
 
@@ -28,9 +28,9 @@ processor = ReportingBatchProcessor(logger, metrics)
 idempotency = IdempotencyConfig(event_key_jmespath="[bucket, key, sequencer, etag]")
 
 
-@idempotent_function(data_keyword_argument="key", config=idempotency, persistence_store=wiring.idempotency_store())
+@idempotent_function(data_keyword_argument="key", config=idempotency, persistence_store=bootstrap.idempotency_store())
 def back_up(*, key: dict[str, Any], created: CreatedObject) -> dict[str, Any]:
-    outcome = wiring.backup_service().on_manifest_created(created)
+    outcome = bootstrap.backup_service().on_manifest_created(created)
     logger.set_correlation_id(outcome.job_id)
     if outcome.result == "quarantined":
         logger.error("checkpoint quarantined", job_id=outcome.job_id, step=outcome.step, reason=outcome.reason)

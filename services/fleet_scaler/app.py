@@ -19,8 +19,8 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from ringfleet.batch import ReportingBatchProcessor
+from ringfleet.bootstrap import scaler_service
 from ringfleet.contracts import parse_cloud_event
-from ringfleet.wiring_scaling import scaler_service
 
 logger = Logger()
 tracer = Tracer()

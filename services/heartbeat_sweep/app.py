@@ -13,7 +13,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from ringfleet import wiring
+from ringfleet import bootstrap
 from ringfleet.contracts import ScheduledEvent, parse_cloud_event
 from ringfleet.observability import report_outcome
 
@@ -23,9 +23,9 @@ metrics = Metrics()
 idempotency = IdempotencyConfig(event_key_jmespath="id", raise_on_no_idempotency_key=True)
 
 
-@idempotent_function(data_keyword_argument="event", config=idempotency, persistence_store=wiring.idempotency_store())
+@idempotent_function(data_keyword_argument="event", config=idempotency, persistence_store=bootstrap.idempotency_store())
 def sweep(*, event: dict[str, Any], tick: ScheduledEvent) -> dict[str, Any]:
-    outcomes = wiring.recovery_service().sweep(wiring.settings().heartbeat_timeout, now=tick.time)
+    outcomes = bootstrap.recovery_service().sweep(bootstrap.settings().heartbeat_timeout, now=tick.time)
     for outcome in outcomes:
         report_outcome(logger, metrics, outcome, cause="heartbeat-lost")
     metrics.add_metric(name="SilentNodes", unit=MetricUnit.Count, value=len(outcomes))

@@ -15,8 +15,8 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
+from ringfleet.bootstrap import intake_service
 from ringfleet.contracts import AppMessage, JobSubmitted, RabbitMqEvent
-from ringfleet.wiring_scaling import intake_service
 
 logger = Logger()
 tracer = Tracer()

@@ -16,7 +16,7 @@ from aws_lambda_powertools.utilities.batch import process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from ringfleet import wiring
+from ringfleet import bootstrap
 from ringfleet.batch import ReportingBatchProcessor
 from ringfleet.contracts import NodeEvent, parse_cloud_event
 from ringfleet.observability import report_outcome
@@ -31,7 +31,7 @@ def record_handler(record: SQSRecord) -> dict[str, Any]:
     parsed = parse_cloud_event(record.json_body)
     if not isinstance(parsed, NodeEvent):
         raise ValueError(f"detail-type {parsed.detail_type!r} is not an event about one instance")
-    outcome = wiring.recovery_service().on_node_event(parsed)
+    outcome = bootstrap.recovery_service().on_node_event(parsed)
     report_outcome(logger, metrics, outcome, detail_type=parsed.detail_type, instance_id=parsed.instance_id)
     return outcome.as_dict()
 

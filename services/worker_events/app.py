@@ -14,7 +14,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from ringfleet import wiring
+from ringfleet import bootstrap
 from ringfleet.contracts import Heartbeat, RabbitMqEvent, WorkerFailed, WorkerMessage, parse_rmq_messages
 from ringfleet.observability import report_outcome
 
@@ -24,9 +24,9 @@ metrics = Metrics()
 idempotency = IdempotencyConfig(event_key_jmespath="message_id", raise_on_no_idempotency_key=True)
 
 
-@idempotent_function(data_keyword_argument="key", config=idempotency, persistence_store=wiring.idempotency_store())
+@idempotent_function(data_keyword_argument="key", config=idempotency, persistence_store=bootstrap.idempotency_store())
 def handle_message(*, key: dict[str, str], message: Any) -> dict[str, Any]:
-    service = wiring.recovery_service()
+    service = bootstrap.recovery_service()
     metrics.add_metric(name=f"{message.type}Received", unit=MetricUnit.Count, value=1)
     if isinstance(message, Heartbeat):
         # Dated no later than received: a sender's clock (or a forged message) cannot make a node look alive ahead.

@@ -9,14 +9,14 @@ from aws_lambda_powertools.metrics import MetricUnit
 if TYPE_CHECKING:
     from aws_lambda_powertools import Logger, Metrics
 
-    from ringfleet.recovery import Outcome
+    from ringfleet.recovery.service import RecoveryOutcome
 
 __all__ = ["report_outcome"]
 
 _UNITS = {"TimeToRecover": MetricUnit.Seconds, "StepsLost": MetricUnit.Count}
 
 
-def report_outcome(logger: Logger, metrics: Metrics, outcome: Outcome, **context: Any) -> None:
+def report_outcome(logger: Logger, metrics: Metrics, outcome: RecoveryOutcome, **context: Any) -> None:
     """One log line per decision, with the job id as correlation id, and the decision's metrics."""
     if outcome.job_id:
         logger.set_correlation_id(outcome.job_id)

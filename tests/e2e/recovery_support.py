@@ -10,14 +10,14 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import aio_pika
+from ringfleet_local.cloud import LocalCloud
+from ringfleet_local.router import Delivery, decode_rmq
 
 from ringfleet.adapters.dynamodb import DynamoDbCheckpointCatalog, DynamoDbJobRepository, DynamoDbNodeRepository
 from ringfleet.adapters.rabbitmq import connect, declare_topology
 from ringfleet.contracts import COMMANDS_EXCHANGE
-from ringfleet.domain.jobs import Job
-from ringfleet.domain.nodes import Node
-from ringfleet.local.cloud import LocalCloud
-from ringfleet.local.router import Delivery, decode_rmq
+from ringfleet.core.jobs import Job
+from ringfleet.core.nodes import Node
 from tests.builders import later, running_job
 from tests.e2e.support import carrying
 

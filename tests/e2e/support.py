@@ -6,7 +6,7 @@ import json
 import time
 from collections.abc import Callable
 
-from ringfleet.local.router import Delivery, decode_rmq
+from ringfleet_local.router import Delivery, decode_rmq
 
 
 def carrying(deliveries: list[Delivery], needle: str) -> list[Delivery]:

@@ -22,7 +22,7 @@ def test_demo_recovers_each_incident_once_and_ends_with_the_uninterrupted_model(
     # when a user runs the short demo: a 3-worker job, a spot interruption with notice, a hard kill, every cloud
     # event delivered twice
     out = subprocess.run(
-        [sys.executable, "-m", "ringfleet.cli", "demo", "--fast", "--out", str(tmp_path)],
+        [sys.executable, "-m", "ringfleet_cli.main", "demo", "--fast", "--out", str(tmp_path)],
         cwd=ROOT,
         capture_output=True,
         text=True,

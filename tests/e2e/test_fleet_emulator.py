@@ -7,11 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ringfleet_local.clock import ManualClock
+from ringfleet_local.cloud import LocalCloud, free_port
+from ringfleet_local.fleet import STACK_TAG, FleetEmulator
+from ringfleet_local.router import Delivery
 
-from ringfleet.local.clock import ManualClock
-from ringfleet.local.cloud import LocalCloud, free_port
-from ringfleet.local.fleet import STACK_TAG, FleetEmulator
-from ringfleet.local.router import Delivery
 from tests.conftest import ROOT
 from tests.e2e.support import wait_until
 

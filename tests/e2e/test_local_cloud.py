@@ -12,13 +12,13 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from ringfleet_local.clock import ManualClock
+from ringfleet_local.cloud import LocalCloud
+from ringfleet_local.emit import emit
+from ringfleet_local.router import Delivery
 
 from ringfleet.adapters.rabbitmq import publish
 from ringfleet.contracts.broker import JOBS_QUEUE, WORKER_EVENTS_QUEUE
-from ringfleet.local.clock import ManualClock
-from ringfleet.local.cloud import LocalCloud
-from ringfleet.local.emit import emit
-from ringfleet.local.router import Delivery
 from tests.conftest import ROOT, purge_queue
 from tests.e2e.support import carrying
 
@@ -159,7 +159,7 @@ def test_schedules_fire_heartbeat_sweep_and_fleet_scaler_on_the_clock(cloud: Loc
 def ringfleet(*args: str, state_dir: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "RINGFLEET_STATE_DIR": str(state_dir)}
     return subprocess.run(
-        [sys.executable, "-m", "ringfleet.cli", *args],
+        [sys.executable, "-m", "ringfleet_cli.main", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -10,10 +10,10 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from ringfleet.adapters.commands import AmqpCommandPublisher
-from ringfleet.adapters.memory import InMemoryFleetGateway, InMemoryJobRepository, InMemoryNodeRepository
 from ringfleet.contracts import parse_cloud_event
-from ringfleet.recovery import RecoveryService
+from ringfleet.recovery.service import RecoveryService
 from tests.builders import cloud_event, instance, later, running_job
+from tests.doubles import InMemoryInstanceLifecycle, InMemoryJobRepository, InMemoryNodeRepository
 from tests.e2e.recovery_support import CommandTap
 
 pytestmark = pytest.mark.e2e
@@ -43,7 +43,9 @@ def test_a_refused_first_publish_still_gets_the_checkpoint_now_out_within_five_s
         nodes.put(node)
     urls = iter([refused(broker_url)])
     publisher = AmqpCommandPublisher(lambda: next(urls, broker_url))
-    service = RecoveryService(jobs=jobs, nodes=nodes, publisher=publisher, fleet=InMemoryFleetGateway(), clock=clock)
+    service = RecoveryService(
+        jobs=jobs, nodes=nodes, publisher=publisher, fleet=InMemoryInstanceLifecycle(), clock=clock
+    )
     tap = CommandTap(broker_url, job.job_id)
     try:
         # when a spot warning for one of its members is handled

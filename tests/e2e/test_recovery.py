@@ -15,15 +15,15 @@ from typing import Any
 from uuid import uuid4
 
 import pytest
+from ringfleet_local.clock import ManualClock
+from ringfleet_local.cloud import LocalCloud
+from ringfleet_local.emit import emit
 
+from ringfleet.backup.ports import CheckpointStatus
 from ringfleet.contracts import WORKER_EVENTS_QUEUE, CheckpointManifest, ShardEntry, encode_manifest
 from ringfleet.contracts.broker import JOBS_QUEUE, dead_letter_queue
-from ringfleet.domain.jobs import DurableCheckpoint, JobState
-from ringfleet.domain.nodes import Node, NodeState
-from ringfleet.local.clock import ManualClock
-from ringfleet.local.cloud import LocalCloud
-from ringfleet.local.emit import emit
-from ringfleet.ports import CheckpointStatus
+from ringfleet.core.jobs import DurableCheckpoint, JobState
+from ringfleet.core.nodes import Node, NodeState
 from tests.builders import T0, instance
 from tests.conftest import ROOT, purge_queue
 from tests.e2e.recovery_support import CommandTap, Tables, carrying, handled, publish_raw

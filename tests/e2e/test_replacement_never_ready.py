@@ -6,13 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from ringfleet_client import RingfleetClient, load_job_file
+from ringfleet_local.cloud import LocalCloud
+from ringfleet_local.fleet import FleetEmulator
 
 from ringfleet.adapters.dynamodb import DynamoDbJobRepository
-from ringfleet.client import RingfleetClient, load_job_file
-from ringfleet.domain.jobs import JobState
-from ringfleet.local.cloud import LocalCloud
-from ringfleet.local.fleet import FleetEmulator
-from ringfleet.wiring import WallClock
+from ringfleet.core.jobs import JobState
+from ringfleet.core.ports import SystemClock
 from tests.conftest import ROOT
 from tests.e2e.support import wait_until
 
@@ -36,7 +36,7 @@ def test_survivors_train_to_the_end_when_the_replacement_never_gets_ready(
     with LocalCloud(ROOT / "template.yaml", broker_url=broker_url) as cloud:
         emulator = FleetEmulator(cloud.ctx, worker_args=agent_args, log_dir=tmp_path / "workers")
         jobs = DynamoDbJobRepository(
-            cloud.ctx.resolve({"Ref": "JobsTable"}), clock=WallClock(), boto3_resource=cloud.ctx.resource("dynamodb")
+            cloud.ctx.resolve({"Ref": "JobsTable"}), clock=SystemClock(), boto3_resource=cloud.ctx.resource("dynamodb")
         )
         emulator.start()
         try:

@@ -11,13 +11,13 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
+from ringfleet_local.clock import ManualClock
+from ringfleet_local.cloud import LocalCloud
+from ringfleet_local.moto_fleet import MotoSpotFleetGateway
 
-from ringfleet.adapters.ec2_fleet import MotoSpotFleetGateway
 from ringfleet.adapters.rabbitmq import publish
 from ringfleet.contracts.broker import JOBS_QUEUE
-from ringfleet.local.clock import ManualClock
-from ringfleet.local.cloud import LocalCloud
-from ringfleet.ports import FleetSnapshot
+from ringfleet.scaling.ports import FleetSnapshot
 from tests.conftest import ROOT, purge_queue
 from tests.e2e.support import wait_until
 
@@ -43,7 +43,12 @@ def cloud(broker_url: str, clock: ManualClock, tmp_path_factory: pytest.TempPath
 def cli(cloud: LocalCloud, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "RINGFLEET_STATE_DIR": str(cloud.state_dir), "RINGFLEET_TENANT": "acme"}
     return subprocess.run(
-        [sys.executable, "-m", "ringfleet.cli", *args], env=env, capture_output=True, text=True, cwd=ROOT, timeout=90
+        [sys.executable, "-m", "ringfleet_cli.main", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=90,
     )
 
 

@@ -9,16 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ringfleet_client import RingfleetClient, load_job_file
+from ringfleet_local.cloud import LocalCloud
+from ringfleet_local.fleet import FleetEmulator
+from ringfleet_local.moto_fleet import MotoSpotFleetGateway
+from ringfleet_local.spot_traces import replay_from_options, write_trace
 
 from ringfleet.adapters.dynamodb import DynamoDbJobRepository
-from ringfleet.adapters.ec2_fleet import MotoSpotFleetGateway
-from ringfleet.client import RingfleetClient, load_job_file
-from ringfleet.domain.jobs import JobState
-from ringfleet.local.cloud import LocalCloud
-from ringfleet.local.fleet import FleetEmulator
-from ringfleet.local.spot_traces import replay_from_options, write_trace
-from ringfleet.ports import FleetSnapshot
-from ringfleet.wiring import WallClock
+from ringfleet.core.jobs import JobState
+from ringfleet.core.ports import SystemClock
+from ringfleet.scaling.ports import FleetSnapshot
 from tests.conftest import ROOT
 from tests.e2e.support import wait_until
 
@@ -72,7 +72,7 @@ def test_the_digits_job_survives_a_trace_drop_that_takes_two_of_its_instances_at
             on_event=on_event,
         )
         jobs = DynamoDbJobRepository(
-            cloud.ctx.resolve({"Ref": "JobsTable"}), clock=WallClock(), boto3_resource=cloud.ctx.resource("dynamodb")
+            cloud.ctx.resolve({"Ref": "JobsTable"}), clock=SystemClock(), boto3_resource=cloud.ctx.resource("dynamodb")
         )
         emulator.start()
         try:

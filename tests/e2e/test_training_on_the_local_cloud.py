@@ -7,11 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ringfleet_client import RingfleetClient, load_job_file
+from ringfleet_local.cloud import LocalCloud
+from ringfleet_local.fleet import FleetEmulator
 
-from ringfleet.client import RingfleetClient, load_job_file
 from ringfleet.contracts.broker import JOBS_QUEUE
-from ringfleet.local.cloud import LocalCloud
-from ringfleet.local.fleet import FleetEmulator
 from tests.conftest import ROOT, purge_queue
 
 pytestmark = pytest.mark.e2e

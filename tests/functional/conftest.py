@@ -6,8 +6,8 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from ringfleet_local.cloud import LocalCloud
 
-from ringfleet.local.cloud import LocalCloud
 from tests.conftest import ROOT
 
 

@@ -11,14 +11,14 @@ from typing import Any
 
 import boto3
 import pytest
+from ringfleet_local.cloud import LocalCloud
 
 from ringfleet.adapters.dynamodb import NODE_SHARDS, DynamoDbJobRepository, DynamoDbNodeRepository, node_to_item
-from ringfleet.adapters.memory import InMemoryFleetGateway, RecordingCommandPublisher
-from ringfleet.domain.jobs import JobState
-from ringfleet.domain.nodes import Node, NodeState
-from ringfleet.local.cloud import LocalCloud
-from ringfleet.recovery import RecoveryService
+from ringfleet.core.jobs import JobState
+from ringfleet.core.nodes import Node, NodeState
+from ringfleet.recovery.service import RecoveryService
 from tests.builders import instance, later, running_job
+from tests.doubles import InMemoryInstanceLifecycle, RecordingCommandPublisher
 
 
 class Clock:
@@ -143,7 +143,7 @@ def test_the_sweep_reads_grow_with_the_silent_nodes_not_with_the_table(
     jobs = jobs_of(aws, counted.resource, nodes_table=nodes_table)
     nodes = DynamoDbNodeRepository(nodes_table, clock=clock, boto3_resource=counted.resource)
     service = RecoveryService(
-        jobs=jobs, nodes=nodes, publisher=RecordingCommandPublisher(), fleet=InMemoryFleetGateway(), clock=clock
+        jobs=jobs, nodes=nodes, publisher=RecordingCommandPublisher(), fleet=InMemoryInstanceLifecycle(), clock=clock
     )
 
     def silent_job(job_id: str, first: int) -> None:

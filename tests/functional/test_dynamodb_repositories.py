@@ -9,11 +9,11 @@ from typing import Any
 
 import boto3
 import pytest
+from ringfleet_local.cloud import LocalCloud
 
 from ringfleet.adapters.dynamodb import DynamoDbJobRepository, DynamoDbNodeRepository
-from ringfleet.domain.jobs import DurableCheckpoint, Incident, JobState, PendingRecovery
-from ringfleet.domain.nodes import LifecycleHook, NodeState
-from ringfleet.local.cloud import LocalCloud
+from ringfleet.core.jobs import DurableCheckpoint, Incident, JobState, PendingRecovery
+from ringfleet.core.nodes import LifecycleHook, NodeState
 from tests.builders import T0, instance, later, running_job
 
 

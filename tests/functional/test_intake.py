@@ -5,24 +5,24 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ringfleet.adapters.memory import InMemoryJobRepository, RecordingCommandPublisher
 from ringfleet.contracts import JobCancelled
-from ringfleet.domain.jobs import JobState
-from ringfleet.domain.quotas import Quotas, TenantQuota
-from ringfleet.intake import IntakeService
-from ringfleet.wiring import WallClock
+from ringfleet.core.jobs import JobState
+from ringfleet.core.ports import SystemClock
+from ringfleet.intake.quotas import Quotas, TenantQuota
+from ringfleet.intake.service import IntakeService
 from tests.builders import spec
+from tests.doubles import InMemoryJobRepository, RecordingCommandPublisher
 
 
 def service(quotas: Quotas | None = None) -> tuple[IntakeService, list[dict[str, Any]], RecordingCommandPublisher]:
     events: list[dict[str, Any]] = []
     publisher = RecordingCommandPublisher()
     svc = IntakeService(
-        jobs=InMemoryJobRepository(WallClock()),
+        jobs=InMemoryJobRepository(SystemClock()),
         publisher=publisher,
         put_events=events.extend,
         quotas=quotas or Quotas(),
-        clock=WallClock(),
+        clock=SystemClock(),
     )
     return svc, events, publisher
 
@@ -76,11 +76,11 @@ def test_a_job_asking_for_instance_types_the_market_does_not_know_is_rejected_wi
     # given intake that knows the market's instance types
     events: list[dict[str, Any]] = []
     svc = IntakeService(
-        jobs=InMemoryJobRepository(WallClock()),
+        jobs=InMemoryJobRepository(SystemClock()),
         publisher=RecordingCommandPublisher(),
         put_events=events.extend,
         quotas=Quotas(),
-        clock=WallClock(),
+        clock=SystemClock(),
         instance_types={"g5.xlarge", "g6.xlarge"},
     )
     # when a job asks for one it knows and one it does not

@@ -15,9 +15,9 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from ringfleet_local.cloud import LocalCloud
+from ringfleet_local.runtime import FunctionRuntime
 
-from ringfleet.local.cloud import LocalCloud
-from ringfleet.local.runtime import FunctionRuntime
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.timeout(240)

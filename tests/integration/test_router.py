@@ -7,12 +7,12 @@ import json
 from collections.abc import Iterator
 
 import pytest
+from ringfleet_local.clock import ManualClock
+from ringfleet_local.cloud import LocalCloud
+from ringfleet_local.router import Delivery, decode_rmq
 
 from ringfleet.adapters.rabbitmq import publish
 from ringfleet.contracts.broker import JOBS_QUEUE, dead_letter_queue
-from ringfleet.local.clock import ManualClock
-from ringfleet.local.cloud import LocalCloud
-from ringfleet.local.router import Delivery, decode_rmq
 from tests.conftest import ROOT, purge_queue
 
 pytestmark = pytest.mark.integration

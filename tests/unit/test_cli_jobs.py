@@ -6,12 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from ringfleet_cli import main as cli
+from ringfleet_client import RingfleetClient
 
-from ringfleet import cli
-from ringfleet.adapters.memory import InMemoryJobRepository
-from ringfleet.client import RingfleetClient
 from ringfleet.contracts import WorkerFailed
 from tests.builders import RecoveryWorld, instance, later
+from tests.doubles import InMemoryJobRepository
 
 TRACEBACK = (
     "entrypoint 'python examples/digits/train.py' exited with status 1\n"

@@ -1,7 +1,7 @@
 """Every mistake a user can make with `ringfleet` ends in one line on stderr and the exit code `--help` documents,
 never a traceback; every read command's `--output json` parses.
 
-Each case runs `python -m ringfleet.cli` in its own process, as a user's shell would, with a state directory of its
+Each case runs `python -m ringfleet_cli.main` in its own process, as a user's shell would, with a state directory of its
 own (no local cloud) and no broker configured.
 """
 
@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
+from ringfleet_cli.main import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_UNREACHABLE, EXIT_USAGE
 
-from ringfleet.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_UNREACHABLE, EXIT_USAGE
 from tests.conftest import ROOT
 
 JOB = ROOT / "examples/digits/job.yaml"
@@ -26,17 +26,17 @@ JOB = ROOT / "examples/digits/job.yaml"
 #: commands have something to print without a local cloud.
 WITH_A_JOB = """
 import sys
-from ringfleet import cli
-from ringfleet.adapters.memory import InMemoryJobRepository, RecordingCommandPublisher
-from ringfleet.client import RingfleetClient
-from ringfleet.domain.quotas import Quotas
-from ringfleet.intake import IntakeService
-from ringfleet.wiring import WallClock
+from ringfleet.core.ports import SystemClock
+from ringfleet.intake.quotas import Quotas
+from ringfleet.intake.service import IntakeService
+from ringfleet_cli import main as cli
+from ringfleet_client import RingfleetClient
+from tests.doubles import InMemoryJobRepository, RecordingCommandPublisher
 from tests.builders import spec
 
-jobs = InMemoryJobRepository(WallClock())
+jobs = InMemoryJobRepository(SystemClock())
 intake = IntakeService(
-    jobs=jobs, publisher=RecordingCommandPublisher(), put_events=lambda e: None, quotas=Quotas(), clock=WallClock()
+    jobs=jobs, publisher=RecordingCommandPublisher(), put_events=lambda e: None, quotas=Quotas(), clock=SystemClock()
 )
 intake.on_submitted(spec("job-1"))
 cli._job_client = lambda: RingfleetClient("amqp://unused", jobs)
@@ -51,7 +51,7 @@ def environment(state_dir: Path, **extra: str) -> dict[str, str]:
 
 def ringfleet(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "ringfleet.cli", *args],
+        [sys.executable, "-m", "ringfleet_cli.main", *args],
         cwd=tmp_path,
         env=environment(tmp_path / "state", **env),
         capture_output=True,

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from pydantic import BaseModel, ValidationError
+from ringfleet_local.shapes import complete_s3_notification, rmq_event, scheduled_event
 
 from ringfleet.contracts import (
     MESSAGE_TYPES,
@@ -39,7 +40,6 @@ from ringfleet.contracts import (
     parse_rmq_messages,
     parse_s3_notification,
 )
-from ringfleet.local.shapes import complete_s3_notification, rmq_event, scheduled_event
 from tests.conftest import ROOT
 
 EVENTS = ROOT / "events"

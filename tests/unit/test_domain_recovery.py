@@ -7,9 +7,9 @@ from dataclasses import replace
 import pytest
 
 from ringfleet.contracts import CheckpointNow, Reconfigure
-from ringfleet.domain.jobs import DurableCheckpoint, IllegalTransition, JobState
-from ringfleet.domain.nodes import LifecycleHook, NodeState
-from ringfleet.domain.recovery import (
+from ringfleet.core.jobs import DurableCheckpoint, IllegalTransition, JobState
+from ringfleet.core.nodes import LifecycleHook, NodeState
+from ringfleet.recovery.decisions import (
     CapacityArrived,
     CheckpointTaken,
     NodeLost,

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ringfleet.contracts import CheckpointCompleted, Reconfigure, parse_cloud_event
-from ringfleet.domain.jobs import Job, JobState
-from ringfleet.domain.nodes import NodeState
+from ringfleet.core.jobs import Job, JobState
+from ringfleet.core.nodes import NodeState
 from tests.builders import RecoveryWorld, cloud_event, instance, later
 
 

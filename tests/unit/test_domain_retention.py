@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ringfleet.domain.retention import plan_retention
+from ringfleet.backup.retention import plan_retention
 
 
 def test_keeps_the_newest_k_and_every_nth() -> None:

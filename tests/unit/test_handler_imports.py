@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pytest
+from ringfleet_local.context import CloudContext
 
-from ringfleet.local.context import CloudContext
 from tests.conftest import ROOT
 
 # The endpoint is never contacted: importing a handler builds clients but sends no request.

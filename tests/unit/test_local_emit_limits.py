@@ -8,10 +8,10 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from ringfleet_local.context import CloudContext
+from ringfleet_local.emit import MAX_EVENT_BYTES, EmitError, emit, entry_size
+from ringfleet_local.router import _jsonable
 
-from ringfleet.local.context import CloudContext
-from ringfleet.local.emit import MAX_EVENT_BYTES, EmitError, emit, entry_size
-from ringfleet.local.router import _jsonable
 from tests.conftest import ROOT
 
 # Nothing listens there: a refusal must come before any request.

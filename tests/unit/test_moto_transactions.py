@@ -1,7 +1,7 @@
 """The local moto server's TransactWriteItems: all or nothing, conditions checked, without copying whole tables.
 
 moto's own implementation deep-copies every table a transaction touches, so that with the burst bench's 1,000
-node rows each decision cost a copy of the fleet; ringfleet.local.moto_server keeps a copy of the touched items only.
+node rows each decision cost a copy of the fleet; ringfleet_local.moto_server keeps a copy of the touched items only.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from botocore.exceptions import ClientError
 from moto import mock_aws
 from moto.dynamodb.models import DynamoDBBackend, dynamodb_backends
 from moto.dynamodb.models.table import Table
-
-from ringfleet.local.moto_server import install_item_level_transactions, transact_write_items
+from ringfleet_local.moto_server import install_item_level_transactions, transact_write_items
 
 JOBS, NODES = "jobs", "nodes"
 ACCOUNT, REGION = "123456789012", "us-east-1"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ringfleet.contracts import Program
-from ringfleet.domain.jobs import JobState
-from ringfleet.domain.placement import FreeInstance, plan_placement
+from ringfleet.core.jobs import JobState
+from ringfleet.scaling.placement import FreeInstance, plan_placement
 from tests.builders import instance, later, running_job
 
 

@@ -12,18 +12,18 @@ from typing import Any
 
 import pytest
 
-from ringfleet.adapters.memory import (
-    InMemoryFleetGateway,
+from ringfleet.contracts import CheckpointNow, Reconfigure, parse_cloud_event
+from ringfleet.core.jobs import Job, JobState
+from ringfleet.core.nodes import Node, NodeState
+from ringfleet.core.ports import Saved
+from ringfleet.recovery.service import RecoveryService
+from tests.builders import cloud_event, instance, later, running_job
+from tests.doubles import (
+    InMemoryInstanceLifecycle,
     InMemoryJobRepository,
     InMemoryNodeRepository,
     RecordingCommandPublisher,
 )
-from ringfleet.contracts import CheckpointNow, Reconfigure, parse_cloud_event
-from ringfleet.domain.jobs import Job, JobState
-from ringfleet.domain.nodes import Node, NodeState
-from ringfleet.ports import Saved
-from ringfleet.recovery import RecoveryService
-from tests.builders import cloud_event, instance, later, running_job
 
 WARNING = "EC2 Spot Instance Interruption Warning"
 REBALANCE = "EC2 Instance Rebalance Recommendation"
@@ -67,7 +67,9 @@ def world(spares: tuple[str, ...] = ()) -> tuple[RecoveryService, CountingJobs, 
         nodes.put(node)
     for n, spare in enumerate(spares):
         nodes.put(Node(instance_id=spare, job_id=job.job_id, state=NodeState.PLACED, host=f"10.0.1.{n}"))
-    service = RecoveryService(jobs=jobs, nodes=nodes, publisher=publisher, fleet=InMemoryFleetGateway(), clock=clock)
+    service = RecoveryService(
+        jobs=jobs, nodes=nodes, publisher=publisher, fleet=InMemoryInstanceLifecycle(), clock=clock
+    )
     jobs.calls.clear()
     return service, jobs, nodes, publisher.published
 
@@ -184,7 +186,9 @@ def test_a_sweep_isolates_one_jobs_failure_and_reports_it() -> None:
             super().publish(commands)
 
     publisher = FailingFor()
-    service = RecoveryService(jobs=jobs, nodes=nodes, publisher=publisher, fleet=InMemoryFleetGateway(), clock=clock)
+    service = RecoveryService(
+        jobs=jobs, nodes=nodes, publisher=publisher, fleet=InMemoryInstanceLifecycle(), clock=clock
+    )
     # when every node of both jobs went silent and the broken job's commands cannot be published
     outcomes = service.sweep(later(600) - later(500))
     # then the healthy job's losses are handled and the broken job's failure is reported, not raised

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ringfleet.adapters.memory import InMemoryFleetGateway, RecordingCommandPublisher
 from ringfleet.contracts import CheckpointCompleted, Reconfigure, WorkerFailed, parse_cloud_event
-from ringfleet.domain.jobs import Job
-from ringfleet.recovery import RecoveryService
+from ringfleet.core.jobs import Job
+from ringfleet.recovery.service import RecoveryService
 from tests.builders import RecoveryWorld, cloud_event, instance, later
+from tests.doubles import InMemoryInstanceLifecycle, RecordingCommandPublisher
 
 
 class Clock:
@@ -18,7 +18,7 @@ class Clock:
         return later(5)
 
 
-def world(members: int = 3) -> tuple[RecoveryService, InMemoryFleetGateway, RecordingCommandPublisher, list[Any]]:
+def world(members: int = 3) -> tuple[RecoveryService, InMemoryInstanceLifecycle, RecordingCommandPublisher, list[Any]]:
     w = RecoveryWorld.of(Clock(), members=members, max_workers=members)
     return w.service, w.fleet, w.publisher, w.events
 

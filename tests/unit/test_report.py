@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from ringfleet.local.report import Incident, RunTimeline, measure_goodput, write_report
+from ringfleet_local.report import ObservedIncident, RunTimeline, measure_goodput, write_report
 
 
 def timeline() -> RunTimeline:
@@ -18,7 +17,7 @@ def timeline() -> RunTimeline:
         checkpoints=[(10.0, 20), (21.0, 42)],
         backups=[(11.0, 20), (22.5, 42)],
         incidents=[
-            Incident(
+            ObservedIncident(
                 "spot interruption",
                 "i-0aaaaaaaaaaaaaaa1",
                 injected_at=20.0,
@@ -29,7 +28,7 @@ def timeline() -> RunTimeline:
                 generation=2,
                 checkpoints=[42],
             ),
-            Incident(
+            ObservedIncident(
                 "hard kill",
                 "i-0aaaaaaaaaaaaaaa2",
                 injected_at=30.0,

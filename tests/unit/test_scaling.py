@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ringfleet.domain.scaling import (
+from ringfleet.scaling.decisions import (
     FleetState,
     JobDemand,
     Pool,

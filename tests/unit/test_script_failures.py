@@ -9,9 +9,9 @@ from dataclasses import replace
 from typing import Any
 
 from ringfleet.contracts import CheckpointCompleted, Program, Reconfigure, Stop, WorkerFailed
-from ringfleet.domain.jobs import Job, JobState
-from ringfleet.domain.nodes import NodeState
-from ringfleet.domain.recovery import CapacityArrived, NodeLost, NoticeGiven, ScriptFailed, plan_recovery
+from ringfleet.core.jobs import Job, JobState
+from ringfleet.core.nodes import NodeState
+from ringfleet.recovery.decisions import CapacityArrived, NodeLost, NoticeGiven, ScriptFailed, plan_recovery
 from tests.builders import RecoveryWorld, instance, later, running_job
 
 TRACEBACK = (

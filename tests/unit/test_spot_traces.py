@@ -6,8 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-
-from ringfleet.local.spot_traces import (
+from ringfleet_local.spot_traces import (
     INSUFFICIENT_CAPACITY,
     TraceError,
     TraceMarket,
@@ -15,6 +14,7 @@ from ringfleet.local.spot_traces import (
     load_trace_dir,
     write_trace,
 )
+
 from tests.conftest import ROOT
 
 POOL_A = "spot:p3.2xlarge:us-west-2a"

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 from moto.events.models import EventPattern
+from ringfleet_local.context import CloudContext
+from ringfleet_local.router import rate_seconds
+from ringfleet_local.template import load_template
 
 from ringfleet.contracts.broker import JOBS_QUEUE, WORKER_EVENTS_QUEUE, dead_letter_queue
-from ringfleet.local.context import CloudContext
-from ringfleet.local.router import rate_seconds
-from ringfleet.local.template import load_template
 from tests.conftest import ROOT
 
 if TYPE_CHECKING:

@@ -8,15 +8,8 @@ from types import SimpleNamespace
 import boto3
 import pytest
 from moto import mock_aws
-
-from ringfleet.local.fleet import FleetEmulator
-from ringfleet.local.spot_traces import (
-    INSUFFICIENT_CAPACITY,
-    AvailabilityTrace,
-    TraceError,
-    TraceMarket,
-    TraceReplay,
-)
+from ringfleet_local.fleet import FleetEmulator
+from ringfleet_local.spot_traces import INSUFFICIENT_CAPACITY, AvailabilityTrace, TraceError, TraceMarket, TraceReplay
 
 POOL = "spot:p3.2xlarge:us-east-1a"
 
@@ -99,7 +92,7 @@ def test_the_fleet_emulator_interrupts_two_instances_at_once_when_a_trace_drops_
 
 @mock_aws
 def test_the_local_gateway_launches_only_what_the_trace_has_and_reports_the_pool_short() -> None:
-    from ringfleet.adapters.ec2_fleet import MotoSpotFleetGateway
+    from ringfleet_local.moto_fleet import MotoSpotFleetGateway
 
     trace, clock = replay((3, 3, 1))
     gateway = MotoSpotFleetGateway(
@@ -126,7 +119,7 @@ def test_the_local_gateway_launches_only_what_the_trace_has_and_reports_the_pool
 
 
 def test_the_scalers_process_replays_the_same_moment_of_the_traces_from_its_environment(tmp_path: Path) -> None:
-    from ringfleet.local.spot_traces import TracePriceSource, replay_from_environment, replay_from_options, write_trace
+    from ringfleet_local.spot_traces import TracePriceSource, replay_from_environment, replay_from_options, write_trace
 
     write_trace(tmp_path / "us-east-1a_v100_1.json", [4, 0], gap_seconds=3600)
     # given the local cloud's replay, started an hour and a half of trace ago at 3600x

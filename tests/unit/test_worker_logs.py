@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from ringfleet.local.worker_logs import parse_line
+from ringfleet_local.worker_logs import parse_line
 
 
 def test_a_progress_line_is_timed_by_the_worker_and_a_missing_loss_is_not_a_number() -> None:

@@ -14,12 +14,13 @@ from boto3.dynamodb.conditions import Attr, Key
 from boto3.dynamodb.types import TypeDeserializer
 from botocore.exceptions import ClientError
 
-from ringfleet.domain.jobs import ACTIVE_STATES, DurableCheckpoint, Incident, Job, JobState, PendingRecovery
-from ringfleet.domain.nodes import LifecycleHook, Node, NodeState
-from ringfleet.ports import CheckpointRecord, CheckpointStatus, Saved
+from ringfleet.backup.ports import CheckpointRecord, CheckpointStatus
+from ringfleet.core.jobs import ACTIVE_STATES, DurableCheckpoint, Incident, Job, JobState, PendingRecovery
+from ringfleet.core.nodes import LifecycleHook, Node, NodeState
+from ringfleet.core.ports import Saved
 
 if TYPE_CHECKING:
-    from ringfleet.ports import Clock
+    from ringfleet.core.ports import Clock
 
 __all__ = [
     "DynamoDbCheckpointCatalog",

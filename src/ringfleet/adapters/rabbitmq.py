@@ -6,12 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import aio_pika
 
-from ringfleet.contracts.broker import (
-    COMMANDS_EXCHANGE,
-    DEAD_LETTER_EXCHANGE,
-    MQ_QUEUES,
-    dead_letter_queue,
-)
+from ringfleet.contracts.broker import COMMANDS_EXCHANGE, DEAD_LETTER_EXCHANGE, MQ_QUEUES, dead_letter_queue
 
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractChannel, AbstractRobustConnection

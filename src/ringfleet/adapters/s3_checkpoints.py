@@ -1,4 +1,4 @@
-"""CheckpointStore on S3: read manifests, digest shards, server-side copy to the backup bucket, delete old ones."""
+"""CheckpointObjects on S3: read manifests, digest shards, server-side copy to the backup bucket, delete old ones."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING, Any
 import boto3
 from botocore.exceptions import ClientError
 
+from ringfleet.backup.ports import ShardDigest
 from ringfleet.contracts.checkpoints import MANIFEST_NAME, checkpoint_prefix
-from ringfleet.ports import ShardDigest
 
 if TYPE_CHECKING:
     from ringfleet.contracts import CheckpointManifest
 
-__all__ = ["S3CheckpointStore"]
+__all__ = ["S3CheckpointObjects"]
 
 _CHUNK = 8 * 1024 * 1024
 
@@ -23,7 +23,7 @@ def _missing(exc: ClientError) -> bool:
     return exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}
 
 
-class S3CheckpointStore:
+class S3CheckpointObjects:
     def __init__(self, *, s3_client: Any | None = None) -> None:
         self._s3: Any = s3_client or boto3.client("s3")
 

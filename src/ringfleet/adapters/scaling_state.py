@@ -9,7 +9,7 @@ from typing import Any
 import boto3
 from botocore.exceptions import ClientError
 
-from ringfleet.domain.scaling import FleetState
+from ringfleet.scaling.decisions import FleetState
 
 __all__ = ["DynamoDbScalingStateStore", "state_from_json", "state_to_json"]
 

@@ -1,0 +1,241 @@
+"""The composition root: every handler's use case built once per container from the function's environment.
+
+Handlers import only this module and their contracts; the use cases never build their own adapters. The AWS
+adapters are the default. A host that runs the handlers elsewhere (the local cloud's Lambda host) replaces the
+fleet's adapters with ``provide_fleet`` before the first invocation, so production code never imports the local
+cloud (cosmicpython's ``bootstrap``: the one place where ports meet adapters).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+from ringfleet.core.ports import SystemClock
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
+
+    from ringfleet.backup.service import BackupService
+    from ringfleet.intake.service import IntakeService
+    from ringfleet.recovery.service import RecoveryService
+    from ringfleet.scaling.ports import PriceSource, SpotFleetGateway
+    from ringfleet.scaling.service import ScalerService
+
+__all__ = [
+    "Settings",
+    "backup_service",
+    "idempotency_store",
+    "intake_service",
+    "provide_fleet",
+    "put_events",
+    "recovery_service",
+    "scaler_service",
+    "settings",
+]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The environment template.yaml gives every function, validated at cold start."""
+
+    jobs_table: str
+    nodes_table: str
+    checkpoints_table: str
+    idempotency_table: str
+    checkpoint_bucket: str
+    backup_bucket: str
+    broker_endpoint: str
+    broker_secret_id: str
+    #: Retention: the newest K durable checkpoints of a job are kept, and every Nth step's (0: none).
+    keep_last: int = 3
+    keep_every: int = 0
+    #: A member not heard from for this long is lost (workers heartbeat every few seconds).
+    heartbeat_timeout: timedelta = timedelta(seconds=90)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        missing = [k for k in ("JOBS_TABLE", "NODES_TABLE", "IDEMPOTENCY_TABLE") if not env.get(k)]
+        if missing:
+            raise RuntimeError(f"environment variables {missing} are not set (see template.yaml Globals)")
+        return cls(
+            jobs_table=env["JOBS_TABLE"],
+            nodes_table=env["NODES_TABLE"],
+            checkpoints_table=env.get("CHECKPOINTS_TABLE", ""),
+            idempotency_table=env["IDEMPOTENCY_TABLE"],
+            checkpoint_bucket=env.get("CHECKPOINT_BUCKET", ""),
+            backup_bucket=env.get("BACKUP_BUCKET", ""),
+            broker_endpoint=env.get("BROKER_ENDPOINT", ""),
+            broker_secret_id=env.get("BROKER_SECRET_ARN", ""),
+            keep_last=int(env.get("CHECKPOINT_KEEP_LAST") or 3),
+            keep_every=int(env.get("CHECKPOINT_KEEP_EVERY") or 0),
+            heartbeat_timeout=timedelta(seconds=float(env.get("HEARTBEAT_TIMEOUT_SECONDS") or 90)),
+        )
+
+    def broker_url(self) -> str:
+        """The broker URL with the credentials of the broker secret (read when the first command is published)."""
+        from ringfleet.adapters.commands import broker_url, credentials_from_secret
+
+        username, password = credentials_from_secret(self.broker_secret_id)
+        return broker_url(self.broker_endpoint, username, password)
+
+
+@lru_cache(maxsize=1)
+def settings() -> Settings:
+    return Settings.from_env()
+
+
+#: AWS calls retry inside the invocation, boto3's "standard" mode: at most 3 attempts, exponential backoff with full
+#: jitter (base 1 s, capped at 20 s, throttles and transient errors only), so a blip costs a second or two instead of
+#: the queue's visibility timeout. Connect and read timeouts bound one attempt well inside the function's timeout.
+AWS_MAX_ATTEMPTS = 3
+
+
+@lru_cache(maxsize=1)
+def aws_config() -> Any:
+    from botocore.config import Config
+
+    return Config(retries={"mode": "standard", "max_attempts": AWS_MAX_ATTEMPTS}, connect_timeout=2, read_timeout=5)
+
+
+@lru_cache(maxsize=1)
+def _dynamodb() -> object:
+    import boto3
+
+    return boto3.resource("dynamodb", config=aws_config())
+
+
+@lru_cache(maxsize=1)
+def _events() -> Any:
+    import boto3
+
+    return boto3.client("events", config=aws_config())
+
+
+def _client(service: str) -> Any:
+    import boto3
+
+    return boto3.client(service, config=aws_config())  # type: ignore[call-overload]
+
+
+def put_events(entries: list[dict[str, Any]]) -> None:
+    """Puts the control plane's own events on the function's bus (EVENT_BUS_NAME, template.yaml Globals)."""
+    bus = os.environ.get("EVENT_BUS_NAME", "default")
+    response = _events().put_events(Entries=[{**e, "EventBusName": bus} for e in entries])
+    if response.get("FailedEntryCount"):
+        raise RuntimeError(f"put_events failed: {response.get('Entries')}")
+
+
+@lru_cache(maxsize=1)
+def recovery_service() -> RecoveryService:
+    from ringfleet.adapters.autoscaling import AutoScalingLifecycle
+    from ringfleet.adapters.commands import AmqpCommandPublisher
+    from ringfleet.adapters.dynamodb import DynamoDbJobRepository, DynamoDbNodeRepository
+    from ringfleet.recovery.service import RecoveryService
+
+    s, clock, ddb = settings(), SystemClock(), _dynamodb()
+    return RecoveryService(
+        jobs=DynamoDbJobRepository(s.jobs_table, clock=clock, boto3_resource=ddb, nodes_table=s.nodes_table),
+        nodes=DynamoDbNodeRepository(s.nodes_table, clock=clock, boto3_resource=ddb),
+        publisher=AmqpCommandPublisher(s.broker_url),
+        fleet=AutoScalingLifecycle(autoscaling_client=_client("autoscaling")),
+        clock=clock,
+        put_events=put_events,
+    )
+
+
+@lru_cache(maxsize=1)
+def backup_service() -> BackupService:
+    from ringfleet.adapters.dynamodb import DynamoDbCheckpointCatalog, DynamoDbJobRepository
+    from ringfleet.adapters.s3_checkpoints import S3CheckpointObjects
+    from ringfleet.backup.service import BackupService
+
+    s, clock, ddb = settings(), SystemClock(), _dynamodb()
+    return BackupService(
+        store=S3CheckpointObjects(),
+        catalog=DynamoDbCheckpointCatalog(s.checkpoints_table, boto3_resource=ddb),
+        jobs=DynamoDbJobRepository(s.jobs_table, clock=clock, boto3_resource=ddb),
+        clock=clock,
+        backup_bucket=s.backup_bucket,
+        keep_last=s.keep_last,
+        keep_every=s.keep_every,
+    )
+
+
+@lru_cache(maxsize=1)
+def idempotency_store() -> DynamoDBPersistenceLayer:
+    from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
+
+    return DynamoDBPersistenceLayer(table_name=settings().idempotency_table, boto_config=aws_config())
+
+
+@lru_cache(maxsize=1)
+def intake_service() -> IntakeService:
+    from ringfleet.adapters.commands import AmqpCommandPublisher
+    from ringfleet.adapters.dynamodb import DynamoDbJobRepository
+    from ringfleet.adapters.ec2_fleet import ON_DEMAND_PRICES
+    from ringfleet.intake.quotas import Quotas
+    from ringfleet.intake.service import IntakeService
+
+    s, clock = settings(), SystemClock()
+    return IntakeService(
+        jobs=DynamoDbJobRepository(s.jobs_table, clock=clock, boto3_resource=_dynamodb()),
+        publisher=AmqpCommandPublisher(s.broker_url),
+        put_events=put_events,
+        quotas=Quotas.from_json(os.environ.get("TENANT_QUOTAS")),
+        clock=clock,
+        # The types the scaler can price (the local market has the same): a job asking for others is rejected.
+        instance_types=frozenset(ON_DEMAND_PRICES),
+    )
+
+
+FleetAdapters = Callable[[str, str], "tuple[SpotFleetGateway, PriceSource]"]
+_fleet_provider: FleetAdapters | None = None
+
+
+def provide_fleet(provider: FleetAdapters) -> None:
+    """Replaces the EC2 Fleet gateway and the EC2 spot prices: ``provider(stack, launch_template)`` returns the
+    gateway and the price source the scaler uses (the local cloud's fleet emulator and market)."""
+    global _fleet_provider
+    _fleet_provider = provider
+    scaler_service.cache_clear()
+
+
+def _fleet_and_prices() -> tuple[SpotFleetGateway, PriceSource]:
+    from ringfleet.adapters.ec2_fleet import Ec2SpotFleetGateway, Ec2SpotPriceSource
+
+    stack = os.environ.get("RINGFLEET_STACK", "ringfleet")
+    template = os.environ.get("WORKER_LAUNCH_TEMPLATE_NAME", "ringfleet-worker")
+    if _fleet_provider is not None:
+        return _fleet_provider(stack, template)
+    return Ec2SpotFleetGateway(stack=stack, launch_template=template), Ec2SpotPriceSource()
+
+
+@lru_cache(maxsize=1)
+def scaler_service() -> ScalerService:
+    from ringfleet.adapters.commands import AmqpCommandPublisher
+    from ringfleet.adapters.dynamodb import DynamoDbJobRepository, DynamoDbNodeRepository
+    from ringfleet.adapters.scaling_state import DynamoDbScalingStateStore
+    from ringfleet.scaling.service import ScalerService, policy_from_env
+
+    s, clock, ddb = settings(), SystemClock(), _dynamodb()
+    fleet, prices = _fleet_and_prices()
+
+    def on_capacity_arrived(job_id: str, instance_id: str, host: str | None) -> object:
+        return recovery_service().on_capacity_arrived(job_id, instance_id, host)
+
+    return ScalerService(
+        jobs=DynamoDbJobRepository(s.jobs_table, clock=clock, boto3_resource=ddb),
+        nodes=DynamoDbNodeRepository(s.nodes_table, clock=clock, boto3_resource=ddb),
+        fleet=fleet,
+        prices=prices,
+        state=DynamoDbScalingStateStore(os.environ["SCALING_TABLE"], boto3_resource=ddb),
+        publisher=AmqpCommandPublisher(s.broker_url),
+        on_capacity_arrived=on_capacity_arrived,
+        policy=policy_from_env(),
+    )

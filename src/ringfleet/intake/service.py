@@ -1,0 +1,145 @@
+"""Job intake: admits or rejects JobSubmitted, cancels on JobCancelled; the shell around quotas and the job record.
+
+Admission is idempotent per message id: a redelivered JobSubmitted finds its job already there (created from the
+same message) and changes nothing. A rejected submission is recorded as a FAILED job whose incident says why, so
+``ringfleet status`` shows the reason; a submission reusing an existing job id is rejected without touching that
+job. Only admitted jobs are announced (``Job Admitted``), so nothing rejected ever reaches the scaler.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from ringfleet.core.jobs import Incident, Job, JobState
+from ringfleet.intake.quotas import Quotas, admit_job, check_cancel
+from ringfleet.recovery.decisions import command_message_id
+
+if TYPE_CHECKING:
+    from ringfleet.contracts import JobCancelled, JobSubmitted
+    from ringfleet.core.ports import Clock, CommandPublisher, JobRepository
+
+__all__ = ["IntakeOutcome", "IntakeService", "check_instance_types"]
+
+log = logging.getLogger(__name__)
+MAX_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class IntakeOutcome:
+    job_id: str
+    #: admitted, duplicate, rejected, cancelled
+    outcome: str
+    reason: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return {"job_id": self.job_id, "outcome": self.outcome, "reason": self.reason}
+
+
+def check_instance_types(requested: Collection[str], known: Collection[str]) -> str | None:
+    """None when the market knows every instance type asked for; otherwise why not, naming the ones it knows.
+
+    A job whose types no pool offers would stay PENDING for ever: the scaler finds nothing to launch."""
+    unknown = [t for t in requested if t not in known]
+    if not unknown:
+        return None
+    return f"unknown instance type(s) {', '.join(unknown)}: the fleet's market offers {', '.join(sorted(known))}"
+
+
+class IntakeService:
+    def __init__(
+        self,
+        *,
+        jobs: JobRepository,
+        publisher: CommandPublisher,
+        put_events: Callable[[list[dict[str, Any]]], None],
+        quotas: Quotas,
+        clock: Clock,
+        instance_types: Collection[str] | None = None,
+    ) -> None:
+        self.jobs = jobs
+        self.publisher = publisher
+        self.put_events = put_events
+        self.quotas = quotas
+        self.clock = clock
+        #: The instance types the fleet's market offers (None: any).
+        self.instance_types = instance_types
+
+    def on_submitted(self, message: JobSubmitted) -> IntakeOutcome:
+        from ringfleet.contracts import JobAdmittedDetail, control_event_entry
+
+        existing = self.jobs.get(message.job_id)
+        if existing is not None:
+            if existing.tenant == message.tenant and existing.spec.message_id == message.message_id:
+                return IntakeOutcome(message.job_id, "duplicate", "already handled this message")
+            return IntakeOutcome(message.job_id, "rejected", f"job id {message.job_id!r} is already taken")
+        now = self.clock.now()
+        active = [j for j in self.jobs.list_by_tenant(message.tenant) if not j.is_final]
+        reason = None
+        if self.instance_types is not None:
+            reason = check_instance_types(message.instance_types, self.instance_types)
+        reason = reason or admit_job(message, active, self.quotas)
+        if reason is not None:
+            rejected = Job(
+                job_id=message.job_id,
+                tenant=message.tenant,
+                state=JobState.FAILED,
+                spec=message,
+                failure=reason,
+                incidents=(Incident(at=now, cause="rejected", generation=0, detail=reason),),
+            )
+            self.jobs.create(rejected)
+            return IntakeOutcome(message.job_id, "rejected", reason)
+        job = Job(
+            job_id=message.job_id,
+            tenant=message.tenant,
+            state=JobState.PENDING,
+            spec=message,
+            incidents=(Incident(at=now, cause="admitted", generation=0),),
+        )
+        if not self.jobs.create(job):
+            return self.on_submitted(message)  # a concurrent delivery of the same message won the create
+        detail = JobAdmittedDetail(
+            tenant=message.tenant,
+            job_id=message.job_id,
+            min_workers=message.min_workers,
+            max_workers=message.max_workers,
+        )
+        self.put_events([control_event_entry(detail)])
+        return IntakeOutcome(message.job_id, "admitted")
+
+    def on_cancelled(self, message: JobCancelled) -> IntakeOutcome:
+        from ringfleet.contracts import JobFinishedDetail, Stop, control_event_entry, parse_message
+
+        for _ in range(MAX_ATTEMPTS):
+            job = self.jobs.get(message.job_id)
+            reason = check_cancel(message, job)
+            if job is not None and job.tenant == message.tenant and job.state == JobState.CANCELLED:
+                return IntakeOutcome(message.job_id, "duplicate", "already cancelled")
+            if reason is not None or job is None:
+                return IntakeOutcome(message.job_id, "rejected", reason or "")
+            stop = Stop(
+                job_id=job.job_id,
+                generation=job.generation,
+                reason=f"cancelled: {message.reason}",
+                message_id=command_message_id(job.job_id, job.generation, "Stop"),
+                sent_at=self.clock.now(),
+            )
+            cancelled = replace(
+                job.moved_to(JobState.CANCELLED),
+                replacements_wanted=0,
+                outbox=(*job.outbox, stop.model_dump(mode="json")),
+            ).with_incident(
+                Incident(at=self.clock.now(), cause="cancelled", generation=job.generation, detail=message.reason)
+            )
+            if not self.jobs.save(cancelled, decided_from=job):
+                continue
+            stored = replace(cancelled, revision=job.revision + 1)
+            self.publisher.publish([parse_message(c) for c in stored.outbox])  # type: ignore[misc]
+            self.jobs.save(replace(stored, outbox=()), decided_from=stored)
+            detail = JobFinishedDetail(tenant=job.tenant, job_id=job.job_id, state="CANCELLED")
+            self.put_events([control_event_entry(detail)])
+            return IntakeOutcome(message.job_id, "cancelled")
+        raise RuntimeError(f"job {message.job_id}: {MAX_ATTEMPTS} conflicting writers in a row; retry later")

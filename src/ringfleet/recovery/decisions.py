@@ -1,0 +1,528 @@
+"""plan_recovery: what to do about a lost, leaving or new node, a failed job script, or a finished checkpoint — a
+pure decision.
+
+Recovery in order of preference (DESIGN.md): with notice, checkpoint now and re-form the ring with a replacement
+once both are there; without notice, the survivors re-form the ring at once; with nothing left, restart from the
+newest durable checkpoint. A failure of the job's own script is not a lost node: the same members run it again in a
+new generation, up to the job's ``max_restarts`` times, after which the job ends FAILED and its workers are stopped.
+
+Every decision is made from one read of the job and returns the job as it should be saved; the caller saves it
+conditionally on the generation and revision it was decided from, so a duplicated or reordered signal decides
+nothing new: the signal finds its effect already there and the plan is unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import TYPE_CHECKING, Literal
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+from ringfleet.core.jobs import Incident, Job, JobState, PendingRecovery
+from ringfleet.core.nodes import LifecycleHook, Node, NodeState
+
+if TYPE_CHECKING:
+    from ringfleet.contracts import CheckpointNow, Reconfigure, Stop
+
+__all__ = [
+    "RENDEZVOUS_BASE_PORT",
+    "CapacityArrived",
+    "CheckpointTaken",
+    "NodeLost",
+    "NoticeGiven",
+    "RecoveryPlan",
+    "ScriptFailed",
+    "Signal",
+    "command_message_id",
+    "plan_node_updates",
+    "plan_recovery",
+]
+
+#: Rank 0 serves the ring's rendezvous (a torch.distributed TCP store) on this port plus the generation modulo
+#: RENDEZVOUS_PORTS, so a new generation's store never collides with the one still closing.
+RENDEZVOUS_BASE_PORT = 29500
+RENDEZVOUS_PORTS = 500
+#: Used when the rank-0 node has no recorded host (the local cloud runs every worker on this machine).
+DEFAULT_RENDEZVOUS_HOST = "127.0.0.1"
+
+NoticeCause = Literal["spot-interruption", "rebalance", "lifecycle-terminate"]
+LossCause = Literal["instance-stopped", "heartbeat-lost", "worker-failed"]
+
+
+@dataclass(frozen=True)
+class NoticeGiven:
+    """An instance will go: spot interruption warning, rebalance recommendation or ASG terminate hook."""
+
+    instance_id: str
+    cause: NoticeCause
+    at: datetime
+    deadline: datetime | None = None
+    lifecycle_hook: LifecycleHook | None = None
+
+
+@dataclass(frozen=True)
+class NodeLost:
+    """An instance is gone without notice: stopped or terminated, silent, or its worker failed."""
+
+    instance_id: str
+    cause: LossCause
+    at: datetime
+    #: The generation a worker reported its failure at; None for cloud events, which carry none.
+    generation: int | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class CheckpointTaken:
+    """Rank 0 reported a checkpoint in S3 (CheckpointCompleted)."""
+
+    generation: int
+    step: int
+    at: datetime
+    emergency: bool = False
+    #: The job's last step: the job is done.
+    final: bool = False
+
+
+@dataclass(frozen=True)
+class CapacityArrived:
+    """An instance was placed on the job and is running: a replacement or spare the ring can take in."""
+
+    instance_id: str
+    at: datetime
+    host: str | None = None
+
+
+@dataclass(frozen=True)
+class ScriptFailed:
+    """The job's own script failed on a member (raised, exited non-zero, never called init(), no entrypoint).
+
+    The instance is fine: its agent waits for the next Reconfigure to run the script again.
+    """
+
+    instance_id: str
+    #: The generation the script ran in.
+    generation: int
+    at: datetime
+    #: What the worker reported: the failure, ending with the last lines of its traceback.
+    reason: str
+    step: int | None = None
+
+
+Signal = NoticeGiven | NodeLost | CheckpointTaken | CapacityArrived | ScriptFailed
+
+
+@dataclass(frozen=True)
+class RecoveryPlan:
+    """What to save and send. ``job is before`` (identity) when the signal changes nothing."""
+
+    before: Job
+    job: Job
+    commands: tuple[CheckpointNow | Reconfigure | Stop, ...] = ()
+    #: Why, in words, for the log.
+    outcome: str = ""
+    #: Metric name -> value (seconds or counts) for the handler to emit once the plan is saved.
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    #: What started the recovery this plan completes (set when it reconfigures).
+    cause: str | None = None
+
+    @property
+    def changed(self) -> bool:
+        return self.job is not self.before
+
+    @property
+    def reconfigured(self) -> bool:
+        return self.job.generation > self.before.generation
+
+
+def command_message_id(job_id: str, generation: int, kind: str) -> UUID:
+    """A command's message id, derived from what it is: the same decision made twice publishes the same id."""
+    return uuid5(NAMESPACE_URL, f"ringfleet:{job_id}:{generation}:{kind}")
+
+
+def _unchanged(job: Job, outcome: str) -> RecoveryPlan:
+    return RecoveryPlan(before=job, job=job, outcome=outcome)
+
+
+def plan_recovery(job: Job, nodes: Sequence[Node], signal: Signal) -> RecoveryPlan:
+    """The job after ``signal`` and the commands to send; ``nodes`` are the job's nodes (for hosts and last steps)."""
+    if job.state not in (JobState.RUNNING, JobState.RECOVERING):
+        return _unchanged(job, f"ignored: job is {job.state}")
+    if isinstance(signal, NoticeGiven):
+        return _on_notice(job, nodes, signal)
+    if isinstance(signal, NodeLost):
+        return _on_lost(job, nodes, signal)
+    if isinstance(signal, CheckpointTaken):
+        return _on_checkpoint(job, nodes, signal)
+    if isinstance(signal, ScriptFailed):
+        return _on_script_failed(job, nodes, signal)
+    return _on_capacity(job, nodes, signal)
+
+
+def _on_notice(job: Job, nodes: Sequence[Node], signal: NoticeGiven) -> RecoveryPlan:
+    instance = signal.instance_id
+    incident = Incident(at=signal.at, cause=signal.cause, generation=job.generation, instance_id=instance)
+    if instance in job.spares:
+        after = replace(job, spares=tuple(s for s in job.spares if s != instance)).with_incident(incident)
+        return RecoveryPlan(before=job, job=after, outcome="spare leaving: dropped from spares")
+    if instance not in job.members:
+        return _unchanged(job, "ignored: instance is not a member of the job's current generation")
+    recovery = job.recovery
+    if recovery is not None and (instance in recovery.leaving or instance in recovery.lost):
+        return _unchanged(job, "ignored: notice already being handled")
+    if signal.cause == "rebalance" and job.spares:
+        # Spare capacity is already there: migrate the rank now, before any interruption.
+        migrating = _recovery_with(job, signal, leaving=(instance,), awaiting_checkpoint=False)
+        after = replace(job, recovery=migrating).with_incident(incident)
+        plan = _try_reconfigure(after, nodes, signal.at)
+        return replace(plan, before=job, outcome="rebalance: rank migrated to a spare")
+    taken = _emergency_checkpoint_taken(job)
+    if recovery is None and taken is not None:
+        # The workers saw the notice first (instance metadata) and their emergency checkpoint is already in: no
+        # CheckpointNow, only the replacement to wait for.
+        ready = replace(
+            _recovery_with(job, signal, leaving=(instance,), awaiting_checkpoint=False), checkpoint_step=taken
+        )
+        after = replace(
+            job.moved_to(JobState.RECOVERING), recovery=ready, replacements_wanted=job.replacements_wanted + 1
+        ).with_incident(incident)
+        plan = _try_reconfigure(after, nodes, signal.at)
+        return replace(plan, before=job, outcome=f"notice: checkpoint already taken at step {taken}, {plan.outcome}")
+    asking = recovery is None or not recovery.awaiting_checkpoint
+    new_recovery = _recovery_with(job, signal, leaving=(instance,), awaiting_checkpoint=True)
+    after = replace(
+        job.moved_to(JobState.RECOVERING),
+        recovery=new_recovery,
+        replacements_wanted=job.replacements_wanted + 1,
+    ).with_incident(incident)
+    commands: tuple[CheckpointNow | Reconfigure, ...] = ()
+    if asking:
+        commands = (_checkpoint_now(job, signal),)
+    outcome = "notice: checkpoint requested, replacement wanted" if asking else "notice: checkpoint already requested"
+    return RecoveryPlan(before=job, job=after, commands=commands, outcome=outcome)
+
+
+def _emergency_checkpoint_taken(job: Job) -> int | None:
+    """The step of an emergency checkpoint the current generation reported before any notice reached the job."""
+    steps = [
+        i.step
+        for i in job.incidents
+        if i.cause == "emergency-checkpoint" and i.generation == job.generation and i.step is not None
+    ]
+    return max(steps) if steps else None
+
+
+def _on_lost(job: Job, nodes: Sequence[Node], signal: NodeLost) -> RecoveryPlan:
+    instance = signal.instance_id
+    if signal.generation is not None and signal.generation < job.generation:
+        return _unchanged(job, f"ignored: report of generation {signal.generation} < {job.generation}")
+    incident = Incident(
+        at=signal.at, cause=signal.cause, generation=job.generation, instance_id=instance, detail=signal.detail
+    )
+    if instance in job.spares:
+        after = replace(job, spares=tuple(s for s in job.spares if s != instance)).with_incident(incident)
+        return RecoveryPlan(before=job, job=after, outcome="spare lost: dropped from spares")
+    if instance not in job.members:
+        return _unchanged(job, "ignored: instance is not a member of the job's current generation")
+    recovery = job.recovery
+    if recovery is not None and instance in recovery.lost:
+        return _unchanged(job, "ignored: loss already being handled")
+    base = recovery or PendingRecovery(cause=signal.cause, started_at=signal.at, leaving=())
+    lost_recovery = replace(
+        base,
+        leaving=tuple(i for i in base.leaving if i != instance),
+        lost=(*base.lost, instance),
+        last_step=base.last_step if base.last_step is not None else _last_step(nodes, job.members),
+    )
+    wanted = job.replacements_wanted + (0 if instance in base.leaving else 1)
+    after = replace(
+        job.moved_to(JobState.RECOVERING), recovery=lost_recovery, replacements_wanted=wanted
+    ).with_incident(incident)
+    plan = _try_reconfigure(after, nodes, signal.at)
+    return replace(plan, before=job, outcome=f"lost without notice: {plan.outcome}")
+
+
+def _on_checkpoint(job: Job, nodes: Sequence[Node], signal: CheckpointTaken) -> RecoveryPlan:
+    recovery = job.recovery
+    # A final checkpoint ends the job whichever generation reports it: workers take a generation that adds members
+    # only once the newcomers are ready, so the ring that trained the last step may be the one before a growth the
+    # control plane announced to a replacement that never got ready.
+    if signal.generation != job.generation and not signal.final:
+        return _unchanged(job, f"ignored: checkpoint of generation {signal.generation}, job is at {job.generation}")
+    if signal.final:
+        finished = Incident(at=signal.at, cause="finished", generation=job.generation, detail=f"step {signal.step}")
+        after = replace(job.moved_to(JobState.SUCCEEDED), recovery=None, replacements_wanted=0, spares=())
+        return RecoveryPlan(
+            before=job, job=after.with_incident(finished), outcome=f"finished: final checkpoint at step {signal.step}"
+        )
+    if recovery is None or not recovery.awaiting_checkpoint:
+        if not signal.emergency or recovery is not None:
+            return _unchanged(job, "checkpoint noted: no recovery waits for it")
+        if _emergency_checkpoint_taken(job) is not None:
+            return _unchanged(job, "emergency checkpoint already noted")
+        # The workers saw a notice (instance metadata, SIGTERM) before the control plane did: remembered, so that
+        # the notice, when it arrives, does not wait for a checkpoint that will not come again.
+        noted = Incident(
+            at=signal.at, cause="emergency-checkpoint", generation=job.generation, detail="", step=signal.step
+        )
+        return RecoveryPlan(
+            before=job, job=job.with_incident(noted), outcome="emergency checkpoint noted before its notice"
+        )
+    after = replace(job, recovery=replace(recovery, awaiting_checkpoint=False, checkpoint_step=signal.step))
+    plan = _try_reconfigure(after, nodes, signal.at)
+    return replace(plan, before=job, outcome=f"emergency checkpoint at step {signal.step}: {plan.outcome}")
+
+
+def _on_capacity(job: Job, nodes: Sequence[Node], signal: CapacityArrived) -> RecoveryPlan:
+    instance = signal.instance_id
+    if instance in job.members or instance in job.spares:
+        return _unchanged(job, "ignored: instance already serves the job")
+    after = replace(
+        job, spares=(*job.spares, instance), replacements_wanted=max(0, job.replacements_wanted - 1)
+    ).with_incident(Incident(at=signal.at, cause="capacity-arrived", generation=job.generation, instance_id=instance))
+    known = [*nodes, Node(instance_id=instance, job_id=job.job_id, host=signal.host)]
+    if after.recovery is None:
+        room = job.max_workers - len(job.members)
+        if job.state is JobState.RUNNING and room > 0:
+            # Running below max_workers (survivors of a loss re-formed without a replacement): grow the ring. A
+            # membership change at a step boundary, not a failure: nothing is lost.
+            joining = after.spares[:room]
+            plan = _reconfigure(after, known, list(job.members), joining, signal.at, restore=False, cause="grown")
+            return replace(plan, before=job, outcome=f"capacity arrived: {plan.outcome}")
+        return RecoveryPlan(before=job, job=after, outcome="spare added: no recovery waits for it")
+    plan = _try_reconfigure(after, known, signal.at)
+    return replace(plan, before=job, outcome=f"capacity arrived: {plan.outcome}")
+
+
+def _on_script_failed(job: Job, nodes: Sequence[Node], signal: ScriptFailed) -> RecoveryPlan:
+    """Counts the failure once per generation; restarts the script on the same members, or fails the job."""
+    if signal.generation != job.generation:
+        # Every rank of a failed generation may report it, late or twice; the job has moved on since the first.
+        return _unchanged(job, f"ignored: script failure of generation {signal.generation}, job is at {job.generation}")
+    if job.script_failed_generation == job.generation:
+        return _unchanged(job, f"ignored: generation {job.generation}'s script failure is already counted")
+    if signal.instance_id not in job.members:
+        return _unchanged(job, "ignored: instance is not a member of the job's current generation")
+    failures = job.script_failures + 1
+    allowed = job.spec.max_restarts
+    incident = Incident(
+        at=signal.at,
+        cause="script-failed",
+        generation=job.generation,
+        instance_id=signal.instance_id,
+        detail=f"failure {failures} (max_restarts {allowed}): {signal.reason}",
+        step=signal.step,
+    )
+    counted = replace(job, script_failures=failures, script_failed_generation=job.generation).with_incident(incident)
+    metrics = {"ScriptFailures": 1.0}
+    if failures > allowed:
+        return _fail(job, counted, signal, f"script failed {failures} times (max_restarts {allowed})", metrics)
+    if counted.recovery is not None:
+        # A recovery is already re-forming the ring; its Reconfigure runs the script again. The failed script will
+        # not take the emergency checkpoint the recovery may be waiting for: stop waiting for it.
+        recovering = replace(counted, recovery=replace(counted.recovery, awaiting_checkpoint=False))
+        plan = _try_reconfigure(recovering, nodes, signal.at)
+        outcome = f"script failed ({failures} of {allowed} restarts) while recovering: {plan.outcome}"
+        return replace(plan, before=job, outcome=outcome, metrics={**plan.metrics, **metrics})
+    # The same members run the script again in a new generation; they keep what they hold in memory and sync it,
+    # as survivors do (checkpoint None): a failed script is no reason to lose their progress.
+    plan = _reconfigure(counted, nodes, list(job.members), [], signal.at, restore=False, cause="script-restarted")
+    outcome = f"script failed ({failures} of {allowed} restarts): {plan.outcome}"
+    return replace(plan, before=job, outcome=outcome, metrics=metrics, cause="script-failed")
+
+
+def _fail(job: Job, counted: Job, signal: ScriptFailed, why: str, metrics: Mapping[str, float]) -> RecoveryPlan:
+    """The job ends FAILED: its workers get Stop, and the reason stays on the record for ``ringfleet status``."""
+    from ringfleet.contracts import Stop
+
+    after = replace(
+        counted.moved_to(JobState.FAILED),
+        recovery=None,
+        replacements_wanted=0,
+        spares=(),
+        failure=signal.reason,
+    ).with_incident(Incident(at=signal.at, cause="failed", generation=job.generation, detail=why))
+    stop = Stop(
+        job_id=job.job_id,
+        generation=job.generation,
+        reason=f"failed: {why}",
+        message_id=command_message_id(job.job_id, job.generation, "Stop"),
+        sent_at=signal.at,
+    )
+    return RecoveryPlan(before=job, job=after, commands=(stop,), outcome=f"job failed: {why}", metrics=metrics)
+
+
+def _try_reconfigure(job: Job, nodes: Sequence[Node], at: datetime) -> RecoveryPlan:
+    """Re-forms the ring when the recovery has what it waits for; otherwise the job as given, waiting."""
+    recovery = job.recovery
+    assert recovery is not None
+    gone = set(recovery.leaving) | set(recovery.lost)
+    survivors = [i for i in job.members if i not in gone]  # _reconfigure keeps their rank order
+    spares = list(job.spares)
+    if recovery.lost:
+        # The ring is broken: re-form now with whoever is there, without waiting for a checkpoint.
+        if survivors:
+            joining = spares[: max(0, job.max_workers - len(survivors))]
+            if len(survivors) + len(joining) >= job.min_workers:
+                return _reconfigure(job, nodes, survivors, joining, at, restore=False)
+        elif len(spares) >= job.min_workers:
+            return _reconfigure(job, nodes, [], spares[: job.max_workers], at, restore=True)
+        shortfall = job.min_workers - len(survivors) - len(spares)
+        return RecoveryPlan(
+            before=job,
+            job=replace(job, replacements_wanted=max(job.replacements_wanted, shortfall)),
+            outcome=f"waiting for {shortfall} more instance(s) to reach min_workers",
+        )
+    if recovery.awaiting_checkpoint:
+        return RecoveryPlan(before=job, job=job, outcome="waiting for the emergency checkpoint")
+    if len(spares) < len(recovery.leaving):
+        return RecoveryPlan(before=job, job=job, outcome="checkpoint done; waiting for replacement capacity")
+    return _reconfigure(job, nodes, survivors, spares[: len(recovery.leaving)], at, restore=False)
+
+
+def _reconfigure(
+    job: Job,
+    nodes: Sequence[Node],
+    survivors: Sequence[str],
+    joining: Sequence[str],
+    at: datetime,
+    *,
+    restore: bool,
+    cause: str | None = None,
+) -> RecoveryPlan:
+    """The next generation: ``survivors`` keep their order (rank 0 first), ``joining`` spares follow."""
+    from ringfleet.contracts import Program, Reconfigure
+
+    recovery = job.recovery
+    survivors = sorted(survivors, key=lambda i: job.members[i])
+    ranks = {instance: rank for rank, instance in enumerate([*survivors, *joining])}
+    remaining_spares = tuple(s for s in job.spares if s not in ranks)
+    after = job.reconfigured(ranks, spares=remaining_spares)
+    checkpoint = job.durable_checkpoint if restore else None
+    after = replace(after, restoring_step=checkpoint.step if checkpoint else None)
+    hosts = {n.instance_id: n.host for n in nodes}
+    rank0 = next(i for i, r in ranks.items() if r == 0)
+    port = RENDEZVOUS_BASE_PORT + after.generation % RENDEZVOUS_PORTS
+    command = Reconfigure(
+        job_id=job.job_id,
+        generation=after.generation,
+        world_size=len(ranks),
+        ranks=ranks,
+        rendezvous=f"{hosts.get(rank0) or DEFAULT_RENDEZVOUS_HOST}:{port}",
+        checkpoint=checkpoint.ref() if checkpoint else None,
+        # Every Reconfigure says what the job runs: an instance booted unplaced learns it from its first one.
+        program=Program.of(job.spec),
+        message_id=command_message_id(job.job_id, after.generation, "Reconfigure"),
+        sent_at=at,
+    )
+    cause = cause or ("restarted" if restore else "reconfigured")
+    detail = f"world {len(ranks)}" + (f", from step {checkpoint.step}" if checkpoint else "")
+    after = after.with_incident(Incident(at=at, cause=cause, generation=after.generation, detail=detail))
+    if recovery is None:
+        outcome = f"{cause} at generation {after.generation} ({detail})"
+        return RecoveryPlan(before=job, job=after, commands=(command,), outcome=outcome)
+    metrics: dict[str, float] = {"TimeToRecover": max(0.0, (at - recovery.started_at).total_seconds())}
+    if restore:
+        reached = recovery.last_step if recovery.last_step is not None else 0
+        metrics["StepsLost"] = float(max(0, reached - (checkpoint.step if checkpoint else 0)))
+    elif recovery.lost and recovery.checkpoint_step is None:
+        metrics["StepsLost"] = 1.0  # survivors roll back to their last in-memory commit: at most one step
+    else:
+        metrics["StepsLost"] = 0.0
+    outcome = f"{cause} at generation {after.generation} ({detail})"
+    return RecoveryPlan(
+        before=job, job=after, commands=(command,), outcome=outcome, metrics=metrics, cause=recovery.cause
+    )
+
+
+def _recovery_with(
+    job: Job, signal: NoticeGiven, *, leaving: tuple[str, ...], awaiting_checkpoint: bool
+) -> PendingRecovery:
+    current = job.recovery
+    if current is None:
+        return PendingRecovery(
+            cause=signal.cause,
+            started_at=signal.at,
+            leaving=leaving,
+            awaiting_checkpoint=awaiting_checkpoint,
+            deadline=signal.deadline,
+        )
+    deadlines = [d for d in (current.deadline, signal.deadline) if d is not None]
+    return replace(
+        current,
+        leaving=(*current.leaving, *leaving),
+        awaiting_checkpoint=current.awaiting_checkpoint or awaiting_checkpoint,
+        deadline=min(deadlines) if deadlines else None,
+    )
+
+
+def _checkpoint_now(job: Job, signal: NoticeGiven) -> CheckpointNow:
+    from ringfleet.contracts import CheckpointNow
+
+    return CheckpointNow(
+        job_id=job.job_id,
+        generation=job.generation,
+        reason=signal.cause,
+        deadline=signal.deadline,
+        message_id=command_message_id(job.job_id, job.generation, f"CheckpointNow:{signal.instance_id}"),
+        sent_at=signal.at,
+    )
+
+
+def _last_step(nodes: Iterable[Node], members: Mapping[str, int]) -> int | None:
+    steps = [n.last_step for n in nodes if n.instance_id in members and n.last_step is not None]
+    return max(steps) if steps else None
+
+
+def plan_node_updates(
+    job: Job,
+    nodes: Sequence[Node],
+    at: datetime,
+    *,
+    lost: Iterable[str] = (),
+    hooks: Mapping[str, LifecycleHook] | None = None,
+) -> tuple[list[Node], list[LifecycleHook]]:
+    """Nodes whose stored record disagrees with ``job``, and lifecycle hooks to complete.
+
+    Derived from the job alone (plus the instances a signal reports ``lost`` and the ``hooks`` a lifecycle notice
+    brought), so running it again after a crash changes nothing more. A hook is completed once its instance is no
+    longer needed: it left the ring, or its emergency checkpoint is done.
+    """
+    if job.is_final:
+        # The job is over: its instances no longer serve it (the fleet scaler frees them, the sweep ignores them).
+        done = [replace(n, state=NodeState.LOST, rank=None, updated_at=at) for n in nodes if n.state != NodeState.LOST]
+        return done, [n.lifecycle_hook for n in nodes if n.lifecycle_hook is not None]
+    recovery = job.recovery
+    leaving = set(recovery.leaving) if recovery else set()
+    gone = set(lost) | (set(recovery.lost) if recovery else set())
+    checkpoint_pending = bool(recovery and recovery.awaiting_checkpoint)
+    hooks = hooks or {}
+    updates: list[Node] = []
+    release: list[LifecycleHook] = []
+    for node in nodes:
+        instance = node.instance_id
+        want = node
+        if instance in hooks and node.state is not NodeState.LOST:
+            want = replace(want, lifecycle_hook=hooks[instance])
+        if instance in gone:
+            want = replace(want, state=NodeState.LOST, rank=None)
+        elif instance in leaving:
+            want = replace(want, state=NodeState.LEAVING)
+        elif instance in job.members:
+            want = replace(want, state=NodeState.ACTIVE, rank=job.members[instance], generation=job.generation)
+        elif instance in job.spares:
+            want = replace(want, state=NodeState.PLACED, rank=None)
+        elif node.state in (NodeState.ACTIVE, NodeState.LEAVING):
+            # Was in the ring, is not any more (reconfigured out after its notice): it is no longer the job's.
+            want = replace(want, state=NodeState.LOST, rank=None)
+        # A PLACED node the job does not list yet was placed after this read; the fleet scaler brings it in.
+        hook = want.lifecycle_hook
+        if hook is not None and (
+            want.state is NodeState.LOST or (want.state is NodeState.LEAVING and not checkpoint_pending)
+        ):
+            release.append(hook)
+            want = replace(want, lifecycle_hook=None)
+        if want != node:
+            updates.append(replace(want, updated_at=at))
+    return updates, release

@@ -1,0 +1,112 @@
+"""plan_placement: which running, unassigned instances go to which waiting job — a pure decision.
+
+A PENDING job is started once enough instances of its types are free for its min_workers: it takes up to
+max_workers of them, becomes RUNNING at generation 1 and its workers get a Reconfigure naming their ranks.
+A RECOVERING job that wants replacements gets instances too, and so does a RUNNING one below its max_workers;
+its recovery (plan_recovery's CapacityArrived) decides what to do with them: re-form or grow the ring.
+Oldest job first, so a stream of small jobs cannot starve a big one forever.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from ringfleet.contracts import Program, Reconfigure
+from ringfleet.core.jobs import Incident, Job, JobState
+from ringfleet.recovery.decisions import (
+    DEFAULT_RENDEZVOUS_HOST,
+    RENDEZVOUS_BASE_PORT,
+    RENDEZVOUS_PORTS,
+    command_message_id,
+)
+
+__all__ = ["FreeInstance", "JobStart", "Placement", "plan_placement"]
+
+
+@dataclass(frozen=True)
+class FreeInstance:
+    """A running instance of the fleet that serves no job."""
+
+    instance_id: str
+    instance_type: str
+    pool: str
+    #: Where its worker listens (private IP); rank 0's is the ring's rendezvous.
+    host: str | None = None
+
+
+@dataclass(frozen=True)
+class JobStart:
+    """A PENDING job started: the job to save (from ``before``) and the Reconfigure its workers get."""
+
+    before: Job
+    job: Job
+    command: Reconfigure
+    hosts: dict[str, str | None]
+
+
+@dataclass(frozen=True)
+class Placement:
+    starts: tuple[JobStart, ...]
+    #: (job id, instance) for RECOVERING jobs: handed to their recovery as capacity arrived.
+    replacements: tuple[tuple[str, FreeInstance], ...]
+    #: Instances left free.
+    idle: tuple[FreeInstance, ...]
+
+
+def _age(job: Job) -> tuple[str, str]:
+    return (job.created_at.isoformat() if job.created_at else "", job.job_id)
+
+
+def plan_placement(jobs: Sequence[Job], free: Sequence[FreeInstance], now: datetime) -> Placement:
+    left = list(free)
+    starts: list[JobStart] = []
+    replacements: list[tuple[str, FreeInstance]] = []
+    for job in sorted(jobs, key=_age):
+        fits = [i for i in left if i.instance_type in job.spec.instance_types]
+        if job.state == JobState.PENDING and len(fits) >= job.min_workers:
+            # Spread over pools: one pool's interruption wave then takes fewer of the job's workers at once.
+            taken = _spread(fits, job.max_workers)
+            starts.append(_start(job, taken, now))
+            left = [i for i in left if i not in taken]
+        elif job.state in (JobState.RUNNING, JobState.RECOVERING) and fits:
+            for instance in fits[: job.instances_wanted]:
+                replacements.append((job.job_id, instance))
+                left.remove(instance)
+    return Placement(tuple(starts), tuple(replacements), tuple(left))
+
+
+def _spread(instances: Sequence[FreeInstance], n: int) -> list[FreeInstance]:
+    by_pool: dict[str, list[FreeInstance]] = {}
+    for i in sorted(instances, key=lambda i: (i.pool, i.instance_id)):
+        by_pool.setdefault(i.pool, []).append(i)
+    taken: list[FreeInstance] = []
+    while len(taken) < n and any(by_pool.values()):
+        for pool in sorted(by_pool):
+            if by_pool[pool] and len(taken) < n:
+                taken.append(by_pool[pool].pop(0))
+    return taken
+
+
+def _start(job: Job, taken: Sequence[FreeInstance], now: datetime) -> JobStart:
+    ranks = {i.instance_id: rank for rank, i in enumerate(taken)}
+    after = job.moved_to(JobState.PROVISIONING).reconfigured(ranks)
+    after = after.with_incident(
+        Incident(at=now, cause="started", generation=after.generation, detail=f"world {len(ranks)}")
+    )
+    port = RENDEZVOUS_BASE_PORT + after.generation % RENDEZVOUS_PORTS
+    command = Reconfigure(
+        job_id=job.job_id,
+        generation=after.generation,
+        world_size=len(ranks),
+        ranks=ranks,
+        rendezvous=f"{taken[0].host or DEFAULT_RENDEZVOUS_HOST}:{port}",
+        checkpoint=job.durable_checkpoint.ref() if job.durable_checkpoint else None,
+        # What to run: the fleet's instances boot with no job and learn it (and its program) from this message.
+        program=Program.of(job.spec),
+        message_id=command_message_id(job.job_id, after.generation, "Reconfigure"),
+        sent_at=now,
+    )
+    after = replace(after, outbox=(command.model_dump(mode="json"),))
+    return JobStart(before=job, job=after, command=command, hosts={i.instance_id: i.host for i in taken})

@@ -1,0 +1,181 @@
+"""The local cloud: a moto server, the template's resources in it, and the router that plays Lambda."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from ringfleet.core.ports import Clock
+from ringfleet_local.context import CloudContext, LocalState
+from ringfleet_local.provision import provision
+from ringfleet_local.router import Delivery, Router
+from ringfleet_local.vhost import create_vhost, delete_vhost
+
+__all__ = ["LocalCloud", "broker_reachable", "free_port"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def broker_reachable(url: str, timeout: float = 2.0) -> bool:
+    host_port = url.split("://", 1)[1].rsplit("@", 1)[-1].split("/", 1)[0]
+    host, _, port = host_port.partition(":")
+    try:
+        with socket.create_connection((host, int(port or 5672)), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+class LocalCloud:
+    """Starts and stops everything; use as a context manager in tests::
+
+    with LocalCloud(clock=ManualClock()) as cloud:
+        cloud.client("events").put_events(...)
+        cloud.router.wait_for(lambda ds: any(d.function == "NodeRecoveryFunction" for d in ds))
+    """
+
+    def __init__(
+        self,
+        template: str | Path = "template.yaml",
+        *,
+        broker_url: str | None = None,
+        clock: Clock | None = None,
+        route: bool = True,
+        only_functions: set[str] | None = None,
+        state_dir: str | Path | None = None,
+        on_delivery: Callable[[Delivery], None] | None = None,
+        stack: str = "ringfleet",
+        function_env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.template_path = Path(template).resolve()
+        #: Neither given nor set in the environment: the machine's broker, on a vhost of this cloud's own.
+        self._own_vhost = broker_url is None and not os.environ.get("RINGFLEET_BROKER_URL")
+        self._vhost: str | None = None
+        self.broker_url = broker_url or os.environ.get("RINGFLEET_BROKER_URL", DEFAULT_BROKER_URL)
+        self.clock = clock
+        self.route = route
+        self.only_functions = only_functions
+        self.state_dir = Path(state_dir) if state_dir else None
+        self.on_delivery = on_delivery
+        self.stack = stack
+        #: Added to every function's environment (e.g. ``TraceReplay.environment()``: the scaler checks capacity).
+        self.function_env = dict(function_env or {})
+        self._moto: subprocess.Popen[bytes] | None = None
+        self._ctx: CloudContext | None = None
+        self._router: Router | None = None
+        self.created: dict[str, list[str]] = {}
+
+    @property
+    def ctx(self) -> CloudContext:
+        if self._ctx is None:
+            raise RuntimeError("the local cloud is not started")
+        return self._ctx
+
+    @property
+    def router(self) -> Router:
+        if self._router is None:
+            raise RuntimeError("the local cloud runs no router (route=False)")
+        return self._router
+
+    @property
+    def endpoint(self) -> str:
+        return self.ctx.endpoint
+
+    def client(self, service: str) -> Any:
+        return self.ctx.client(service)
+
+    def start(self) -> LocalCloud:
+        if self.route and not broker_reachable(self.broker_url):
+            raise RuntimeError(
+                f"RabbitMQ does not answer at {self.broker_url.split('@')[-1]}: start it with "
+                "`rabbitmq-server -detached` (or set RINGFLEET_BROKER_URL)"
+            )
+        if self.route and self._own_vhost:
+            own = create_vhost(self.broker_url, prefix=f"{self.stack}-local")
+            if own is not None:
+                self._vhost, self.broker_url = own
+        port = free_port()
+        endpoint = f"http://127.0.0.1:{port}"
+        self._moto = subprocess.Popen(
+            [sys.executable, "-m", "ringfleet_local.moto_server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self._wait_moto(endpoint)
+        self._ctx = CloudContext(self.template_path, endpoint=endpoint, broker_url=self.broker_url, stack=self.stack)
+        self._ctx.function_env.update(self.function_env)
+        try:
+            self.created = provision(self._ctx)
+            if self.route:
+                self._router = Router(
+                    self._ctx, clock=self.clock, on_delivery=self.on_delivery, only=self.only_functions
+                )
+                self._router.start()
+        except BaseException:
+            self.stop()
+            raise
+        if self.state_dir is not None:
+            LocalState(
+                endpoint=endpoint,
+                broker_url=self.broker_url,
+                template=str(self.template_path),
+                stack=self.stack,
+                region=self._ctx.region,
+                pid=os.getpid(),
+                started_at=time.time(),
+            ).save(self.state_dir)
+        return self
+
+    def _wait_moto(self, endpoint: str) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self._moto is not None and self._moto.poll() is not None:
+                raise RuntimeError("the moto server exited at start (is moto[server] installed?)")
+            try:
+                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"the moto server did not answer at {endpoint} within 30 s")
+
+    def stop(self) -> None:
+        if self._router is not None:
+            self._router.stop()
+            self._router = None
+        if self._moto is not None:
+            self._moto.terminate()
+            try:
+                self._moto.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._moto.kill()
+            self._moto = None
+        if self.state_dir is not None:
+            (self.state_dir / "local.json").unlink(missing_ok=True)
+        if self._vhost is not None:
+            delete_vhost(self._vhost)
+            self._vhost = None
+
+    def __enter__(self) -> LocalCloud:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -1,0 +1,338 @@
+"""The fleet emulator: emulated EC2 instances become real worker processes; chaos sends what AWS would send.
+
+moto keeps the instances' state but runs nothing. The emulator watches moto's running instances of the stack
+(tag ``ringfleet:stack``) and boots ``python -m training_worker`` with each, as the worker container starts with
+its instance in AWS: with its own instance-metadata endpoint and no job yet; the worker waits in its instance's
+mailbox until the fleet scaler places it and its first Reconfigure names the job. (Runs without a control plane
+pass ``job_of``: a worker then starts once its instance is assigned, with that job.) Each worker leads a process
+group of its own, as if it were alone on its instance: whatever it starts (the job's script) goes with it when its
+instance is terminated or the emulator stops (SIGTERM, then SIGKILL to the whole group: nothing is left behind).
+Chaos injection reproduces the two ways AWS takes capacity:
+
+- ``interrupt(instance, grace_s)``: the spot notice appears in the instance's metadata and the interruption
+  warning (and a rebalance recommendation) goes through EventBridge; after the grace period the instance is
+  terminated, its state-change event is sent and its process killed;
+- ``hard_kill(instance)``: the process dies and the instance is terminated with no notice at all.
+
+``duplicate_events=True`` sends every cloud event twice, as EventBridge's at-least-once delivery may.
+``replay`` (a :class:`~ringfleet_local.spot_traces.TraceReplay`, ``local up --spot-traces DIR``) replays spot
+availability: on every poll, a spot pool holding more than its trace has available now gets the newest of its
+instances interrupted (the notice scaled by the trace's speed), several at once when the drop is deep.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from ringfleet_local.context import CloudContext
+from ringfleet_local.spot_traces import TraceReplay
+
+__all__ = ["EmulatedInstance", "FleetEmulator", "MetadataServer"]
+
+STACK_TAG = "ringfleet:stack"
+POOL_TAG = "ringfleet:pool"
+
+
+class MetadataServer:
+    """Instance metadata for every emulated instance: ``/<instance-id>/latest/meta-data/...``.
+
+    Serves ``instance-id`` always and ``spot/instance-action`` once a notice is set (404 before, as EC2 does).
+    """
+
+    def __init__(self) -> None:
+        self.notices: dict[str, dict[str, str]] = {}
+        notices = self.notices
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                parts = self.path.strip("/").split("/", 1)
+                instance, rest = parts[0], parts[1] if len(parts) > 1 else ""
+                body: bytes | None = None
+                if rest == "latest/meta-data/instance-id":
+                    body = instance.encode()
+                elif rest == "latest/meta-data/spot/instance-action" and instance in notices:
+                    body = json.dumps(notices[instance]).encode()
+                self.send_response(200 if body is not None else 404)
+                self.end_headers()
+                self.wfile.write(body or b"")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True, name="metadata")
+        self._thread.start()
+
+    def base_url(self, instance_id: str) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/{instance_id}"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@dataclass
+class EmulatedInstance:
+    """One instance and its worker process."""
+
+    instance_id: str
+    #: The job it was started for; None when it boots unplaced and learns its job from its first Reconfigure.
+    job_id: str | None
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    started_at: float = field(default_factory=time.time)
+    #: When the emulator first saw the process gone while the instance still ran.
+    exited_at: float | None = None
+
+
+class FleetEmulator:
+    """Turns the stack's running instances into worker processes; ``poll()`` or ``start()`` a watcher thread."""
+
+    def __init__(
+        self,
+        ctx: CloudContext,
+        *,
+        job_of: Callable[[str], str | None] | None = None,
+        worker_args: Callable[[str | None, str], list[str]] | None = None,
+        log_dir: Path,
+        duplicate_events: bool = False,
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        workdir: Path | None = None,
+        replay: TraceReplay | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.replay = replay
+        self.job_of = job_of
+        self.worker_args = worker_args or (lambda job, instance: [])
+        self.log_dir = log_dir
+        self.duplicate_events = duplicate_events
+        self.on_event = on_event or (lambda kind, info: None)
+        #: The workers' working directory (default: this process's): a job's entrypoint resolves there.
+        self.workdir = workdir
+        self.metadata = MetadataServer()
+        self.instances: dict[str, EmulatedInstance] = {}
+        self.gone: set[str] = set()
+        self.seen: set[str] = set()
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._ec2 = ctx.client("ec2")
+        self._events = ctx.client("events")
+
+    # -- processes -------------------------------------------------------------------------------------------
+    def running_instances(self) -> list[str]:
+        pages = self._ec2.get_paginator("describe_instances").paginate(
+            Filters=[
+                {"Name": f"tag:{STACK_TAG}", "Values": [self.ctx.stack]},
+                {"Name": "instance-state-name", "Values": ["running"]},
+            ]
+        )
+        return [i["InstanceId"] for page in pages for r in page["Reservations"] for i in r["Instances"]]
+
+    def poll(self) -> None:
+        """Starts a worker for each assigned running instance that has none; reaps workers whose instance went.
+
+        moto sends no EC2 state-change events: a newly running instance's ``running`` event is sent from here.
+        """
+        running = set(self.running_instances())
+        if self.replay is not None:
+            self.replay_traces()
+        for instance_id in sorted(running - self.seen):
+            self.seen.add(instance_id)
+            self._put(
+                "EC2 Instance State-change Notification", {"instance-id": instance_id, "state": "running"}, instance_id
+            )
+        with self._lock:
+            for instance_id in sorted(running - set(self.instances) - self.gone):
+                if self.job_of is None:
+                    self._launch(instance_id, None)
+                elif (job_id := self.job_of(instance_id)) is not None:
+                    self._launch(instance_id, job_id)
+            for instance_id in sorted(set(self.instances) - running):
+                self._kill(instance_id, signal.SIGKILL)
+            if self.job_of is None:
+                self._restart_exited(time.time())
+
+    #: Seconds an agent that exited on a running instance stays down before it is started again (Docker's
+    #: ``--restart always`` in the launch template): long enough for an instance given notice to be gone first.
+    RESTART_AFTER_S = 15.0
+
+    def _restart_exited(self, now: float) -> None:
+        """An agent ends with its job (trained, stopped, failed for good); its instance may serve the next job,
+        so, as the container in AWS is, it is started again, unplaced."""
+        for instance_id, inst in list(self.instances.items()):
+            code = inst.process.poll()
+            if code is None:
+                inst.exited_at = None
+                continue
+            if inst.exited_at is None:
+                inst.exited_at = now
+            elif now - inst.exited_at >= self.RESTART_AFTER_S:
+                self._launch(instance_id, None)
+
+    def _launch(self, instance_id: str, job_id: str | None) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{instance_id}.log"
+        env = {
+            **{k: v for k, v in os.environ.items() if k != "RINGFLEET_JOB_ID"},
+            **({"RINGFLEET_JOB_ID": job_id} if job_id else {}),
+            **self.ctx.aws_environment,
+            "RINGFLEET_INSTANCE_ID": instance_id,
+            "RINGFLEET_BROKER_URL": self.ctx.broker_url,
+            "RINGFLEET_METADATA_URL": self.metadata.base_url(instance_id),
+            "RINGFLEET_CHECKPOINT_BUCKET": str(self.ctx.resolve({"Ref": "CheckpointBucket"})),
+            # The instance's own disk (the local-disk checkpoint tier) lies beside its log, and goes with the run.
+            "RINGFLEET_CHECKPOINT_CACHE": str(self.log_dir / "checkpoint-cache" / instance_id),
+            "PYTHONUNBUFFERED": "1",
+        }
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "training_worker", *self.worker_args(job_id, instance_id)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.workdir,
+                start_new_session=True,
+            )
+        self.instances[instance_id] = EmulatedInstance(instance_id, job_id, process, log_path)
+        self.on_event("worker-started", {"instance_id": instance_id, "job_id": job_id, "pid": process.pid})
+
+    def _kill(self, instance_id: str, sig: signal.Signals) -> None:
+        inst = self.instances.pop(instance_id, None)
+        self.gone.add(instance_id)
+        if inst is not None:
+            _end([inst.process], sig, grace_s=30)
+
+    # -- chaos ------------------------------------------------------------------------------------------------
+    def _put(self, detail_type: str, detail: dict[str, Any], instance_id: str) -> None:
+        arn = f"arn:aws:ec2:{self.ctx.region}:{self.ctx.account}:instance/{instance_id}"
+        entry = {"Source": "aws.ec2", "DetailType": detail_type, "Detail": json.dumps(detail), "Resources": [arn]}
+        for _ in range(2 if self.duplicate_events else 1):
+            self._events.put_events(Entries=[entry])
+        self.on_event(detail_type, {"instance_id": instance_id, **detail})
+
+    def spot_pools(self) -> dict[str, list[str]]:
+        """The stack's running spot instances per pool (tag ``ringfleet:pool``), oldest launch first."""
+        pages = self._ec2.get_paginator("describe_instances").paginate(
+            Filters=[
+                {"Name": f"tag:{STACK_TAG}", "Values": [self.ctx.stack]},
+                {"Name": "instance-state-name", "Values": ["running"]},
+            ]
+        )
+        found: list[tuple[str, str, str]] = []
+        for page in pages:
+            for reservation in page["Reservations"]:
+                for inst in reservation["Instances"]:
+                    pool = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}.get(POOL_TAG, "")
+                    if pool.startswith("spot:"):
+                        found.append((str(inst.get("LaunchTime", "")), inst["InstanceId"], pool))
+        by_pool: dict[str, list[str]] = {}
+        for _, instance_id, pool in sorted(found):
+            by_pool.setdefault(pool, []).append(instance_id)
+        return by_pool
+
+    def replay_traces(self) -> list[str]:
+        """Interrupts what the replayed traces take back now (see the module); returns those instances."""
+        if self.replay is None:
+            return []
+        taken = self.replay.reclaim(self.spot_pools())
+        for instance_id in taken:
+            self.on_event("trace-reclaim", {"instance_id": instance_id, "at_hours": round(self.replay.hours(), 3)})
+            self.interrupt(instance_id, self.replay.grace_s)
+        return taken
+
+    def interrupt(self, instance_id: str, grace_s: float, *, rebalance: bool = True) -> threading.Thread:
+        """Spot interruption with notice; returns the thread that terminates the instance after the grace period."""
+        when = datetime.now(UTC) + timedelta(seconds=grace_s)
+        self.metadata.notices[instance_id] = {"action": "terminate", "time": when.strftime("%Y-%m-%dT%H:%M:%SZ")}
+        if rebalance:
+            self._put("EC2 Instance Rebalance Recommendation", {"instance-id": instance_id}, instance_id)
+        self._put(
+            "EC2 Spot Instance Interruption Warning",
+            {"instance-id": instance_id, "instance-action": "terminate"},
+            instance_id,
+        )
+
+        def terminate_later() -> None:
+            if self._stop.wait(grace_s):
+                return
+            self.terminate(instance_id, sig=signal.SIGKILL)
+
+        t = threading.Thread(target=terminate_later, daemon=True, name=f"terminate-{instance_id}")
+        t.start()
+        return t
+
+    def terminate(self, instance_id: str, *, sig: signal.Signals = signal.SIGKILL) -> None:
+        """The instance goes: moto terminates it, EC2's state-change events are sent, the process is killed."""
+        with self._lock:
+            self._kill(instance_id, sig)
+        self._ec2.terminate_instances(InstanceIds=[instance_id])
+        for state in ("shutting-down", "terminated"):
+            self._put(
+                "EC2 Instance State-change Notification", {"instance-id": instance_id, "state": state}, instance_id
+            )
+
+    def hard_kill(self, instance_id: str) -> None:
+        """No notice at all: the instance and its worker die mid-step; the control plane must notice on its own.
+
+        moto learns first, so that EC2 already reports the instance gone when a survivor's failed collective asks.
+        """
+        self._ec2.terminate_instances(InstanceIds=[instance_id])
+        with self._lock:
+            self._kill(instance_id, signal.SIGKILL)
+        self.on_event("hard-kill", {"instance_id": instance_id})
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+    def start(self, interval_s: float = 0.5) -> None:
+        def loop() -> None:
+            while not self._stop.wait(interval_s):
+                self.poll()
+
+        self._thread = threading.Thread(target=loop, daemon=True, name="fleet-emulator")
+        self._thread.start()
+
+    def stop(self, grace_s: float = 30) -> None:
+        """Ends every worker: SIGTERM to all at once (each may checkpoint), SIGKILL to what is left after
+        ``grace_s``."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        with self._lock:
+            ending = list(self.instances.values())
+            self.gone.update(self.instances)
+            self.instances.clear()
+        _end([i.process for i in ending], signal.SIGTERM, grace_s=grace_s)
+        self.metadata.close()
+
+
+def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    # The worker leads its group (start_new_session): the group is the worker and whatever it started.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, sig)
+
+
+def _end(processes: Sequence[subprocess.Popen[bytes]], sig: signal.Signals, *, grace_s: float) -> None:
+    """Sends ``sig`` to each worker's group, waits up to ``grace_s`` for the workers, then SIGKILLs the groups:
+    a script the worker started (or orphaned) never outlives its instance."""
+    for process in processes:
+        if process.poll() is None:
+            _signal_group(process, sig)
+    deadline = time.monotonic() + grace_s
+    for process in processes:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        _signal_group(process, signal.SIGKILL)
+        process.wait()
