@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 
 from ringfleet.core.jobs import DurableCheckpoint, Job
-from ringfleet.scaling.service import remaining_hours
+from ringfleet.scaling.reconcile import remaining_hours
 from tests.builders import T0, running_job
 
 

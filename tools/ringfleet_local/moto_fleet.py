@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -71,25 +72,10 @@ class MotoSpotFleetGateway(Ec2SpotFleetGateway):
 
     def set_targets(self, targets: dict[str, int], *, release: Sequence[str] = ()) -> None:
         by_pool, instances = self._read()
+        live = Counter(i.pool for i in instances)
         for pool, target in sorted(targets.items()):
-            have = sum(1 for i in instances if i.pool == pool)
             self.shortfall.pop(pool, None)
-            if target <= have:
-                continue
-            count = target - have
-            if self.capacity is not None and pool.startswith("spot:"):
-                grant = self.capacity.launch(pool, have, count)
-                if grant.granted < count:
-                    # What EC2 Fleet reports in CreateFleet's Errors: the fleet stays short, the scaler sees it.
-                    log.warning(
-                        "fleet %s: %s: %d of %d instances refused (no capacity in the pool now)",
-                        pool,
-                        grant.error_code or "InsufficientInstanceCapacity",
-                        count - grant.granted,
-                        count,
-                    )
-                    self.shortfall[pool] = count - grant.granted
-                count = grant.granted
+            count = self._granted(pool, live[pool], target - live[pool]) if target > live[pool] else 0
             if count > 0:
                 self._launch(pool, count)
         if release:
@@ -98,6 +84,24 @@ class MotoSpotFleetGateway(Ec2SpotFleetGateway):
         for pool, fleets in by_pool.items():
             if targets.get(pool, 1) == 0 and all(i.instance_id in released for i in instances if i.pool == pool):
                 self.ec2.delete_fleets(FleetIds=[f["FleetId"] for f in fleets], TerminateInstances=False)
+
+    def _granted(self, pool: str, held: int, count: int) -> int:
+        """How many of ``count`` more instances the pool launches now: all of them, unless the replayed traces'
+        capacity refuses some (spot only); the refused ones are remembered as the pool's shortfall."""
+        if self.capacity is None or not pool.startswith("spot:"):
+            return count
+        grant = self.capacity.launch(pool, held, count)
+        if grant.granted < count:
+            # What EC2 Fleet reports in CreateFleet's Errors: the fleet stays short, the scaler sees it.
+            log.warning(
+                "fleet %s: %s: %d of %d instances refused (no capacity in the pool now)",
+                pool,
+                grant.error_code or "InsufficientInstanceCapacity",
+                count - grant.granted,
+                count,
+            )
+            self.shortfall[pool] = count - grant.granted
+        return grant.granted
 
     def _launch(self, pool: str, count: int) -> None:
         self._ensure_launch_template()

@@ -203,6 +203,19 @@ def _current(raw: Any) -> Job | None:
     return job_from_item({k: _deserialize(v) for k, v in raw.items()})
 
 
+def _changes(item: dict[str, Any], before: dict[str, Any]) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """The update expression, names and values writing only what differs between ``before`` and ``item`` (the
+    revision and time always differ): the save's condition holds only while the stored job is still ``before``,
+    every save moving the revision, so the rest already holds its value. The names include the condition's."""
+    changed = [a for a in _SAVED if a in item and item[a] != before.get(a)]
+    removed = [a for a in _SAVED if a not in item and a in before]
+    names = {f"#{a}": a for a in (*changed, *removed, "generation", "revision")}
+    update = "SET " + ", ".join(f"#{a} = :{a}" for a in changed)
+    if removed:
+        update += " REMOVE " + ", ".join(f"#{a}" for a in removed)
+    return update, names, {f":{a}": item[a] for a in changed}
+
+
 class DynamoDbJobRepository:
     """``JobRepository`` on the jobs table (partition key ``job_id``; indexes ``active`` and ``by-tenant``).
 
@@ -239,17 +252,8 @@ class DynamoDbJobRepository:
         if job.job_id != decided_from.job_id:
             raise ValueError(f"cannot save job {job.job_id} as decided from job {decided_from.job_id}")
         item = job_to_item(job.saved(self._clock.now()) if job.revision == decided_from.revision else job)
-        # Only what the decision changed is written (the revision and time always): the condition holds only while
-        # the stored job is still decided_from, every save moving the revision, so the rest already holds its value.
-        before = job_to_item(decided_from)
-        changed = [a for a in _SAVED if a in item and item[a] != before.get(a)]
-        removed = [a for a in _SAVED if a not in item and a in before]
-        names = {f"#{a}": a for a in (*changed, *removed, "generation", "revision")}
-        values = {f":{a}": item[a] for a in changed}
+        update, names, values = _changes(item, job_to_item(decided_from))
         values |= {":decided_generation": decided_from.generation, ":decided_revision": decided_from.revision}
-        update = "SET " + ", ".join(f"#{a} = :{a}" for a in changed)
-        if removed:
-            update += " REMOVE " + ", ".join(f"#{a}" for a in removed)
         condition = "#generation = :decided_generation AND #revision = :decided_revision"
         if nodes and self._nodes_table:
             return self._save_with_nodes(job, update, condition, names, values, nodes)

@@ -235,24 +235,8 @@ def decide_scaling(
         placed_targets = _keep_warm(placed_targets, pools, refused, policy)
 
     current = {k: n for k, n in fleet.targets.items() if n > 0}
-    new_total = sum(placed_targets.values())
-    surplus = any(placed_targets.get(k, 0) < n for k, n in current.items() if k not in refused and not _on_demand(k))
-    surplus_since = (fleet.surplus_since or now) if surplus else None
-    release = surplus_since is not None and _may_release(fleet, surplus_since, now, policy)
-    if surplus and not release:
-        # Hold what runs (a job may come back for it); add only what is missing, within the fleet's bound.
-        targets = _hold({k: n for k, n in current.items() if not _on_demand(k)}, placed_targets, refused, policy)
-        # On-demand surplus goes at once: its pools stay in the targets (at what is placed) so that it is released.
-        targets.update({k: placed_targets.get(k, 0) for k in current if _on_demand(k)})
-        reason = f"holding {sum(targets.values()) - new_total} surplus worker(s) until idle for {policy.idle_timeout}"
-    else:
-        targets = {k: placed_targets.get(k, 0) for k in {*current, *placed_targets}}
-        reason = "released surplus" if surplus else "matched demand"
-        if surplus:
-            surplus_since = None
-    targets = {k: n for k, n in targets.items() if n > 0 or k in current}
+    targets, surplus_since, reason = _scale_in(fleet, current, placed_targets, refused, now, policy)
     delta = sum(abs(targets.get(k, 0) - current.get(k, 0)) for k in {*targets, *current})
-    last_scaled_at = now if delta else fleet.last_scaled_at
     cost = ElasticCost(
         c_base=sum(n * by_key[k].price_per_hour for k, n in targets.items() if k in by_key),
         c_adjust=policy.adjust_cost_per_worker,
@@ -262,25 +246,62 @@ def decide_scaling(
         fleet,
         targets=dict(targets),
         fulfilled=dict(fleet.fulfilled),
-        last_scaled_at=last_scaled_at,
+        last_scaled_at=now if delta else fleet.last_scaled_at,
         surplus_since=surplus_since,
         refused_until=refused,
         on_demand_jobs=frozenset(on_demand_jobs),
     )
-    if refused:
-        reason += f"; spot refused in {', '.join(sorted(refused))}"
-    if on_demand_jobs:
-        reason += f"; on-demand for deadline of {', '.join(sorted(on_demand_jobs))}"
     return ScalingDecision(
         targets=dict(targets),
         allotted=allotted,
         wanted=wanted,
         cost=cost,
         state=state,
-        reason=reason,
+        reason=_explained(reason, refused, on_demand_jobs),
         unplaceable=tuple(unplaceable),
         placements=placements,
     )
+
+
+def _scale_in(
+    fleet: FleetState,
+    current: Mapping[str, int],
+    placed: Mapping[str, int],
+    refused: Mapping[str, datetime],
+    now: datetime,
+    policy: ScalingPolicy,
+) -> tuple[dict[str, int], datetime | None, str]:
+    """The targets from the placed ones and what runs (``current``), the surplus's start and why: a spot surplus
+    is held until it has lasted ``idle_timeout`` past the cooldown, an on-demand one released at once."""
+    surplus = any(placed.get(k, 0) < n for k, n in current.items() if k not in refused and not _on_demand(k))
+    surplus_since = (fleet.surplus_since or now) if surplus else None
+    if surplus_since is not None and not _may_release(fleet, surplus_since, now, policy):
+        targets = _held(current, placed, refused, policy)
+        held = sum(targets.values()) - sum(placed.values())
+        reason = f"holding {held} surplus worker(s) until idle for {policy.idle_timeout}"
+    else:
+        targets = {k: placed.get(k, 0) for k in {*current, *placed}}
+        reason = "released surplus" if surplus else "matched demand"
+        surplus_since = None
+    return {k: n for k, n in targets.items() if n > 0 or k in current}, surplus_since, reason
+
+
+def _held(
+    current: Mapping[str, int], placed: Mapping[str, int], refused: Mapping[str, datetime], policy: ScalingPolicy
+) -> dict[str, int]:
+    """Hold what runs on spot (a job may come back for it), adding only what is missing within the fleet's bound;
+    on-demand surplus goes at once: its pools stay in the targets (at what is placed) so that it is released."""
+    targets = _hold({k: n for k, n in current.items() if not _on_demand(k)}, placed, refused, policy)
+    targets.update({k: placed.get(k, 0) for k in current if _on_demand(k)})
+    return targets
+
+
+def _explained(reason: str, refused: Mapping[str, datetime], on_demand_jobs: set[str]) -> str:
+    if refused:
+        reason += f"; spot refused in {', '.join(sorted(refused))}"
+    if on_demand_jobs:
+        reason += f"; on-demand for deadline of {', '.join(sorted(on_demand_jobs))}"
+    return reason
 
 
 def _on_demand(key: str) -> bool:
@@ -404,67 +425,108 @@ def _place(
 ) -> tuple[dict[str, int], list[str], dict[str, dict[str, int]]]:
     """Pool targets for the allotted workers: running spot workers where they are; on-demand ones kept until spot
     replaces them (or while the job needs on-demand); new ones spread over spot pools cheapest-first, then onto
-    whichever spot pool still supplies, then on-demand when the job may not wait."""
-    total = sum(allotted.values())
-    cap = max(1, math.ceil(policy.max_pool_share * total))
-    known = {p.key for p in pools}
-    targets: dict[str, int] = {}
-    placements: dict[str, dict[str, int]] = {}
-    unplaceable: list[str] = []
-    todo: list[tuple[JobDemand, int, int]] = []
+    whichever spot pool still supplies, then on-demand when the job may not wait. Every job keeps what runs before
+    any job gets new workers."""
+    placer = _Placer(pools, refused, given, on_demand_jobs, avoid, now, policy, sum(allotted.values()))
+    todo = [(job, *placer.keep_running(job, allotted.get(job.job_id, 0))) for job in demand]
+    unplaceable = [
+        job.job_id
+        for job, want, movable in todo
+        if not placer.place_new(job, allotted.get(job.job_id, 0), want, movable)
+    ]
+    return placer.targets, sorted(set(unplaceable)), placer.placements
 
-    def add(job: JobDemand, key: str, n: int = 1) -> None:
-        targets[key] = targets.get(key, 0) + n
-        mine = placements.setdefault(job.job_id, {})
+
+class _Placer:
+    """The targets and each job's share of them, built up by ``_place`` one worker at a time."""
+
+    def __init__(
+        self,
+        pools: Sequence[Pool],
+        refused: Mapping[str, datetime],
+        given: Mapping[str, int],
+        on_demand_jobs: set[str],
+        avoid: set[str],
+        now: datetime,
+        policy: ScalingPolicy,
+        total: int,
+    ) -> None:
+        self.pools = pools
+        self.known = {p.key for p in pools}
+        self.refused = refused
+        self.given = given
+        self.on_demand_jobs = on_demand_jobs
+        self.avoid = avoid
+        self.now = now
+        self.policy = policy
+        #: No spot pool takes more than this while another has room.
+        self.cap = max(1, math.ceil(policy.max_pool_share * total))
+        self.targets: dict[str, int] = {}
+        #: job id -> pool key -> its workers there.
+        self.placements: dict[str, dict[str, int]] = {}
+
+    def add(self, job: JobDemand, key: str, n: int = 1) -> None:
+        self.targets[key] = self.targets.get(key, 0) + n
+        mine = self.placements.setdefault(job.job_id, {})
         mine[key] = mine.get(key, 0) + n
 
-    for job in demand:
-        want = allotted.get(job.job_id, 0)
+    def keep_running(self, job: JobDemand, want: int) -> tuple[int, int]:
+        """Keeps the job's running workers (spot first) up to ``want``: the workers it still wants, and how many of
+        those kept are on-demand ones that may move back to spot."""
         movable = 0
         for key, n in sorted(job.placed.items(), key=lambda kv: (_on_demand(kv[0]), kv[0])):
             keep = min(n, want)
-            if keep > 0 and key in known:
-                add(job, key, keep)
-                want -= keep
-                if _on_demand(key) and not _stays_on_demand(job, now, policy):
-                    movable += keep
-        todo.append((job, want, movable))
+            if keep <= 0 or key not in self.known:
+                continue
+            self.add(job, key, keep)
+            want -= keep
+            if _on_demand(key) and not _stays_on_demand(job, self.now, self.policy):
+                movable += keep
+        return want, movable
 
-    for job, want, movable in todo:
-        world = allotted.get(job.job_id, 0)
+    def eligible(self, job: JobDemand, world: int) -> list[Pool]:
+        """The pools that offer the job's workers, best first: not just reclaimed, then cheapest per useful hour for
+        a ring of ``world`` workers."""
 
-        def rank(p: Pool, world: int = world) -> tuple[bool, float, str]:
-            cost = p.price_per_hour / useful_fraction(p, policy.recovery_overhead_hours, world)
-            return (p.key in avoid, cost, p.key)
+        def rank(p: Pool) -> tuple[bool, float, str]:
+            cost = p.price_per_hour / useful_fraction(p, self.policy.recovery_overhead_hours, world)
+            return (p.key in self.avoid, cost, p.key)
 
-        eligible = sorted(
-            (p for p in pools if p.instance_type in job.instance_types and p.gpus >= job.gpus_per_worker), key=rank
-        )
+        fits = (p for p in self.pools if p.instance_type in job.instance_types and p.gpus >= job.gpus_per_worker)
+        return sorted(fits, key=rank)
+
+    def place_new(self, job: JobDemand, world: int, want: int, movable: int) -> bool:
+        """Places the job's ``want`` new workers and the spot ones replacing its ``movable`` on-demand workers.
+        False when it cannot have them: no pool offers its types, or it may not wait and nothing supplies."""
+        eligible = self.eligible(job, world)
         if want > 0 and not eligible:
-            unplaceable.append(job.job_id)
-            continue
-        spot = [p for p in eligible if p.market == "spot" and (p.key not in refused or given.get(p.key, 0) > 0)]
-        on_demand = [p for p in eligible if p.market == "on-demand"]
-        # Slack down to deadline_safety: spot where it has room, on-demand for the rest (no more waiting); down to
-        # spot_return_slack: on-demand only (another interruption would cost the deadline).
-        urgent = _stays_on_demand(job, now, policy)
-        waits = job.deadline is not None and job.remaining_hours is not None and job.job_id not in on_demand_jobs
+            return False
+        # A refused spot pool is asked only for what it already gave.
+        spot = [
+            p for p in eligible if p.market == "spot" and (p.key not in self.refused or self.given.get(p.key, 0) > 0)
+        ]
         # On-demand workers to move to spot: asked of spot now, released once the spot ones replace them.
         for _ in range(movable):
-            pool = _spot_pool(spot, targets, cap, given)
+            pool = _spot_pool(spot, self.targets, self.cap, self.given)
             if pool is None:
                 break
-            add(job, pool.key)
+            self.add(job, pool.key)
+        return self.add_new(job, want, spot, next((p for p in eligible if p.market == "on-demand"), None))
+
+    def add_new(self, job: JobDemand, want: int, spot: Sequence[Pool], on_demand: Pool | None) -> bool:
+        """Slack down to deadline_safety: spot where it has room, on-demand for the rest (no more waiting); down to
+        spot_return_slack: on-demand only (another interruption would cost the deadline). False when the job may
+        not wait and nothing supplies."""
+        urgent = _stays_on_demand(job, self.now, self.policy)
+        waits = job.deadline is not None and job.remaining_hours is not None and job.job_id not in self.on_demand_jobs
         for _ in range(want):
-            pool = None if urgent else _spot_pool(spot, targets, cap, given)
+            pool = None if urgent else _spot_pool(spot, self.targets, self.cap, self.given)
             if pool is None and not waits:
-                pool = on_demand[0] if on_demand else None
+                pool = on_demand
             if pool is None:
-                if not waits:
-                    unplaceable.append(job.job_id)
-                break
-            add(job, pool.key)
-    return targets, sorted(set(unplaceable)), placements
+                return waits
+            self.add(job, pool.key)
+        return True
 
 
 def _spot_pool(spot: Sequence[Pool], targets: Mapping[str, int], cap: int, given: Mapping[str, int]) -> Pool | None:

@@ -1,0 +1,326 @@
+"""plan_reconcile: what one run of the fleet scaler does, decided from what it read — a pure decision.
+
+The shell (``ScalerService.reconcile``) reads the fleet, the active jobs, the nodes of the fleet's instances, the
+pools' prices and the scaler's remembered state. ``plan_reconcile`` turns them into the fleet's targets, the idle
+instances to release and the state to remember; ``plan_assignments`` then puts the instances that run free to work:
+the PENDING jobs it starts (their Reconfigure, their nodes) and the instances handed to running or recovering jobs.
+They are two calls because launching may fill at once (the local cloud does): when the targets changed, the shell
+reads the fleet again between them, so that what just launched is placed in the same run.
+
+Instances leaving with notice (an interruption warning) still run, finishing their emergency checkpoint, but are
+not capacity: they are left out of the decision and added back to the targets applied, so that their replacements
+launch now. An instance serving a job is never released; a shrinking pool gives up only idle ones.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from ringfleet.core.jobs import Job
+from ringfleet.core.nodes import Node, NodeState
+from ringfleet.recovery.decisions import plan_node_updates
+from ringfleet.scaling.decisions import (
+    FleetState,
+    JobDemand,
+    Pool,
+    ScalingDecision,
+    ScalingPolicy,
+    decide_scaling,
+    observe_fleet,
+)
+from ringfleet.scaling.placement import FreeInstance, JobStart, plan_placement
+
+if TYPE_CHECKING:
+    from ringfleet.scaling.ports import FleetSnapshot
+
+__all__ = [
+    "Assignments",
+    "Handover",
+    "PlannedStart",
+    "ReconcilePlan",
+    "ScalingReport",
+    "instance_types_in_play",
+    "plan_assignments",
+    "plan_reconcile",
+    "remaining_hours",
+]
+
+
+@dataclass(frozen=True)
+class ScalingReport:
+    decision: ScalingDecision
+    started: tuple[str, ...] = ()
+    replacements: tuple[tuple[str, str], ...] = ()
+    #: Workers wanted by jobs but not yet running for them (the backlog alarm's metric).
+    pending_workers: int = 0
+    running_by_pool: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = self.decision
+        return {
+            "targets": dict(d.targets),
+            "wanted": d.wanted,
+            "reason": d.reason,
+            "cost": {
+                "c_base": d.cost.c_base,
+                "c_adjust": d.cost.c_adjust,
+                "delta_r": d.cost.delta_r,
+                "c": d.cost.total,
+            },
+            "started": list(self.started),
+            "replacements": [list(r) for r in self.replacements],
+            "pending_workers": self.pending_workers,
+        }
+
+
+def remaining_hours(job: Job, step: int | None, now: datetime) -> float | None:
+    """Hours of training ``job`` has left at ``max_workers``, estimated from what the control plane knows: the
+    total in its ``steps`` hyperparameter (the convention of the examples' scripts), the newest step its workers
+    reported (heartbeats) or checkpointed, and the pace since it was admitted, scaled from the workers it has to
+    its maximum. Counting from admission includes provisioning, so the pace is understated and the estimate errs
+    long (towards on-demand, towards the deadline). None when there is no honest estimate: no ``steps`` total, no
+    step reported yet, or no admission time; the deadline then does not steer the job (it takes on-demand when spot
+    is short, as a job without a deadline)."""
+    total = job.spec.hyperparameters.get("steps")
+    if isinstance(total, bool) or not isinstance(total, int | float) or total <= 0 or job.created_at is None:
+        return None
+    done = max(step or 0, job.durable_checkpoint.step if job.durable_checkpoint is not None else 0)
+    elapsed = (now - job.created_at).total_seconds() / 3600
+    if done <= 0 or elapsed <= 0:
+        return None
+    if done >= total:
+        return 0.0
+    workers = max(1, len(job.members))
+    return (total - done) * elapsed / done * workers / max(workers, job.spec.max_workers)
+
+
+def instance_types_in_play(jobs: Sequence[Job], snapshot: FleetSnapshot) -> set[str]:
+    """The instance types whose pools the scaler prices: every active job's, and every pool the fleet targets (so
+    that a pool no job wants any more is still known, and emptied)."""
+    return {t for j in jobs for t in j.spec.instance_types} | {k.split(":")[1] for k in snapshot.targets}
+
+
+@dataclass(frozen=True)
+class ReconcilePlan:
+    """The fleet's side of one run: what to set on the fleet and what to remember."""
+
+    decision: ScalingDecision
+    #: pool -> target capacity to set: the decision's, plus the instances leaving with notice in that pool.
+    targets: dict[str, int]
+    #: Idle instances to terminate (a shrinking pool's surplus; never one serving a job).
+    release: tuple[str, ...]
+    #: instance -> the active job it serves (leaving ones included): not free for placement.
+    busy: Mapping[str, str]
+    #: The active jobs (placement gives free instances to the PENDING, RUNNING and RECOVERING ones).
+    jobs: tuple[Job, ...]
+    now: datetime
+
+    @property
+    def changes_fleet(self) -> bool:
+        return self.decision.changed or bool(self.release)
+
+    @property
+    def rereads_fleet(self) -> bool:
+        """Targets changed: what just launched may already run, and is placed in this same run."""
+        return self.decision.changed
+
+    @property
+    def state(self) -> FleetState:
+        """What to remember for the next run (saved only if no other run saved meanwhile)."""
+        return self.decision.state
+
+    def report(self) -> dict[str, Any]:
+        """The decision as saved beside the state (before any job is started)."""
+        return ScalingReport(self.decision).as_dict()
+
+
+@dataclass(frozen=True)
+class _Occupancy:
+    """What the fleet's instances serve, from their nodes."""
+
+    #: instance -> active job it serves.
+    busy: dict[str, str]
+    #: instance -> pool, for the busy instances leaving with notice.
+    leaving: dict[str, str]
+    #: job -> newest step its workers reported in their heartbeats (its progress, for its deadline).
+    steps: dict[str, int]
+
+    def placed(self, pool_of: Mapping[str, str]) -> dict[str, dict[str, int]]:
+        """job -> pool -> its workers there that stay (leaving ones are not capacity)."""
+        out: dict[str, dict[str, int]] = {}
+        for instance, job_id in self.busy.items():
+            if instance not in self.leaving:
+                mine = out.setdefault(job_id, {})
+                mine[pool_of[instance]] = mine.get(pool_of[instance], 0) + 1
+        return out
+
+
+def _occupancy(snapshot: FleetSnapshot, nodes: Mapping[str, Node], active: set[str]) -> _Occupancy:
+    busy: dict[str, str] = {}
+    leaving: dict[str, str] = {}
+    steps: dict[str, int] = {}
+    for inst in snapshot.instances:
+        node = nodes.get(inst.instance_id)
+        if node is None or node.state == NodeState.LOST or node.job_id not in active:
+            continue
+        busy[inst.instance_id] = node.job_id
+        if node.last_step is not None:
+            steps[node.job_id] = max(steps.get(node.job_id, 0), node.last_step)
+        if node.state == NodeState.LEAVING:
+            leaving[inst.instance_id] = inst.pool
+    return _Occupancy(busy, leaving, steps)
+
+
+def _demand(job: Job, placed: Mapping[str, int], step: int | None, now: datetime) -> JobDemand:
+    spec = job.spec
+    deadline = None
+    if spec.deadline_hours is not None and job.created_at is not None:
+        deadline = job.created_at + timedelta(hours=spec.deadline_hours)
+    return JobDemand(
+        job.job_id,
+        job.tenant,
+        spec.min_workers,
+        spec.max_workers,
+        spec.gpus_per_worker,
+        tuple(spec.instance_types),
+        spec.budget_usd_per_hour,
+        placed,
+        deadline=deadline,
+        remaining_hours=remaining_hours(job, step, now) if deadline else None,
+    )
+
+
+def _observed(remembered: FleetState, snapshot: FleetSnapshot, leaving: Mapping[str, str], now: datetime) -> FleetState:
+    """The remembered state with the fleet as it is, less what is leaving; interruption rates are learned per pool,
+    every notice counted once (an instance's notice is seen on several runs), over the pool-hours run meanwhile."""
+    going = Counter(leaving.values())
+    present = {i.instance_id for i in snapshot.instances}
+    new_notices = [i for i in leaving if i not in remembered.noticed]
+    return observe_fleet(
+        replace(
+            remembered,
+            targets={k: max(0, n - going[k]) for k, n in snapshot.targets.items()},
+            fulfilled={k: max(0, n - going[k]) for k, n in snapshot.fulfilled.items()},
+            noticed=frozenset(i for i in remembered.noticed | set(leaving) if i in present),
+        ),
+        now,
+        running=snapshot.fulfilled,
+        interrupted=Counter(leaving[i] for i in new_notices),
+    )
+
+
+def _releasable(
+    targets: Mapping[str, int], snapshot: FleetSnapshot, busy: Collection[str], going: Mapping[str, int]
+) -> list[str]:
+    """Per pool, the idle instances beyond its target (those leaving with notice counted apart): oldest listed
+    first, and never more than the pool's idle ones."""
+    release: list[str] = []
+    for pool, target in targets.items():
+        in_pool = [i.instance_id for i in snapshot.instances if i.pool == pool]
+        idle = [i for i in in_pool if i not in busy]
+        excess = len(in_pool) - target - going.get(pool, 0)
+        release += idle[: max(0, excess)]
+    return release
+
+
+def plan_reconcile(
+    *,
+    snapshot: FleetSnapshot,
+    jobs: Sequence[Job],
+    nodes: Mapping[str, Node],
+    pools: Sequence[Pool],
+    remembered: FleetState,
+    now: datetime,
+    policy: ScalingPolicy,
+) -> ReconcilePlan:
+    """The fleet's targets and releases for the active ``jobs``, given the fleet's ``snapshot``, the ``nodes`` of its
+    instances (by instance id; an instance without one serves no job), the ``pools`` on offer and the state the
+    scaler ``remembered`` from its last run."""
+    occupancy = _occupancy(snapshot, nodes, {j.job_id for j in jobs})
+    pool_of = {i.instance_id: i.pool for i in snapshot.instances}
+    placed = occupancy.placed(pool_of)
+    demand = [_demand(job, placed.get(job.job_id, {}), occupancy.steps.get(job.job_id), now) for job in jobs]
+    decision = decide_scaling(demand, pools, _observed(remembered, snapshot, occupancy.leaving, now), now, policy)
+    going = Counter(occupancy.leaving.values())
+    return ReconcilePlan(
+        decision=decision,
+        targets={k: n + going[k] for k, n in decision.targets.items()},
+        release=tuple(_releasable(decision.targets, snapshot, occupancy.busy, going)),
+        busy=occupancy.busy,
+        jobs=tuple(jobs),
+        now=now,
+    )
+
+
+@dataclass(frozen=True)
+class PlannedStart:
+    """A PENDING job to start: save ``start.job`` from ``start.before``; once saved, put ``nodes``, publish
+    ``start.command`` and clear the outbox of ``saved`` (the job as stored)."""
+
+    start: JobStart
+    saved: Job
+    nodes: tuple[Node, ...]
+
+
+@dataclass(frozen=True)
+class Handover:
+    """A free instance placed on a running or recovering job: its node, then the job's recovery told."""
+
+    job_id: str
+    node: Node
+
+
+@dataclass(frozen=True)
+class Assignments:
+    """The work the free instances get, and what to report once it was applied."""
+
+    decision: ScalingDecision
+    starts: tuple[PlannedStart, ...]
+    handovers: tuple[Handover, ...]
+    #: Instances already serving jobs when the run began.
+    serving: int
+    running_by_pool: dict[str, int]
+
+    def report(self, started: Collection[str]) -> ScalingReport:
+        """The run's report, ``started`` being the jobs whose start was saved (one that moved meanwhile was not)."""
+        done = [s for s in self.starts if s.start.job.job_id in started]
+        serving = self.serving + sum(len(s.start.job.members) for s in done)
+        return ScalingReport(
+            self.decision,
+            started=tuple(s.start.job.job_id for s in done),
+            replacements=tuple((h.job_id, h.node.instance_id) for h in self.handovers),
+            pending_workers=max(0, self.decision.wanted - serving),
+            running_by_pool=dict(self.running_by_pool),
+        )
+
+
+def _planned_start(start: JobStart, now: datetime) -> PlannedStart:
+    saved = replace(start.job, revision=start.before.revision + 1)
+    known = [Node(i, start.job.job_id, host=h) for i, h in start.hosts.items()]
+    updates, _ = plan_node_updates(saved, known, now, lost=(), hooks=None)
+    return PlannedStart(start, saved, tuple(updates))
+
+
+def plan_assignments(plan: ReconcilePlan, snapshot: FleetSnapshot) -> Assignments:
+    """Places the plan's jobs on the instances of ``snapshot`` (the fleet as read after the plan was applied) that
+    run, serve no job and are not being released."""
+    free = [
+        FreeInstance(i.instance_id, i.instance_type, i.pool, i.host)
+        for i in snapshot.instances
+        if i.state == "running" and i.instance_id not in plan.busy and i.instance_id not in plan.release
+    ]
+    placement = plan_placement(plan.jobs, free, plan.now)
+    return Assignments(
+        decision=plan.decision,
+        starts=tuple(_planned_start(s, plan.now) for s in placement.starts),
+        handovers=tuple(
+            Handover(job_id, Node(i.instance_id, job_id, state=NodeState.PLACED, host=i.host))
+            for job_id, i in placement.replacements
+        ),
+        serving=len(plan.busy),
+        running_by_pool=dict(snapshot.fulfilled),
+    )

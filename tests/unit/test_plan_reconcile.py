@@ -1,0 +1,160 @@
+"""plan_reconcile and plan_assignments: what one run of the fleet scaler does to the fleet and to the jobs, decided
+from what it read (pure: no tables, no fleet)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import timedelta
+
+from ringfleet.contracts import Reconfigure
+from ringfleet.core.jobs import Job, JobState
+from ringfleet.core.nodes import Node, NodeState
+from ringfleet.scaling.decisions import FleetState, Pool, ScalingPolicy, pool_key
+from ringfleet.scaling.ports import FleetInstance, FleetSnapshot
+from ringfleet.scaling.reconcile import Handover, ReconcilePlan, plan_assignments, plan_reconcile
+from tests.builders import T0, instance, running_job
+
+NOW = T0 + timedelta(hours=1)
+A = pool_key("spot", "g5.xlarge", "us-east-1a")
+B = pool_key("spot", "g5.xlarge", "us-east-1b")
+POOLS = [
+    Pool("g5.xlarge", "us-east-1a", "spot", 0.30, 0.05, 1),
+    Pool("g5.xlarge", "us-east-1b", "spot", 0.32, 0.05, 1),
+    Pool("g5.xlarge", "us-east-1a", "on-demand", 1.006, 0.0, 1),
+]
+
+
+def fleet(*instances: FleetInstance) -> FleetSnapshot:
+    """The fleet as EC2 reports it: every pool's target at what it runs."""
+    counts: dict[str, int] = {}
+    for i in instances:
+        counts[i.pool] = counts.get(i.pool, 0) + 1
+    return FleetSnapshot(targets=dict(counts), fulfilled=dict(counts), instances=instances)
+
+
+def vm(n: int, pool: str = A, state: str = "running") -> FleetInstance:
+    return FleetInstance(instance(n), "g5.xlarge", pool, state, host=f"10.0.0.{n}")
+
+
+def pending_job(job_id: str = "digits", workers: int = 2) -> Job:
+    job, _ = running_job(job_id, members=0, generation=0, min_workers=workers, max_workers=workers)
+    return replace(job, state=JobState.PENDING, members={})
+
+
+def plan(
+    snapshot: FleetSnapshot,
+    jobs: list[Job],
+    nodes: Sequence[Node] = (),
+    remembered: FleetState | None = None,
+) -> ReconcilePlan:
+    return plan_reconcile(
+        snapshot=snapshot,
+        jobs=jobs,
+        nodes={n.instance_id: n for n in nodes},
+        pools=POOLS,
+        remembered=remembered if remembered is not None else FleetState(targets=dict(snapshot.targets)),
+        now=NOW,
+        policy=ScalingPolicy(),
+    )
+
+
+def test_a_pending_job_whose_instances_run_is_started_with_a_reconfigure_naming_them() -> None:
+    # given a PENDING job of two workers, and two running instances: one never placed, one left by a finished job
+    job = pending_job()
+    snapshot = fleet(vm(1, A), vm(2, B))
+    finished_jobs_node = Node(instance(2), "finished-job", state=NodeState.ACTIVE)
+    # when the scaler plans
+    fleet_plan = plan(snapshot, [job], [finished_jobs_node])
+    # then the fleet already holds what the job wants: nothing launched, nothing released
+    assert not fleet_plan.changes_fleet and fleet_plan.release == ()
+    assert fleet_plan.decision.allotted == {"digits": 2}
+    # and the job starts on both instances: its workers get a Reconfigure of generation 1 naming their ranks
+    work = plan_assignments(fleet_plan, snapshot)
+    (start,) = work.starts
+    command = start.start.command
+    assert isinstance(command, Reconfigure)
+    assert command.job_id == "digits" and command.generation == 1 and command.world_size == 2
+    assert set(command.ranks) == {instance(1), instance(2)}
+    # the instances' nodes now name the job, and the job as saved carries the command in its outbox
+    assert {n.instance_id: n.job_id for n in start.nodes} == {instance(1): "digits", instance(2): "digits"}
+    assert start.saved.revision == job.revision + 1 and start.saved.outbox
+    # and once its start is saved, no worker is pending any more
+    report = work.report(started=["digits"])
+    assert report.started == ("digits",) and report.pending_workers == 0
+
+
+def test_a_job_that_moved_before_its_start_was_saved_is_reported_as_still_pending() -> None:
+    job = pending_job()
+    snapshot = fleet(vm(1, A), vm(2, B))
+    work = plan_assignments(plan(snapshot, [job]), snapshot)
+    # the start was planned, but the job's save lost (it was cancelled meanwhile): it is not reported started
+    report = work.report(started=[])
+    assert report.started == () and report.pending_workers == 2
+
+
+def test_instances_still_booting_or_serving_a_forming_ring_are_not_placed() -> None:
+    # an instance still launching does not count: one running instance is not enough for a two-worker job
+    job = pending_job()
+    booting = fleet(vm(1, A), vm(2, B, state="pending"))
+    assert plan_assignments(plan(booting, [job]), booting).starts == ()
+    # and a PROVISIONING job (its ring is forming) is given nothing more
+    forming = replace(pending_job("forming", workers=1), state=JobState.PROVISIONING)
+    idle = fleet(vm(3, A))
+    work = plan_assignments(plan(idle, [forming]), idle)
+    assert work.starts == () and work.handovers == ()
+
+
+def test_an_idle_instance_of_a_shrinking_pool_is_released_and_a_busy_one_never() -> None:
+    # given a job of one worker that two instances serve (it was bigger before), and one idle instance, all in
+    # pool A, whose surplus has lasted past the idle timeout and the cooldown
+    job, _ = running_job("small", members=2, min_workers=1, max_workers=1)
+    nodes = [Node(instance(n), "small", state=NodeState.ACTIVE, rank=n - 1) for n in (1, 2)]
+    snapshot = fleet(vm(1, A), vm(2, A), vm(3, A))
+    long_ago = NOW - timedelta(hours=1)
+    remembered = FleetState(targets={A: 3}, last_scaled_at=long_ago, surplus_since=long_ago)
+    # when the scaler plans
+    fleet_plan = plan(snapshot, [job], nodes, remembered)
+    # then pool A shrinks to the one worker the job wants, and only the idle instance is terminated: the pool stays
+    # above its target rather than take a busy worker
+    assert fleet_plan.targets == {A: 1}
+    assert fleet_plan.release == (instance(3),)
+    assert fleet_plan.changes_fleet
+
+
+def test_a_young_surplus_is_held_for_a_job_that_may_come_back_for_it() -> None:
+    # the same fleet, but its surplus starts now: nothing is released yet, and the surplus's start is remembered
+    job, _ = running_job("small", members=1, min_workers=1, max_workers=1)
+    snapshot = fleet(vm(1, A), vm(2, A), vm(3, A))
+    fleet_plan = plan(snapshot, [job], [Node(instance(1), "small", state=NodeState.ACTIVE, rank=0)])
+    assert fleet_plan.release == () and not fleet_plan.changes_fleet
+    assert fleet_plan.targets == {A: 3}
+    assert fleet_plan.state.surplus_since == NOW
+
+
+def test_a_leaving_instances_job_gets_its_replacement_launched_now_and_handed_over_once_it_runs() -> None:
+    # given a two-worker job recovering from an interruption notice on one of its instances, both in pool A
+    job, _ = running_job("ring", members=2, min_workers=2, max_workers=2)
+    job = replace(job, state=JobState.RECOVERING, replacements_wanted=1)
+    nodes = [
+        Node(instance(1), "ring", state=NodeState.ACTIVE, rank=0),
+        Node(instance(2), "ring", state=NodeState.LEAVING, rank=1, last_step=400),
+    ]
+    snapshot = fleet(vm(1, A), vm(2, A))
+    # when the scaler plans
+    fleet_plan = plan(snapshot, [job], nodes)
+    # then the leaving instance is not capacity: a replacement launches now, in the other spot pool, while the leaving
+    # one keeps running (its pool's target counts it) to finish its emergency checkpoint; nothing is released
+    assert fleet_plan.decision.targets == {A: 1, B: 1}
+    assert fleet_plan.targets == {A: 2, B: 1}
+    assert fleet_plan.release == () and fleet_plan.rereads_fleet
+    # and its interruption is counted against pool A once, however many runs see the notice
+    assert fleet_plan.state.pool_interruptions == {A: 1} and instance(2) in fleet_plan.state.noticed
+    again = plan(snapshot, [job], nodes, remembered=fleet_plan.state)
+    assert again.state.pool_interruptions == {A: 1}
+    # when the replacement runs (the fleet read again after the targets were set)
+    launched = fleet(vm(1, A), vm(2, A), vm(3, B))
+    work = plan_assignments(fleet_plan, launched)
+    # then it is handed to the job (its node PLACED on it), and the leaving instance is not
+    assert work.handovers == (Handover("ring", Node(instance(3), "ring", state=NodeState.PLACED, host="10.0.0.3")),)
+    assert work.report(started=[]).replacements == (("ring", instance(3)),)
