@@ -43,10 +43,10 @@ from training_worker.checkpoint import (
     CheckpointCorrupt,
     S3CheckpointStore,
     SavedCheckpoint,
-    snapshot,
 )
 from training_worker.collectives import BACKENDS, AllreduceBackend, select_backend
 from training_worker.control import ControlChannel, SpotNoticeWatcher, install_sigterm
+from training_worker.device_copy import copy_async
 from training_worker.membership import (
     CommandDiscovery,
     FileDiscovery,
@@ -589,7 +589,7 @@ class Runtime:
         """A snapshot of ``tree`` taken in the background (see ``TorchState.save``)."""
         if self._copier is None:
             self._copier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit-copy")
-        future = self._copier.submit(snapshot, tree)
+        future = copy_async(tree, self._copier)
         self._copies.append(future)
         return future
 
