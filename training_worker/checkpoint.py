@@ -1,4 +1,5 @@
-"""Checkpoints on S3: zstd shards, then a manifest with each shard's size and sha256; saved in the background."""
+"""Checkpoints on S3: zstd shards, then a manifest with each shard's size, sha256 and S3 checksum; saved in the
+background."""
 
 from __future__ import annotations
 
@@ -20,8 +21,10 @@ import boto3
 import torch
 import zstandard
 from boto3.s3.transfer import TransferConfig
+from s3transfer.utils import ChunksizeAdjuster
 
 from ringfleet.contracts import MANIFEST_NAME, CheckpointManifest, ShardEntry, checkpoint_prefix, parse_manifest_key
+from ringfleet.contracts.checkpoints import composite_checksum, full_object_checksum, same_s3_checksum
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -133,8 +136,7 @@ class S3CheckpointStore:
             name = f"{key}.pt.zst"
             if local is not None:
                 (local / name).write_bytes(blob)
-            self.s3.upload_fileobj(io.BytesIO(blob), self.bucket, prefix + name, Config=self.transfer)
-            entries.append(ShardEntry(name=name, size=len(blob), sha256=hashlib.sha256(blob).hexdigest()))
+            entries.append(self._upload(prefix, name, blob))
             total += len(blob)
         manifest = CheckpointManifest(
             job_id=self.job_id,
@@ -152,6 +154,31 @@ class S3CheckpointStore:
             (local / MANIFEST_NAME).write_bytes(body)  # last here too: a local copy without it is never read
             self._prune_local()
         return SavedCheckpoint(step, self.uri(step), hashlib.sha256(body).hexdigest(), total + len(body))
+
+    def _upload(self, prefix: str, name: str, blob: bytes) -> ShardEntry:
+        """Uploads one shard with S3 computing its SHA-256 checksum, and describes it for the manifest.
+
+        S3 checks each part against the checksum botocore computed from the bytes; the manifest names the checksum
+        S3 keeps (composite of the parts for a multipart upload), computed here from the bytes as s3transfer splits
+        them, and confirmed by a HEAD: the backup then verifies the shard from its metadata without reading it.
+        """
+        sha256 = hashlib.sha256(blob).hexdigest()
+        if len(blob) >= self.transfer.multipart_threshold:
+            part_size = ChunksizeAdjuster().adjust_chunksize(self.transfer.multipart_chunksize, len(blob))
+            checksum = composite_checksum(blob, part_size)
+        else:
+            checksum = full_object_checksum(sha256)
+        key = prefix + name
+        extra = {"ChecksumAlgorithm": "SHA256"}
+        self.s3.upload_fileobj(io.BytesIO(blob), self.bucket, key, ExtraArgs=extra, Config=self.transfer)
+        head = self.s3.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+        stored = head.get("ChecksumSHA256", "")
+        if head["ContentLength"] != len(blob) or not same_s3_checksum(stored, checksum):
+            raise CheckpointCorrupt(
+                f"shard {name}: S3 keeps {head['ContentLength']} bytes with SHA-256 checksum {stored or 'none'}, "
+                f"but {len(blob)} bytes with checksum {checksum} were uploaded"
+            )
+        return ShardEntry(name=name, size=len(blob), sha256=sha256, checksum_sha256=checksum)
 
     def _local(self, step: int) -> Path | None:
         return self.cache / f"{step:012d}" if self.cache is not None else None

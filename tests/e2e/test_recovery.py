@@ -22,6 +22,7 @@ from ringfleet_local.emit import emit
 from ringfleet.backup.ports import CheckpointStatus
 from ringfleet.contracts import WORKER_EVENTS_QUEUE, CheckpointManifest, ShardEntry, encode_manifest
 from ringfleet.contracts.broker import JOBS_QUEUE, dead_letter_queue
+from ringfleet.contracts.checkpoints import full_object_checksum
 from ringfleet.core.jobs import DurableCheckpoint, JobState
 from ringfleet.core.nodes import Node, NodeState
 from tests.builders import T0, instance
@@ -209,10 +210,14 @@ def put_checkpoint(cloud: LocalCloud, job_id: str, step: int, *, corrupt: bool =
     shards = []
     for rank in range(2):
         data = f"{job_id}-{step}-{rank}".encode() * 100
-        s3.put_object(
-            Bucket=bucket, Key=prefix + f"rank-{rank}.pt.zst", Body=data[:-1] + b"!" if corrupt and rank else data
+        body = data[:-1] + b"!" if corrupt and rank else data
+        s3.put_object(Bucket=bucket, Key=prefix + f"rank-{rank}.pt.zst", Body=body, ChecksumAlgorithm="SHA256")
+        sha256 = hashlib.sha256(data).hexdigest()
+        shards.append(
+            ShardEntry(
+                name=f"rank-{rank}.pt.zst", size=len(data), sha256=sha256, checksum_sha256=full_object_checksum(sha256)
+            )
         )
-        shards.append(ShardEntry(name=f"rank-{rank}.pt.zst", size=len(data), sha256=hashlib.sha256(data).hexdigest()))
     manifest = CheckpointManifest(job_id=job_id, step=step, generation=1, world_size=2, created_at=T0, shards=shards)
     s3.put_object(Bucket=bucket, Key=prefix + "manifest.json", Body=encode_manifest(manifest))
     return prefix

@@ -23,8 +23,12 @@ from ringfleet.contracts import (
     parse_manifest,
     parse_manifest_key,
 )
+from ringfleet.contracts.checkpoints import full_object_checksum, same_s3_checksum
 
 SHA = "a" * 64
+#: S3's full-object SHA-256 checksum of a shard whose sha256 is SHA, and a composite one of 3 parts.
+FULL = full_object_checksum(SHA)
+COMPOSITE = "n6facfMY8yDZHBEb/YG8KYrPDOTEoLmktrQhkD6PFIM=-3"
 
 
 def manifest(**changes: Any) -> dict[str, Any]:
@@ -142,6 +146,11 @@ def test_a_manifest_is_built_in_code_with_its_defaults() -> None:
         ({"shards": [{"name": "a", "size": -1, "sha256": SHA}]}, "size"),
         ({"shards": [{"name": "a", "size": 1, "sha256": SHA.upper()}]}, "sha256"),
         ({"shards": [{"name": "a", "size": 1, "sha256": "ab"}]}, "sha256"),
+        ({"shards": [{"name": "a", "size": 1, "sha256": SHA, "checksum_sha256": SHA}]}, "checksum_sha256"),
+        ({"shards": [{"name": "a", "size": 1, "sha256": SHA, "checksum_sha256": FULL + "-0"}]}, "checksum_sha256"),
+        ({"shards": [{"name": "a", "size": 1, "sha256": SHA, "checksum_sha256": FULL + "-10001"}]}, "checksum_sha256"),
+        # a full-object checksum is the sha256 itself: one that is not says two different things about the shard
+        ({"shards": [{"name": "a", "size": 1, "sha256": "b" * 64, "checksum_sha256": FULL}]}, "checksum_sha256"),
         ({"created_at": "2025-06-02T14:05:58"}, "created_at"),
         ({"world_size": 0}, "world_size"),
         ({"owner": "alice"}, "owner"),
@@ -149,3 +158,33 @@ def test_a_manifest_is_built_in_code_with_its_defaults() -> None:
 )
 def test_a_malformed_manifest_is_refused_naming_the_field(changes: dict[str, Any], field: str) -> None:
     assert field in rejected(manifest(**changes))
+
+
+def test_a_shard_names_the_checksum_s3_keeps_full_object_or_composite_and_old_manifests_still_parse() -> None:
+    # given shards uploaded in one PUT, in 3 parts, and one listed by a writer before S3 checksums
+    shards = [
+        {"name": "one-put", "size": 1, "sha256": SHA, "checksum_sha256": FULL},
+        {"name": "three-parts", "size": 1, "sha256": "b" * 64, "checksum_sha256": COMPOSITE},
+        {"name": "old-writer", "size": 1, "sha256": SHA},
+    ]
+    # when the manifest is read
+    read = parse_manifest(json.dumps(manifest(shards=shards)))
+    # then each says which kind of checksum it has, and the old one has none
+    assert [(s.checksum_sha256, s.checksum_parts) for s in read.shards] == [(FULL, None), (COMPOSITE, 3), (None, None)]
+    assert FULL == "qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqo="
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "same"),
+    [
+        (COMPOSITE, COMPOSITE, True),
+        # S3's HeadObject may leave out a composite's part count: the digest decides
+        (COMPOSITE, COMPOSITE.removesuffix("-3"), True),
+        (COMPOSITE, COMPOSITE.replace("-3", "-4"), False),
+        (FULL, COMPOSITE, False),
+        (FULL, "", False),
+        ("", "", False),
+    ],
+)
+def test_s3_checksums_compare_by_digest_and_by_part_count_where_both_have_one(a: str, b: str, same: bool) -> None:
+    assert same_s3_checksum(a, b) is same and same_s3_checksum(b, a) is same

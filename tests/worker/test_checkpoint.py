@@ -33,7 +33,7 @@ def store(monkeypatch: pytest.MonkeyPatch) -> Iterator[S3CheckpointStore]:
     with mock_aws():
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket=BUCKET)
-        # a 64 KiB multipart threshold: the 400 KiB weight shard below goes up in parts
+        # a 64 KiB multipart threshold: larger shards go up as multipart uploads (in parts of S3's least, 5 MiB)
         yield S3CheckpointStore(BUCKET, "digits-demo", s3_client=s3, multipart_bytes=64 << 10)
 
 
@@ -55,6 +55,24 @@ def test_saved_checkpoint_lists_every_shard_in_a_manifest_and_loads_back(store: 
     assert done[0].uri == "s3://ckpt/jobs/digits-demo/ckpt/000000000007/"
     _, tree = store.load(7)
     assert torch.equal(tree["model"]["w"], torch.full((100_000,), 7.0)) and tree["trainer"]["step"] == 7
+
+
+def test_each_shard_is_listed_with_the_sha256_checksum_s3_keeps_full_object_or_composite(
+    store: S3CheckpointStore,
+) -> None:
+    # given a checkpoint with a small shard (one PUT) and a 12 MiB incompressible one (multipart: 3 parts of 5 MiB)
+    tree = {"small": {"step": 1}, "big": torch.randint(-(2**62), 2**62, (12 << 17,), generator=torch.Generator())}
+    store.save(5, 0, 1, tree)
+    manifest, _ = store.load(5)
+    # then each entry names the checksum S3 reports for the object it lists: the sha256 itself for the one-PUT
+    # shard, the composite of 3 parts for the big one
+    entries = {s.name: s for s in manifest.shards}
+    assert entries["small.pt.zst"].checksum_parts is None and entries["big.pt.zst"].checksum_parts == 3
+    for shard in manifest.shards:
+        got = store.s3.get_object(Bucket=BUCKET, Key=manifest.shard_key(shard), ChecksumMode="ENABLED")
+        assert shard.checksum_sha256 is not None
+        assert got["ChecksumSHA256"] == shard.checksum_sha256
+        assert got["ContentLength"] == shard.size
 
 
 def test_the_snapshot_is_taken_at_the_step_boundary_not_when_uploaded(store: S3CheckpointStore) -> None:

@@ -1,31 +1,60 @@
-"""CheckpointObjects on S3: read manifests, digest shards, server-side copy to the backup bucket, delete old ones."""
+"""CheckpointObjects on S3: read manifests, check shards by their metadata, copy server-side, delete old ones.
+
+No shard body is ever read here: a shard is verified by the SHA-256 checksum S3 computed when the worker uploaded
+it (``HeadObject`` with ``ChecksumMode``), and copied by S3 itself — only the version verified (``CopySourceIfMatch``
+with its ETag), and checked once more by the checksum S3 computes for the copy.
+"""
 
 from __future__ import annotations
 
-import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import boto3
+from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from ringfleet.backup.ports import ShardDigest
-from ringfleet.contracts.checkpoints import MANIFEST_NAME, checkpoint_prefix
+from ringfleet.backup.ports import ShardChanged, StoredShard
+from ringfleet.contracts.checkpoints import MANIFEST_NAME, checkpoint_prefix, full_object_checksum, same_s3_checksum
 
 if TYPE_CHECKING:
-    from ringfleet.contracts import CheckpointManifest
+    from collections.abc import Mapping
+
+    from ringfleet.contracts import CheckpointManifest, ShardEntry
 
 __all__ = ["S3CheckpointObjects"]
 
-_CHUNK = 8 * 1024 * 1024
+#: The largest object one CopyObject copies; larger ones are copied in parts (UploadPartCopy).
+COPY_OBJECT_LIMIT = 5 * 1024**3
+#: Copies in flight at once: shards side by side, and a large shard's parts side by side. A server-side copy's time
+#: is S3's, not this function's, so a checkpoint copies in about the time of its largest part, not of all its bytes.
+COPY_CONCURRENCY = 16
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 def _missing(exc: ClientError) -> bool:
-    return exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}
+    return _code(exc) in {"404", "NoSuchKey", "NotFound"}
+
+
+def _changed(exc: ClientError) -> bool:
+    return _code(exc) in {"412", "PreconditionFailed"}
 
 
 class S3CheckpointObjects:
-    def __init__(self, *, s3_client: Any | None = None) -> None:
-        self._s3: Any = s3_client or boto3.client("s3")
+    def __init__(
+        self,
+        *,
+        s3_client: Any | None = None,
+        copy_object_limit: int = COPY_OBJECT_LIMIT,
+        concurrency: int = COPY_CONCURRENCY,
+    ) -> None:
+        # A connection for every copy in flight: shards, each with its parts.
+        pool = Config(max_pool_connections=concurrency * concurrency)
+        self._s3: Any = s3_client or boto3.client("s3", config=pool)
+        self.copy_object_limit, self.concurrency = copy_object_limit, concurrency
 
     def read(self, bucket: str, key: str, *, max_bytes: int) -> bytes:
         obj = self._s3.get_object(Bucket=bucket, Key=key)
@@ -35,24 +64,102 @@ class S3CheckpointObjects:
         data: bytes = obj["Body"].read()
         return data
 
-    def digest(self, bucket: str, key: str) -> ShardDigest | None:
+    def stored(self, bucket: str, key: str) -> StoredShard | None:
         try:
-            obj = self._s3.get_object(Bucket=bucket, Key=key)
+            head = self._s3.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
         except ClientError as exc:
             if _missing(exc):
                 return None
             raise
-        sha, size = hashlib.sha256(), 0
-        for chunk in obj["Body"].iter_chunks(_CHUNK):
-            sha.update(chunk)
-            size += len(chunk)
-        return ShardDigest(size=size, sha256=sha.hexdigest())
+        return StoredShard(
+            size=head["ContentLength"], checksum_sha256=head.get("ChecksumSHA256", ""), etag=head["ETag"]
+        )
 
-    def copy_checkpoint(self, manifest: CheckpointManifest, source_bucket: str, target_bucket: str) -> None:
+    def copy_checkpoint(
+        self,
+        manifest: CheckpointManifest,
+        manifest_body: bytes,
+        verified: Mapping[str, StoredShard],
+        source_bucket: str,
+        target_bucket: str,
+    ) -> None:
         # Shards first and the manifest last: in the backup bucket too, a checkpoint exists once its manifest does.
-        for key in [manifest.shard_key(s) for s in manifest.shards] + [manifest.key]:
-            # The managed copy is server-side, multipart above 8 MiB (so shards past 5 GiB copy too).
-            self._s3.copy({"Bucket": source_bucket, "Key": key}, target_bucket, key)
+        for shard in manifest.shards:
+            key = manifest.shard_key(shard)
+            try:
+                self._copy_shard(shard, verified[shard.name], source_bucket, target_bucket, key)
+            except ClientError as exc:
+                if _changed(exc):
+                    raise ShardChanged(
+                        f"shard {shard.name} changed after it was verified: S3 refused its copy"
+                    ) from exc
+                raise
+        # The manifest's bytes as read and verified, rather than a copy of whatever the key holds by now.
+        self._s3.put_object(
+            Bucket=target_bucket,
+            Key=manifest.key,
+            Body=manifest_body,
+            ContentType="application/json",
+            ChecksumAlgorithm="SHA256",
+        )
+
+    def _copy_shard(self, shard: ShardEntry, source: StoredShard, bucket: str, target_bucket: str, key: str) -> None:
+        """One shard, server-side. CopyObject makes S3 compute the copy's full-object SHA-256, which must be the
+        manifest's sha256 of the bytes (what a restore verifies); a larger, composite one is copied in the source's
+        own parts, so that the copy's composite checksum must be the manifest's."""
+        if source.size <= self.copy_object_limit or shard.checksum_parts is None:
+            result = self._s3.copy_object(
+                Bucket=target_bucket,
+                Key=key,
+                CopySource={"Bucket": bucket, "Key": key},
+                CopySourceIfMatch=source.etag,
+                ChecksumAlgorithm="SHA256",
+            )["CopyObjectResult"]
+            copied, expected = result.get("ChecksumSHA256", ""), full_object_checksum(shard.sha256)
+        else:
+            self._copy_in_parts(source, bucket, target_bucket, key)
+            copied = self._s3.head_object(Bucket=target_bucket, Key=key, ChecksumMode="ENABLED").get(
+                "ChecksumSHA256", ""
+            )
+            expected = str(shard.checksum_sha256)
+        if not same_s3_checksum(copied, expected):
+            raise ShardChanged(
+                f"shard {shard.name} changed after it was verified: its copy has SHA-256 checksum {copied or 'none'}, "
+                f"the manifest says {expected}"
+            )
+
+    def _copy_in_parts(self, source: StoredShard, bucket: str, target_bucket: str, key: str) -> None:
+        """UploadPartCopy in the source's part size (its first part's), each part only from the verified version."""
+        part_size = self._s3.head_object(Bucket=bucket, Key=key, PartNumber=1)["ContentLength"]
+        upload_id = self._s3.create_multipart_upload(Bucket=target_bucket, Key=key, ChecksumAlgorithm="SHA256")[
+            "UploadId"
+        ]
+
+        def copy_part(number: int) -> dict[str, Any]:
+            start = (number - 1) * part_size
+            copied = self._s3.upload_part_copy(
+                Bucket=target_bucket,
+                Key=key,
+                UploadId=upload_id,
+                PartNumber=number,
+                CopySource={"Bucket": bucket, "Key": key},
+                CopySourceRange=f"bytes={start}-{min(start + part_size, source.size) - 1}",
+                CopySourceIfMatch=source.etag,
+            )["CopyPartResult"]
+            part = {"ETag": copied["ETag"], "PartNumber": number}
+            if "ChecksumSHA256" in copied:
+                part["ChecksumSHA256"] = copied["ChecksumSHA256"]
+            return part
+
+        try:
+            with ThreadPoolExecutor(self.concurrency, thread_name_prefix="copy-part") as pool:
+                parts = list(pool.map(copy_part, range(1, -(-source.size // part_size) + 1)))
+            self._s3.complete_multipart_upload(
+                Bucket=target_bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+        except BaseException:
+            self._s3.abort_multipart_upload(Bucket=target_bucket, Key=key, UploadId=upload_id)
+            raise
 
     def delete_checkpoint(self, bucket: str, job_id: str, step: int) -> None:
         prefix = checkpoint_prefix(job_id, step)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -10,13 +11,29 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from ringfleet.contracts import CheckpointManifest
 
-__all__ = ["CheckpointCatalog", "CheckpointObjects", "CheckpointRecord", "CheckpointStatus", "ShardDigest"]
+__all__ = [
+    "CheckpointCatalog",
+    "CheckpointObjects",
+    "CheckpointRecord",
+    "CheckpointStatus",
+    "ShardChanged",
+    "StoredShard",
+]
 
 
 @dataclass(frozen=True)
-class ShardDigest:
+class StoredShard:
+    """What S3 says of an object, from its metadata alone (the body is never read)."""
+
     size: int
-    sha256: str
+    #: S3's SHA-256 checksum of the object ("" when it was stored without one).
+    checksum_sha256: str
+    #: The version that was verified: a copy takes exactly this one.
+    etag: str
+
+
+class ShardChanged(Exception):
+    """A shard is no longer the object that was verified: its copy was refused, or came out different."""
 
 
 class CheckpointObjects(Protocol):
@@ -24,12 +41,21 @@ class CheckpointObjects(Protocol):
         """An object's body; raises ValueError when it is larger than ``max_bytes``."""
         ...
 
-    def digest(self, bucket: str, key: str) -> ShardDigest | None:
-        """Size and sha256 of an object as stored, or None when it does not exist."""
+    def stored(self, bucket: str, key: str) -> StoredShard | None:
+        """Size, S3 checksum and ETag of an object as stored, or None when it does not exist."""
         ...
 
-    def copy_checkpoint(self, manifest: CheckpointManifest, source_bucket: str, target_bucket: str) -> None:
-        """Server-side copy of every shard, then the manifest (last, so a copy exists only once complete)."""
+    def copy_checkpoint(
+        self,
+        manifest: CheckpointManifest,
+        manifest_body: bytes,
+        verified: Mapping[str, StoredShard],
+        source_bucket: str,
+        target_bucket: str,
+    ) -> None:
+        """Server-side copy of every shard, each exactly the version in ``verified`` (by shard name), then
+        ``manifest_body`` (last, so a copy exists only once complete); raises ShardChanged when a shard's copy is
+        refused or differs from the manifest."""
         ...
 
     def delete_checkpoint(self, bucket: str, job_id: str, step: int) -> None:
@@ -62,6 +88,3 @@ class CheckpointCatalog(Protocol):
     def list(self, job_id: str) -> list[CheckpointRecord]:
         """A job's checkpoints, oldest step first."""
         ...
-
-
-# -- fleet scaling (issue 5) ------------------------------------------------------------------------------------------

@@ -1,8 +1,13 @@
 """The checkpoint backup use case: verify a new checkpoint, copy it to the backup bucket, record it, apply retention.
 
-A checkpoint whose manifest does not parse, names another checkpoint, or lists a shard that is missing or differs
-in size or sha256 is quarantined: recorded as QUARANTINED with the reason, never copied, never made durable — so no
-restart ever loads it, and the job's previous durable checkpoint stays the one a restart uses.
+Shards are verified without reading them, so a checkpoint of hundreds of GB backs up in the time and memory of a
+small one: each shard's size and the SHA-256 checksum S3 computed on upload (from the object's metadata) must be
+the manifest's, and the copy is server-side, of exactly the version verified, checked by the checksum S3 computes
+for the copy. A checkpoint whose manifest does not parse, names another checkpoint, lists a shard without an S3
+checksum (a writer from before checksums), or a shard that is missing, differs in size or checksum, or changes
+before it is copied is quarantined: recorded as QUARANTINED with the reason, never copied (a partial copy is
+deleted), never made durable — so no restart ever loads it, and the job's previous durable checkpoint stays the one
+a restart uses.
 """
 
 from __future__ import annotations
@@ -12,12 +17,13 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from ringfleet.backup.ports import CheckpointRecord, CheckpointStatus
+from ringfleet.backup.ports import CheckpointRecord, CheckpointStatus, ShardChanged
 from ringfleet.backup.retention import plan_retention
+from ringfleet.contracts.checkpoints import same_s3_checksum
 from ringfleet.core.jobs import DurableCheckpoint
 
 if TYPE_CHECKING:
-    from ringfleet.backup.ports import CheckpointCatalog, CheckpointObjects
+    from ringfleet.backup.ports import CheckpointCatalog, CheckpointObjects, StoredShard
     from ringfleet.contracts import CheckpointManifest, CreatedObject
     from ringfleet.core.ports import Clock, JobRepository
 
@@ -68,16 +74,21 @@ class BackupService:
             return BackupOutcome(job_id, step, "already-handled", reason=known.status.value)
         source_uri = checkpoint_uri(created.bucket, job_id, step)
         try:
-            manifest = parse_manifest(self.store.read(created.bucket, created.key, max_bytes=MAX_MANIFEST_BYTES))
+            body = self.store.read(created.bucket, created.key, max_bytes=MAX_MANIFEST_BYTES)
+            manifest = parse_manifest(body)
         except (ValidationError, ValueError) as exc:
             return self._quarantine(job_id, step, 0, source_uri, f"manifest is invalid: {exc}")
         if (manifest.job_id, manifest.step) != (job_id, step):
             reason = f"manifest names {manifest.job_id} step {manifest.step}, but is stored as {job_id} step {step}"
             return self._quarantine(job_id, step, manifest.generation, source_uri, reason)
-        problem = self._verify(manifest, created.bucket)
-        if problem:
-            return self._quarantine(job_id, step, manifest.generation, source_uri, problem)
-        self.store.copy_checkpoint(manifest, created.bucket, self.backup_bucket)
+        verified = self._verify(manifest, created.bucket)
+        if isinstance(verified, str):
+            return self._quarantine(job_id, step, manifest.generation, source_uri, verified)
+        try:
+            self.store.copy_checkpoint(manifest, body, verified, created.bucket, self.backup_bucket)
+        except ShardChanged as exc:
+            self.store.delete_checkpoint(self.backup_bucket, job_id, step)
+            return self._quarantine(job_id, step, manifest.generation, source_uri, str(exc))
         backup_uri = checkpoint_uri(self.backup_bucket, job_id, step)
         self.catalog.put(self._record(manifest, CheckpointStatus.DURABLE, backup_uri))
         newest = self.jobs.record_durable_checkpoint(
@@ -86,16 +97,31 @@ class BackupService:
         retired = self._retire(job_id, created.bucket)
         return BackupOutcome(job_id, step, "backed-up", newest=newest, retired=tuple(retired))
 
-    def _verify(self, manifest: CheckpointManifest, bucket: str) -> str:
+    def _verify(self, manifest: CheckpointManifest, bucket: str) -> dict[str, StoredShard] | str:
+        """Each shard as stored, by name, when all match the manifest; else what does not."""
+        unchecked = [s.name for s in manifest.shards if s.checksum_sha256 is None]
+        if unchecked:
+            return (
+                f"manifest lists shard {unchecked[0]} without an S3 checksum (checksum_sha256; "
+                f"{len(unchecked)} of {len(manifest.shards)} shards): written by a worker from before checksums, it "
+                "cannot be verified without reading every shard"
+            )
+        verified: dict[str, StoredShard] = {}
         for shard in manifest.shards:
-            digest = self.store.digest(bucket, manifest.shard_key(shard))
-            if digest is None:
+            stored = self.store.stored(bucket, manifest.shard_key(shard))
+            if stored is None:
                 return f"shard {shard.name} is missing"
-            if digest.size != shard.size:
-                return f"shard {shard.name} is {digest.size} bytes, the manifest says {shard.size}"
-            if digest.sha256 != shard.sha256:
-                return f"shard {shard.name} has sha256 {digest.sha256}, the manifest says {shard.sha256}"
-        return ""
+            if stored.size != shard.size:
+                return f"shard {shard.name} is {stored.size} bytes, the manifest says {shard.size}"
+            if not stored.checksum_sha256:
+                return f"shard {shard.name} is stored without an S3 SHA-256 checksum"
+            if not same_s3_checksum(stored.checksum_sha256, str(shard.checksum_sha256)):
+                return (
+                    f"shard {shard.name} has S3 SHA-256 checksum {stored.checksum_sha256}, "
+                    f"the manifest says {shard.checksum_sha256}"
+                )
+            verified[shard.name] = stored
+        return verified
 
     def _retire(self, job_id: str, source_bucket: str) -> list[int]:
         records = self.catalog.list(job_id)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 from typing import Annotated, Literal
 
@@ -27,11 +29,14 @@ __all__ = [
     "ShardEntry",
     "checkpoint_prefix",
     "checkpoint_uri",
+    "composite_checksum",
     "encode_manifest",
+    "full_object_checksum",
     "manifest_key",
     "parse_checkpoint_uri",
     "parse_manifest",
     "parse_manifest_key",
+    "same_s3_checksum",
 ]
 
 MANIFEST_NAME = "manifest.json"
@@ -43,6 +48,34 @@ _MANIFEST_KEY = re.compile(rf"jobs/({JOB_ID_PATTERN})/ckpt/(\d{{12}})/{re.escape
 _CHECKPOINT_URI = re.compile(rf"s3://({BUCKET_PATTERN})/jobs/({JOB_ID_PATTERN})/ckpt/(\d{{12}})/")
 
 ShardName = Annotated[str, StringConstraints(strict=True, pattern=r"^[A-Za-z0-9._-]{1,128}$")]
+#: S3's SHA-256 checksum of an object: base64 of 32 bytes, and ``-N`` when it is the composite of N parts.
+S3Sha256Checksum = Annotated[
+    str, StringConstraints(strict=True, pattern=r"^[A-Za-z0-9+/]{43}=(-[1-9][0-9]{0,3}|-10000)?$")
+]
+
+
+def full_object_checksum(sha256_hex: str) -> str:
+    """S3's full-object SHA-256 checksum of bytes whose sha256 is ``sha256_hex``: the same digest, in base64."""
+    return base64.b64encode(bytes.fromhex(sha256_hex)).decode()
+
+
+def composite_checksum(data: bytes | memoryview, part_size: int) -> str:
+    """S3's composite SHA-256 checksum of ``data`` uploaded in parts of ``part_size`` bytes (the last one shorter):
+    the sha256 of the parts' sha256 digests, in base64, then ``-<parts>``."""
+    if part_size < 1:
+        raise ValueError(f"part_size must be positive, not {part_size}")
+    view = memoryview(data)
+    digests = [hashlib.sha256(view[i : i + part_size]).digest() for i in range(0, max(len(view), 1), part_size)]
+    return f"{base64.b64encode(hashlib.sha256(b''.join(digests)).digest()).decode()}-{len(digests)}"
+
+
+def same_s3_checksum(a: str, b: str) -> bool:
+    """Whether two S3 SHA-256 checksums name the same object: equal digests, and equal part counts where both
+    carry one (S3's HeadObject may report a composite without its ``-N``; the digest alone already differs between
+    a composite and a full-object checksum, and between composites of different parts)."""
+    digest_a, _, parts_a = a.partition("-")
+    digest_b, _, parts_b = b.partition("-")
+    return bool(digest_a) and digest_a == digest_b and (not parts_a or not parts_b or parts_a == parts_b)
 
 
 def checkpoint_prefix(job_id: str, step: int) -> str:
@@ -92,6 +125,11 @@ class ShardEntry(BaseModel):
     size: SizeBytes
     #: sha256 of the stored (compressed) object, so a copy can be verified without decompressing it.
     sha256: Sha256
+    #: S3's SHA-256 checksum of the stored object, as S3 computed it on upload (``ChecksumAlgorithm=SHA256``): for
+    #: a single PUT the full-object checksum (``sha256`` in base64), for a multipart upload the composite with its
+    #: ``-N``. The backup verifies a shard by it from the object's metadata, without reading the shard; None in
+    #: manifests written before workers sent checksums (those still restore, but the backup quarantines them).
+    checksum_sha256: S3Sha256Checksum | None = None
 
     @field_validator("name")
     @classmethod
@@ -99,6 +137,23 @@ class ShardEntry(BaseModel):
         if name in {".", "..", MANIFEST_NAME}:
             raise ValueError(f"a shard cannot be named {name!r}")
         return name
+
+    @model_validator(mode="after")
+    def _full_object_checksum_is_the_sha256(self) -> ShardEntry:
+        checksum = self.checksum_sha256
+        if checksum is not None and "-" not in checksum and checksum != full_object_checksum(self.sha256):
+            raise ValueError(
+                f"shard {self.name}: checksum_sha256 {checksum} is a full-object checksum, but not the base64 of "
+                f"its sha256 {self.sha256}"
+            )
+        return self
+
+    @property
+    def checksum_parts(self) -> int | None:
+        """The number of parts of a composite ``checksum_sha256``; None for a full-object one or none."""
+        if self.checksum_sha256 is None or "-" not in self.checksum_sha256:
+            return None
+        return int(self.checksum_sha256.rpartition("-")[2])
 
 
 class CheckpointManifest(BaseModel):
