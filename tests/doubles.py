@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Collection, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from ringfleet.backup.ports import CheckpointRecord
@@ -22,8 +22,22 @@ __all__ = [
     "InMemoryInstanceLifecycle",
     "InMemoryJobRepository",
     "InMemoryNodeRepository",
+    "ManualClock",
     "RecordingCommandPublisher",
 ]
+
+
+class ManualClock:
+    """A clock that moves only when told to."""
+
+    def __init__(self, at: datetime) -> None:
+        self.at = at
+
+    def now(self) -> datetime:
+        return self.at
+
+    def advance(self, seconds: float) -> None:
+        self.at += timedelta(seconds=seconds)
 
 
 class InMemoryJobRepository:
@@ -68,12 +82,28 @@ class InMemoryJobRepository:
         return [j for j in self._jobs.values() if j.state in ACTIVE_STATES]
 
 
+#: Makes ``InMemoryNodeRepository.place``'s check-and-write one step, as DynamoDB's conditional put is.
+_PLACING = threading.Lock()
+
+
 class InMemoryNodeRepository:
     def __init__(self) -> None:
         self._nodes: dict[str, Node] = {}
 
     def put(self, node: Node) -> None:
         self._nodes[node.instance_id] = node
+
+    def place(self, node: Node, *, over: Node | None) -> bool:
+        with _PLACING:
+            stored = self._nodes.get(node.instance_id)
+            if stored is not None and over is not None:
+                same = (stored.job_id, stored.state, stored.generation) == (over.job_id, over.state, over.generation)
+                if not same or (over.updated_at is not None and stored.updated_at != over.updated_at):
+                    return False
+            elif stored is not None or over is not None:
+                return False
+            self._nodes[node.instance_id] = node
+            return True
 
     def get(self, instance_id: str) -> Node | None:
         return self._nodes.get(instance_id)

@@ -29,12 +29,7 @@ def handle_message(*, key: dict[str, str], message: Any) -> dict[str, Any]:
     service = bootstrap.recovery_service()
     metrics.add_metric(name=f"{message.type}Received", unit=MetricUnit.Count, value=1)
     if isinstance(message, Heartbeat):
-        # Dated no later than received: a sender's clock (or a forged message) cannot make a node look alive ahead.
-        at = min(message.sent_at, service.clock.now())
-        seen = service.nodes.record_heartbeat(
-            message.instance_id, generation=message.generation, step=message.step, at=at
-        )
-        return {"heartbeat": "recorded" if seen else "ignored: unknown, lost or older-generation node"}
+        return {"heartbeat": service.on_heartbeat(message).outcome}
     outcome = (
         service.on_worker_failed(message)
         if isinstance(message, WorkerFailed)

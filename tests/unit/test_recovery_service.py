@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ringfleet.contracts import CheckpointCompleted, Reconfigure, WorkerFailed, parse_cloud_event
+from ringfleet.contracts import CheckpointCompleted, Heartbeat, Reconfigure, WorkerFailed, parse_cloud_event
 from ringfleet.core.jobs import Job
 from ringfleet.recovery.service import RecoveryService
 from tests.builders import RecoveryWorld, cloud_event, instance, later
@@ -130,3 +130,37 @@ def test_a_pool_reclaimed_at_once_asks_the_scaler_once_per_job() -> None:
         service.on_node_event(parse_cloud_event(warning))  # type: ignore[arg-type]
     assert job_of(service).replacements_wanted == 3
     assert [e["DetailType"] for e in events] == ["Capacity Wanted"]
+
+
+def heartbeat(sender: str, sent_at: Any, generation: int = 1) -> Heartbeat:
+    return Heartbeat(
+        job_id="digits-demo",
+        instance_id=sender,
+        generation=generation,
+        rank=0,
+        world_size=3,
+        step=150,
+        samples_per_second=10.0,
+        sent_at=sent_at,
+    )
+
+
+def test_a_heartbeat_dated_ahead_counts_from_when_it_was_received_so_the_sweep_still_finds_silence() -> None:
+    service, _, _, _ = world()
+    # a sender whose clock runs an hour ahead (or a forged message)
+    outcome = service.on_heartbeat(heartbeat(instance(2), later(3600)), received_at=later(5))
+    assert outcome.outcome == "recorded"
+    node = service.nodes.get(instance(2))
+    assert node is not None and node.last_heartbeat == later(5) and node.last_step == 150
+    # so when it then goes silent while its peers keep beating, silence is judged from when it arrived
+    for peer in (instance(1), instance(3)):
+        assert service.on_heartbeat(heartbeat(peer, later(65)), received_at=later(65)).outcome == "recorded"
+    (swept,) = service.sweep(later(60) - later(0), now=later(70))
+    assert swept.outcome.startswith("lost without notice")
+    assert job_of(service).members == {instance(1): 0, instance(3): 1}
+
+
+def test_a_heartbeat_of_a_node_no_job_counts_is_ignored() -> None:
+    service, _, _, _ = world()
+    assert service.on_heartbeat(heartbeat(instance(99), later(4))).outcome.startswith("ignored")
+    assert service.nodes.get(instance(99)) is None

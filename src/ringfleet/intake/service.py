@@ -14,8 +14,9 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from ringfleet.core.jobs import Incident, Job, JobState
+from ringfleet.core.outbox import Outbox
 from ringfleet.intake.quotas import Quotas, admit_job, check_cancel
-from ringfleet.recovery.decisions import command_message_id
+from ringfleet.recovery.commands import stop_command
 
 if TYPE_CHECKING:
     from ringfleet.contracts import JobCancelled, JobSubmitted
@@ -66,6 +67,7 @@ class IntakeService:
         self.clock = clock
         #: The instance types the fleet's market offers (None: any).
         self.instance_types = instance_types
+        self.outbox = Outbox(jobs=jobs, publisher=publisher)
 
     def on_submitted(self, message: JobSubmitted) -> IntakeOutcome:
         from ringfleet.contracts import JobAdmittedDetail, control_event_entry
@@ -111,34 +113,28 @@ class IntakeService:
         return IntakeOutcome(message.job_id, "admitted")
 
     def on_cancelled(self, message: JobCancelled) -> IntakeOutcome:
-        from ringfleet.contracts import JobFinishedDetail, Stop, control_event_entry, parse_message
+        """Cancels the job: saved CANCELLED with a Stop for its workers in its outbox, the Stop published, the
+        scaler told (``Job Finished``). A redelivered cancel is a duplicate; a Stop a crashed run left unpublished
+        in the outbox goes out with the next read (``ringfleet.core.outbox``)."""
+        from ringfleet.contracts import JobFinishedDetail, control_event_entry
 
         for _ in range(MAX_ATTEMPTS):
-            job = self.jobs.get(message.job_id)
+            read = self.jobs.get(message.job_id)
+            job = self.outbox.flush(read, now=self.clock.now()) if read is not None else None
+            if read is not None and job is None:
+                continue  # the job moved while its leftover commands were cleared: read it again
             reason = check_cancel(message, job)
             if job is not None and job.tenant == message.tenant and job.state == JobState.CANCELLED:
                 return IntakeOutcome(message.job_id, "duplicate", "already cancelled")
             if reason is not None or job is None:
                 return IntakeOutcome(message.job_id, "rejected", reason or "")
-            stop = Stop(
-                job_id=job.job_id,
-                generation=job.generation,
-                reason=f"cancelled: {message.reason}",
-                message_id=command_message_id(job.job_id, job.generation, "Stop"),
-                sent_at=self.clock.now(),
+            now = self.clock.now()
+            cancelled = replace(job.moved_to(JobState.CANCELLED), replacements_wanted=0).with_incident(
+                Incident(at=now, cause="cancelled", generation=job.generation, detail=message.reason)
             )
-            cancelled = replace(
-                job.moved_to(JobState.CANCELLED),
-                replacements_wanted=0,
-                outbox=(*job.outbox, stop.model_dump(mode="json")),
-            ).with_incident(
-                Incident(at=self.clock.now(), cause="cancelled", generation=job.generation, detail=message.reason)
-            )
-            if not self.jobs.save(cancelled, decided_from=job):
+            stop = stop_command(job, f"cancelled: {message.reason}", now)
+            if not self.outbox.commit(cancelled, decided_from=job, commands=[stop]):
                 continue
-            stored = replace(cancelled, revision=job.revision + 1)
-            self.publisher.publish([parse_message(c) for c in stored.outbox])  # type: ignore[misc]
-            self.jobs.save(replace(stored, outbox=()), decided_from=stored)
             detail = JobFinishedDetail(tenant=job.tenant, job_id=job.job_id, state="CANCELLED")
             self.put_events([control_event_entry(detail)])
             return IntakeOutcome(message.job_id, "cancelled")

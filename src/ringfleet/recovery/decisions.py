@@ -17,16 +17,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Literal
-from uuid import NAMESPACE_URL, UUID, uuid5
 
 from ringfleet.core.jobs import Incident, Job, JobState, PendingRecovery
 from ringfleet.core.nodes import LifecycleHook, Node, NodeState
+from ringfleet.recovery.commands import command_message_id, reconfigure_command, stop_command
 
 if TYPE_CHECKING:
     from ringfleet.contracts import CheckpointNow, Reconfigure, Stop
+    from ringfleet.core.jobs import DurableCheckpoint
 
 __all__ = [
-    "RENDEZVOUS_BASE_PORT",
     "CapacityArrived",
     "CheckpointTaken",
     "NodeLost",
@@ -34,17 +34,10 @@ __all__ = [
     "RecoveryPlan",
     "ScriptFailed",
     "Signal",
-    "command_message_id",
+    "lost_instances",
     "plan_node_updates",
     "plan_recovery",
 ]
-
-#: Rank 0 serves the ring's rendezvous (a torch.distributed TCP store) on this port plus the generation modulo
-#: RENDEZVOUS_PORTS, so a new generation's store never collides with the one still closing.
-RENDEZVOUS_BASE_PORT = 29500
-RENDEZVOUS_PORTS = 500
-#: Used when the rank-0 node has no recorded host (the local cloud runs every worker on this machine).
-DEFAULT_RENDEZVOUS_HOST = "127.0.0.1"
 
 NoticeCause = Literal["spot-interruption", "rebalance", "lifecycle-terminate"]
 LossCause = Literal["instance-stopped", "heartbeat-lost", "worker-failed"]
@@ -134,11 +127,6 @@ class RecoveryPlan:
     @property
     def reconfigured(self) -> bool:
         return self.job.generation > self.before.generation
-
-
-def command_message_id(job_id: str, generation: int, kind: str) -> UUID:
-    """A command's message id, derived from what it is: the same decision made twice publishes the same id."""
-    return uuid5(NAMESPACE_URL, f"ringfleet:{job_id}:{generation}:{kind}")
 
 
 def _unchanged(job: Job, outcome: str) -> RecoveryPlan:
@@ -334,8 +322,6 @@ def _on_script_failed(job: Job, nodes: Sequence[Node], signal: ScriptFailed) -> 
 
 def _fail(job: Job, counted: Job, signal: ScriptFailed, why: str, metrics: Mapping[str, float]) -> RecoveryPlan:
     """The job ends FAILED: its workers get Stop, and the reason stays on the record for ``ringfleet status``."""
-    from ringfleet.contracts import Stop
-
     after = replace(
         counted.moved_to(JobState.FAILED),
         recovery=None,
@@ -343,13 +329,7 @@ def _fail(job: Job, counted: Job, signal: ScriptFailed, why: str, metrics: Mappi
         spares=(),
         failure=signal.reason,
     ).with_incident(Incident(at=signal.at, cause="failed", generation=job.generation, detail=why))
-    stop = Stop(
-        job_id=job.job_id,
-        generation=job.generation,
-        reason=f"failed: {why}",
-        message_id=command_message_id(job.job_id, job.generation, "Stop"),
-        sent_at=signal.at,
-    )
+    stop = stop_command(job, f"failed: {why}", signal.at)
     return RecoveryPlan(before=job, job=after, commands=(stop,), outcome=f"job failed: {why}", metrics=metrics)
 
 
@@ -392,48 +372,40 @@ def _reconfigure(
     cause: str | None = None,
 ) -> RecoveryPlan:
     """The next generation: ``survivors`` keep their order (rank 0 first), ``joining`` spares follow."""
-    from ringfleet.contracts import Program, Reconfigure
-
-    recovery = job.recovery
     survivors = sorted(survivors, key=lambda i: job.members[i])
     ranks = {instance: rank for rank, instance in enumerate([*survivors, *joining])}
-    remaining_spares = tuple(s for s in job.spares if s not in ranks)
-    after = job.reconfigured(ranks, spares=remaining_spares)
     checkpoint = job.durable_checkpoint if restore else None
-    after = replace(after, restoring_step=checkpoint.step if checkpoint else None)
-    hosts = {n.instance_id: n.host for n in nodes}
-    rank0 = next(i for i, r in ranks.items() if r == 0)
-    port = RENDEZVOUS_BASE_PORT + after.generation % RENDEZVOUS_PORTS
-    command = Reconfigure(
-        job_id=job.job_id,
-        generation=after.generation,
-        world_size=len(ranks),
-        ranks=ranks,
-        rendezvous=f"{hosts.get(rank0) or DEFAULT_RENDEZVOUS_HOST}:{port}",
-        checkpoint=checkpoint.ref() if checkpoint else None,
-        # Every Reconfigure says what the job runs: an instance booted unplaced learns it from its first one.
-        program=Program.of(job.spec),
-        message_id=command_message_id(job.job_id, after.generation, "Reconfigure"),
-        sent_at=at,
+    after = replace(
+        job.reconfigured(ranks, spares=tuple(s for s in job.spares if s not in ranks)),
+        restoring_step=checkpoint.step if checkpoint else None,
     )
+    command = reconfigure_command(after, {n.instance_id: n.host for n in nodes}, at, checkpoint=checkpoint)
     cause = cause or ("restarted" if restore else "reconfigured")
     detail = f"world {len(ranks)}" + (f", from step {checkpoint.step}" if checkpoint else "")
     after = after.with_incident(Incident(at=at, cause=cause, generation=after.generation, detail=detail))
-    if recovery is None:
-        outcome = f"{cause} at generation {after.generation} ({detail})"
-        return RecoveryPlan(before=job, job=after, commands=(command,), outcome=outcome)
-    metrics: dict[str, float] = {"TimeToRecover": max(0.0, (at - recovery.started_at).total_seconds())}
-    if restore:
-        reached = recovery.last_step if recovery.last_step is not None else 0
-        metrics["StepsLost"] = float(max(0, reached - (checkpoint.step if checkpoint else 0)))
-    elif recovery.lost and recovery.checkpoint_step is None:
-        metrics["StepsLost"] = 1.0  # survivors roll back to their last in-memory commit: at most one step
-    else:
-        metrics["StepsLost"] = 0.0
     outcome = f"{cause} at generation {after.generation} ({detail})"
+    recovery = job.recovery
+    if recovery is None:
+        return RecoveryPlan(before=job, job=after, commands=(command,), outcome=outcome)
+    metrics = _recovery_metrics(recovery, at, checkpoint, restore=restore)
     return RecoveryPlan(
         before=job, job=after, commands=(command,), outcome=outcome, metrics=metrics, cause=recovery.cause
     )
+
+
+def _recovery_metrics(
+    recovery: PendingRecovery, at: datetime, checkpoint: DurableCheckpoint | None, *, restore: bool
+) -> dict[str, float]:
+    """How long the recovery took, and the steps it lost: back to the checkpoint a restart loads, at most one for
+    survivors of a loss (their last in-memory commit), none when notice let them checkpoint first."""
+    if restore:
+        reached = recovery.last_step if recovery.last_step is not None else 0
+        lost = float(max(0, reached - (checkpoint.step if checkpoint else 0)))
+    elif recovery.lost and recovery.checkpoint_step is None:
+        lost = 1.0
+    else:
+        lost = 0.0
+    return {"TimeToRecover": max(0.0, (at - recovery.started_at).total_seconds()), "StepsLost": lost}
 
 
 def _recovery_with(
@@ -475,6 +447,15 @@ def _last_step(nodes: Iterable[Node], members: Mapping[str, int]) -> int | None:
     return max(steps) if steps else None
 
 
+def lost_instances(job: Job, signal: Signal) -> tuple[str, ...]:
+    """The instance a loss reports, unless ``job`` (as decided) still counts it: a stale generation's failure
+    report does not mark a member of the current ring lost."""
+    if not isinstance(signal, NodeLost):
+        return ()
+    instance = signal.instance_id
+    return () if instance in job.members or instance in job.spares else (instance,)
+
+
 def plan_node_updates(
     job: Job,
     nodes: Sequence[Node],
@@ -494,29 +475,12 @@ def plan_node_updates(
         done = [replace(n, state=NodeState.LOST, rank=None, updated_at=at) for n in nodes if n.state != NodeState.LOST]
         return done, [n.lifecycle_hook for n in nodes if n.lifecycle_hook is not None]
     recovery = job.recovery
-    leaving = set(recovery.leaving) if recovery else set()
     gone = set(lost) | (set(recovery.lost) if recovery else set())
     checkpoint_pending = bool(recovery and recovery.awaiting_checkpoint)
-    hooks = hooks or {}
     updates: list[Node] = []
     release: list[LifecycleHook] = []
     for node in nodes:
-        instance = node.instance_id
-        want = node
-        if instance in hooks and node.state is not NodeState.LOST:
-            want = replace(want, lifecycle_hook=hooks[instance])
-        if instance in gone:
-            want = replace(want, state=NodeState.LOST, rank=None)
-        elif instance in leaving:
-            want = replace(want, state=NodeState.LEAVING)
-        elif instance in job.members:
-            want = replace(want, state=NodeState.ACTIVE, rank=job.members[instance], generation=job.generation)
-        elif instance in job.spares:
-            want = replace(want, state=NodeState.PLACED, rank=None)
-        elif node.state in (NodeState.ACTIVE, NodeState.LEAVING):
-            # Was in the ring, is not any more (reconfigured out after its notice): it is no longer the job's.
-            want = replace(want, state=NodeState.LOST, rank=None)
-        # A PLACED node the job does not list yet was placed after this read; the fleet scaler brings it in.
+        want = _wanted_node(job, node, gone, (hooks or {}).get(node.instance_id))
         hook = want.lifecycle_hook
         if hook is not None and (
             want.state is NodeState.LOST or (want.state is NodeState.LEAVING and not checkpoint_pending)
@@ -526,3 +490,25 @@ def plan_node_updates(
         if want != node:
             updates.append(replace(want, updated_at=at))
     return updates, release
+
+
+def _wanted_node(job: Job, node: Node, gone: set[str], hook: LifecycleHook | None) -> Node:
+    """``node`` as ``job`` (not final) has it, holding ``hook`` (a lifecycle notice about it) unless it is lost."""
+    instance = node.instance_id
+    leaving = job.recovery.leaving if job.recovery else ()
+    want = node
+    if hook is not None and node.state is not NodeState.LOST:
+        want = replace(want, lifecycle_hook=hook)
+    if instance in gone:
+        return replace(want, state=NodeState.LOST, rank=None)
+    if instance in leaving:
+        return replace(want, state=NodeState.LEAVING)
+    if instance in job.members:
+        return replace(want, state=NodeState.ACTIVE, rank=job.members[instance], generation=job.generation)
+    if instance in job.spares:
+        return replace(want, state=NodeState.PLACED, rank=None)
+    if node.state in (NodeState.ACTIVE, NodeState.LEAVING):
+        # Was in the ring, is not any more (reconfigured out after its notice): it is no longer the job's.
+        return replace(want, state=NodeState.LOST, rank=None)
+    # A PLACED node the job does not list yet was placed after this read; the fleet scaler brings it in.
+    return want

@@ -12,15 +12,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-from ringfleet.contracts import Program, Reconfigure
 from ringfleet.core.jobs import Incident, Job, JobState
-from ringfleet.recovery.decisions import (
-    DEFAULT_RENDEZVOUS_HOST,
-    RENDEZVOUS_BASE_PORT,
-    RENDEZVOUS_PORTS,
-    command_message_id,
-)
+from ringfleet.recovery.commands import reconfigure_command
+
+if TYPE_CHECKING:
+    from ringfleet.contracts import Reconfigure
 
 __all__ = ["FreeInstance", "JobStart", "Placement", "plan_placement"]
 
@@ -95,18 +93,8 @@ def _start(job: Job, taken: Sequence[FreeInstance], now: datetime) -> JobStart:
     after = after.with_incident(
         Incident(at=now, cause="started", generation=after.generation, detail=f"world {len(ranks)}")
     )
-    port = RENDEZVOUS_BASE_PORT + after.generation % RENDEZVOUS_PORTS
-    command = Reconfigure(
-        job_id=job.job_id,
-        generation=after.generation,
-        world_size=len(ranks),
-        ranks=ranks,
-        rendezvous=f"{taken[0].host or DEFAULT_RENDEZVOUS_HOST}:{port}",
-        checkpoint=job.durable_checkpoint.ref() if job.durable_checkpoint else None,
-        # What to run: the fleet's instances boot with no job and learn it (and its program) from this message.
-        program=Program.of(job.spec),
-        message_id=command_message_id(job.job_id, after.generation, "Reconfigure"),
-        sent_at=now,
-    )
+    hosts = {i.instance_id: i.host for i in taken}
+    # What to run: the fleet's instances boot with no job and learn it (and its program) from this message.
+    command = reconfigure_command(after, hosts, now, checkpoint=job.durable_checkpoint)
     after = replace(after, outbox=(command.model_dump(mode="json"),))
-    return JobStart(before=job, job=after, command=command, hosts={i.instance_id: i.host for i in taken})
+    return JobStart(before=job, job=after, command=command, hosts=hosts)

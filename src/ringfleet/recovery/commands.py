@@ -1,0 +1,80 @@
+"""The commands the control plane sends a job's workers, each built in one place whoever decides to send it.
+
+A Reconfigure is sent by recovery (a re-formed, grown or restarted ring) and by the scaler's placement (a job's first
+ring): both build it here, so its rendezvous port, program and message id mean the same whichever sent it. A Stop
+is sent by recovery (a failed job) and by intake (a cancelled one).
+
+Message ids are derived from what the command is (job, generation, kind): the same decision made twice, by a retried
+event or by two writers racing, publishes the same id, which the workers and the broker drop as a duplicate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+if TYPE_CHECKING:
+    from ringfleet.contracts import Reconfigure, Stop
+    from ringfleet.core.jobs import DurableCheckpoint, Job
+
+__all__ = [
+    "DEFAULT_RENDEZVOUS_HOST",
+    "RENDEZVOUS_BASE_PORT",
+    "RENDEZVOUS_PORTS",
+    "command_message_id",
+    "reconfigure_command",
+    "stop_command",
+]
+
+#: Rank 0 serves the ring's rendezvous (a torch.distributed TCP store) on this port plus the generation modulo
+#: RENDEZVOUS_PORTS, so a new generation's store never collides with the one still closing.
+RENDEZVOUS_BASE_PORT = 29500
+RENDEZVOUS_PORTS = 500
+#: Used when the rank-0 node has no recorded host (the local cloud runs every worker on this machine).
+DEFAULT_RENDEZVOUS_HOST = "127.0.0.1"
+
+
+def command_message_id(job_id: str, generation: int, kind: str) -> UUID:
+    """A command's message id, derived from what it is: the same decision made twice publishes the same id."""
+    return uuid5(NAMESPACE_URL, f"ringfleet:{job_id}:{generation}:{kind}")
+
+
+def reconfigure_command(
+    job: Job, hosts: Mapping[str, str | None], at: datetime, *, checkpoint: DurableCheckpoint | None
+) -> Reconfigure:
+    """The Reconfigure that forms ``job``'s ring as it now is (its generation and members, already decided).
+
+    ``hosts``: where each instance's worker listens; rank 0's is the rendezvous. ``checkpoint``: what the ring
+    restores (None: its members keep what they hold in memory, or a new job starts from nothing).
+    """
+    from ringfleet.contracts import Program, Reconfigure
+
+    rank0 = next(i for i, r in job.members.items() if r == 0)
+    port = RENDEZVOUS_BASE_PORT + job.generation % RENDEZVOUS_PORTS
+    return Reconfigure(
+        job_id=job.job_id,
+        generation=job.generation,
+        world_size=len(job.members),
+        ranks=dict(job.members),
+        rendezvous=f"{hosts.get(rank0) or DEFAULT_RENDEZVOUS_HOST}:{port}",
+        checkpoint=checkpoint.ref() if checkpoint else None,
+        # Every Reconfigure says what the job runs: an instance booted unplaced learns it from its first one.
+        program=Program.of(job.spec),
+        message_id=command_message_id(job.job_id, job.generation, "Reconfigure"),
+        sent_at=at,
+    )
+
+
+def stop_command(job: Job, reason: str, at: datetime) -> Stop:
+    """The Stop that ends ``job``'s workers at its current generation."""
+    from ringfleet.contracts import Stop
+
+    return Stop(
+        job_id=job.job_id,
+        generation=job.generation,
+        reason=reason,
+        message_id=command_message_id(job.job_id, job.generation, "Stop"),
+        sent_at=at,
+    )
