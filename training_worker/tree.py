@@ -71,7 +71,7 @@ def encode_skeleton(tree: Any, tensors: list[torch.Tensor]) -> bytes:
     return json.dumps(encode(tree), allow_nan=False, separators=(",", ":")).encode()
 
 
-def decode_skeleton(data: bytes) -> tuple[Any, list[tuple[int, tuple[int, ...], torch.dtype, str]]]:
+def decode_skeleton(data: bytes) -> tuple[Any, list[Slot]]:
     """The structure ``encode_skeleton`` wrote and its tensor slots (index, shape, dtype, device), in index order;
     raises TreeRefused naming what is wrong with anything else."""
     if len(data) > MAX_SKELETON_BYTES:
@@ -80,41 +80,60 @@ def decode_skeleton(data: bytes) -> tuple[Any, list[tuple[int, tuple[int, ...], 
         raw = json.loads(data)
     except ValueError as e:
         raise TreeRefused(f"state structure is not JSON: {e}") from e
-    slots: list[tuple[int, tuple[int, ...], torch.dtype, str]] = []
+    decoder = _SkeletonDecoder()
+    return decoder.decode(raw, 0), decoder.slots
 
-    def decode(node: Any, depth: int) -> Any:
+
+Slot = tuple[int, tuple[int, ...], torch.dtype, str]
+
+
+class _SkeletonDecoder:
+    """Turns the JSON of ``encode_skeleton`` back into the structure, refusing anything it would not have written."""
+
+    def __init__(self) -> None:
+        self.slots: list[Slot] = []
+
+    def decode(self, node: Any, depth: int) -> Any:
         if depth > 64:
             raise TreeRefused("state structure nested more than 64 deep")
         if isinstance(node, list):
-            return [decode(v, depth + 1) for v in node]
-        if not isinstance(node, dict):
-            if node is None or isinstance(node, bool | int | float | str):
-                return node
-            raise TreeRefused(f"unexpected {type(node).__name__} in the state structure")
-        if set(node) == {"$tensor", "shape", "dtype", "device"}:
-            index, shape, dtype, device = node["$tensor"], node["shape"], node["dtype"], node["device"]
-            if not isinstance(index, int) or index != len(slots):
-                raise TreeRefused(f"tensor slot {index!r} out of order")
-            if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-                raise TreeRefused(f"tensor slot {index} has shape {shape!r}")
-            if dtype not in _DTYPES or device not in ("cpu", "cuda"):
-                raise TreeRefused(f"tensor slot {index} has dtype {dtype!r} on {device!r}")
-            slots.append((index, tuple(shape), _DTYPES[dtype], device))
-            return _Slot(index)
-        if set(node) == {"$dict"} and isinstance(node["$dict"], list):
-            out = {}
-            for pair in node["$dict"]:
-                if not isinstance(pair, list) or len(pair) != 2 or not isinstance(pair[0], str | int | bool):
-                    raise TreeRefused(f"dict entry {pair!r:.80} is not a [key, value] pair with a plain key")
-                out[pair[0]] = decode(pair[1], depth + 1)
-            return out
-        if set(node) == {"$tuple"} and isinstance(node["$tuple"], list):
-            return tuple(decode(v, depth + 1) for v in node["$tuple"])
-        if set(node) == {"$float"} and node["$float"] in ("nan", "inf", "-inf"):
+            return [self.decode(v, depth + 1) for v in node]
+        if isinstance(node, dict):
+            return self._object(node, depth)
+        if node is None or isinstance(node, bool | int | float | str):
+            return node
+        raise TreeRefused(f"unexpected {type(node).__name__} in the state structure")
+
+    def _object(self, node: dict[str, Any], depth: int) -> Any:
+        keys = set(node)
+        if keys == {"$tensor", "shape", "dtype", "device"}:
+            return self._tensor(node)
+        if keys == {"$dict"} and isinstance(node["$dict"], list):
+            return self._dict(node["$dict"], depth)
+        if keys == {"$tuple"} and isinstance(node["$tuple"], list):
+            return tuple(self.decode(v, depth + 1) for v in node["$tuple"])
+        if keys == {"$float"} and node["$float"] in ("nan", "inf", "-inf"):
             return float(node["$float"])
         raise TreeRefused(f"unexpected object with keys {sorted(node)[:5]} in the state structure")
 
-    return decode(raw, 0), slots
+    def _tensor(self, node: dict[str, Any]) -> _Slot:
+        index, shape, dtype, device = node["$tensor"], node["shape"], node["dtype"], node["device"]
+        if not isinstance(index, int) or index != len(self.slots):
+            raise TreeRefused(f"tensor slot {index!r} out of order")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise TreeRefused(f"tensor slot {index} has shape {shape!r}")
+        if dtype not in _DTYPES or device not in ("cpu", "cuda"):
+            raise TreeRefused(f"tensor slot {index} has dtype {dtype!r} on {device!r}")
+        self.slots.append((index, tuple(shape), _DTYPES[dtype], device))
+        return _Slot(index)
+
+    def _dict(self, pairs: list[Any], depth: int) -> dict[Any, Any]:
+        out = {}
+        for pair in pairs:
+            if not isinstance(pair, list) or len(pair) != 2 or not isinstance(pair[0], str | int | bool):
+                raise TreeRefused(f"dict entry {pair!r:.80} is not a [key, value] pair with a plain key")
+            out[pair[0]] = self.decode(pair[1], depth + 1)
+        return out
 
 
 class _Slot:
