@@ -158,21 +158,13 @@ class Sim:
             self._assign_placed(active, t, placements, free)
             return
         for job in active:
-            mine = list(free)
-            changed = False
-            while mine and len(job.workers) < job.max_workers:
-                inst = mine.pop(0)
-                free.remove(inst)
-                inst.job = job.job_id
-                job.workers.add(inst.iid)
-                changed = True
+            changed = self._give(job, free[: max(0, job.max_workers - len(job.workers))], free)
             # a cheaper (spot) worker replaces an on-demand one at a step boundary: make before break
             dear = sorted((self.instances[w] for w in job.workers), key=lambda i: -i.price)
             for worker in dear:
-                cheaper = next((i for i in mine if i.price < worker.price), None)
+                cheaper = next((i for i in free if i.price < worker.price), None)
                 if cheaper is None:
                     break
-                mine.remove(cheaper)
                 free.remove(cheaper)
                 cheaper.job, worker.job = job.job_id, None
                 job.workers.discard(worker.iid)
@@ -184,32 +176,28 @@ class Sim:
     def _assign_placed(
         self, active: list[SimJob], t: int, placements: dict[str, dict[str, int]], free: list[Instance]
     ) -> None:
-        """Free instances go to the job the decision launched them for (its pool counts); a job past its size
-        (a spot worker replacing an on-demand one) releases its dearest workers at a step boundary. Left-over spot
-        instances go to jobs still short."""
+        """Free instances go to the job the decision launched them for (its pool counts), past the job's size
+        when a spot worker is to replace an on-demand one: the job then releases its dearest workers at a step
+        boundary (make before break). Left-over spot instances go to jobs still short, up to their size."""
         for job in active:
-            want = placements.get(job.job_id, {})
             changed = False
-            for pool, n in want.items():
+            for pool, n in placements.get(job.job_id, {}).items():
                 have = sum(1 for w in job.workers if self.instances[w].pool == pool)
-                for inst in [i for i in free if i.pool == pool][: max(0, n - have)]:
-                    free.remove(inst)
-                    inst.job = job.job_id
-                    job.workers.add(inst.iid)
-                    changed = True
+                changed |= self._give(job, [i for i in free if i.pool == pool][: max(0, n - have)], free)
             if changed:
                 self._trim(job, t)
         for job in active:
             spare = [i for i in free if not i.pool.startswith("on-demand:")]
-            changed = False
-            while spare and len(job.workers) < job.max_workers:
-                inst = spare.pop(0)
-                free.remove(inst)
-                inst.job = job.job_id
-                job.workers.add(inst.iid)
-                changed = True
-            if changed:
+            if self._give(job, spare[: max(0, job.max_workers - len(job.workers))], free):
                 self._trim(job, t)
+
+    def _give(self, job: SimJob, instances: list[Instance], free: list[Instance]) -> bool:
+        """Hands ``instances`` (taken out of ``free``) to ``job``; whether there were any."""
+        for inst in instances:
+            free.remove(inst)
+            inst.job = job.job_id
+            job.workers.add(inst.iid)
+        return bool(instances)
 
     def _trim(self, job: SimJob, t: int) -> None:
         ready = sorted(
@@ -245,21 +233,31 @@ def simulate(
     sim = Sim(market, offset_hours, [SimJob(**{**j.__dict__, "workers": set()}) for j in jobs])
     t = 0
     while any(j.finished is None for j in sim.jobs) and t < MAX_DAYS * 24 * 60:
-        active = [j for j in sim.jobs if j.arrival <= t and j.finished is None]
-        sim.reclaim(t)
-        if failover:
-            _failover(sim, active, t)
-        else:
-            sim.apply(policy(t, active, sim.instances, market), t)
-            sim.assign(active, t, getattr(policy, "placements", None))
-        if hasattr(policy, "observe"):
-            policy.observe(sim, t)
-        sim.step(active, t)
+        _minute(sim, policy, t, failover=failover)
         t += 1
+    return _outcome(sim, t)
+
+
+def _minute(sim: Sim, policy: Policy, t: int, *, failover: bool) -> None:
+    """One minute: the market reclaims, the policy decides and its instances are assigned, the jobs train."""
+    active = [j for j in sim.jobs if j.arrival <= t and j.finished is None]
+    sim.reclaim(t)
+    if failover:
+        _failover(sim, active, t)
+    else:
+        sim.apply(policy(t, active, sim.instances, sim.market), t)
+        sim.assign(active, t, getattr(policy, "placements", None))
+    if hasattr(policy, "observe"):
+        policy.observe(sim, t)
+    sim.step(active, t)
+
+
+def _outcome(sim: Sim, end: int) -> dict[str, float]:
+    """The run's figures; a job unfinished at minute ``end`` counts as completing then."""
     done = [j for j in sim.jobs if j.finished is not None]
     return {
         "cost_usd": sim.cost,
-        "completion_h": statistics.mean(((j.finished or t) - j.arrival) / 60 for j in sim.jobs),
+        "completion_h": statistics.mean(((j.finished or end) - j.arrival) / 60 for j in sim.jobs),
         "deadlines_met": sum(1 for j in done if (j.finished or 0) <= j.deadline),
         "jobs": len(sim.jobs),
         "gpu_hours_lost": sim.lost_gpu_hours,
@@ -391,13 +389,14 @@ def main(argv: list[str] | None = None) -> int:
     except TraceError as exc:
         print(f"fleet_cost: {exc}", file=sys.stderr)
         return 2
-    results = run(market, 3 if args.quick else args.seeds, args.jobs)
+    seeds = 3 if args.quick else args.seeds
+    results = run(market, seeds, args.jobs)
     base = results[NAMES[0]]
     if args.json:
         print(json.dumps({"traces": str(args.trace_dir), "policies": results}, indent=2))
     else:
         zones = ", ".join(f"{z} (mean {t.mean:.1f})" for z, t in sorted(market.traces.items()))
-        print(f"traces {args.trace_dir}: {market.instance_type} in {zones}; {args.jobs} jobs, medians of {args.seeds}")
+        print(f"traces {args.trace_dir}: {market.instance_type} in {zones}; {args.jobs} jobs, medians of {seeds}")
         print(f"{'policy':24} {'cost $':>9} {'x (a)':>6} {'completion h':>13} {'deadlines met':>14} {'GPU-h lost':>11}")
         for name, r in results.items():
             print(

@@ -85,7 +85,7 @@ def run(
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__
         + " Prints, per world size and tensor size, median(ring) / median(native): below 1.00 means ours is faster."
@@ -110,14 +110,17 @@ def main(argv: list[str] | None = None) -> int:
         help="repeat the whole measurement this many times (fresh processes each) and print the median of the"
         " runs' ratios with their range: on a shared or small machine one run's ratio moves by +-20%%",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     tuning = (args.segment_kib * 1024, args.small_kib * 1024)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    sizes = (
-        [int(s) for s in args.sizes_kib.split(",")]
-        if args.sizes_kib
-        else list(QUICK_SIZES_KIB if args.quick else SIZES_KIB)
-    )
+    if args.sizes_kib:
+        sizes = [int(s) for s in args.sizes_kib.split(",")]
+    else:
+        sizes = list(QUICK_SIZES_KIB if args.quick else SIZES_KIB)
     runs = max(1, args.runs)
     spread = "  range of the runs' ratios" if runs > 1 else ""
     print(
@@ -130,16 +133,22 @@ def main(argv: list[str] | None = None) -> int:
             for size_kib, ring_s, native_s in run(world, sizes, args.quick, args.device, tuning):
                 per_size.setdefault(size_kib, []).append((ring_s, native_s))
         for size_kib, timings in per_size.items():
-            label = f"{size_kib // 1024} MiB" if size_kib >= 1024 else f"{size_kib} KiB"
-            ring_s = statistics.median(r for r, _ in timings)
-            native_s = statistics.median(n for _, n in timings)
-            ratios = [r / n for r, n in timings]
-            ratio = statistics.median(ratios)
-            line = f"{world:>5} {label:>9} {ring_s * 1e3:>9.3f} {native_s * 1e3:>9.3f} {ratio:>6.2f}"
-            if runs > 1:
-                line += f"  {min(ratios):.2f}-{max(ratios):.2f}"
-            print(line)
+            print(_row(world, size_kib, timings, spread=runs > 1))
     return 0
+
+
+def _row(world: int, size_kib: int, timings: list[tuple[float, float]], *, spread: bool) -> str:
+    """One line of the table: the medians over the runs of (ring, native), their ratio and, with ``spread``, the
+    range of the runs' ratios."""
+    label = f"{size_kib // 1024} MiB" if size_kib >= 1024 else f"{size_kib} KiB"
+    ring_s = statistics.median(r for r, _ in timings)
+    native_s = statistics.median(n for _, n in timings)
+    ratios = [r / n for r, n in timings]
+    ratio = statistics.median(ratios)
+    line = f"{world:>5} {label:>9} {ring_s * 1e3:>9.3f} {native_s * 1e3:>9.3f} {ratio:>6.2f}"
+    if spread:
+        line += f"  {min(ratios):.2f}-{max(ratios):.2f}"
+    return line
 
 
 if __name__ == "__main__":

@@ -121,79 +121,7 @@ class RingAllreduce:
     def _pipelined(
         self, pg: dist.ProcessGroup, flat: torch.Tensor, wire: torch.dtype, world: int, rank: int, average: bool
     ) -> None:
-        # The group's own send/recv take group ranks and skip the per-call checks of dist.isend/irecv.
-        right, left = (rank + 1) % world, (rank - 1) % world
-        n = flat.numel()
-        bounds = [(i * n) // world for i in range(world + 1)]
-        max_chunk = max(bounds[i + 1] - bounds[i] for i in range(world))
-        seg = max(1, self.segment_bytes // flat.element_size())
-        max_segments = -(-max_chunk // seg) + 1
-        compress = wire != flat.dtype
-        # Two halves each: hop h uses half h % 2, so the next hop's receives can be posted early.
-        scratch = self._buffer("scratch", wire, flat.device, 2 * max_chunk)
-        sendbuf = self._buffer("send", wire, flat.device, 2 * max_chunk) if compress else None
-        hops = 2 * (world - 1)
-        last_reduce_hop = world - 2
-
-        def segments(chunk: int) -> list[tuple[int, int]]:
-            lo, hi = bounds[chunk], bounds[chunk + 1]
-            return [(s, min(s + seg, hi)) for s in range(lo, hi, seg)]
-
-        recvs: dict[int, list[tuple[dist.Work, int, int, torch.Tensor]]] = {}
-        sends: dict[int, list[dist.Work]] = {}
-
-        def post_recvs(hop: int) -> None:
-            chunk = (rank - hop - 1) % world
-            base = bounds[chunk]
-            half = (hop % 2) * max_chunk
-            posted = []
-            for j, (lo, hi) in enumerate(segments(chunk)):
-                # Reduce-scatter hops land in scratch (then added); all-gather hops land in place.
-                into_scratch = hop <= last_reduce_hop or compress
-                buf = scratch[half + lo - base : half + hi - base] if into_scratch else flat[lo:hi]
-                work = pg.recv([buf], left, hop * max_segments + j)
-                posted.append((work, lo, hi, buf))
-            recvs[hop] = posted
-
-        def send(hop: int, j: int, lo: int, hi: int) -> None:
-            if sendbuf is not None:
-                base = bounds[(rank - hop) % world]
-                half = (hop % 2) * max_chunk
-                buf = sendbuf[half + lo - base : half + hi - base]
-                buf.copy_(flat[lo:hi])
-                if hop == last_reduce_hop + 1:
-                    # The owner of a fully reduced chunk keeps the rounded value it sends, so all ranks agree.
-                    flat[lo:hi].copy_(buf)
-            else:
-                buf = flat[lo:hi]
-            work = pg.send([buf], right, hop * max_segments + j)
-            sends.setdefault(hop, []).append(work)
-
-        post_recvs(0)
-        if hops > 1:
-            post_recvs(1)
-        for j, (lo, hi) in enumerate(segments(rank % world)):
-            send(0, j, lo, hi)
-        for hop in range(hops):
-            if 1 <= hop < hops - 1:
-                post_recvs(hop + 1)
-            for work in sends.pop(hop - 1, []):
-                work.wait()
-            for j, (work, lo, hi, buf) in enumerate(recvs.pop(hop)):
-                work.wait()
-                if hop <= last_reduce_hop:
-                    flat[lo:hi].add_(buf)
-                    if average and hop == last_reduce_hop:
-                        # The owner divides its fully reduced segment while it is still in cache, before sending it
-                        # on: every rank then receives the average, and no rank makes a pass over the whole tensor.
-                        flat[lo:hi].div_(world)
-                elif compress:
-                    flat[lo:hi].copy_(buf)
-                if hop + 1 < hops:
-                    send(hop + 1, j, lo, hi)
-        for pending in sends.values():
-            for work in pending:
-                work.wait()
+        _PipelinedRing(self, pg, flat, wire, world, rank, average).run()
 
     def _grouped(self, flat: torch.Tensor, wire: torch.dtype, world: int) -> None:
         # NCCL runs point-to-point ops of one pair on one stream: a receive posted ahead of a send would block
@@ -230,6 +158,105 @@ class RingAllreduce:
                 into.add_(target)
             elif compress:
                 into.copy_(target)
+
+
+class _PipelinedRing:
+    """One pipelined ring all-reduce of ``flat`` on gloo: 2(W-1) hops, each chunk cut into segments, each segment
+    sent on to the next rank as soon as it has been reduced (``RingAllreduce._pipelined``).
+
+    The group's own send/recv take group ranks and skip the per-call checks of dist.isend/irecv. Tags number the
+    segments of all hops (hop * max_segments + j), so a hop's receives can be posted before the previous hop ends.
+    """
+
+    def __init__(
+        self,
+        ring: RingAllreduce,
+        pg: dist.ProcessGroup,
+        flat: torch.Tensor,
+        wire: torch.dtype,
+        world: int,
+        rank: int,
+        average: bool,
+    ) -> None:
+        self.pg, self.flat, self.world, self.rank, self.average = pg, flat, world, rank, average
+        self.right, self.left = (rank + 1) % world, (rank - 1) % world
+        n = flat.numel()
+        self.bounds = [(i * n) // world for i in range(world + 1)]
+        self.max_chunk = max(self.bounds[i + 1] - self.bounds[i] for i in range(world))
+        self.seg = max(1, ring.segment_bytes // flat.element_size())
+        self.max_segments = -(-self.max_chunk // self.seg) + 1
+        self.compress = wire != flat.dtype
+        # Two halves each: hop h uses half h % 2, so the next hop's receives can be posted early.
+        self.scratch = ring._buffer("scratch", wire, flat.device, 2 * self.max_chunk)
+        self.sendbuf = ring._buffer("send", wire, flat.device, 2 * self.max_chunk) if self.compress else None
+        self.hops = 2 * (world - 1)
+        self.last_reduce_hop = world - 2
+        self.recvs: dict[int, list[tuple[dist.Work, int, int, torch.Tensor]]] = {}
+        self.sends: dict[int, list[dist.Work]] = {}
+
+    def run(self) -> None:
+        hops = self.hops
+        self._post_recvs(0)
+        if hops > 1:
+            self._post_recvs(1)
+        for j, (lo, hi) in enumerate(self._segments(self.rank % self.world)):
+            self._send(0, j, lo, hi)
+        for hop in range(hops):
+            if 1 <= hop < hops - 1:
+                self._post_recvs(hop + 1)
+            for work in self.sends.pop(hop - 1, []):
+                work.wait()
+            for j, (work, lo, hi, buf) in enumerate(self.recvs.pop(hop)):
+                work.wait()
+                self._land(hop, lo, hi, buf)
+                if hop + 1 < hops:
+                    self._send(hop + 1, j, lo, hi)
+        for pending in self.sends.values():
+            for work in pending:
+                work.wait()
+
+    def _segments(self, chunk: int) -> list[tuple[int, int]]:
+        lo, hi = self.bounds[chunk], self.bounds[chunk + 1]
+        return [(s, min(s + self.seg, hi)) for s in range(lo, hi, self.seg)]
+
+    def _post_recvs(self, hop: int) -> None:
+        chunk = (self.rank - hop - 1) % self.world
+        base = self.bounds[chunk]
+        half = (hop % 2) * self.max_chunk
+        # Reduce-scatter hops land in scratch (then added); all-gather hops land in place.
+        into_scratch = hop <= self.last_reduce_hop or self.compress
+        posted = []
+        for j, (lo, hi) in enumerate(self._segments(chunk)):
+            buf = self.scratch[half + lo - base : half + hi - base] if into_scratch else self.flat[lo:hi]
+            work = self.pg.recv([buf], self.left, hop * self.max_segments + j)
+            posted.append((work, lo, hi, buf))
+        self.recvs[hop] = posted
+
+    def _send(self, hop: int, j: int, lo: int, hi: int) -> None:
+        flat = self.flat
+        if self.sendbuf is not None:
+            base = self.bounds[(self.rank - hop) % self.world]
+            half = (hop % 2) * self.max_chunk
+            buf = self.sendbuf[half + lo - base : half + hi - base]
+            buf.copy_(flat[lo:hi])
+            if hop == self.last_reduce_hop + 1:
+                # The owner of a fully reduced chunk keeps the rounded value it sends, so all ranks agree.
+                flat[lo:hi].copy_(buf)
+        else:
+            buf = flat[lo:hi]
+        work = self.pg.send([buf], self.right, hop * self.max_segments + j)
+        self.sends.setdefault(hop, []).append(work)
+
+    def _land(self, hop: int, lo: int, hi: int, buf: torch.Tensor) -> None:
+        """A received segment: added (reduce-scatter) or, when it travelled compressed, copied in (all-gather)."""
+        if hop <= self.last_reduce_hop:
+            self.flat[lo:hi].add_(buf)
+            if self.average and hop == self.last_reduce_hop:
+                # The owner divides its fully reduced segment while it is still in cache, before sending it on:
+                # every rank then receives the average, and no rank makes a pass over the whole tensor.
+                self.flat[lo:hi].div_(self.world)
+        elif self.compress:
+            self.flat[lo:hi].copy_(buf)
 
 
 class Handle(Protocol):

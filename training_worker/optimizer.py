@@ -37,6 +37,36 @@ class _Building:
     nbytes: int = 0
 
 
+def _check_arguments(backward_passes_per_step: int, compression: Any, op: str) -> None:
+    if backward_passes_per_step < 1:
+        raise ValueError("backward_passes_per_step must be at least 1")
+    # Horovod's arguments, accepted so that ported scripts run: gradients are always averaged, and what travels
+    # on the wire is the runtime's choice (python -m training_worker --wire fp16|bf16).
+    if op != "avg":
+        raise ValueError("DistributedOptimizer averages gradients: op must be training_worker.Average")
+    if compression not in (None, "none") and getattr(compression, "__name__", "") not in ("none", "NoneCompressor"):
+        raise ValueError(
+            "gradient compression is set for the whole worker, not per optimizer: run the agent with --wire fp16"
+            " (or bf16) and leave compression out"
+        )
+
+
+def _parameters(
+    optimizer: torch.optim.Optimizer,
+    named_parameters: Iterable[tuple[str, torch.nn.Parameter]] | Iterable[torch.nn.Parameter] | None,
+) -> list[torch.nn.Parameter]:
+    """``named_parameters`` (names dropped), or all the optimizer's; each must be one the optimizer optimises."""
+    if named_parameters is None:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+    else:
+        params = [p[1] if isinstance(p, tuple) else p for p in named_parameters]
+    grouped = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    missing = [p for p in params if id(p) not in grouped]
+    if missing:
+        raise ValueError(f"{len(missing)} of named_parameters are not optimised by the wrapped optimizer")
+    return params
+
+
 class DistributedOptimizer(torch.optim.Optimizer):
     """Wraps any torch optimizer so that ``step()`` applies gradients averaged over all ranks (Horovod's
     ``hvd.DistributedOptimizer``).
@@ -64,17 +94,7 @@ class DistributedOptimizer(torch.optim.Optimizer):
         compression: Any = None,
         op: str = "avg",
     ) -> None:
-        if backward_passes_per_step < 1:
-            raise ValueError("backward_passes_per_step must be at least 1")
-        # Horovod's arguments, accepted so that ported scripts run: gradients are always averaged, and what travels
-        # on the wire is the runtime's choice (python -m training_worker --wire fp16|bf16).
-        if op != "avg":
-            raise ValueError("DistributedOptimizer averages gradients: op must be training_worker.Average")
-        if compression not in (None, "none") and getattr(compression, "__name__", "") not in ("none", "NoneCompressor"):
-            raise ValueError(
-                "gradient compression is set for the whole worker, not per optimizer: run the agent with --wire fp16"
-                " (or bf16) and leave compression out"
-            )
+        _check_arguments(backward_passes_per_step, compression, op)
         # Not Optimizer.__init__: this object shares the wrapped optimizer's groups and state instead of its own.
         self.optimizer = optimizer
         self.defaults = optimizer.defaults
@@ -87,14 +107,7 @@ class DistributedOptimizer(torch.optim.Optimizer):
         self._pinned = backend
         self.bucket_bytes = bucket_bytes
         self.backward_passes_per_step = backward_passes_per_step
-        if named_parameters is None:
-            params = [p for group in optimizer.param_groups for p in group["params"]]
-        else:
-            params = [p[1] if isinstance(p, tuple) else p for p in named_parameters]
-        grouped = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        missing = [p for p in params if id(p) not in grouped]
-        if missing:
-            raise ValueError(f"{len(missing)} of named_parameters are not optimised by the wrapped optimizer")
+        params = _parameters(optimizer, named_parameters)
         self.params = [p for p in params if p.requires_grad]
         self._passes = dict.fromkeys(map(id, self.params), 0)
         self._buckets: list[_Bucket] = []

@@ -133,6 +133,21 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return float(env.get(name) or default)
 
 
+def _set(env: Mapping[str, str], name: str) -> str | None:
+    """The variable's value; None when it is unset or empty."""
+    return env.get(name) or None
+
+
+def _static_world(env: Mapping[str, str]) -> Membership | None:
+    """A fixed world from RINGFLEET_STATIC_WORLD or torchrun's variables; None: the agent's discovery decides."""
+    if env.get("RINGFLEET_STATIC_WORLD"):
+        return parse_static(env["RINGFLEET_STATIC_WORLD"])
+    if all(env.get(k) for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")):
+        # torchrun's variables: `torchrun --nproc-per-node 2 train.py` runs a script as is.
+        return Membership(0, int(env["RANK"]), int(env["WORLD_SIZE"]), f"{env['MASTER_ADDR']}:{env['MASTER_PORT']}")
+    return None
+
+
 @dataclass
 class RuntimeConfig:
     """What the runtime needs; ``from_env`` reads it from the variables the agent (or the user) sets."""
@@ -161,23 +176,16 @@ class RuntimeConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RuntimeConfig:
         env = os.environ if env is None else env
-        static = None
-        if env.get("RINGFLEET_STATIC_WORLD"):
-            static = parse_static(env["RINGFLEET_STATIC_WORLD"])
-        elif all(env.get(k) for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")):
-            # torchrun's variables: `torchrun --nproc-per-node 2 train.py` runs a script as is.
-            static = Membership(
-                0, int(env["RANK"]), int(env["WORLD_SIZE"]), f"{env['MASTER_ADDR']}:{env['MASTER_PORT']}"
-            )
-        broker = env.get("RINGFLEET_BROKER_URL") or None
+        broker = _set(env, "RINGFLEET_BROKER_URL")
+        discovery_file = _set(env, "RINGFLEET_DISCOVERY_FILE")
         return cls(
-            job_id=env.get("RINGFLEET_JOB_ID") or None,
+            job_id=_set(env, "RINGFLEET_JOB_ID"),
             instance_id=env.get("RINGFLEET_INSTANCE_ID") or f"local-{os.getpid()}",
             broker_url=None if broker in (None, "none") else broker,
-            bucket=env.get("RINGFLEET_CHECKPOINT_BUCKET") or None,
-            metadata_url=env.get("RINGFLEET_METADATA_URL") or None,
-            static=static,
-            discovery_file=Path(env["RINGFLEET_DISCOVERY_FILE"]) if env.get("RINGFLEET_DISCOVERY_FILE") else None,
+            bucket=_set(env, "RINGFLEET_CHECKPOINT_BUCKET"),
+            metadata_url=_set(env, "RINGFLEET_METADATA_URL"),
+            static=_static_world(env),
+            discovery_file=Path(discovery_file) if discovery_file else None,
             backends=tuple((env.get("RINGFLEET_BACKENDS") or ",".join(BACKENDS)).split(",")),
             wire=env.get("RINGFLEET_WIRE") or "none",
             timeout_s=_float(env, "RINGFLEET_TIMEOUT", 10.0),
@@ -186,7 +194,7 @@ class RuntimeConfig:
             heartbeat_every_s=_float(env, "RINGFLEET_HEARTBEAT_EVERY", 5.0),
             checkpoint_every=int(env.get("RINGFLEET_CHECKPOINT_EVERY") or 50),
             log_every=int(env.get("RINGFLEET_LOG_EVERY") or 10),
-            reconfigure_json=env.get("RINGFLEET_RECONFIGURE") or None,
+            reconfigure_json=_set(env, "RINGFLEET_RECONFIGURE"),
             checkpoint_cache=cache_dir(env),
         )
 

@@ -1,12 +1,27 @@
-"""Helpers the end-to-end tests share: finding deliveries by content, waiting for a condition."""
+"""Helpers the end-to-end tests share: the digits job, finding deliveries by content, waiting for a condition."""
 
 from __future__ import annotations
 
 import json
 import time
 from collections.abc import Callable
+from typing import Any
 
+from ringfleet_client import load_job_file
 from ringfleet_local.router import Delivery, decode_rmq
+
+from tests.conftest import ROOT
+
+DIGITS = ROOT / "examples" / "digits"
+
+
+def digits_job(**overrides: Any) -> dict[str, Any]:
+    """The digits example's job file, its script by absolute path (the agents run from wherever the test started),
+    a budget of 50 $/h, and ``overrides`` (job_id, workers, hyperparameters, ...) on top."""
+    fields = load_job_file(DIGITS / "job.yaml")
+    fields.update(entrypoint=["python", str(DIGITS / "train.py")], budget_usd_per_hour=50)
+    fields.update(overrides)
+    return fields
 
 
 def carrying(deliveries: list[Delivery], needle: str) -> list[Delivery]:

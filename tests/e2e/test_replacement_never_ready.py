@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from ringfleet_client import RingfleetClient, load_job_file
+from ringfleet_client import RingfleetClient
 from ringfleet_local.cloud import LocalCloud
 from ringfleet_local.fleet import FleetEmulator
 
@@ -14,7 +14,7 @@ from ringfleet.adapters.dynamodb import DynamoDbJobRepository
 from ringfleet.core.jobs import JobState
 from ringfleet.core.ports import SystemClock
 from tests.conftest import ROOT
-from tests.e2e.support import wait_until
+from tests.e2e.support import digits_job, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -40,17 +40,15 @@ def test_survivors_train_to_the_end_when_the_replacement_never_gets_ready(
         )
         emulator.start()
         try:
-            fields = load_job_file(ROOT / "examples" / "digits" / "job.yaml")
-            fields.update(
-                job_id="never-ready",
-                min_workers=2,
-                max_workers=3,
-                budget_usd_per_hour=50,
-                entrypoint=["python", str(ROOT / "examples" / "digits" / "train.py")],
-                hyperparameters={"steps": STEPS, "step-delay": 0.05, "commit-every": 1},
-                checkpoint_interval_steps=40,
+            RingfleetClient(cloud.broker_url).submit(
+                digits_job(
+                    job_id="never-ready",
+                    min_workers=2,
+                    max_workers=3,
+                    hyperparameters={"steps": STEPS, "step-delay": 0.05, "commit-every": 1},
+                    checkpoint_interval_steps=40,
+                )
             )
-            RingfleetClient(cloud.broker_url).submit(fields)
 
             def logs() -> dict[str, str]:
                 return {i.instance_id: i.log_path.read_text() for i in list(emulator.instances.values())}

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ringfleet_client import RingfleetClient, load_job_file
+from ringfleet_client import RingfleetClient
 from ringfleet_local.cloud import LocalCloud
 from ringfleet_local.fleet import FleetEmulator
 from ringfleet_local.moto_fleet import MotoSpotFleetGateway
@@ -20,7 +20,7 @@ from ringfleet.core.jobs import JobState
 from ringfleet.core.ports import SystemClock
 from ringfleet.scaling.ports import FleetSnapshot
 from tests.conftest import ROOT
-from tests.e2e.support import wait_until
+from tests.e2e.support import digits_job, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -77,18 +77,16 @@ def test_the_digits_job_survives_a_trace_drop_that_takes_two_of_its_instances_at
         emulator.start()
         try:
             # when the digits job runs there on up to three spot workers
-            fields = load_job_file(ROOT / "examples" / "digits" / "job.yaml")
-            fields.update(
-                job_id="trace-drop",
-                min_workers=1,
-                max_workers=3,
-                instance_types=["p3.2xlarge"],
-                budget_usd_per_hour=50,
-                entrypoint=["python", str(ROOT / "examples" / "digits" / "train.py")],
-                hyperparameters={"steps": STEPS, "step-delay": 0.05, "commit-every": 1},
-                checkpoint_interval_steps=200,
+            RingfleetClient(cloud.broker_url).submit(
+                digits_job(
+                    job_id="trace-drop",
+                    min_workers=1,
+                    max_workers=3,
+                    instance_types=["p3.2xlarge"],
+                    hyperparameters={"steps": STEPS, "step-delay": 0.05, "commit-every": 1},
+                    checkpoint_interval_steps=200,
+                )
             )
-            RingfleetClient(cloud.broker_url).submit(fields)
 
             def logs() -> dict[str, str]:
                 return {i.instance_id: i.log_path.read_text() for i in list(emulator.instances.values())}

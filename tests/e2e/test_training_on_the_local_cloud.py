@@ -7,12 +7,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ringfleet_client import RingfleetClient, load_job_file
+from ringfleet_client import RingfleetClient
 from ringfleet_local.cloud import LocalCloud
 from ringfleet_local.fleet import FleetEmulator
 
 from ringfleet.contracts.broker import JOBS_QUEUE
 from tests.conftest import ROOT, purge_queue
+from tests.e2e.support import digits_job
 
 pytestmark = pytest.mark.e2e
 
@@ -37,17 +38,15 @@ def test_submitted_job_is_placed_on_three_instances_that_train_it_together(cloud
     emulator.start()
     try:
         # when an app submits a job for exactly three workers
-        fields = load_job_file(ROOT / "examples" / "digits" / "job.yaml")
-        fields.update(
-            job_id="e2e-train",
-            min_workers=3,
-            max_workers=3,
-            budget_usd_per_hour=50,
-            entrypoint=["python", str(ROOT / "examples" / "digits" / "train.py")],
-            hyperparameters={"steps": STEPS},
-            checkpoint_interval_steps=20,
+        RingfleetClient(cloud.broker_url).submit(
+            digits_job(
+                job_id="e2e-train",
+                min_workers=3,
+                max_workers=3,
+                hyperparameters={"steps": STEPS},
+                checkpoint_interval_steps=20,
+            )
         )
-        RingfleetClient(cloud.broker_url).submit(fields)
 
         # then the scaler launches three instances, placement sends them a Reconfigure (waiting in each instance's
         # mailbox while its worker starts), and the three train one ring to the last step

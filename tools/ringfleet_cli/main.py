@@ -288,40 +288,55 @@ def cmd_status(args: argparse.Namespace) -> int:
     lines = path.read_text().splitlines() if path.is_file() else []
     deliveries = [json.loads(raw) for raw in lines]
     fleet = _fleet_info()
-    running = None
-    if fleet is not None:
-        pages = (
-            ctx.client("ec2")
-            .get_paginator("describe_instances")
-            .paginate(
-                Filters=[
-                    {"Name": "tag:ringfleet:stack", "Values": [ctx.stack]},
-                    {"Name": "instance-state-name", "Values": ["pending", "running"]},
-                ]
-            )
-        )
-        running = sum(len(r["Instances"]) for page in pages for r in page["Reservations"])
+    running = None if fleet is None else _running_instances(ctx)
     if args.output == "json":
-        status = {
-            "aws_endpoint": ctx.endpoint,
-            "broker": ctx.broker_url.split("@")[-1],
-            "stack": ctx.stack,
-            "functions": {
-                lid: [{"name": e.name, "type": e.type} for e in fn.events] for lid, fn in sorted(ctx.functions.items())
-            },
-            "deliveries": len(deliveries),
-            "last_deliveries": deliveries[-10:],
-            "fleet": None
-            if fleet is None
-            else {
-                "running_instances": running,
-                "agents_booted": len(fleet.get("agents", {})),
-                "workdir": fleet["workdir"],
-                "log_dir": fleet["log_dir"],
-            },
-        }
-        print(json.dumps(status, indent=2))
-        return 0
+        print(json.dumps(_local_status_json(ctx, deliveries, fleet, running), indent=2))
+    else:
+        _print_local_status(ctx, deliveries, fleet, running)
+    return 0
+
+
+def _running_instances(ctx: Any) -> int:
+    """The stack's instances pending or running in the local cloud (those the fleet emulator boots agents on)."""
+    pages = (
+        ctx.client("ec2")
+        .get_paginator("describe_instances")
+        .paginate(
+            Filters=[
+                {"Name": "tag:ringfleet:stack", "Values": [ctx.stack]},
+                {"Name": "instance-state-name", "Values": ["pending", "running"]},
+            ]
+        )
+    )
+    return sum(len(r["Instances"]) for page in pages for r in page["Reservations"])
+
+
+def _local_status_json(
+    ctx: Any, deliveries: list[dict[str, Any]], fleet: dict[str, Any] | None, running: int | None
+) -> dict[str, Any]:
+    return {
+        "aws_endpoint": ctx.endpoint,
+        "broker": ctx.broker_url.split("@")[-1],
+        "stack": ctx.stack,
+        "functions": {
+            lid: [{"name": e.name, "type": e.type} for e in fn.events] for lid, fn in sorted(ctx.functions.items())
+        },
+        "deliveries": len(deliveries),
+        "last_deliveries": deliveries[-10:],
+        "fleet": None
+        if fleet is None
+        else {
+            "running_instances": running,
+            "agents_booted": len(fleet.get("agents", {})),
+            "workdir": fleet["workdir"],
+            "log_dir": fleet["log_dir"],
+        },
+    }
+
+
+def _print_local_status(
+    ctx: Any, deliveries: list[dict[str, Any]], fleet: dict[str, Any] | None, running: int | None
+) -> None:
     print(f"AWS (moto) at {ctx.endpoint}; RabbitMQ at {ctx.broker_url.split('@')[-1]}; stack {ctx.stack}")
     for lid, fn in sorted(ctx.functions.items()):
         sources = ", ".join(f"{e.name} ({e.type})" for e in fn.events)
@@ -338,7 +353,6 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
     else:
         print("fleet emulator: off (started with --no-fleet)")
-    return 0
 
 
 def _fleet_info() -> dict[str, Any] | None:
@@ -645,44 +659,52 @@ def cmd_events(args: argparse.Namespace) -> int:
         raise CliError("set RINGFLEET_JOBS_TABLE to read job events", EXIT_USAGE)
     seen: set[tuple[str, str, str, int]] = set()
     deadline = time.monotonic() + args.for_seconds if args.for_seconds else None
-    as_json = args.output == "json"
     while True:
-        found: list[tuple[Any, str, Any]] = []
-        for job in client.list_jobs(tenant):
-            for i in job.incidents:
-                key = (job.job_id, i.at.isoformat(), i.cause, i.generation)
-                if key not in seen:
-                    seen.add(key)
-                    found.append((i.at, job.job_id, i))
-        found.sort(key=lambda entry: entry[0])  # stable: a job's events keep their order
-        if as_json:
-            records = [
-                {
-                    "at": i.at.isoformat(),
-                    "job_id": job_id,
-                    "generation": i.generation,
-                    "cause": i.cause,
-                    "instance_id": i.instance_id or None,
-                    "detail": i.detail,
-                }
-                for _, job_id, i in found
-            ]
-            if args.follow:
-                for record in records:
-                    print(json.dumps(record), flush=True)
-            else:
-                print(json.dumps(records, indent=2))
+        found = _new_events(client, tenant, seen)
+        if args.output != "json":
+            for job_id, incident in found:
+                print(_event_text(job_id, incident), flush=True)
+        elif args.follow:
+            for job_id, incident in found:
+                print(json.dumps(_event_json(job_id, incident)), flush=True)
         else:
-            for _, job_id, i in found:
-                # A multi-line detail (a failed script's traceback tail) follows its event, indented.
-                first, *more = i.detail.splitlines() or [""]
-                detail = f" {first}" if first else ""
-                on = f" on {i.instance_id}" if i.instance_id else ""
-                text = f"{i.at:%H:%M:%S} {job_id} gen {i.generation} {i.cause}{on}{detail}"
-                print("\n".join([text, *(f"    {line}" for line in more)]), flush=True)
+            print(json.dumps([_event_json(job_id, incident) for job_id, incident in found], indent=2))
         if not args.follow or (deadline is not None and time.monotonic() > deadline):
             return 0
         time.sleep(1.0)
+
+
+def _new_events(client: Any, tenant: str, seen: set[tuple[str, str, str, int]]) -> list[tuple[str, Any]]:
+    """The tenant's job events not in ``seen`` (added to it), as (job id, incident), oldest first."""
+    found: list[tuple[Any, str, Any]] = []
+    for job in client.list_jobs(tenant):
+        for i in job.incidents:
+            key = (job.job_id, i.at.isoformat(), i.cause, i.generation)
+            if key not in seen:
+                seen.add(key)
+                found.append((i.at, job.job_id, i))
+    found.sort(key=lambda entry: entry[0])  # stable: a job's events keep their order
+    return [(job_id, i) for _, job_id, i in found]
+
+
+def _event_json(job_id: str, i: Any) -> dict[str, Any]:
+    return {
+        "at": i.at.isoformat(),
+        "job_id": job_id,
+        "generation": i.generation,
+        "cause": i.cause,
+        "instance_id": i.instance_id or None,
+        "detail": i.detail,
+    }
+
+
+def _event_text(job_id: str, i: Any) -> str:
+    # A multi-line detail (a failed script's traceback tail) follows its event, indented.
+    first, *more = i.detail.splitlines() or [""]
+    detail = f" {first}" if first else ""
+    on = f" on {i.instance_id}" if i.instance_id else ""
+    text = f"{i.at:%H:%M:%S} {job_id} gen {i.generation} {i.cause}{on}{detail}"
+    return "\n".join([text, *(f"    {line}" for line in more)])
 
 
 def cmd_logs(args: argparse.Namespace) -> int:

@@ -28,12 +28,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ringfleet.core.jobs import Job
+from ringfleet.core.jobs import Incident, Job
 from ringfleet_local.cloud import DEFAULT_BROKER_URL, LocalCloud, broker_reachable, free_port
 from ringfleet_local.report import ObservedIncident, RunTimeline, measure_goodput, write_report
 from ringfleet_local.router import Delivery
@@ -142,44 +142,76 @@ class _Watch:
 
 
 def _on_worker_line(watch: _Watch, line: WorkerLine) -> None:
-    g = int(line.fields.get("generation", 0) or 0)
-    if line.kind == "progress":
-        step, rank = line.int("step"), line.int("rank")
-        watch.reached[g] = max(watch.reached.get(g, 0), step)
-        if rank == 0 and g >= watch.generation:
-            watch.generation, watch.world, watch.step = g, line.int("world"), step
-            watch.timeline.steps.append((watch.rel(line.at), step))
-            if step % PRINT_EVERY == 0:
-                loss = float(line.fields["loss"]) if line.fields["loss"] != "-" else float("nan")
-                watch.timeline.progress.append((watch.rel(line.at), step, loss, watch.world, g))
-                watch.say(line.at, f"step {step:4d}  loss {loss:.4f}  world {watch.world}  generation {g}")
-    elif line.kind == "joining":
-        watch.worlds[g] = line.int("world")
-    elif line.kind == "synced" and g not in watch.synced:
-        watch.synced[g] = (line.at, line.int("step"))
-        watch.timeline.membership.append((watch.rel(line.at), watch.worlds.get(g, 0)))
-        watch.say(line.at, f"generation {g}: the ring is formed and synced at step {line.int('step')}")
-    elif line.kind == "shrank" and g not in watch.shrunk:
-        watch.shrunk[g] = (line.at, line.int("step"))
-        watch.timeline.membership.append((watch.rel(line.at), line.int("world")))
+    on_line = _ON_LINE.get(line.kind)
+    if on_line is not None:
+        on_line(watch, line, int(line.fields.get("generation", 0) or 0))
+
+
+def _on_progress(watch: _Watch, line: WorkerLine, g: int) -> None:
+    step, rank = line.int("step"), line.int("rank")
+    watch.reached[g] = max(watch.reached.get(g, 0), step)
+    if rank != 0 or g < watch.generation:
+        return
+    watch.generation, watch.world, watch.step = g, line.int("world"), step
+    watch.timeline.steps.append((watch.rel(line.at), step))
+    if step % PRINT_EVERY == 0:
+        loss = float(line.fields["loss"]) if line.fields["loss"] != "-" else float("nan")
+        watch.timeline.progress.append((watch.rel(line.at), step, loss, watch.world, g))
+        watch.say(line.at, f"step {step:4d}  loss {loss:.4f}  world {watch.world}  generation {g}")
+
+
+def _on_joining(watch: _Watch, line: WorkerLine, g: int) -> None:
+    watch.worlds[g] = line.int("world")
+
+
+def _on_synced(watch: _Watch, line: WorkerLine, g: int) -> None:
+    if g in watch.synced:
+        return
+    watch.synced[g] = (line.at, line.int("step"))
+    watch.timeline.membership.append((watch.rel(line.at), watch.worlds.get(g, 0)))
+    watch.say(line.at, f"generation {g}: the ring is formed and synced at step {line.int('step')}")
+
+
+def _on_shrank(watch: _Watch, line: WorkerLine, g: int) -> None:
+    if g in watch.shrunk:
+        return
+    watch.shrunk[g] = (line.at, line.int("step"))
+    watch.timeline.membership.append((watch.rel(line.at), line.int("world")))
+    watch.say(
+        line.at,
+        f"generation {g}: {line.int('world')} workers train on at once from step {line.int('step')}, "
+        "without the leaving one",
+    )
+
+
+def _on_gone(watch: _Watch, line: WorkerLine, g: int) -> None:
+    """A worker failed or left."""
+    ring = watch.timeline.membership
+    if max(watch.synced, default=-1) == g and ring and ring[-1][1] != 0:
+        ring.append((watch.rel(line.at), 0))  # the ring stopped training
+    watch.reached[g] = max(watch.reached.get(g, 0), line.int("reached"))
+    if line.kind == "failed":
         watch.say(
             line.at,
-            f"generation {g}: {line.int('world')} workers train on at once from step {line.int('step')}, "
-            "without the leaving one",
+            f"{line.instance_id}: collective failed at step {line.int('reached')}, rolled back to the commit "
+            f"of step {line.int('step')}",
         )
-    elif line.kind in ("failed", "left"):
-        ring = watch.timeline.membership
-        if max(watch.synced, default=-1) == g and ring and ring[-1][1] != 0:
-            ring.append((watch.rel(line.at), 0))  # the ring stopped training
-        watch.reached[g] = max(watch.reached.get(g, 0), line.int("reached"))
-        if line.kind == "failed":
-            watch.say(
-                line.at,
-                f"{line.instance_id}: collective failed at step {line.int('reached')}, rolled back to the commit "
-                f"of step {line.int('step')}",
-            )
-    elif line.kind == "finished":
-        watch.finished.add(line.instance_id)
+
+
+def _on_finished(watch: _Watch, line: WorkerLine, g: int) -> None:
+    watch.finished.add(line.instance_id)
+
+
+#: What each kind of worker line does to the watch, given the line's generation.
+_ON_LINE: dict[str, Callable[[_Watch, WorkerLine, int], None]] = {
+    "progress": _on_progress,
+    "joining": _on_joining,
+    "synced": _on_synced,
+    "shrank": _on_shrank,
+    "failed": _on_gone,
+    "left": _on_gone,
+    "finished": _on_finished,
+}
 
 
 def _on_delivery(watch: _Watch, delivery: Delivery) -> None:
@@ -190,34 +222,51 @@ def _on_delivery(watch: _Watch, delivery: Delivery) -> None:
     if delivery.function in ("NodeRecoveryFunction", "WorkerEventsFunction"):
         with watch.lock:
             watch.deliveries.append(delivery)
-    for raw in r.logs.splitlines():
+    for entry in _log_entries(r.logs):
+        if delivery.function == "FleetScalerFunction":
+            _note_cost(watch, r.started_at, entry)
+        if delivery.function != "CheckpointBackupFunction":  # the S3 sampler reports checkpoints and backups
+            _note_decision(watch, delivery, entry)
+
+
+def _log_entries(logs: str) -> Iterator[dict[str, Any]]:
+    """The structured (JSON object) lines of a handler's logs."""
+    for raw in logs.splitlines():
         try:
             entry = json.loads(raw)
         except ValueError:
             continue
-        if not isinstance(entry, dict):
-            continue
-        scaling = entry.get("cost") if delivery.function == "FleetScalerFunction" else None
-        if isinstance(scaling, dict) and scaling.get("delta_r"):
-            line = (
-                f"C = {scaling['c_base']:.2f} $/h + {scaling['c_adjust']:.2f} $ x {scaling['delta_r']} "
-                f"= {scaling['c']:.2f} (targets {entry.get('targets')})"
-            )
-            with watch.lock:
-                watch.cost_lines.append(f"- at {watch.rel(r.started_at):.1f} s: {line}")
-            watch.say(r.started_at, f"fleet_scaler: {entry.get('message')}: {line}")
-        if delivery.function == "CheckpointBackupFunction":
-            continue  # the S3 sampler reports checkpoints and backups
-        if entry.get("job_id") != JOB_ID or "outcome" in entry or entry.get("level") != "INFO":
-            continue
-        message = str(entry.get("message", ""))
-        commands = entry.get("commands") or []
-        if message.startswith(("ignored", "checkpoint noted", "spare added")) and not commands:
-            continue
-        with watch.lock:
-            watch.decisions.append((r.started_at, delivery.function, message, entry))
-        sent = f" -> {', '.join(commands)}" if commands else ""
-        watch.say(r.started_at, f"{delivery.function}: {message}{sent}")
+        if isinstance(entry, dict):
+            yield entry
+
+
+def _note_cost(watch: _Watch, at: float, entry: dict[str, Any]) -> None:
+    """The fleet scaler's cost model, when a decision changed the fleet."""
+    scaling = entry.get("cost")
+    if not isinstance(scaling, dict) or not scaling.get("delta_r"):
+        return
+    line = (
+        f"C = {scaling['c_base']:.2f} $/h + {scaling['c_adjust']:.2f} $ x {scaling['delta_r']} "
+        f"= {scaling['c']:.2f} (targets {entry.get('targets')})"
+    )
+    with watch.lock:
+        watch.cost_lines.append(f"- at {watch.rel(at):.1f} s: {line}")
+    watch.say(at, f"fleet_scaler: {entry.get('message')}: {line}")
+
+
+def _note_decision(watch: _Watch, delivery: Delivery, entry: dict[str, Any]) -> None:
+    """A decision about the job; not the outcome summaries, nor what changed nothing and sent nothing."""
+    if entry.get("job_id") != JOB_ID or "outcome" in entry or entry.get("level") != "INFO":
+        return
+    message = str(entry.get("message", ""))
+    commands = entry.get("commands") or []
+    if message.startswith(("ignored", "checkpoint noted", "spare added")) and not commands:
+        return
+    at = delivery.result.started_at
+    with watch.lock:
+        watch.decisions.append((at, delivery.function, message, entry))
+    sent = f" -> {', '.join(commands)}" if commands else ""
+    watch.say(at, f"{delivery.function}: {message}{sent}")
 
 
 # -- the run ----------------------------------------------------------------------------------------------------------
@@ -259,6 +308,11 @@ def _training_args(scenario: Scenario, final: Path) -> dict[str, Any]:
 
 def _examples(cloud_template: str | Path) -> Path:
     return Path(cloud_template).resolve().parent / "examples" / "digits"
+
+
+def _restarts(job_log: Sequence[Incident], generation: int, next_struck: int) -> list[Incident]:
+    """The job's incidents that re-formed its ring (not grown it) after ``generation``, up to ``next_struck``."""
+    return [i for i in job_log if i.cause in ("reconfigured", "restarted") and generation < i.generation <= next_struck]
 
 
 class _Demo:
@@ -394,49 +448,53 @@ class _Demo:
         struck = [g for _, g in self.incidents] + [10**9]
         injected = [watch.t0 + inc.injected_at for inc, _ in self.incidents] + [float("inf")]
         for n, (inc, generation) in enumerate(self.incidents):
-            decided = [
-                at
-                for at, _, message, _ in watch.decisions
-                if injected[n] <= at < injected[n + 1] and message.startswith(("notice", "lost without notice"))
-            ]
+            # Every signal and decision about it, up to the next incident: the termination comes after the grace
+            # period.
+            window = (injected[n], injected[n + 1])
+            decisions = [(at, message) for at, _, message, _ in watch.decisions if window[0] <= at < window[1]]
+            decided = [at for at, message in decisions if message.startswith(("notice", "lost without notice"))]
             if decided:
                 inc.detected_at = watch.rel(min(decided))
             # The restarts this incident caused: the ring re-formed (not grown) after the generation it struck and
             # up to the one the next incident struck.
-            restarts = [
-                i
-                for i in job_log
-                if i.cause in ("reconfigured", "restarted") and generation < i.generation <= struck[n + 1]
-            ]
+            restarts = _restarts(job_log, generation, struck[n + 1])
             inc.restarts = len(restarts)
             if restarts:
                 inc.generation = restarts[0].generation
-            # Recovered once a later ring synced and trained on. It may be a newer one than the restart's: the ring
-            # can grow back before the survivors' one formed, and they then join the grown ring at once.
-            formed = sorted(g for g in watch.synced if generation < g <= struck[n + 1])
-            resumed = -1
-            # With notice the survivors of the struck generation train on at once, without the leaving worker.
-            shrunk = watch.shrunk.get(generation)
-            if shrunk is not None and shrunk[0] >= injected[n]:
-                at, resumed = shrunk
-                inc.recovered_at = watch.rel(at)
-                inc.steps_lost = 0
-            elif formed:
-                at, resumed = watch.synced[formed[0]]
-                inc.recovered_at = watch.rel(at)
-                inc.steps_lost = max(0, watch.reached.get(generation, 0) - resumed)
+            resumed = self._recovery(inc, generation, struck[n + 1], window[0])
             # The checkpoint the new ring's state is durable from: the emergency one when notice was given.
-            durable = [step for step in self.checkpoints if step <= resumed]
-            inc.checkpoints = [max(durable)] if durable else []
-            # Every signal about it, up to the next incident: the termination comes after the grace period.
-            window = (injected[n], injected[n + 1])
+            inc.checkpoints = self._durable_from(resumed)
             inc.signals = self._signals(inc.instance_id, window)
             inc.decisions = sum(
-                1
-                for at, _, message, _ in watch.decisions
-                if window[0] <= at < window[1] and not message.startswith(("capacity arrived: grown", "finished"))
+                1 for _, message in decisions if not message.startswith(("capacity arrived: grown", "finished"))
             )
             watch.timeline.incidents.append(inc)
+
+    def _durable_from(self, resumed: int) -> list[int]:
+        """The newest checkpoint at or before ``resumed``, if any."""
+        durable = [step for step in self.checkpoints if step <= resumed]
+        return [max(durable)] if durable else []
+
+    def _recovery(self, inc: ObservedIncident, generation: int, next_struck: int, injected: float) -> int:
+        """Fills when the ring struck in ``generation`` trained on again, and the steps it lost; returns the step
+        it went on from (-1: it did not)."""
+        watch = self.watch
+        # With notice the survivors of the struck generation train on at once, without the leaving worker.
+        shrunk = watch.shrunk.get(generation)
+        if shrunk is not None and shrunk[0] >= injected:
+            at, resumed = shrunk
+            inc.recovered_at = watch.rel(at)
+            inc.steps_lost = 0
+            return resumed
+        # Recovered once a later ring synced and trained on. It may be a newer one than the restart's: the ring can
+        # grow back before the survivors' one formed, and they then join the grown ring at once.
+        formed = sorted(g for g in watch.synced if generation < g <= next_struck)
+        if not formed:
+            return -1
+        at, resumed = watch.synced[formed[0]]
+        inc.recovered_at = watch.rel(at)
+        inc.steps_lost = max(0, watch.reached.get(generation, 0) - resumed)
+        return resumed
 
     def _signals(self, instance_id: str, window: tuple[float, float]) -> int:
         """Cloud events about ``instance_id`` (each sent twice) and workers' failure reports, in ``window``."""

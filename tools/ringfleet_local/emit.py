@@ -56,52 +56,63 @@ def emit(ctx: CloudContext, event: dict[str, Any], *, body: bytes | None = None)
     if "detail-type" in event and "source" in event:
         _check_entry_size(event)
         return _put_event(ctx, event, body)
-    records = event.get("Records")
-    if isinstance(records, list) and records:
-        source = records[0].get("eventSource") or records[0].get("EventSource")
-        if source == "aws:s3":
-            return [
-                _put_object(ctx, r["s3"]["bucket"]["name"], unquote_plus(r["s3"]["object"]["key"]), body)
-                for r in records
-            ]
-        if source == "aws:sqs":
-            for i, r in enumerate(records):
-                size = len(str(r.get("body", "")).encode())
-                if size > MAX_SQS_MESSAGE_BYTES:
-                    raise EmitError(
-                        f"Records.{i}.body is {size} bytes; SQS refuses a message over {MAX_SQS_MESSAGE_BYTES} bytes "
-                        "(256 KiB): put large payloads in S3 and send their key"
-                    )
-            return _send_sqs(ctx, records)
+    source, records = _records(event)
+    if source == "aws:s3":
+        return [
+            _put_object(ctx, r["s3"]["bucket"]["name"], unquote_plus(r["s3"]["object"]["key"]), body) for r in records
+        ]
+    if source == "aws:sqs":
+        _check_sqs_sizes(records)
+        return _send_sqs(ctx, records)
     if event.get("eventSource") == "aws:rmq":
-        wired = _wired_rmq_queues(ctx)
-        for queue_vhost in event.get("rmqMessagesByQueue", {}):
-            if queue_vhost.split("::", 1)[0] not in wired:
-                raise EmitError(
-                    f"queue {queue_vhost.split('::', 1)[0]!r} is wired to no function in the template (an MQ event "
-                    f"source's Queues), so Lambda would never deliver it; wired queues: {', '.join(sorted(wired))}"
-                )
-        actions = []
-        for queue_vhost, messages in event.get("rmqMessagesByQueue", {}).items():
-            queue = queue_vhost.split("::", 1)[0]
-            for m in messages:
-                data = base64.b64decode(m["data"])
-                asyncio.run(
-                    publish(
-                        ctx.broker_url,
-                        data,
-                        queue=queue,
-                        message_id=m.get("basicProperties", {}).get("messageId"),
-                    )
-                )
-                actions.append(f"published {len(data)} bytes to RabbitMQ queue {queue}")
-        return actions
+        return _publish_rmq(ctx, event.get("rmqMessagesByQueue", {}))
     if "schema_version" in event and "type" in event:
         return [_publish_message(ctx, event)]
     raise EmitError(
         "not an event the local cloud delivers: expected an EventBridge event, an S3 or SQS event "
         "(Records), an aws:rmq event, or a ringfleet message (schema_version, type)"
     )
+
+
+def _records(event: dict[str, Any]) -> tuple[str | None, list[dict[str, Any]]]:
+    """An S3 or SQS event's source (its first record's) and records; (None, []) when it has no records."""
+    records = event.get("Records")
+    if not isinstance(records, list) or not records:
+        return None, []
+    source = records[0].get("eventSource") or records[0].get("EventSource")
+    return (str(source) if source else None), records
+
+
+def _check_sqs_sizes(records: list[dict[str, Any]]) -> None:
+    for i, r in enumerate(records):
+        size = len(str(r.get("body", "")).encode())
+        if size > MAX_SQS_MESSAGE_BYTES:
+            raise EmitError(
+                f"Records.{i}.body is {size} bytes; SQS refuses a message over {MAX_SQS_MESSAGE_BYTES} bytes "
+                "(256 KiB): put large payloads in S3 and send their key"
+            )
+
+
+def _publish_rmq(ctx: CloudContext, by_queue: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """An aws:rmq event's messages, each published to its queue; refused whole when a queue is wired to no
+    function."""
+    wired = _wired_rmq_queues(ctx)
+    for queue_vhost in by_queue:
+        if queue_vhost.split("::", 1)[0] not in wired:
+            raise EmitError(
+                f"queue {queue_vhost.split('::', 1)[0]!r} is wired to no function in the template (an MQ event "
+                f"source's Queues), so Lambda would never deliver it; wired queues: {', '.join(sorted(wired))}"
+            )
+    actions = []
+    for queue_vhost, messages in by_queue.items():
+        queue = queue_vhost.split("::", 1)[0]
+        for m in messages:
+            data = base64.b64decode(m["data"])
+            asyncio.run(
+                publish(ctx.broker_url, data, queue=queue, message_id=m.get("basicProperties", {}).get("messageId"))
+            )
+            actions.append(f"published {len(data)} bytes to RabbitMQ queue {queue}")
+    return actions
 
 
 def entry_size(event: dict[str, Any]) -> int:

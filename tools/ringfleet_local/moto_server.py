@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from moto import server
@@ -66,101 +67,119 @@ def transact_write_items(self: DynamoDBBackend, transact_items: list[dict[str, A
     """moto's ``transact_write_items`` (5.x), rolling back the touched items instead of whole tables."""
     if len(transact_items) > 100:
         raise TooManyTransactionsException()
-    # (table, hash, range, the item before this transaction wrote it), in the order written
-    touched: list[tuple[Table, DynamoType, DynamoType | None, Item | None]] = []
+    transaction = _ItemTransaction(self)
+    errors = [transaction.attempt(item) for item in transact_items]  # [(Code, Message, Item), ..]
+    if any(code is not None for code, _, _ in errors):
+        transaction.rollback()
+        raise TransactionCanceledException(errors)
 
-    def rollback() -> None:
-        for table, hash_value, range_value, before in reversed(touched):
+
+_Error = tuple[str, str, dict[str, Any] | None] | tuple[None, None, None]
+
+
+class _ItemTransaction:
+    """One TransactWriteItems: its actions applied in order, each touched item copied first to be put back."""
+
+    def __init__(self, backend: DynamoDBBackend) -> None:
+        self.backend = backend
+        # (table, hash, range, the item before this transaction wrote it), in the order written
+        self.touched: list[tuple[Table, DynamoType, DynamoType | None, Item | None]] = []
+        self.targets: set[tuple[str, str]] = set()
+
+    def rollback(self) -> None:
+        for table, hash_value, range_value, before in reversed(self.touched):
             _restore(table, hash_value, range_value, before)
 
-    target_items: set[tuple[str, str]] = set()
-
-    def check_unicity(table_name: str, key: dict[str, Any]) -> None:
-        item = (str(table_name), str(dict(sorted(key.items()))))
-        if item in target_items:
-            raise MultipleTransactionsException()
-        target_items.add(item)
-
-    errors: list[tuple[str, str, dict[str, Any]] | tuple[None, None, None]] = []  # [(Code, Message, Item), ..]
-    for item in transact_items:
-        original_item: dict[str, Any] | None = None
+    def attempt(self, item: dict[str, Any]) -> _Error:
+        """Applies one action; its error as moto reports it (all None when it went through). A second action on
+        the same item, or an invalid expression, cancels the whole transaction at once, as in moto."""
         if len(list(item.keys())) > 1:
             raise TransactWriteSingleOpException
+        original_item: dict[str, Any] | None = None
         try:
             op_type, op = next(iter(item.items()))
-            if op_type not in {"ConditionCheck", "Put", "Delete", "Update"}:
+            if op_type not in _WRITES and op_type != "ConditionCheck":
                 raise ValueError("Unsupported transaction operation")
-
-            table_name = op["TableName"]
-            condition_expression = op.get("ConditionExpression")
-            expression_attribute_names = op.get("ExpressionAttributeNames")
-            expression_attribute_values = op.get("ExpressionAttributeValues")
-            return_values_on_condition_check_failure = op.get("ReturnValuesOnConditionCheckFailure")
-
-            table = self.get_table(table_name)
-            if op_type == "Put":
-                attrs = op["Item"]
-                key = {table.hash_key_attr: attrs[table.hash_key_attr]}
-                if table.range_key_attr is not None:
-                    key[table.range_key_attr] = attrs[table.range_key_attr]
-            else:
-                key = op["Key"]
-
-            check_unicity(table_name, key)
-
-            current = self.get_item(table_name, key)
-            if condition_expression is not None:
-                condition_op = get_filter_expression(
-                    condition_expression, expression_attribute_names, expression_attribute_values
-                )
-                if not condition_op.expr(current):
-                    if return_values_on_condition_check_failure == "ALL_OLD" and current:
-                        original_item = current.to_json()["Attributes"]
-                    raise ConditionalCheckFailed(item=original_item)
-
+            table = self.backend.get_table(op["TableName"])
+            key = _key_of(table, op_type, op)
+            self._check_unicity(op["TableName"], key)
+            current = self.backend.get_item(op["TableName"], key)
+            if not _condition_holds(op, current):
+                if op.get("ReturnValuesOnConditionCheckFailure") == "ALL_OLD" and current:
+                    original_item = current.to_json()["Attributes"]
+                raise ConditionalCheckFailed(item=original_item)
             if op_type != "ConditionCheck":
-                # An update changes the stored item in place: keep a copy of it, not a reference.
-                hash_value = DynamoType(key[table.hash_key_attr])
-                range_value = DynamoType(key[table.range_key_attr]) if table.range_key_attr is not None else None
-                touched.append((table, hash_value, range_value, copy.deepcopy(current)))
-
-            if op_type == "Put":
-                self.put_item(
-                    table_name,
-                    op["Item"],
-                    condition_expression=condition_expression,
-                    expression_attribute_names=expression_attribute_names,
-                    expression_attribute_values=expression_attribute_values,
-                )
-            elif op_type == "Delete":
-                self.delete_item(
-                    table_name,
-                    key,
-                    condition_expression=condition_expression,
-                    expression_attribute_names=expression_attribute_names,
-                    expression_attribute_values=expression_attribute_values,
-                )
-            elif op_type == "Update":
-                self.update_item(
-                    table_name,
-                    key,
-                    update_expression=op["UpdateExpression"],
-                    condition_expression=condition_expression,
-                    expression_attribute_names=expression_attribute_names,
-                    expression_attribute_values=expression_attribute_values,
-                )
-            errors.append((None, None, None))
+                self._remember(table, key, current)
+                _WRITES[op_type](self.backend, op, key)
+            return (None, None, None)
         except (MultipleTransactionsException, MockValidationException):
-            rollback()
+            self.rollback()
             raise
         except ConditionalCheckFailed as e:
-            errors.append(("ConditionalCheckFailed", str(e.message), original_item))  # type: ignore[arg-type]
+            return ("ConditionalCheckFailed", str(e.message), original_item)
         except Exception as e:  # moto reports any other failure per action, as here
-            errors.append((type(e).__name__, str(e), original_item))  # type: ignore[arg-type]
+            return (type(e).__name__, str(e), original_item)
 
-    if any(code is not None for code, _, _ in errors):
-        rollback()
-        raise TransactionCanceledException(errors)
+    def _check_unicity(self, table_name: str, key: dict[str, Any]) -> None:
+        target = (str(table_name), str(dict(sorted(key.items()))))
+        if target in self.targets:
+            raise MultipleTransactionsException()
+        self.targets.add(target)
+
+    def _remember(self, table: Table, key: dict[str, Any], current: Item | None) -> None:
+        # An update changes the stored item in place: keep a copy of it, not a reference.
+        hash_value = DynamoType(key[table.hash_key_attr])
+        range_value = DynamoType(key[table.range_key_attr]) if table.range_key_attr is not None else None
+        self.touched.append((table, hash_value, range_value, copy.deepcopy(current)))
+
+
+def _key_of(table: Table, op_type: str, op: dict[str, Any]) -> dict[str, Any]:
+    if op_type != "Put":
+        given: dict[str, Any] = op["Key"]
+        return given
+    attrs = op["Item"]
+    key = {table.hash_key_attr: attrs[table.hash_key_attr]}
+    if table.range_key_attr is not None:
+        key[table.range_key_attr] = attrs[table.range_key_attr]
+    return key
+
+
+def _condition_holds(op: dict[str, Any], current: Item | None) -> bool:
+    expression = op.get("ConditionExpression")
+    if expression is None:
+        return True
+    condition = get_filter_expression(
+        expression, op.get("ExpressionAttributeNames"), op.get("ExpressionAttributeValues")
+    )
+    return bool(condition.expr(current))
+
+
+def _condition_arguments(op: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "condition_expression": op.get("ConditionExpression"),
+        "expression_attribute_names": op.get("ExpressionAttributeNames"),
+        "expression_attribute_values": op.get("ExpressionAttributeValues"),
+    }
+
+
+def _put(backend: DynamoDBBackend, op: dict[str, Any], key: dict[str, Any]) -> None:
+    backend.put_item(op["TableName"], op["Item"], **_condition_arguments(op))
+
+
+def _delete(backend: DynamoDBBackend, op: dict[str, Any], key: dict[str, Any]) -> None:
+    backend.delete_item(op["TableName"], key, **_condition_arguments(op))
+
+
+def _update(backend: DynamoDBBackend, op: dict[str, Any], key: dict[str, Any]) -> None:
+    backend.update_item(op["TableName"], key, update_expression=op["UpdateExpression"], **_condition_arguments(op))
+
+
+#: The actions that write, by name (ConditionCheck only checks).
+_WRITES: dict[str, Callable[[DynamoDBBackend, dict[str, Any], dict[str, Any]], None]] = {
+    "Put": _put,
+    "Delete": _delete,
+    "Update": _update,
+}
 
 
 def install_item_level_transactions() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from ringfleet_local.context import BROKER_SECRET_NAME, CloudContext
@@ -42,139 +43,137 @@ _QUEUE_ATTRIBUTES = (
 )
 
 
+_ALARM_KEYS = (
+    "MetricName",
+    "Namespace",
+    "Statistic",
+    "Period",
+    "EvaluationPeriods",
+    "Threshold",
+    "ComparisonOperator",
+    "Dimensions",
+    "TreatMissingData",
+    "DatapointsToAlarm",
+    "Metrics",
+    "AlarmDescription",
+    "ExtendedStatistic",
+    "Unit",
+)
+
+
 def provision(ctx: CloudContext) -> dict[str, list[str]]:
     """Creates every emulated resource; returns the physical names created, by resource type."""
-    created: dict[str, list[str]] = {}
     resources = ctx.template.resources
-
-    def props_of(lid: str) -> dict[str, Any]:
-        return dict(ctx.resolve(resources[lid].get("Properties", {}), lid))
-
-    def by_type(rtype: str) -> list[str]:
-        return [lid for lid, r in resources.items() if r.get("Type") == rtype]
-
-    def note(rtype: str, name: str) -> None:
-        created.setdefault(rtype, []).append(name)
-
     secrets = ctx.client("secretsmanager")
     secrets.create_secret(Name=BROKER_SECRET_NAME, SecretString=json.dumps(_broker_credentials(ctx.broker_url)))
-    note("AWS::SecretsManager::Secret", BROKER_SECRET_NAME)
-
-    sqs = ctx.client("sqs")
-    # Dead-letter queues first: a redrive policy may only name a queue that exists.
-    queues = sorted(by_type("AWS::SQS::Queue"), key=lambda lid: "RedrivePolicy" in resources[lid].get("Properties", {}))
-    for lid in queues:
-        props = props_of(lid)
-        attrs = {
-            k: str(props[k]).lower() if isinstance(props[k], bool) else str(props[k])
-            for k in _QUEUE_ATTRIBUTES
-            if k in props
-        }
-        if "RedrivePolicy" in props:
-            attrs["RedrivePolicy"] = json.dumps(props["RedrivePolicy"])
-        name = ctx.resolve({"Fn::GetAtt": [lid, "QueueName"]})
-        sqs.create_queue(QueueName=name, Attributes=attrs)
-        note("AWS::SQS::Queue", name)
-
-    ddb = ctx.client("dynamodb")
-    for lid in by_type("AWS::DynamoDB::Table"):
-        props = props_of(lid)
-        name = ctx.resolve({"Ref": lid})
-        kwargs: dict[str, Any] = {
-            "TableName": name,
-            "KeySchema": props["KeySchema"],
-            "AttributeDefinitions": props["AttributeDefinitions"],
-            "BillingMode": props.get("BillingMode", "PAY_PER_REQUEST"),
-        }
-        if props.get("GlobalSecondaryIndexes"):
-            kwargs["GlobalSecondaryIndexes"] = props["GlobalSecondaryIndexes"]
-        if "ProvisionedThroughput" in props:
-            kwargs["ProvisionedThroughput"] = props["ProvisionedThroughput"]
-        ddb.create_table(**kwargs)
-        ttl = props.get("TimeToLiveSpecification")
-        if ttl and ttl.get("Enabled"):
-            ddb.update_time_to_live(TableName=name, TimeToLiveSpecification=ttl)
-        note("AWS::DynamoDB::Table", name)
-
-    s3 = ctx.client("s3")
-    for lid in by_type("AWS::S3::Bucket"):
-        props = props_of(lid)
-        name = ctx.resolve({"Ref": lid})
-        s3.create_bucket(Bucket=name)
-        if props.get("VersioningConfiguration", {}).get("Status") == "Enabled":
-            s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
-        if "PublicAccessBlockConfiguration" in props:
-            s3.put_public_access_block(
-                Bucket=name, PublicAccessBlockConfiguration=props["PublicAccessBlockConfiguration"]
-            )
-        if "BucketEncryption" in props:
-            # CloudFormation: ServerSideEncryptionByDefault; the S3 API: ApplyServerSideEncryptionByDefault.
-            rules = [
-                {
-                    ("ApplyServerSideEncryptionByDefault" if k == "ServerSideEncryptionByDefault" else k): v
-                    for k, v in rule.items()
-                }
-                for rule in props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
-            ]
-            s3.put_bucket_encryption(Bucket=name, ServerSideEncryptionConfiguration={"Rules": rules})
-        notification = _bucket_notifications(props.get("NotificationConfiguration", {}), lid)
-        if notification:
-            s3.put_bucket_notification_configuration(Bucket=name, NotificationConfiguration=notification)
-        note("AWS::S3::Bucket", name)
-
-    events = ctx.client("events")
-    for lid in by_type("AWS::Events::Rule"):
-        props = props_of(lid)
-        name = ctx.resolve({"Ref": lid})
-        if "EventPattern" not in props:
-            raise TemplateError(f"{lid}: only event-pattern rules are emulated; use a function Schedule event")
-        events.put_rule(Name=name, EventPattern=json.dumps(props["EventPattern"]), State=props.get("State", "ENABLED"))
-        targets = []
-        for target in props.get("Targets", []):
-            if ":sqs:" not in str(target["Arn"]):
-                raise TemplateError(
-                    f"{lid}: target {target['Id']} is not an SQS queue; the local cloud routes "
-                    "EventBridge rules to queues (as template.yaml does) so the router can poll them"
-                )
-            targets.append({"Id": target["Id"], "Arn": target["Arn"]})
-        events.put_targets(Rule=name, Targets=targets)
-        note("AWS::Events::Rule", name)
-
-    cloudwatch = ctx.client("cloudwatch")
-    for lid in by_type("AWS::CloudWatch::Alarm"):
-        props = props_of(lid)
-        name = ctx.resolve({"Ref": lid})
-        keys = (
-            "MetricName",
-            "Namespace",
-            "Statistic",
-            "Period",
-            "EvaluationPeriods",
-            "Threshold",
-            "ComparisonOperator",
-            "Dimensions",
-            "TreatMissingData",
-            "DatapointsToAlarm",
-            "Metrics",
-            "AlarmDescription",
-            "ExtendedStatistic",
-            "Unit",
+    created: dict[str, list[str]] = {"AWS::SecretsManager::Secret": [BROKER_SECRET_NAME]}
+    for rtype, (service, create) in _CREATORS.items():
+        client = ctx.client(service)
+        # Dead-letter queues first: a redrive policy may only name a queue that exists (only queues have one).
+        lids = sorted(
+            (lid for lid, r in resources.items() if r.get("Type") == rtype),
+            key=lambda lid: "RedrivePolicy" in resources[lid].get("Properties", {}),
         )
-        cloudwatch.put_metric_alarm(AlarmName=name, **{k: props[k] for k in keys if k in props})
-        note("AWS::CloudWatch::Alarm", name)
-
-    handled = {
-        "AWS::SQS::Queue",
-        "AWS::DynamoDB::Table",
-        "AWS::S3::Bucket",
-        "AWS::S3::BucketPolicy",
-        "AWS::Events::Rule",
-        "AWS::CloudWatch::Alarm",
-    }
+        for lid in lids:
+            props = dict(ctx.resolve(resources[lid].get("Properties", {}), lid))
+            created.setdefault(rtype, []).append(create(ctx, client, lid, props))
     for lid, res in resources.items():
-        if res.get("Type") not in handled | NOT_EMULATED:
+        if res.get("Type") not in _CREATORS.keys() | NOT_EMULATED:
             log.warning("%s (%s) is not emulated by the local cloud", lid, res.get("Type"))
     return created
+
+
+def _create_queue(ctx: CloudContext, sqs: Any, lid: str, props: dict[str, Any]) -> str:
+    attrs = {
+        k: str(props[k]).lower() if isinstance(props[k], bool) else str(props[k])
+        for k in _QUEUE_ATTRIBUTES
+        if k in props
+    }
+    if "RedrivePolicy" in props:
+        attrs["RedrivePolicy"] = json.dumps(props["RedrivePolicy"])
+    name = ctx.resolve({"Fn::GetAtt": [lid, "QueueName"]})
+    sqs.create_queue(QueueName=name, Attributes=attrs)
+    return str(name)
+
+
+def _create_table(ctx: CloudContext, ddb: Any, lid: str, props: dict[str, Any]) -> str:
+    name = ctx.resolve({"Ref": lid})
+    kwargs: dict[str, Any] = {
+        "TableName": name,
+        "KeySchema": props["KeySchema"],
+        "AttributeDefinitions": props["AttributeDefinitions"],
+        "BillingMode": props.get("BillingMode", "PAY_PER_REQUEST"),
+    }
+    if props.get("GlobalSecondaryIndexes"):
+        kwargs["GlobalSecondaryIndexes"] = props["GlobalSecondaryIndexes"]
+    if "ProvisionedThroughput" in props:
+        kwargs["ProvisionedThroughput"] = props["ProvisionedThroughput"]
+    ddb.create_table(**kwargs)
+    ttl = props.get("TimeToLiveSpecification")
+    if ttl and ttl.get("Enabled"):
+        ddb.update_time_to_live(TableName=name, TimeToLiveSpecification=ttl)
+    return str(name)
+
+
+def _create_bucket(ctx: CloudContext, s3: Any, lid: str, props: dict[str, Any]) -> str:
+    name = ctx.resolve({"Ref": lid})
+    s3.create_bucket(Bucket=name)
+    if props.get("VersioningConfiguration", {}).get("Status") == "Enabled":
+        s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+    if "PublicAccessBlockConfiguration" in props:
+        s3.put_public_access_block(Bucket=name, PublicAccessBlockConfiguration=props["PublicAccessBlockConfiguration"])
+    if "BucketEncryption" in props:
+        s3.put_bucket_encryption(
+            Bucket=name, ServerSideEncryptionConfiguration={"Rules": _encryption_rules(props["BucketEncryption"])}
+        )
+    notification = _bucket_notifications(props.get("NotificationConfiguration", {}), lid)
+    if notification:
+        s3.put_bucket_notification_configuration(Bucket=name, NotificationConfiguration=notification)
+    return str(name)
+
+
+def _encryption_rules(encryption: dict[str, Any]) -> list[dict[str, Any]]:
+    """CloudFormation says ServerSideEncryptionByDefault; the S3 API: ApplyServerSideEncryptionByDefault."""
+    return [
+        {
+            ("ApplyServerSideEncryptionByDefault" if k == "ServerSideEncryptionByDefault" else k): v
+            for k, v in rule.items()
+        }
+        for rule in encryption["ServerSideEncryptionConfiguration"]
+    ]
+
+
+def _create_rule(ctx: CloudContext, events: Any, lid: str, props: dict[str, Any]) -> str:
+    name = ctx.resolve({"Ref": lid})
+    if "EventPattern" not in props:
+        raise TemplateError(f"{lid}: only event-pattern rules are emulated; use a function Schedule event")
+    events.put_rule(Name=name, EventPattern=json.dumps(props["EventPattern"]), State=props.get("State", "ENABLED"))
+    targets = []
+    for target in props.get("Targets", []):
+        if ":sqs:" not in str(target["Arn"]):
+            raise TemplateError(
+                f"{lid}: target {target['Id']} is not an SQS queue; the local cloud routes "
+                "EventBridge rules to queues (as template.yaml does) so the router can poll them"
+            )
+        targets.append({"Id": target["Id"], "Arn": target["Arn"]})
+    events.put_targets(Rule=name, Targets=targets)
+    return str(name)
+
+
+def _create_alarm(ctx: CloudContext, cloudwatch: Any, lid: str, props: dict[str, Any]) -> str:
+    name = ctx.resolve({"Ref": lid})
+    cloudwatch.put_metric_alarm(AlarmName=name, **{k: props[k] for k in _ALARM_KEYS if k in props})
+    return str(name)
+
+
+#: What each emulated resource type is created with, in the order created: (boto3 service, creator).
+_CREATORS: dict[str, tuple[str, Callable[[CloudContext, Any, str, dict[str, Any]], str]]] = {
+    "AWS::SQS::Queue": ("sqs", _create_queue),
+    "AWS::DynamoDB::Table": ("dynamodb", _create_table),
+    "AWS::S3::Bucket": ("s3", _create_bucket),
+    "AWS::Events::Rule": ("events", _create_rule),
+    "AWS::CloudWatch::Alarm": ("cloudwatch", _create_alarm),
+}
 
 
 def _broker_credentials(broker_url: str) -> dict[str, str]:

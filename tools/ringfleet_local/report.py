@@ -162,11 +162,17 @@ def write_report(timeline: RunTimeline, out_dir: Path, *, title: str = "ringflee
     png = out_dir / "timeline.png"
     _plot(timeline, png, title)
     md = out_dir / "report.md"
+    lines = [f"# {title}", "", f"![timeline]({png.name})", ""]
+    lines += _incident_lines(timeline)
+    lines += _goodput_lines(timeline) or [""]
+    lines += _result_lines(timeline)
+    md.write_text("\n".join(lines) + "\n")
+    return md, png
+
+
+def _incident_lines(timeline: RunTimeline) -> list[str]:
+    """The table of incidents, then the median time to detect and the time to recover against their targets."""
     lines = [
-        f"# {title}",
-        "",
-        f"![timeline]({png.name})",
-        "",
         "## Incidents",
         "",
         "| # | cause | instance | time to detect | time to recover | steps lost | signals received | decisions | "
@@ -174,17 +180,12 @@ def write_report(timeline: RunTimeline, out_dir: Path, *, title: str = "ringflee
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     backed_up = {step for _, step in timeline.backups}
-    for i, inc in enumerate(timeline.incidents, 1):
-        ckpts = ", ".join(f"{s}{' (backed up)' if s in backed_up else ''}" for s in inc.checkpoints) or "—"
-        lines.append(
-            f"| {i} | {inc.cause} | {inc.instance_id} | {_fmt(inc.time_to_detect)} | {_fmt(inc.time_to_recover)} | "
-            f"{'—' if inc.steps_lost is None else inc.steps_lost} | {inc.signals} | {inc.decisions} | "
-            f"{inc.restarts} | {'—' if inc.generation is None else inc.generation} | {ckpts} |"
-        )
+    lines += [_incident_row(i, inc, backed_up) for i, inc in enumerate(timeline.incidents, 1)]
     detect = _median([i.time_to_detect for i in timeline.incidents])
     recoveries = [r for r in (i.time_to_recover for i in timeline.incidents) if r is not None]
     p50, p99 = _median(recoveries), _percentile(recoveries, 0.99)
-    lines += [
+    return [
+        *lines,
         "",
         f"Median time to detect: {_fmt(detect)} (target ≤ 1 s: {_met(detect, 1.0)}); "
         f"time to recover p50 {_fmt(p50)}, p99 {_fmt(p99)} (target ≤ 1.5 s: {_met(p99, 1.5)}).",
@@ -194,8 +195,24 @@ def write_report(timeline: RunTimeline, out_dir: Path, *, title: str = "ringflee
         "once, without the leaving worker), or the next ring had synced its state. Steps lost: the furthest step of "
         "the struck ring minus the step training went on from.",
     ]
-    lines += _goodput_lines(timeline) or [""]
-    lines += [
+
+
+def _incident_row(i: int, inc: ObservedIncident, backed_up: set[int]) -> str:
+    ckpts = ", ".join(f"{s}{' (backed up)' if s in backed_up else ''}" for s in inc.checkpoints) or "—"
+    return (
+        f"| {i} | {inc.cause} | {inc.instance_id} | {_fmt(inc.time_to_detect)} | {_fmt(inc.time_to_recover)} | "
+        f"{_dash(inc.steps_lost)} | {inc.signals} | {inc.decisions} | "
+        f"{inc.restarts} | {_dash(inc.generation)} | {ckpts} |"
+    )
+
+
+def _dash(value: int | None) -> str:
+    return "—" if value is None else str(value)
+
+
+def _result_lines(timeline: RunTimeline) -> list[str]:
+    """Checkpoints and backups, the final accuracy against the uninterrupted run's, and the cost model."""
+    lines = [
         "## Checkpoints and backups",
         "",
         f"Checkpoints written at steps: {', '.join(str(s) for _, s in timeline.checkpoints) or 'none'}.",
@@ -211,8 +228,7 @@ def write_report(timeline: RunTimeline, out_dir: Path, *, title: str = "ringflee
         lines.append(f"Final parameters {verdict} the uninterrupted run's (allclose).")
     if timeline.cost_lines:
         lines += ["", "## Cost model (C = C_base + C_adjust x ΔR)", "", *timeline.cost_lines]
-    md.write_text("\n".join(lines) + "\n")
-    return md, png
+    return lines
 
 
 def _plot(timeline: RunTimeline, path: Path, title: str) -> None:

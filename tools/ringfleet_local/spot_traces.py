@@ -80,37 +80,46 @@ class AvailabilityTrace:
 
 
 def _parse(source: str, raw: object, zone: str) -> AvailabilityTrace:
-    def fail(problem: str) -> TraceError:
-        return TraceError(f"{source}: {problem}")
-
     if not isinstance(raw, dict):
-        raise fail(f"expected a JSON object with 'metadata' and 'data', got {type(raw).__name__}")
+        raise TraceError(f"{source}: expected a JSON object with 'metadata' and 'data', got {type(raw).__name__}")
+    counts = _counts(source, raw)
+    return AvailabilityTrace(zone=zone, gap_seconds=_gap_seconds(source, raw), counts=counts, source=source)
+
+
+def _counts(source: str, raw: dict[object, object]) -> tuple[int, ...]:
+    """``data``: the instances available at each tick, whole and not negative."""
     if "data" not in raw:
-        raise fail("missing 'data' (the instances available at each tick)")
+        raise TraceError(f"{source}: missing 'data' (the instances available at each tick)")
     data = raw["data"]
     if not isinstance(data, list):
-        raise fail(f"'data' must be a list of instance counts, got {type(data).__name__}")
+        raise TraceError(f"{source}: 'data' must be a list of instance counts, got {type(data).__name__}")
     if not data:
-        raise fail("'data' is empty")
-    counts = []
-    for i, value in enumerate(data):
-        # JSON has no separate integer type for floats like 3.0; booleans are refused (they are not counts).
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise fail(f"data[{i}] is {value!r} ({type(value).__name__}), not an instance count")
-        if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
-            raise fail(f"data[{i}] is {value!r}, not a whole number of instances")
-        if value < 0:
-            raise fail(f"data[{i}] is {value}: a count of available instances cannot be negative")
-        counts.append(int(value))
+        raise TraceError(f"{source}: 'data' is empty")
+    return tuple(_count(source, i, value) for i, value in enumerate(data))
+
+
+def _count(source: str, i: int, value: object) -> int:
+    # JSON has no separate integer type for floats like 3.0; booleans are refused (they are not counts).
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TraceError(f"{source}: data[{i}] is {value!r} ({type(value).__name__}), not an instance count")
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        raise TraceError(f"{source}: data[{i}] is {value!r}, not a whole number of instances")
+    if value < 0:
+        raise TraceError(f"{source}: data[{i}] is {value}: a count of available instances cannot be negative")
+    return int(value)
+
+
+def _gap_seconds(source: str, raw: dict[object, object]) -> float:
+    """``metadata.gap_seconds``: the seconds between two ticks, a positive number."""
     metadata = raw.get("metadata", {})
     if not isinstance(metadata, dict):
-        raise fail(f"'metadata' must be an object, got {type(metadata).__name__}")
+        raise TraceError(f"{source}: 'metadata' must be an object, got {type(metadata).__name__}")
     gap = metadata.get("gap_seconds")
     if gap is None:
-        raise fail("missing 'metadata.gap_seconds' (seconds between two ticks of 'data')")
+        raise TraceError(f"{source}: missing 'metadata.gap_seconds' (seconds between two ticks of 'data')")
     if isinstance(gap, bool) or not isinstance(gap, int | float) or not math.isfinite(gap) or gap <= 0:
-        raise fail(f"'metadata.gap_seconds' must be a positive number, got {gap!r}")
-    return AvailabilityTrace(zone=zone, gap_seconds=float(gap), counts=tuple(counts), source=source)
+        raise TraceError(f"{source}: 'metadata.gap_seconds' must be a positive number, got {gap!r}")
+    return float(gap)
 
 
 def zone_of(path: Path) -> str:
