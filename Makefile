@@ -4,9 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SAM_VENV := .venv-sam
 SAM := $(SAM_VENV)/bin/sam
+CHECKOV_VENV := .venv-checkov
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: demo test install lint typecheck lint-template pytest clean pre-traffic-samples
+.PHONY: demo test install lint typecheck lint-template checkov pytest clean pre-traffic-samples
 
 # torch is installed first, pinned to the CPU build, so that nothing resolves an unpinned (CUDA) torch.
 $(VENV)/.installed: pyproject.toml
@@ -20,6 +21,12 @@ $(VENV)/.installed: pyproject.toml
 $(SAM_VENV)/.installed:
 	$(PYTHON) -m venv $(SAM_VENV)
 	$(SAM_VENV)/bin/pip install --quiet aws-sam-cli
+	touch $@
+
+# checkov pins older boto3 (1.35), networkx and packaging than .venv has: a virtualenv of its own too.
+$(CHECKOV_VENV)/.installed:
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet 'checkov==3.3.30'
 	touch $@
 
 install: $(VENV)/.installed
@@ -38,10 +45,17 @@ lint-template: $(VENV)/.installed $(SAM_VENV)/.installed
 	$(VENV)/bin/cfn-lint template.yaml
 	$(SAM) validate --lint --template template.yaml
 
-pytest: $(VENV)/.installed
+# checkov on the template as CloudFormation deploys it (the SAM transform applied: the functions, their roles):
+# fails on any finding not suppressed in template.yaml (Metadata: checkov: skip:, each with its reason).
+checkov: $(SAM_VENV)/.installed $(CHECKOV_VENV)/.installed
+	$(SAM_VENV)/bin/python tools/sam_translate.py template.yaml .aws-sam/checkov/template.json
+	$(CHECKOV_VENV)/bin/checkov --quiet --compact --framework cloudformation -f .aws-sam/checkov/template.json
+
+# tests/integration/test_layer.py builds the Lambda layer with sam.
+pytest: $(VENV)/.installed $(SAM_VENV)/.installed
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
-test: lint typecheck lint-template pytest
+test: lint typecheck lint-template checkov pytest
 
 # The pre-traffic hook sends the samples of events/ it finds next to it (sam build packages a function's CodeUri
 # only): refresh its copies after changing a sample. tests/unit/test_template.py fails while they differ.
@@ -49,4 +63,4 @@ pre-traffic-samples:
 	for f in services/pre_traffic/samples/*.json; do cp "events/$$(basename "$$f")" "$$f"; done
 
 clean:
-	rm -rf $(VENV) $(SAM_VENV) .aws-sam .ringfleet
+	rm -rf $(VENV) $(SAM_VENV) $(CHECKOV_VENV) .aws-sam .ringfleet

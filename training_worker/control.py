@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import threading
 import urllib.error
@@ -17,6 +18,7 @@ from uuid import UUID
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
+from ringfleet.adapters.commands import require_tls
 from ringfleet.contracts import (
     COMMANDS_EXCHANGE,
     INSTANCE_QUEUE_ARGUMENTS,
@@ -26,7 +28,9 @@ from ringfleet.contracts import (
     instance_routing_keys,
     parse_message,
 )
+from ringfleet.adapters.rabbitmq import url_user
 from ringfleet.contracts.messages import CheckpointNow, Message, Reconfigure, Stop
+from training_worker.membership import check_rendezvous
 
 __all__ = ["ControlChannel", "SpotNoticeWatcher", "install_sigterm"]
 
@@ -45,8 +49,14 @@ class ControlChannel:
     def __init__(self, url: str, job_id: str | None, instance_id: str, on_command: Callable[[Command], None]) -> None:
         #: None: the worker booted with its instance before any job was placed there; the control plane binds the
         #: instance's mailbox to the job's commands when it places it, and the first command names the job.
-        self.url, self.job_id, self.instance_id = url, job_id, instance_id
+        # amqps:// only, but to a broker on this machine or in the local cloud: refused here, before any connection.
+        self.url, self.job_id, self.instance_id = require_tls(url), job_id, instance_id
         self.on_command = on_command
+        #: This worker's broker user, stamped on what it publishes (``user_id``, checked by the broker).
+        self.user = url_user(url)
+        #: The only user whose commands this worker obeys: RINGFLEET_CONTROL_USER, or, where it is unset, the
+        #: worker's own login (one login shared by everyone, as on a test broker: only its holders can publish).
+        self.control_user = os.environ.get("RINGFLEET_CONTROL_USER") or self.user or "guest"
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="control-channel", daemon=True)
         self._connection: AbstractRobustConnection | None = None
@@ -61,7 +71,7 @@ class ControlChannel:
     async def _connect(self) -> None:
         self._connection = await aio_pika.connect_robust(self.url)
         self._channel = await self._connection.channel()
-        exchange = await self._channel.declare_exchange(COMMANDS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
+        exchange = await self._commands_exchange()
         # The instance's durable mailbox (see ringfleet.contracts.broker.instance_queue): a Reconfigure sent while
         # this process was starting is waiting there.
         queue = await self._channel.declare_queue(
@@ -72,6 +82,16 @@ class ControlChannel:
                 await queue.bind(exchange, routing_key=key)
         await queue.consume(self._on_message)
 
+    async def _commands_exchange(self) -> aio_pika.abc.AbstractExchange:
+        """The commands exchange: looked up (a worker user may not declare it: the control plane owns it), and
+        declared only where the lookup finds none and the login may (a test broker before any control plane)."""
+        assert self._connection is not None and self._channel is not None
+        try:
+            return await self._channel.declare_exchange(COMMANDS_EXCHANGE, aio_pika.ExchangeType.TOPIC, passive=True)
+        except aio_pika.exceptions.ChannelNotFoundEntity:
+            self._channel = await self._connection.channel()
+            return await self._channel.declare_exchange(COMMANDS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
+
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         async with message.process(ignore_processed=True):
             try:
@@ -81,6 +101,10 @@ class ControlChannel:
                 return
             if not isinstance(command, CheckpointNow | Reconfigure | Stop):
                 log.warning("dropping %s: not a command", type(command).__name__)
+                return
+            refused = self._refusal(command, message.user_id)
+            if refused is not None:
+                log.warning("refusing %s %s: %s", command.type, command.message_id, refused)
                 return
             if command.message_id in self._seen:
                 # The control plane re-publishes what a crashed run may not have (its outbox): seen once is enough.
@@ -95,6 +119,14 @@ class ControlChannel:
                 return
             self.on_command(command)
 
+    def _refusal(self, command: Command, user: str | None) -> str | None:
+        """Why ``command`` is not obeyed (None: it is): only the control plane's user commands a worker, and a
+        Reconfigure may put the rendezvous only on one of its members. Checked before an unplaced worker adopts a
+        Reconfigure's job, so a forged one cannot place it."""
+        if user != self.control_user:
+            return f"sent by broker user {user!r}, not by the control plane's {self.control_user!r}"
+        return check_rendezvous(command) if isinstance(command, Reconfigure) else None
+
     def publish(self, message: Message) -> Future[None]:
         """Publishes to the worker-events queue through the default exchange; returns when the broker has it."""
         return asyncio.run_coroutine_threadsafe(self._publish(message), self._loop)
@@ -107,6 +139,7 @@ class ControlChannel:
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             message_id=str(message.message_id),
             type=message.type,
+            user_id=self.user,
         )
         await self._channel.default_exchange.publish(body, routing_key=WORKER_EVENTS_QUEUE)
 

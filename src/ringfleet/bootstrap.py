@@ -151,7 +151,7 @@ def recovery_service() -> RecoveryService:
 
 @lru_cache(maxsize=1)
 def backup_service() -> BackupService:
-    from ringfleet.adapters.dynamodb import DynamoDbCheckpointCatalog, DynamoDbJobRepository
+    from ringfleet.adapters.dynamodb import DynamoDbCheckpointCatalog, DynamoDbJobRepository, DynamoDbNodeRepository
     from ringfleet.adapters.s3_checkpoints import S3CheckpointObjects
     from ringfleet.backup.service import BackupService
 
@@ -160,6 +160,8 @@ def backup_service() -> BackupService:
         store=S3CheckpointObjects(),
         catalog=DynamoDbCheckpointCatalog(s.checkpoints_table, boto3_resource=ddb),
         jobs=DynamoDbJobRepository(s.jobs_table, clock=clock, boto3_resource=ddb),
+        # A manifest is a checkpoint of the job only when its writer is one of the job's nodes (backup/writers.py).
+        nodes=DynamoDbNodeRepository(s.nodes_table, clock=clock, boto3_resource=ddb),
         clock=clock,
         backup_bucket=s.backup_bucket,
         keep_last=s.keep_last,
@@ -172,6 +174,15 @@ def idempotency_store() -> DynamoDBPersistenceLayer:
     from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 
     return DynamoDBPersistenceLayer(table_name=settings().idempotency_table, boto_config=aws_config())
+
+
+@lru_cache(maxsize=1)
+def control_user() -> str | None:
+    """The control plane's broker user: the broker secret's (None where no secret is configured)."""
+    from ringfleet.adapters.commands import credentials_from_secret
+
+    secret = settings().broker_secret_id
+    return credentials_from_secret(secret)[0] if secret else None
 
 
 @lru_cache(maxsize=1)
@@ -191,6 +202,7 @@ def intake_service() -> IntakeService:
         clock=clock,
         # The types the scaler can price (the local market has the same): a job asking for others is rejected.
         instance_types=frozenset(ON_DEMAND_PRICES),
+        control_user=control_user,
     )
 
 
@@ -213,7 +225,10 @@ def _fleet_and_prices() -> tuple[SpotFleetGateway, PriceSource]:
     template = os.environ.get("WORKER_LAUNCH_TEMPLATE_NAME", "ringfleet-worker")
     if _fleet_provider is not None:
         return _fleet_provider(stack, template)
-    return Ec2SpotFleetGateway(stack=stack, launch_template=template), Ec2SpotPriceSource()
+    version = os.environ.get("WORKER_LAUNCH_TEMPLATE_VERSION", "$Latest")
+    return Ec2SpotFleetGateway(
+        stack=stack, launch_template=template, launch_template_version=version
+    ), Ec2SpotPriceSource()
 
 
 @lru_cache(maxsize=1)
@@ -229,6 +244,9 @@ def scaler_service() -> ScalerService:
     def on_capacity_arrived(job_id: str, instance_id: str, host: str | None) -> object:
         return recovery_service().on_capacity_arrived(job_id, instance_id, host)
 
+    def on_retire(job_id: str, instance_id: str) -> object:
+        return recovery_service().retire(job_id, instance_id)
+
     return ScalerService(
         jobs=DynamoDbJobRepository(s.jobs_table, clock=clock, boto3_resource=ddb),
         nodes=DynamoDbNodeRepository(s.nodes_table, clock=clock, boto3_resource=ddb),
@@ -237,5 +255,6 @@ def scaler_service() -> ScalerService:
         state=DynamoDbScalingStateStore(os.environ["SCALING_TABLE"], boto3_resource=ddb),
         publisher=AmqpCommandPublisher(s.broker_url),
         on_capacity_arrived=on_capacity_arrived,
+        on_retire=on_retire,
         policy=policy_from_env(),
     )

@@ -12,6 +12,7 @@ from typing import Any
 
 import boto3
 
+from ringfleet_local.broker_roles import BrokerRoles
 from ringfleet_local.template import Function, Resolver, Template, TemplateError, load_template
 
 __all__ = ["CloudContext", "LocalState"]
@@ -32,6 +33,10 @@ class LocalState:
     region: str
     pid: int
     started_at: float
+    #: The broker users of the cloud's vhost (``ringfleet_local.broker_roles``): the seed of their passwords, and
+    #: the vhost. None: one user for everything (a broker given by RINGFLEET_BROKER_URL).
+    broker_vhost: str | None = None
+    broker_seed: str | None = None
 
     def save(self, state_dir: Path) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -82,16 +87,38 @@ class CloudContext:
         self.account = ACCOUNT
         #: Added to every function's environment (the local cloud's ``--spot-traces`` replay, for the scaler).
         self.function_env: dict[str, str] = {}
+        #: The broker users of each role, when the cloud has its own vhost; None: ``broker_url`` is everyone's.
+        self.roles: BrokerRoles | None = None
+
+    # -- broker roles ----------------------------------------------------------------------------------------
+    def role_broker_url(self, role: str, tenant: str | None = None) -> str:
+        """The AMQP URL of ``role`` (control, worker, app with its tenant): the handlers log in as control, the
+        agents as worker, an app as its tenant's user. Without per-role users, ``broker_url`` for all."""
+        if self.roles is None:
+            return self.broker_url
+        return self.roles.role_url(role, tenant)
+
+    @property
+    def control_user(self) -> str | None:
+        """The user whose commands workers obey (None: whoever publishes with the one shared login)."""
+        return self.roles.control_user if self.roles is not None else None
 
     @classmethod
     def from_state(cls, state: LocalState) -> CloudContext:
-        return cls(
+        ctx = cls(
             state.template,
             endpoint=state.endpoint,
             broker_url=state.broker_url,
             stack=state.stack,
             region=state.region,
         )
+        if state.broker_vhost and state.broker_seed:
+            from ringfleet_local.broker_roles import BrokerRoles
+
+            scheme, rest = state.broker_url.split("://", 1)
+            host = rest.rsplit("@", 1)[-1].split("/", 1)[0]
+            ctx.roles = BrokerRoles(host=host, vhost=state.broker_vhost, seed=state.broker_seed, scheme=scheme)
+        return ctx
 
     # -- AWS clients -------------------------------------------------------------------------------------
     @property
@@ -202,7 +229,7 @@ class CloudContext:
             else:
                 refs[lid] = f"{self.stack}-{lid}"
                 attrs[f"{lid}.Arn"] = f"arn:aws:local:{region}:{account}:{lid}"
-        return Resolver(refs, attrs)
+        return Resolver(refs, attrs, conditions=self.template.body.get("Conditions", {}))
 
     def resolve(self, value: Any, where: str = "template") -> Any:
         return self.resolver(value, where)

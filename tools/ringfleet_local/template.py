@@ -136,15 +136,40 @@ _SUB_VAR = re.compile(r"\$\{([^}!][^}]*)\}")
 
 @dataclass
 class Resolver:
-    """Evaluates Ref, Fn::GetAtt, Fn::Sub and Fn::Join against local names.
+    """Evaluates Ref, Fn::GetAtt, Fn::Sub, Fn::Join and Fn::If against local names.
 
     `refs` maps a parameter, pseudo parameter or logical id to what `Ref` returns; `attributes` maps
-    ``"LogicalId.Attr"`` to what `Fn::GetAtt` returns. Anything else is refused with a TemplateError, so a
-    template change the local cloud cannot follow fails loudly instead of running with a wrong value.
+    ``"LogicalId.Attr"`` to what `Fn::GetAtt` returns; `conditions` is the template's Conditions section, each
+    evaluated (Fn::Equals, Fn::Not, Fn::And, Fn::Or, Condition) on the local values when an Fn::If names it.
+    Anything else is refused with a TemplateError, so a template change the local cloud cannot follow fails loudly
+    instead of running with a wrong value.
     """
 
     refs: dict[str, Any]
     attributes: dict[str, Any]
+    conditions: Mapping[str, Any] = field(default_factory=dict)
+
+    def condition(self, name: Any, where: str) -> bool:
+        if name not in self.conditions:
+            raise TemplateError(f"{where}: no condition {name!r} in the template's Conditions")
+        return self._truth(self.conditions[name], f"Conditions.{name}")
+
+    def _truth(self, node: Any, where: str) -> bool:
+        if not (isinstance(node, dict) and len(node) == 1):
+            raise TemplateError(f"{where}: {node!r} is not a condition the local cloud evaluates")
+        ((key, arg),) = node.items()
+        if key == "Fn::Equals":
+            left, right = self(arg, where)
+            return bool(left == right)
+        if key == "Fn::Not":
+            return not self._truth(arg[0], where)
+        if key == "Fn::And":
+            return all(self._truth(a, where) for a in arg)
+        if key == "Fn::Or":
+            return any(self._truth(a, where) for a in arg)
+        if key == "Condition":
+            return self.condition(arg, where)
+        raise TemplateError(f"{where}: {node!r} is not a condition the local cloud evaluates")
 
     def __call__(self, value: Any, where: str = "template") -> Any:
         if isinstance(value, list):
@@ -153,21 +178,27 @@ class Resolver:
             return value
         if len(value) == 1:
             ((key, arg),) = value.items()
-            if key == "Ref":
-                return self._ref(arg, where)
-            if key == "Fn::GetAtt":
-                name = ".".join(arg) if isinstance(arg, list) else str(arg)
-                if name not in self.attributes:
-                    raise TemplateError(f"{where}: Fn::GetAtt {name} has no local value")
-                return self.attributes[name]
-            if key == "Fn::Sub":
-                return self._sub(arg, where)
-            if key == "Fn::Join":
-                sep, items = arg
-                return str(sep).join(str(x) for x in self(items, where))
-            if key.startswith("Fn::") or key == "Condition":
-                raise TemplateError(f"{where}: {key} is not supported by the local cloud")
+            if key == "Ref" or key.startswith("Fn::") or key == "Condition":
+                return self._intrinsic(key, arg, where)
         return {k: self(v, f"{where}.{k}") for k, v in value.items()}
+
+    def _intrinsic(self, key: str, arg: Any, where: str) -> Any:
+        if key == "Ref":
+            return self._ref(arg, where)
+        if key == "Fn::GetAtt":
+            name = ".".join(arg) if isinstance(arg, list) else str(arg)
+            if name not in self.attributes:
+                raise TemplateError(f"{where}: Fn::GetAtt {name} has no local value")
+            return self.attributes[name]
+        if key == "Fn::Sub":
+            return self._sub(arg, where)
+        if key == "Fn::Join":
+            sep, items = arg
+            return str(sep).join(str(x) for x in self(items, where))
+        if key == "Fn::If":
+            name, yes, no = arg
+            return self(yes if self.condition(name, where) else no, where)
+        raise TemplateError(f"{where}: {key} is not supported by the local cloud")
 
     def _ref(self, name: Any, where: str) -> Any:
         if name not in self.refs:

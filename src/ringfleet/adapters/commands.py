@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
+import os
 import random
 import threading
 import time
@@ -38,7 +40,7 @@ if TYPE_CHECKING:
 
     from ringfleet.contracts import CheckpointNow, Reconfigure, Stop
 
-__all__ = ["AmqpCommandPublisher", "broker_url"]
+__all__ = ["AmqpCommandPublisher", "broker_url", "require_tls"]
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +50,47 @@ PUBLISH_BACKOFF = 0.2
 PUBLISH_BUDGET = 5.0
 
 
+def _is_loopback(host: str | None) -> bool:
+    if host is None:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def require_tls(url: str, *, local: bool | None = None) -> str:
+    """``url`` if it may carry broker credentials and commands: ``amqps://`` anywhere, plain ``amqp://`` only to this
+    machine (loopback) or inside the local cloud (``local``; default: RINGFLEET_LOCAL_CLOUD=1, which the local
+    cloud sets). Raises ValueError naming the scheme and host otherwise, before any connection is tried."""
+    parts = urlsplit(url)
+    if parts.scheme == "amqps":
+        return url
+    if parts.scheme != "amqp":
+        raise ValueError(f"broker URL scheme {parts.scheme or '(none)'!r} is not amqps:// (or amqp:// to this machine)")
+    if local is None:
+        local = os.environ.get("RINGFLEET_LOCAL_CLOUD") == "1"
+    if not (local or _is_loopback(parts.hostname)):
+        raise ValueError(
+            f"plain amqp:// to {parts.hostname} refused: the broker's credentials and commands would cross the "
+            "network unencrypted; use amqps:// (Amazon MQ's endpoint, port 5671). amqp:// is for a broker on "
+            "this machine or the local cloud only"
+        )
+    return url
+
+
 def broker_url(endpoint: str, username: str, password: str, vhost: str | None = None) -> str:
-    """``amqps://user:pass@host:port/vhost`` from the endpoint (which carries no credentials) and a secret."""
+    """``amqps://user:pass@host:port/vhost`` from the endpoint (which carries no credentials) and a secret; plain
+    ``amqp://`` only as ``require_tls`` allows it."""
     parts = urlsplit(endpoint)
-    netloc = f"{quote(username, safe='')}:{quote(password, safe='')}@{parts.hostname}"
+    host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else parts.hostname
+    netloc = f"{quote(username, safe='')}:{quote(password, safe='')}@{host}"
     if parts.port:
         netloc += f":{parts.port}"
     path = "/" + quote(vhost, safe="") if vhost is not None else parts.path
-    return urlunsplit((parts.scheme, netloc, path, "", ""))
+    return require_tls(urlunsplit((parts.scheme, netloc, path, "", "")))
 
 
 def credentials_from_secret(secret_id: str, *, secrets_client: Any | None = None) -> tuple[str, str]:
@@ -94,6 +129,8 @@ class AmqpCommandPublisher:
         self._lock = threading.Lock()
         self._connection: AbstractRobustConnection | None = None
         self._exchange: AbstractExchange | None = None
+        #: The user the connection logs in as, stamped on every command (``user_id``).
+        self._user: str | None = None
         self._channel: AbstractChannel | None = None
 
     def publish(self, commands: Sequence[CheckpointNow | Reconfigure | Stop]) -> None:
@@ -139,6 +176,8 @@ class AmqpCommandPublisher:
                 message_id=str(command.message_id),
                 type=command.type,
                 app_id="ringfleet-control",
+                # The broker checks it is this connection's user; workers obey only the control plane's user.
+                user_id=self._user,
             )
             await exchange.publish(message, routing_key=command_routing_key(command.job_id), timeout=10)
 
@@ -154,9 +193,10 @@ class AmqpCommandPublisher:
 
     async def _ready(self) -> AbstractExchange:
         if self._exchange is None:
-            from ringfleet.adapters.rabbitmq import connect
+            from ringfleet.adapters.rabbitmq import connect, url_user
 
             url = self._url() if callable(self._url) else self._url
+            self._user = url_user(url)
             self._connection = await connect(url)
             channel = self._channel = await self._connection.channel(publisher_confirms=True)
             self._exchange = await channel.declare_exchange(

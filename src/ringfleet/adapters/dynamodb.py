@@ -15,7 +15,7 @@ from boto3.dynamodb.types import TypeDeserializer
 from botocore.exceptions import ClientError
 
 from ringfleet.backup.ports import CheckpointRecord, CheckpointStatus
-from ringfleet.core.jobs import ACTIVE_STATES, DurableCheckpoint, Incident, Job, JobState, PendingRecovery
+from ringfleet.core.jobs import ACTIVE_STATES, DurableCheckpoint, Incident, Job, JobState, PendingRecovery, Retirement
 from ringfleet.core.nodes import LifecycleHook, Node, NodeState
 from ringfleet.core.ports import Saved
 
@@ -67,6 +67,9 @@ _SAVED = (
     "replacements_wanted",
     "restoring_step",
     "recovery",
+    "retirement",
+    # Changed only by a rolling upgrade (its image and entrypoint) or its rollback; written only then.
+    "spec",
     "incidents",
     "script_failures",
     "script_failed_generation",
@@ -123,6 +126,22 @@ def _recovery_from_json(text: str | None) -> PendingRecovery | None:
     return PendingRecovery(**data)
 
 
+def _retirement_to_json(retirement: Retirement | None) -> str | None:
+    if retirement is None:
+        return None
+    return json.dumps({**asdict(retirement), "started_at": _time(retirement.started_at)})
+
+
+def _retirement_from_json(text: str | None) -> Retirement | None:
+    if not text:
+        return None
+    data = json.loads(text)
+    data["started_at"] = _parse_time(data["started_at"])
+    data["retiring"] = tuple(data["retiring"])
+    data["previous_entrypoint"] = tuple(data.get("previous_entrypoint") or ())
+    return Retirement(**data)
+
+
 def _incidents_to_json(incidents: tuple[Incident, ...]) -> str:
     return json.dumps([{**asdict(i), "at": _time(i.at)} for i in incidents])
 
@@ -145,6 +164,7 @@ def job_to_item(job: Job) -> dict[str, Any]:
         "replacements_wanted": job.replacements_wanted,
         "restoring_step": job.restoring_step,
         "recovery": _recovery_to_json(job.recovery),
+        "retirement": _retirement_to_json(job.retirement),
         "incidents": _incidents_to_json(job.incidents),
         "script_failures": job.script_failures,
         "script_failed_generation": job.script_failed_generation,
@@ -183,6 +203,7 @@ def job_from_item(item: dict[str, Any]) -> Job:
         ),
         restoring_step=_int(item.get("restoring_step")),
         recovery=_recovery_from_json(item.get("recovery")),
+        retirement=_retirement_from_json(item.get("retirement")),
         incidents=_incidents_from_json(item.get("incidents")),
         # Items written before these attributes existed read as a job whose script never failed.
         script_failures=int(item.get("script_failures") or 0),
@@ -406,6 +427,27 @@ class DynamoDbNodeRepository:
     def put(self, node: Node) -> None:
         stamped = node if node.updated_at else replace(node, updated_at=self._clock.now())
         self._table.put_item(Item=node_to_item(stamped))
+
+    def place(self, node: Node, *, over: Node | None) -> bool:
+        stamped = node if node.updated_at else replace(node, updated_at=self._clock.now())
+        condition: Any
+        if over is None:
+            condition = Attr("instance_id").not_exists()
+        else:
+            condition = (
+                Attr("job_id").eq(over.job_id)
+                & Attr("state").eq(over.state.value)
+                & Attr("generation").eq(over.generation)
+            )
+            if over.updated_at is not None:
+                condition &= Attr("updated_at").eq(over.updated_at.isoformat())
+        try:
+            self._table.put_item(Item=node_to_item(stamped), ConditionExpression=condition)
+        except ClientError as exc:
+            if _is_condition_failure(exc):
+                return False
+            raise
+        return True
 
     def get(self, instance_id: str) -> Node | None:
         item = self._table.get_item(Key={"instance_id": instance_id}, ConsistentRead=True).get("Item")

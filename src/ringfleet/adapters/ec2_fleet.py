@@ -43,9 +43,19 @@ def _tags(resource: dict[str, Any]) -> dict[str, str]:
 class Ec2SpotFleetGateway:
     """``SpotFleetGateway`` on EC2 Fleet."""
 
-    def __init__(self, *, stack: str, launch_template: str, ec2_client: Any | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        stack: str,
+        launch_template: str,
+        launch_template_version: str = "$Latest",
+        ec2_client: Any | None = None,
+    ) -> None:
         self.stack = stack
         self.launch_template = launch_template
+        #: The deployed scaler's is pinned (WorkerLaunchTemplateVersion): a new AMI or user data reaches the fleet
+        #: only through a deploy that names its version.
+        self.launch_template_version = launch_template_version
         self.ec2: Any = ec2_client or boto3.client("ec2")
 
     # -- reading ------------------------------------------------------------------------------------------------------
@@ -138,7 +148,10 @@ class Ec2SpotFleetGateway:
             Type="maintain",
             LaunchTemplateConfigs=[
                 {
-                    "LaunchTemplateSpecification": {"LaunchTemplateName": self.launch_template, "Version": "$Latest"},
+                    "LaunchTemplateSpecification": {
+                        "LaunchTemplateName": self.launch_template,
+                        "Version": self.launch_template_version,
+                    },
                     "Overrides": [{"InstanceType": instance_type, "AvailabilityZone": zone}],
                 }
             ],

@@ -8,7 +8,9 @@ Stable signatures (the use cases build on them; change them only together):
   and must be dropped (re-read and re-decide, or ignore). The durable checkpoint is written only through
   ``record_durable_checkpoint`` (a newer step wins), never by ``save``, so the two never overwrite each other.
 - ``NodeRepository`` — the nodes table (instance -> job, rank, state, last heartbeat). Placing an instance on a
-  job is ``put(Node(instance_id, job_id, state=NodeState.PLACED, host=...))``.
+  job is ``place(Node(instance_id, job_id, state=NodeState.PLACED, host=...), over=<the row as read>)``: written
+  only if the instance's row is still as the placement read it, so that two scaler runs never place one instance
+  in two jobs.
 - ``CommandPublisher`` — commands to a job's workers over the broker.
 - ``Clock`` — now, injectable in tests; ``SystemClock`` is the real one.
 
@@ -94,7 +96,13 @@ class JobRepository(Protocol):
 
 class NodeRepository(Protocol):
     def put(self, node: Node) -> None:
-        """Stores a node as given (placing an instance on a job, or a recovery's decided change)."""
+        """Stores a node as given (a recovery's decided change, or the nodes of a job its start just claimed)."""
+        ...
+
+    def place(self, node: Node, *, over: Node | None) -> bool:
+        """Stores ``node`` only if the instance's stored row is still ``over`` (same job, state, generation and, when
+        ``over`` has one, update time), or absent when ``over`` is None; False when another writer changed it since
+        it was read (another scaler run placed the instance first): the placement must be dropped."""
         ...
 
     def get(self, instance_id: str) -> Node | None: ...

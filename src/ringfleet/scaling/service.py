@@ -14,6 +14,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+from ringfleet.core.nodes import Node, NodeState
 from ringfleet.scaling.decisions import ScalingPolicy
 from ringfleet.scaling.reconcile import instance_types_in_play, plan_assignments, plan_reconcile
 
@@ -57,6 +58,7 @@ class ScalerService:
         state: ScalingStateStore,
         publisher: CommandPublisher,
         on_capacity_arrived: Callable[[str, str, str | None], object] | None = None,
+        on_retire: Callable[[str, str], object] | None = None,
         policy: ScalingPolicy | None = None,
     ) -> None:
         self.jobs = jobs
@@ -66,6 +68,8 @@ class ScalerService:
         self.state = state
         self.publisher = publisher
         self.on_capacity_arrived = on_capacity_arrived
+        #: Tells a job's recovery to replace an on-demand member with a spot worker (``plan.retire``).
+        self.on_retire = on_retire
         self.policy = policy or ScalingPolicy()
 
     def reconcile(self, now: datetime) -> ScalingReport:
@@ -78,30 +82,65 @@ class ScalerService:
         plan = plan_reconcile(
             snapshot=snapshot, jobs=active, nodes=nodes, pools=pools, remembered=remembered, now=now, policy=self.policy
         )
+        # The decision is saved before it is applied, and applied only by the run that saved it: two runs at once
+        # (a retry overlapping, the local cloud's concurrent triggers) never apply two decisions. A failed apply
+        # after the save is decided again by the next run, which reads the fleet's targets as they are.
+        if not self.state.save(plan.state, revision=revision, report=plan.report()):
+            log.warning(
+                "scaler run refused: another run saved the scaler's state since this one read it (revision %d); "
+                "its decision stands, this run changes nothing (the next trigger or tick decides from what is)",
+                revision,
+            )
+            return replace(plan_assignments(plan, snapshot).report(()), replacements=())
         if plan.changes_fleet:
             self.fleet.set_targets(plan.targets, release=plan.release)
-        if not self.state.save(plan.state, revision=revision, report=plan.report()):
-            log.info("another scaler run saved first; its decision stands and this one's targets were the same input")
         work = plan_assignments(plan, self.fleet.snapshot() if plan.rereads_fleet else snapshot)
-        started = [s.start.job.job_id for s in work.starts if self._start(s)]
+        started = [s.start.job.job_id for s in work.starts if self._start(s, nodes)]
         for handover in work.handovers:
-            self._hand_over(handover)
+            self._hand_over(handover, nodes.get(handover.node.instance_id))
+        if self.on_retire is not None:
+            for job_id, instance in plan.retire:
+                self.on_retire(job_id, instance)
         return work.report(started)
 
-    def _hand_over(self, handover: Handover) -> None:
-        """Places the instance on its job, then tells the job's recovery that capacity arrived."""
-        self.nodes.put(handover.node)
+    def _hand_over(self, handover: Handover, read: Node | None) -> None:
+        """Places the instance on its job if its node is still as this run ``read`` it, then tells the job's
+        recovery that capacity arrived."""
+        if not self.nodes.place(handover.node, over=read):
+            log.warning(
+                "placement refused: instance %s changed since this run read it (placed by another run?); "
+                "not handed to job %s",
+                handover.node.instance_id,
+                handover.job_id,
+            )
+            return
         if self.on_capacity_arrived is not None:
             self.on_capacity_arrived(handover.job_id, handover.node.instance_id, handover.node.host)
 
-    def _start(self, planned: PlannedStart) -> bool:
-        """Applies one job start; False when the job moved meanwhile (cancelled?): its instances stay free for the
-        next run."""
+    def _start(self, planned: PlannedStart, read: Mapping[str, Node]) -> bool:
+        """Applies one job start; False when an instance was placed elsewhere meanwhile or the job moved (cancelled?).
+
+        Its instances are claimed first (a PLACED node each, written only if still as this run ``read`` it), the job
+        saved after: a job never starts on an instance another run placed. A start refused releases what it
+        claimed (LOST, free for the next run's placement).
+        """
         start = planned.start
-        if not self.jobs.save(start.job, decided_from=start.before):
-            return False
-        for node in planned.nodes:
-            self.nodes.put(node)
-        self.publisher.publish([start.command])
-        self.jobs.save(replace(planned.saved, outbox=()), decided_from=planned.saved)
-        return True
+        job_id = start.job.job_id
+        claimed: list[Node] = []
+        for instance, host in start.hosts.items():
+            claim = Node(instance, job_id, state=NodeState.PLACED, host=host)
+            if not self.nodes.place(claim, over=read.get(instance)):
+                log.warning("start of job %s refused: instance %s was placed by another run", job_id, instance)
+                break
+            claimed.append(claim)
+        else:
+            if self.jobs.save(start.job, decided_from=start.before):
+                for node in planned.nodes:
+                    self.nodes.put(node)
+                self.publisher.publish([start.command])
+                self.jobs.save(replace(planned.saved, outbox=()), decided_from=planned.saved)
+                return True
+            log.info("job %s moved since this run read it: not started here", job_id)
+        for claim in claimed:
+            self.nodes.place(replace(claim, state=NodeState.LOST), over=claim)
+        return False
