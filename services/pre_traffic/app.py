@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import re
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,16 +175,36 @@ def rejection(response: dict[str, Any]) -> str | None:
     return None
 
 
+#: A throttled invoke never ran (the fleet scaler has reserved concurrency 1, and its schedule may be running): it
+#: is the one error retried, after these pauses in seconds, so that a deploy does not fail on a busy minute.
+THROTTLE_PAUSES = (1.0, 2.0, 4.0, 8.0, 15.0)
+
+
+def invoke(target: Target, payload: bytes) -> dict[str, Any]:
+    client = lambda_client()
+    for pause in (*THROTTLE_PAUSES, None):
+        try:
+            return dict(
+                client.invoke(
+                    FunctionName=target.function,
+                    Qualifier=target.version,
+                    InvocationType="RequestResponse",
+                    Payload=payload,
+                )
+            )
+        except client.exceptions.TooManyRequestsException:
+            if pause is None:
+                raise
+            logger.warning("probe throttled, retrying", function=target.function, pause_s=pause)
+            time.sleep(pause)
+    raise AssertionError("unreachable")
+
+
 def check(target: Target) -> list[str]:
     """Invokes the new version with each of its probes; the problems found (empty: every sample was accepted)."""
     problems = []
     for probe in PROBES[service_of(target.function)]:
-        response = lambda_client().invoke(
-            FunctionName=target.function,
-            Qualifier=target.version,
-            InvocationType="RequestResponse",
-            Payload=json.dumps(probe_event(probe)).encode(),
-        )
+        response = invoke(target, json.dumps(probe_event(probe)).encode())
         problem = rejection(response)
         logger.info("probe", function=target.function, version=target.version, sample=probe.sample, rejected=problem)
         if problem:

@@ -101,6 +101,10 @@ def invoked(payload: Any, *, error: str | None = None) -> dict[str, Any]:
     return response
 
 
+#: An answer of ``run``: Lambda refused the invocation for the function's concurrency (it never ran).
+THROTTLED: dict[str, Any] = {"throttled": True}
+
+
 def run(
     hook: ModuleType, function: str, answers: list[dict[str, Any]], expected_status: str, *, why: str = ""
 ) -> list[dict[str, Any]]:
@@ -108,12 +112,14 @@ def run(
     sent: list[dict[str, Any]] = []
     with Stubber(hook._codedeploy) as codedeploy, Stubber(hook._lambda) as lambda_:
         codedeploy.add_response("get_deployment", deployment(function, "7"), {"deploymentId": DEPLOYMENT})
+        expected = {"FunctionName": function, "Qualifier": "7", "InvocationType": "RequestResponse", "Payload": ANY}
         for answer in answers:
-            lambda_.add_response(
-                "invoke",
-                answer,
-                {"FunctionName": function, "Qualifier": "7", "InvocationType": "RequestResponse", "Payload": ANY},
-            )
+            if answer is THROTTLED:
+                lambda_.add_client_error(
+                    "invoke", "TooManyRequestsException", http_status_code=429, expected_params=expected
+                )
+            else:
+                lambda_.add_response("invoke", answer, expected)
         codedeploy.add_response(
             "put_lifecycle_event_hook_execution_status",
             {"lifecycleEventHookExecutionId": HOOK_EXECUTION},
@@ -179,6 +185,23 @@ def test_one_rejected_sample_among_accepted_ones_fails_the_deployment(hook: Modu
     # given a fleet_scaler version whose schedule run works and whose queue run fails its record
     answers = [invoked({"scaling": {}}), invoked({"batchItemFailures": [{"itemIdentifier": "x"}]})]
     run(hook, FUNCTIONS["fleet_scaler"], answers, "Failed", why="rejected control_job_admitted.json")
+
+
+def test_a_throttled_probe_is_sent_again_and_the_deploy_goes_on(
+    hook: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given the fleet scaler (reserved concurrency 1) busy with its schedule: the first invoke of its new version is
+    # throttled, which means it never ran
+    monkeypatch.setattr(hook.time, "sleep", lambda s: None)
+    answers = [THROTTLED, THROTTLED, invoked({"scaling": {}}), invoked({"batchItemFailures": []})]
+    # when the hook checks the deployment, then the same sample goes out again and the deploy succeeds
+    sent = run(hook, FUNCTIONS["fleet_scaler"], answers, "Succeeded")
+    assert sent[0] == sent[1] == sent[2]
+
+
+def test_a_probe_throttled_every_time_fails_the_deployment(hook: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hook.time, "sleep", lambda s: None)
+    run(hook, FUNCTIONS["fleet_scaler"], [THROTTLED] * (len(hook.THROTTLE_PAUSES) + 1), "Failed", why="TooManyRequests")
 
 
 @pytest.mark.parametrize("service", sorted(FUNCTIONS))
