@@ -1,15 +1,64 @@
-"""Shared fixtures: the repository root, and a loud failure when RabbitMQ is missing (never a skip)."""
+"""Shared fixtures: the repository root, and a loud failure when RabbitMQ is missing (never a skip); and no process
+the run started outlives it (``tests/reaper.py``).
+
+The tests by kind: ``unit/`` pure (no broker, no moto, no network, no subprocess), ``functional/`` use cases and
+handlers on moto with the samples of ``events/``, ``integration/`` RabbitMQ and real processes, ``e2e/`` the local
+cloud, ``worker/`` the training worker's processes.
+"""
 
 from __future__ import annotations
 
+import atexit
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 import pytest
 
+from tests import reaper
+
 ROOT = Path(__file__).resolve().parent.parent
 BROKER_URL = os.environ.get("RINGFLEET_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+_RUN: dict[str, object] = {}
+
+
+def _reap_once() -> None:
+    """Ends whatever the run left running: once, in the pytest process only (a forked child inherits atexit)."""
+    token = _RUN.get("token")
+    if isinstance(token, str) and _RUN.get("owner") == os.getpid() and "reaped" not in _RUN:
+        _RUN["reaped"] = reaper.reap(token)
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    if _RUN.get("owner") != os.getpid():  # a forked child: die as it would have
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    raise KeyboardInterrupt("SIGTERM")  # pytest tears the fixtures down, then pytest_sessionfinish reaps
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _RUN.update(token=reaper.mark_run(), owner=os.getpid())
+    atexit.register(_reap_once)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # trylast: after the session's fixtures are torn down, so only what their teardown missed is left
+    _reap_once()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    reaped = _RUN.get("reaped")
+    if isinstance(reaped, list) and reaped:
+        terminalreporter.write_line(
+            f"killed {len(reaped)} process(es) the tests left running: {', '.join(map(str, reaped))}", yellow=True
+        )
 
 
 @pytest.fixture(scope="session")

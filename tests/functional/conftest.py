@@ -1,4 +1,5 @@
-"""A moto server with template.yaml's resources (no router): repositories and handlers run against it in-process."""
+"""A moto server with template.yaml's resources (no router): repositories and use cases run against it in-process;
+the handler tests load their handler on a cloud of their own (tests/functional/handlers.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 from ringfleet_local.cloud import LocalCloud
 
 from tests.conftest import ROOT
+from tests.functional.handlers import SAMPLE_JOB, CommandTap
 
 
 @pytest.fixture(scope="session")
@@ -22,3 +24,11 @@ def aws() -> Iterator[LocalCloud]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture
+def commands(broker_url: str) -> Iterator[CommandTap]:
+    """Every command published to the sample job's workers during the test (tests/functional/handlers.py)."""
+    tap = CommandTap(broker_url, SAMPLE_JOB)
+    yield tap
+    tap.close()

@@ -20,6 +20,8 @@ from ringfleet_cli.main import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_UNREACHABLE, 
 
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.integration
+
 JOB = ROOT / "examples/digits/job.yaml"
 
 #: Runs the real `main` with the jobs table in memory and one PENDING job of tenant acme ("job-1"), so the read

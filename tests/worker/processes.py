@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -58,6 +59,7 @@ class WorkerProcess:
             env=full_env,
             stdout=self._file,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # the agent leads a group with its script: kill() ends both
         )
 
     def output(self) -> str:
@@ -104,8 +106,9 @@ class WorkerProcess:
             raise AssertionError(f"worker did not finish within {timeout}s:\n{self.output()}") from e
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
+        """SIGKILL to the agent and everything in its group (the script it runs as a child)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
         self._file.close()
 

@@ -1,0 +1,107 @@
+"""services/worker_events: the Amazon MQ samples of events/ (Heartbeat, CheckpointCompleted, WorkerFailed) about the
+sample job's generation 3 change its nodes and job as a user would see in `ringfleet status`; each message handled
+twice changes nothing more and sends no command twice; an invalid message fails the batch after the valid ones."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from ringfleet.core.jobs import JobState
+from ringfleet.core.nodes import NodeState
+from tests.builders import instance, running_job
+from tests.functional.handlers import SAMPLE_FIRST_INSTANCE, SAMPLE_JOB, CommandTap, Handler, handler_of, sample
+
+pytestmark = pytest.mark.timeout(120)
+
+#: A little before the samples were sent: the members were heard from then.
+HEARD = datetime(2025, 6, 2, 14, 0, tzinfo=UTC)
+MEMBERS = [instance(SAMPLE_FIRST_INSTANCE + r) for r in range(3)]
+
+
+@pytest.fixture(scope="module")
+def handler(broker_url: str) -> Iterator[Handler]:
+    with handler_of("worker_events", broker_url) as loaded:
+        yield loaded
+
+
+@pytest.fixture
+def worker_events(handler: Handler) -> Handler:
+    """The sample job RUNNING at generation 3 on the samples' three instances, last heard from at HEARD."""
+    handler.reset()
+    job, nodes = running_job(SAMPLE_JOB, members=3, generation=3, first=SAMPLE_FIRST_INSTANCE)
+    handler.seed(job, [replace(n, last_heartbeat=HEARD, updated_at=HEARD) for n in nodes])
+    return handler
+
+
+def twice(handler: Handler, event: dict[str, Any]) -> Any:
+    """Invokes ``handler`` with ``event``, then again: the second answers as the first and changes nothing."""
+    result = handler(event)
+    after = handler.tables()
+    assert handler(event) == result
+    assert handler.tables() == after, "the second delivery changed the tables"
+    return result
+
+
+def test_a_heartbeat_records_the_members_step_and_time(worker_events: Handler, commands: CommandTap) -> None:
+    # when the sample heartbeat of rank 1 arrives (twice)
+    assert twice(worker_events, sample("mq_heartbeat.json")) == {"accepted": 1}
+    # then its node shows the step and when it was sent, and nothing is sent to the workers
+    node = worker_events.nodes.get(MEMBERS[1])
+    assert node is not None and node.state is NodeState.ACTIVE
+    assert node.last_step == 118
+    assert node.last_heartbeat == datetime(2025, 6, 2, 14, 5, 30, 250000, tzinfo=UTC)
+    assert commands.drain() == []
+
+
+def test_an_emergency_checkpoint_is_an_incident_of_the_job(worker_events: Handler, commands: CommandTap) -> None:
+    # when the sample CheckpointCompleted (an emergency checkpoint at step 120) arrives (twice)
+    twice(worker_events, sample("mq_checkpoint_completed.json"))
+    # then the job, still running its generation, shows it once among its incidents; no command goes out
+    job = worker_events.jobs.get(SAMPLE_JOB)
+    assert job is not None and job.state is JobState.RUNNING and job.generation == 3
+    assert [(i.cause, i.step) for i in job.incidents] == [("emergency-checkpoint", 120)]
+    assert commands.drain() == []
+
+
+def test_a_failed_worker_leaves_the_ring_and_the_others_reconfigure_once(
+    worker_events: Handler, commands: CommandTap
+) -> None:
+    # when the sample WorkerFailed of rank 2 (CUDA out of memory) arrives (twice)
+    twice(worker_events, sample("mq_worker_failed.json"))
+    # then its node is lost and the two others form generation 4
+    job = worker_events.jobs.get(SAMPLE_JOB)
+    assert job is not None and job.state is JobState.RUNNING
+    assert job.generation == 4 and job.members == {MEMBERS[0]: 0, MEMBERS[1]: 1}
+    assert "CUDA out of memory" in job.incidents[0].detail
+    lost = worker_events.nodes.get(MEMBERS[2])
+    assert lost is not None and lost.state is NodeState.LOST
+    # and the workers were told once
+    (reconfigure,) = commands.drain()
+    assert reconfigure["type"] == "Reconfigure" and reconfigure["_to"] == f"{SAMPLE_JOB}.all"
+    assert (reconfigure["generation"], reconfigure["world_size"]) == (4, 2)
+    assert reconfigure["ranks"] == {MEMBERS[0]: 0, MEMBERS[1]: 1}
+
+
+def test_an_invalid_message_fails_the_batch_after_the_valid_one_is_applied(worker_events: Handler) -> None:
+    # given a batch of the sample heartbeat and a heartbeat without an instance
+    event = sample("mq_heartbeat.json")
+    (messages,) = event["rmqMessagesByQueue"].values()
+    bad = json.loads(json.dumps(messages[0]))
+    body = json.loads(base64.b64decode(bad["data"]))
+    del body["instance_id"]
+    body["message_id"] = "6a1f2b3c-0000-4000-8000-000000000002"
+    bad["data"] = base64.b64encode(json.dumps(body).encode()).decode()
+    messages.append(bad)
+    # when it arrives, then the batch fails naming the missing field (the broker redelivers, then dead-letters it)
+    with pytest.raises(ValueError, match="instance_id"):
+        worker_events(event)
+    # and the valid heartbeat was recorded all the same
+    node = worker_events.nodes.get(MEMBERS[1])
+    assert node is not None and node.last_step == 118

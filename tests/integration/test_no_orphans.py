@@ -1,0 +1,99 @@
+"""A test run leaves no process behind (tests/reaper.py, hooked in tests/conftest.py): not when a test fails after
+starting a moto server it never stops, not when it times out, not when a process it started orphaned its child.
+
+Each case runs a pytest session of its own, in a subprocess, with tests/conftest.py as its only plugin; the inner
+test writes the pid it leaks to a file, and once that session has ended the pid must no longer run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.reaper import alive
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+LEAKS_A_MOTO_SERVER_AND_FAILS = """
+from ringfleet_local.cloud import LocalCloud
+
+def test_leaks(tmp_path):
+    cloud = LocalCloud({template!r}, route=False).start()  # never stopped
+    open({pids!r}, "w").write(str(cloud._moto.pid))
+    assert False, "fails with the moto server still running"
+"""
+
+LEAKS_A_MOTO_SERVER_AND_TIMES_OUT = """
+import time
+
+import pytest
+from ringfleet_local.cloud import LocalCloud
+
+@pytest.mark.timeout(20)
+def test_hangs():
+    cloud = LocalCloud({template!r}, route=False).start()
+    open({pids!r}, "w").write(str(cloud._moto.pid))
+    time.sleep(120)
+"""
+
+ORPHANS_A_GRANDCHILD = """
+import subprocess
+
+def test_orphans():
+    # the shell starts a sleep in the background and exits: the sleep's parent is gone
+    out = subprocess.run(["sh", "-c", "sleep 300 >/dev/null 2>&1 & echo $!"], capture_output=True, text=True)
+    open({pids!r}, "w").write(out.stdout.strip())
+"""
+
+
+def run_session(tmp_path: Path, body: str, *, reaper: bool = True) -> tuple[subprocess.CompletedProcess[str], int]:
+    """Runs ``body`` as a test module in a pytest session of its own; returns the session and the pid it leaked."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    pids = tmp_path / "leaked.pid"
+    module = tmp_path / "test_inner.py"
+    module.write_text(textwrap.dedent(body.format(template=str(ROOT / "template.yaml"), pids=str(pids))))
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    plugins = ["-p", "tests.conftest"] if reaper else []
+    session = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *plugins, "-c", "pytest.ini", module.name],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert pids.is_file(), f"the inner test did not get to start its process:\n{session.stdout}\n{session.stderr}"
+    return session, int(pids.read_text())
+
+
+@pytest.mark.parametrize(
+    "body", [LEAKS_A_MOTO_SERVER_AND_FAILS, LEAKS_A_MOTO_SERVER_AND_TIMES_OUT], ids=["failed", "timed-out"]
+)
+def test_a_moto_server_a_test_never_stopped_is_gone_when_the_session_ends(tmp_path: Path, body: str) -> None:
+    # when a test starts the local cloud's moto server and fails or times out without stopping it
+    session, pid = run_session(tmp_path, body)
+    # then the session failed, and its moto server no longer runs once the session is over
+    assert session.returncode == 1, session.stdout + session.stderr
+    assert not alive(pid), f"moto server {pid} outlived its test session"
+    assert f"killed 1 process(es) the tests left running: {pid} (" in session.stdout
+
+
+def test_an_orphaned_grandchild_is_found_and_ended(tmp_path: Path) -> None:
+    # given, without the reaper, an orphaned grandchild outlives the session (the check below can fail)
+    _, control = run_session(tmp_path / "control", ORPHANS_A_GRANDCHILD, reaper=False)
+    try:
+        assert alive(control), "the control orphan died by itself: the case proves nothing"
+    finally:
+        os.kill(control, signal.SIGKILL)
+    # when the same session runs with the reaper
+    session, pid = run_session(tmp_path / "reaped", ORPHANS_A_GRANDCHILD)
+    # then the orphan, adopted by init and no longer a descendant, is found by the run's token and ended
+    assert session.returncode == 0, session.stdout + session.stderr
+    assert not alive(pid), f"orphan {pid} outlived its test session"

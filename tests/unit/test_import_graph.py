@@ -1,0 +1,135 @@
+"""What production code may import, read from the source (ast, nothing is imported): the runtime package and the
+handlers never reach the local cloud, the dev tools, the tests or the worker; handlers stay thin; the capabilities'
+decisions and use cases stay pure, their use cases meeting only in the composition root.
+
+Every import counts, those under ``if TYPE_CHECKING:`` and inside functions too: a lazy import is still a
+dependency of what ships. ``tests/integration/test_handler_imports.py`` checks what a cold start really loads.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+SRC = ROOT / "src"
+SERVICES = ROOT / "services"
+
+#: Never imported by anything that ships to Lambda: the local cloud, the CLI and client, the tests, the worker.
+NEVER = ("ringfleet_local", "ringfleet_cli", "ringfleet_client", "tests", "moto", "torch", "training_worker")
+CAPABILITIES = ("recovery", "scaling", "intake", "backup")
+#: What a handler may use of the runtime package: the composition root, the wire contracts and the two helpers
+#: every handler shares. Use cases and adapters reach a handler only through ``bootstrap``.
+HANDLER_MAY_USE = ("ringfleet.bootstrap", "ringfleet.contracts", "ringfleet.batch", "ringfleet.observability")
+#: Pure packages (decisions, use cases, ports): they see the outside world only through their ports.
+PURE = ("ringfleet.core", "ringfleet.contracts", *(f"ringfleet.{c}" for c in CAPABILITIES))
+IMPURE = ("ringfleet.adapters", "ringfleet.bootstrap", "boto3", "botocore", "aio_pika", "aiormq", "pamqp")
+
+
+@dataclass(frozen=True)
+class Import:
+    path: Path
+    line: int
+    target: str
+
+    def __str__(self) -> str:
+        return f"{self.path.relative_to(ROOT)}:{self.line} imports {self.target}"
+
+
+def module_name(path: Path) -> str:
+    """``ringfleet.scaling.service`` for src/ringfleet/scaling/service.py; ``app`` for a handler (its own root)."""
+    if path.is_relative_to(SRC):
+        parts = list(path.relative_to(SRC).with_suffix("").parts)
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    return path.stem
+
+
+def imports_of(path: Path, source: str | None = None) -> Iterator[Import]:
+    """Every module ``path`` (or ``source`` as if it were that file) imports, relative imports resolved;
+    ``from a import b`` yields ``a.b`` too (b may be a module)."""
+    tree = ast.parse(path.read_text() if source is None else source, filename=str(path))
+    package = module_name(path).split(".")
+    if path.name != "__init__.py":
+        package = package[:-1]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield Import(path, node.lineno, alias.name)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package[: len(package) - (node.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            yield Import(path, node.lineno, base)
+            for alias in node.names:
+                yield Import(path, node.lineno, f"{base}.{alias.name}")
+
+
+def within(target: str, prefixes: tuple[str, ...]) -> bool:
+    return any(target == p or target.startswith(p + ".") for p in prefixes)
+
+
+def runtime_modules() -> list[Path]:
+    return sorted((SRC / "ringfleet").rglob("*.py"))
+
+
+def handler_modules() -> list[Path]:
+    return sorted(SERVICES.rglob("*.py"))
+
+
+def test_the_sources_are_found() -> None:
+    # a glob that found nothing would make every test below pass
+    assert len(runtime_modules()) > 20
+    assert {p.parent.name for p in handler_modules()} >= {
+        "job_intake",
+        "node_recovery",
+        "worker_events",
+        "heartbeat_sweep",
+        "checkpoint_backup",
+        "fleet_scaler",
+        "pre_traffic",
+    }
+
+
+def test_nothing_that_ships_imports_the_local_cloud_the_dev_tools_the_tests_or_the_worker() -> None:
+    found = [str(i) for p in runtime_modules() + handler_modules() for i in imports_of(p) if within(i.target, NEVER)]
+    assert not found, "production code imports what never ships:\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize("handler", handler_modules(), ids=lambda p: str(p.relative_to(SERVICES)))
+def test_a_handler_reaches_use_cases_and_adapters_only_through_bootstrap(handler: Path) -> None:
+    used = [i for i in imports_of(handler) if within(i.target, ("ringfleet",)) and i.target != "ringfleet"]
+    # `from ringfleet import bootstrap` names the module itself
+    found = [str(i) for i in used if not within(i.target, HANDLER_MAY_USE)]
+    assert not found, "a handler imports the runtime's insides (use bootstrap):\n" + "\n".join(found)
+
+
+def test_decisions_and_use_cases_import_no_adapter_no_sdk_and_not_the_composition_root() -> None:
+    pure = [p for p in runtime_modules() if within(module_name(p), PURE)]
+    assert pure
+    found = [str(i) for p in pure for i in imports_of(p) if within(i.target, IMPURE)]
+    assert not found, "a pure package imports an adapter, an SDK or bootstrap:\n" + "\n".join(found)
+
+
+def test_a_capability_never_imports_another_capabilitys_use_case() -> None:
+    found = []
+    for capability in CAPABILITIES:
+        others = tuple(f"ringfleet.{c}.service" for c in CAPABILITIES if c != capability)
+        for path in sorted((SRC / "ringfleet" / capability).rglob("*.py")):
+            found += [str(i) for i in imports_of(path) if within(i.target, others)]
+    assert not found, "use cases meet only in ringfleet.bootstrap:\n" + "\n".join(found)
+
+
+def test_the_checks_see_relative_imports_and_imports_inside_functions() -> None:
+    # given a module of the runtime package with a relative import and one inside a function
+    source = "from ..recovery import service\n\ndef f():\n    import ringfleet_local.cloud\n"
+    # when its imports are read as if it were scaling/service.py
+    found = imports_of(SRC / "ringfleet" / "scaling" / "service.py", source)
+    # then both are seen
+    targets = [i.target for i in found if within(i.target, ("ringfleet.recovery.service", *NEVER))]
+    assert targets == ["ringfleet.recovery.service", "ringfleet_local.cloud"]
