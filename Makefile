@@ -7,20 +7,20 @@ SAM := $(SAM_VENV)/bin/sam
 CHECKOV_VENV := .venv-checkov
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: demo test install lint typecheck lint-template checkov pytest clean pre-traffic-samples
+.PHONY: pin demo test install lint typecheck lint-template checkov pytest clean pre-traffic-samples
 
 # torch is installed first, pinned to the CPU build, so that nothing resolves an unpinned (CUDA) torch.
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
 # aws-sam-cli pins older boto3/pydantic: it lives in a virtualenv of its own.
 $(SAM_VENV)/.installed:
 	$(PYTHON) -m venv $(SAM_VENV)
-	$(SAM_VENV)/bin/pip install --quiet aws-sam-cli
+	$(SAM_VENV)/bin/pip install --quiet 'aws-sam-cli==1.170.0'
 	touch $@
 
 # checkov pins older boto3 (1.35), networkx and packaging than .venv has: a virtualenv of its own too.
@@ -30,6 +30,11 @@ $(CHECKOV_VENV)/.installed:
 	touch $@
 
 install: $(VENV)/.installed
+
+# One pinned set of dependencies: constraints.txt (every install) and src/requirements.txt (the layer), written from
+# .venv by `make pin` after a range in pyproject.toml changes.
+pin: $(VENV)/.installed
+	$(PY) tools/pin_dependencies.py
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/ringfleet demo $(DEMO_ARGS)
