@@ -30,6 +30,7 @@ __all__ = [
     "HostDiscovery",
     "Membership",
     "Superseded",
+    "check_rendezvous",
     "join_group",
     "leave_group",
     "rendezvous_store",
@@ -65,6 +66,25 @@ class Membership:
             command.checkpoint,
             tuple(sorted(command.ranks, key=command.ranks.__getitem__)),
         )
+
+
+def check_rendezvous(command: Reconfigure) -> str | None:
+    """None when ``command``'s rendezvous is on one of its members' addresses (or this machine's loopback, where the
+    control plane knows no address: the local cloud); otherwise why it is refused. A worker never dials, and never
+    sends its ring's traffic to, a host that is not one of its job's instances."""
+    import ipaddress
+
+    host = command.rendezvous_host
+    if host in command.hosts.values():
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        if host == "localhost":
+            return None
+    known = ", ".join(sorted(set(command.hosts.values()))) or "none"
+    return f"rendezvous {command.rendezvous} is not on a member's address (members: {known})"
 
 
 class HostDiscovery(Protocol):

@@ -16,6 +16,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from ringfleet import bootstrap
 from ringfleet.contracts import Heartbeat, RabbitMqEvent, WorkerFailed, WorkerMessage, parse_rmq_messages
+from ringfleet.contracts.broker import tenant_of_user
 from ringfleet.observability import report_outcome
 
 logger = Logger()
@@ -47,6 +48,13 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     rejected: list[str] = []
     applied = 0
     for _, raw in RabbitMqEvent.model_validate(event).messages():
+        sender = raw.basic_properties.user_id
+        if tenant_of_user(sender) is not None:
+            # An app user can name this queue through the default exchange; the broker vouches it sent this, so
+            # it is dropped (not redelivered): apps never speak for workers.
+            logger.warning("message refused", message_id=raw.basic_properties.message_id, user_id=sender)
+            metrics.add_metric(name="RecordsRefused", unit=MetricUnit.Count, value=1)
+            continue
         single = {**event, "rmqMessagesByQueue": {"q::/": [raw.model_dump(by_alias=True)]}}
         try:
             (message,) = parse_rmq_messages(single, WorkerMessage)

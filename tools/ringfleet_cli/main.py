@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -59,6 +60,7 @@ jobs (against the local cloud when one is up, else RINGFLEET_BROKER_URL + RINGFL
   ringfleet submit examples/digits/job.yaml         validate a job file and publish it (waits for admission)
   ringfleet status --tenant acme             a table of the tenant's jobs; `ringfleet status JOB` for one
   ringfleet cancel digits-demo --tenant acme
+  ringfleet upgrade digits-demo --tenant acme --image acme/digits:2   replace its workers one at a time
   ringfleet events --tenant acme --follow    job events (admitted, started, interrupted, ...) as they happen
   ringfleet logs digits-demo --tenant acme -f   the job's agents' logs (local cloud only)
 
@@ -371,6 +373,17 @@ def cmd_env(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_credentials(args: argparse.Namespace) -> int:
+    """Prints the AMQP URL of one broker role of the running local cloud (``ringfleet_local.broker_roles``)."""
+    ctx = _attached()
+    if args.role == "app" and not args.tenant:
+        raise CliError("--role app needs --tenant: each tenant's apps have a broker user of their own", EXIT_USAGE)
+    if ctx.roles is None:
+        raise CliError("this local cloud runs on a broker given by RINGFLEET_BROKER_URL: it has no per-role users")
+    print(ctx.role_broker_url(args.role, args.tenant))
+    return 0
+
+
 def sam_env_vars(ctx: Any) -> dict[str, dict[str, str]]:
     """The ``--env-vars`` file of ``sam local invoke``: per function, the template's variables resolved to the local
     cloud's names (tables, buckets, the broker), and the local endpoint and credentials.
@@ -568,6 +581,48 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     print(f"cancel of {args.job} sent")
     return 0
+
+
+_UPGRADE_STEPS = ("upgrade-started", "upgrade-progressed", "upgrade-completed", "upgrade-rolled-back")
+
+
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    """Sends UpgradeJob, then prints the upgrade's steps from the job's events until it completes or rolls back."""
+    from ringfleet_client import Rejected
+
+    entrypoint = shlex.split(args.entrypoint) if args.entrypoint else None
+    try:
+        tenant = _need_tenant(args)
+        client = _job_client()
+        message = client.upgrade(tenant, args.job, args.image, entrypoint)
+    except Rejected as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    print(f"upgrade of {args.job} to {args.image} sent (message {message.message_id})", flush=True)
+    if args.no_wait or client.jobs is None:
+        return 0
+    return _follow_upgrade(client, tenant, args.job, str(message.message_id), args.timeout)
+
+
+def _follow_upgrade(client: Any, tenant: str, job_id: str, reference: str, timeout: float) -> int:
+    """Prints each upgrade step of the job (from the one ``reference`` started) as it happens."""
+    deadline = time.monotonic() + timeout
+    shown = 0
+    while time.monotonic() < deadline:
+        job = client.job(tenant, job_id)
+        incidents = list(job.incidents) if job is not None else []
+        start = next(
+            (n for n, i in enumerate(incidents) if i.cause == "upgrade-started" and reference in i.detail), None
+        )
+        steps = [i for i in incidents[start:] if i.cause in _UPGRADE_STEPS] if start is not None else []
+        for incident in steps[shown:]:
+            print(f"{incident.cause}: {one_line(incident.detail, 400)}", flush=True)
+        shown = len(steps)
+        if steps and steps[-1].cause in ("upgrade-completed", "upgrade-rolled-back"):
+            return 0 if steps[-1].cause == "upgrade-completed" else 1
+        if job is not None and job.is_final:
+            raise CliError(f"upgrade of {job_id} did not finish: the job is {job.state.value}")
+        time.sleep(1.0)
+    raise CliError(f"upgrade of {job_id} still running after {timeout:.0f} s; follow it with `ringfleet events`")
 
 
 def _job_row(job: Any, now: float) -> list[str]:
@@ -789,7 +844,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    lsub = local.add_subparsers(dest="local_command", required=True, metavar="{up,down,status,env,emit}")
+    lsub = local.add_subparsers(dest="local_command", required=True, metavar="{up,down,status,env,credentials,emit}")
     up = lsub.add_parser(
         "up",
         help="start moto, create the template's resources, route events, emulate the fleet (background)",
@@ -827,6 +882,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     env.add_argument("--sam-env-vars", action="store_true", help="print sam local invoke's --env-vars JSON instead")
     env.set_defaults(func=cmd_env)
+    cred = lsub.add_parser(
+        "credentials",
+        help="print a broker role's AMQP URL",
+        description="Prints the AMQP URL of one broker user of the local cloud's vhost: control (the handlers; the "
+        "only user that may publish commands), worker (the agents: worker events only) or app with --tenant (that "
+        "tenant's job messages only; the user is created on first use).",
+    )
+    cred.add_argument("--role", required=True, choices=("app", "worker", "control"))
+    cred.add_argument("--tenant", help="with --role app: the tenant whose apps log in with it")
+    cred.set_defaults(func=cmd_credentials)
     em = lsub.add_parser(
         "emit",
         help="put an event in through the path AWS would use",
@@ -898,6 +963,19 @@ def build_parser() -> argparse.ArgumentParser:
     can.add_argument("--tenant", default=os.environ.get("RINGFLEET_TENANT", ""), help=tenant_help)
     can.add_argument("--reason", default="cancelled by its tenant", help="why, for the job's event log")
     can.set_defaults(func=cmd_cancel)
+    up = sub.add_parser(
+        "upgrade",
+        help="replace a running job's workers with a new version, one at a time",
+        description="A rolling upgrade through the elastic ring: each new worker joins before an old one leaves; "
+        "the job never stops. A new worker that fails (say it cannot restore the checkpoint) rolls the upgrade back.",
+    )
+    up.add_argument("job", help="the job id")
+    up.add_argument("--image", required=True, help="the new container image")
+    up.add_argument("--entrypoint", help="the new entrypoint, one shell-quoted string (default: the job's)")
+    up.add_argument("--tenant", default=os.environ.get("RINGFLEET_TENANT", ""), help=tenant_help)
+    up.add_argument("--no-wait", action="store_true", help="return once the broker confirmed the message")
+    up.add_argument("--timeout", type=float, default=600.0, help="seconds to follow the upgrade (default 600)")
+    up.set_defaults(func=cmd_upgrade)
     st = sub.add_parser(
         "status",
         help="a table of your jobs: state, generation, world size, step, checkpoint, cost",

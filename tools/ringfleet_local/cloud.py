@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import Any
 
 from ringfleet.core.ports import Clock
+from ringfleet_local.broker_roles import BrokerRoles, create_roles, delete_roles
 from ringfleet_local.context import CloudContext, LocalState
 from ringfleet_local.provision import provision
 from ringfleet_local.router import Delivery, Router
@@ -68,6 +69,9 @@ class LocalCloud:
         #: Neither given nor set in the environment: the machine's broker, on a vhost of this cloud's own.
         self._own_vhost = broker_url is None and not os.environ.get("RINGFLEET_BROKER_URL")
         self._vhost: str | None = None
+        #: The broker users of the cloud's own vhost: the handlers log in as control, the agents as worker, apps as
+        #: their tenant's user (``ringfleet local credentials``).
+        self.roles: BrokerRoles | None = None
         self.broker_url = broker_url or os.environ.get("RINGFLEET_BROKER_URL", DEFAULT_BROKER_URL)
         self.clock = clock
         self.route = route
@@ -110,7 +114,9 @@ class LocalCloud:
         if self.route and self._own_vhost:
             own = create_vhost(self.broker_url, prefix=f"{self.stack}-local")
             if own is not None:
-                self._vhost, self.broker_url = own
+                self._vhost, admin_url = own
+                self.roles = create_roles(admin_url, self._vhost)
+                self.broker_url = self.roles.role_url("control")
         port = free_port()
         endpoint = f"http://127.0.0.1:{port}"
         self._moto = subprocess.Popen(
@@ -121,6 +127,7 @@ class LocalCloud:
         self._wait_moto(endpoint)
         self._ctx = CloudContext(self.template_path, endpoint=endpoint, broker_url=self.broker_url, stack=self.stack)
         self._ctx.function_env.update(self.function_env)
+        self._ctx.roles = self.roles
         try:
             self.created = provision(self._ctx)
             if self.route:
@@ -140,6 +147,8 @@ class LocalCloud:
                 region=self._ctx.region,
                 pid=os.getpid(),
                 started_at=time.time(),
+                broker_vhost=self.roles.vhost if self.roles else None,
+                broker_seed=self.roles.seed if self.roles else None,
             ).save(self.state_dir)
         return self
 
@@ -171,6 +180,8 @@ class LocalCloud:
         if self._vhost is not None:
             delete_vhost(self._vhost)
             self._vhost = None
+        if self.roles is not None:
+            delete_roles(self.roles)
 
     def __enter__(self) -> LocalCloud:
         return self.start()

@@ -191,7 +191,9 @@ class FleetEmulator:
             **({"RINGFLEET_JOB_ID": job_id} if job_id else {}),
             **self.ctx.aws_environment,
             "RINGFLEET_INSTANCE_ID": instance_id,
-            "RINGFLEET_BROKER_URL": self.ctx.broker_url,
+            # The agents log in as the worker user and obey only the control plane's user (broker_roles).
+            "RINGFLEET_BROKER_URL": self.ctx.role_broker_url("worker"),
+            **({"RINGFLEET_CONTROL_USER": self.ctx.control_user} if self.ctx.control_user else {}),
             "RINGFLEET_METADATA_URL": self.metadata.base_url(instance_id),
             "RINGFLEET_CHECKPOINT_BUCKET": str(self.ctx.resolve({"Ref": "CheckpointBucket"})),
             # The instance's own disk (the local-disk checkpoint tier) lies beside its log, and goes with the run.

@@ -6,6 +6,7 @@ import json
 import logging
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote
 
 from ringfleet_local.context import BROKER_SECRET_NAME, CloudContext
 from ringfleet_local.template import TemplateError
@@ -179,7 +180,8 @@ _CREATORS: dict[str, tuple[str, Callable[[CloudContext, Any, str, dict[str, Any]
 def _broker_credentials(broker_url: str) -> dict[str, str]:
     creds = broker_url.split("://", 1)[1].rsplit("@", 1)[0] if "@" in broker_url else "guest:guest"
     user, _, password = creds.partition(":")
-    return {"username": user, "password": password}
+    # The URL carries them quoted (a per-vhost user is ``ringfleet-control@<vhost>``); the secret holds them as is.
+    return {"username": unquote(user), "password": unquote(password)}
 
 
 def _bucket_notifications(config: dict[str, Any], lid: str) -> dict[str, Any]:

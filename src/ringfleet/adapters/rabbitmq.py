@@ -6,12 +6,18 @@ from typing import TYPE_CHECKING, Any
 
 import aio_pika
 
-from ringfleet.contracts.broker import COMMANDS_EXCHANGE, DEAD_LETTER_EXCHANGE, MQ_QUEUES, dead_letter_queue
+from ringfleet.contracts.broker import (
+    COMMANDS_EXCHANGE,
+    DEAD_LETTER_EXCHANGE,
+    MQ_QUEUES,
+    dead_letter_queue,
+    tenant_of_user,
+)
 
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
-__all__ = ["DELIVERY_LIMIT", "connect", "declare_topology", "publish", "queue_arguments"]
+__all__ = ["DELIVERY_LIMIT", "connect", "declare_topology", "publish", "queue_arguments", "url_user"]
 
 #: A message redelivered this many times (a consumer that keeps failing on it) is dead-lettered.
 DELIVERY_LIMIT = 3
@@ -29,6 +35,14 @@ def queue_arguments(queue: str) -> dict[str, Any]:
         "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
         "x-dead-letter-routing-key": dead_letter_queue(queue),
     }
+
+
+def url_user(url: str) -> str | None:
+    """The user an AMQP URL logs in as (None: the URL names none)."""
+    from urllib.parse import unquote, urlsplit
+
+    user = urlsplit(url).username
+    return unquote(user) if user else None
 
 
 async def connect(url: str) -> AbstractRobustConnection:
@@ -58,20 +72,25 @@ async def publish(
 ) -> None:
     """Publishes one persistent message and waits for the broker's confirm.
 
-    Give ``queue`` to publish through the default exchange, or ``exchange`` with ``routing_key``.
+    Give ``queue`` to publish through the default exchange, or ``exchange`` with ``routing_key``. The message
+    carries its publisher's user as ``user_id``, which RabbitMQ checks against the connection's: the consumer knows
+    who sent it. An app user may configure nothing, so it publishes into the topology the control plane declared.
     """
     if (queue is None) == (exchange is None):
         raise ValueError("publish needs either queue= or exchange= (with routing_key=)")
+    user = url_user(url)
     connection = await connect(url)
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
-        await declare_topology(channel)
+        if tenant_of_user(user) is None:
+            await declare_topology(channel)
         message = aio_pika.Message(
             body,
             content_type="application/json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             message_id=message_id,
             headers=headers or {},
+            user_id=user,
         )
         if queue is not None:
             await channel.default_exchange.publish(message, routing_key=queue, mandatory=True)

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 __all__ = [
+    "APP_USER_PREFIX",
     "COMMANDS_EXCHANGE",
     "DEAD_LETTER_EXCHANGE",
     "INSTANCE_QUEUE_ARGUMENTS",
     "JOBS_QUEUE",
     "MQ_QUEUES",
     "WORKER_EVENTS_QUEUE",
+    "app_user",
     "command_routing_key",
     "dead_letter_queue",
     "instance_queue",
     "instance_routing_keys",
+    "tenant_of_user",
 ]
 
 #: App messages (JobSubmitted, JobCancelled); consumed by the job_intake function.
@@ -54,3 +57,21 @@ def instance_queue(instance_id: str) -> str:
 def instance_routing_keys(job_id: str, instance_id: str) -> tuple[str, str]:
     """What an instance's mailbox receives: commands for it, and commands for every worker of its job."""
     return command_routing_key(job_id, instance_id), command_routing_key(job_id)
+
+
+#: Broker users are per role (see the README's "Broker users"): one app user per tenant, named ``app-<tenant>``,
+#: optionally qualified by ``@<deployment>`` where one broker serves several (each local cloud on its own vhost).
+#: RabbitMQ refuses a message whose ``user_id`` is not its publisher's user, so the name proves the sender.
+APP_USER_PREFIX = "app-"
+
+
+def app_user(tenant: str, deployment: str | None = None) -> str:
+    """The broker user of ``tenant``'s apps."""
+    return f"{APP_USER_PREFIX}{tenant}" + (f"@{deployment}" if deployment else "")
+
+
+def tenant_of_user(user: str | None) -> str | None:
+    """The tenant whose app user ``user`` is; None for any other user (or none)."""
+    if not user or not user.startswith(APP_USER_PREFIX):
+        return None
+    return user[len(APP_USER_PREFIX) :].split("@", 1)[0] or None

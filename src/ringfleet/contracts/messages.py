@@ -53,6 +53,7 @@ __all__ = [
     "Program",
     "Reconfigure",
     "Stop",
+    "UpgradeJob",
     "WorkerFailed",
     "WorkerMessage",
     "encode_message",
@@ -167,6 +168,18 @@ class JobCancelled(MessageBase):
     tenant: TenantId
     job_id: JobId
     reason: Reason
+
+
+class UpgradeJob(MessageBase):
+    """A tenant replaces a running job's workers one at a time with ones running a new image/entrypoint (a rolling
+    upgrade through the elastic ring: the job never stops; the old workers keep their program)."""
+
+    type: Literal["UpgradeJob"] = "UpgradeJob"
+    tenant: TenantId
+    job_id: JobId
+    image: _Image
+    #: None: the job's entrypoint as it is.
+    entrypoint: list[_Arg] | None = Field(default=None, min_length=1, max_length=256)
 
 
 # -- worker messages (workers -> worker_events) ------------------------------------------------------------------
@@ -317,6 +330,9 @@ class Reconfigure(MessageBase):
     ranks: dict[InstanceId, Rank]
     #: ``host:port`` of rank 0's rendezvous (torch.distributed TCP store).
     rendezvous: str
+    #: instance id -> private address, for the members whose address the control plane knows: a worker refuses a
+    #: rendezvous on any other host than these (or its own loopback).
+    hosts: dict[InstanceId, str] = Field(default_factory=dict)
     #: None: keep the in-memory state (survivors sync from each other); set: restore from this checkpoint.
     checkpoint: CheckpointRef | None = None
     #: What the job runs: an instance agent placed by this Reconfigure starts the program's entrypoint.
@@ -334,6 +350,8 @@ class Reconfigure(MessageBase):
             raise ValueError(f"ranks has {len(self.ranks)} entries but world_size is {self.world_size}")
         if sorted(self.ranks.values()) != list(range(self.world_size)):
             raise ValueError(f"ranks must assign each of 0..{self.world_size - 1} exactly once")
+        if not set(self.hosts) <= set(self.ranks):
+            raise ValueError(f"hosts names non-members: {', '.join(sorted(set(self.hosts) - set(self.ranks)))}")
         if self.checkpoint is not None and self.checkpoint.job_id != self.job_id:
             raise ValueError(f"checkpoint {self.checkpoint.uri!r} belongs to another job than {self.job_id!r}")
         return self
@@ -368,11 +386,19 @@ def _check_checkpoint_uri(uri: str, job_id: str, step: int) -> None:
         raise ValueError(f"uri {uri!r} does not name job {job_id!r} at step {step}")
 
 
-AppMessage = Annotated[JobSubmitted | JobCancelled, Field(discriminator="type")]
+AppMessage = Annotated[JobSubmitted | JobCancelled | UpgradeJob, Field(discriminator="type")]
 WorkerMessage = Annotated[Heartbeat | CheckpointCompleted | WorkerFailed, Field(discriminator="type")]
 Command = Annotated[CheckpointNow | Reconfigure | Stop, Field(discriminator="type")]
 Message = Annotated[
-    JobSubmitted | JobCancelled | Heartbeat | CheckpointCompleted | WorkerFailed | CheckpointNow | Reconfigure | Stop,
+    JobSubmitted
+    | JobCancelled
+    | UpgradeJob
+    | Heartbeat
+    | CheckpointCompleted
+    | WorkerFailed
+    | CheckpointNow
+    | Reconfigure
+    | Stop,
     Field(discriminator="type"),
 ]
 
@@ -382,6 +408,7 @@ MESSAGE_TYPES: dict[str, type[MessageBase]] = {
     for cls in (
         JobSubmitted,
         JobCancelled,
+        UpgradeJob,
         Heartbeat,
         CheckpointCompleted,
         WorkerFailed,

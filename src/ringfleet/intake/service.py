@@ -1,4 +1,5 @@
-"""Job intake: admits or rejects JobSubmitted, cancels on JobCancelled; the shell around quotas and the job record.
+"""Job intake: admits or rejects JobSubmitted, cancels on JobCancelled, starts a rolling upgrade on UpgradeJob; the
+shell around quotas and the job record.
 
 Admission is idempotent per message id: a redelivered JobSubmitted finds its job already there (created from the
 same message) and changes nothing. A rejected submission is recorded as a FAILED job whose incident says why, so
@@ -17,9 +18,10 @@ from ringfleet.core.jobs import Incident, Job, JobState
 from ringfleet.core.outbox import Outbox
 from ringfleet.intake.quotas import Quotas, admit_job, check_cancel
 from ringfleet.recovery.commands import stop_command
+from ringfleet.recovery.retirement import RetirementRefused, begin_upgrade
 
 if TYPE_CHECKING:
-    from ringfleet.contracts import JobCancelled, JobSubmitted
+    from ringfleet.contracts import AppMessage, JobCancelled, JobSubmitted, UpgradeJob
     from ringfleet.core.ports import Clock, CommandPublisher, JobRepository
 
 __all__ = ["IntakeOutcome", "IntakeService", "check_instance_types"]
@@ -31,7 +33,7 @@ MAX_ATTEMPTS = 5
 @dataclass(frozen=True)
 class IntakeOutcome:
     job_id: str
-    #: admitted, duplicate, rejected, cancelled
+    #: admitted, duplicate, rejected, cancelled, refused (a sender that may not send it)
     outcome: str
     reason: str = ""
 
@@ -59,6 +61,7 @@ class IntakeService:
         quotas: Quotas,
         clock: Clock,
         instance_types: Collection[str] | None = None,
+        control_user: Callable[[], str | None] | None = None,
     ) -> None:
         self.jobs = jobs
         self.publisher = publisher
@@ -68,6 +71,19 @@ class IntakeService:
         #: The instance types the fleet's market offers (None: any).
         self.instance_types = instance_types
         self.outbox = Outbox(jobs=jobs, publisher=publisher)
+        #: The control plane's broker user (may speak for any tenant); None: no such user.
+        self.control_user = control_user or (lambda: None)
+
+    def refuse_sender(self, message: AppMessage, user: str | None) -> IntakeOutcome | None:
+        """Refuses (and logs) a message that broker user ``user`` may not send; nothing is stored or changed, so a
+        forged cancel leaves the other tenant's job as it was. None when the sender may send it."""
+        from ringfleet.intake.senders import check_sender
+
+        reason = check_sender(message.tenant, user, self.control_user())
+        if reason is None:
+            return None
+        log.warning("refused %s of job %s from broker user %r: %s", message.type, message.job_id, user, reason)
+        return IntakeOutcome(message.job_id, "refused", reason)
 
     def on_submitted(self, message: JobSubmitted) -> IntakeOutcome:
         from ringfleet.contracts import JobAdmittedDetail, control_event_entry
@@ -138,4 +154,38 @@ class IntakeService:
             detail = JobFinishedDetail(tenant=job.tenant, job_id=job.job_id, state="CANCELLED")
             self.put_events([control_event_entry(detail)])
             return IntakeOutcome(message.job_id, "cancelled")
+        raise RuntimeError(f"job {message.job_id}: {MAX_ATTEMPTS} conflicting writers in a row; retry later")
+
+    def on_upgrade(self, message: UpgradeJob) -> IntakeOutcome:
+        """Starts a rolling upgrade (``ringfleet.recovery.retirement``): the job saved with its members to retire and
+        the new program, then ``Upgrade Started`` and ``Capacity Wanted`` (the scaler launches the first replacement
+        now). Refused, with the reason and nothing changed, for another tenant's job or one not RUNNING; a
+        redelivered message finds its upgrade already started (a duplicate)."""
+        from ringfleet.contracts import CapacityWantedDetail, UpgradeDetail, control_event_entry
+
+        for _ in range(MAX_ATTEMPTS):
+            job = self.jobs.get(message.job_id)
+            if job is None or job.tenant != message.tenant:
+                return IntakeOutcome(message.job_id, "rejected", f"tenant {message.tenant} has no job {message.job_id}")
+            if any(i.cause == "upgrade-started" and i.detail.endswith(str(message.message_id)) for i in job.incidents):
+                return IntakeOutcome(message.job_id, "duplicate", "this upgrade already started")
+            entrypoint = tuple(message.entrypoint or job.spec.entrypoint)
+            try:
+                upgraded = begin_upgrade(job, message.image, entrypoint, self.clock.now(), reference=message.message_id)
+            except RetirementRefused as exc:
+                return IntakeOutcome(message.job_id, "rejected", str(exc))
+            if not self.jobs.save(upgraded, decided_from=job):
+                continue
+            started = upgraded.incidents[-1].detail
+            self.put_events(
+                [
+                    control_event_entry(
+                        UpgradeDetail(tenant=job.tenant, job_id=job.job_id, phase="Started", detail=started)
+                    ),
+                    control_event_entry(
+                        CapacityWantedDetail(tenant=job.tenant, job_id=job.job_id, replacements=1, cause="upgrade")
+                    ),
+                ]
+            )
+            return IntakeOutcome(message.job_id, "upgrading", started)
         raise RuntimeError(f"job {message.job_id}: {MAX_ATTEMPTS} conflicting writers in a row; retry later")

@@ -59,6 +59,8 @@ def reconfigure_command(
         world_size=len(job.members),
         ranks=dict(job.members),
         rendezvous=f"{hosts.get(rank0) or DEFAULT_RENDEZVOUS_HOST}:{port}",
+        # The members' addresses: a worker accepts a rendezvous only on one of them (training_worker.membership).
+        hosts={i: h for i, h in hosts.items() if i in job.members and h},
         checkpoint=checkpoint.ref() if checkpoint else None,
         # Every Reconfigure says what the job runs: an instance booted unplaced learns it from its first one.
         program=Program.of(job.spec),
