@@ -63,8 +63,28 @@ def shard_file(size: int, directory: Path) -> tuple[Path, str, str]:
     return path, full.hexdigest(), f"{composite}-{len(parts)}"
 
 
-def upload(s3: Any, bucket: str, job_id: str, shard_size: int, directory: Path) -> str:
-    """Uploads a checkpoint of SHARDS shards of ``shard_size`` bytes and its manifest; returns the manifest key."""
+def seed(cloud: Any, job_id: str, first: int) -> str:
+    """A running job with one member, whose checkpoints the backup accepts; returns the member's instance id."""
+    sys.path.insert(0, str(ROOT))
+    from ringfleet.adapters.dynamodb import DynamoDbJobRepository, DynamoDbNodeRepository
+    from ringfleet.core.ports import SystemClock
+    from tests.builders import running_job
+
+    job, (node,) = running_job(job_id, members=1, first=first)
+    resource = cloud.ctx.resource("dynamodb")
+    clock = SystemClock()
+    DynamoDbJobRepository(str(cloud.ctx.resolve({"Ref": "JobsTable"})), clock=clock, boto3_resource=resource).create(
+        job
+    )
+    DynamoDbNodeRepository(str(cloud.ctx.resolve({"Ref": "NodesTable"})), clock=clock, boto3_resource=resource).put(
+        node
+    )
+    return node.instance_id
+
+
+def upload(s3: Any, bucket: str, job_id: str, shard_size: int, directory: Path, writer: str) -> str:
+    """Uploads a checkpoint of SHARDS shards of ``shard_size`` bytes and its manifest (written by ``writer``, a member
+    of the job); returns the manifest key."""
     from datetime import UTC, datetime
 
     from ringfleet.contracts import CheckpointManifest, ShardEntry, checkpoint_prefix, encode_manifest
@@ -79,7 +99,13 @@ def upload(s3: Any, bucket: str, job_id: str, shard_size: int, directory: Path) 
         entries.append(ShardEntry(name=name, size=shard_size, sha256=sha256, checksum_sha256=checksum))
     path.unlink()
     manifest = CheckpointManifest(
-        job_id=job_id, step=1, generation=1, world_size=SHARDS, created_at=datetime.now(UTC), shards=entries
+        job_id=job_id,
+        step=1,
+        generation=1,
+        world_size=SHARDS,
+        created_at=datetime.now(UTC),
+        instance_id=writer,
+        shards=entries,
     )
     s3.put_object(Bucket=bucket, Key=prefix + "manifest.json", Body=encode_manifest(manifest))
     return prefix + "manifest.json"
@@ -191,10 +217,11 @@ def main(argv: list[str] | None = None) -> int:
         s3 = cloud.client("s3")
         bucket = str(cloud.ctx.resolve({"Ref": "CheckpointBucket"}))
         medians: dict[str, dict[str, float]] = {}
-        for label, shard_size in sizes.items():
+        for n, (label, shard_size) in enumerate(sizes.items()):
             job_id = f"bench-{label}"
+            writer = seed(cloud, job_id, first=0xBE00 + n)
             started = time.perf_counter()
-            event = sqs_event(s3, bucket, upload(s3, bucket, job_id, shard_size, Path(tmp)))
+            event = sqs_event(s3, bucket, upload(s3, bucket, job_id, shard_size, Path(tmp), writer))
             print(f"{label}: {SHARDS} x {shard_size / MiB:g} MiB uploaded in {time.perf_counter() - started:.1f} s")
             runs = []
             for _ in range(args.runs):

@@ -11,6 +11,13 @@ When the script fails (raises, exits non-zero, never calls ``training_worker.ini
 exist), the agent reports ``WorkerFailed(scope="script")`` with the last lines of the traceback and waits for the
 next Reconfigure to run it again: the control plane counts failures against the job's ``max_restarts`` and ends it
 FAILED past them. Membership changes never count: they happen inside the script's ``@elastic.run``.
+
+Checkpoints are written with the job's own credentials: given WorkerJobRole's ARN (``RINGFLEET_JOB_ROLE_ARN``, the
+stack's ``WorkerJobRoleArn``), the agent assumes it once the first Reconfigure names the job, with a session policy
+that allows writing under ``jobs/<job>/`` only (``training_worker.checkpoint.JobCredentials``); the instance role
+itself writes no checkpoint. A child process or container gets the same credentials from a loopback endpoint of the
+agent, the way ECS serves a task's role (``AWS_CONTAINER_CREDENTIALS_FULL_URI``). In the local cloud moto does not
+enforce IAM, but the role is assumed through moto's STS all the same.
 """
 
 from __future__ import annotations
@@ -19,25 +26,37 @@ import json
 import logging
 import os
 import runpy
+import secrets
 import shlex
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections import deque
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from ringfleet.contracts.messages import Program
 from training_worker import runtime as _rt
+from training_worker.checkpoint import JobCredentials
 from training_worker.runtime import Runtime, RuntimeConfig, Stopped
 
-__all__ = ["Agent", "ScriptFailed", "command_line"]
+__all__ = ["Agent", "CredentialsEndpoint", "ScriptFailed", "command_line"]
 
 log = logging.getLogger("training_worker.agent")
 
 #: Lines of a failed script's traceback (or output) the control plane gets.
 TRACEBACK_LINES = 12
+#: Credentials a child must not inherit: botocore takes them before the agent's endpoint.
+_INHERITED_CREDENTIALS = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+)
 
 
 class ScriptFailed(Exception):
@@ -84,15 +103,61 @@ def _tail(text: str, lines: int = TRACEBACK_LINES) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
+class CredentialsEndpoint:
+    """Serves ``JobCredentials`` on 127.0.0.1 to the agent's child (process or ``--network=host`` container), as ECS
+    serves a task's role: botocore's container provider reads them, token-checked, and fetches them anew before they
+    expire."""
+
+    def __init__(self, credentials: JobCredentials) -> None:
+        token = secrets.token_urlsafe(32)
+
+        class Serve(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if not secrets.compare_digest(self.headers.get("Authorization", ""), token):
+                    self.send_error(403, "wrong or missing authorization token")
+                    return
+                body = json.dumps(credentials.current()).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                log.debug("credentials endpoint: " + format, *args)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Serve)
+        threading.Thread(target=self.server.serve_forever, name="job-credentials", daemon=True).start()
+        #: What the child's environment gets.
+        self.environment = {
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI": f"http://127.0.0.1:{self.server.server_address[1]}/",
+            "AWS_CONTAINER_AUTHORIZATION_TOKEN": token,
+        }
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 class Agent:
     """Runs the job's program on this instance, again after each failure, until it ends or the worker leaves."""
 
     def __init__(
-        self, config: RuntimeConfig, *, entrypoint: list[str] | None = None, container_runtime: str | None = None
+        self,
+        config: RuntimeConfig,
+        *,
+        entrypoint: list[str] | None = None,
+        container_runtime: str | None = None,
+        job_role_arn: str | None = None,
     ) -> None:
         self.config = config
         self.entrypoint = entrypoint
         self.container_runtime = container_runtime
+        #: WorkerJobRole, assumed for the job's checkpoints; None (no RINGFLEET_JOB_ROLE_ARN): the process's own
+        #: credentials write them (a laptop, a test without the stack).
+        self.job_role_arn = job_role_arn or os.environ.get("RINGFLEET_JOB_ROLE_ARN") or None
+        self.credentials: JobCredentials | None = None
+        self._endpoint: CredentialsEndpoint | None = None
         self.runtime = _rt.install(Runtime(config))
 
     def program(self) -> Program:
@@ -121,6 +186,7 @@ class Agent:
         runtime.start()
         try:
             program = self.program()
+            self.use_job_credentials()
             while True:
                 try:
                     self._run_once(program)
@@ -144,6 +210,26 @@ class Agent:
             return 0
         finally:
             runtime.close()
+            if self._endpoint is not None:
+                self._endpoint.close()
+
+    def use_job_credentials(self) -> None:
+        """From the job's first Reconfigure on (``run`` calls this once the job is known), its checkpoints are written
+        with credentials scoped to its prefix; nothing without a role or a checkpoint bucket, or once done."""
+        store = self.runtime.store
+        if self.job_role_arn is None or store is None or self.credentials is not None:
+            return
+        self.credentials = JobCredentials(self.job_role_arn, store.bucket, store.job_id, self.config.instance_id)
+        store.s3 = self.credentials.s3_client()
+        log.info("checkpoints of job %s are written as %s, scoped to its prefix", store.job_id, self.job_role_arn)
+
+    def _child_credentials(self) -> dict[str, str]:
+        """The child's environment for the job's credentials (none without them)."""
+        if self.credentials is None:
+            return {}
+        if self._endpoint is None:
+            self._endpoint = CredentialsEndpoint(self.credentials)
+        return self._endpoint.environment
 
     def _await_restart(self) -> bool:
         """Waits for a generation newer than the failed one that includes this worker; False when there is none
@@ -216,6 +302,7 @@ class Agent:
             "RINGFLEET_CHECKPOINT_EVERY": str(program.checkpoint_interval_steps),
             **({"RINGFLEET_RECONFIGURE": latest.model_dump_json()} if latest is not None else {}),
             **({"RINGFLEET_JOB_ID": runtime.config.job_id} if runtime.config.job_id else {}),
+            **self._child_credentials(),
         }
         if self.container_runtime:
             flags = [f"--env={k}" for k in sorted(env)]
@@ -227,9 +314,10 @@ class Agent:
             runtime.channel.close()
             runtime.channel = None
         tail: deque[str] = deque(maxlen=TRACEBACK_LINES)
+        inherited = {k: v for k, v in os.environ.items() if not (self.credentials and k in _INHERITED_CREDENTIALS)}
         try:
             child = subprocess.Popen(
-                command, env={**os.environ, **env}, stdout=sys.stdout, stderr=subprocess.PIPE, text=True
+                command, env={**inherited, **env}, stdout=sys.stdout, stderr=subprocess.PIPE, text=True
             )
         except OSError as e:
             raise ScriptFailed(f"the entrypoint could not start: {e} ({shlex.join(argv)!r})") from e

@@ -1,12 +1,14 @@
-"""Checkpoints on S3: zstd shards, then a manifest with each shard's size, sha256 and S3 checksum; saved in the
-background."""
+"""Checkpoints on S3: zstd shards, then a manifest with each shard's size, sha256 and S3 checksum and the instance that
+wrote it; saved in the background. ``JobCredentials``: the job-scoped credentials a worker writes them with."""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -18,18 +20,29 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import boto3
+import botocore.session
 import torch
 import zstandard
 from boto3.s3.transfer import TransferConfig
+from botocore.credentials import RefreshableCredentials
 from s3transfer.utils import ChunksizeAdjuster
 
 from ringfleet.contracts import MANIFEST_NAME, CheckpointManifest, ShardEntry, checkpoint_prefix, parse_manifest_key
 from ringfleet.contracts.checkpoints import composite_checksum, full_object_checksum, same_s3_checksum
+from ringfleet.contracts.scalars import BUCKET_PATTERN, JOB_ID_PATTERN
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-__all__ = ["AsyncCheckpointer", "CheckpointCorrupt", "S3CheckpointStore", "SavedCheckpoint", "snapshot"]
+__all__ = [
+    "AsyncCheckpointer",
+    "CheckpointCorrupt",
+    "JobCredentials",
+    "S3CheckpointStore",
+    "SavedCheckpoint",
+    "job_session_policy",
+    "snapshot",
+]
 
 log = logging.getLogger("training_worker.checkpoint")
 
@@ -90,6 +103,108 @@ def _lower_thread_priority(niceness: int) -> None:
         log.debug("could not lower the checkpoint thread's priority: %s", e)
 
 
+#: What a job's worker may do to its own checkpoints (HeadObject is GetObject; multipart parts are PutObject).
+JOB_OBJECT_ACTIONS = ("s3:PutObject", "s3:GetObject", "s3:DeleteObject", "s3:AbortMultipartUpload")
+#: How long one AssumeRole's credentials last: an instance role's session assuming another role (role chaining) gets
+#: an hour at most; JobCredentials renews them before they expire.
+JOB_SESSION_S = 3600
+
+
+def job_session_policy(bucket: str, job_id: str, *, partition: str = "aws") -> dict[str, Any]:
+    """The session policy that narrows WorkerJobRole (every job's checkpoints) to one job: writing under
+    ``jobs/<job_id>/`` of the checkpoint ``bucket``, and reading and listing ``jobs/<job_id>/`` only.
+
+    Reads name no bucket: WorkerJobRole's own policy limits them to the checkpoint and backup buckets, so a restore
+    from the backup bucket works without the worker knowing that bucket's name; a session policy only narrows.
+    """
+    if not re.fullmatch(BUCKET_PATTERN, bucket):
+        raise ValueError(f"bucket {bucket!r} is not an S3 bucket name")
+    if not re.fullmatch(JOB_ID_PATTERN, job_id):  # no wildcard or "/" may widen the policy
+        raise ValueError(f"job_id {job_id!r} does not match {JOB_ID_PATTERN}")
+    prefix = f"jobs/{job_id}/"
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "WriteOwnJobsCheckpoints",
+                "Effect": "Allow",
+                "Action": list(JOB_OBJECT_ACTIONS),
+                "Resource": f"arn:{partition}:s3:::{bucket}/{prefix}*",
+            },
+            {
+                "Sid": "ReadOwnJobsBackups",
+                "Effect": "Allow",
+                "Action": "s3:GetObject",
+                "Resource": f"arn:{partition}:s3:::*/{prefix}*",
+            },
+            {
+                "Sid": "ListOwnJobsCheckpoints",
+                "Effect": "Allow",
+                "Action": "s3:ListBucket",
+                "Resource": f"arn:{partition}:s3:::*",
+                "Condition": {"StringLike": {"s3:prefix": f"{prefix}*"}},
+            },
+        ],
+    }
+
+
+class JobCredentials:
+    """Credentials that write under one job's prefix only: WorkerJobRole assumed with ``job_session_policy``, renewed
+    before they expire (botocore refreshes them ahead of expiry, as it does an instance role's).
+
+    The instance role itself cannot write checkpoints; the agent assumes this role once its first Reconfigure names
+    the job, with the instance id as session name (CloudTrail shows which worker wrote what). The session policy is
+    the worker's own choice, so it keeps a worker's bugs inside its job; what stops a worker of another job from
+    making a checkpoint durable is the backup, which accepts a manifest only from a member of the job. The local
+    cloud's moto does not enforce IAM: there the role is assumed through moto's STS all the same, so the calls are
+    the ones made in AWS.
+    """
+
+    def __init__(
+        self, role_arn: str, bucket: str, job_id: str, session_name: str, *, sts_client: Any | None = None
+    ) -> None:
+        self.role_arn, self.session_name = role_arn, session_name
+        self.policy = json.dumps(job_session_policy(bucket, job_id, partition=role_arn.split(":")[1]))
+        self._sts = sts_client or boto3.client("sts")
+        #: The current credentials as AssumeRole returned them (their Expiration too), for the child's endpoint.
+        self.latest: dict[str, Any] = {}
+        self._credentials = RefreshableCredentials.create_from_metadata(
+            metadata=self._assume(), refresh_using=self._assume, method="sts-assume-role"
+        )
+
+    def _assume(self) -> dict[str, str]:
+        self.latest = self._sts.assume_role(
+            RoleArn=self.role_arn,
+            RoleSessionName=self.session_name[:64],
+            Policy=self.policy,
+            DurationSeconds=JOB_SESSION_S,
+        )["Credentials"]
+        return {
+            "access_key": self.latest["AccessKeyId"],
+            "secret_key": self.latest["SecretAccessKey"],
+            "token": self.latest["SessionToken"],
+            "expiry_time": self.latest["Expiration"].isoformat(),
+        }
+
+    def s3_client(self) -> S3Client:
+        """An S3 client on these credentials (boto3 follows AWS_ENDPOINT_URL here too)."""
+        core = botocore.session.get_session()
+        core._credentials = self._credentials  # type: ignore[attr-defined]  # botocore: how a session gets refreshable ones
+        client: S3Client = boto3.Session(botocore_session=core).client("s3")
+        return client
+
+    def current(self) -> dict[str, str]:
+        """The credentials now (renewed first when they are about to expire), as a container credentials endpoint
+        serves them (AWS_CONTAINER_CREDENTIALS_FULL_URI): what a child process or container writes checkpoints with."""
+        frozen = self._credentials.get_frozen_credentials()
+        return {
+            "AccessKeyId": frozen.access_key,
+            "SecretAccessKey": frozen.secret_key,
+            "Token": frozen.token or "",
+            "Expiration": self.latest["Expiration"].isoformat(),
+        }
+
+
 class S3CheckpointStore:
     """``s3://<bucket>/jobs/<job>/ckpt/<step:012d>/``: one zstd shard per top-level key, ``manifest.json`` last.
 
@@ -110,9 +225,12 @@ class S3CheckpointStore:
         multipart_bytes: int = 8 << 20,
         level: int = 3,
         cache_dir: Path | None = None,
+        writer: str | None = None,
     ) -> None:
         self.bucket = bucket
         self.job_id = job_id
+        #: The instance id each manifest names as its writer (the backup makes durable only a member's checkpoints).
+        self.writer = writer
         self.cache = cache_dir / job_id if cache_dir is not None else None
         # boto3 follows AWS_ENDPOINT_URL, so the same code talks to moto locally and to S3 in AWS.
         self.s3: S3Client = s3_client or boto3.client("s3")
@@ -144,6 +262,7 @@ class S3CheckpointStore:
             generation=generation,
             world_size=world_size,
             created_at=datetime.now(UTC),
+            instance_id=self.writer,
             shards=entries,
             metadata={"torch": torch.__version__},
         )

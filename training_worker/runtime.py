@@ -306,7 +306,9 @@ class Runtime:
         """From now on this worker trains ``job_id``: its checkpoints and messages are that job's."""
         self.config.job_id = job_id
         if self.config.bucket:
-            self.store = S3CheckpointStore(self.config.bucket, job_id, cache_dir=self.config.checkpoint_cache)
+            self.store = S3CheckpointStore(
+                self.config.bucket, job_id, cache_dir=self.config.checkpoint_cache, writer=self.config.instance_id
+            )
             self.checkpointer = AsyncCheckpointer(self.store)
 
     @property

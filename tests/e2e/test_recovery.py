@@ -203,7 +203,7 @@ def test_silent_node_is_found_by_the_heartbeat_sweep(cloud: LocalCloud, tables: 
     assert sweeps and all(d.result.ok for d in sweeps)
 
 
-def put_checkpoint(cloud: LocalCloud, job_id: str, step: int, *, corrupt: bool = False) -> str:
+def put_checkpoint(cloud: LocalCloud, job_id: str, step: int, writer: str, *, corrupt: bool = False) -> str:
     bucket = str(cloud.ctx.resolve({"Ref": "CheckpointBucket"}))
     s3 = cloud.client("s3")
     prefix = f"jobs/{job_id}/ckpt/{step:012d}/"
@@ -218,7 +218,9 @@ def put_checkpoint(cloud: LocalCloud, job_id: str, step: int, *, corrupt: bool =
                 name=f"rank-{rank}.pt.zst", size=len(data), sha256=sha256, checksum_sha256=full_object_checksum(sha256)
             )
         )
-    manifest = CheckpointManifest(job_id=job_id, step=step, generation=1, world_size=2, created_at=T0, shards=shards)
+    manifest = CheckpointManifest(
+        job_id=job_id, step=step, generation=1, world_size=2, created_at=T0, instance_id=writer, shards=shards
+    )
     s3.put_object(Bucket=bucket, Key=prefix + "manifest.json", Body=encode_manifest(manifest))
     return prefix
 
@@ -234,9 +236,9 @@ def test_a_corrupted_checkpoint_is_quarantined_and_a_restart_loads_the_previous_
     assert tables.jobs.save(replace(read, spares=(spare,)), decided_from=read)
     tap = CommandTap(cloud.ctx.broker_url, job.job_id)
     # when a good checkpoint at step 80 lands, then one at step 120 with a corrupted shard
-    put_checkpoint(cloud, job.job_id, 80)
+    put_checkpoint(cloud, job.job_id, 80, nodes[0].instance_id)
     handled(cloud, "000000000080/manifest.json")
-    put_checkpoint(cloud, job.job_id, 120, corrupt=True)
+    put_checkpoint(cloud, job.job_id, 120, nodes[0].instance_id, corrupt=True)
     (delivery,) = handled(cloud, "000000000120/manifest.json")
     # then step 80 is backed up and durable; step 120 is quarantined, not copied, and counted
     backup = str(cloud.ctx.resolve({"Ref": "BackupBucket"}))

@@ -1,13 +1,15 @@
 """The backup verifies checkpoints by the SHA-256 checksums S3 computed on upload, never reading a shard, on moto.
 
-Checkpoints are saved by the worker's own store; the backup runs with the runtime's S3 and DynamoDB adapters against
-template.yaml's buckets and tables. Its S3 client counts the objects it reads (botocore's before-parameter-build
-event): only manifests, whatever the checkpoint's size.
+Checkpoints are saved by the worker's own store, as a member of a running job; the backup runs with the runtime's S3
+and DynamoDB adapters against template.yaml's buckets (the checkpoint bucket versioned) and tables. Its S3 client
+counts the objects it reads (botocore's before-parameter-build event): only manifests, whatever the checkpoint's
+size.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -17,15 +19,18 @@ import pytest
 import torch
 from ringfleet_local.cloud import LocalCloud
 
-from ringfleet.adapters.dynamodb import DynamoDbCheckpointCatalog, DynamoDbJobRepository
+from ringfleet.adapters.dynamodb import DynamoDbCheckpointCatalog, DynamoDbJobRepository, DynamoDbNodeRepository
 from ringfleet.adapters.s3_checkpoints import S3CheckpointObjects
 from ringfleet.backup.ports import CheckpointStatus
 from ringfleet.backup.service import BackupOutcome, BackupService
 from ringfleet.contracts import CheckpointManifest, CreatedObject, ShardEntry, encode_manifest, manifest_key
 from ringfleet.core.ports import SystemClock
+from tests.builders import running_job
 from training_worker.checkpoint import S3CheckpointStore
 
 MiB = 1 << 20
+#: Instance ids no other test of the session's moto uses (the nodes table is keyed by instance).
+_FIRST_INSTANCE = itertools.count(0xB000, 16)
 
 
 class CountingS3:
@@ -52,23 +57,43 @@ class Backup:
         if copy_object_limit is not None:
             objects.copy_object_limit = copy_object_limit
         self.catalog = DynamoDbCheckpointCatalog(str(aws.ctx.resolve({"Ref": "CheckpointsTable"})))
+        self.jobs = DynamoDbJobRepository(str(aws.ctx.resolve({"Ref": "JobsTable"})), clock=SystemClock())
+        self.nodes = DynamoDbNodeRepository(str(aws.ctx.resolve({"Ref": "NodesTable"})), clock=SystemClock())
         self.service = BackupService(
             store=objects,
             catalog=self.catalog,
-            jobs=DynamoDbJobRepository(str(aws.ctx.resolve({"Ref": "JobsTable"})), clock=SystemClock()),
+            jobs=self.jobs,
+            nodes=self.nodes,
             clock=SystemClock(),
             backup_bucket=self.target,
             keep_last=3,
         )
 
-    def worker_store(self, job_id: str) -> S3CheckpointStore:
+    def seed(self, job_id: str, *, members: int = 1, generation: int = 1) -> list[str]:
+        """A RUNNING job at ``generation`` with ``members`` ACTIVE nodes; returns their instance ids (rank order)."""
+        job, nodes = running_job(job_id, members=members, generation=generation, first=next(_FIRST_INSTANCE))
+        assert self.jobs.create(job)
+        for node in nodes:
+            self.nodes.put(node)
+        return [n.instance_id for n in nodes]
+
+    def worker_store(self, job_id: str, writer: str | None = None) -> S3CheckpointStore:
+        """The store of the job's rank-0 worker (a new running job, unless ``writer`` names one)."""
         # S3's least part size as threshold: the model shards below go up as multipart uploads (composite checksums)
-        return S3CheckpointStore(self.source, job_id, s3_client=boto3.client("s3"), multipart_bytes=5 * MiB)
+        return S3CheckpointStore(
+            self.source,
+            job_id,
+            s3_client=boto3.client("s3"),
+            multipart_bytes=5 * MiB,
+            writer=writer or self.seed(job_id)[0],
+        )
 
     def run(self, job_id: str, step: int) -> BackupOutcome:
         key = manifest_key(job_id, step)
         head = boto3.client("s3").head_object(Bucket=self.source, Key=key)
-        created = CreatedObject(self.source, key, head["ContentLength"], head["ETag"].strip('"'), "0A")
+        created = CreatedObject(
+            self.source, key, head["ContentLength"], head["ETag"].strip('"'), "0A", head.get("VersionId")
+        )
         return self.service.on_manifest_created(created)
 
     def copied(self, job_id: str, step: int) -> set[str]:
@@ -162,13 +187,13 @@ def test_a_shard_replaced_after_upload_is_quarantined_not_copied(
     assert backup.s3.shard_reads() == []
 
 
-def test_a_shard_replaced_between_verification_and_copy_is_never_left_in_the_backup(aws: LocalCloud) -> None:
-    # given a checkpoint, and someone replacing its model shard right after the backup verified it (the first HEAD)
+def test_a_shard_overwritten_between_verification_and_copy_is_not_what_gets_copied(aws: LocalCloud) -> None:
+    # given a checkpoint, and someone overwriting its model shard right after the backup verified it (the first HEAD)
     backup = Backup(aws)
     backup.worker_store("bk-race").save(40, 1, 1, tree(40, model_mib=1))
     s3 = boto3.client("s3")
     model_key = manifest_key("bk-race", 40).replace("manifest.json", "model.pt.zst")
-    uploaded = s3.head_object(Bucket=backup.source, Key=model_key)["ETag"]
+    uploaded = s3.head_object(Bucket=backup.source, Key=model_key)
     swapped: list[bool] = []
 
     def swap_after_verification(**_: Any) -> None:
@@ -179,19 +204,22 @@ def test_a_shard_replaced_between_verification_and_copy_is_never_left_in_the_bac
     backup.s3.client.meta.events.register("after-call.s3.HeadObject", swap_after_verification)
     # when the backup handles it
     outcome = backup.run("bk-race", 40)
-    # then the copy asked S3 for the verified version only (which S3 refuses once it changed) ...
+    # then the copy named the verified version of the shard (its VersionId in the versioned checkpoint bucket) ...
     (model_copy,) = [c for c in backup.s3.copies if c["Key"] == model_key]
-    assert swapped and model_copy["CopySourceIfMatch"] == uploaded
-    # ... and, moto ignoring that condition, the checksum S3 computed for the copy gave the swap away: the checkpoint
-    # is quarantined and no shard of it stays in the backup bucket
-    assert outcome.result == "quarantined" and "model.pt.zst changed after it was verified" in outcome.reason
-    assert backup.copied("bk-race", 40) == set()
-    assert backup.status("bk-race", 40) is CheckpointStatus.QUARANTINED
+    assert swapped and uploaded["VersionId"] not in (None, "null")
+    assert model_copy["CopySource"] == f"{backup.source}/{model_key}?versionId={uploaded['VersionId']}"
+    assert model_copy["CopySourceIfMatch"] == uploaded["ETag"]
+    # ... so the backup holds the bytes that were verified, not the overwrite, and restores to the saved state
+    assert outcome.result == "backed-up", outcome.reason
+    assert s3.head_object(Bucket=backup.source, Key=model_key)["VersionId"] != uploaded["VersionId"]
+    _, restored = S3CheckpointStore(backup.target, "bk-race", s3_client=s3).load(40)
+    assert torch.equal(restored["model"]["w"], tree(40, model_mib=1)["model"]["w"])
 
 
 def test_a_manifest_from_a_writer_before_checksums_is_quarantined_with_the_reason(aws: LocalCloud) -> None:
-    # given a checkpoint written the old way: shards without S3 checksums, a manifest with sha256 only
+    # given a checkpoint written the old way by a member of the job: shards without S3 checksums, sha256 only
     backup = Backup(aws)
+    (writer,) = backup.seed("bk-old")
     s3 = boto3.client("s3")
     prefix = manifest_key("bk-old", 50).removesuffix("manifest.json")
     shards = []
@@ -200,7 +228,13 @@ def test_a_manifest_from_a_writer_before_checksums_is_quarantined_with_the_reaso
         s3.put_object(Bucket=backup.source, Key=f"{prefix}rank-{rank}.pt.zst", Body=data)
         shards.append(ShardEntry(name=f"rank-{rank}.pt.zst", size=len(data), sha256=hashlib.sha256(data).hexdigest()))
     old = CheckpointManifest(
-        job_id="bk-old", step=50, generation=1, world_size=2, created_at=datetime.now(UTC), shards=shards
+        job_id="bk-old",
+        step=50,
+        generation=1,
+        world_size=2,
+        created_at=datetime.now(UTC),
+        instance_id=writer,
+        shards=shards,
     )
     s3.put_object(Bucket=backup.source, Key=prefix + "manifest.json", Body=encode_manifest(old))
     # when the backup handles it

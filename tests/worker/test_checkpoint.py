@@ -20,6 +20,7 @@ from training_worker.checkpoint import (
     S3CheckpointStore,
     SavedCheckpoint,
 )
+from training_worker.runtime import Runtime, RuntimeConfig
 
 BUCKET = "ckpt"
 
@@ -55,6 +56,17 @@ def test_saved_checkpoint_lists_every_shard_in_a_manifest_and_loads_back(store: 
     assert done[0].uri == "s3://ckpt/jobs/digits-demo/ckpt/000000000007/"
     _, tree = store.load(7)
     assert torch.equal(tree["model"]["w"], torch.full((100_000,), 7.0)) and tree["trainer"]["step"] == 7
+
+
+def test_the_manifest_names_the_instance_whose_runtime_wrote_it(store: S3CheckpointStore) -> None:
+    # given the runtime of instance i-0123456789abcdef0 serving the job (the backup accepts only a member's manifest)
+    runtime = Runtime(RuntimeConfig(job_id="digits-demo", instance_id="i-0123456789abcdef0", bucket=BUCKET))
+    assert runtime.store is not None
+    # when it saves a checkpoint
+    runtime.store.save(9, 1, 1, _tree(9.0))
+    # then the manifest names that instance as its writer
+    manifest, _ = store.load(9)
+    assert manifest.instance_id == "i-0123456789abcdef0"
 
 
 def test_each_shard_is_listed_with_the_sha256_checksum_s3_keeps_full_object_or_composite(

@@ -1,8 +1,9 @@
 """CheckpointObjects on S3: read manifests, check shards by their metadata, copy server-side, delete old ones.
 
 No shard body is ever read here: a shard is verified by the SHA-256 checksum S3 computed when the worker uploaded
-it (``HeadObject`` with ``ChecksumMode``), and copied by S3 itself — only the version verified (``CopySourceIfMatch``
-with its ETag), and checked once more by the checksum S3 computes for the copy.
+it (``HeadObject`` with ``ChecksumMode``), and copied by S3 itself — exactly the version verified (its ``VersionId``
+in the versioned checkpoint bucket, so a shard overwritten after verification is not what gets copied; and
+``CopySourceIfMatch`` with its ETag), and checked once more by the checksum S3 computes for the copy.
 """
 
 from __future__ import annotations
@@ -43,6 +44,14 @@ def _changed(exc: ClientError) -> bool:
     return _code(exc) in {"412", "PreconditionFailed"}
 
 
+def _source(bucket: str, key: str, verified: StoredShard) -> dict[str, str]:
+    """CopySource naming the verified version itself (in a versioned bucket)."""
+    source = {"Bucket": bucket, "Key": key}
+    if verified.version_id:
+        source["VersionId"] = verified.version_id
+    return source
+
+
 class S3CheckpointObjects:
     def __init__(
         self,
@@ -56,8 +65,8 @@ class S3CheckpointObjects:
         self._s3: Any = s3_client or boto3.client("s3", config=pool)
         self.copy_object_limit, self.concurrency = copy_object_limit, concurrency
 
-    def read(self, bucket: str, key: str, *, max_bytes: int) -> bytes:
-        obj = self._s3.get_object(Bucket=bucket, Key=key)
+    def read(self, bucket: str, key: str, *, max_bytes: int, version_id: str | None = None) -> bytes:
+        obj = self._s3.get_object(Bucket=bucket, Key=key, **({"VersionId": version_id} if version_id else {}))
         if obj["ContentLength"] > max_bytes:
             obj["Body"].close()
             raise ValueError(f"s3://{bucket}/{key} is {obj['ContentLength']} bytes, more than {max_bytes}")
@@ -72,7 +81,11 @@ class S3CheckpointObjects:
                 return None
             raise
         return StoredShard(
-            size=head["ContentLength"], checksum_sha256=head.get("ChecksumSHA256", ""), etag=head["ETag"]
+            size=head["ContentLength"],
+            checksum_sha256=head.get("ChecksumSHA256", ""),
+            etag=head["ETag"],
+            # "null": an object stored before versioning was enabled, copied by that name too
+            version_id=head.get("VersionId"),
         )
 
     def copy_checkpoint(
@@ -111,7 +124,7 @@ class S3CheckpointObjects:
             result = self._s3.copy_object(
                 Bucket=target_bucket,
                 Key=key,
-                CopySource={"Bucket": bucket, "Key": key},
+                CopySource=_source(bucket, key, source),
                 CopySourceIfMatch=source.etag,
                 ChecksumAlgorithm="SHA256",
             )["CopyObjectResult"]
@@ -130,7 +143,8 @@ class S3CheckpointObjects:
 
     def _copy_in_parts(self, source: StoredShard, bucket: str, target_bucket: str, key: str) -> None:
         """UploadPartCopy in the source's part size (its first part's), each part only from the verified version."""
-        part_size = self._s3.head_object(Bucket=bucket, Key=key, PartNumber=1)["ContentLength"]
+        pinned = {"VersionId": source.version_id} if source.version_id else {}
+        part_size = self._s3.head_object(Bucket=bucket, Key=key, PartNumber=1, **pinned)["ContentLength"]
         upload_id = self._s3.create_multipart_upload(Bucket=target_bucket, Key=key, ChecksumAlgorithm="SHA256")[
             "UploadId"
         ]
@@ -142,7 +156,7 @@ class S3CheckpointObjects:
                 Key=key,
                 UploadId=upload_id,
                 PartNumber=number,
-                CopySource={"Bucket": bucket, "Key": key},
+                CopySource=_source(bucket, key, source),
                 CopySourceRange=f"bytes={start}-{min(start + part_size, source.size) - 1}",
                 CopySourceIfMatch=source.etag,
             )["CopyPartResult"]

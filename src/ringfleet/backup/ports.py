@@ -28,8 +28,11 @@ class StoredShard:
     size: int
     #: S3's SHA-256 checksum of the object ("" when it was stored without one).
     checksum_sha256: str
-    #: The version that was verified: a copy takes exactly this one.
+    #: The content that was verified: a copy is made only while the object still has it (CopySourceIfMatch).
     etag: str
+    #: The version that was verified, in a versioned bucket: a copy takes exactly this version, whatever the key
+    #: holds by then. None in a bucket without versioning.
+    version_id: str | None = None
 
 
 class ShardChanged(Exception):
@@ -37,12 +40,12 @@ class ShardChanged(Exception):
 
 
 class CheckpointObjects(Protocol):
-    def read(self, bucket: str, key: str, *, max_bytes: int) -> bytes:
-        """An object's body; raises ValueError when it is larger than ``max_bytes``."""
+    def read(self, bucket: str, key: str, *, max_bytes: int, version_id: str | None = None) -> bytes:
+        """An object's body (of ``version_id`` when given); raises ValueError when it is larger than ``max_bytes``."""
         ...
 
     def stored(self, bucket: str, key: str) -> StoredShard | None:
-        """Size, S3 checksum and ETag of an object as stored, or None when it does not exist."""
+        """Size, S3 checksum, ETag and version of an object as stored, or None when it does not exist."""
         ...
 
     def copy_checkpoint(
@@ -53,7 +56,8 @@ class CheckpointObjects(Protocol):
         source_bucket: str,
         target_bucket: str,
     ) -> None:
-        """Server-side copy of every shard, each exactly the version in ``verified`` (by shard name), then
+        """Server-side copy of every shard, each exactly the version in ``verified`` (by shard name: its VersionId,
+        and only while its ETag is the verified one), then
         ``manifest_body`` (last, so a copy exists only once complete); raises ShardChanged when a shard's copy is
         refused or differs from the manifest."""
         ...

@@ -49,6 +49,8 @@ _CHECKPOINT_URI = re.compile(rf"s3://({BUCKET_PATTERN})/jobs/({JOB_ID_PATTERN})/
 
 ShardName = Annotated[str, StringConstraints(strict=True, pattern=r"^[A-Za-z0-9._-]{1,128}$")]
 #: S3's SHA-256 checksum of an object: base64 of 32 bytes, and ``-N`` when it is the composite of N parts.
+#: Who wrote a manifest: the writing worker's instance id (``i-...`` in EC2, ``local-<pid>`` on a laptop).
+WriterId = Annotated[str, StringConstraints(strict=True, pattern=r"^[A-Za-z0-9._:-]{1,128}$")]
 S3Sha256Checksum = Annotated[
     str, StringConstraints(strict=True, pattern=r"^[A-Za-z0-9+/]{43}=(-[1-9][0-9]{0,3}|-10000)?$")
 ]
@@ -167,6 +169,11 @@ class CheckpointManifest(BaseModel):
     generation: Generation
     world_size: WorldSize
     created_at: AwareDatetime
+    #: The instance whose worker wrote it (the runtime's instance id). The backup makes a checkpoint durable only when
+    #: this instance is a node of the job at the manifest's generation, in the job's current or previous generation:
+    #: a worker of another job cannot make its manifest another job's checkpoint. None in manifests written before
+    #: writers named themselves: those still restore, but the backup quarantines them.
+    instance_id: WriterId | None = None
     compression: Literal["zstd"] = "zstd"
     shards: list[ShardEntry] = Field(min_length=1, max_length=MAX_SHARDS)
     metadata: dict[MetadataKey, MetadataValue] = Field(default_factory=dict, max_length=256)
