@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 from moto.events.models import EventPattern
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from ringfleet_local.context import CloudContext
 from ringfleet_local.router import rate_seconds
 from ringfleet_local.template import load_template
@@ -186,7 +188,7 @@ def test_the_shared_layer_is_built_from_src_for_the_functions_runtime_and_archit
 
 def test_the_layer_requirements_carry_the_control_plane_dependencies_and_nothing_heavy() -> None:
     lines = [line.split("#", 1)[0].strip() for line in (ROOT / "src" / "requirements.txt").read_text().splitlines()]
-    names = {line.split("[", 1)[0].split(">", 1)[0].split("<", 1)[0].split("=", 1)[0].strip() for line in lines if line}
+    names = {canonicalize_name(Requirement(line).name) for line in lines if line}
     assert {"aws-lambda-powertools", "pydantic", "aio-pika", "pyyaml"} <= names
     assert not names & {"torch", "numpy", "moto", "matplotlib", "scikit-learn"}
 
