@@ -229,6 +229,30 @@ class RuntimeConfig:
 _WIRE = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+class GoodputMeter:
+    """Productive training time, for the heartbeat's ``goodput``: the time from one step to the next counts when the
+    worker was training all along (no rendezvous, restore or wait between them) and the step is a new highest one
+    (a step redone after a rollback to an older commit or checkpoint is lost work, not progress). ``window`` is
+    the share of wall time that was productive since the previous call, so each heartbeat reports its own interval."""
+
+    def __init__(self, now: float) -> None:
+        self.productive_s = 0.0
+        self._best = 0
+        self._window = (now, 0.0)
+
+    def stepped(self, step: int, since: float | None, now: float) -> None:
+        if since is not None and step > self._best:
+            self.productive_s += now - since
+        self._best = max(self._best, step)
+
+    def window(self, now: float) -> float | None:
+        start, productive = self._window
+        self._window = (now, self.productive_s)
+        if now <= start:
+            return None
+        return min(1.0, max(0.0, (self.productive_s - productive) / (now - start)))
+
+
 class Runtime:
     """One per process: the ring this worker is in, and everything the script must never see."""
 
@@ -294,6 +318,7 @@ class Runtime:
         self._pending = [False] * 4
         self._checkpoint_generation = -1
         self._stepped_at: float | None = None
+        self.goodput = GoodputMeter(time.monotonic())
         self._logged = (time.perf_counter(), 0)
         self._beating: Future[None] | None = None
         self._done = threading.Event()
@@ -443,6 +468,7 @@ class Runtime:
                 step=self.step,
                 loss=self.metrics.get("loss"),
                 samples_per_second=self.metrics.get("samples_per_second", 0.0),
+                goodput=self.goodput.window(time.monotonic()),
             )
 
             def report(future: Future[None]) -> None:
@@ -612,7 +638,9 @@ class Runtime:
     def on_step(self) -> None:
         """A global optimizer step was taken."""
         self.step += 1
-        self._stepped_at = time.monotonic()
+        now = time.monotonic()
+        self.goodput.stepped(self.step, self._stepped_at, now)
+        self._stepped_at = now
         self._trained = True
 
     def boundary(self, state: TorchState) -> None:

@@ -198,6 +198,9 @@ class Heartbeat(MessageBase):
     #: None until the first step has a loss.
     loss: FiniteFloat | None = None
     samples_per_second: Annotated[FiniteFloat, Field(ge=0, le=1e9)]
+    #: Share of the time since the worker's previous heartbeat spent on new steps (not waiting for a ring, not
+    #: restoring, not redoing steps a rollback lost); None when it could not tell (an older worker).
+    goodput: Annotated[FiniteFloat, Field(ge=0, le=1)] | None = None
 
     @model_validator(mode="after")
     def _rank_within_world(self) -> Heartbeat:
