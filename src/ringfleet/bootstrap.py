@@ -20,6 +20,8 @@ from ringfleet.core.ports import SystemClock
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 
+    from ringfleet.adapters.commands import AmqpCommandPublisher
+
     from ringfleet.backup.service import BackupService
     from ringfleet.intake.service import IntakeService
     from ringfleet.recovery.service import RecoveryService
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Settings",
     "backup_service",
+    "dead_letters",
     "idempotency_store",
     "intake_service",
     "provide_fleet",
@@ -177,6 +180,15 @@ def idempotency_store() -> DynamoDBPersistenceLayer:
 
 
 @lru_cache(maxsize=1)
+def dead_letters() -> AmqpCommandPublisher:
+    """The publisher MQ handlers dead-letter invalid messages with (``ringfleet.dead_letters``): the control plane's
+    user; it connects on its first dead letter, so a container that never gets one opens no connection."""
+    from ringfleet.adapters.commands import AmqpCommandPublisher
+
+    return AmqpCommandPublisher(settings().broker_url)
+
+
+@lru_cache(maxsize=1)
 def control_user() -> str | None:
     """The control plane's broker user: the broker secret's (None where no secret is configured)."""
     from ringfleet.adapters.commands import credentials_from_secret
@@ -190,7 +202,7 @@ def intake_service() -> IntakeService:
     from ringfleet.adapters.commands import AmqpCommandPublisher
     from ringfleet.adapters.dynamodb import DynamoDbJobRepository
     from ringfleet.adapters.ec2_fleet import ON_DEMAND_PRICES
-    from ringfleet.intake.quotas import Quotas
+    from ringfleet.intake.quotas import REGISTRY_ENV, TenantRegistry
     from ringfleet.intake.service import IntakeService
 
     s, clock = settings(), SystemClock()
@@ -198,7 +210,8 @@ def intake_service() -> IntakeService:
         jobs=DynamoDbJobRepository(s.jobs_table, clock=clock, boto3_resource=_dynamodb()),
         publisher=AmqpCommandPublisher(s.broker_url),
         put_events=put_events,
-        quotas=Quotas.from_json(os.environ.get("TENANT_QUOTAS")),
+        # Only registered tenants' jobs are admitted (the TenantRegistry parameter; see ringfleet.intake.quotas).
+        tenants=TenantRegistry.from_json(os.environ.get(REGISTRY_ENV)),
         clock=clock,
         # The types the scaler can price (the local market has the same): a job asking for others is rejected.
         instance_types=frozenset(ON_DEMAND_PRICES),

@@ -154,6 +154,21 @@ def _trace_replay(args: argparse.Namespace) -> Any:
         raise CliError(str(exc), EXIT_USAGE) from exc
 
 
+def _tenant_registry(args: argparse.Namespace) -> Any:
+    """The tenant registry ``local up`` runs with (``--tenant``, ``--tenant-registry``; default the local tenants)."""
+    from ringfleet_local.cloud import registry_from_options
+
+    try:
+        return registry_from_options(args.tenants, args.tenant_registry)
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from exc
+
+
+def _tenant_options(args: argparse.Namespace) -> list[str]:
+    options = [f"--tenant={t}" for t in args.tenants or ()]
+    return options + ([f"--tenant-registry={args.tenant_registry}"] if args.tenant_registry else [])
+
+
 def _trace_options(args: argparse.Namespace) -> list[str]:
     if not getattr(args, "spot_traces", None):
         return []
@@ -176,6 +191,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         state_dir=STATE_DIR,
         on_delivery=on_delivery,
         function_env=replay.environment() if replay is not None else None,
+        tenants=_tenant_registry(args),
     )
     stop = False
 
@@ -192,6 +208,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
         for kind, names in sorted(cloud.created.items()):
             print(f"  {kind}: {', '.join(names)}", flush=True)
+        print(f"  registered tenants: {', '.join(sorted(cloud.tenants.tenants)) or 'none'}", flush=True)
         emulator = _start_fleet(cloud, replay) if args.fleet else None
         try:
             print(f"routing events to {len(cloud.ctx.functions)} functions; Ctrl-C to stop", flush=True)
@@ -217,12 +234,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 0
     # A trace folder that cannot be replayed is refused here, in one line, not in the background process's log.
     _trace_replay(args)
+    _tenant_registry(args)
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     log_path = STATE_DIR / "local.log"
     with log_path.open("w") as log:
         command = [sys.executable, "-m", "ringfleet_cli.main", "local", "serve", "--template", args.template]
         proc = subprocess.Popen(
-            [*command, *([] if args.fleet else ["--no-fleet"]), *_trace_options(args)],
+            [*command, *([] if args.fleet else ["--no-fleet"]), *_trace_options(args), *_tenant_options(args)],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -380,7 +398,7 @@ def cmd_credentials(args: argparse.Namespace) -> int:
         raise CliError("--role app needs --tenant: each tenant's apps have a broker user of their own", EXIT_USAGE)
     if ctx.roles is None:
         raise CliError("this local cloud runs on a broker given by RINGFLEET_BROKER_URL: it has no per-role users")
-    print(ctx.role_broker_url(args.role, args.tenant))
+    print(_app_url(ctx, args.tenant) if args.role == "app" else ctx.role_broker_url(args.role))
     return 0
 
 
@@ -477,8 +495,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # -- jobs ---------------------------------------------------------------------------------------------------------
 
 
-def _job_client() -> Any:
-    """A client on the running local cloud, or on RINGFLEET_BROKER_URL / RINGFLEET_JOBS_TABLE in AWS."""
+def _job_client(tenant: str | None = None) -> Any:
+    """A client on the running local cloud, or on RINGFLEET_BROKER_URL / RINGFLEET_JOBS_TABLE in AWS.
+
+    With ``tenant`` (a command that publishes a job message) the local cloud's client logs in as that tenant's app
+    user, as the tenant's apps would: intake takes the tenant from the broker user, and only the control plane's
+    user may speak for any tenant. The tenant must be registered in the local cloud; in AWS, RINGFLEET_BROKER_URL is
+    the tenant's app user's URL."""
     from ringfleet_client import RingfleetClient
     from ringfleet_local.context import CloudContext, LocalState
 
@@ -490,7 +513,7 @@ def _job_client() -> Any:
         ctx = CloudContext.from_state(state)
         table = str(ctx.resolve({"Ref": "JobsTable"}))
         repository = DynamoDbJobRepository(table, clock=SystemClock(), boto3_resource=ctx.resource("dynamodb"))
-        return RingfleetClient(ctx.broker_url, repository)
+        return RingfleetClient(_app_url(ctx, tenant) if tenant else ctx.broker_url, repository)
     url, jobs_table = os.environ.get("RINGFLEET_BROKER_URL"), os.environ.get("RINGFLEET_JOBS_TABLE")
     if not url:
         raise CliError(
@@ -499,6 +522,16 @@ def _job_client() -> Any:
         )
     jobs = DynamoDbJobRepository(jobs_table, clock=SystemClock()) if jobs_table else None
     return RingfleetClient(url, jobs)
+
+
+def _app_url(ctx: Any, tenant: str) -> str:
+    """The broker URL of ``tenant``'s app user on the local cloud ``ctx``; a tenant it has not registered is a usage
+    error that says how to register it."""
+    try:
+        ctx.require_registered(tenant)
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    return str(ctx.role_broker_url("app", tenant))
 
 
 def _wait_for_job(client: Any, job_id: str, timeout: float) -> Any:
@@ -539,7 +572,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         if args.dry_run:
             message = check_job(fields, _known_instance_types())
         else:
-            client = _job_client()
+            client = _job_client(str(fields.get("tenant") or "") or None)
             message = client.submit(fields)
     except Rejected as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
@@ -576,7 +609,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
     try:
         tenant = _need_tenant(args)
-        _job_client().cancel(tenant, args.job, args.reason)
+        _job_client(tenant).cancel(tenant, args.job, args.reason)
     except Rejected as exc:
         raise CliError(str(exc)) from None
     print(f"cancel of {args.job} sent")
@@ -593,7 +626,7 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     entrypoint = shlex.split(args.entrypoint) if args.entrypoint else None
     try:
         tenant = _need_tenant(args)
-        client = _job_client()
+        client = _job_client(tenant)
         message = client.upgrade(tenant, args.job, args.image, entrypoint)
     except Rejected as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
@@ -867,6 +900,19 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (up, serve):
         p.add_argument("--spot-traces", metavar="DIR", help="replay spot availability traces (one JSON per zone)")
         p.add_argument("--trace-speed", type=float, default=1.0, help="trace-seconds per second (default 1)")
+        p.add_argument(
+            "--tenant",
+            dest="tenants",
+            action="append",
+            metavar="NAME[:max_gpus=N,max_usd_per_hour=X]",
+            help="register a tenant (repeatable) besides acme, globex, evil and own; its jobs are admitted",
+        )
+        p.add_argument(
+            "--tenant-registry",
+            metavar="FILE",
+            help="register the tenants of FILE instead of the defaults: JSON as the TenantRegistry parameter, "
+            '{"acme": {"max_gpus": 8}}',
+        )
     serve.set_defaults(func=cmd_serve)
     lsub.add_parser("down", help="stop the local cloud and every agent of its fleet").set_defaults(func=cmd_down)
     status_help = "endpoints, functions, the last deliveries and where the agents log"
@@ -887,7 +933,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="print a broker role's AMQP URL",
         description="Prints the AMQP URL of one broker user of the local cloud's vhost: control (the handlers; the "
         "only user that may publish commands), worker (the agents: worker events only) or app with --tenant (that "
-        "tenant's job messages only; the user is created on first use).",
+        "tenant's job messages only; the user is created on first use; the tenant must be registered: `ringfleet local "
+        "up --tenant NAME`).",
     )
     cred.add_argument("--role", required=True, choices=("app", "worker", "control"))
     cred.add_argument("--tenant", help="with --role app: the tenant whose apps log in with it")

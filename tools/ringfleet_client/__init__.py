@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import ValidationError
 
-from ringfleet.contracts import JOBS_QUEUE, JobCancelled, JobSubmitted, encode_message
+from ringfleet.contracts import JOBS_QUEUE, JobCancelled, JobSubmitted, UpgradeJob, encode_message
 
 if TYPE_CHECKING:
     from ringfleet.core.jobs import Job
@@ -128,6 +128,26 @@ class RingfleetClient:
         self._publish(message)
         return message
 
+    def upgrade(self, tenant: str, job_id: str, image: str, entrypoint: list[str] | None = None) -> UpgradeJob:
+        """Asks for a rolling upgrade of a running job; refused here (nothing sent) when the message is invalid or
+        the job, when readable, is not the tenant's or not RUNNING."""
+        try:
+            message = UpgradeJob(tenant=tenant, job_id=job_id, image=image, entrypoint=entrypoint)
+        except ValidationError as exc:
+            raise Rejected(f"upgrade rejected before sending: {validation_reason(exc)}") from None
+        if self.jobs is not None:
+            job = self.jobs.get(job_id)
+            if job is None or job.tenant != tenant:
+                raise Rejected(f"upgrade rejected: tenant {tenant} has no job {job_id}")
+            if job.state.value != "RUNNING":
+                raise Rejected(f"upgrade rejected: job {job_id} is {job.state.value}; only a RUNNING job is upgraded")
+            if job.retirement is not None:
+                raise Rejected(
+                    f"upgrade rejected: job {job_id} is already replacing its workers ({job.retirement.kind})"
+                )
+        self._publish(message)
+        return message
+
     def job(self, tenant: str, job_id: str) -> Job | None:
         """The tenant's job; another tenant's job reads as no job."""
         job = self._repo().get(job_id)
@@ -141,7 +161,7 @@ class RingfleetClient:
             raise RuntimeError("this client was built without access to the jobs table")
         return self.jobs
 
-    def _publish(self, message: JobSubmitted | JobCancelled) -> None:
+    def _publish(self, message: JobSubmitted | JobCancelled | UpgradeJob) -> None:
         from ringfleet.adapters.rabbitmq import publish
 
         asyncio.run(

@@ -14,7 +14,7 @@ from ringfleet_local.context import CloudContext
 
 __all__ = ["MAX_EVENT_BYTES", "MAX_SQS_MESSAGE_BYTES", "EmitError", "apply_overrides", "emit", "entry_size"]
 
-_APP = {"JobSubmitted", "JobCancelled"}
+_APP = {"JobSubmitted", "JobCancelled", "UpgradeJob"}
 _WORKER = {"Heartbeat", "CheckpointCompleted", "WorkerFailed"}
 _COMMANDS = {"CheckpointNow", "Reconfigure", "Stop"}
 

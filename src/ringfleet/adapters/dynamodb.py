@@ -139,6 +139,7 @@ def _retirement_from_json(text: str | None) -> Retirement | None:
     data["started_at"] = _parse_time(data["started_at"])
     data["retiring"] = tuple(data["retiring"])
     data["previous_entrypoint"] = tuple(data.get("previous_entrypoint") or ())
+    data["retired"] = tuple(data.get("retired") or ())
     return Retirement(**data)
 
 
@@ -457,13 +458,14 @@ class DynamoDbNodeRepository:
         items = _query(self._table, "by-job", Key("job_id").eq(job_id))
         return sorted((node_from_item(i) for i in items), key=lambda n: n.instance_id)
 
-    def record_heartbeat(self, instance_id: str, *, generation: int, step: int, at: datetime) -> bool:
+    def record_heartbeat(self, instance_id: str, *, job_id: str, generation: int, step: int, at: datetime) -> bool:
         try:
             self._table.update_item(
                 Key={"instance_id": instance_id},
                 # last_seen moves the node along the silence index only while it has a watch_shard (ACTIVE).
                 UpdateExpression="SET last_heartbeat = :at, last_step = :step, last_seen = :at",
                 ConditionExpression=Attr("instance_id").exists()
+                & Attr("job_id").eq(job_id)
                 & Attr("state").is_in([NodeState.ACTIVE.value, NodeState.LEAVING.value])
                 & Attr("generation").lte(generation)
                 & (Attr("last_heartbeat").not_exists() | Attr("last_heartbeat").lt(at.isoformat())),

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from ringfleet.contracts.cloud import JobAdmittedDetail as JobAdmittedDetail
     from ringfleet.contracts.cloud import JobFinished as JobFinished
     from ringfleet.contracts.cloud import JobFinishedDetail as JobFinishedDetail
+    from ringfleet.contracts.cloud import JobRejectedDetail as JobRejectedDetail
     from ringfleet.contracts.cloud import LifecycleTerminateAction as LifecycleTerminateAction
     from ringfleet.contracts.cloud import LifecycleTerminateActionDetail as LifecycleTerminateActionDetail
     from ringfleet.contracts.cloud import NodeEvent as NodeEvent
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
     from ringfleet.contracts.cloud import ScheduledEvent as ScheduledEvent
     from ringfleet.contracts.cloud import SpotInterruptionWarning as SpotInterruptionWarning
     from ringfleet.contracts.cloud import SpotInterruptionWarningDetail as SpotInterruptionWarningDetail
+    from ringfleet.contracts.cloud import UpgradeDetail as UpgradeDetail
     from ringfleet.contracts.cloud import control_event_entry as control_event_entry
     from ringfleet.contracts.cloud import parse_cloud_event as parse_cloud_event
     from ringfleet.contracts.cloud import parse_s3_notification as parse_s3_notification
@@ -80,6 +82,7 @@ if TYPE_CHECKING:
     from ringfleet.contracts.messages import Program as Program
     from ringfleet.contracts.messages import Reconfigure as Reconfigure
     from ringfleet.contracts.messages import Stop as Stop
+    from ringfleet.contracts.messages import UpgradeJob as UpgradeJob
     from ringfleet.contracts.messages import WorkerFailed as WorkerFailed
     from ringfleet.contracts.messages import WorkerMessage as WorkerMessage
     from ringfleet.contracts.messages import encode_message as encode_message
@@ -104,6 +107,8 @@ _WHERE = {
     "CONTROL_SOURCE": "cloud",
     "CapacityWanted": "cloud",
     "CapacityWantedDetail": "cloud",
+    "UpgradeDetail": "cloud",
+    "UpgradeJob": "messages",
     "ControlDetail": "cloud",
     "CheckpointCompleted": "messages",
     "CheckpointManifest": "checkpoints",
@@ -124,6 +129,7 @@ _WHERE = {
     "JobCancelled": "messages",
     "JobFinished": "cloud",
     "JobFinishedDetail": "cloud",
+    "JobRejectedDetail": "cloud",
     "JobSubmitted": "messages",
     "LifecycleTerminateAction": "cloud",
     "LifecycleTerminateActionDetail": "cloud",

@@ -49,6 +49,7 @@ __all__ = [
     "JobAdmittedDetail",
     "JobFinished",
     "JobFinishedDetail",
+    "JobRejectedDetail",
     "LifecycleTerminateAction",
     "LifecycleTerminateActionDetail",
     "NodeEvent",
@@ -63,6 +64,7 @@ __all__ = [
     "ScheduledEvent",
     "SpotInterruptionWarning",
     "SpotInterruptionWarningDetail",
+    "UpgradeDetail",
     "control_event_entry",
     "parse_cloud_event",
     "parse_s3_notification",
@@ -294,6 +296,18 @@ class JobFinishedDetail(BaseModel):
     state: Literal["SUCCEEDED", "FAILED", "CANCELLED"]
 
 
+class JobRejectedDetail(BaseModel):
+    """A submitted job was not admitted (tenant not registered, over its quota, unknown instance types, a job id
+    taken): for whoever watches the bus (no rule of the control plane acts on it)."""
+
+    model_config = _OWN_DETAIL
+
+    schema_version: Literal[1] = 1
+    tenant: TenantId
+    job_id: JobId
+    reason: Annotated[str, Field(min_length=1, max_length=2048)]
+
+
 class JobFinished(EventBridgeModel):
     """Put on EventBridge when a job ends; the fleet scaler releases its capacity."""
 
@@ -326,10 +340,26 @@ class CapacityWanted(EventBridgeModel):
     detail: CapacityWantedDetail
 
 
-ControlDetail = JobAdmittedDetail | JobFinishedDetail | CapacityWantedDetail
+class UpgradeDetail(BaseModel):
+    """A rolling upgrade of a running job moved on: ``Upgrade Started``, ``Upgrade Progressed`` (one worker
+    replaced), ``Upgrade Completed`` or ``Upgrade RolledBack`` (a new-version worker failed; the old ones run on).
+    Put for whoever watches the bus (no rule of the control plane acts on it); ``ringfleet events`` shows the same
+    steps from the job's record."""
+
+    model_config = _OWN_DETAIL
+
+    schema_version: Literal[1] = 1
+    tenant: TenantId
+    job_id: JobId
+    phase: Literal["Started", "Progressed", "Completed", "RolledBack"]
+    detail: Annotated[str, Field(max_length=2048)] = ""
+
+
+ControlDetail = JobAdmittedDetail | JobRejectedDetail | JobFinishedDetail | CapacityWantedDetail | UpgradeDetail
 
 _CONTROL_DETAIL_TYPES: dict[type[BaseModel], str] = {
     JobAdmittedDetail: "Job Admitted",
+    JobRejectedDetail: "Job Rejected",
     JobFinishedDetail: "Job Finished",
     CapacityWantedDetail: "Capacity Wanted",
 }
@@ -337,9 +367,10 @@ _CONTROL_DETAIL_TYPES: dict[type[BaseModel], str] = {
 
 def control_event_entry(detail: ControlDetail, *, resources: list[str] | None = None) -> dict[str, Any]:
     """The ``put_events`` entry that publishes one of the control plane's own events."""
+    kind = f"Upgrade {detail.phase}" if isinstance(detail, UpgradeDetail) else _CONTROL_DETAIL_TYPES[type(detail)]
     return {
         "Source": CONTROL_SOURCE,
-        "DetailType": _CONTROL_DETAIL_TYPES[type(detail)],
+        "DetailType": kind,
         "Detail": detail.model_dump_json(),
         "Resources": list(resources or []),
     }

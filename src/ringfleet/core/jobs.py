@@ -21,6 +21,7 @@ __all__ = [
     "Job",
     "JobState",
     "PendingRecovery",
+    "Retirement",
 ]
 
 #: Incidents kept on a job record; older ones are dropped (a DynamoDB item holds at most 400 KB).
@@ -107,6 +108,36 @@ class PendingRecovery:
 
 
 @dataclass(frozen=True)
+class Retirement:
+    """Members being replaced one at a time through the elastic ring: a rolling upgrade, or on-demand workers moving
+    back to spot.
+
+    The job asks for one instance beyond its members (``Job.instances_wanted``); the first to arrive joins the ring
+    as a grow (the ``replacement``); once that ring has written a checkpoint, one retiring member is left out (the
+    leave-out shrink a spot notice uses) and its instance released; then the next. The ring never stops and never
+    falls below what it had.
+    """
+
+    #: ``upgrade`` (replacements run ``image``/``entrypoint``) or ``move-back`` (replacements land on spot).
+    kind: str
+    started_at: datetime
+    #: Members still to replace, in the order they leave.
+    retiring: tuple[str, ...]
+    #: The instance that joined to replace the next retiring member; None while it is wanted.
+    replacement: str | None = None
+    #: The generation the replacement joined at: its first checkpoint there proves it runs.
+    joined_generation: int | None = None
+    #: Members replaced so far.
+    replaced: int = 0
+    #: The instances retired so far: released by the fleet scaler, never placed on the job again (a retiree still
+    #: running the old program would otherwise be handed back as the next replacement).
+    retired: tuple[str, ...] = ()
+    #: The program the job ran before an upgrade (image, entrypoint): what a rollback restores.
+    previous_image: str | None = None
+    previous_entrypoint: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Job:
     """A training job as the control plane stores it (one item of the jobs table).
 
@@ -130,6 +161,8 @@ class Job:
     #: A step whose checkpoint a restart is loading: retention never deletes it.
     restoring_step: int | None = None
     recovery: PendingRecovery | None = None
+    #: Members being replaced one at a time (rolling upgrade, move back to spot); None: none.
+    retirement: Retirement | None = None
     incidents: tuple[Incident, ...] = ()
     #: How many times the job's own script failed (WorkerFailed scope ``script``), at most once per generation;
     #: the job ends FAILED once this exceeds ``spec.max_restarts``. Lost nodes and membership changes never count.
@@ -159,8 +192,21 @@ class Job:
     @property
     def instances_wanted(self) -> int:
         """More instances the job takes: its recovery's replacements, or room up to max_workers (a ring that
-        re-formed smaller after a loss grows back)."""
-        return max(self.replacements_wanted, self.max_workers - len(self.members) - len(self.spares))
+        re-formed smaller after a loss grows back), one more while a retiring member waits for its replacement."""
+        return max(self.replacements_wanted, self.worker_room - len(self.spares))
+
+    @property
+    def worker_room(self) -> int:
+        """How many more members the ring may take now: up to max_workers, one beyond while a retirement (not
+        paused by a recovery) waits for its replacement."""
+        retirement = self.retirement
+        extra = int(
+            retirement is not None
+            and retirement.replacement is None
+            and bool(retirement.retiring)
+            and self.recovery is None
+        )
+        return self.max_workers + extra - len(self.members)
 
     @property
     def min_workers(self) -> int:

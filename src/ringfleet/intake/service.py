@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ringfleet.core.jobs import Incident, Job, JobState
 from ringfleet.core.outbox import Outbox
-from ringfleet.intake.quotas import Quotas, admit_job, check_cancel
+from ringfleet.intake.quotas import TenantRegistry, admit_job, check_cancel, unregistered
 from ringfleet.recovery.commands import stop_command
 from ringfleet.recovery.retirement import RetirementRefused, begin_upgrade
 
@@ -58,7 +58,7 @@ class IntakeService:
         jobs: JobRepository,
         publisher: CommandPublisher,
         put_events: Callable[[list[dict[str, Any]]], None],
-        quotas: Quotas,
+        tenants: TenantRegistry,
         clock: Clock,
         instance_types: Collection[str] | None = None,
         control_user: Callable[[], str | None] | None = None,
@@ -66,7 +66,8 @@ class IntakeService:
         self.jobs = jobs
         self.publisher = publisher
         self.put_events = put_events
-        self.quotas = quotas
+        #: The registered tenants and their quotas: another tenant's jobs are rejected.
+        self.tenants = tenants
         self.clock = clock
         #: The instance types the fleet's market offers (None: any).
         self.instance_types = instance_types
@@ -85,31 +86,46 @@ class IntakeService:
         log.warning("refused %s of job %s from broker user %r: %s", message.type, message.job_id, user, reason)
         return IntakeOutcome(message.job_id, "refused", reason)
 
-    def on_submitted(self, message: JobSubmitted) -> IntakeOutcome:
-        from ringfleet.contracts import JobAdmittedDetail, control_event_entry
+    def _reject(self, message: JobSubmitted, reason: str, *, record: bool) -> IntakeOutcome:
+        """Rejects a submission: ``Job Rejected`` on the bus and, with ``record``, a FAILED job whose incident says
+        why (what ``ringfleet status`` shows)."""
+        from ringfleet.contracts import JobRejectedDetail, control_event_entry
 
-        existing = self.jobs.get(message.job_id)
-        if existing is not None:
-            if existing.tenant == message.tenant and existing.spec.message_id == message.message_id:
-                return IntakeOutcome(message.job_id, "duplicate", "already handled this message")
-            return IntakeOutcome(message.job_id, "rejected", f"job id {message.job_id!r} is already taken")
-        now = self.clock.now()
-        active = [j for j in self.jobs.list_by_tenant(message.tenant) if not j.is_final]
-        reason = None
-        if self.instance_types is not None:
-            reason = check_instance_types(message.instance_types, self.instance_types)
-        reason = reason or admit_job(message, active, self.quotas)
-        if reason is not None:
+        if record:
             rejected = Job(
                 job_id=message.job_id,
                 tenant=message.tenant,
                 state=JobState.FAILED,
                 spec=message,
                 failure=reason,
-                incidents=(Incident(at=now, cause="rejected", generation=0, detail=reason),),
+                incidents=(Incident(at=self.clock.now(), cause="rejected", generation=0, detail=reason),),
             )
             self.jobs.create(rejected)
-            return IntakeOutcome(message.job_id, "rejected", reason)
+        log.warning("rejected job %s of tenant %s: %s", message.job_id, message.tenant, reason)
+        detail = JobRejectedDetail(tenant=message.tenant, job_id=message.job_id, reason=reason[:2048])
+        self.put_events([control_event_entry(detail)])
+        return IntakeOutcome(message.job_id, "rejected", reason)
+
+    def on_submitted(self, message: JobSubmitted) -> IntakeOutcome:
+        """Admits the job, or rejects it: a tenant not registered gets nothing stored (it has no jobs to list), a
+        job id taken leaves that job alone, any other reason is recorded as a FAILED job."""
+        from ringfleet.contracts import JobAdmittedDetail, control_event_entry
+
+        if self.tenants.of(message.tenant) is None:
+            return self._reject(message, unregistered(message.tenant), record=False)
+        existing = self.jobs.get(message.job_id)
+        if existing is not None:
+            if existing.tenant == message.tenant and existing.spec.message_id == message.message_id:
+                return IntakeOutcome(message.job_id, "duplicate", "already handled this message")
+            return self._reject(message, f"job id {message.job_id!r} is already taken", record=False)
+        now = self.clock.now()
+        active = [j for j in self.jobs.list_by_tenant(message.tenant) if not j.is_final]
+        reason = None
+        if self.instance_types is not None:
+            reason = check_instance_types(message.instance_types, self.instance_types)
+        reason = reason or admit_job(message, active, self.tenants)
+        if reason is not None:
+            return self._reject(message, reason, record=True)
         job = Job(
             job_id=message.job_id,
             tenant=message.tenant,

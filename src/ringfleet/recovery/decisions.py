@@ -18,9 +18,10 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Literal
 
-from ringfleet.core.jobs import Incident, Job, JobState, PendingRecovery
+from ringfleet.core.jobs import Incident, Job, JobState, PendingRecovery, Retirement
 from ringfleet.core.nodes import LifecycleHook, Node, NodeState
 from ringfleet.recovery.commands import command_message_id, reconfigure_command, stop_command
+from ringfleet.recovery.retirement import RetirementRefused, begin_move_back
 
 if TYPE_CHECKING:
     from ringfleet.contracts import CheckpointNow, Reconfigure, Stop
@@ -32,6 +33,7 @@ __all__ = [
     "NodeLost",
     "NoticeGiven",
     "RecoveryPlan",
+    "RetireRequested",
     "ScriptFailed",
     "Signal",
     "lost_instances",
@@ -103,7 +105,15 @@ class ScriptFailed:
     step: int | None = None
 
 
-Signal = NoticeGiven | NodeLost | CheckpointTaken | CapacityArrived | ScriptFailed
+@dataclass(frozen=True)
+class RetireRequested:
+    """The fleet scaler found spot room for a job's on-demand member: replace it with a spot worker."""
+
+    instance_id: str
+    at: datetime
+
+
+Signal = NoticeGiven | NodeLost | CheckpointTaken | CapacityArrived | ScriptFailed | RetireRequested
 
 
 @dataclass(frozen=True)
@@ -145,7 +155,20 @@ def plan_recovery(job: Job, nodes: Sequence[Node], signal: Signal) -> RecoveryPl
         return _on_checkpoint(job, nodes, signal)
     if isinstance(signal, ScriptFailed):
         return _on_script_failed(job, nodes, signal)
+    if isinstance(signal, RetireRequested):
+        return _on_retire_requested(job, signal)
     return _on_capacity(job, nodes, signal)
+
+
+def _on_retire_requested(job: Job, signal: RetireRequested) -> RecoveryPlan:
+    """Marks one on-demand member to retire; at most one retirement per job, never while it recovers."""
+    if job.recovery is not None or job.state is not JobState.RUNNING:
+        return _unchanged(job, "ignored: the job is recovering")
+    try:
+        after = begin_move_back(job, signal.instance_id, signal.at)
+    except RetirementRefused as exc:
+        return _unchanged(job, f"ignored: {exc}")
+    return RecoveryPlan(before=job, job=after, outcome=f"move back to spot: {signal.instance_id} to be replaced")
 
 
 def _on_notice(job: Job, nodes: Sequence[Node], signal: NoticeGiven) -> RecoveryPlan:
@@ -244,6 +267,9 @@ def _on_checkpoint(job: Job, nodes: Sequence[Node], signal: CheckpointTaken) -> 
         return RecoveryPlan(
             before=job, job=after.with_incident(finished), outcome=f"finished: final checkpoint at step {signal.step}"
         )
+    if recovery is None and _replacement_ran(job):
+        plan = _retire_one(job, nodes, signal.at)
+        return replace(plan, outcome=f"checkpoint at step {signal.step} with the replacement: {plan.outcome}")
     if recovery is None or not recovery.awaiting_checkpoint:
         if not signal.emergency or recovery is not None:
             return _unchanged(job, "checkpoint noted: no recovery waits for it")
@@ -271,13 +297,15 @@ def _on_capacity(job: Job, nodes: Sequence[Node], signal: CapacityArrived) -> Re
     ).with_incident(Incident(at=signal.at, cause="capacity-arrived", generation=job.generation, instance_id=instance))
     known = [*nodes, Node(instance_id=instance, job_id=job.job_id, host=signal.host)]
     if after.recovery is None:
-        room = job.max_workers - len(job.members)
+        room = job.worker_room
         if job.state is JobState.RUNNING and room > 0:
-            # Running below max_workers (survivors of a loss re-formed without a replacement): grow the ring. A
-            # membership change at a step boundary, not a failure: nothing is lost.
+            # Running below max_workers (survivors of a loss re-formed without a replacement), or a retiring member
+            # waits for its replacement: grow the ring. A membership change at a step boundary, not a failure:
+            # nothing is lost.
             joining = after.spares[:room]
             plan = _reconfigure(after, known, list(job.members), joining, signal.at, restore=False, cause="grown")
-            return replace(plan, before=job, outcome=f"capacity arrived: {plan.outcome}")
+            grown = _with_replacement(plan.job, joining)
+            return replace(plan, before=job, job=grown, outcome=f"capacity arrived: {plan.outcome}")
         return RecoveryPlan(before=job, job=after, outcome="spare added: no recovery waits for it")
     plan = _try_reconfigure(after, known, signal.at)
     return replace(plan, before=job, outcome=f"capacity arrived: {plan.outcome}")
@@ -292,6 +320,8 @@ def _on_script_failed(job: Job, nodes: Sequence[Node], signal: ScriptFailed) -> 
         return _unchanged(job, f"ignored: generation {job.generation}'s script failure is already counted")
     if signal.instance_id not in job.members:
         return _unchanged(job, "ignored: instance is not a member of the job's current generation")
+    if _is_upgrade_replacement(job, signal.instance_id):
+        return _roll_back(job, nodes, signal)
     failures = job.script_failures + 1
     allowed = job.spec.max_restarts
     incident = Incident(
@@ -331,6 +361,101 @@ def _fail(job: Job, counted: Job, signal: ScriptFailed, why: str, metrics: Mappi
     ).with_incident(Incident(at=signal.at, cause="failed", generation=job.generation, detail=why))
     stop = stop_command(job, f"failed: {why}", signal.at)
     return RecoveryPlan(before=job, job=after, commands=(stop,), outcome=f"job failed: {why}", metrics=metrics)
+
+
+def _retirement_in(job: Job) -> Retirement | None:
+    """``job``'s retirement as its new ring has it: members lost meanwhile no longer retire, a replacement lost is
+    wanted again; None once nothing is left to do."""
+    retirement = job.retirement
+    if retirement is None:
+        return None
+    retiring = tuple(i for i in retirement.retiring if i in job.members)
+    replacement = retirement.replacement if retirement.replacement in job.members else None
+    if not retiring:
+        return None
+    joined = retirement.joined_generation if replacement is not None else None
+    return replace(retirement, retiring=retiring, replacement=replacement, joined_generation=joined)
+
+
+def _with_replacement(job: Job, joining: Sequence[str]) -> Job:
+    """The grown ``job`` with the newcomer that replaces the next retiring member (when one waits for it)."""
+    retirement = job.retirement
+    if retirement is None or retirement.replacement is not None or not joining:
+        return job
+    return replace(job, retirement=replace(retirement, replacement=joining[-1], joined_generation=job.generation))
+
+
+def _replacement_ran(job: Job) -> bool:
+    """The ring that includes the retirement's replacement is the job's (and just checkpointed): one retiring
+    member may leave."""
+    retirement = job.retirement
+    return (
+        retirement is not None
+        and retirement.replacement in job.members
+        and retirement.joined_generation is not None
+        and job.generation >= retirement.joined_generation
+    )
+
+
+def _retire_one(job: Job, nodes: Sequence[Node], at: datetime) -> RecoveryPlan:
+    """The ring without its next retiring member (the leave-out shrink: the others train on at the next step
+    boundary, it stops and its instance is released); the retirement goes on with the rest, or is complete."""
+    retirement = job.retirement
+    assert retirement is not None
+    leaving = next((i for i in retirement.retiring if i in job.members and i != retirement.replacement), None)
+    survivors = [i for i in job.members if i != leaving]
+    if leaving is None or len(survivors) < job.min_workers:
+        return _unchanged(job, "no retiring member can leave without going below min_workers")
+    plan = _reconfigure(job, nodes, survivors, [], at, restore=False, cause="retired")
+    rest = tuple(i for i in retirement.retiring if i != leaving and i in plan.job.members)
+    replaced = retirement.replaced + 1
+    if rest:
+        kept = replace(
+            retirement,
+            retiring=rest,
+            replacement=None,
+            joined_generation=None,
+            replaced=replaced,
+            retired=(*retirement.retired, leaving),
+        )
+        phase, detail = "progressed", f"{replaced} worker(s) replaced, {len(rest)} left"
+    else:
+        kept, phase, detail = None, "completed", f"{replaced} worker(s) replaced"
+    incident = Incident(
+        at=at, cause=f"{retirement.kind}-{phase}", generation=plan.job.generation, instance_id=leaving, detail=detail
+    )
+    after = replace(plan.job, retirement=kept).with_incident(incident)
+    return replace(plan, job=after, outcome=f"{leaving} retired: {plan.outcome}")
+
+
+def _is_upgrade_replacement(job: Job, instance_id: str) -> bool:
+    retirement = job.retirement
+    return retirement is not None and retirement.kind == "upgrade" and retirement.replacement == instance_id
+
+
+def _roll_back(job: Job, nodes: Sequence[Node], signal: ScriptFailed) -> RecoveryPlan:
+    """A new-version worker failed: the upgrade stops. The job's program goes back to the old one, the ring goes on
+    without the failed replacement (whose instance is released), and the failure does not count against
+    ``max_restarts``: the old workers never stopped, the job did not fail."""
+    retirement = job.retirement
+    assert retirement is not None and retirement.previous_image is not None
+    spec = job.spec.model_copy(
+        update={"image": retirement.previous_image, "entrypoint": list(retirement.previous_entrypoint)}
+    )
+    restored = replace(job, spec=spec, retirement=None)
+    survivors = [i for i in job.members if i != signal.instance_id]
+    plan = _reconfigure(restored, nodes, survivors, [], signal.at, restore=False, cause="rolled-back")
+    incident = Incident(
+        at=signal.at,
+        cause="upgrade-rolled-back",
+        generation=plan.job.generation,
+        instance_id=signal.instance_id,
+        detail=f"the new version failed on {signal.instance_id}: {signal.reason}",
+        step=signal.step,
+    )
+    return replace(
+        plan, before=job, job=plan.job.with_incident(incident), outcome=f"upgrade rolled back: {plan.outcome}"
+    )
 
 
 def _try_reconfigure(job: Job, nodes: Sequence[Node], at: datetime) -> RecoveryPlan:
@@ -379,6 +504,7 @@ def _reconfigure(
         job.reconfigured(ranks, spares=tuple(s for s in job.spares if s not in ranks)),
         restoring_step=checkpoint.step if checkpoint else None,
     )
+    after = replace(after, retirement=_retirement_in(after))
     command = reconfigure_command(after, {n.instance_id: n.host for n in nodes}, at, checkpoint=checkpoint)
     cause = cause or ("restarted" if restore else "reconfigured")
     detail = f"world {len(ranks)}" + (f", from step {checkpoint.step}" if checkpoint else "")

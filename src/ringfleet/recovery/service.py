@@ -37,12 +37,14 @@ from ringfleet.recovery.decisions import (
     NodeLost,
     NoticeGiven,
     RecoveryPlan,
+    RetireRequested,
     Signal,
     lost_instances,
     plan_node_updates,
     plan_recovery,
 )
-from ringfleet.recovery.signals import failure_signal, lost_in_ring, ring_suspects, signal_of
+from ringfleet.recovery.retirement import retirement_events
+from ringfleet.recovery.signals import failure_signal, lost_in_ring, reporter_refusal, ring_suspects, signal_of
 
 if TYPE_CHECKING:
     from ringfleet.contracts import CheckpointCompleted, ControlDetail, Heartbeat, NodeEvent, WorkerFailed
@@ -138,15 +140,25 @@ class RecoveryService:
         Dated no later than received: a sender's clock (or a forged message) cannot make a node look alive ahead.
         """
         at = min(message.sent_at, received_at or self.clock.now())
-        seen = self.nodes.record_heartbeat(message.instance_id, generation=message.generation, step=message.step, at=at)
-        outcome = "recorded" if seen else "ignored: unknown, lost or older-generation node"
-        return RecoveryOutcome(message.job_id, outcome)
+        seen = self.nodes.record_heartbeat(
+            message.instance_id, job_id=message.job_id, generation=message.generation, step=message.step, at=at
+        )
+        if seen:
+            return RecoveryOutcome(message.job_id, "recorded")
+        # Mostly a late heartbeat of a node recovery already gave up on; a forged one reads the same.
+        log.info("heartbeat of %s for job %s ignored: not a live node of it", message.instance_id, message.job_id)
+        return RecoveryOutcome(message.job_id, "ignored: not a live node of this job at this generation")
 
     def on_checkpoint_completed(self, message: CheckpointCompleted) -> RecoveryOutcome:
+        """A checkpoint the job's ring wrote; ignored (and logged) unless a member of the job reports it."""
+        job = self._known(message.job_id)
+        refused = self._refuse(job, message, member=True)
+        if refused is not None:
+            return refused
         signal = CheckpointTaken(
             message.generation, message.step, message.sent_at, emergency=message.emergency, final=message.final
         )
-        return self.apply(message.job_id, signal, known=True)
+        return self.apply(message.job_id, signal, read=job, known=True)
 
     def on_worker_failed(self, message: WorkerFailed) -> RecoveryOutcome:
         """A worker's own failure (``scope`` self: it is the lost node), its ring's (``ring``: a peer is gone), or
@@ -155,20 +167,25 @@ class RecoveryService:
         For a ring's failure the shell asks EC2 which of the reporter's peers it no longer runs; which members that
         makes lost is ``lost_in_ring``'s decision (none when every member still runs: the heartbeat sweep decides).
         """
-        node = self.nodes.get(message.instance_id)
-        if node is None or node.job_id != message.job_id:
-            self._known(message.job_id)
-            return RecoveryOutcome(message.job_id, "ignored: instance is not a node of this job")
+        job = self._known(message.job_id)
+        refused = self._refuse(job, message, member=False)
+        if refused is not None:
+            return refused
         detect = max(0.0, (self.clock.now() - message.sent_at).total_seconds())
         if message.scope != "ring":
-            return replace(self.apply(message.job_id, failure_signal(message), known=True), time_to_detect=detect)
-        job = self._known(message.job_id)
+            signal = failure_signal(message)
+            return replace(self.apply(message.job_id, signal, read=job, known=True), time_to_detect=detect)
         ring = lost_in_ring(job, message, self.fleet.not_running(ring_suspects(job, message)))
         if not ring.lost:
             return RecoveryOutcome(message.job_id, ring.outcome)
         outcomes = [self.apply(message.job_id, ring.lost[0], read=job)]  # the job as just read serves the first
         outcomes += [self.apply(message.job_id, signal) for signal in ring.lost[1:]]
         return replace(outcomes[-1], time_to_detect=detect)
+
+    def retire(self, job_id: str, instance_id: str) -> RecoveryOutcome:
+        """The fleet scaler found spot room for the job's on-demand member ``instance_id``: a spot worker replaces
+        it through the ring (at most one retirement per job at a time; none while it recovers)."""
+        return self.apply(job_id, RetireRequested(instance_id, self.clock.now()))
 
     def on_capacity_arrived(self, job_id: str, instance_id: str, host: str | None = None) -> RecoveryOutcome:
         """An instance placed on the job is running (called by the fleet scaler once it placed it)."""
@@ -190,6 +207,16 @@ class RecoveryService:
                 outcome = RecoveryOutcome(node.job_id, f"failed: {type(exc).__name__}: {exc}")
             outcomes.append(replace(outcome, time_to_detect=(now - last).total_seconds()))
         return outcomes
+
+    def _refuse(self, job: Job, message: CheckpointCompleted | WorkerFailed, *, member: bool) -> RecoveryOutcome | None:
+        """An "ignored" outcome, logged, when ``message``'s instance may not speak for its job (``reporter_refusal``:
+        one worker user serves every job, so the broker cannot tell whose worker sent it); None when it may."""
+        node = self.nodes.get(message.instance_id)
+        reason = reporter_refusal(job, node, message.instance_id, message.generation, member=member)
+        if reason is None:
+            return None
+        log.warning("refused %s of job %s: %s", message.type, message.job_id, reason)
+        return RecoveryOutcome(message.job_id, f"ignored: {reason}")
 
     def _known(self, job_id: str) -> Job:
         job = self.jobs.get(job_id)
@@ -265,6 +292,7 @@ class RecoveryService:
             self._want_capacity(committed.stored, signal)
         if committed.stored.is_final:
             self._announce_finished(committed.stored)
+        self._announce_retirement(job, committed.stored)
         self._apply_node_updates(updates, release, hooks, written=committed.nodes_written)
         return outcome
 
@@ -281,6 +309,22 @@ class RecoveryService:
         self._announce(
             CapacityWantedDetail(tenant=job.tenant, job_id=job.job_id, replacements=wanted, cause=signal.cause)
         )
+
+    def _announce_retirement(self, before: Job, job: Job) -> None:
+        """``Upgrade Progressed/Completed/RolledBack`` for what this decision did to a rolling upgrade, and
+        ``Capacity Wanted`` when a retiring member now waits for its replacement (the scaler launches it now, not at
+        its next tick)."""
+        from ringfleet.contracts import CapacityWantedDetail, UpgradeDetail
+
+        for phase, detail in retirement_events(before, job):
+            self._announce(UpgradeDetail(tenant=job.tenant, job_id=job.job_id, phase=phase, detail=detail[:2048]))
+        retirement = job.retirement
+        if retirement is not None and retirement.replacement is None and job.instances_wanted > 0:
+            waited = before.retirement is not None and before.retirement.replacement is None
+            if not waited:
+                self._announce(
+                    CapacityWantedDetail(tenant=job.tenant, job_id=job.job_id, replacements=1, cause=retirement.kind)
+                )
 
     def _announce_finished(self, job: Job) -> None:
         """``Job Finished`` on EventBridge (SUCCEEDED or FAILED): the fleet scaler stops counting its workers and

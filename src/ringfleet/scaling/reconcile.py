@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from ringfleet.core.jobs import Job
+from ringfleet.core.jobs import Job, JobState
 from ringfleet.core.nodes import Node, NodeState
 from ringfleet.recovery.decisions import plan_node_updates
 from ringfleet.scaling.decisions import (
@@ -44,6 +44,7 @@ __all__ = [
     "ReconcilePlan",
     "ScalingReport",
     "instance_types_in_play",
+    "move_backs",
     "plan_assignments",
     "plan_reconcile",
     "remaining_hours",
@@ -118,6 +119,10 @@ class ReconcilePlan:
     #: The active jobs (placement gives free instances to the PENDING, RUNNING and RECOVERING ones).
     jobs: tuple[Job, ...]
     now: datetime
+    #: (job id, on-demand member) to move back to spot: a spot pool has room for it (``move_backs``).
+    retire: tuple[tuple[str, str], ...] = ()
+    #: Retired instances in their grace period (``RETIRE_GRACE``): neither placed nor released yet.
+    held: frozenset[str] = frozenset()
 
     @property
     def changes_fleet(self) -> bool:
@@ -176,6 +181,8 @@ def _occupancy(snapshot: FleetSnapshot, nodes: Mapping[str, Node], active: set[s
 
 
 def _demand(job: Job, placed: Mapping[str, int], step: int | None, now: datetime) -> JobDemand:
+    """What ``job`` asks of the fleet: its min..max workers, one more while it replaces a retiring member (the
+    replacement joins before the old worker leaves)."""
     spec = job.spec
     deadline = None
     if spec.deadline_hours is not None and job.created_at is not None:
@@ -184,7 +191,7 @@ def _demand(job: Job, placed: Mapping[str, int], step: int | None, now: datetime
         job.job_id,
         job.tenant,
         spec.min_workers,
-        spec.max_workers,
+        spec.max_workers + int(job.retirement is not None),
         spec.gpus_per_worker,
         tuple(spec.instance_types),
         spec.budget_usd_per_hour,
@@ -194,10 +201,16 @@ def _demand(job: Job, placed: Mapping[str, int], step: int | None, now: datetime
     )
 
 
-def _observed(remembered: FleetState, snapshot: FleetSnapshot, leaving: Mapping[str, str], now: datetime) -> FleetState:
+def _observed(
+    remembered: FleetState,
+    snapshot: FleetSnapshot,
+    leaving: Mapping[str, str],
+    now: datetime,
+    retiring: Mapping[str, str] | None = None,
+) -> FleetState:
     """The remembered state with the fleet as it is, less what is leaving; interruption rates are learned per pool,
     every notice counted once (an instance's notice is seen on several runs), over the pool-hours run meanwhile."""
-    going = Counter(leaving.values())
+    going = Counter(leaving.values()) + Counter((retiring or {}).values())
     present = {i.instance_id for i in snapshot.instances}
     new_notices = [i for i in leaving if i not in remembered.noticed]
     return observe_fleet(
@@ -213,14 +226,35 @@ def _observed(remembered: FleetState, snapshot: FleetSnapshot, leaving: Mapping[
     )
 
 
+#: How long a retired instance is kept (unplaced) before it is released: its worker leaves the ring at the next step
+#: boundary, and terminating it before would break the survivors' shrink.
+RETIRE_GRACE = timedelta(seconds=10)
+
+
+def _retired(jobs: Sequence[Job], nodes: Mapping[str, Node], now: datetime) -> tuple[set[str], set[str]]:
+    """Instances a job retired (a rolling upgrade, a move back to spot): (those to release now, whatever the
+    targets; those still in their grace period, placed on nothing)."""
+    retired = {i for j in jobs if j.retirement is not None for i in j.retirement.retired}
+    held = {
+        i for i in retired if (n := nodes.get(i)) is not None and n.updated_at and now - n.updated_at < RETIRE_GRACE
+    }
+    return retired - held, held
+
+
 def _releasable(
-    targets: Mapping[str, int], snapshot: FleetSnapshot, busy: Collection[str], going: Mapping[str, int]
+    targets: Mapping[str, int],
+    snapshot: FleetSnapshot,
+    busy: Collection[str],
+    going: Mapping[str, int],
+    retired: Collection[str] = (),
 ) -> list[str]:
     """Per pool, the idle instances beyond its target (those leaving with notice counted apart): oldest listed
-    first, and never more than the pool's idle ones."""
-    release: list[str] = []
+    first, and never more than the pool's idle ones; and every idle instance a job retired (the fleet launches a
+    fresh one in its place when the target still wants it)."""
+    first = [i.instance_id for i in snapshot.instances if i.instance_id in retired and i.instance_id not in busy]
+    release = list(first)
     for pool, target in targets.items():
-        in_pool = [i.instance_id for i in snapshot.instances if i.pool == pool]
+        in_pool = [i.instance_id for i in snapshot.instances if i.pool == pool and i.instance_id not in first]
         idle = [i for i in in_pool if i not in busy]
         excess = len(in_pool) - target - going.get(pool, 0)
         release += idle[: max(0, excess)]
@@ -244,16 +278,44 @@ def plan_reconcile(
     pool_of = {i.instance_id: i.pool for i in snapshot.instances}
     placed = occupancy.placed(pool_of)
     demand = [_demand(job, placed.get(job.job_id, {}), occupancy.steps.get(job.job_id), now) for job in jobs]
-    decision = decide_scaling(demand, pools, _observed(remembered, snapshot, occupancy.leaving, now), now, policy)
-    going = Counter(occupancy.leaving.values())
+    retired, held = _retired(jobs, nodes, now)
+    # A retired instance in its grace period is not capacity either (as one leaving with notice): the job's next
+    # replacement launches now, not once it is released; unlike a notice it is no interruption of its pool.
+    holding = {i: pool_of[i] for i in held if i in pool_of}
+    observed = _observed(remembered, snapshot, occupancy.leaving, now, retiring=holding)
+    decision = decide_scaling(demand, pools, observed, now, policy)
+    going = Counter(occupancy.leaving.values()) + Counter(holding.values())
     return ReconcilePlan(
         decision=decision,
         targets={k: n + going[k] for k, n in decision.targets.items()},
-        release=tuple(_releasable(decision.targets, snapshot, occupancy.busy, going)),
+        release=tuple(_releasable(decision.targets, snapshot, {*occupancy.busy, *holding}, going, retired)),
+        held=frozenset(held),
         busy=occupancy.busy,
         jobs=tuple(jobs),
         now=now,
+        retire=move_backs(jobs, decision, placed, pool_of),
     )
+
+
+def move_backs(
+    jobs: Sequence[Job],
+    decision: ScalingDecision,
+    placed: Mapping[str, Mapping[str, int]],
+    pool_of: Mapping[str, str],
+) -> tuple[tuple[str, str], ...]:
+    """(job, member) for each RUNNING job (not recovering, not already replacing a member) that holds an on-demand
+    worker while the decision gives it more spot workers than it runs: that spot pool has room, so one on-demand
+    member retires and a spot worker replaces it through the ring (one per job at a time; the next on a later run)."""
+    out = []
+    for job in jobs:
+        if job.state is not JobState.RUNNING or job.recovery is not None or job.retirement is not None:
+            continue
+        mine, given = placed.get(job.job_id, {}), decision.placements.get(job.job_id, {})
+        spot_room = any(n > mine.get(k, 0) for k, n in given.items() if k.startswith("spot:"))
+        on_demand = sorted(i for i in job.members if pool_of.get(i, "").startswith("on-demand:"))
+        if spot_room and on_demand:
+            out.append((job.job_id, on_demand[0]))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -311,7 +373,10 @@ def plan_assignments(plan: ReconcilePlan, snapshot: FleetSnapshot) -> Assignment
     free = [
         FreeInstance(i.instance_id, i.instance_type, i.pool, i.host)
         for i in snapshot.instances
-        if i.state == "running" and i.instance_id not in plan.busy and i.instance_id not in plan.release
+        if i.state == "running"
+        and i.instance_id not in plan.busy
+        and i.instance_id not in plan.release
+        and i.instance_id not in plan.held
     ]
     placement = plan_placement(plan.jobs, free, plan.now)
     return Assignments(
