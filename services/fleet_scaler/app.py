@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.utilities.batch import process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -56,4 +56,8 @@ def handler(event: dict[str, Any], context: LambdaContext) -> Mapping[str, Any]:
     metrics.add_metric(name="ScalingAdjustments", unit=MetricUnit.Count, value=cost.delta_r)
     for pool, n in report.decision.targets.items():
         metrics.add_metric(name=f"PoolWorkers.{pool.replace(':', '.')}", unit=MetricUnit.Count, value=n)
+    for job_id, per_hour in report.cost_per_hour_by_job.items():
+        # One metric per job (the dashboard's $/hour per job): a dimension of its own, so a metric set of its own.
+        with single_metric(name="JobCostPerHour", unit=MetricUnit.NoUnit, value=per_hour) as job_metric:
+            job_metric.add_dimension(name="job_id", value=job_id)
     return {**response, "scaling": report.as_dict()}

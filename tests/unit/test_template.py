@@ -671,3 +671,14 @@ def test_the_dashboard_reads_only_metrics_the_handlers_publish() -> None:
         name = metric[1]
         assert metric[2] == "service" and metric[3] in services, metric
         assert name in names or (name.split(".", 1)[0] in families and "." in name), metric
+    # the per-job widgets search a metric set with a job_id dimension: its name is one a handler publishes
+    searched = [
+        m[0]["expression"]
+        for w in dashboard()["widgets"]
+        for m in w["properties"].get("metrics", [])
+        if isinstance(m[0], dict) and "expression" in m[0]
+    ]
+    assert searched
+    for expression in searched:
+        (name,) = re.findall(r'MetricName="([A-Za-z]+)"', expression)
+        assert "{ringfleet,job_id,service}" in expression and name in names, expression

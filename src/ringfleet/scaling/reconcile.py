@@ -59,6 +59,8 @@ class ScalingReport:
     #: Workers wanted by jobs but not yet running for them (the backlog alarm's metric).
     pending_workers: int = 0
     running_by_pool: dict[str, int] = field(default_factory=dict)
+    #: job -> $ per hour of the instances serving it when the run began (the dashboard's cost per job).
+    cost_per_hour_by_job: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         d = self.decision
@@ -75,6 +77,7 @@ class ScalingReport:
             "started": list(self.started),
             "replacements": [list(r) for r in self.replacements],
             "pending_workers": self.pending_workers,
+            "cost_per_hour_by_job": dict(self.cost_per_hour_by_job),
         }
 
 
@@ -123,6 +126,8 @@ class ReconcilePlan:
     retire: tuple[tuple[str, str], ...] = ()
     #: Retired instances in their grace period (``RETIRE_GRACE``): neither placed nor released yet.
     held: frozenset[str] = frozenset()
+    #: job -> $ per hour of the instances serving it now.
+    cost_per_hour_by_job: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def changes_fleet(self) -> bool:
@@ -294,7 +299,23 @@ def plan_reconcile(
         jobs=tuple(jobs),
         now=now,
         retire=move_backs(jobs, decision, placed, pool_of),
+        cost_per_hour_by_job=cost_per_hour_by_job(occupancy.busy, pool_of, pools),
     )
+
+
+def cost_per_hour_by_job(
+    busy: Mapping[str, str], pool_of: Mapping[str, str], pools: Sequence[Pool]
+) -> dict[str, float]:
+    """What each job's instances cost per hour at their pools' prices (an instance of a pool not on offer any more
+    is counted at its type's on-demand price, the most it can cost)."""
+    price = {p.key: p.price_per_hour for p in pools}
+    on_demand = {p.instance_type: p.price_per_hour for p in pools if p.market == "on-demand"}
+    cost: dict[str, float] = {}
+    for instance, job_id in busy.items():
+        pool = pool_of.get(instance, "")
+        fallback = on_demand.get(pool.split(":")[1], 0.0) if pool.count(":") == 2 else 0.0
+        cost[job_id] = round(cost.get(job_id, 0.0) + price.get(pool, fallback), 4)
+    return cost
 
 
 def move_backs(
@@ -346,6 +367,7 @@ class Assignments:
     #: Instances already serving jobs when the run began.
     serving: int
     running_by_pool: dict[str, int]
+    cost_per_hour_by_job: dict[str, float] = field(default_factory=dict)
 
     def report(self, started: Collection[str]) -> ScalingReport:
         """The run's report, ``started`` being the jobs whose start was saved (one that moved meanwhile was not)."""
@@ -357,6 +379,7 @@ class Assignments:
             replacements=tuple((h.job_id, h.node.instance_id) for h in self.handovers),
             pending_workers=max(0, self.decision.wanted - serving),
             running_by_pool=dict(self.running_by_pool),
+            cost_per_hour_by_job=dict(self.cost_per_hour_by_job),
         )
 
 
@@ -388,4 +411,5 @@ def plan_assignments(plan: ReconcilePlan, snapshot: FleetSnapshot) -> Assignment
         ),
         serving=len(plan.busy),
         running_by_pool=dict(snapshot.fulfilled),
+        cost_per_hour_by_job=dict(plan.cost_per_hour_by_job),
     )
