@@ -111,9 +111,14 @@ class InMemoryNodeRepository:
     def list_by_job(self, job_id: str) -> list[Node]:
         return sorted((n for n in self._nodes.values() if n.job_id == job_id), key=lambda n: n.instance_id)
 
-    def record_heartbeat(self, instance_id: str, *, generation: int, step: int, at: datetime) -> bool:
+    def record_heartbeat(self, instance_id: str, *, job_id: str, generation: int, step: int, at: datetime) -> bool:
         node = self._nodes.get(instance_id)
-        if node is None or node.state not in (NodeState.ACTIVE, NodeState.LEAVING) or node.generation > generation:
+        if (
+            node is None
+            or node.job_id != job_id
+            or node.state not in (NodeState.ACTIVE, NodeState.LEAVING)
+            or node.generation > generation
+        ):
             return False
         if node.last_heartbeat is not None and node.last_heartbeat >= at:
             return False

@@ -4,7 +4,7 @@ source).
 A message is handled only when its broker user may send it (``ringfleet.intake.senders``): a tenant's app user
 for that tenant, or the control plane's; anything else is refused and changes nothing. Each message is handled on
 its own: an invalid one (100,000 workers, a negative budget, not JSON) or a refused one is published, with its
-reason, to ``ringfleet.jobs.dlq`` (``ringfleet.dead_letters``: MQ event sources have no partial batch response)
+reason, to ``ringfleet.jobs.dlq`` (``ringfleet.batch.dead_letter``: MQ event sources have no partial batch response)
 and never admitted, so it reaches neither the jobs table nor the scaler, and the batch's valid messages are
 handled once. Infrastructure errors (a dead letter that cannot be published included) raise, and the broker
 redelivers the batch (handling is idempotent per message id).
@@ -19,10 +19,10 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
+from ringfleet.batch import dead_letter
 from ringfleet.bootstrap import intake_service
 from ringfleet.contracts import AppMessage, JobCancelled, JobSubmitted, RabbitMqEvent, RabbitMqMessage
 from ringfleet.contracts.broker import dead_letter_queue
-from ringfleet.dead_letters import dead_letter
 
 logger = Logger()
 tracer = Tracer()

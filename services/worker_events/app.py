@@ -1,8 +1,10 @@
 """worker_events: Heartbeat, CheckpointCompleted and WorkerFailed from the broker's worker-events queue (Amazon MQ).
 
 Heartbeats record liveness; checkpoints and failures feed the recovery state machine. Each message is handled once
-per message id (Powertools idempotency). An invalid message fails the batch after the valid ones are applied: the
-broker redelivers it and, past its delivery limit, dead-letters it; the valid ones are then duplicates and skipped.
+per message id (Powertools idempotency), on its own: an invalid one (unparseable, of another type, or sent by a
+tenant's app user) is published with its reason to ``ringfleet.worker-events.dlq`` (``ringfleet.batch.dead_letter``: MQ
+event sources have no partial batch response, so failing the batch would dead-letter its valid messages too) and
+the batch succeeds. Only an error applying a valid message, or publishing a dead letter, fails the batch.
 """
 
 from __future__ import annotations
@@ -15,7 +17,15 @@ from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idemp
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from ringfleet import bootstrap
-from ringfleet.contracts import Heartbeat, RabbitMqEvent, WorkerFailed, WorkerMessage, parse_rmq_messages
+from ringfleet.batch import dead_letter
+from ringfleet.contracts import (
+    Heartbeat,
+    RabbitMqEvent,
+    RabbitMqMessage,
+    WorkerFailed,
+    WorkerMessage,
+    parse_rmq_messages,
+)
 from ringfleet.contracts.broker import tenant_of_user
 from ringfleet.observability import report_outcome
 
@@ -40,31 +50,35 @@ def handle_message(*, key: dict[str, str], message: Any) -> dict[str, Any]:
     return outcome.as_dict()
 
 
+def _invalid(event: dict[str, Any], raw: RabbitMqMessage) -> tuple[Any, str | None]:
+    """``(message, None)`` for a worker message a worker sent; ``(None, why not)`` otherwise."""
+    sender = raw.basic_properties.user_id
+    if tenant_of_user(sender) is not None:
+        # An app user can name this queue through the default exchange; the broker vouches it sent this: apps
+        # never speak for workers.
+        return None, f"broker user {sender!r} is a tenant's app user: it may not send worker messages"
+    single = {**event, "rmqMessagesByQueue": {"q::/": [raw.model_dump(by_alias=True)]}}
+    try:
+        (message,) = parse_rmq_messages(single, WorkerMessage)
+    except ValueError as exc:
+        return None, f"invalid message: {exc}"
+    return message, None
+
+
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     idempotency.register_lambda_context(context)
-    rejected: list[str] = []
-    applied = 0
-    for _, raw in RabbitMqEvent.model_validate(event).messages():
-        sender = raw.basic_properties.user_id
-        if tenant_of_user(sender) is not None:
-            # An app user can name this queue through the default exchange; the broker vouches it sent this, so
-            # it is dropped (not redelivered): apps never speak for workers.
-            logger.warning("message refused", message_id=raw.basic_properties.message_id, user_id=sender)
-            metrics.add_metric(name="RecordsRefused", unit=MetricUnit.Count, value=1)
-            continue
-        single = {**event, "rmqMessagesByQueue": {"q::/": [raw.model_dump(by_alias=True)]}}
-        try:
-            (message,) = parse_rmq_messages(single, WorkerMessage)
-        except ValueError as exc:
-            logger.error("message rejected", message_id=raw.basic_properties.message_id, reason=str(exc))
+    applied = dead = 0
+    for queue, raw in RabbitMqEvent.model_validate(event).messages():
+        message, reason = _invalid(event, raw)
+        if reason is not None:
+            logger.error("message rejected", message_id=raw.basic_properties.message_id, reason=reason)
             metrics.add_metric(name="RecordsRejected", unit=MetricUnit.Count, value=1)
-            rejected.append(str(exc))
+            dead_letter(queue, raw, reason, context=context)
+            dead += 1
             continue
         handle_message(key={"message_id": str(message.message_id)}, message=message)
         applied += 1
-    if rejected:
-        raise ValueError(f"{len(rejected)} invalid worker message(s): {'; '.join(rejected)}")
-    return {"accepted": applied}
+    return {"accepted": applied, "dead_lettered": dead}

@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 
     from ringfleet.adapters.commands import AmqpCommandPublisher
-
     from ringfleet.backup.service import BackupService
     from ringfleet.intake.service import IntakeService
     from ringfleet.recovery.service import RecoveryService
@@ -31,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Settings",
     "backup_service",
+    "dead_letter_store",
     "dead_letters",
     "idempotency_store",
     "intake_service",
@@ -180,9 +180,19 @@ def idempotency_store() -> DynamoDBPersistenceLayer:
 
 
 @lru_cache(maxsize=1)
+def dead_letter_store() -> DynamoDBPersistenceLayer:
+    """The idempotency records of dead letters (``ringfleet.batch.dead_letter``), in the idempotency table: a layer of
+    their own, since Powertools configures a layer with the first config that uses it (the handler's own is keyed
+    by message id)."""
+    from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
+
+    return DynamoDBPersistenceLayer(table_name=settings().idempotency_table, boto_config=aws_config())
+
+
+@lru_cache(maxsize=1)
 def dead_letters() -> AmqpCommandPublisher:
-    """The publisher MQ handlers dead-letter invalid messages with (``ringfleet.dead_letters``): the control plane's
-    user; it connects on its first dead letter, so a container that never gets one opens no connection."""
+    """The publisher MQ handlers dead-letter invalid messages with (``ringfleet.batch.dead_letter``): the control
+    plane's user; it connects on its first dead letter, so a container that never gets one opens no connection."""
     from ringfleet.adapters.commands import AmqpCommandPublisher
 
     return AmqpCommandPublisher(settings().broker_url)

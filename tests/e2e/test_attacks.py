@@ -173,7 +173,7 @@ def test_an_app_cannot_speak_for_workers(cloud: LocalCloud) -> None:
         lambda ds: any(d.function == "WorkerEventsFunction" and d.result.ok for d in ds[after:]), timeout=60
     )
     handled = [d for d in done[after:] if d.function == "WorkerEventsFunction"]
-    assert handled[0].result.result == {"accepted": 0}
+    assert handled[0].result.result == {"accepted": 0, "dead_lettered": 1}
     job = _jobs(cloud).get("acme-model")
     assert job is not None and job.state == JobState.PENDING
 
@@ -197,6 +197,21 @@ def test_local_credentials_prints_a_url_that_logs_in(cloud: LocalCloud, root: Pa
     _admitted_job_via(cloud, url, "globex", "globex-model")
     missing = subprocess.run(command[:-2], env=env, capture_output=True, text=True, cwd=root)
     assert missing.returncode == 2 and "--tenant" in missing.stderr
+    unregistered = subprocess.run([*command[:-1], "initech"], env=env, capture_output=True, text=True, cwd=root)
+    assert unregistered.returncode == 2 and unregistered.stdout == ""
+    assert "tenant 'initech' is not registered" in unregistered.stderr
+    assert "ringfleet local up --tenant initech" in unregistered.stderr
+
+
+def test_a_job_of_an_unregistered_tenant_is_rejected_and_never_stored(cloud: LocalCloud) -> None:
+    """An app user of a tenant the stack does not list (here made by hand) gets nothing admitted."""
+    assert cloud.roles is not None
+    url = cloud.roles.role_url("app", "initech")
+    after = len(cloud.router.deliveries)
+    RingfleetClient(url).submit(digits_job(job_id="initech-model", tenant="initech"))
+    outcome = _outcome(cloud, "initech-model", "JobSubmitted", after)
+    assert outcome["outcome"] == "rejected" and "tenant 'initech' is not registered" in outcome["reason"]
+    assert _jobs(cloud).get("initech-model") is None
 
 
 def _admitted_job_via(cloud: LocalCloud, url: str, tenant: str, job_id: str) -> None:

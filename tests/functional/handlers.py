@@ -15,6 +15,7 @@ publisher connection, and the queue alone already sees exactly the job's command
 from __future__ import annotations
 
 import asyncio
+import base64
 import importlib.util
 import json
 import os
@@ -85,6 +86,8 @@ def _drop_composition_root() -> None:
             close = getattr(getattr(cached(), "publisher", None), "close", None)
             if callable(close):
                 close()
+    if bootstrap.dead_letters.cache_info().currsize:
+        bootstrap.dead_letters().close()
     for value in vars(bootstrap).values():
         if callable(getattr(value, "cache_clear", None)):
             value.cache_clear()
@@ -213,3 +216,41 @@ class CommandTap:
                 await (await conn.channel()).queue_delete(self.queue)
 
         asyncio.run(run())
+
+
+def mq_batch(sample_name: str, *changes: dict[str, Any] | bytes) -> dict[str, Any]:
+    """The Amazon MQ sample with one message per item of ``changes`` after its own: the sample's message with its
+    JSON body updated (a dict; ``"__properties__"`` updates its basic properties instead), or raw bytes as body."""
+    event = sample(sample_name)
+    (messages,) = event["rmqMessagesByQueue"].values()
+    first = messages[0]
+    for change in changes:
+        message = json.loads(json.dumps(first))
+        if isinstance(change, bytes):
+            body = change
+        else:
+            change = dict(change)
+            message["basicProperties"].update(change.pop("__properties__", {}))
+            body = json.dumps({**json.loads(base64.b64decode(first["data"])), **change}).encode()
+        message["data"] = base64.b64encode(body).decode()
+        message["basicProperties"]["bodySize"] = len(body)
+        messages.append(message)
+    return event
+
+
+def drain_dead_letters(broker_url: str, queue: str) -> list[tuple[bytes, dict[str, Any]]]:
+    """What ``<queue>.dlq`` holds, oldest first (body and headers), taken off it."""
+    from ringfleet.contracts.broker import dead_letter_queue
+
+    async def run() -> list[tuple[bytes, dict[str, Any]]]:
+        got = []
+        async with await connect(broker_url) as conn:
+            channel = await conn.channel()
+            await declare_topology(channel)
+            dlq = await channel.get_queue(dead_letter_queue(queue))
+            while (message := await dlq.get(no_ack=True, fail=False)) is not None:
+                headers = {k: v.decode() if isinstance(v, bytes) else v for k, v in (message.headers or {}).items()}
+                got.append((message.body, headers))
+        return got
+
+    return asyncio.run(run())

@@ -183,10 +183,14 @@ def test_heartbeats_keep_nodes_alive_but_never_revive_a_lost_one(nodes: DynamoDb
     alive, lost = job_nodes[0].instance_id, job_nodes[1].instance_id
     assert nodes.get(alive) == replace(job_nodes[0], lifecycle_hook=hook)
     # a heartbeat of the current generation is recorded; one of an older generation or for a lost node is not
-    assert nodes.record_heartbeat(alive, generation=1, step=150, at=later(30)) is True
-    assert nodes.record_heartbeat(alive, generation=0, step=151, at=later(31)) is False
-    assert nodes.record_heartbeat(lost, generation=1, step=150, at=later(30)) is False
-    assert nodes.record_heartbeat(instance(0xDEAD), generation=1, step=1, at=later(30)) is False
+    job = "repo-nodes"
+    assert nodes.record_heartbeat(alive, job_id=job, generation=1, step=150, at=later(30)) is True
+    assert nodes.record_heartbeat(alive, job_id=job, generation=0, step=151, at=later(31)) is False
+    assert nodes.record_heartbeat(lost, job_id=job, generation=1, step=150, at=later(30)) is False
+    assert nodes.record_heartbeat(instance(0xDEAD), job_id=job, generation=1, step=1, at=later(30)) is False
+    # a heartbeat naming another job (a worker of that job speaking for this node) is not recorded either
+    assert nodes.record_heartbeat(alive, job_id="repo-other", generation=1, step=152, at=later(32)) is False
+    assert nodes.get(alive).last_step == 150
     # and only the node silent since before the cut-off is listed as silent
     silent = {n.instance_id for n in nodes.list_silent(later(20))}
     assert alive not in silent and lost not in silent

@@ -1,10 +1,10 @@
 """services/worker_events: the Amazon MQ samples of events/ (Heartbeat, CheckpointCompleted, WorkerFailed) about the
 sample job's generation 3 change its nodes and job as a user would see in `ringfleet status`; each message handled
-twice changes nothing more and sends no command twice; an invalid message fails the batch after the valid ones."""
+twice changes nothing more and sends no command twice; an invalid message goes to the DLQ with its reason, and its
+batch's valid messages are applied once."""
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Iterator
 from dataclasses import replace
@@ -13,16 +13,28 @@ from typing import Any
 
 import pytest
 
+from ringfleet.contracts.broker import REASON_HEADER, SENDER_HEADER, WORKER_EVENTS_QUEUE
 from ringfleet.core.jobs import JobState
 from ringfleet.core.nodes import NodeState
 from tests.builders import instance, running_job
-from tests.functional.handlers import SAMPLE_FIRST_INSTANCE, SAMPLE_JOB, CommandTap, Handler, handler_of, sample
+from tests.functional.handlers import (
+    SAMPLE_FIRST_INSTANCE,
+    SAMPLE_JOB,
+    CommandTap,
+    Handler,
+    drain_dead_letters,
+    handler_of,
+    mq_batch,
+    sample,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
 #: A little before the samples were sent: the members were heard from then.
 HEARD = datetime(2025, 6, 2, 14, 0, tzinfo=UTC)
 MEMBERS = [instance(SAMPLE_FIRST_INSTANCE + r) for r in range(3)]
+MISSING_INSTANCE = "6a1f2b3c-0000-4000-8000-000000000002"
+FROM_APP = "6a1f2b3c-0000-4000-8000-000000000003"
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +63,7 @@ def twice(handler: Handler, event: dict[str, Any]) -> Any:
 
 def test_a_heartbeat_records_the_members_step_and_time(worker_events: Handler, commands: CommandTap) -> None:
     # when the sample heartbeat of rank 1 arrives (twice)
-    assert twice(worker_events, sample("mq_heartbeat.json")) == {"accepted": 1}
+    assert twice(worker_events, sample("mq_heartbeat.json")) == {"accepted": 1, "dead_lettered": 0}
     # then its node shows the step and when it was sent, and nothing is sent to the workers
     node = worker_events.nodes.get(MEMBERS[1])
     assert node is not None and node.state is NodeState.ACTIVE
@@ -89,19 +101,31 @@ def test_a_failed_worker_leaves_the_ring_and_the_others_reconfigure_once(
     assert reconfigure["ranks"] == {MEMBERS[0]: 0, MEMBERS[1]: 1}
 
 
-def test_an_invalid_message_fails_the_batch_after_the_valid_one_is_applied(worker_events: Handler) -> None:
-    # given a batch of the sample heartbeat and a heartbeat without an instance
-    event = sample("mq_heartbeat.json")
-    (messages,) = event["rmqMessagesByQueue"].values()
-    bad = json.loads(json.dumps(messages[0]))
-    body = json.loads(base64.b64decode(bad["data"]))
-    del body["instance_id"]
-    body["message_id"] = "6a1f2b3c-0000-4000-8000-000000000002"
-    bad["data"] = base64.b64encode(json.dumps(body).encode()).decode()
-    messages.append(bad)
-    # when it arrives, then the batch fails naming the missing field (the broker redelivers, then dead-letters it)
-    with pytest.raises(ValueError, match="instance_id"):
-        worker_events(event)
-    # and the valid heartbeat was recorded all the same
+def test_invalid_messages_go_to_the_dlq_with_their_reason_and_the_valid_one_is_applied_once(
+    worker_events: Handler, broker_url: str
+) -> None:
+    drain_dead_letters(broker_url, WORKER_EVENTS_QUEUE)
+    # given a batch of the sample heartbeat, a heartbeat without an instance (with a header of its publisher's), a
+    # body that is no JSON, and a heartbeat a tenant's app user sent
+    trace = {"bytes": list(b"trace-1")}
+    event = mq_batch(
+        "mq_heartbeat.json",
+        {"instance_id": None, "message_id": MISSING_INSTANCE, "__properties__": {"headers": {"trace": trace}}},
+        b"not json",
+        {"step": 999, "message_id": FROM_APP, "__properties__": {"userId": "app-acme"}},
+    )
+    # when it arrives, twice (a redelivery), then the batch succeeds both times: the valid heartbeat applied, the
+    # three others dead-lettered
+    result = twice(worker_events, event)
+    assert result == {"accepted": 1, "dead_lettered": 3}
     node = worker_events.nodes.get(MEMBERS[1])
     assert node is not None and node.last_step == 118
+    # and the DLQ holds each once, as sent, with why it was refused and who sent it
+    letters = drain_dead_letters(broker_url, WORKER_EVENTS_QUEUE)
+    assert len(letters) == 3
+    (missing, headers), (garbage, garbage_headers), (forged, forged_headers) = letters
+    assert json.loads(missing)["message_id"] == MISSING_INSTANCE and headers["trace"] == "trace-1"
+    assert "instance_id" in headers[REASON_HEADER]
+    assert garbage == b"not json" and "invalid message" in garbage_headers[REASON_HEADER]
+    assert json.loads(forged)["step"] == 999 and forged_headers[SENDER_HEADER] == "app-acme"
+    assert "app user" in forged_headers[REASON_HEADER]

@@ -29,7 +29,7 @@ JOB = ROOT / "examples/digits/job.yaml"
 WITH_A_JOB = """
 import sys
 from ringfleet.core.ports import SystemClock
-from ringfleet.intake.quotas import Quotas
+from ringfleet.intake.quotas import TenantRegistry
 from ringfleet.intake.service import IntakeService
 from ringfleet_cli import main as cli
 from ringfleet_client import RingfleetClient
@@ -38,10 +38,14 @@ from tests.builders import spec
 
 jobs = InMemoryJobRepository(SystemClock())
 intake = IntakeService(
-    jobs=jobs, publisher=RecordingCommandPublisher(), put_events=lambda e: None, quotas=Quotas(), clock=SystemClock()
+    jobs=jobs,
+    publisher=RecordingCommandPublisher(),
+    put_events=lambda e: None,
+    tenants=TenantRegistry.register("acme"),
+    clock=SystemClock(),
 )
 intake.on_submitted(spec("job-1"))
-cli._job_client = lambda: RingfleetClient("amqp://unused", jobs)
+cli._job_client = lambda *_, **__: RingfleetClient("amqp://unused", jobs)
 sys.exit(cli.main(sys.argv[1:]))
 """
 

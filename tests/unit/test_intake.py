@@ -1,27 +1,35 @@
-"""Job intake: admission with quotas, idempotency per message id, and the hostile cases, on in-memory adapters."""
+"""Job intake: admission of registered tenants with their quotas, idempotency per message id, and the hostile cases,
+on in-memory adapters."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+import pytest
+
 from ringfleet.contracts import JobCancelled
 from ringfleet.core.jobs import JobState
 from ringfleet.core.ports import SystemClock
-from ringfleet.intake.quotas import Quotas, TenantQuota
+from ringfleet.intake.quotas import TenantQuota, TenantRegistry
 from ringfleet.intake.service import IntakeService
 from tests.builders import spec
 from tests.doubles import InMemoryJobRepository, RecordingCommandPublisher
 
+#: The tenants the tests' jobs belong to (tests.builders.spec: acme), and the one that tries others' jobs.
+REGISTERED = TenantRegistry.register("acme", "globex")
 
-def service(quotas: Quotas | None = None) -> tuple[IntakeService, list[dict[str, Any]], RecordingCommandPublisher]:
+
+def service(
+    tenants: TenantRegistry = REGISTERED,
+) -> tuple[IntakeService, list[dict[str, Any]], RecordingCommandPublisher]:
     events: list[dict[str, Any]] = []
     publisher = RecordingCommandPublisher()
     svc = IntakeService(
         jobs=InMemoryJobRepository(SystemClock()),
         publisher=publisher,
         put_events=events.extend,
-        quotas=quotas or Quotas(),
+        tenants=tenants,
         clock=SystemClock(),
     )
     return svc, events, publisher
@@ -39,14 +47,15 @@ def test_an_admitted_job_is_pending_and_announced_once_even_when_its_message_com
 
 
 def test_a_job_over_the_tenants_gpu_quota_is_recorded_failed_with_the_reason_and_never_announced() -> None:
-    svc, events, _ = service(Quotas(default=TenantQuota(max_gpus=6)))
+    svc, events, _ = service(TenantRegistry.register("acme", quota=TenantQuota(max_gpus=6)))
     assert svc.on_submitted(spec("job-1", max_workers=4)).outcome == "admitted"
     outcome = svc.on_submitted(spec("job-2", max_workers=4))
     assert outcome.outcome == "rejected" and "quota" in outcome.reason
     job = svc.jobs.get("job-2")
     assert job is not None and job.state == JobState.FAILED and "quota" in job.incidents[-1].detail
     assert job.failure == outcome.reason  # what `ringfleet status` shows for it
-    assert len(events) == 1
+    assert [e["DetailType"] for e in events] == ["Job Admitted", "Job Rejected"]
+    assert json.loads(events[1]["Detail"])["reason"] == outcome.reason
 
 
 def test_reusing_another_tenants_job_id_is_rejected_and_leaves_that_job_alone() -> None:
@@ -79,7 +88,7 @@ def test_a_job_asking_for_instance_types_the_market_does_not_know_is_rejected_wi
         jobs=InMemoryJobRepository(SystemClock()),
         publisher=RecordingCommandPublisher(),
         put_events=events.extend,
-        quotas=Quotas(),
+        tenants=REGISTERED,
         clock=SystemClock(),
         instance_types={"g5.xlarge", "g6.xlarge"},
     )
@@ -92,4 +101,38 @@ def test_a_job_asking_for_instance_types_the_market_does_not_know_is_rejected_wi
     job = svc.jobs.get("job-1")
     assert job is not None and job.state == JobState.FAILED
     assert job.incidents[-1].cause == "rejected"  # a `rejected` event in `ringfleet events`
-    assert events == []  # never announced, so the scaler never counts it
+    # never admitted, so the scaler never counts it
+    assert [e["DetailType"] for e in events] == ["Job Rejected"]
+
+
+def test_a_job_of_an_unregistered_tenant_is_rejected_saying_how_to_register_and_stores_nothing() -> None:
+    svc, events, _ = service(TenantRegistry.register("globex"))
+    # when acme, not registered, submits a job (twice: a redelivery)
+    for _ in range(2):
+        outcome = svc.on_submitted(spec("job-1"))
+        # then it is rejected, saying acme is not registered and how to register it
+        assert outcome.outcome == "rejected"
+        assert "tenant 'acme' is not registered" in outcome.reason
+        assert "TenantRegistry" in outcome.reason and "ringfleet local up --tenant acme" in outcome.reason
+    # and nothing is stored; the bus hears "Job Rejected" with the reason, never "Job Admitted"
+    assert svc.jobs.get("job-1") is None and svc.jobs.list_by_tenant("acme") == []
+    assert [e["DetailType"] for e in events] == ["Job Rejected", "Job Rejected"]
+    detail = json.loads(events[0]["Detail"])
+    assert (detail["tenant"], detail["job_id"]) == ("acme", "job-1") and "not registered" in detail["reason"]
+
+
+def test_the_registry_reads_each_tenant_with_its_quotas_and_refuses_a_bad_one() -> None:
+    registry = TenantRegistry.from_json('{"acme": {"max_gpus": 8}, "globex": {}}')
+    assert registry.of("acme") == TenantQuota(max_gpus=8) and registry.of("globex") == TenantQuota()
+    assert registry.of("initech") is None
+    assert TenantRegistry.from_json(registry.to_json()) == registry
+    assert TenantRegistry.from_json("").tenants == {}  # a stack with nobody registered admits nothing
+    for bad, why in [
+        ("[1]", "must map each tenant"),
+        ('{"acme": 5}', "needs an object of quotas"),
+        ('{"acme": {"gpus": 5}}', "quotas: max_gpus, max_usd_per_hour"),
+        ('{"acme": {"max_gpus": -1}}', "max_gpus must be"),
+        ("{acme", "is not JSON"),
+    ]:
+        with pytest.raises(ValueError, match=why):
+            TenantRegistry.from_json(bad)

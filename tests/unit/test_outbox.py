@@ -14,7 +14,7 @@ from ringfleet.core.jobs import Job, JobState
 from ringfleet.core.nodes import Node
 from ringfleet.core.outbox import Outbox
 from ringfleet.core.ports import Saved
-from ringfleet.intake.quotas import Quotas
+from ringfleet.intake.quotas import TenantRegistry
 from ringfleet.intake.service import IntakeService
 from ringfleet.recovery.commands import command_message_id, stop_command
 from tests.builders import later, running_job, spec
@@ -126,7 +126,8 @@ def test_a_cancel_whose_run_died_before_its_stop_went_out_is_stopped_by_the_rede
     jobs, publisher = InMemoryJobRepository(clock), RecordingCommandPublisher()
 
     def intake(publisher: Any) -> IntakeService:
-        return IntakeService(jobs=jobs, publisher=publisher, put_events=lambda e: None, quotas=Quotas(), clock=clock)
+        registry = TenantRegistry.register("acme")
+        return IntakeService(jobs=jobs, publisher=publisher, put_events=lambda e: None, tenants=registry, clock=clock)
 
     intake(publisher).on_submitted(spec("job-1"))
     cancel = JobCancelled(tenant="acme", job_id="job-1", reason="done")

@@ -524,6 +524,12 @@ def _job_client(tenant: str | None = None) -> Any:
     return RingfleetClient(url, jobs)
 
 
+def _tenant_of(fields: dict[str, Any]) -> str | None:
+    """The tenant a job file names (None: it names none; the client then refuses the file, naming the field)."""
+    tenant = fields.get("tenant")
+    return str(tenant) if tenant else None
+
+
 def _app_url(ctx: Any, tenant: str) -> str:
     """The broker URL of ``tenant``'s app user on the local cloud ``ctx``; a tenant it has not registered is a usage
     error that says how to register it."""
@@ -572,7 +578,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         if args.dry_run:
             message = check_job(fields, _known_instance_types())
         else:
-            client = _job_client(str(fields.get("tenant") or "") or None)
+            client = _job_client(_tenant_of(fields))
             message = client.submit(fields)
     except Rejected as exc:
         raise CliError(str(exc), EXIT_USAGE) from None

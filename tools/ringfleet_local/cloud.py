@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -15,17 +16,24 @@ from types import TracebackType
 from typing import Any
 
 from ringfleet.core.ports import Clock
+from ringfleet.intake.quotas import TenantRegistry
 from ringfleet_local.broker_roles import BrokerRoles, create_roles, delete_roles
 from ringfleet_local.context import CloudContext, LocalState
 from ringfleet_local.provision import provision
 from ringfleet_local.router import Delivery, Router
 from ringfleet_local.vhost import create_vhost, delete_vhost
 
-__all__ = ["LocalCloud", "broker_reachable", "free_port"]
+__all__ = ["LOCAL_TENANTS", "LocalCloud", "broker_reachable", "free_port"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+#: The tenants a local cloud registers unless told otherwise: the examples' and the demo's (acme), and the ones the
+#: tests submit as (globex, evil: another tenant; own: tests/e2e/test_your_own_script.py), each with the default
+#: quotas. ``ringfleet local up --tenant NAME[:max_gpus=N,max_usd_per_hour=X]`` or ``--tenant-registry FILE``
+#: registers others.
+LOCAL_TENANTS = TenantRegistry.register("acme", "globex", "evil", "own")
 
 
 def free_port() -> int:
@@ -64,6 +72,7 @@ class LocalCloud:
         on_delivery: Callable[[Delivery], None] | None = None,
         stack: str = "ringfleet",
         function_env: Mapping[str, str] | None = None,
+        tenants: TenantRegistry = LOCAL_TENANTS,
     ) -> None:
         self.template_path = Path(template).resolve()
         #: Neither given nor set in the environment: the machine's broker, on a vhost of this cloud's own.
@@ -81,6 +90,8 @@ class LocalCloud:
         self.stack = stack
         #: Added to every function's environment (e.g. ``TraceReplay.environment()``: the scaler checks capacity).
         self.function_env = dict(function_env or {})
+        #: The tenant registry job intake runs with (the template's TenantRegistry parameter).
+        self.tenants = tenants
         self._moto: subprocess.Popen[bytes] | None = None
         self._ctx: CloudContext | None = None
         self._router: Router | None = None
@@ -127,6 +138,7 @@ class LocalCloud:
         self._wait_moto(endpoint)
         self._ctx = CloudContext(self.template_path, endpoint=endpoint, broker_url=self.broker_url, stack=self.stack)
         self._ctx.function_env.update(self.function_env)
+        self._ctx.parameters["TenantRegistry"] = self.tenants.to_json()
         self._ctx.roles = self.roles
         try:
             self.created = provision(self._ctx)
@@ -149,6 +161,7 @@ class LocalCloud:
                 started_at=time.time(),
                 broker_vhost=self.roles.vhost if self.roles else None,
                 broker_seed=self.roles.seed if self.roles else None,
+                tenant_registry=self.tenants.to_json(),
             ).save(self.state_dir)
         return self
 
@@ -190,3 +203,32 @@ class LocalCloud:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def registry_from_options(tenants: list[str] | None, registry_file: str | None) -> TenantRegistry:
+    """The registry ``ringfleet local up`` runs with: ``registry_file`` (JSON, as the TenantRegistry parameter)
+    or LOCAL_TENANTS, plus each ``--tenant NAME[:max_gpus=N,max_usd_per_hour=X]`` (which replaces a tenant of the
+    same name). Raises ValueError naming what is wrong."""
+    from ringfleet.intake.quotas import TenantQuota
+
+    base = LOCAL_TENANTS
+    if registry_file:
+        try:
+            text = Path(registry_file).read_text()
+        except OSError as exc:
+            raise ValueError(f"cannot read the tenant registry {registry_file}: {exc.strerror}") from exc
+        base = TenantRegistry.from_json(text)
+    added: dict[str, TenantQuota] = {}
+    for option in tenants or ():
+        name, _, quotas = option.partition(":")
+        fields: dict[str, object] = {}
+        for pair in filter(None, quotas.split(",")):
+            key, sep, value = pair.partition("=")
+            if not sep:
+                raise ValueError(f"--tenant {option}: {pair!r} is not QUOTA=VALUE (max_gpus=8,max_usd_per_hour=20)")
+            try:
+                fields[key.strip()] = float(value) if key.strip() == "max_usd_per_hour" else int(value)
+            except ValueError as exc:
+                raise ValueError(f"--tenant {option}: {key} must be a number, not {value!r}") from exc
+        added.update(TenantRegistry.from_json(json.dumps({name.strip(): fields})).tenants)
+    return TenantRegistry({**base.tenants, **added})

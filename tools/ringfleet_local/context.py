@@ -37,6 +37,8 @@ class LocalState:
     #: the vhost. None: one user for everything (a broker given by RINGFLEET_BROKER_URL).
     broker_vhost: str | None = None
     broker_seed: str | None = None
+    #: The TenantRegistry parameter the cloud runs with (JSON; ``ringfleet.intake.quotas``). None: the template's.
+    tenant_registry: str | None = None
 
     def save(self, state_dir: Path) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -89,6 +91,9 @@ class CloudContext:
         self.function_env: dict[str, str] = {}
         #: The broker users of each role, when the cloud has its own vhost; None: ``broker_url`` is everyone's.
         self.roles: BrokerRoles | None = None
+        #: Template parameters given to this cloud (as ``sam deploy --parameter-overrides`` would); set before the
+        #: first name is resolved.
+        self.parameters: dict[str, Any] = {}
 
     # -- broker roles ----------------------------------------------------------------------------------------
     def role_broker_url(self, role: str, tenant: str | None = None) -> str:
@@ -97,6 +102,15 @@ class CloudContext:
         if self.roles is None:
             return self.broker_url
         return self.roles.role_url(role, tenant)
+
+    def require_registered(self, tenant: str) -> None:
+        """Raises ValueError, saying how to register it, when ``tenant`` is not in the cloud's tenant registry."""
+        from ringfleet.intake.quotas import TenantRegistry, unregistered
+
+        registry = TenantRegistry.from_json(self.parameter_values().get("TenantRegistry"))
+        if registry.of(tenant) is None:
+            known = ", ".join(sorted(registry.tenants)) or "none"
+            raise ValueError(f"{unregistered(tenant)}. Registered in this local cloud: {known}")
 
     @property
     def control_user(self) -> str | None:
@@ -112,6 +126,8 @@ class CloudContext:
             stack=state.stack,
             region=state.region,
         )
+        if state.tenant_registry is not None:
+            ctx.parameters["TenantRegistry"] = state.tenant_registry
         if state.broker_vhost and state.broker_seed:
             from ringfleet_local.broker_roles import BrokerRoles
 
@@ -166,6 +182,7 @@ class CloudContext:
             "MqEndpoint": _broker_host_url(self.broker_url),
         }
         values.update({k: v for k, v in local.items() if k in values})
+        values.update({k: v for k, v in self.parameters.items() if k in values})
         return values
 
     @cached_property

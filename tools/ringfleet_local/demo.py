@@ -390,7 +390,8 @@ class _Demo:
             budget_usd_per_hour=20,
             checkpoint_interval_steps=scenario.checkpoint_every,
         )
-        RingfleetClient(self.cloud.broker_url).submit(fields)
+        # As the tenant's app would: logged in as its app user (intake takes the tenant from the broker user).
+        RingfleetClient(self.cloud.ctx.role_broker_url("app", TENANT)).submit(fields)
         watch.say(
             time.time(),
             f"job {JOB_ID} submitted through the client: {scenario.workers} workers (at least {scenario.min_workers}),"

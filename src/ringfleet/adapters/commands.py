@@ -21,7 +21,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -136,11 +136,35 @@ class AmqpCommandPublisher:
     def publish(self, commands: Sequence[CheckpointNow | Reconfigure | Stop]) -> None:
         if not commands:
             return
+        self._retrying(lambda: self._publish(commands))
+
+    def dead_letter(
+        self,
+        queue: str,
+        body: bytes,
+        *,
+        headers: Mapping[str, Any],
+        reason: str,
+        message_id: str | None,
+        sender: str | None,
+    ) -> None:
+        """Puts a message its consumer refused for good in ``queue``'s DLQ (``<queue>.dlq``, through the dead-letter
+        exchange) with its body and headers as received, ``x-ringfleet-reason`` saying why and
+        ``x-ringfleet-user-id`` naming its sender; confirmed by the broker, retried as commands are. Raises when the
+        DLQ cannot take it (unroutable, broker down past the budget): the batch then fails and comes back."""
+        from ringfleet.contracts.broker import REASON_HEADER, SENDER_HEADER
+
+        stamped = {**headers, REASON_HEADER: reason[:4096], SENDER_HEADER: sender or ""}
+        self._retrying(lambda: self._dead_letter(queue, body, stamped, message_id))
+
+    def _retrying(self, attempt_once: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Runs ``attempt_once`` on the connection; a failure drops it and tries again on a fresh one, with jittered
+        exponential backoff, until PUBLISH_BUDGET is spent (then the last error is raised)."""
         with self._lock:
             started, pause, attempt = time.monotonic(), self._backoff, 1
             while True:
                 try:
-                    self._loop.run_until_complete(self._publish(commands))
+                    self._loop.run_until_complete(attempt_once())
                     return
                 except Exception as exc:
                     self._loop.run_until_complete(self._drop())
@@ -180,6 +204,27 @@ class AmqpCommandPublisher:
                 user_id=self._user,
             )
             await exchange.publish(message, routing_key=command_routing_key(command.job_id), timeout=10)
+
+    async def _dead_letter(self, queue: str, body: bytes, headers: dict[str, Any], message_id: str | None) -> None:
+        from ringfleet.adapters.rabbitmq import declare_topology
+        from ringfleet.contracts.broker import DEAD_LETTER_EXCHANGE, dead_letter_queue
+
+        await self._ready()
+        assert self._channel is not None
+        # The DLQs and their bindings, as every declarer makes them: a dead letter never vanishes for want of them.
+        await declare_topology(self._channel)
+        exchange = await self._channel.get_exchange(DEAD_LETTER_EXCHANGE)
+        message = aio_pika.Message(
+            body,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=message_id,
+            headers=headers,
+            app_id="ringfleet-control",
+            user_id=self._user,
+        )
+        # mandatory: a DLQ that is missing fails the publish instead of dropping the message.
+        await exchange.publish(message, routing_key=dead_letter_queue(queue), mandatory=True, timeout=10)
 
     async def _open_mailboxes(self, exchange: AbstractExchange, command: Reconfigure) -> None:
         """Declares each named instance's mailbox before the command goes out, so a worker still starting gets it."""

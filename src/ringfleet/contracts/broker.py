@@ -9,6 +9,8 @@ __all__ = [
     "INSTANCE_QUEUE_ARGUMENTS",
     "JOBS_QUEUE",
     "MQ_QUEUES",
+    "REASON_HEADER",
+    "SENDER_HEADER",
     "WORKER_EVENTS_QUEUE",
     "app_user",
     "command_routing_key",
@@ -33,6 +35,13 @@ DEAD_LETTER_EXCHANGE = "ringfleet.dlx"
 def dead_letter_queue(queue: str) -> str:
     """The queue that keeps what ``queue`` rejected."""
     return f"{queue}.dlq"
+
+
+#: A message a handler dead-letters itself (invalid, or from a sender that may not send it) carries its original
+#: body and headers plus these: why it was refused, and the broker user that sent it (the dead letter's own
+#: ``user_id`` is the control plane's, which published it).
+REASON_HEADER = "x-ringfleet-reason"
+SENDER_HEADER = "x-ringfleet-user-id"
 
 
 def command_routing_key(job_id: str, instance_id: str | None = None) -> str:

@@ -52,6 +52,25 @@ class RabbitMqBasicProperties(BaseModel):
     cluster_id: str | None = None
     body_size: int = Field(ge=0)
 
+    def amqp_headers(self) -> dict[str, Any]:
+        """The headers as the publisher set them: Lambda's ``{"bytes": [...]}`` renderings back to strings (bytes
+        that are not UTF-8 stay bytes), so a message passed on (to its DLQ) carries what it was sent with."""
+        return {k: _header_value(v) for k, v in (self.headers or {}).items()}
+
+
+def _header_value(value: Any) -> Any:
+    if isinstance(value, dict) and set(value) == {"bytes"} and isinstance(value["bytes"], list):
+        raw = bytes(b & 0xFF for b in value["bytes"])
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            return raw
+    if isinstance(value, list):
+        return [_header_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _header_value(v) for k, v in value.items()}
+    return value
+
 
 class RabbitMqMessage(BaseModel):
     """One delivered message: its properties, whether the broker delivered it before, and its base64 body."""

@@ -111,9 +111,10 @@ class NodeRepository(Protocol):
         """Every node ever placed on the job, lost ones included."""
         ...
 
-    def record_heartbeat(self, instance_id: str, *, generation: int, step: int, at: datetime) -> bool:
-        """Records liveness of an ACTIVE node at ``generation`` or newer; False for an unknown, lost or
-        older-generation node (a late heartbeat never revives a node recovery gave up on)."""
+    def record_heartbeat(self, instance_id: str, *, job_id: str, generation: int, step: int, at: datetime) -> bool:
+        """Records liveness of an ACTIVE node of ``job_id`` at ``generation`` or newer; False for an unknown, lost,
+        older-generation or other job's node (a late heartbeat never revives a node recovery gave up on, and a
+        worker of one job cannot keep another job's node alive by naming it)."""
         ...
 
     def list_silent(self, before: datetime) -> list[Node]:

@@ -4,6 +4,10 @@ A failed collective (WorkerFailed scope ``ring``) does not say which peer died, 
 EC2 which of ``ring_suspects`` it no longer runs, and ``lost_in_ring`` decides from that answer which members the
 ring lost. When every member still runs (a crashed process on a live instance) nobody is lost here: the heartbeat
 sweep finds the silent one, instead of a restart of a ring whose members are all alive.
+
+Only a job's own nodes speak for it (``reporter_refusal``): one broker user serves every worker, so the broker
+cannot tell one job's worker from another's, and a worker of job A could otherwise name job B in a final
+CheckpointCompleted (B ends SUCCEEDED) or a WorkerFailed (B restarts).
 """
 
 from __future__ import annotations
@@ -18,8 +22,32 @@ if TYPE_CHECKING:
 
     from ringfleet.contracts import NodeEvent, WorkerFailed
     from ringfleet.core.jobs import Job
+    from ringfleet.core.nodes import Node
 
-__all__ = ["RingLoss", "failure_signal", "lost_in_ring", "ring_suspects", "signal_of"]
+__all__ = ["RingLoss", "failure_signal", "lost_in_ring", "reporter_refusal", "ring_suspects", "signal_of"]
+
+
+def reporter_refusal(job: Job, node: Node | None, instance_id: str, generation: int, *, member: bool) -> str | None:
+    """None when instance ``instance_id`` (its node record ``node``, as read) may report about ``job`` at
+    ``generation``; otherwise why not, for the log.
+
+    The reporter must be a node of the job that is not lost, at a generation the job has reached; with ``member``
+    (a checkpoint, which only the ring writes) it must also be a member of the job's ring. A final checkpoint may
+    carry the generation before the current one (see ``decisions._on_checkpoint``), and its reporter is then still a
+    member, so the member test is on today's ring, not on the message's generation. A failure report needs no
+    membership: a replacement that fails while it joins is a node of the job, not yet a member.
+    """
+    from ringfleet.core.nodes import NodeState
+
+    if node is None or node.job_id != job.job_id:
+        return f"instance {instance_id} is not a node of job {job.job_id}"
+    if node.state is NodeState.LOST:
+        return f"instance {instance_id} is a lost node of job {job.job_id}"
+    if generation > job.generation:
+        return f"generation {generation} is ahead of job {job.job_id}'s ({job.generation})"
+    if member and instance_id not in job.members:
+        return f"instance {instance_id} is not a member of job {job.job_id}'s ring (generation {job.generation})"
+    return None
 
 
 def signal_of(event: NodeEvent) -> NoticeGiven | NodeLost:
