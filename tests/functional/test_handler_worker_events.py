@@ -129,3 +129,28 @@ def test_invalid_messages_go_to_the_dlq_with_their_reason_and_the_valid_one_is_a
     assert garbage == b"not json" and "invalid message" in garbage_headers[REASON_HEADER]
     assert json.loads(forged)["step"] == 999 and forged_headers[SENDER_HEADER] == "app-acme"
     assert "app user" in forged_headers[REASON_HEADER]
+
+
+def test_rank_zeros_goodput_becomes_the_jobs_goodput_metric(
+    worker_events: Handler, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # given a batch with the sample heartbeat of rank 1 (goodput 0.98) and one of rank 0 saying 0.93
+    message_id = "7e57c0de-0000-4000-8000-000000000001"
+    event = mq_batch(
+        "mq_heartbeat.json",
+        {
+            "rank": 0,
+            "instance_id": MEMBERS[0],
+            "goodput": 0.93,
+            "message_id": message_id,
+            "__properties__": {"messageId": message_id},
+        },
+    )
+    capsys.readouterr()
+    # when it arrives
+    assert worker_events(event) == {"accepted": 2, "dead_lettered": 0}
+    # then one Goodput metric is published, for the job, with rank 0's value (rank 0 speaks for the ring)
+    emitted = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"Goodput"' in line]
+    assert [(m["job_id"], m["Goodput"]) for m in emitted] == [(SAMPLE_JOB, [0.93])]
+    (metric_set,) = emitted[0]["_aws"]["CloudWatchMetrics"]
+    assert metric_set["Namespace"] == "ringfleet" and sorted(metric_set["Dimensions"][0]) == ["job_id", "service"]
