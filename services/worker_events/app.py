@@ -40,12 +40,12 @@ def handle_message(*, key: dict[str, str], message: Any) -> dict[str, Any]:
     service = bootstrap.recovery_service()
     metrics.add_metric(name=f"{message.type}Received", unit=MetricUnit.Count, value=1)
     if isinstance(message, Heartbeat):
-        outcome = service.on_heartbeat(message).outcome
-        if message.rank == 0 and message.goodput is not None and outcome == "recorded":
+        beat = service.on_heartbeat(message).outcome
+        if message.rank == 0 and message.goodput is not None and beat == "recorded":
             # The job's goodput (the dashboard's per-job widget): rank 0 speaks for the ring, a dimension per job.
             with single_metric(name="Goodput", unit=MetricUnit.NoUnit, value=message.goodput) as job_metric:
                 job_metric.add_dimension(name="job_id", value=message.job_id)
-        return {"heartbeat": outcome}
+        return {"heartbeat": beat}
     outcome = (
         service.on_worker_failed(message)
         if isinstance(message, WorkerFailed)
