@@ -18,8 +18,6 @@ from uuid import UUID
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
-from ringfleet.adapters.commands import require_tls
-from ringfleet.adapters.rabbitmq import url_user
 from ringfleet.contracts import (
     COMMANDS_EXCHANGE,
     INSTANCE_QUEUE_ARGUMENTS,
@@ -29,6 +27,7 @@ from ringfleet.contracts import (
     instance_routing_keys,
     parse_message,
 )
+from ringfleet.contracts.broker import require_tls, url_user
 from ringfleet.contracts.messages import CheckpointNow, Message, Reconfigure, Stop
 from training_worker.membership import check_rendezvous
 

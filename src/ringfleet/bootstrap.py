@@ -82,7 +82,8 @@ class Settings:
 
     def broker_url(self) -> str:
         """The broker URL with the credentials of the broker secret (read when the first command is published)."""
-        from ringfleet.adapters.commands import broker_url, credentials_from_secret
+        from ringfleet.adapters.commands import credentials_from_secret
+        from ringfleet.contracts.broker import broker_url
 
         username, password = credentials_from_secret(self.broker_secret_id)
         return broker_url(self.broker_endpoint, username, password)

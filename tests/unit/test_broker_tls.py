@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ringfleet.adapters.commands import broker_url, require_tls
+from ringfleet.contracts.broker import broker_url, require_tls
 from training_worker.control import ControlChannel
 
 

@@ -101,6 +101,21 @@ def test_nothing_that_ships_imports_the_local_cloud_the_dev_tools_the_tests_or_t
     assert not found, "production code imports what never ships:\n" + "\n".join(found)
 
 
+def test_the_worker_uses_only_the_wire_contracts_of_the_control_plane_package() -> None:
+    # its image ships ringfleet.contracts alone (training_worker/Dockerfile): anything else would fail to import there
+    worker = sorted((ROOT / "training_worker").glob("*.py"))
+    assert worker
+    found = [
+        str(i)
+        for p in worker
+        for i in imports_of(p)
+        if within(i.target, ("ringfleet",)) and not within(i.target, ("ringfleet", "ringfleet.contracts"))
+    ]
+    assert not found, "the worker imports what its image does not ship:\n" + "\n".join(found)
+    dockerfile = (ROOT / "training_worker" / "Dockerfile").read_text()
+    assert "COPY src/ringfleet/contracts /app/ringfleet/contracts" in dockerfile
+
+
 @pytest.mark.parametrize("handler", handler_modules(), ids=lambda p: str(p.relative_to(SERVICES)))
 def test_a_handler_reaches_use_cases_and_adapters_only_through_bootstrap(handler: Path) -> None:
     used = [i for i in imports_of(handler) if within(i.target, ("ringfleet",)) and i.target != "ringfleet"]

@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
-import os
 import random
 import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlsplit, urlunsplit
 
 import aio_pika
 
@@ -40,7 +37,7 @@ if TYPE_CHECKING:
 
     from ringfleet.contracts import CheckpointNow, Reconfigure, Stop
 
-__all__ = ["AmqpCommandPublisher", "broker_url", "require_tls"]
+__all__ = ["AmqpCommandPublisher", "credentials_from_secret"]
 
 log = logging.getLogger(__name__)
 
@@ -48,49 +45,6 @@ log = logging.getLogger(__name__)
 #: once PUBLISH_BUDGET seconds have passed since the first try.
 PUBLISH_BACKOFF = 0.2
 PUBLISH_BUDGET = 5.0
-
-
-def _is_loopback(host: str | None) -> bool:
-    if host is None:
-        return False
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def require_tls(url: str, *, local: bool | None = None) -> str:
-    """``url`` if it may carry broker credentials and commands: ``amqps://`` anywhere, plain ``amqp://`` only to this
-    machine (loopback) or inside the local cloud (``local``; default: RINGFLEET_LOCAL_CLOUD=1, which the local
-    cloud sets). Raises ValueError naming the scheme and host otherwise, before any connection is tried."""
-    parts = urlsplit(url)
-    if parts.scheme == "amqps":
-        return url
-    if parts.scheme != "amqp":
-        raise ValueError(f"broker URL scheme {parts.scheme or '(none)'!r} is not amqps:// (or amqp:// to this machine)")
-    if local is None:
-        local = os.environ.get("RINGFLEET_LOCAL_CLOUD") == "1"
-    if not (local or _is_loopback(parts.hostname)):
-        raise ValueError(
-            f"plain amqp:// to {parts.hostname} refused: the broker's credentials and commands would cross the "
-            "network unencrypted; use amqps:// (Amazon MQ's endpoint, port 5671). amqp:// is for a broker on "
-            "this machine or the local cloud only"
-        )
-    return url
-
-
-def broker_url(endpoint: str, username: str, password: str, vhost: str | None = None) -> str:
-    """``amqps://user:pass@host:port/vhost`` from the endpoint (which carries no credentials) and a secret; plain
-    ``amqp://`` only as ``require_tls`` allows it."""
-    parts = urlsplit(endpoint)
-    host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else parts.hostname
-    netloc = f"{quote(username, safe='')}:{quote(password, safe='')}@{host}"
-    if parts.port:
-        netloc += f":{parts.port}"
-    path = "/" + quote(vhost, safe="") if vhost is not None else parts.path
-    return require_tls(urlunsplit((parts.scheme, netloc, path, "", "")))
 
 
 def credentials_from_secret(secret_id: str, *, secrets_client: Any | None = None) -> tuple[str, str]:
@@ -238,7 +192,8 @@ class AmqpCommandPublisher:
 
     async def _ready(self) -> AbstractExchange:
         if self._exchange is None:
-            from ringfleet.adapters.rabbitmq import connect, url_user
+            from ringfleet.adapters.rabbitmq import connect
+            from ringfleet.contracts.broker import url_user
 
             url = self._url() if callable(self._url) else self._url
             self._user = url_user(url)

@@ -12,12 +12,13 @@ from ringfleet.contracts.broker import (
     MQ_QUEUES,
     dead_letter_queue,
     tenant_of_user,
+    url_user,
 )
 
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
-__all__ = ["DELIVERY_LIMIT", "connect", "declare_topology", "publish", "queue_arguments", "url_user"]
+__all__ = ["DELIVERY_LIMIT", "connect", "declare_topology", "publish", "queue_arguments"]
 
 #: A message redelivered this many times (a consumer that keeps failing on it) is dead-lettered.
 DELIVERY_LIMIT = 3
@@ -35,14 +36,6 @@ def queue_arguments(queue: str) -> dict[str, Any]:
         "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
         "x-dead-letter-routing-key": dead_letter_queue(queue),
     }
-
-
-def url_user(url: str) -> str | None:
-    """The user an AMQP URL logs in as (None: the URL names none)."""
-    from urllib.parse import unquote, urlsplit
-
-    user = urlsplit(url).username
-    return unquote(user) if user else None
 
 
 async def connect(url: str) -> AbstractRobustConnection:

@@ -1,6 +1,15 @@
-"""Names on the broker (RabbitMQ locally, Amazon MQ in AWS): part of the wire contract."""
+"""Names on the broker (RabbitMQ locally, Amazon MQ in AWS), and the rules of its URLs: part of the wire contract.
+
+The URL rules live here, not in an adapter, because the worker (which ships only ``ringfleet.contracts``) obeys
+them too: ``require_tls`` (amqps:// off this machine), ``broker_url`` (credentials into an endpoint),
+``url_user`` (who a URL logs in as).
+"""
 
 from __future__ import annotations
+
+import ipaddress
+import os
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 __all__ = [
     "APP_USER_PREFIX",
@@ -13,11 +22,14 @@ __all__ = [
     "SENDER_HEADER",
     "WORKER_EVENTS_QUEUE",
     "app_user",
+    "broker_url",
     "command_routing_key",
     "dead_letter_queue",
     "instance_queue",
     "instance_routing_keys",
+    "require_tls",
     "tenant_of_user",
+    "url_user",
 ]
 
 #: App messages (JobSubmitted, JobCancelled); consumed by the job_intake function.
@@ -84,3 +96,52 @@ def tenant_of_user(user: str | None) -> str | None:
     if not user or not user.startswith(APP_USER_PREFIX):
         return None
     return user[len(APP_USER_PREFIX) :].split("@", 1)[0] or None
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host is None:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def require_tls(url: str, *, local: bool | None = None) -> str:
+    """``url`` if it may carry broker credentials and commands: ``amqps://`` anywhere, plain ``amqp://`` only to this
+    machine (loopback) or inside the local cloud (``local``; default: RINGFLEET_LOCAL_CLOUD=1, which the local
+    cloud sets). Raises ValueError naming the scheme and host otherwise, before any connection is tried."""
+    parts = urlsplit(url)
+    if parts.scheme == "amqps":
+        return url
+    if parts.scheme != "amqp":
+        raise ValueError(f"broker URL scheme {parts.scheme or '(none)'!r} is not amqps:// (or amqp:// to this machine)")
+    if local is None:
+        local = os.environ.get("RINGFLEET_LOCAL_CLOUD") == "1"
+    if not (local or _is_loopback(parts.hostname)):
+        raise ValueError(
+            f"plain amqp:// to {parts.hostname} refused: the broker's credentials and commands would cross the "
+            "network unencrypted; use amqps:// (Amazon MQ's endpoint, port 5671). amqp:// is for a broker on "
+            "this machine or the local cloud only"
+        )
+    return url
+
+
+def broker_url(endpoint: str, username: str, password: str, vhost: str | None = None) -> str:
+    """``amqps://user:pass@host:port/vhost`` from the endpoint (which carries no credentials) and a secret; plain
+    ``amqp://`` only as ``require_tls`` allows it."""
+    parts = urlsplit(endpoint)
+    host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else parts.hostname
+    netloc = f"{quote(username, safe='')}:{quote(password, safe='')}@{host}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    path = "/" + quote(vhost, safe="") if vhost is not None else parts.path
+    return require_tls(urlunsplit((parts.scheme, netloc, path, "", "")))
+
+
+def url_user(url: str) -> str | None:
+    """The user an AMQP URL logs in as (None: the URL names none)."""
+    user = urlsplit(url).username
+    return unquote(user) if user else None

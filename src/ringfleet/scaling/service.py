@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 def policy_from_env(env: Mapping[str, str] | None = None) -> ScalingPolicy:
     """The policy with any of SCALING_MAX_POOL_SHARE, SCALING_FLEET_MAX_WORKERS, SCALING_TENANT_MAX_WORKERS,
-    SCALING_IDLE_TIMEOUT_SECONDS, SCALING_COOLDOWN_SECONDS overriding its defaults."""
+    SCALING_IDLE_TIMEOUT_SECONDS, SCALING_COOLDOWN_SECONDS, SCALING_CAPACITY_GRACE_SECONDS,
+    SCALING_REFUSAL_BACKOFF_SECONDS overriding its defaults."""
     env = os.environ if env is None else env
     base = ScalingPolicy()
 
@@ -44,6 +45,8 @@ def policy_from_env(env: Mapping[str, str] | None = None) -> ScalingPolicy:
         tenant_max_workers=int(num("SCALING_TENANT_MAX_WORKERS", base.tenant_max_workers)),
         idle_timeout=timedelta(seconds=num("SCALING_IDLE_TIMEOUT_SECONDS", base.idle_timeout.total_seconds())),
         scale_in_cooldown=timedelta(seconds=num("SCALING_COOLDOWN_SECONDS", base.scale_in_cooldown.total_seconds())),
+        capacity_grace=timedelta(seconds=num("SCALING_CAPACITY_GRACE_SECONDS", base.capacity_grace.total_seconds())),
+        refusal_backoff=timedelta(seconds=num("SCALING_REFUSAL_BACKOFF_SECONDS", base.refusal_backoff.total_seconds())),
     )
 
 
