@@ -10,6 +10,7 @@ from pathlib import Path
 
 from training_worker.agent import Agent
 from training_worker.collectives import BACKENDS
+from training_worker.control import broker_url_from_secret
 from training_worker.runtime import RuntimeConfig, cache_dir, parse_static
 
 DESCRIPTION = """\
@@ -93,6 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     who.add_argument("--discovery-file", type=Path, default=None, help="a Reconfigure message as JSON, re-read")
     who.add_argument(
+        "--broker-secret",
+        default=_env("RINGFLEET_BROKER_SECRET_ID"),
+        help="Secrets Manager id of the worker's broker login (JSON username/password), used instead of a password "
+        "in --broker-url [RINGFLEET_BROKER_SECRET_ID]; needs --broker-endpoint",
+    )
+    who.add_argument(
+        "--broker-endpoint",
+        default=_env("RINGFLEET_BROKER_ENDPOINT"),
+        help="the broker's endpoint without credentials, e.g. amqps://b-1234.mq.us-east-1.amazonaws.com:5671/ "
+        "[RINGFLEET_BROKER_ENDPOINT]",
+    )
+    who.add_argument(
         "--metadata-url",
         default=_env("RINGFLEET_METADATA_URL"),
         help="instance-metadata base URL polled for the spot notice, e.g. http://169.254.169.254 "
@@ -142,6 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _broker_secret(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[str, str] | None:
+    if not args.broker_secret:
+        return None
+    if not args.broker_endpoint:
+        parser.error("--broker-secret needs --broker-endpoint (the broker's amqps:// endpoint)")
+    return args.broker_secret, args.broker_endpoint
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     program: list[str] | None = None
@@ -152,6 +173,12 @@ def main(argv: list[str] | None = None) -> int:
             build_parser().error("nothing after --: give the program to run, e.g. -- python train.py")
     parser = build_parser()
     args = parser.parse_args(argv)
+    secret = _broker_secret(parser, args)
+    if secret is not None:
+        try:
+            args.broker_url = broker_url_from_secret(*secret)
+        except Exception as e:  # a missing secret, no permission, a malformed one: say which, no traceback
+            parser.error(f"could not read the broker secret {secret[0]}: {e}")
     no_broker = args.broker_url in (None, "", "none")
     if not args.instance_id:
         parser.error("--instance-id (or RINGFLEET_INSTANCE_ID) is needed")
@@ -177,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint_cache=cache_dir(
             {"RINGFLEET_INSTANCE_ID": args.instance_id, "RINGFLEET_CHECKPOINT_CACHE": args.checkpoint_cache or ""}
         ),
+        broker_secret=secret,
     )
     return Agent(config, entrypoint=program, container_runtime=args.container_runtime).run()
 

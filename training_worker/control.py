@@ -13,6 +13,7 @@ import urllib.request
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
+from typing import Any
 from uuid import UUID
 
 import aio_pika
@@ -27,7 +28,7 @@ from ringfleet.contracts import (
     instance_routing_keys,
     parse_message,
 )
-from ringfleet.contracts.broker import require_tls, url_user
+from ringfleet.contracts.broker import broker_url, require_tls, url_user
 from ringfleet.contracts.messages import CheckpointNow, Message, Reconfigure, Stop
 from training_worker.membership import check_rendezvous
 
@@ -36,6 +37,20 @@ __all__ = ["ControlChannel", "SpotNoticeWatcher", "install_sigterm"]
 log = logging.getLogger("training_worker.control")
 
 Command = CheckpointNow | Reconfigure | Stop
+
+
+def broker_url_from_secret(secret_id: str, endpoint: str, *, secrets_client: Any | None = None) -> str:
+    """The worker's broker URL from its Secrets Manager secret (JSON ``username``/``password``, as Amazon MQ's) and
+    the broker's endpoint (which carries no credentials): the password never sits in an argument, the instance's
+    user data or an environment variable, and a new password takes effect at the next start."""
+    import boto3
+
+    client = secrets_client or boto3.client("secretsmanager")
+    try:
+        secret = json.loads(client.get_secret_value(SecretId=secret_id)["SecretString"])
+        return broker_url(endpoint, secret["username"], secret["password"])
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"broker secret {secret_id}: needs JSON with username and password ({e})") from e
 
 
 class ControlChannel:

@@ -45,7 +45,7 @@ from training_worker.checkpoint import (
     SavedCheckpoint,
 )
 from training_worker.collectives import BACKENDS, AllreduceBackend, select_backend
-from training_worker.control import ControlChannel, SpotNoticeWatcher, install_sigterm
+from training_worker.control import ControlChannel, SpotNoticeWatcher, broker_url_from_secret, install_sigterm
 from training_worker.device_copy import copy_async
 from training_worker.membership import (
     CommandDiscovery,
@@ -133,6 +133,14 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return float(env.get(name) or default)
 
 
+def _broker_secret(env: Mapping[str, str]) -> tuple[str, str] | None:
+    """(RINGFLEET_BROKER_SECRET_ID, RINGFLEET_BROKER_ENDPOINT) when the worker logs in with its broker secret."""
+    secret, endpoint = _set(env, "RINGFLEET_BROKER_SECRET_ID"), _set(env, "RINGFLEET_BROKER_ENDPOINT")
+    if secret and not endpoint:
+        raise ValueError("RINGFLEET_BROKER_SECRET_ID needs RINGFLEET_BROKER_ENDPOINT (amqps://host:5671/)")
+    return (secret, endpoint) if secret and endpoint else None
+
+
 def _set(env: Mapping[str, str], name: str) -> str | None:
     """The variable's value; None when it is unset or empty."""
     return env.get(name) or None
@@ -172,11 +180,15 @@ class RuntimeConfig:
     reconfigure_json: str | None = None
     #: The local-disk tier of checkpoints (this instance's newest ones); None: S3 only.
     checkpoint_cache: Path | None = None
+    #: (secret id, endpoint) when ``broker_url`` came from the worker's broker secret: a process the agent launches
+    #: is handed these, never the URL with its password.
+    broker_secret: tuple[str, str] | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RuntimeConfig:
         env = os.environ if env is None else env
-        broker = _set(env, "RINGFLEET_BROKER_URL")
+        secret = _broker_secret(env)
+        broker = broker_url_from_secret(*secret) if secret else _set(env, "RINGFLEET_BROKER_URL")
         discovery_file = _set(env, "RINGFLEET_DISCOVERY_FILE")
         return cls(
             job_id=_set(env, "RINGFLEET_JOB_ID"),
@@ -196,13 +208,14 @@ class RuntimeConfig:
             log_every=int(env.get("RINGFLEET_LOG_EVERY") or 10),
             reconfigure_json=_set(env, "RINGFLEET_RECONFIGURE"),
             checkpoint_cache=cache_dir(env),
+            broker_secret=secret,
         )
 
     def environment(self) -> dict[str, str]:
         """The variables ``from_env`` reads back into this configuration (for a process the agent launches)."""
         env = {
             "RINGFLEET_INSTANCE_ID": self.instance_id,
-            "RINGFLEET_BROKER_URL": self.broker_url or "none",
+            "RINGFLEET_BROKER_URL": "none" if self.broker_url is None or self.broker_secret else self.broker_url,
             "RINGFLEET_BACKENDS": ",".join(self.backends),
             "RINGFLEET_WIRE": self.wire,
             "RINGFLEET_TIMEOUT": str(self.timeout_s),
@@ -220,6 +233,8 @@ class RuntimeConfig:
             "RINGFLEET_RECONFIGURE": self.reconfigure_json,
             "RINGFLEET_CHECKPOINT_CACHE": str(self.checkpoint_cache) if self.checkpoint_cache else "none",
         }
+        if self.broker_secret is not None:
+            optional["RINGFLEET_BROKER_SECRET_ID"], optional["RINGFLEET_BROKER_ENDPOINT"] = self.broker_secret
         if self.static is not None:
             s = self.static
             optional["RINGFLEET_STATIC_WORLD"] = f"{s.rank}:{s.world_size}:{s.rendezvous}"

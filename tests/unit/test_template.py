@@ -682,3 +682,10 @@ def test_the_dashboard_reads_only_metrics_the_handlers_publish() -> None:
     for expression in searched:
         (name,) = re.findall(r'MetricName="([A-Za-z]+)"', expression)
         assert "{ringfleet,job_id,service}" in expression and name in names, expression
+
+
+def test_workers_may_read_their_own_broker_login_and_never_the_control_planes() -> None:
+    statements = [s for pol in props("WorkerRole")["Policies"] for s in pol["PolicyDocument"]["Statement"]]
+    reads = [s for s in statements if "secretsmanager:GetSecretValue" in str(s["Action"])]
+    assert [s["Resource"] for s in reads] == [{"Ref": "WorkerBrokerSecretArn"}]
+    assert "MqSecretArn" not in json.dumps(props("WorkerRole"))

@@ -20,6 +20,8 @@ __all__ = ["CloudContext", "LocalState"]
 ACCOUNT = "123456789012"  # moto's default account
 BROKER_ARN = "arn:aws:mq:{region}:{account}:broker:ringfleet-local:b-00000000-0000-0000-0000-000000000000"
 BROKER_SECRET_NAME = "ringfleet/local/broker"
+#: The workers' broker login, read by the agents from Secrets Manager as in AWS (never a password in their env).
+WORKER_BROKER_SECRET_NAME = "ringfleet/local/broker-worker"
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,14 @@ class CloudContext:
         self.parameters: dict[str, Any] = {}
 
     # -- broker roles ----------------------------------------------------------------------------------------
+    def worker_broker_environment(self) -> dict[str, str]:
+        """How an agent logs in to the broker: its secret's id and the endpoint (``provision`` stores the worker
+        user's login in that secret)."""
+        return {
+            "RINGFLEET_BROKER_SECRET_ID": WORKER_BROKER_SECRET_NAME,
+            "RINGFLEET_BROKER_ENDPOINT": _broker_host_url(self.role_broker_url("worker")),
+        }
+
     def role_broker_url(self, role: str, tenant: str | None = None) -> str:
         """The AMQP URL of ``role`` (control, worker, app with its tenant): the handlers log in as control, the
         agents as worker, an app as its tenant's user. Without per-role users, ``broker_url`` for all."""
@@ -179,6 +189,7 @@ class CloudContext:
             "MqBrokerArn": self.broker_arn,
             "MqBrokerName": self.broker_arn.split(":")[6],
             "MqSecretArn": self.broker_secret_id,
+            "WorkerBrokerSecretArn": WORKER_BROKER_SECRET_NAME,
             "MqEndpoint": _broker_host_url(self.broker_url),
         }
         values.update({k: v for k, v in local.items() if k in values})

@@ -187,12 +187,13 @@ class FleetEmulator:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{instance_id}.log"
         env = {
-            **{k: v for k, v in os.environ.items() if k != "RINGFLEET_JOB_ID"},
+            **{k: v for k, v in os.environ.items() if k not in ("RINGFLEET_JOB_ID", "RINGFLEET_BROKER_URL")},
             **({"RINGFLEET_JOB_ID": job_id} if job_id else {}),
             **self.ctx.aws_environment,
             "RINGFLEET_INSTANCE_ID": instance_id,
-            # The agents log in as the worker user and obey only the control plane's user (broker_roles).
-            "RINGFLEET_BROKER_URL": self.ctx.role_broker_url("worker"),
+            # The agents log in as the worker user, its login read from Secrets Manager as in AWS, and obey only the
+            # control plane's user (broker_roles).
+            **self.ctx.worker_broker_environment(),
             **({"RINGFLEET_CONTROL_USER": self.ctx.control_user} if self.ctx.control_user else {}),
             "RINGFLEET_METADATA_URL": self.metadata.base_url(instance_id),
             "RINGFLEET_CHECKPOINT_BUCKET": str(self.ctx.resolve({"Ref": "CheckpointBucket"})),

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
 
-from ringfleet_local.context import BROKER_SECRET_NAME, CloudContext
+from ringfleet_local.context import BROKER_SECRET_NAME, WORKER_BROKER_SECRET_NAME, CloudContext
 from ringfleet_local.template import TemplateError
 
 __all__ = ["provision"]
@@ -67,7 +67,9 @@ def provision(ctx: CloudContext) -> dict[str, list[str]]:
     resources = ctx.template.resources
     secrets = ctx.client("secretsmanager")
     secrets.create_secret(Name=BROKER_SECRET_NAME, SecretString=json.dumps(_broker_credentials(ctx.broker_url)))
-    created: dict[str, list[str]] = {"AWS::SecretsManager::Secret": [BROKER_SECRET_NAME]}
+    worker = _broker_credentials(ctx.role_broker_url("worker"))
+    secrets.create_secret(Name=WORKER_BROKER_SECRET_NAME, SecretString=json.dumps(worker))
+    created: dict[str, list[str]] = {"AWS::SecretsManager::Secret": [BROKER_SECRET_NAME, WORKER_BROKER_SECRET_NAME]}
     for rtype, (service, create) in _CREATORS.items():
         client = ctx.client(service)
         # Dead-letter queues first: a redrive policy may only name a queue that exists (only queues have one).
