@@ -196,3 +196,19 @@ def test_heartbeats_keep_nodes_alive_but_never_revive_a_lost_one(nodes: DynamoDb
     assert alive not in silent and lost not in silent
     assert alive in {n.instance_id for n in nodes.list_silent(later(40))}
     assert [n.instance_id for n in nodes.list_by_job("repo-nodes")] == sorted([alive, lost])
+
+
+def test_the_first_heartbeat_of_a_node_never_heard_from_is_recorded(nodes: DynamoDbNodeRepository) -> None:
+    # given a member as a placement or a recovery writes it: active, never heard from (stored as NULL, not absent)
+    _, (member,) = running_job("repo-first-beat", members=1, first=300)
+    fresh = replace(member, last_heartbeat=None, last_step=None, updated_at=later(0))
+    nodes.put(fresh)
+    # when its worker's first heartbeats arrive, then they are recorded, in order only
+    job = "repo-first-beat"
+    assert nodes.record_heartbeat(member.instance_id, job_id=job, generation=1, step=5, at=later(10)) is True
+    assert nodes.record_heartbeat(member.instance_id, job_id=job, generation=1, step=9, at=later(15)) is True
+    assert nodes.record_heartbeat(member.instance_id, job_id=job, generation=1, step=7, at=later(12)) is False
+    stored = nodes.get(member.instance_id)
+    assert stored is not None and stored.last_step == 9 and stored.last_heartbeat == later(15)
+    # and the sweep does not find it silent from its placement on
+    assert member.instance_id not in {n.instance_id for n in nodes.list_silent(later(14))}

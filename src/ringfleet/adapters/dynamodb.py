@@ -468,7 +468,12 @@ class DynamoDbNodeRepository:
                 & Attr("job_id").eq(job_id)
                 & Attr("state").is_in([NodeState.ACTIVE.value, NodeState.LEAVING.value])
                 & Attr("generation").lte(generation)
-                & (Attr("last_heartbeat").not_exists() | Attr("last_heartbeat").lt(at.isoformat())),
+                # A node never heard from carries last_heartbeat as NULL (node_to_item writes None so): no "<" holds.
+                & (
+                    Attr("last_heartbeat").not_exists()
+                    | Attr("last_heartbeat").attribute_type("NULL")
+                    | Attr("last_heartbeat").lt(at.isoformat())
+                ),
                 ExpressionAttributeValues={":at": at.isoformat(), ":step": step},
             )
         except ClientError as exc:
