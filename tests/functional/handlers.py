@@ -23,7 +23,8 @@ import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from types import ModuleType
 from typing import Any
 
@@ -37,6 +38,7 @@ from ringfleet.contracts.broker import COMMANDS_EXCHANGE, command_routing_key
 from ringfleet.core.jobs import Job
 from ringfleet.core.nodes import Node
 from ringfleet.core.ports import SystemClock
+from tests.builders import instance, running_job
 from tests.conftest import ROOT
 
 #: The job and instances the samples of events/ name (i-0abcd1234ef567890 .. 892, generation 3).
@@ -254,3 +256,27 @@ def drain_dead_letters(broker_url: str, queue: str) -> list[tuple[bytes, dict[st
         return got
 
     return asyncio.run(run())
+
+
+#: When the sample ring was last heard from (before the samples' own times).
+HEARD = datetime(2025, 6, 2, 14, 0, tzinfo=UTC)
+#: The samples' three instances, rank order.
+MEMBERS = [instance(SAMPLE_FIRST_INSTANCE + r) for r in range(3)]
+
+
+def seed_sample_ring(handler: Handler) -> Handler:
+    """Empties the tables, then seeds the sample job RUNNING at generation 3 on the samples' three instances, last
+    heard from at HEARD."""
+    handler.reset()
+    job, nodes = running_job(SAMPLE_JOB, members=3, generation=3, first=SAMPLE_FIRST_INSTANCE)
+    handler.seed(job, [replace(n, last_heartbeat=HEARD, updated_at=HEARD) for n in nodes])
+    return handler
+
+
+def twice(handler: Handler, event: dict[str, Any]) -> Any:
+    """Invokes ``handler`` with ``event``, then again: the second answers as the first and changes nothing."""
+    result = handler(event)
+    after = handler.tables()
+    assert handler(event) == result
+    assert handler.tables() == after, "the second delivery changed the tables"
+    return result

@@ -5,21 +5,24 @@ twice; a record that is not an event about an instance is reported as a batch it
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
-from datetime import UTC, datetime
-from typing import Any
 
 import pytest
 
 from ringfleet.core.jobs import JobState
 from ringfleet.core.nodes import NodeState
-from tests.builders import instance, running_job
-from tests.functional.handlers import SAMPLE_FIRST_INSTANCE, SAMPLE_JOB, CommandTap, Handler, handler_of, in_sqs, sample
+from tests.functional.handlers import (
+    MEMBERS,
+    SAMPLE_JOB,
+    CommandTap,
+    Handler,
+    handler_of,
+    in_sqs,
+    sample,
+    seed_sample_ring,
+    twice,
+)
 
 pytestmark = pytest.mark.timeout(120)
-
-HEARD = datetime(2025, 6, 2, 14, 0, tzinfo=UTC)
-MEMBERS = [instance(SAMPLE_FIRST_INSTANCE + r) for r in range(3)]
 
 
 @pytest.fixture(scope="module")
@@ -30,18 +33,7 @@ def handler(broker_url: str) -> Iterator[Handler]:
 
 @pytest.fixture
 def node_recovery(handler: Handler) -> Handler:
-    handler.reset()
-    job, nodes = running_job(SAMPLE_JOB, members=3, generation=3, first=SAMPLE_FIRST_INSTANCE)
-    handler.seed(job, [replace(n, last_heartbeat=HEARD, updated_at=HEARD) for n in nodes])
-    return handler
-
-
-def twice(handler: Handler, event: dict[str, Any]) -> Any:
-    result = handler(event)
-    after = handler.tables()
-    assert handler(event) == result
-    assert handler.tables() == after, "the second delivery changed the tables"
-    return result
+    return seed_sample_ring(handler)
 
 
 def test_a_spot_warning_asks_for_a_checkpoint_once_before_the_instance_goes(

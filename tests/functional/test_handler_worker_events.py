@@ -7,18 +7,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
 
 import pytest
 
 from ringfleet.contracts.broker import REASON_HEADER, SENDER_HEADER, WORKER_EVENTS_QUEUE
 from ringfleet.core.jobs import JobState
 from ringfleet.core.nodes import NodeState
-from tests.builders import instance, running_job
 from tests.functional.handlers import (
-    SAMPLE_FIRST_INSTANCE,
+    MEMBERS,
     SAMPLE_JOB,
     CommandTap,
     Handler,
@@ -26,13 +23,13 @@ from tests.functional.handlers import (
     handler_of,
     mq_batch,
     sample,
+    seed_sample_ring,
+    twice,
 )
 
 pytestmark = pytest.mark.timeout(120)
 
 #: A little before the samples were sent: the members were heard from then.
-HEARD = datetime(2025, 6, 2, 14, 0, tzinfo=UTC)
-MEMBERS = [instance(SAMPLE_FIRST_INSTANCE + r) for r in range(3)]
 MISSING_INSTANCE = "6a1f2b3c-0000-4000-8000-000000000002"
 FROM_APP = "6a1f2b3c-0000-4000-8000-000000000003"
 
@@ -46,19 +43,7 @@ def handler(broker_url: str) -> Iterator[Handler]:
 @pytest.fixture
 def worker_events(handler: Handler) -> Handler:
     """The sample job RUNNING at generation 3 on the samples' three instances, last heard from at HEARD."""
-    handler.reset()
-    job, nodes = running_job(SAMPLE_JOB, members=3, generation=3, first=SAMPLE_FIRST_INSTANCE)
-    handler.seed(job, [replace(n, last_heartbeat=HEARD, updated_at=HEARD) for n in nodes])
-    return handler
-
-
-def twice(handler: Handler, event: dict[str, Any]) -> Any:
-    """Invokes ``handler`` with ``event``, then again: the second answers as the first and changes nothing."""
-    result = handler(event)
-    after = handler.tables()
-    assert handler(event) == result
-    assert handler.tables() == after, "the second delivery changed the tables"
-    return result
+    return seed_sample_ring(handler)
 
 
 def test_a_heartbeat_records_the_members_step_and_time(worker_events: Handler, commands: CommandTap) -> None:
