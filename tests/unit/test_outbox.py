@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 
 from ringfleet.contracts import JobCancelled, Stop
+from ringfleet.core.commands import command_message_id, stop_command
 from ringfleet.core.jobs import Job, JobState
 from ringfleet.core.nodes import Node
 from ringfleet.core.outbox import Outbox
 from ringfleet.core.ports import Saved
 from ringfleet.intake.quotas import TenantRegistry
 from ringfleet.intake.service import IntakeService
-from ringfleet.recovery.commands import command_message_id, stop_command
 from tests.builders import later, running_job, spec
 from tests.doubles import InMemoryJobRepository, ManualClock, RecordingCommandPublisher
 

@@ -14,11 +14,11 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from ringfleet.core.commands import stop_command
 from ringfleet.core.jobs import Incident, Job, JobState
 from ringfleet.core.outbox import Outbox
+from ringfleet.core.retirement import RetirementRefused, begin_upgrade
 from ringfleet.intake.quotas import TenantRegistry, admit_job, check_cancel, unregistered
-from ringfleet.recovery.commands import stop_command
-from ringfleet.recovery.retirement import RetirementRefused, begin_upgrade
 
 if TYPE_CHECKING:
     from ringfleet.contracts import AppMessage, JobCancelled, JobSubmitted, UpgradeJob
@@ -173,7 +173,7 @@ class IntakeService:
         raise RuntimeError(f"job {message.job_id}: {MAX_ATTEMPTS} conflicting writers in a row; retry later")
 
     def on_upgrade(self, message: UpgradeJob) -> IntakeOutcome:
-        """Starts a rolling upgrade (``ringfleet.recovery.retirement``): the job saved with its members to retire and
+        """Starts a rolling upgrade (``ringfleet.core.retirement``): the job saved with its members to retire and
         the new program, then ``Upgrade Started`` and ``Capacity Wanted`` (the scaler launches the first replacement
         now). Refused, with the reason and nothing changed, for another tenant's job or one not RUNNING; a
         redelivered message finds its upgrade already started (a duplicate)."""

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Literal
 
+from ringfleet.core.commands import command_message_id, reconfigure_command, stop_command
 from ringfleet.core.jobs import Incident, Job, JobState, PendingRecovery, Retirement
 from ringfleet.core.nodes import LifecycleHook, Node, NodeState
-from ringfleet.recovery.commands import command_message_id, reconfigure_command, stop_command
-from ringfleet.recovery.retirement import RetirementRefused, begin_move_back
+from ringfleet.core.retirement import RetirementRefused, begin_move_back
 
 if TYPE_CHECKING:
     from ringfleet.contracts import CheckpointNow, Reconfigure, Stop

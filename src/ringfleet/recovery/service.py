@@ -31,6 +31,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from ringfleet.core.outbox import MAX_ATTEMPTS, Outbox, backoff
+from ringfleet.core.retirement import retirement_events
 from ringfleet.recovery.decisions import (
     CapacityArrived,
     CheckpointTaken,
@@ -43,7 +44,6 @@ from ringfleet.recovery.decisions import (
     plan_node_updates,
     plan_recovery,
 )
-from ringfleet.recovery.retirement import retirement_events
 from ringfleet.recovery.signals import failure_signal, lost_in_ring, reporter_refusal, ring_suspects, signal_of
 
 if TYPE_CHECKING:

@@ -14,8 +14,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from ringfleet.core.commands import reconfigure_command
 from ringfleet.core.jobs import Incident, Job, JobState
-from ringfleet.recovery.commands import reconfigure_command
 
 if TYPE_CHECKING:
     from ringfleet.contracts import Reconfigure
