@@ -28,7 +28,7 @@ from ringfleet.core.jobs import JobState
 from ringfleet.core.ports import SystemClock
 from tests.e2e.support import digits_job
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
 
 @pytest.fixture(scope="module")

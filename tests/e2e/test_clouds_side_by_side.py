@@ -18,7 +18,7 @@ from ringfleet.adapters.dynamodb import DynamoDbJobRepository
 from ringfleet.core.ports import SystemClock
 from tests.e2e.support import digits_job
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
 
 def _jobs(cloud: LocalCloud) -> DynamoDbJobRepository:

@@ -28,6 +28,8 @@ from ringfleet.core.ports import SystemClock
 from tests.builders import running_job
 from training_worker.checkpoint import S3CheckpointStore
 
+pytestmark = pytest.mark.functional
+
 MiB = 1 << 20
 #: Instance ids no other test of the session's moto uses (the nodes table is keyed by instance).
 _FIRST_INSTANCE = itertools.count(0xB000, 16)

@@ -33,7 +33,7 @@ from training_worker.agent import Agent, CredentialsEndpoint
 from training_worker.checkpoint import S3CheckpointStore, job_session_policy
 from training_worker.runtime import RuntimeConfig
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.functional, pytest.mark.timeout(120)]
 
 JOB_A, JOB_B = "forge-a", "forge-b"
 #: Job B's generation: its members' checkpoints claim it.

@@ -20,6 +20,8 @@ from ringfleet.recovery.service import RecoveryService
 from tests.builders import instance, later, running_job
 from tests.doubles import InMemoryInstanceLifecycle, RecordingCommandPublisher
 
+pytestmark = pytest.mark.functional
+
 
 class Clock:
     def __init__(self, seconds: float = 5) -> None:

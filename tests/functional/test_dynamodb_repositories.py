@@ -16,6 +16,8 @@ from ringfleet.core.jobs import DurableCheckpoint, Incident, JobState, PendingRe
 from ringfleet.core.nodes import LifecycleHook, NodeState
 from tests.builders import T0, instance, later, running_job
 
+pytestmark = pytest.mark.functional
+
 
 class Clock:
     def now(self) -> Any:

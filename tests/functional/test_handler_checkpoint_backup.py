@@ -20,7 +20,7 @@ from ringfleet.contracts import CheckpointManifest, ShardEntry, encode_manifest,
 from tests.builders import instance, running_job
 from tests.functional.handlers import SAMPLE_FIRST_INSTANCE, SAMPLE_JOB, Handler, handler_of, in_sqs, sample
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.functional, pytest.mark.timeout(120)]
 
 SHARD = b"model weights, compressed" * 1000
 WRITER = instance(SAMPLE_FIRST_INSTANCE)

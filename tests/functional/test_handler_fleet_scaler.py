@@ -14,7 +14,7 @@ from ringfleet.core.nodes import NodeState
 from tests.builders import T0, spec
 from tests.functional.handlers import SAMPLE_JOB, CommandTap, Handler, handler_of, in_sqs, sample
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.functional, pytest.mark.timeout(120)]
 
 
 @pytest.fixture(scope="module")

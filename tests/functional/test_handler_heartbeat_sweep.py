@@ -14,7 +14,7 @@ from ringfleet.core.nodes import NodeState
 from tests.builders import instance, running_job
 from tests.functional.handlers import SAMPLE_FIRST_INSTANCE, SAMPLE_JOB, CommandTap, Handler, handler_of, sample
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.functional, pytest.mark.timeout(120)]
 
 TICK = datetime(2025, 6, 2, 14, 31, tzinfo=UTC)  # scheduled_event.json's time
 MEMBERS = [instance(SAMPLE_FIRST_INSTANCE + r) for r in range(3)]

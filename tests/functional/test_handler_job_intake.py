@@ -13,7 +13,7 @@ from ringfleet.contracts.broker import JOBS_QUEUE, REASON_HEADER, SENDER_HEADER
 from ringfleet.core.jobs import JobState
 from tests.functional.handlers import SAMPLE_JOB, CommandTap, Handler, drain_dead_letters, handler_of, mq_batch, sample
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.functional, pytest.mark.timeout(120)]
 
 FROM_GLOBEX = {"__properties__": {"userId": "app-globex"}}
 

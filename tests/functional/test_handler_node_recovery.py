@@ -22,7 +22,7 @@ from tests.functional.handlers import (
     twice,
 )
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.functional, pytest.mark.timeout(120)]
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from tests.functional.handlers import (
     twice,
 )
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.functional, pytest.mark.timeout(120)]
 
 #: A little before the samples were sent: the members were heard from then.
 MISSING_INSTANCE = "6a1f2b3c-0000-4000-8000-000000000002"

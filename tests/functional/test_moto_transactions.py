@@ -18,6 +18,8 @@ from moto.dynamodb.models import DynamoDBBackend, dynamodb_backends
 from moto.dynamodb.models.table import Table
 from ringfleet_local.moto_server import install_item_level_transactions, transact_write_items
 
+pytestmark = pytest.mark.functional
+
 JOBS, NODES = "jobs", "nodes"
 ACCOUNT, REGION = "123456789012", "us-east-1"
 

@@ -20,7 +20,7 @@ from ringfleet_local.runtime import FunctionRuntime
 
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.functional, pytest.mark.timeout(240)]
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,8 @@ from ringfleet.scaling.service import ScalerService
 from tests.builders import T0, spec
 from tests.doubles import RecordingCommandPublisher
 
+pytestmark = pytest.mark.functional
+
 NOW = T0 + timedelta(minutes=1)
 
 

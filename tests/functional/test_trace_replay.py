@@ -11,6 +11,8 @@ from moto import mock_aws
 from ringfleet_local.fleet import FleetEmulator
 from ringfleet_local.spot_traces import INSUFFICIENT_CAPACITY, AvailabilityTrace, TraceError, TraceMarket, TraceReplay
 
+pytestmark = pytest.mark.functional
+
 POOL = "spot:p3.2xlarge:us-east-1a"
 
 

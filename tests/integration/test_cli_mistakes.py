@@ -199,8 +199,8 @@ def test_read_commands_print_json_that_parses(tmp_path: Path, args: list[str]) -
     assert isinstance(parsed, list) and parsed and parsed[0]["job_id"] == "job-1"
 
 
-def test_local_status_and_sam_env_vars_print_json_that_parses(tmp_path: Path) -> None:
-    # given a local cloud's state file (this test process stands in for it; nothing is contacted)
+def pretend_a_local_cloud_is_up(tmp_path: Path) -> None:
+    """Writes a local cloud's state file (this test process stands in for it; nothing listens on its ports)."""
     state = {
         "endpoint": "http://127.0.0.1:9",
         "broker_url": "amqp://guest:guest@127.0.0.1:9/",
@@ -212,6 +212,11 @@ def test_local_status_and_sam_env_vars_print_json_that_parses(tmp_path: Path) ->
     }
     (tmp_path / "state").mkdir()
     (tmp_path / "state" / "local.json").write_text(json.dumps(state))
+
+
+def test_local_status_and_sam_env_vars_print_json_that_parses(tmp_path: Path) -> None:
+    # given a local cloud's state file
+    pretend_a_local_cloud_is_up(tmp_path)
     status = ringfleet(tmp_path, "local", "status", "--output", "json")
     assert status.returncode == 0, status.stderr
     assert "NodeRecoveryFunction" in json.loads(status.stdout)["functions"]
@@ -220,6 +225,17 @@ def test_local_status_and_sam_env_vars_print_json_that_parses(tmp_path: Path) ->
     variables = json.loads(env.stdout)["JobIntakeFunction"]
     assert variables["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9"
     assert variables["JOBS_TABLE"] and variables["JOBS_TABLE"] != "JobsTable"  # a real table name, not a logical id
+
+
+def test_submit_of_a_job_whose_tenant_id_is_invalid_names_the_field_before_any_tenant_lookup(tmp_path: Path) -> None:
+    # given a local cloud is up here
+    pretend_a_local_cloud_is_up(tmp_path)
+    # when a user submits a job whose tenant id the contract refuses (capitals and a space)
+    out = ringfleet(tmp_path, "submit", str(JOB), "--set", "tenant=Acme Corp")
+    # then the one line names the field and the rule it breaks, as a usage error: not "not registered" with advice
+    # (`ringfleet local up --tenant 'Acme Corp'`) that refuses the same id
+    assert_one_line_error(out, EXIT_USAGE, "job rejected before sending", "tenant: String should match pattern")
+    assert "not registered" not in out.stderr and "--tenant" not in out.stderr
 
 
 def test_ctrl_c_on_events_follow_ends_cleanly_with_130(tmp_path: Path) -> None:

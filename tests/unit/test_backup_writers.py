@@ -12,6 +12,8 @@ from ringfleet.contracts import CheckpointManifest, ShardEntry
 from ringfleet.core.nodes import Node, NodeState
 from tests.builders import T0, instance, running_job
 
+pytestmark = pytest.mark.unit
+
 JOB, NODES = running_job("digits-demo", members=2, generation=5)
 WRITER = NODES[0].instance_id
 SHARD = ShardEntry(name="model.pt.zst", size=3, sha256="0" * 64)

@@ -7,6 +7,8 @@ import pytest
 from ringfleet.contracts.broker import broker_url, require_tls
 from training_worker.control import ControlChannel
 
+pytestmark = pytest.mark.unit
+
 
 def test_the_url_built_for_amazon_mq_is_amqps_with_the_secrets_credentials() -> None:
     url = broker_url("amqps://b-1234.mq.us-east-1.amazonaws.com:5671", "ring fleet", "p@ss/word")

@@ -13,6 +13,8 @@ from ringfleet.contracts import WorkerFailed
 from tests.builders import RecoveryWorld, instance, later
 from tests.doubles import InMemoryJobRepository
 
+pytestmark = pytest.mark.unit
+
 TRACEBACK = (
     "entrypoint 'python examples/digits/train.py' exited with status 1\n"
     "Traceback (most recent call last):\n"

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from radon.complexity import cc_visit
 from radon.visitors import Class, Function
 
 from tests.conftest import ROOT
+
+pytestmark = pytest.mark.unit
 
 LIMIT = 15
 MEASURED = ("src", "tools", "services", "training_worker", "bench", "examples")

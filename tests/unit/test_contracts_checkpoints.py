@@ -25,6 +25,8 @@ from ringfleet.contracts import (
 )
 from ringfleet.contracts.checkpoints import full_object_checksum, same_s3_checksum
 
+pytestmark = pytest.mark.unit
+
 SHA = "a" * 64
 #: S3's full-object SHA-256 checksum of a shard whose sha256 is SHA, and a composite one of 3 parts.
 FULL = full_object_checksum(SHA)

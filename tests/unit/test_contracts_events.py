@@ -40,6 +40,8 @@ from ringfleet.contracts import (
 )
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.unit
+
 EVENTS = ROOT / "events"
 
 #: The bare message samples, by file name, and the aws:rmq samples that carry the app and worker ones.

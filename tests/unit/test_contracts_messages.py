@@ -27,6 +27,8 @@ from ringfleet.contracts import (
 )
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.unit
+
 MESSAGES = ROOT / "events" / "messages"
 SAMPLES = sorted(p.stem for p in MESSAGES.glob("*.json"))
 

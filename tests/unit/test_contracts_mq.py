@@ -23,6 +23,8 @@ from ringfleet.contracts import (
 )
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.unit
+
 EVENTS = ROOT / "events"
 
 

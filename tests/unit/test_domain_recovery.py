@@ -19,6 +19,8 @@ from ringfleet.recovery.decisions import (
 )
 from tests.builders import instance, later, running_job
 
+pytestmark = pytest.mark.unit
+
 
 def test_spot_warning_asks_for_a_checkpoint_and_a_replacement_without_changing_the_ring() -> None:
     # given a RUNNING job of four at generation 1

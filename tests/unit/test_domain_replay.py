@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,6 +17,8 @@ from ringfleet.contracts import CheckpointCompleted, Reconfigure, parse_cloud_ev
 from ringfleet.core.jobs import Job, JobState
 from ringfleet.core.nodes import NodeState
 from tests.builders import RecoveryWorld, cloud_event, instance, later
+
+pytestmark = pytest.mark.unit
 
 
 class Clock:

@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from ringfleet.backup.ports import CheckpointRecord, CheckpointStatus
 from ringfleet.backup.retention import plan_retention
 
+pytestmark = pytest.mark.unit
+
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 DURABLE, QUARANTINED, RETIRED = CheckpointStatus.DURABLE, CheckpointStatus.QUARANTINED, CheckpointStatus.RETIRED
 

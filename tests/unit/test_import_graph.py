@@ -17,6 +17,8 @@ import pytest
 
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.unit
+
 SRC = ROOT / "src"
 SERVICES = ROOT / "services"
 

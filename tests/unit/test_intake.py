@@ -16,6 +16,8 @@ from ringfleet.intake.service import IntakeService
 from tests.builders import spec
 from tests.doubles import InMemoryJobRepository, RecordingCommandPublisher
 
+pytestmark = pytest.mark.unit
+
 #: The tenants the tests' jobs belong to (tests.builders.spec: acme), and the one that tries others' jobs.
 REGISTERED = TenantRegistry.register("acme", "globex")
 

@@ -19,6 +19,8 @@ from ringfleet_local.template import load_template
 from tests.conftest import ROOT
 from training_worker.checkpoint import job_session_policy
 
+pytestmark = pytest.mark.unit
+
 TEMPLATE = load_template(ROOT / "template.yaml")
 LOCAL = CloudContext(TEMPLATE, endpoint="http://127.0.0.1:1")
 CHECKPOINTS = str(LOCAL.resolve({"Ref": "CheckpointBucket"}))

@@ -14,6 +14,8 @@ from ringfleet_local.router import _jsonable
 
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.unit
+
 # Nothing listens there: a refusal must come before any request.
 CONTEXT = CloudContext(ROOT / "template.yaml", endpoint="http://127.0.0.1:9", broker_url="amqp://u:p@127.0.0.1:9/")
 

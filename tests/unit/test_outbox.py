@@ -20,6 +20,8 @@ from ringfleet.intake.service import IntakeService
 from tests.builders import later, running_job, spec
 from tests.doubles import InMemoryJobRepository, ManualClock, RecordingCommandPublisher
 
+pytestmark = pytest.mark.unit
+
 
 class BrokenPublisher:
     def publish(self, commands: Sequence[Any]) -> None:

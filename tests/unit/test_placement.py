@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from ringfleet.contracts import Program
 from ringfleet.core.jobs import JobState
 from ringfleet.scaling.placement import FreeInstance, plan_placement
 from tests.builders import instance, later, running_job
+
+pytestmark = pytest.mark.unit
 
 
 def test_a_pending_job_starts_and_its_first_reconfigure_names_the_program_its_agents_run() -> None:

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import timedelta
 
+import pytest
+
 from ringfleet.contracts import Reconfigure
 from ringfleet.core.jobs import Job, JobState
 from ringfleet.core.nodes import Node, NodeState
@@ -14,6 +16,8 @@ from ringfleet.scaling.decisions import FleetState, Pool, ScalingPolicy, pool_ke
 from ringfleet.scaling.ports import FleetInstance, FleetSnapshot
 from ringfleet.scaling.reconcile import Handover, ReconcilePlan, plan_assignments, plan_reconcile
 from tests.builders import T0, instance, running_job
+
+pytestmark = pytest.mark.unit
 
 NOW = T0 + timedelta(hours=1)
 A = pool_key("spot", "g5.xlarge", "us-east-1a")

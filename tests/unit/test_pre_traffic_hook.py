@@ -22,6 +22,8 @@ from botocore.stub import ANY, Stubber
 
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.unit
+
 DEPLOYMENT = "d-ABCDEF123"
 HOOK_EXECUTION = "hook-execution-0001"
 FUNCTIONS = {

@@ -25,6 +25,8 @@ from tests.doubles import (
     RecordingCommandPublisher,
 )
 
+pytestmark = pytest.mark.unit
+
 WARNING = "EC2 Spot Instance Interruption Warning"
 REBALANCE = "EC2 Instance Rebalance Recommendation"
 

@@ -6,11 +6,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from ringfleet.contracts import CheckpointCompleted, Heartbeat, Reconfigure, WorkerFailed, parse_cloud_event
 from ringfleet.core.jobs import Job
 from ringfleet.recovery.service import RecoveryService
 from tests.builders import RecoveryWorld, cloud_event, instance, later
 from tests.doubles import InMemoryInstanceLifecycle, RecordingCommandPublisher
+
+pytestmark = pytest.mark.unit
 
 
 class Clock:

@@ -11,6 +11,8 @@ from ringfleet.core.jobs import DurableCheckpoint, Job
 from ringfleet.scaling.reconcile import remaining_hours
 from tests.builders import T0, running_job
 
+pytestmark = pytest.mark.unit
+
 
 def with_steps(total: object) -> Job:
     job, _ = running_job(members=2, max_workers=4)

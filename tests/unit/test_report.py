@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 from ringfleet_local.report import ObservedIncident, RunTimeline, measure_goodput, write_report
 
+pytestmark = pytest.mark.unit
+
 
 def timeline() -> RunTimeline:
     progress = [(float(t), t * 2, 2.3 / (1 + t), 3 if t < 20 else 2, 1 if t < 20 else 2) for t in range(40)]

@@ -14,6 +14,8 @@ from ringfleet.core.nodes import NodeState
 from ringfleet.recovery.signals import reporter_refusal
 from tests.builders import RecoveryWorld, instance, later, running_job
 
+pytestmark = pytest.mark.unit
+
 
 class Clock:
     def now(self) -> Any:

@@ -23,6 +23,8 @@ from ringfleet.scaling.ports import FleetInstance, FleetSnapshot
 from ringfleet.scaling.reconcile import plan_reconcile
 from tests.builders import T0, instance, later, running_job
 
+pytestmark = pytest.mark.unit
+
 NEW = ("python", "examples/digits/train_v2.py")
 
 

@@ -12,6 +12,8 @@ from ringfleet.recovery.decisions import NodeLost, RecoveryPlan, ScriptFailed, p
 from ringfleet.recovery.signals import failure_signal, lost_in_ring, ring_suspects
 from tests.builders import instance, later, running_job
 
+pytestmark = pytest.mark.unit
+
 
 def failed(reporter: str, *, generation: int = 1, scope: Literal["self", "ring", "script"] = "ring") -> WorkerFailed:
     return WorkerFailed(

@@ -13,6 +13,8 @@ import pytest
 from ringfleet.adapters.dynamodb import job_to_item
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def model() -> ModuleType:

@@ -6,6 +6,7 @@ import math
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,6 +20,8 @@ from ringfleet.scaling.decisions import (
     observe_fleet,
     pool_key,
 )
+
+pytestmark = pytest.mark.unit
 
 NOW = datetime(2026, 3, 1, 12, tzinfo=UTC)
 TYPES = ("g5.xlarge", "g4dn.xlarge", "p3.2xlarge")

@@ -8,11 +8,15 @@ import json
 from dataclasses import replace
 from typing import Any
 
+import pytest
+
 from ringfleet.contracts import CheckpointCompleted, Program, Reconfigure, Stop, WorkerFailed
 from ringfleet.core.jobs import Job, JobState
 from ringfleet.core.nodes import NodeState
 from ringfleet.recovery.decisions import CapacityArrived, NodeLost, NoticeGiven, ScriptFailed, plan_recovery
 from tests.builders import RecoveryWorld, instance, later, running_job
+
+pytestmark = pytest.mark.unit
 
 TRACEBACK = (
     "entrypoint 'python train.py' exited with status 1\n"

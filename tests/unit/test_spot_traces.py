@@ -17,6 +17,8 @@ from ringfleet_local.spot_traces import (
 
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.unit
+
 POOL_A = "spot:p3.2xlarge:us-west-2a"
 
 

@@ -18,6 +18,8 @@ from ringfleet_local.template import load_template
 from ringfleet.contracts.broker import JOBS_QUEUE, WORKER_EVENTS_QUEUE, dead_letter_queue
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.unit
+
 if TYPE_CHECKING:
     from moto.events.utils import EventMessageType
 

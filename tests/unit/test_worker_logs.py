@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import pytest
 from ringfleet_local.worker_logs import parse_line
+
+pytestmark = pytest.mark.unit
 
 
 def test_a_progress_line_is_timed_by_the_worker_and_a_missing_loss_is_not_a_number() -> None:

@@ -12,6 +12,8 @@ from tests.worker.distributed import free_port
 from tests.worker.processes import WorkerProcess
 from training_worker.agent import _python_target, command_line
 
+pytestmark = pytest.mark.worker
+
 
 def _program(entrypoint: list[str], **hyperparameters: str | int | float | bool) -> Program:
     return Program(image="local/x:1", entrypoint=entrypoint, hyperparameters=hyperparameters)
@@ -53,7 +55,6 @@ def test_python_entrypoints_run_in_the_warm_interpreter_and_others_as_child_proc
     assert _python_target(["python", "-u", "train.py"]) is None
 
 
-@pytest.mark.integration
 def test_a_non_python_entrypoint_runs_as_a_child_that_gets_the_ring_and_reports_its_exit_status(
     tmp_path: Path,
 ) -> None:

@@ -13,6 +13,8 @@ from moto import mock_aws
 
 from training_worker.runtime import RuntimeConfig
 
+pytestmark = pytest.mark.worker
+
 SECRET = "ringfleet/broker-worker"
 ENDPOINT = "amqps://b-1234.mq.us-east-1.amazonaws.com:5671/"
 

@@ -22,6 +22,8 @@ from training_worker.checkpoint import (
 )
 from training_worker.runtime import Runtime, RuntimeConfig
 
+pytestmark = pytest.mark.worker
+
 BUCKET = "ckpt"
 
 

@@ -20,7 +20,7 @@ from ringfleet.contracts.messages import Reconfigure, Stop
 from tests.worker.broker import declare_worker_events, new_job_id
 from training_worker.control import ControlChannel
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.worker, pytest.mark.timeout(120)]
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import queue
 import uuid
 
 import aio_pika
+import pytest
 
 from ringfleet.adapters.rabbitmq import publish
 from ringfleet.contracts import (
@@ -22,6 +23,8 @@ from tests.worker.broker import new_job_id
 from tests.worker.conftest import InstanceMetadata
 from training_worker.control import ControlChannel, SpotNoticeWatcher
 from training_worker.runtime import Runtime, RuntimeConfig
+
+pytestmark = pytest.mark.worker
 
 # A job and an instance of its own: a durable mailbox left by an earlier run (say a demo) never feeds this test.
 JOB, INSTANCE = new_job_id("control"), f"i-{uuid.uuid4().hex[:17]}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.distributed as dist
 
@@ -9,6 +10,8 @@ from tests.worker.distributed import run_ranks
 from training_worker.collectives import AllreduceBackend, NativeBackend, RingBackend
 from training_worker.optimizer import DistributedOptimizer
 from training_worker.tree import broadcast_tree
+
+pytestmark = pytest.mark.worker
 
 STEPS, BATCH, FEATURES = 6, 8, 5
 

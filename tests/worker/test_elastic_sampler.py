@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from training_worker.elastic import ElasticSampler
+
+pytestmark = pytest.mark.worker
 
 DATASET = list(range(50))
 

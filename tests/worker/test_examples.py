@@ -16,7 +16,7 @@ from tests.worker.conftest import BUCKET, s3_client
 from tests.worker.distributed import free_port
 from tests.worker.processes import WorkerProcess, announce
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.worker
 
 LM = "examples/lm/train.py"
 HOROVOD_PORT = "examples/horovod_port/train.py"

@@ -6,6 +6,8 @@ import pytest
 
 from training_worker.runtime import GoodputMeter
 
+pytestmark = pytest.mark.worker
+
 
 def train(meter: GoodputMeter, steps: range, start: float, *, step_s: float = 1.0, after_pause: bool = False) -> float:
     """Steps ``steps`` one ``step_s`` apart from ``start``; the first is taken right after a pause when asked."""

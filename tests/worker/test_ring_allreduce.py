@@ -11,6 +11,8 @@ import torch.distributed as dist
 from tests.worker.distributed import run_ranks
 from training_worker.collectives import NativeBackend, RingAllreduce, RingBackend, select_backend
 
+pytestmark = pytest.mark.worker
+
 LENGTHS = (1, 2, 3, 7, 1001, 4099, 65537)
 
 

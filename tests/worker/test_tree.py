@@ -10,6 +10,8 @@ import torch
 
 from training_worker.tree import TreeRefused, decode_skeleton, encode_skeleton
 
+pytestmark = pytest.mark.worker
+
 
 def test_a_training_state_survives_the_trip_with_its_types() -> None:
     # given what a TorchState holds: int-keyed optimizer state, tuples (betas, the Python RNG), non-finite floats

@@ -18,6 +18,8 @@ from tests.worker.conftest import BUCKET, InstanceMetadata, s3_client
 from tests.worker.processes import WorkerProcess
 from training_worker.checkpoint import S3CheckpointStore
 
+pytestmark = pytest.mark.worker
+
 A, B, C = "i-0000000000000000a", "i-0000000000000000b", "i-0000000000000000c"
 
 #: Paced so that a test sees every step and has time to act between two of them: the agent's flags, then the

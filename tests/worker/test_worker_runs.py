@@ -5,10 +5,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.worker.distributed import free_port
 from tests.worker.processes import WorkerProcess, announce
+
+pytestmark = pytest.mark.worker
 
 INSTANCES = ["i-0000000000000001a", "i-0000000000000002b", "i-0000000000000003c"]
 

@@ -524,12 +524,6 @@ def _job_client(tenant: str | None = None) -> Any:
     return RingfleetClient(url, jobs)
 
 
-def _tenant_of(fields: dict[str, Any]) -> str | None:
-    """The tenant a job file names (None: it names none; the client then refuses the file, naming the field)."""
-    tenant = fields.get("tenant")
-    return str(tenant) if tenant else None
-
-
 def _app_url(ctx: Any, tenant: str) -> str:
     """The broker URL of ``tenant``'s app user on the local cloud ``ctx``; a tenant it has not registered is a usage
     error that says how to register it."""
@@ -575,10 +569,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     try:
         fields = apply_job_overrides(load_job_file(args.file), args.set or [])
-        if args.dry_run:
-            message = check_job(fields, _known_instance_types())
-        else:
-            client = _job_client(_tenant_of(fields))
+        # The contract before the tenant is looked up: a tenant id it refuses is "not registered" too, and the
+        # advice that comes with that (`local up --tenant`) refuses the same id.
+        message = check_job(fields, _known_instance_types() if args.dry_run else None)
+        if not args.dry_run:
+            client = _job_client(message.tenant)
             message = client.submit(fields)
     except Rejected as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
