@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -157,3 +158,44 @@ def test_schedules_fire_on_the_injected_clock(cloud: LocalCloud, clock: ManualCl
     assert first.event["source"] == "aws.events"
     assert first.result.result["input_queue_url"].endswith("/123456789012/ringfleet-InputQueue")
     assert "echo" in first.result.logs and "ringfleet-us-east-1" in first.result.logs
+
+
+def s3_events_of(deliveries: list[Delivery], key: str) -> list[str]:
+    """The eventName of every S3 notification about ``key`` that reached UploadFunction, in delivery order (the
+    s3:TestEvent S3 sends when the notification is configured has no records)."""
+    records = [json.loads(body).get("Records", []) for body in bodies_of(deliveries, "UploadFunction")]
+    return [r["eventName"] for rs in records for r in rs if r["s3"]["object"]["key"] == key]
+
+
+def test_one_multipart_upload_reaches_the_function_once_as_complete_multipart_upload(cloud: LocalCloud) -> None:
+    # given a bucket that notifies a queue of every ObjectCreated, the queue feeding UploadFunction
+    s3, sqs = cloud.client("s3"), cloud.client("sqs")
+    bucket = str(cloud.ctx.resolve({"Ref": "UploadBucket"}))
+    queue = cloud.ctx.resolve({"Ref": "UploadQueue"})
+    key = "jobs/j1/ckpt-00000010/shard-0.bin"
+    # when a file goes up as one multipart upload of two parts (moto 5.2 notifies ObjectCreated:Put from inside
+    # complete_multipart_upload, then ObjectCreated:CompleteMultipartUpload; S3 sends only the second)
+    upload = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    parts = [
+        {
+            "PartNumber": n,
+            "ETag": s3.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=n, Body=body)["ETag"],
+        }
+        for n, body in ((1, b"a" * (5 << 20)), (2, b"tail"))
+    ]
+    s3.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload, MultipartUpload={"Parts": parts})
+    # and then a plain PutObject of another file
+    s3.put_object(Bucket=bucket, Key="jobs/j1/manifest.json", Body=b"{}")
+    # then, once the queue is drained, the upload arrived exactly once, as S3 sends it, and the PutObject as a Put
+    cloud.router.wait_for(lambda ds: s3_events_of(ds, "jobs/j1/manifest.json") != [])
+
+    def drained() -> bool:
+        attrs = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["All"])["Attributes"]
+        return attrs["ApproximateNumberOfMessages"] == attrs["ApproximateNumberOfMessagesNotVisible"] == "0"
+
+    deadline = time.monotonic() + 30
+    while not drained() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert drained()
+    assert s3_events_of(cloud.router.deliveries, key) == ["ObjectCreated:CompleteMultipartUpload"]
+    assert s3_events_of(cloud.router.deliveries, "jobs/j1/manifest.json") == ["ObjectCreated:Put"]

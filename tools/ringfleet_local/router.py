@@ -6,6 +6,8 @@
 - ``MQ``: the real RabbitMQ queue consumed with aio-pika and handed over as an ``aws:rmq`` event; a failed batch
   is requeued and the quorum queue's delivery limit dead-letters a poison message.
 - ``Schedule``: ``rate(...)`` schedules fire on an injectable clock.
+- What moto sends and AWS does not is dropped before delivery: the ``ObjectCreated:Put`` that moto's
+  ``complete_multipart_upload`` notifies before the ``ObjectCreated:CompleteMultipartUpload`` S3 sends alone.
 
 Rules in template.yaml target SQS queues (buffering plus partial batch failures and a DLQ per function), so moto
 does the pattern matching and delivery to those queues itself; the router only plays Lambda's pollers.
@@ -31,7 +33,7 @@ from typing import Any
 from ringfleet.core.ports import Clock, SystemClock
 from ringfleet_local.context import CloudContext
 from ringfleet_local.runtime import FunctionRuntime, InvocationResult
-from ringfleet_local.shapes import complete_body, rmq_event, scheduled_event, sqs_event
+from ringfleet_local.shapes import complete_body, not_sent_by_aws, rmq_event, scheduled_event, sqs_event
 from ringfleet_local.template import FunctionEvent, TemplateError
 
 __all__ = ["Delivery", "Router"]
@@ -179,7 +181,7 @@ class Router:
                 AttributeNames=["All"],
                 MessageAttributeNames=["All"],
             )
-            messages = got.get("Messages", [])
+            messages = self._drop_what_aws_would_not_send(sqs, url, got.get("Messages", []))
             if not messages:
                 continue
             for m in messages:
@@ -193,6 +195,20 @@ class Router:
                     QueueUrl=url,
                     Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done)],
                 )
+
+    @staticmethod
+    def _drop_what_aws_would_not_send(sqs: Any, url: str, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The messages AWS would have sent; the others (moto's extra S3 notifications) are deleted unseen."""
+        keep: list[dict[str, Any]] = []
+        extra: list[dict[str, Any]] = []
+        for m in messages:
+            (extra if not_sent_by_aws(m["Body"]) else keep).append(m)
+        if extra:
+            sqs.delete_message_batch(
+                QueueUrl=url,
+                Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(extra)],
+            )
+        return keep
 
     @staticmethod
     def _failed_ids(result: InvocationResult, messages: list[dict[str, Any]], partial: bool) -> set[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -14,6 +15,7 @@ __all__ = [
     "complete_body",
     "complete_eventbridge_event",
     "complete_s3_notification",
+    "not_sent_by_aws",
     "rmq_event",
     "scheduled_event",
     "sqs_event",
@@ -63,6 +65,30 @@ def complete_s3_notification(body: dict[str, Any]) -> dict[str, Any]:
         obj.setdefault("sequencer", f"{int(datetime.now(UTC).timestamp() * 1e6):016X}")
         records.append(rec)
     return {**body, "Records": records}
+
+
+#: The ETag of an object made by a multipart upload: the MD5 of its parts' MD5s, a dash, the number of parts.
+_MULTIPART_ETAG = re.compile(r"^[0-9a-f]{32}-[0-9]+$")
+
+
+def _moto_only_record(record: Any) -> bool:
+    """moto's ``complete_multipart_upload`` stores the object with its own ``put_object``, which notifies
+    ``ObjectCreated:Put`` before the real ``ObjectCreated:CompleteMultipartUpload``. A PutObject never makes a
+    multipart ETag, so a Put carrying one is that extra notification."""
+    if not isinstance(record, dict) or record.get("eventSource") != "aws:s3":
+        return False
+    etag = str(record.get("s3", {}).get("object", {}).get("eTag", ""))
+    return record.get("eventName") == "ObjectCreated:Put" and _MULTIPART_ETAG.match(etag) is not None
+
+
+def not_sent_by_aws(body: str) -> bool:
+    """Whether an SQS message body is a notification moto sends and AWS does not (so the local cloud drops it)."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return False
+    records = data.get("Records") if isinstance(data, dict) else None
+    return isinstance(records, list) and bool(records) and all(_moto_only_record(r) for r in records)
 
 
 def complete_body(body: str, *, account: str, region: str) -> str:
