@@ -7,7 +7,7 @@ SAM := $(SAM_VENV)/bin/sam
 CHECKOV_VENV := .venv-checkov
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: pin demo test install lint typecheck lint-template checkov pytest clean pre-traffic-samples
+.PHONY: pin demo test unit install lint typecheck lint-template checkov pytest clean pre-traffic-samples
 
 # torch is installed first, pinned to the CPU build, so that nothing resolves an unpinned (CUDA) torch.
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -57,9 +57,14 @@ checkov: $(SAM_VENV)/.installed $(CHECKOV_VENV)/.installed
 	$(SAM_VENV)/bin/python tools/sam_translate.py template.yaml .aws-sam/checkov/template.json
 	BC_SKIP_MAPPING=TRUE $(CHECKOV_VENV)/bin/checkov --quiet --compact --framework cloudformation -f .aws-sam/checkov/template.json
 
-# tests/integration/test_layer.py builds the Lambda layer with sam.
+# tests/integration/test_layer.py builds the Lambda layer with sam. The kinds run fastest first (tests/conftest.py);
+# the 15 slowest tests are listed at the end, so a test that grew slow shows up in CI's log.
 pytest: $(VENV)/.installed $(SAM_VENV)/.installed
-	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q --durations=15 $(PYTEST_ARGS)
+
+# The fast loop while editing: the unit tests alone (pure: no broker, no moto, no subprocess), well under a minute.
+unit: $(VENV)/.installed
+	$(VENV)/bin/pytest -q -m unit tests/unit $(PYTEST_ARGS)
 
 test: lint typecheck lint-template checkov pytest
 

@@ -2,8 +2,9 @@
 the run started outlives it (``tests/reaper.py``).
 
 The tests by kind: ``unit/`` pure (no broker, no moto, no network, no subprocess), ``functional/`` use cases and
-handlers on moto with the samples of ``events/``, ``integration/`` RabbitMQ and real processes, ``e2e/`` the local
-cloud, ``worker/`` the training worker's processes.
+handlers on moto with the samples of ``events/``, ``integration/`` RabbitMQ and real processes, ``worker/`` the
+training worker's processes, ``e2e/`` the local cloud. Each file is marked with its kind (``pytestmark``), and the
+kinds run in that order: a broken rule fails in seconds, not after the e2e tests' minutes.
 """
 
 from __future__ import annotations
@@ -22,7 +23,21 @@ from tests import reaper
 ROOT = Path(__file__).resolve().parent.parent
 BROKER_URL = os.environ.get("RINGFLEET_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
+#: The kinds of test, fastest first: the order they run in (each is a marker, and a folder of tests/).
+KINDS = ("unit", "functional", "integration", "worker", "e2e")
+
 _RUN: dict[str, object] = {}
+
+
+def kind_of(item: pytest.Item) -> str | None:
+    return next((kind for kind in KINDS if item.get_closest_marker(kind) is not None), None)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Runs the kinds fastest first (a test without a kind last; tests/unit/test_test_kinds.py fails on it); within
+    a kind, collection order (the sort is stable)."""
+    rank = {kind: i for i, kind in enumerate(KINDS)}
+    items.sort(key=lambda item: rank.get(kind_of(item) or "", len(KINDS)))
 
 
 def _reap_once() -> None:
