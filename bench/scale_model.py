@@ -60,13 +60,8 @@ from ringfleet.adapters.dynamodb import job_to_item, node_to_item  # noqa: E402
 from ringfleet.contracts import JobSubmitted  # noqa: E402
 from ringfleet.core.jobs import Incident, Job, JobState  # noqa: E402
 from ringfleet.core.nodes import Node, NodeState  # noqa: E402
-from ringfleet.recovery.decisions import (  # noqa: E402
-    CapacityArrived,
-    CheckpointTaken,
-    NoticeGiven,
-    RecoveryPlan,
-    plan_recovery,
-)
+from ringfleet.recovery.decisions import plan_recovery  # noqa: E402
+from ringfleet.recovery.plan import CapacityArrived, CheckpointTaken, NoticeGiven, RecoveryPlan  # noqa: E402
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 NOTICE_S = 120.0

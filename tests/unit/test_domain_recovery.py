@@ -8,15 +8,9 @@ import pytest
 
 from ringfleet.contracts import CheckpointNow, Reconfigure
 from ringfleet.core.jobs import DurableCheckpoint, IllegalTransition, JobState
-from ringfleet.core.nodes import LifecycleHook, NodeState
-from ringfleet.recovery.decisions import (
-    CapacityArrived,
-    CheckpointTaken,
-    NodeLost,
-    NoticeGiven,
-    plan_node_updates,
-    plan_recovery,
-)
+from ringfleet.core.nodes import LifecycleHook, NodeState, plan_node_updates
+from ringfleet.recovery.decisions import plan_recovery
+from ringfleet.recovery.plan import CapacityArrived, CheckpointTaken, NodeLost, NoticeGiven
 from tests.builders import instance, later, running_job
 
 pytestmark = pytest.mark.unit

@@ -8,16 +8,10 @@ import pytest
 
 from ringfleet.contracts import Reconfigure
 from ringfleet.core.jobs import Job, JobState
-from ringfleet.core.nodes import Node, NodeState
+from ringfleet.core.nodes import Node, NodeState, plan_node_updates
 from ringfleet.core.retirement import RetirementRefused, begin_upgrade
-from ringfleet.recovery.decisions import (
-    CapacityArrived,
-    CheckpointTaken,
-    RetireRequested,
-    ScriptFailed,
-    plan_node_updates,
-    plan_recovery,
-)
+from ringfleet.recovery.decisions import plan_recovery
+from ringfleet.recovery.plan import CapacityArrived, CheckpointTaken, RetireRequested, ScriptFailed
 from ringfleet.scaling.decisions import FleetState, Pool, ScalingPolicy, pool_key
 from ringfleet.scaling.ports import FleetInstance, FleetSnapshot
 from ringfleet.scaling.reconcile import plan_reconcile

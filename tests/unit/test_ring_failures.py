@@ -8,7 +8,8 @@ import pytest
 
 from ringfleet.contracts import Reconfigure, WorkerFailed
 from ringfleet.core.jobs import Job
-from ringfleet.recovery.decisions import NodeLost, RecoveryPlan, ScriptFailed, plan_recovery
+from ringfleet.recovery.decisions import plan_recovery
+from ringfleet.recovery.plan import NodeLost, RecoveryPlan, ScriptFailed
 from ringfleet.recovery.signals import failure_signal, lost_in_ring, ring_suspects
 from tests.builders import instance, later, running_job
 

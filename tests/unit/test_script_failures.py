@@ -13,7 +13,8 @@ import pytest
 from ringfleet.contracts import CheckpointCompleted, Program, Reconfigure, Stop, WorkerFailed
 from ringfleet.core.jobs import Job, JobState
 from ringfleet.core.nodes import NodeState
-from ringfleet.recovery.decisions import CapacityArrived, NodeLost, NoticeGiven, ScriptFailed, plan_recovery
+from ringfleet.recovery.decisions import plan_recovery
+from ringfleet.recovery.plan import CapacityArrived, NodeLost, NoticeGiven, ScriptFailed
 from tests.builders import RecoveryWorld, instance, later, running_job
 
 pytestmark = pytest.mark.unit

@@ -1,12 +1,18 @@
-"""The node record: which job an instance serves, at which rank, and when it was last heard from."""
+"""The node record: which job an instance serves, at which rank, and when it was last heard from; and the node
+records a job's state implies (``plan_node_updates``, shared by recovery and the fleet scaler's placement)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
-__all__ = ["Node", "NodeState"]
+if TYPE_CHECKING:
+    from ringfleet.core.jobs import Job
+
+__all__ = ["LifecycleHook", "Node", "NodeState", "plan_node_updates"]
 
 
 class NodeState(StrEnum):
@@ -47,3 +53,69 @@ class LifecycleHook:
     hook_name: str
     token: str
     instance_id: str
+
+
+def plan_node_updates(
+    job: Job,
+    nodes: Sequence[Node],
+    at: datetime,
+    *,
+    lost: Iterable[str] = (),
+    hooks: Mapping[str, LifecycleHook] | None = None,
+) -> tuple[list[Node], list[LifecycleHook]]:
+    """Nodes whose stored record disagrees with ``job``, and lifecycle hooks to complete.
+
+    Derived from the job alone (plus the instances a signal reports ``lost`` and the ``hooks`` a lifecycle notice
+    brought), so running it again after a crash changes nothing more. A hook is completed once its instance is no
+    longer needed: it left the ring, or its emergency checkpoint is done.
+    """
+    if job.is_final:
+        # The job is over: its instances no longer serve it (the fleet scaler frees them, the sweep ignores them).
+        done = [replace(n, state=NodeState.LOST, rank=None, updated_at=at) for n in nodes if n.state != NodeState.LOST]
+        return done, [n.lifecycle_hook for n in nodes if n.lifecycle_hook is not None]
+    recovery = job.recovery
+    gone = set(lost) | (set(recovery.lost) if recovery else set())
+    checkpoint_pending = bool(recovery and recovery.awaiting_checkpoint)
+    updates: list[Node] = []
+    release: list[LifecycleHook] = []
+    for node in nodes:
+        want = _wanted_node(job, node, gone, (hooks or {}).get(node.instance_id))
+        want, hook = _releasing_hook(want, checkpoint_pending=checkpoint_pending)
+        if hook is not None:
+            release.append(hook)
+        if want != node:
+            updates.append(replace(want, updated_at=at))
+    return updates, release
+
+
+def _releasing_hook(want: Node, *, checkpoint_pending: bool) -> tuple[Node, LifecycleHook | None]:
+    """``want`` without its lifecycle hook, and the hook to complete, once the instance is no longer needed: it is
+    lost, or it leaves and no emergency checkpoint waits for it; otherwise ``want`` as it is and None."""
+    hook = want.lifecycle_hook
+    if hook is None:
+        return want, None
+    if want.state is NodeState.LOST or (want.state is NodeState.LEAVING and not checkpoint_pending):
+        return replace(want, lifecycle_hook=None), hook
+    return want, None
+
+
+def _wanted_node(job: Job, node: Node, gone: set[str], hook: LifecycleHook | None) -> Node:
+    """``node`` as ``job`` (not final) has it, holding ``hook`` (a lifecycle notice about it) unless it is lost."""
+    instance = node.instance_id
+    leaving = job.recovery.leaving if job.recovery else ()
+    want = node
+    if hook is not None and node.state is not NodeState.LOST:
+        want = replace(want, lifecycle_hook=hook)
+    if instance in gone:
+        return replace(want, state=NodeState.LOST, rank=None)
+    if instance in leaving:
+        return replace(want, state=NodeState.LEAVING)
+    if instance in job.members:
+        return replace(want, state=NodeState.ACTIVE, rank=job.members[instance], generation=job.generation)
+    if instance in job.spares:
+        return replace(want, state=NodeState.PLACED, rank=None)
+    if node.state in (NodeState.ACTIVE, NodeState.LEAVING):
+        # Was in the ring, is not any more (reconfigured out after its notice): it is no longer the job's.
+        return replace(want, state=NodeState.LOST, rank=None)
+    # A PLACED node the job does not list yet was placed after this read; the fleet scaler brings it in.
+    return want

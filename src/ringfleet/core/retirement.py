@@ -1,10 +1,11 @@
-"""Replacing a running job's members one at a time through the elastic ring — pure decisions.
+"""Starting to replace a running job's members one at a time through the elastic ring — pure decisions shared by
+intake (an upgrade) and recovery (a move back to spot).
 
 A retirement (``ringfleet.core.jobs.Retirement``) starts with a rolling upgrade (``begin_upgrade``: replacements run
 the new program, the old workers keep theirs) or with on-demand workers moving back to spot (``begin_move_back``,
-decided by the fleet scaler when a spot pool has room). ``plan_recovery`` carries it on: the replacement joins as a
-grow, the first checkpoint of the ring that includes it shows that the new worker restored the job's state and
-trains, and the next decision leaves one retiring member out. A checkpoint rather than the replacement's first
+decided by the fleet scaler when a spot pool has room). ``ringfleet.recovery.rolling`` carries it on: the replacement
+joins as a grow, the first checkpoint of the ring that includes it shows that the new worker restored the job's
+state and trains, and the next decision leaves one retiring member out. A checkpoint rather than the replacement's first
 heartbeat: a heartbeat says the process is alive, a checkpoint that its ring trained and wrote the job's checkpoint
 format, and it is the step boundary at which a move to spot loses nothing (issue 14).
 """
@@ -16,7 +17,7 @@ from datetime import datetime
 
 from ringfleet.core.jobs import Incident, Job, JobState, Retirement
 
-__all__ = ["RetirementRefused", "begin_move_back", "begin_upgrade", "retirement_events"]
+__all__ = ["RetirementRefused", "begin_move_back", "begin_upgrade", "retirement_events", "retirement_in"]
 
 
 class RetirementRefused(ValueError):
@@ -64,6 +65,20 @@ def begin_move_back(job: Job, instance_id: str, at: datetime) -> Job:
     return replace(job, retirement=retirement).with_incident(
         Incident(at=at, cause="move-back-started", generation=job.generation, instance_id=instance_id)
     )
+
+
+def retirement_in(job: Job) -> Retirement | None:
+    """``job``'s retirement as its new ring has it: members lost meanwhile no longer retire, a replacement lost is
+    wanted again; None once nothing is left to do."""
+    retirement = job.retirement
+    if retirement is None:
+        return None
+    retiring = tuple(i for i in retirement.retiring if i in job.members)
+    replacement = retirement.replacement if retirement.replacement in job.members else None
+    if not retiring:
+        return None
+    joined = retirement.joined_generation if replacement is not None else None
+    return replace(retirement, retiring=retiring, replacement=replacement, joined_generation=joined)
 
 
 #: Incident cause -> (kind, phase) of the control-plane event it is announced as.

@@ -30,9 +30,12 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from ringfleet.core.nodes import plan_node_updates
 from ringfleet.core.outbox import MAX_ATTEMPTS, Outbox, backoff
 from ringfleet.core.retirement import retirement_events
-from ringfleet.recovery.decisions import (
+from ringfleet.recovery.decisions import plan_recovery
+from ringfleet.recovery.loss import lost_instances
+from ringfleet.recovery.plan import (
     CapacityArrived,
     CheckpointTaken,
     NodeLost,
@@ -40,9 +43,6 @@ from ringfleet.recovery.decisions import (
     RecoveryPlan,
     RetireRequested,
     Signal,
-    lost_instances,
-    plan_node_updates,
-    plan_recovery,
 )
 from ringfleet.recovery.signals import failure_signal, lost_in_ring, reporter_refusal, ring_suspects, signal_of
 

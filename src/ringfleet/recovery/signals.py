@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ringfleet.recovery.decisions import NodeLost, NoticeGiven, ScriptFailed
+from ringfleet.recovery.plan import NodeLost, NoticeGiven, ScriptFailed
 
 if TYPE_CHECKING:
     from collections.abc import Collection
@@ -33,8 +33,8 @@ def reporter_refusal(job: Job, node: Node | None, instance_id: str, generation: 
 
     The reporter must be a node of the job that is not lost, at a generation the job has reached; with ``member``
     (a checkpoint, which only the ring writes) it must also be a member of the job's ring. A final checkpoint may
-    carry the generation before the current one (see ``decisions._on_checkpoint``), and its reporter is then still a
-    member, so the member test is on today's ring, not on the message's generation. A failure report needs no
+    carry the generation before the current one (see ``ringfleet.recovery.checkpoint``), and its reporter is then
+    still a member, so the member test is on today's ring, not on the message's generation. A failure report needs no
     membership: a replacement that fails while it joins is a node of the job, not yet a member.
     """
     from ringfleet.core.nodes import NodeState

@@ -21,8 +21,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from ringfleet.core.jobs import Job, JobState
-from ringfleet.core.nodes import Node, NodeState
-from ringfleet.recovery.decisions import plan_node_updates
+from ringfleet.core.nodes import Node, NodeState, plan_node_updates
 from ringfleet.scaling.decisions import (
     FleetState,
     JobDemand,
