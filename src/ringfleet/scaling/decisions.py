@@ -236,17 +236,12 @@ def decide_scaling(
 
     current = {k: n for k, n in fleet.targets.items() if n > 0}
     targets, surplus_since, reason = _scale_in(fleet, current, placed_targets, refused, now, policy)
-    delta = sum(abs(targets.get(k, 0) - current.get(k, 0)) for k in {*targets, *current})
-    cost = ElasticCost(
-        c_base=sum(n * by_key[k].price_per_hour for k, n in targets.items() if k in by_key),
-        c_adjust=policy.adjust_cost_per_worker,
-        delta_r=delta,
-    )
+    cost = _elastic_cost(targets, current, by_key, policy)
     state = replace(
         fleet,
         targets=dict(targets),
         fulfilled=dict(fleet.fulfilled),
-        last_scaled_at=now if delta else fleet.last_scaled_at,
+        last_scaled_at=now if cost.delta_r else fleet.last_scaled_at,
         surplus_since=surplus_since,
         refused_until=refused,
         on_demand_jobs=frozenset(on_demand_jobs),
@@ -263,6 +258,17 @@ def decide_scaling(
     )
 
 
+def _elastic_cost(
+    targets: Mapping[str, int], current: Mapping[str, int], by_key: Mapping[str, Pool], policy: ScalingPolicy
+) -> ElasticCost:
+    """What ``targets`` cost an hour at their pools' prices, and how many workers change from ``current``."""
+    return ElasticCost(
+        c_base=sum(n * by_key[k].price_per_hour for k, n in targets.items() if k in by_key),
+        c_adjust=policy.adjust_cost_per_worker,
+        delta_r=sum(abs(targets.get(k, 0) - current.get(k, 0)) for k in {*targets, *current}),
+    )
+
+
 def _scale_in(
     fleet: FleetState,
     current: Mapping[str, int],
@@ -273,7 +279,7 @@ def _scale_in(
 ) -> tuple[dict[str, int], datetime | None, str]:
     """The targets from the placed ones and what runs (``current``), the surplus's start and why: a spot surplus
     is held until it has lasted ``idle_timeout`` past the cooldown, an on-demand one released at once."""
-    surplus = any(placed.get(k, 0) < n for k, n in current.items() if k not in refused and not _on_demand(k))
+    surplus = _spot_surplus(current, placed, refused)
     surplus_since = (fleet.surplus_since or now) if surplus else None
     if surplus_since is not None and not _may_release(fleet, surplus_since, now, policy):
         targets = _held(current, placed, refused, policy)
@@ -284,6 +290,11 @@ def _scale_in(
         reason = "released surplus" if surplus else "matched demand"
         surplus_since = None
     return {k: n for k, n in targets.items() if n > 0 or k in current}, surplus_since, reason
+
+
+def _spot_surplus(current: Mapping[str, int], placed: Mapping[str, int], refused: Mapping[str, datetime]) -> bool:
+    """A spot pool that is not refused runs more than is placed on it."""
+    return any(placed.get(k, 0) < n for k, n in current.items() if k not in refused and not _on_demand(k))
 
 
 def _held(
