@@ -138,3 +138,31 @@ def test_the_scalers_process_replays_the_same_moment_of_the_traces_from_its_envi
     assert {p.key for p in prices.pools({"p3.2xlarge"})} == {POOL, "on-demand:p3.2xlarge:us-east-1a"}
     assert prices.pools({"g5.xlarge"})
     assert replay_from_environment({}) is None
+
+
+def test_in_simulated_time_the_trace_stands_still_until_its_clock_moves_and_every_process_sees_the_move(
+    tmp_path: Path,
+) -> None:
+    from ringfleet_local.clock import FileClock
+    from ringfleet_local.spot_traces import replay_from_environment, replay_from_options, write_trace
+
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    write_trace(traces / "us-east-1a_v100_1.json", [0] * 30 + [4], gap_seconds=60)
+    # given the local cloud's replay at 60x on a clock of its own, and a function's process rebuilding it
+    clock = FileClock(tmp_path / "trace-clock", start=0)
+    ours = replay_from_options(traces, speed=60.0, clock=clock)
+    assert ours is not None
+    theirs = replay_from_environment(ours.environment())
+    assert theirs is not None
+    # when no one moves the clock, the outage lasts, whatever the wall clock does
+    assert theirs.launch(POOL, 0, 2).granted == 0
+    assert ours.hours() == theirs.hours() == 0
+    # when the test moves it past the outage (30 s of the clock at 60x: half an hour of trace)
+    clock.advance(30)
+    # then both sides read the trace's next moment at once: room for four
+    assert ours.hours() == theirs.hours() == pytest.approx(0.5)
+    assert theirs.launch(POOL, 0, 2) == ours.launch(POOL, 0, 2)
+    assert theirs.launch(POOL, 0, 2).granted == 2
+    # and the spot notice is still the two minutes scaled by the speed, in wall-clock seconds
+    assert theirs.grace_s == 2.0

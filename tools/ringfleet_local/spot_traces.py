@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ringfleet.scaling.decisions import Pool
+from ringfleet_local.clock import FileClock
 from ringfleet_local.spot_market import INSTANCE_GPUS, LOCAL_SPOT_MARKET, ON_DEMAND_PRICES
 
 __all__ = [
@@ -291,7 +292,10 @@ class TraceReplay:
     :meth:`environment` is what the local cloud puts in the functions' environment (the folder, the speed, the
     type and the wall-clock moment the replay started), :func:`replay_from_environment` what they rebuild it from.
     Both sides then read the same moment of the trace (with ``clock=time.time``, the default of
-    :func:`replay_from_options`).
+    :func:`replay_from_options`). With ``clock=FileClock(path)`` the replay runs in simulated time instead: the trace
+    stands still until whoever holds the clock moves it, and the functions read the same file (a test about the
+    policy moves the trace to the moment it needs rather than waiting for the wall clock to get there); the notice
+    stays :attr:`grace_s` of wall-clock time.
     """
 
     NOTICE_S = 120.0
@@ -353,6 +357,7 @@ class TraceReplay:
             ENV_SPEED: repr(self.speed),
             ENV_INSTANCE_TYPE: self.market.instance_type,
             ENV_STARTED: repr(self.started - self.start_hours * 3600 / self.speed),
+            **({ENV_CLOCK: str(self._clock.path)} if isinstance(self._clock, FileClock) else {}),
         }
 
 
@@ -360,6 +365,8 @@ ENV_TRACES = "RINGFLEET_SPOT_TRACES"
 ENV_SPEED = "RINGFLEET_TRACE_SPEED"
 ENV_INSTANCE_TYPE = "RINGFLEET_TRACE_INSTANCE_TYPE"
 ENV_STARTED = "RINGFLEET_TRACE_STARTED_AT"
+#: A :class:`~ringfleet_local.clock.FileClock`'s file: the replay reads the trace's moment from it (simulated time).
+ENV_CLOCK = "RINGFLEET_TRACE_CLOCK"
 
 
 class TracePriceSource:
@@ -401,4 +408,5 @@ def replay_from_environment(env: Mapping[str, str]) -> TraceReplay | None:
     except ValueError as exc:
         raise TraceError(f"{ENV_SPEED} / {ENV_STARTED}: not a number ({exc})") from exc
     market = TraceMarket.from_dir(directory, env.get(ENV_INSTANCE_TYPE) or DEFAULT_TRACE_INSTANCE_TYPE)
-    return TraceReplay(market, speed=speed, clock=time.time, started=started, source=directory)
+    clock: Callable[[], float] = FileClock(env[ENV_CLOCK]) if env.get(ENV_CLOCK) else time.time
+    return TraceReplay(market, speed=speed, clock=clock, started=started, source=directory)
