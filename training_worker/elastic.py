@@ -15,11 +15,11 @@ state = rf.elastic.TorchState(model=model, optimizer=optimizer, sampler=sampler,
 train(state)
 ```
 
-A failed collective (a peer died) restores the last commit, re-forms the ring with whoever is left and calls
-``train(state)`` again; a membership change (a replacement joins, a worker leaves with notice) raises
-``HostsUpdatedInterrupt`` out of ``state.commit()`` and re-forms the same way without counting as a failure. When
-``train`` returns, the runtime writes the job's final checkpoint. ``state.commit()`` is a collective: every rank calls
-it at the same points (every step, or every few).
+A failed collective (a peer died) restores the last commit, re-forms the ring with whoever is left (the survivors
+agree on that among themselves, see ``Runtime.heal``) and calls ``train(state)`` again; a membership change (a
+replacement joins, a worker leaves with notice) raises ``HostsUpdatedInterrupt`` out of ``state.commit()`` and
+re-forms the same way without counting as a failure. When ``train`` returns, the runtime writes the job's final
+checkpoint. ``state.commit()`` is a collective: every rank calls it at the same points (every step, or every few).
 """
 
 from __future__ import annotations
@@ -341,6 +341,7 @@ def run(func: Callable[..., R]) -> Callable[..., R]:
         if not runtime.initialized:
             raise RuntimeError("call training_worker.init() before the @elastic.run function")
         first = True
+        healed: _rt.Healed | None = None
         while True:
             try:
                 if runtime.membership is None:
@@ -354,6 +355,18 @@ def run(func: Callable[..., R]) -> Callable[..., R]:
                 log.info(
                     "generation %d: state synced from rank %d at step %d", membership.generation, root, runtime.step
                 )
+                if healed is not None:
+                    log.info(
+                        "generation %d: shrank to %d at step %d without the lost rank(s) %s, agreed among the "
+                        "survivors and re-formed in %.3f s; training on as rank %d",
+                        healed.generation,
+                        healed.world_size,
+                        runtime.step,
+                        list(healed.lost),
+                        time.monotonic() - began + healed.took_s,
+                        healed.rank,
+                    )
+                    healed = None
                 first = False
                 result = func(state, *args, **kwargs)
             except HostsUpdatedInterrupt as e:
@@ -380,12 +393,18 @@ def run(func: Callable[..., R]) -> Callable[..., R]:
                     runtime.failures + 1,
                     runtime.config.max_failures,
                 )
+                first = False
+                healed = runtime.heal(e)
+                if healed is not None:
+                    # The survivors formed their own ring: sync and train on; the control plane was told.
+                    if runtime.failures >= runtime.config.max_failures:
+                        raise
+                    continue
                 runtime.ring_failed(e)
                 runtime.leave_group()
                 if runtime.failures >= runtime.config.max_failures:
                     raise
                 log.info("waiting for a Reconfigure newer than generation %d", runtime.generation)
-                first = False
                 continue
             except Stopped:
                 runtime.leave_group()

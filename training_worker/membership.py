@@ -4,6 +4,10 @@ A generation's membership comes from behind ``HostDiscovery`` (Horovod's idea): 
 commands in production (``CommandDiscovery``), a JSON file re-read on change (``FileDiscovery``), or one fixed ring
 (``FixedHosts``: standalone runs, torchrun-style environment variables, tests). Joining waits at rank 0's
 rendezvous until every member has arrived, so a ring never forms half-populated.
+
+After a hard kill the survivors agree among themselves who is gone (``agree_survivors``, TorchFT's quorum idea): each
+checks in at one of its ring's heal stores with the step it reached, and the first to see every rank but one there
+(or, later, a majority) writes the quorum once, compare-and-set; everyone reads that one decision.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -30,9 +34,11 @@ __all__ = [
     "HostDiscovery",
     "Membership",
     "Superseded",
+    "agree_survivors",
     "check_rendezvous",
     "join_group",
     "leave_group",
+    "quorum",
     "rendezvous_store",
 ]
 
@@ -308,3 +314,54 @@ def leave_group() -> None:
             dist.destroy_process_group()
         except Exception as e:  # after a failure the group may already be half gone
             log.debug("destroying the process group: %s", e)
+
+
+def quorum(world_size: int, checked_in: Collection[int], *, waited_out: bool) -> tuple[int, ...] | None:
+    """The ranks of a broken ring of ``world_size`` that form the survivors' ring, from the ranks ``checked_in``.
+
+    Decided as soon as every rank but one is there (one peer died: everyone else noticed), or every rank is; once
+    the wait is over (``waited_out``), whoever is there if they are a majority. A strict majority is what keeps a
+    partition from forming two rings that both believe they are the job. ``()``: no ring (too few; the control plane
+    decides); None: wait on.
+    """
+    present = tuple(sorted(set(checked_in)))
+    if len(present) >= world_size - 1 or waited_out:
+        return present if 2 * len(present) > world_size else ()
+    return None
+
+
+def agree_survivors(
+    stores: Sequence[dist.Store], ring: str, rank: int, world_size: int, step: int, wait_s: float
+) -> tuple[int, tuple[int, ...]] | None:
+    """Checks in at the first of ``stores`` that answers (the ring's heal stores, its rank 0's first) as ``rank``
+    of ring ``ring`` at ``step``, and waits for the survivors' decision: (the store's index, the ranks that re-form,
+    in rank order: maybe without this one, maybe none). None when no store answers.
+
+    Each survivor checks in at one store only, so two stores never both see a majority.
+    """
+    for index, store in enumerate(stores):
+        try:
+            store.set(f"{ring}/step/{rank}", str(step))
+            store.add(f"{ring}/in", 1)
+        except (RuntimeError, ConnectionError) as e:  # its server died with its rank: try the next
+            log.info("heal store %d of ring %s does not answer: %s", index, ring, str(e).splitlines()[0][:200])
+            continue
+        return index, _decision(store, ring, world_size, wait_s)
+    return None
+
+
+def _decision(store: dist.Store, ring: str, world_size: int, wait_s: float) -> tuple[int, ...]:
+    deadline = time.monotonic() + wait_s
+    decided = f"{ring}/quorum"
+    while not store.check([decided]):
+        waited_out = time.monotonic() >= deadline
+        if store.add(f"{ring}/in", 0) >= world_size - 1 or waited_out:
+            present = [r for r in range(world_size) if store.check([f"{ring}/step/{r}"])]
+            members = quorum(world_size, present, waited_out=waited_out)
+            if members is not None:
+                # Compare-and-set: the first decision stands; everyone, this rank too, reads that one.
+                store.compare_set(decided, "", ",".join(map(str, members)) or "none")
+                break
+        time.sleep(0.005)
+    value = store.get(decided).decode()
+    return () if value == "none" else tuple(int(r) for r in value.split(","))

@@ -9,6 +9,10 @@ alone (a ring of one).
 
 Step boundaries are the script's ``state.commit()`` calls: there every rank OR-s its pending flags (a newer
 membership, CheckpointNow, a notice, Stop) in one tiny all-reduce, so every rank acts on them at the same step.
+
+A hard kill is healed inside the ring (``Runtime.heal``): the survivors agree among themselves who is gone at the
+ring's heal stores and form a ring of their own at once, then tell the control plane, whose Reconfigure naming
+exactly that ring is later taken as it is, without a second re-form.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +59,7 @@ from training_worker.membership import (
     HostDiscovery,
     Membership,
     Superseded,
+    agree_survivors,
     join_group,
     leave_group,
     rendezvous_store,
@@ -81,6 +87,8 @@ log = logging.getLogger("training_worker")
 SUPERSET_PATIENCE_S = 1.5
 #: How long a worker booted without a job waits to be placed: as long as its instance runs (ten years).
 UNPLACED_WAIT_S = 10 * 365 * 86400.0
+#: Bytes of one heal store's "host:port" in the exchange that arms a ring (see Runtime._arm_heal).
+_ADDRESS_BYTES = 64
 
 
 class CollectiveError(RuntimeError):
@@ -244,6 +252,39 @@ class RuntimeConfig:
 _WIRE = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+@dataclass(frozen=True)
+class _HealPoint:
+    """Where a ring's survivors find each other after a hard kill: a connection to each of its heal stores (rank 0's,
+    then rank 1's; this rank's own server among them, kept alive by holding it)."""
+
+    stores: tuple[dist.Store, ...]
+
+
+@dataclass(frozen=True)
+class Healed:
+    """A ring the survivors of a hard kill formed among themselves (``Runtime.heal``)."""
+
+    generation: int
+    #: The ranks of the broken ring that were left out (the lost).
+    lost: tuple[int, ...]
+    world_size: int
+    rank: int
+    took_s: float
+
+
+def _advertised_host(rendezvous: str) -> str:
+    """This machine's address on the route to the ring's rendezvous host: where its peers reach a store it serves."""
+    import socket
+
+    host = rendezvous.rsplit(":", 1)[0].strip("[]")
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((host, 9))  # UDP: nothing is sent, the kernel only picks the route
+            return str(s.getsockname()[0])
+    except OSError:
+        return host
+
+
 class GoodputMeter:
     """Productive training time, for the heartbeat's ``goodput``: the time from one step to the next counts when the
     worker was training all along (no rendezvous, restore or wait between them) and the step is a new highest one
@@ -318,6 +359,13 @@ class Runtime:
         #: The next generation's rendezvous, served early by its rank 0 / probed by the current ring's rank 0.
         self._served: tuple[int, dist.TCPStore] | None = None
         self._probe: tuple[int, dist.TCPStore] | None = None
+        #: The ring's heal stores (None: a ring of fewer than 3, or none formed): see heal().
+        self._heal: _HealPoint | None = None
+        #: The ring was formed by its survivors (heal), not named by the control plane: a later Reconfigure naming
+        #: exactly its members is taken as it is (see _adoptable).
+        self._self_formed = False
+        #: The survivors of this worker's ring re-formed without it: it reports itself lost (see ring_failed).
+        self._left_out_by_survivors = False
         #: Global optimizer steps taken (every ``DistributedOptimizer.step()``); saved with the state.
         self.step = 0
         #: What ``report()`` last said (loss, ...), for progress lines and heartbeats.
@@ -554,6 +602,8 @@ class Runtime:
                 raise CollectiveError(f"joining generation {membership.generation}: {e}") from e
             self.membership = membership
             self.backend = select_backend(list(config.backends), wire_dtype=_WIRE[config.wire])
+            self._self_formed = self._left_out_by_survivors = False
+            self._arm_heal()
             with self._lock:
                 if self._checkpoint_generation < membership.generation:
                     # Asked of a ring that is gone: the new ring's state is no less durable than what that
@@ -562,12 +612,18 @@ class Runtime:
             return membership
 
     def leave_group(self) -> None:
+        self._close_ring()
+        self.membership = None
+        self._heal = None
+        self._stepped_at = None  # not training: the heartbeat says it waits
+
+    def _close_ring(self) -> None:
+        """Ends the ring's process group (its sockets close: a peer still waiting on this rank learns of a failure
+        now, not at its timeout); the membership stays."""
         if self.backend is not None:
             self.backend.close()
             self.backend = None
-        self.membership = None
         self.group = None
-        self._stepped_at = None  # not training: the heartbeat says it waits
         leave_group()
 
     def place(self) -> Membership:
@@ -591,12 +647,16 @@ class Runtime:
         return self.backend
 
     def ring_failed(self, error: BaseException) -> None:
-        """A collective failed: tell the control plane at once (it finds the lost peer) instead of waiting for a
-        heartbeat to go missing."""
+        """A collective failed and the ring did not heal: tell the control plane at once (it finds the lost peer)
+        instead of waiting for a heartbeat to go missing. A worker its ring's survivors left out reports itself lost:
+        the ring trains on without it, and the control plane replaces it."""
         membership = self.membership
         self.failures += 1
         if self.channel is None or membership is None:
             return
+        self.publish(self._failure_report(membership, error, left_out=self._left_out_by_survivors))
+
+    def _failure_report(self, membership: Membership, error: BaseException, *, left_out: bool = False) -> WorkerFailed:
         reason = (str(error).splitlines() or [type(error).__name__])[0][:400] or type(error).__name__
         # Reported in the newest generation this worker belongs to: the control plane may have announced a growth
         # the ring had not taken yet, and it judges a failure against the generation it knows.
@@ -604,16 +664,156 @@ class Runtime:
         latest = self.commands.latest if self.commands is not None else None
         if latest is not None and latest.generation > generation and self.config.instance_id in latest.ranks:
             generation, rank = latest.generation, latest.ranks[self.config.instance_id]
-        self.publish(
-            WorkerFailed(
-                job_id=self.job_id,
-                instance_id=self.config.instance_id,
-                generation=generation,
-                rank=rank,
-                step=self.step,
-                reason=f"collective failed: {reason}",
-                scope="ring",
+        return WorkerFailed(
+            job_id=self.job_id,
+            instance_id=self.config.instance_id,
+            generation=generation,
+            rank=rank,
+            step=self.step,
+            reason=(
+                f"left out of the ring its survivors re-formed after: {reason}"
+                if left_out
+                else f"collective failed: {reason}"
+            ),
+            scope="self" if left_out else "ring",
+        )
+
+    # -- healing a hard kill inside the ring -------------------------------------------------------------------------
+
+    def _arm_heal(self) -> None:
+        """Ranks 0 and 1 of the ring just formed each serve a heal store, and every rank connects to both now, while
+        they answer, so that after a hard kill the survivors find each other without the control plane (``heal``).
+
+        A ring of fewer than 3 is not armed: without its lost member it has no majority. Every rank of the ring calls
+        this at once (the stores' addresses go round in one all-gather)."""
+        self._heal = None
+        membership = self.membership
+        if membership is None or membership.world_size < 3:
+            return
+        server: dist.TCPStore | None = None
+        mine = torch.zeros(_ADDRESS_BYTES, dtype=torch.uint8)
+        if membership.rank < 2:
+            host = _advertised_host(membership.rendezvous)
+            server = dist.TCPStore(host, 0, is_master=True, timeout=timedelta(seconds=2), wait_for_workers=False)
+            served = f"{host}:{server.port}".encode()
+            mine[: len(served)] = torch.frombuffer(bytearray(served), dtype=torch.uint8)
+        gathered = [torch.empty_like(mine) for _ in range(membership.world_size)]
+        collective(lambda: dist.all_gather(gathered, mine, group=self.group))
+        stores: list[dist.Store] = []
+        for rank in (0, 1):
+            if rank == membership.rank and server is not None:
+                stores.append(server)
+                continue
+            address = bytes(gathered[rank].tolist()).rstrip(b"\0").decode()
+            try:
+                stores.append(rendezvous_store(address, serve=False, timeout_s=2.0))
+            except (RuntimeError, ConnectionError) as e:
+                raise CollectiveError(f"heal store {address} of rank {rank} does not answer: {e}") from e
+        self._heal = _HealPoint(tuple(stores))
+
+    def heal(self, error: BaseException) -> Healed | None:
+        """A collective failed (a peer died without notice): the survivors agree among themselves who is gone and
+        form a ring of their own at once, in the same generation, instead of waiting for the control plane's round
+        trip; then the control plane is told (it fences with a new generation and replaces the lost instance; its
+        Reconfigure naming exactly this ring is taken without a second re-form, see ``_adoptable``).
+
+        The state was already rolled back to the last commit; the survivors' states are synced next (they may be a
+        commit apart). Returns None when the ring cannot heal (not armed, no majority checked in, this worker was
+        left out, a heal store or a peer failed meanwhile): the worker then waits for the control plane, as before.
+        """
+        membership, point = self.membership, self._heal
+        self._heal = None
+        if membership is None or point is None:
+            return None
+        began = time.monotonic()
+        self._close_ring()
+        found = agree_survivors(
+            point.stores, "heal", membership.rank, membership.world_size, self.step, self.config.timeout_s + 1.0
+        )
+        if found is None:
+            log.warning("generation %d: no heal store answers: waiting for the control plane", membership.generation)
+            return None
+        index, members = found
+        if membership.rank not in members:
+            self._left_out_by_survivors = bool(members)
+            log.warning(
+                "generation %d: %s: waiting for the control plane",
+                membership.generation,
+                "the survivors re-formed without this worker" if members else "no majority of the ring checked in",
             )
+            return None
+        rank = members.index(membership.rank)
+        try:
+            dist.init_process_group(
+                _process_group_backend(),
+                store=dist.PrefixStore("heal/ring", point.stores[index]),
+                rank=rank,
+                world_size=len(members),
+                timeout=timedelta(seconds=self.config.timeout_s),
+            )
+        except (RuntimeError, TimeoutError, ConnectionError) as e:
+            log.warning("generation %d: the survivors' ring did not form (%s)", membership.generation, e)
+            leave_group()
+            return None
+        self.membership = replace(
+            membership,
+            rank=rank,
+            world_size=len(members),
+            checkpoint=None,  # the survivors keep what they hold; never a restore from S3 here
+            instances=tuple(membership.instances[r] for r in members) if membership.instances else (),
+        )
+        self._place = (rank, len(members))
+        self.backend = select_backend(list(self.config.backends), wire_dtype=_WIRE[self.config.wire])
+        self._self_formed = True
+        self.failures += 1
+        if self.channel is not None:
+            # Told afterwards, without waiting for the broker: the ring trains on meanwhile.
+            self._tell(self._failure_report(membership, error))
+        try:
+            self._arm_heal()
+        except CollectiveError as e:
+            log.warning("generation %d: the survivors' ring failed while arming (%s)", membership.generation, e)
+            self._close_ring()
+            self.membership = membership
+            return None
+        lost = tuple(r for r in range(membership.world_size) if r not in members)
+        return Healed(membership.generation, lost, len(members), rank, time.monotonic() - began)
+
+    def _tell(self, message: Message) -> None:
+        """Publishes without waiting for the broker; a failure is logged."""
+        if self.channel is None:
+            return
+
+        def report(future: Future[None]) -> None:
+            if not future.cancelled() and future.exception() is not None:
+                log.warning("could not publish %s: %s", message.type, future.exception())
+
+        self.channel.publish(message).add_done_callback(report)
+
+    def _adoptable(self, membership: Membership) -> Reconfigure | None:
+        """The newest Reconfigure when it names exactly the ring its survivors formed (same members, same ranks, no
+        checkpoint to restore): the control plane's fencing of a heal. The ring then takes its generation as it is,
+        instead of re-forming into the very same ring."""
+        latest = self.commands.latest if self.commands is not None else None
+        if not self._self_formed or latest is None or latest.generation <= membership.generation:
+            return None
+        if latest.checkpoint is not None or not membership.instances:
+            return None
+        named = tuple(sorted(latest.ranks, key=latest.ranks.__getitem__))
+        return latest if named == membership.instances else None
+
+    def _adopt(self, command: Reconfigure, membership: Membership) -> None:
+        adopted = Membership.from_reconfigure(command, self.config.instance_id)
+        assert adopted is not None and adopted.rank == membership.rank
+        self.membership = adopted
+        self.generation = max(self.generation, adopted.generation)
+        self._place = (adopted.rank, adopted.world_size)
+        self._self_formed = False
+        log.info(
+            "generation %d names the ring its survivors formed (world %d) at step %d: taken as it is, no re-form",
+            adopted.generation,
+            adopted.world_size,
+            self.step,
         )
 
     def script_failed(self, reason: str) -> None:
@@ -667,10 +867,18 @@ class Runtime:
             # The newest generation goes on without this worker (it is leaving with notice, the control plane
             # replaces it): it leaves now, and the others train on without waiting for anyone.
             self.leaving = local[self.LEAVE] = True
-        local[self.RECONFIGURE] = not self.leaving and self._next_generation_ready(membership)
-        flags_t = torch.tensor([float(f) for f in local])
+        adopt = self._adoptable(membership)
+        local[self.RECONFIGURE] = not self.leaving and adopt is None and self._next_generation_ready(membership)
+        # Beside the flags, the generation each rank would adopt, as its max and (negated) min: adopted only when
+        # every rank names the same one.
+        named = float(adopt.generation if adopt is not None else membership.generation)
+        flags_t = torch.tensor([*(float(f) for f in local), named, -named])
         collective(lambda: dist.all_reduce(flags_t, op=dist.ReduceOp.MAX, group=self.group))
-        flags = [bool(f) for f in flags_t.tolist()]
+        *flags_v, highest, lowest = flags_t.tolist()
+        flags = [bool(f) for f in flags_v]
+        if adopt is not None and highest == -lowest == named:
+            self._adopt(adopt, membership)
+            membership = self.require_membership()
         self.progress()
         if flags[self.STOP]:
             raise Stopped("Stop")
@@ -797,6 +1005,7 @@ class Runtime:
         )
         self._place = (self.membership.rank, self.membership.world_size)
         self.backend = select_backend(list(self.config.backends), group=group, wire_dtype=_WIRE[self.config.wire])
+        self._arm_heal()
         log.info(
             "generation %d: shrank to %d at step %d without the leaving rank(s) %s; training on as rank %d",
             membership.generation,
