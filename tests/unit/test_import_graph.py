@@ -142,6 +142,59 @@ def test_a_capability_never_imports_another_capabilitys_use_case() -> None:
     assert not found, "use cases meet only in ringfleet.bootstrap:\n" + "\n".join(found)
 
 
+def import_circles(modules: dict[str, Path]) -> list[list[str]]:
+    """The import circles among ``modules`` (name -> file): each strongly connected group of two or more modules,
+    or one that imports itself, sorted (Tarjan's algorithm, iterative)."""
+    graph = {m: sorted({i.target for i in imports_of(p) if i.target in modules}) for m, p in modules.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    circles: list[list[str]] = []
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, 0)]
+        while work:
+            node, edge = work.pop()
+            if edge == 0:
+                index[node] = low[node] = len(index)
+                stack.append(node)
+            if edge < len(graph[node]):
+                work.append((node, edge + 1))
+                target = graph[node][edge]
+                if target not in index:
+                    work.append((target, 0))
+                elif target in stack:
+                    low[node] = min(low[node], index[target])
+                continue
+            if low[node] == index[node]:
+                group = stack[stack.index(node) :]
+                del stack[stack.index(node) :]
+                if len(group) > 1 or node in graph[node]:
+                    circles.append(sorted(group))
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+    return sorted(circles)
+
+
+def test_the_runtime_package_has_no_import_circle() -> None:
+    modules = {module_name(p): p for p in runtime_modules()}
+    circles = import_circles(modules)
+    assert not circles, "import circles in ringfleet:\n" + "\n".join(" -> ".join(c) for c in circles)
+
+
+def test_the_circle_check_finds_a_circle_through_three_modules(tmp_path: Path) -> None:
+    # given a imports b, b imports c (inside a function) and c imports a, and d imports a without being imported
+    sources = {"a": "import b\n", "b": "def f():\n    import c\n", "c": "from a import x\n", "d": "import a\n"}
+    for name, source in sources.items():
+        (tmp_path / f"{name}.py").write_text(source)
+    # when the circles among them are sought
+    circles = import_circles({name: tmp_path / f"{name}.py" for name in sources})
+    # then the three are one circle and d is in none
+    assert circles == [["a", "b", "c"]]
+
+
 def test_the_checks_see_relative_imports_and_imports_inside_functions() -> None:
     # given a module of the runtime package with a relative import and one inside a function
     source = "from ..recovery import service\n\ndef f():\n    import ringfleet_local.cloud\n"
