@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from ringfleet_cli.main import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_UNREACHABLE, EXIT_USAGE
+from ringfleet_cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_UNREACHABLE, EXIT_USAGE
 
 from tests.conftest import ROOT
 
@@ -31,7 +31,8 @@ import sys
 from ringfleet.core.ports import SystemClock
 from ringfleet.intake.quotas import TenantRegistry
 from ringfleet.intake.service import IntakeService
-from ringfleet_cli import main as cli
+from ringfleet_cli import attach
+from ringfleet_cli.main import main
 from ringfleet_client import RingfleetClient
 from tests.doubles import InMemoryJobRepository, RecordingCommandPublisher
 from tests.builders import spec
@@ -45,8 +46,8 @@ intake = IntakeService(
     clock=SystemClock(),
 )
 intake.on_submitted(spec("job-1"))
-cli._job_client = lambda *_, **__: RingfleetClient("amqp://unused", jobs)
-sys.exit(cli.main(sys.argv[1:]))
+attach.job_client = lambda *_, **__: RingfleetClient("amqp://unused", jobs)
+sys.exit(main(sys.argv[1:]))
 """
 
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from ringfleet_cli import main as cli
+from ringfleet_cli import attach
+from ringfleet_cli.main import main
+from ringfleet_cli.output import one_line
 from ringfleet_client import RingfleetClient
 
 from ringfleet.contracts import WorkerFailed
@@ -46,7 +48,7 @@ def failed_job(monkeypatch: pytest.MonkeyPatch) -> InMemoryJobRepository:
                 sent_at=later(generation),
             )
         )
-    monkeypatch.setattr(cli, "_job_client", lambda: RingfleetClient("amqp://unused", w.jobs))
+    monkeypatch.setattr(attach, "job_client", lambda: RingfleetClient("amqp://unused", w.jobs))
     return w.jobs
 
 
@@ -54,7 +56,7 @@ def test_status_shows_why_a_failed_job_failed_on_one_line(
     failed_job: InMemoryJobRepository, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # when the tenant asks for the job's status
-    assert cli.main(["status", "digits-demo", "--tenant", "acme"]) == 0
+    assert main(["status", "digits-demo", "--tenant", "acme"]) == 0
     # then its row says FAILED and why: what failed and the exception, on the row's one line
     _header, row = capsys.readouterr().out.splitlines()
     assert "FAILED" in row
@@ -68,7 +70,7 @@ def test_events_show_each_script_failure_with_its_traceback_tail(
     failed_job: InMemoryJobRepository, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # when the tenant lists the job's events
-    assert cli.main(["events", "--tenant", "acme"]) == 0
+    assert main(["events", "--tenant", "acme"]) == 0
     out = capsys.readouterr().out
     # then each script failure is an event naming the instance, followed by its traceback's tail, indented
     failures = [line for line in out.splitlines() if " script-failed " in line]
@@ -91,4 +93,4 @@ def test_events_show_each_script_failure_with_its_traceback_tail(
     ],
 )
 def test_a_reason_is_shown_on_one_line_of_bounded_width(reason: str, shown: str) -> None:
-    assert cli.one_line(reason) == shown
+    assert one_line(reason) == shown

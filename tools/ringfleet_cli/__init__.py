@@ -1,0 +1,1 @@
+"""The `ringfleet` command, one module per command group; ``ringfleet_cli.main:main`` is its entry point."""
