@@ -212,9 +212,9 @@ def control_user() -> str | None:
 def intake_service() -> IntakeService:
     from ringfleet.adapters.commands import AmqpCommandPublisher
     from ringfleet.adapters.dynamodb import DynamoDbJobRepository
-    from ringfleet.adapters.ec2_fleet import ON_DEMAND_PRICES
     from ringfleet.intake.quotas import REGISTRY_ENV, TenantRegistry
     from ringfleet.intake.service import IntakeService
+    from ringfleet.scaling.prices import ON_DEMAND_PRICES
 
     s, clock = settings(), SystemClock()
     return IntakeService(

@@ -40,7 +40,7 @@ def _wait_for_job(client: Any, job_id: str, timeout: float) -> Any:
 
 
 def _known_instance_types() -> frozenset[str]:
-    from ringfleet.adapters.ec2_fleet import ON_DEMAND_PRICES
+    from ringfleet.scaling.prices import ON_DEMAND_PRICES
 
     return frozenset(ON_DEMAND_PRICES)
 

@@ -2,23 +2,21 @@
 
 moto answers ``describe_spot_price_history`` with one made-up price for every instance type and zone, and never
 interrupts anything, so the scaler would have nothing to choose between. This table stands in for the real market
-(prices in the shape of us-east-1's GPU spot prices, a little more volatile than the Spot Advisor's monthly
-buckets suggest for GPUs); the fleet scaler reads it through the same ``PriceSource`` port it reads EC2 with, and
-``bench/fleet_cost.py`` simulates a day on it. Pure data: no moto, no boto3.
+(spot prices in the shape of us-east-1's GPU spot prices, a little more volatile than the Spot Advisor's monthly
+buckets suggest for GPUs; on-demand ones from the one price table, ``ringfleet.scaling.prices``); the fleet scaler
+reads it through the same ``PriceSource`` port it reads EC2 with, and ``bench/fleet_cost.py`` simulates a day on it.
+Pure data: no moto, no boto3.
 """
 
 from __future__ import annotations
 
 from ringfleet.scaling.decisions import Pool
+from ringfleet.scaling.prices import INSTANCE_GPUS, ON_DEMAND_PRICES
 
-__all__ = ["INSTANCE_GPUS", "LOCAL_SPOT_MARKET", "ON_DEMAND_PRICES", "LocalSpotMarket"]
+__all__ = ["LOCAL_SPOT_MARKET", "LocalSpotMarket"]
 
 ZONES = ("us-east-1a", "us-east-1b", "us-east-1c")
 
-#: $ per instance-hour on demand.
-ON_DEMAND_PRICES = {"g4dn.xlarge": 0.526, "g5.xlarge": 1.006, "g6.xlarge": 0.805, "p3.2xlarge": 3.06}
-#: GPUs per instance.
-INSTANCE_GPUS = {"g4dn.xlarge": 1, "g5.xlarge": 1, "g6.xlarge": 1, "p3.2xlarge": 1}
 
 #: (instance type, zone) -> (spot $ per hour, interruptions per instance-hour). The cheapest pools are the
 #: most contended and so the most interrupted, as on the real market.

@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ringfleet.scaling.decisions import Pool
+from ringfleet.scaling.prices import INSTANCE_GPUS, ON_DEMAND_PRICES
 from ringfleet_local.clock import FileClock
-from ringfleet_local.spot_market import INSTANCE_GPUS, LOCAL_SPOT_MARKET, ON_DEMAND_PRICES
+from ringfleet_local.spot_market import LOCAL_SPOT_MARKET
 
 __all__ = [
     "DEFAULT_TRACE_INSTANCE_TYPE",

@@ -17,6 +17,7 @@ import boto3
 
 from ringfleet.scaling.decisions import Pool, pool_key
 from ringfleet.scaling.ports import FleetInstance, FleetSnapshot
+from ringfleet.scaling.prices import INSTANCE_GPUS, ON_DEMAND_PRICES
 
 __all__ = [
     "DEFAULT_INTERRUPTIONS_PER_HOUR",
@@ -29,9 +30,6 @@ log = logging.getLogger(__name__)
 STACK_TAG = "ringfleet:stack"
 POOL_TAG = "ringfleet:pool"
 _LIVE = ("pending", "running")
-#: On-demand $/h in us-east-1 (the Pricing API is global and slow; these change a few times a year).
-ON_DEMAND_PRICES = {"g4dn.xlarge": 0.526, "g5.xlarge": 1.006, "g6.xlarge": 0.805, "p3.2xlarge": 3.06}
-INSTANCE_GPUS = {"g4dn.xlarge": 1, "g5.xlarge": 1, "g6.xlarge": 1, "p3.2xlarge": 1}
 #: When nothing better is known (the Spot Advisor's buckets are monthly and not an API): a cautious GPU default.
 DEFAULT_INTERRUPTIONS_PER_HOUR = 0.05
 
