@@ -25,7 +25,7 @@ INSTANCES = ["i-00000000000000a01", "i-00000000000000a02", "i-00000000000000a03"
 STEPS = 70
 
 #: A small job against the public API that commits every step and writes every rank's final parameters.
-SCRIPT = '''
+SCRIPT = """
 import sys, time
 import torch
 import training_worker as rf
@@ -59,7 +59,7 @@ def train(state):
 
 train(state)
 torch.save(model.state_dict(), f"{out}/rank{rf.rank()}.pt")
-'''
+"""
 
 
 def _program(tmp: Path) -> tuple[str, ...]:
