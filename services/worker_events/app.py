@@ -1,10 +1,11 @@
 """worker_events: Heartbeat, CheckpointCompleted and WorkerFailed from the broker's worker-events queue (Amazon MQ).
 
 Heartbeats record liveness; checkpoints and failures feed the recovery state machine. Each message is handled once
-per message id (Powertools idempotency), on its own: an invalid one (unparseable, of another type, or sent by a
-tenant's app user) is published with its reason to ``ringfleet.worker-events.dlq`` (``ringfleet.batch.dead_letter``: MQ
-event sources have no partial batch response, so failing the batch would dead-letter its valid messages too) and
-the batch succeeds. Only an error applying a valid message, or publishing a dead letter, fails the batch.
+per message id (Powertools idempotency), on its own (``ringfleet.batch.MqBatchProcessor``): an invalid one
+(unparseable, of another type, or sent by a tenant's app user) is published with its reason to
+``ringfleet.worker-events.dlq`` (MQ event sources have no partial batch response, so failing the batch would
+dead-letter its valid messages too) and the batch succeeds. Only an error applying a valid message, or publishing a
+dead letter, fails the batch.
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idemp
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from ringfleet import bootstrap
-from ringfleet.batch import dead_letter
+from ringfleet.batch import InvalidMessage, MqBatchProcessor
 from ringfleet.contracts import (
     Heartbeat,
-    RabbitMqEvent,
     RabbitMqMessage,
     WorkerFailed,
     WorkerMessage,
@@ -33,6 +33,7 @@ logger = Logger()
 tracer = Tracer()
 metrics = Metrics()
 idempotency = IdempotencyConfig(event_key_jmespath="message_id", raise_on_no_idempotency_key=True)
+processor = MqBatchProcessor(logger, metrics)
 
 
 @idempotent_function(data_keyword_argument="key", config=idempotency, persistence_store=bootstrap.idempotency_store())
@@ -55,19 +56,19 @@ def handle_message(*, key: dict[str, str], message: Any) -> dict[str, Any]:
     return outcome.as_dict()
 
 
-def _invalid(event: dict[str, Any], raw: RabbitMqMessage) -> tuple[Any, str | None]:
-    """``(message, None)`` for a worker message a worker sent; ``(None, why not)`` otherwise."""
+def _worker_message(event: dict[str, Any], raw: RabbitMqMessage) -> Any:
+    """The worker message a worker sent; InvalidMessage (dead-lettered) for anything else."""
     sender = raw.basic_properties.user_id
     if tenant_of_user(sender) is not None:
         # An app user can name this queue through the default exchange; the broker vouches it sent this: apps
         # never speak for workers.
-        return None, f"broker user {sender!r} is a tenant's app user: it may not send worker messages"
+        raise InvalidMessage(f"broker user {sender!r} is a tenant's app user: it may not send worker messages")
     single = {**event, "rmqMessagesByQueue": {"q::/": [raw.model_dump(by_alias=True)]}}
     try:
         (message,) = parse_rmq_messages(single, WorkerMessage)
     except ValueError as exc:
-        return None, f"invalid message: {exc}"
-    return message, None
+        raise InvalidMessage(f"invalid message: {exc}") from None
+    return message
 
 
 @logger.inject_lambda_context
@@ -75,15 +76,11 @@ def _invalid(event: dict[str, Any], raw: RabbitMqMessage) -> tuple[Any, str | No
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     idempotency.register_lambda_context(context)
-    applied = dead = 0
-    for queue, raw in RabbitMqEvent.model_validate(event).messages():
-        message, reason = _invalid(event, raw)
-        if reason is not None:
-            logger.error("message rejected", message_id=raw.basic_properties.message_id, reason=reason)
-            metrics.add_metric(name="RecordsRejected", unit=MetricUnit.Count, value=1)
-            dead_letter(queue, raw, reason, context=context)
-            dead += 1
-            continue
-        handle_message(key={"message_id": str(message.message_id)}, message=message)
-        applied += 1
-    return {"accepted": applied, "dead_lettered": dead}
+
+    def apply(raw: RabbitMqMessage) -> dict[str, Any]:
+        message = _worker_message(event, raw)
+        return handle_message(key={"message_id": str(message.message_id)}, message=message)
+
+    records = processor.process(event, apply, context)
+    dead = sum(1 for r in records if r.rejected is not None)
+    return {"accepted": len(records) - dead, "dead_lettered": dead}

@@ -182,9 +182,9 @@ def idempotency_store() -> DynamoDBPersistenceLayer:
 
 @lru_cache(maxsize=1)
 def dead_letter_store() -> DynamoDBPersistenceLayer:
-    """The idempotency records of dead letters (``ringfleet.batch.dead_letter``), in the idempotency table: a layer of
-    their own, since Powertools configures a layer with the first config that uses it (the handler's own is keyed
-    by message id)."""
+    """The idempotency records of dead letters (``ringfleet.batch.MqBatchProcessor``), in the idempotency table: a
+    layer of their own, since Powertools configures a layer with the first config that uses it (the handler's own is
+    keyed by message id)."""
     from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 
     return DynamoDBPersistenceLayer(table_name=settings().idempotency_table, boto_config=aws_config())
@@ -192,7 +192,7 @@ def dead_letter_store() -> DynamoDBPersistenceLayer:
 
 @lru_cache(maxsize=1)
 def dead_letters() -> AmqpCommandPublisher:
-    """The publisher MQ handlers dead-letter invalid messages with (``ringfleet.batch.dead_letter``): the control
+    """The publisher MQ handlers dead-letter invalid messages with (``ringfleet.batch.MqBatchProcessor``): the control
     plane's user; it connects on its first dead letter, so a container that never gets one opens no connection."""
     from ringfleet.adapters.commands import AmqpCommandPublisher
 

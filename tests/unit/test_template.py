@@ -659,10 +659,12 @@ def test_the_dashboard_shows_every_dead_letter_queue_and_every_alarm() -> None:
 
 
 def test_the_dashboard_reads_only_metrics_the_handlers_publish() -> None:
-    # Powertools Metrics: namespace ringfleet, dimension service; the names the handlers and observability.py add
+    # Powertools Metrics: namespace ringfleet, dimension service; the names the handlers, observability.py and the
+    # batch processors (batch.py: RecordsRejected) add
     import re
 
-    sources = [*(ROOT / "services").glob("*/app.py"), ROOT / "src" / "ringfleet" / "observability.py"]
+    shared = [ROOT / "src" / "ringfleet" / name for name in ("observability.py", "batch.py")]
+    sources = [*(ROOT / "services").glob("*/app.py"), *shared]
     text = "\n".join(p.read_text() for p in sources)
     names = set(re.findall(r'name="([A-Za-z]+)"', text)) | set(re.findall(r'"([A-Za-z]+)": MetricUnit', text))
     families = set(re.findall(r'name=f"([A-Za-z]+)\.\{', text))  # Jobs.<outcome>, Recoveries.<cause>, ...
