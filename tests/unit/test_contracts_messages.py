@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
 from ringfleet.contracts import (
+    DEFAULT_CHECKPOINT_INTERVAL_STEPS,
     MESSAGE_TYPES,
     AppMessage,
     CheckpointNow,
@@ -131,6 +132,8 @@ def test_an_unknown_field_is_refused() -> None:
         ("budget_usd_per_hour", 0),
         ("budget_usd_per_hour", 1e9),
         ("checkpoint_interval_steps", 0),
+        ("total_steps", 0),
+        ("total_steps", "1000"),
         ("instance_types", []),
         ("entrypoint", []),
         ("tenant", "Acme Corp"),
@@ -141,6 +144,25 @@ def test_an_unknown_field_is_refused() -> None:
 )
 def test_job_submitted_refuses_absurd_values(field: str, value: Any) -> None:
     assert field in rejected(sample("job_submitted", **{field: value}))
+
+
+def test_total_steps_is_optional_so_a_job_submitted_before_it_existed_still_parses() -> None:
+    # given the sample JobSubmitted as an older client sends it (no total_steps)
+    data = sample("job_submitted")
+    data.pop("total_steps", None)
+    # then it parses, with no total (the deadline cannot steer the job), and a job that names one keeps it
+    assert JobSubmitted.model_validate(data).total_steps is None
+    assert JobSubmitted.model_validate({**data, "total_steps": 600}).total_steps == 600
+
+
+def test_a_program_without_a_checkpoint_interval_takes_the_one_default() -> None:
+    # given the sample Reconfigure as an older control plane sent it, its program naming no checkpoint interval
+    data = sample("reconfigure")
+    program = {k: v for k, v in data["program"].items() if k != "checkpoint_interval_steps"}
+    # then the worker reads the one default interval
+    parsed = Reconfigure.model_validate({**data, "program": program})
+    assert parsed.program is not None
+    assert parsed.program.checkpoint_interval_steps == DEFAULT_CHECKPOINT_INTERVAL_STEPS == 50
 
 
 def test_max_workers_below_min_workers_is_refused() -> None:

@@ -14,9 +14,10 @@ from tests.builders import T0, running_job
 pytestmark = pytest.mark.unit
 
 
-def with_steps(total: object) -> Job:
+def with_steps(total: int | None) -> Job:
+    """A job on 2 of its 4 workers whose spec says it ends at step ``total``."""
     job, _ = running_job(members=2, max_workers=4)
-    return replace(job, spec=job.spec.model_copy(update={"hyperparameters": {"steps": total}}))
+    return replace(job, spec=job.spec.model_copy(update={"total_steps": total}))
 
 
 def test_the_pace_since_admission_at_the_workers_it_has_scaled_to_its_maximum_gives_the_hours_left() -> None:
@@ -32,10 +33,19 @@ def test_a_durable_checkpoint_counts_when_no_heartbeat_says_more_and_a_finished_
     assert remaining_hours(job, 1000, T0 + timedelta(hours=1)) == 0.0
 
 
-@pytest.mark.parametrize("total", [None, "many", True, 0])
-def test_without_a_steps_total_there_is_no_estimate(total: object) -> None:
-    job = with_steps(total) if total is not None else running_job()[0]
+def test_without_a_total_in_the_job_spec_there_is_no_estimate() -> None:
+    assert remaining_hours(with_steps(None), 250, T0 + timedelta(hours=1)) is None
+
+
+def test_a_steps_hyperparameter_is_the_scripts_business_not_the_estimates() -> None:
+    # given a job whose script takes a "steps" hyperparameter but whose spec names no total_steps
+    job = with_steps(None)
+    job = replace(job, spec=job.spec.model_copy(update={"hyperparameters": {"steps": 1000}}))
+    # then the scaler makes no estimate from it (a hyperparameter's name is no contract)
     assert remaining_hours(job, 250, T0 + timedelta(hours=1)) is None
+    # and with total_steps in the spec it does, whatever the hyperparameters say
+    job = replace(job, spec=job.spec.model_copy(update={"total_steps": 1000, "hyperparameters": {"steps": 7}}))
+    assert remaining_hours(job, 250, T0 + timedelta(hours=1)) == pytest.approx(1.5)
 
 
 def test_before_any_step_is_reported_there_is_no_estimate() -> None:

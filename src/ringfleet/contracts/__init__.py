@@ -68,6 +68,7 @@ if TYPE_CHECKING:
     from ringfleet.contracts.cloud import parse_cloud_event as parse_cloud_event
     from ringfleet.contracts.cloud import parse_s3_notification as parse_s3_notification
     from ringfleet.contracts.envelopes import RabbitMqEnvelope as RabbitMqEnvelope
+    from ringfleet.contracts.messages import DEFAULT_CHECKPOINT_INTERVAL_STEPS as DEFAULT_CHECKPOINT_INTERVAL_STEPS
     from ringfleet.contracts.messages import MESSAGE_TYPES as MESSAGE_TYPES
     from ringfleet.contracts.messages import AppMessage as AppMessage
     from ringfleet.contracts.messages import CheckpointCompleted as CheckpointCompleted
@@ -120,6 +121,7 @@ _WHERE = {
     "Command": "messages",
     "CreatedObject": "cloud",
     "DEAD_LETTER_EXCHANGE": "broker",
+    "DEFAULT_CHECKPOINT_INTERVAL_STEPS": "messages",
     "Heartbeat": "messages",
     "InstanceStateChange": "cloud",
     "InstanceStateChangeDetail": "cloud",

@@ -39,6 +39,7 @@ from ringfleet.contracts.scalars import (
 )
 
 __all__ = [
+    "DEFAULT_CHECKPOINT_INTERVAL_STEPS",
     "MESSAGE_TYPES",
     "AppMessage",
     "CheckpointCompleted",
@@ -62,6 +63,10 @@ __all__ = [
 ]
 
 WorkerCount = Annotated[int, Field(strict=True, ge=1, le=1024)]
+#: Steps between a job's regular S3 checkpoints where nothing says otherwise: the one default of
+#: ``checkpoint_interval_steps``, on the wire (Program) and in the worker's runtime.
+DEFAULT_CHECKPOINT_INTERVAL_STEPS = 50
+CheckpointIntervalSteps = Annotated[int, Field(strict=True, ge=1, le=10**9)]
 #: Largest JobSubmitted accepted (its JSON): well inside a DynamoDB item beside the job's own state.
 MAX_SPEC_BYTES = 64 * 1024
 GpuCount = Annotated[int, Field(strict=True, ge=0, le=16)]
@@ -125,7 +130,7 @@ class JobSubmitted(MessageBase):
     gpus_per_worker: GpuCount
     #: The EC2 instance types the job may run on, in order of preference.
     instance_types: list[InstanceType] = Field(min_length=1, max_length=64)
-    checkpoint_interval_steps: Annotated[int, Field(strict=True, ge=1, le=10**9)]
+    checkpoint_interval_steps: CheckpointIntervalSteps
     budget_usd_per_hour: Annotated[FiniteFloat, Field(gt=0, le=100_000)]
     hyperparameters: dict[MetadataKey, MetadataValue] = Field(default_factory=dict, max_length=256)
     #: How many times the job's script may fail (raise, exit non-zero, never call ``init()``) before the job ends
@@ -134,6 +139,9 @@ class JobSubmitted(MessageBase):
     #: Hours from submission by which the job should be done: the fleet scaler keeps it on spot while its slack
     #: allows and takes on-demand as the slack runs out. None: no deadline.
     deadline_hours: Annotated[FiniteFloat, Field(gt=0, le=24 * 365)] | None = None
+    #: The step the job ends at, as its script counts them: what the fleet scaler estimates the work left from
+    #: (with the steps reported so far) to meet ``deadline_hours``. None: unknown, the deadline cannot steer the job.
+    total_steps: Annotated[int, Field(strict=True, ge=1, le=10**12)] | None = None
 
     @field_validator("instance_types")
     @classmethod
@@ -310,7 +318,7 @@ class Program(BaseModel):
     entrypoint: list[_Arg] = Field(min_length=1, max_length=256)
     hyperparameters: dict[MetadataKey, MetadataValue] = Field(default_factory=dict, max_length=256)
     #: Steps between the job's regular S3 checkpoints.
-    checkpoint_interval_steps: Annotated[int, Field(strict=True, ge=1, le=10**9)] = 50
+    checkpoint_interval_steps: CheckpointIntervalSteps = DEFAULT_CHECKPOINT_INTERVAL_STEPS
 
     @classmethod
     def of(cls, spec: JobSubmitted) -> Program:

@@ -82,14 +82,13 @@ class ScalingReport:
 
 def remaining_hours(job: Job, step: int | None, now: datetime) -> float | None:
     """Hours of training ``job`` has left at ``max_workers``, estimated from what the control plane knows: the
-    total in its ``steps`` hyperparameter (the convention of the examples' scripts), the newest step its workers
-    reported (heartbeats) or checkpointed, and the pace since it was admitted, scaled from the workers it has to
-    its maximum. Counting from admission includes provisioning, so the pace is understated and the estimate errs
-    long (towards on-demand, towards the deadline). None when there is no honest estimate: no ``steps`` total, no
-    step reported yet, or no admission time; the deadline then does not steer the job (it takes on-demand when spot
-    is short, as a job without a deadline)."""
-    total = job.spec.hyperparameters.get("steps")
-    if isinstance(total, bool) or not isinstance(total, int | float) or total <= 0 or job.created_at is None:
+    job's ``total_steps`` (its spec's), the newest step its workers reported (heartbeats) or checkpointed, and the
+    pace since it was admitted, scaled from the workers it has to its maximum. Counting from admission includes
+    provisioning, so the pace is understated and the estimate errs long (towards on-demand, towards the deadline).
+    None when there is no honest estimate: no ``total_steps``, no step reported yet, or no admission time; the
+    deadline then does not steer the job (it takes on-demand when spot is short, as a job without a deadline)."""
+    total = job.spec.total_steps
+    if total is None or job.created_at is None:
         return None
     done = max(step or 0, job.durable_checkpoint.step if job.durable_checkpoint is not None else 0)
     elapsed = (now - job.created_at).total_seconds() / 3600
