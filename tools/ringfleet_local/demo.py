@@ -56,7 +56,7 @@ class Scenario:
     grace_s: float
     interrupt_at_step: int
     kill_at_step: int
-    checkpoint_every: int
+    checkpoint_interval_steps: int
     #: In-memory commits every step: a snapshot of the digits model costs far less than a step (see
     #: bench/checkpoint_stall.py for a 10M-parameter model), and a hard kill then loses at most one step.
     commit_every: int = 1
@@ -78,10 +78,12 @@ FAST = Scenario(
     grace_s=8,
     interrupt_at_step=40,
     kill_at_step=130,
-    checkpoint_every=30,
+    checkpoint_interval_steps=30,
     min_goodput=0.80,
 )
-FULL = Scenario(steps=600, step_delay_s=0.08, grace_s=20, interrupt_at_step=120, kill_at_step=360, checkpoint_every=50)
+FULL = Scenario(
+    steps=600, step_delay_s=0.08, grace_s=20, interrupt_at_step=120, kill_at_step=360, checkpoint_interval_steps=50
+)
 
 
 def ensure_broker(url: str = DEFAULT_BROKER_URL, wait_s: float = 60.0) -> None:
@@ -388,7 +390,8 @@ class _Demo:
             min_workers=scenario.min_workers,
             max_workers=scenario.workers,
             budget_usd_per_hour=20,
-            checkpoint_interval_steps=scenario.checkpoint_every,
+            checkpoint_interval_steps=scenario.checkpoint_interval_steps,
+            total_steps=scenario.steps,
         )
         # As the tenant's app would: logged in as its app user (intake takes the tenant from the broker user).
         RingfleetClient(self.cloud.ctx.role_broker_url("app", TENANT)).submit(fields)
