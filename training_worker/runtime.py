@@ -794,8 +794,10 @@ class Runtime:
         """The newest Reconfigure when it names exactly the ring its survivors formed (same members, same ranks, no
         checkpoint to restore): the control plane's fencing of a heal. The ring then takes its generation as it is,
         instead of re-forming into the very same ring."""
+        if not self._self_formed or not self.discovery.newer(membership.generation):  # (newer() reads a file anew)
+            return None
         latest = self.commands.latest if self.commands is not None else None
-        if not self._self_formed or latest is None or latest.generation <= membership.generation:
+        if latest is None or latest.generation <= membership.generation:
             return None
         if latest.checkpoint is not None or not membership.instances:
             return None
