@@ -26,6 +26,7 @@ import torch
 
 from training_worker import elastic
 from training_worker import runtime as _rt
+from training_worker.agreement import agree, describe
 from training_worker.optimizer import DistributedOptimizer
 from training_worker.tree import broadcast_tree
 
@@ -87,22 +88,64 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def allreduce_(tensor: torch.Tensor, op: str = Average, name: str | None = None) -> torch.Tensor:
-    """Reduces ``tensor`` in place over the ring (``Average`` or ``Sum``) and returns it; ``name`` is Horovod's, and
-    unused (collectives run in the order every rank calls them)."""
+def _op(op: str | None, average: bool | None) -> str:
+    if op is None:
+        op = Sum if average is False else Average
+    elif average is not None:
+        raise ValueError("pass op= or the deprecated average=, not both")
     if op not in (Average, Sum):
         raise ValueError(f"op must be training_worker.Average or training_worker.Sum, not {op!r}")
-    backend = _rt.current().require_backend()
+    return op
+
+
+def allreduce_(
+    tensor: torch.Tensor, average: bool | None = None, name: str | None = None, op: str | None = None
+) -> torch.Tensor:
+    """Reduces ``tensor`` in place over the ring (``op=Average``, the default, or ``Sum``) and returns it.
+
+    As Horovod's: the ranks first check that they reduce the same thing (``name``, op, dtype and shape) and raise
+    ``RuntimeError`` on every rank, naming what differs, when they do not (the ring stays usable); an integer
+    tensor's average is its sum divided by the world size, truncated toward zero."""
+    op = _op(op, average)
+    runtime = _rt.current()
+    backend = runtime.require_backend()
+    mismatch = _rt.collective(lambda: agree("allreduce", describe(name, tensor, op), runtime.group))
+    if mismatch is not None:
+        raise RuntimeError(mismatch)
     flat = tensor if tensor.is_contiguous() else tensor.contiguous()
-    _rt.collective(lambda: backend.allreduce_(flat.view(-1), op))  # type: ignore[arg-type]
+    exact = not (flat.is_floating_point() or flat.is_complex())
+    _rt.collective(lambda: backend.allreduce_(flat.view(-1), Sum if exact else op))  # type: ignore[arg-type]
+    if exact and op == Average:
+        flat.copy_(torch.div(flat, size(), rounding_mode="trunc"))
     if flat is not tensor:
         tensor.copy_(flat)
     return tensor
 
 
-def allreduce(tensor: torch.Tensor, op: str = Average, name: str | None = None) -> torch.Tensor:
-    """A new tensor: ``tensor`` reduced over the ring (``Average`` or ``Sum``); ``tensor`` is left as it is."""
-    return allreduce_(tensor.detach().clone(), op, name)
+class _Allreduce(torch.autograd.Function):
+    """Horovod's ``HorovodAllreduce``: the gradient of an all-reduce is the all-reduce of the gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor, op: str, name: str | None) -> torch.Tensor:
+        ctx.op, ctx.name = op, name
+        return allreduce_(tensor.detach().clone(), name=name, op=op)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        name = None if ctx.name is None else f"{ctx.name}.grad"
+        return allreduce_(grad.detach().clone(), name=name, op=ctx.op), None, None
+
+
+def allreduce(
+    tensor: torch.Tensor, average: bool | None = None, name: str | None = None, op: str | None = None
+) -> torch.Tensor:
+    """A new tensor: ``tensor`` reduced over the ring (``op=Average``, the default, or ``Sum``); ``tensor`` is left as
+    it is. Differentiable, as Horovod's: backward all-reduces the gradient with the same op."""
+    op = _op(op, average)
+    if tensor.requires_grad and torch.is_grad_enabled():
+        result: torch.Tensor = _Allreduce.apply(tensor, op, name)
+        return result
+    return allreduce_(tensor.detach().clone(), name=name, op=op)
 
 
 def broadcast_parameters(params: Any, root_rank: int = 0) -> None:
@@ -123,11 +166,17 @@ def broadcast_optimizer_state(optimizer: torch.optim.Optimizer, root_rank: int =
     received = _rt.collective(lambda: broadcast_tree(optimizer.state_dict(), root=root_rank, group=_rt.current().group))
     if _rt.current().require_membership().rank != root_rank:
         optimizer.load_state_dict(received)
+    # As Horovod leaves them: a parameter without a gradient gets zeros, so the first step() may read every .grad.
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.requires_grad and p.grad is None:
+                p.grad = torch.zeros_like(p)
 
 
-def broadcast_object(obj: Any, root_rank: int = 0) -> Any:
+def broadcast_object(obj: Any, root_rank: int = 0, name: str | None = None) -> Any:
     """``root_rank``'s ``obj`` on every rank: tensors, numbers, strings, lists, tuples and dicts of them (Horovod
-    pickles any object; here nothing a peer sends is unpickled, so other objects are refused at the sender)."""
+    pickles any object; here nothing a peer sends is unpickled, so other objects are refused at the sender).
+    ``name`` is Horovod's, accepted and unused (broadcasts run in the order every rank calls them)."""
     _rt.current().require_membership()
     return _rt.collective(lambda: broadcast_tree(obj, root=root_rank, group=_rt.current().group))
 

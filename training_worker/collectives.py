@@ -288,6 +288,8 @@ class AllreduceBackend(Protocol):
     """One way of averaging or summing a tensor across the ranks; the first enabled backend of a list is used."""
 
     name: str
+    #: The process group it reduces over (None: the default group).
+    group: dist.ProcessGroup | None
 
     def enabled(self) -> bool: ...
 
@@ -311,6 +313,7 @@ class RingBackend:
         segment_bytes: int = 1 << 20,
         small_bytes: int = 1 << 20,
     ) -> None:
+        self.group = group
         self.ring = RingAllreduce(group, segment_bytes=segment_bytes, small_bytes=small_bytes)
         self.wire_dtype = wire_dtype
         self._executor: ThreadPoolExecutor | None = None

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from training_worker import runtime as _rt
+from training_worker.agreement import agree
 from training_worker.collectives import AllreduceBackend, Handle
 
 __all__ = ["DistributedOptimizer"]
@@ -27,14 +28,6 @@ class _Bucket:
     buffer: torch.Tensor
     ready: int = 0
     handle: Handle | None = None
-    launched: bool = False
-
-
-@dataclass
-class _Building:
-    params: list[torch.nn.Parameter] = field(default_factory=list)
-    numel: int = 0
-    nbytes: int = 0
 
 
 def _check_arguments(backward_passes_per_step: int, compression: Any, op: str) -> None:
@@ -51,32 +44,56 @@ def _check_arguments(backward_passes_per_step: int, compression: Any, op: str) -
         )
 
 
-def _parameters(
-    optimizer: torch.optim.Optimizer,
-    named_parameters: Iterable[tuple[str, torch.nn.Parameter]] | Iterable[torch.nn.Parameter] | None,
-) -> list[torch.nn.Parameter]:
-    """``named_parameters`` (names dropped), or all the optimizer's; each must be one the optimizer optimises."""
+def _named(
+    optimizer: torch.optim.Optimizer, named_parameters: Iterable[tuple[str, torch.nn.Parameter]] | None
+) -> list[tuple[str, torch.nn.Parameter]]:
+    """Every parameter the optimizer optimises, with its name, in the optimizer's order (the same on every rank).
+
+    Horovod's rules: ``named_parameters`` are (name, parameter) pairs with unique names, naming every parameter the
+    optimizer optimises (an unnamed one would train on its local gradient alone), and only those. Without them,
+    parameters are named by their position in the optimizer's groups.
+    """
+    ordered = [p for group in optimizer.param_groups for p in group["params"]]
     if named_parameters is None:
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-    else:
-        params = [p[1] if isinstance(p, tuple) else p for p in named_parameters]
-    grouped = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    missing = [p for p in params if id(p) not in grouped]
-    if missing:
-        raise ValueError(f"{len(missing)} of named_parameters are not optimised by the wrapped optimizer")
-    return params
+        return [(f"param.{i}", p) for i, p in enumerate(ordered)]
+    pairs = _pairs(named_parameters)
+    # Named parameters the optimizer does not optimise (a frozen part of the model) are left alone, as Horovod does.
+    name_of = {id(p): name for name, p in pairs}
+    unnamed = [i for i, p in enumerate(ordered) if id(p) not in name_of]
+    if unnamed:
+        raise ValueError(
+            f"named_parameters was specified, but {len(unnamed)} of the optimizer's parameters were not named"
+            f" (positions {unnamed[:5]} in its param_groups): pass model.named_parameters() of the whole model"
+        )
+    return [(name_of[id(p)], p) for p in ordered]
+
+
+def _pairs(named_parameters: Iterable[tuple[str, torch.nn.Parameter]]) -> list[tuple[str, torch.nn.Parameter]]:
+    pairs = list(named_parameters)
+    if any(not (isinstance(pair, tuple) and len(pair) == 2) for pair in pairs):
+        raise ValueError(
+            "named_parameters should be a sequence of (name, parameter) tuples, usually model.named_parameters()"
+        )
+    names = [name for name, _ in pairs]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"parameter names in named_parameters must be unique; repeated: {', '.join(duplicates)}")
+    return pairs
 
 
 class DistributedOptimizer(torch.optim.Optimizer):
     """Wraps any torch optimizer so that ``step()`` applies gradients averaged over all ranks (Horovod's
     ``hvd.DistributedOptimizer``).
 
-    Buckets are formed on the first step in the order backward produces gradients, then kept (and their fusion
-    buffers reused) for the rest of the run; buckets are launched in that order on every rank, so all ranks issue
-    the same sequence of collectives, each while backward still runs. With ``backward_passes_per_step=k`` the
-    gradients of k backward passes are accumulated locally and reduced once; the applied gradient is their mean over
-    passes and ranks. ``synchronize()`` makes the averaged gradients available before ``step()`` (to clip them);
-    ``step()`` then does not reduce again.
+    The bucket layout is fixed when the optimizer is built, from the parameters' order alone (reversed, as DDP's
+    first layout is: backward produces the last layers' gradients first), never from the order gradients arrive in:
+    so it is the same on every rank whatever path each rank's forward took (an unused branch, a router), and every
+    rank issues the same collectives in the same order, each bucket's while backward still runs. A parameter that
+    has no gradient on a rank on some step contributes zeros there. The ranks check that their layouts agree (names,
+    shapes, dtypes) once per ring, before the first bucket is reduced, and raise ``RuntimeError`` on every rank when
+    they do not. With ``backward_passes_per_step=k`` the gradients of k backward passes are summed locally and
+    reduced once, as Horovod does (divide the loss by k for the mean). ``synchronize()`` makes the averaged
+    gradients available before ``step()`` (to clip them); ``step()`` then does not reduce again.
 
     It is a ``torch.optim.Optimizer`` sharing the wrapped one's ``param_groups`` and ``state``, so LR schedulers,
     ``state_dict()`` and ``zero_grad()`` work on it as on the original. The ring it reduces over is the runtime's
@@ -86,7 +103,7 @@ class DistributedOptimizer(torch.optim.Optimizer):
     def __init__(
         self,
         optimizer: torch.optim.Optimizer,
-        named_parameters: Iterable[tuple[str, torch.nn.Parameter]] | Iterable[torch.nn.Parameter] | None = None,
+        named_parameters: Iterable[tuple[str, torch.nn.Parameter]] | None = None,
         backward_passes_per_step: int = 1,
         *,
         bucket_bytes: int = DEFAULT_BUCKET_BYTES,
@@ -107,13 +124,14 @@ class DistributedOptimizer(torch.optim.Optimizer):
         self._pinned = backend
         self.bucket_bytes = bucket_bytes
         self.backward_passes_per_step = backward_passes_per_step
-        params = _parameters(optimizer, named_parameters)
-        self.params = [p for p in params if p.requires_grad]
+        named = [(name, p) for name, p in _named(optimizer, named_parameters) if p.requires_grad]
+        self.params = [p for _, p in named]
+        self._names = {id(p): name for name, p in named}
         self._passes = dict.fromkeys(map(id, self.params), 0)
-        self._buckets: list[_Bucket] = []
-        self._bucket_of: dict[int, _Bucket] = {}
-        self._frozen = False
-        self._building = _Building()
+        self._buckets = self._layout(self.params[::-1])
+        self._bucket_of = {id(p): bucket for bucket in self._buckets for p in bucket.params}
+        #: The backend (one per ring) the ranks last agreed the layout on.
+        self._agreed: AllreduceBackend | None = None
         self._next_launch = 0
         self._synchronized = False
         self._hooks = [p.register_post_accumulate_grad_hook(self._on_grad) for p in self.params]
@@ -167,7 +185,7 @@ class DistributedOptimizer(torch.optim.Optimizer):
     def reset(self) -> None:
         """Forgets a step that was half reduced when its ring failed (called when the state is restored)."""
         for bucket in self._buckets:
-            bucket.ready, bucket.handle, bucket.launched = 0, None, False
+            bucket.ready, bucket.handle = 0, None
         self._next_launch = 0
         self._passes = dict.fromkeys(self._passes, 0)
         self._synchronized = False
@@ -179,6 +197,35 @@ class DistributedOptimizer(torch.optim.Optimizer):
             hook.remove()
         self._hooks = []
 
+    def _layout(self, params: list[torch.nn.Parameter]) -> list[_Bucket]:
+        """Buckets of consecutive ``params`` of one dtype and device, the first up to FIRST_BUCKET_BYTES, the others
+        up to ``bucket_bytes``."""
+        buckets: list[_Bucket] = []
+        run: list[torch.nn.Parameter] = []
+        nbytes = 0
+
+        def close() -> None:
+            offsets = [sum(p.numel() for p in run[:i]) for i in range(len(run))]
+            total = offsets[-1] + run[-1].numel()
+            buckets.append(_Bucket(run, offsets, torch.zeros(total, dtype=run[0].dtype, device=run[0].device)))
+
+        for p in params:
+            if run and (p.dtype != run[0].dtype or p.device != run[0].device):
+                close()
+                run, nbytes = [], 0
+            run.append(p)
+            nbytes += p.numel() * p.element_size()
+            if nbytes >= (min(FIRST_BUCKET_BYTES, self.bucket_bytes) if not buckets else self.bucket_bytes):
+                close()
+                run, nbytes = [], 0
+        if run:
+            close()
+        return buckets
+
+    def layout(self) -> list[list[str]]:
+        """The parameters' names, bucket by bucket, in the order the buckets are reduced (the same on every rank)."""
+        return [[self._names[id(p)] for p in bucket.params] for bucket in self._buckets]
+
     def _on_grad(self, param: torch.Tensor) -> None:
         key = id(param)
         self._passes[key] += 1
@@ -186,34 +233,30 @@ class DistributedOptimizer(torch.optim.Optimizer):
             return
         if self._passes[key] > self.backward_passes_per_step:
             raise RuntimeError("a gradient arrived after its bucket was reduced: call step() after each accumulation")
-        if self._frozen:
-            bucket = self._bucket_of[key]
-            bucket.ready += 1
-            self._launch_ready()
-            return
-        assert isinstance(param, torch.nn.Parameter)
-        building = self._building
-        building.params.append(param)
-        building.numel += param.numel()
-        building.nbytes += param.numel() * param.element_size()
-        if building.nbytes >= (min(FIRST_BUCKET_BYTES, self.bucket_bytes) if not self._buckets else self.bucket_bytes):
-            self._close_building()
-
-    def _close_building(self) -> None:
-        params = self._building.params
-        if not params:
-            return
-        offsets, total = [], 0
-        for p in params:
-            offsets.append(total)
-            total += p.numel()
-        bucket = _Bucket(params, offsets, torch.empty(total, dtype=params[0].dtype, device=params[0].device))
-        bucket.ready = len(params)
-        self._buckets.append(bucket)
-        for p in params:
-            self._bucket_of[id(p)] = bucket
-        self._building = _Building()
+        self._bucket_of[key].ready += 1
         self._launch_ready()
+
+    def _agree(self, backend: AllreduceBackend) -> None:
+        """Once per ring: every rank must reduce the same tensors in the same buckets, or the averages mix up
+        different parameters without any error."""
+        if self._agreed is backend:
+            return
+        description = {
+            "tensors": [
+                {"name": self._names[id(p)], "dtype": str(p.dtype).removeprefix("torch."), "shape": list(p.shape)}
+                for bucket in self._buckets
+                for p in bucket.params
+            ],
+            "buckets": [len(bucket.params) for bucket in self._buckets],
+            "backward_passes_per_step": self.backward_passes_per_step,
+        }
+        mismatch = self._collective(lambda: agree("DistributedOptimizer", description, backend.group))
+        if mismatch is not None:
+            raise RuntimeError(mismatch)
+        self._agreed = backend
+
+    def _collective(self, call: Callable[[], Any]) -> Any:
+        return call() if self._pinned is not None else _rt.collective(call)
 
     def _launch_ready(self) -> None:
         # In bucket order only: every rank must issue the same collectives in the same order.
@@ -225,19 +268,20 @@ class DistributedOptimizer(torch.optim.Optimizer):
             self._next_launch += 1
 
     def _launch(self, bucket: _Bucket) -> None:
+        backend = self.backend
+        self._agree(backend)
         for p, offset in zip(bucket.params, bucket.offsets, strict=True):
             part = bucket.buffer[offset : offset + p.numel()]
             if p.grad is None:
                 part.zero_()  # unused on this rank this step; it still has to take part in the reduction
             elif p.grad.data_ptr() != part.data_ptr():
                 part.copy_(p.grad.reshape(-1))  # a gradient that is not (or no longer) a view into its bucket
-        # Each rank's share of the global batch weighs its gradient (ElasticSampler's uneven splits), and k
-        # accumulated passes are averaged.
-        scale = (1.0 if self._pinned is not None else _rt.current().grad_scale) / self.backward_passes_per_step
+        # Each rank's share of the global batch weighs its gradient (ElasticSampler's uneven splits); k accumulated
+        # passes are summed, as Horovod's are.
+        scale = 1.0 if self._pinned is not None else _rt.current().grad_scale
         if scale != 1.0:
             bucket.buffer.mul_(scale)
-        bucket.handle = _rt.collective(lambda: self.backend.allreduce_async(bucket.buffer, "avg"))
-        bucket.launched = True
+        bucket.handle = self._collective(lambda: backend.allreduce_async(bucket.buffer, "avg"))
 
     def synchronize(self) -> None:
         """Reduces what backward has not launched yet, waits for every bucket, and writes the averages to .grad.
@@ -247,28 +291,20 @@ class DistributedOptimizer(torch.optim.Optimizer):
         """
         if self._synchronized:
             return
-        if not self._frozen:
-            # Parameters that produced no gradient on the first step go into the last bucket.
-            building = {id(p) for p in self._building.params}
-            for p in self.params:
-                if id(p) not in self._bucket_of and id(p) not in building:
-                    self._building.params.append(p)
-            self._close_building()
-            self._frozen = True
         for bucket in self._buckets:
             bucket.ready = len(bucket.params)
         self._launch_ready()
         for bucket in self._buckets:
             handle = bucket.handle
             assert handle is not None
-            _rt.collective(handle.wait)
+            self._collective(handle.wait)
             for p, offset in zip(bucket.params, bucket.offsets, strict=True):
                 # From now on the gradient is a view into the bucket (DDP's gradient_as_bucket_view): backward
                 # accumulates straight into what is reduced, and the average needs no copy back.
                 reduced = bucket.buffer[offset : offset + p.numel()].view_as(p)
                 if p.grad is None or p.grad.data_ptr() != reduced.data_ptr():
                     p.grad = reduced
-            bucket.ready, bucket.handle, bucket.launched = 0, None, False
+            bucket.ready, bucket.handle = 0, None
         self._next_launch = 0
         self._passes = dict.fromkeys(self._passes, 0)
         self._synchronized = True

@@ -43,12 +43,18 @@ def _entry(fn: Callable[..., Any], rank: int, world: int, port: int, args: tuple
 
 def run_ranks(fn: Callable[..., Any], world: int, *args: Any, timeout: float = 60.0) -> list[Any]:
     """Calls ``fn(rank, world, *args)`` in ``world`` spawned processes joined by a gloo group."""
+    return _spawn(_entry, fn, world, args, timeout)
+
+
+def _spawn(
+    entry: Callable[..., None], fn: Callable[..., Any], world: int, args: tuple[Any, ...], timeout: float
+) -> list[Any]:
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     port = free_port()
     env_before = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = "1"
-    procs = [ctx.Process(target=_entry, args=(fn, r, world, port, args, out), daemon=True) for r in range(world)]
+    procs = [ctx.Process(target=entry, args=(fn, r, world, port, args, out), daemon=True) for r in range(world)]
     try:
         for p in procs:
             p.start()
@@ -71,3 +77,24 @@ def run_ranks(fn: Callable[..., Any], world: int, *args: Any, timeout: float = 6
             os.environ.pop("OMP_NUM_THREADS", None)
         else:
             os.environ["OMP_NUM_THREADS"] = env_before
+
+
+def _api_entry(fn: Callable[..., Any], rank: int, world: int, port: int, args: tuple[Any, ...], out: Any) -> None:
+    # The runtime reads its fixed world from the environment, as under `python -m training_worker --static-world`.
+    os.environ["RINGFLEET_STATIC_WORLD"] = f"{rank}:{world}:127.0.0.1:{port}"
+    os.environ["RINGFLEET_CHECKPOINT_CACHE"] = "none"
+    torch.set_num_threads(1)
+    try:
+        import training_worker as rf
+
+        rf.init()
+        result = fn(rank, world, *args)
+        out.put((rank, True, pickle.dumps(result)))
+    except BaseException:
+        out.put((rank, False, traceback.format_exc()))
+
+
+def run_api_ranks(fn: Callable[..., Any], world: int, *args: Any, timeout: float = 60.0) -> list[Any]:
+    """Calls ``fn(rank, world, *args)`` in ``world`` spawned processes after ``training_worker.init()``: the public
+    API (``rf.allreduce``, ``rf.DistributedOptimizer``, ...) on a real ring, as a user's script sees it."""
+    return _spawn(_api_entry, fn, world, args, timeout)

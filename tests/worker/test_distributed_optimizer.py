@@ -41,7 +41,8 @@ def _train(rank: int, world: int, backend: AllreduceBackend | None, passes: int 
     for step in range(STEPS):
         xs, ys = x[step, rank * share : (rank + 1) * share], y[step, rank * share : (rank + 1) * share]
         for micro_x, micro_y in zip(xs.chunk(passes), ys.chunk(passes), strict=True):
-            torch.nn.functional.mse_loss(model(micro_x), micro_y).backward()
+            # Horovod sums the passes: dividing each micro-batch's loss by their number gives the batch's mean
+            (torch.nn.functional.mse_loss(model(micro_x), micro_y) / passes).backward()
         opt.step()
         opt.zero_grad()
     if isinstance(opt, DistributedOptimizer):
@@ -108,6 +109,7 @@ class _CountingBackend:
     """A ring of one that counts what it is asked to reduce."""
 
     name = "counting"
+    group: dist.ProcessGroup | None = None
 
     def __init__(self) -> None:
         self.calls = 0
