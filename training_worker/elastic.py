@@ -108,8 +108,9 @@ class ElasticSampler(torch.utils.data.Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         runtime = _rt.current()
         while self.position < self.batches_per_epoch:
-            # Asked every batch: the ring may shrink between two (a worker left with notice).
-            membership = runtime.membership
+            # Asked every batch: the ring may shrink between two (a worker left with notice). Before the first
+            # collective the group is not formed yet, but init() already knows this rank's place (pending).
+            membership = runtime.membership or runtime.pending
             rank, world = (membership.rank, membership.world_size) if membership is not None else (0, 1)
             mine, runtime.grad_scale = self.share(rank, world)
             yield mine
