@@ -4,21 +4,25 @@ A spot pool is reclaimed: ``--reclaim`` (20 %) of a fleet of ``--workers``-worke
 within ``--arrival-s`` seconds, as EventBridge delivers them into RecoveryQueue. Nothing talks to AWS: a
 discrete-event simulation runs the queue, the SQS event source's pollers (5 at first, up to 300 more a minute),
 Lambda's concurrency, the execution environments' cold starts and CPU share, and DynamoDB's tables, indexes and
-partitions as token buckets, while every warning goes through the REAL pure decision: the job as read, the real
-``plan_recovery`` (ringfleet.recovery.decisions), the job and node items the real adapter would write
-(``job_to_item`` / ``node_to_item``, for their sizes and index keys), and the same calls RecoveryService makes for a
-notice (ringfleet/recovery/service.py, ringfleet/adapters/dynamodb.py):
+partitions as token buckets, while every warning goes through the REAL recovery service: node_recovery's call,
+``RecoveryService.on_node_event`` (ringfleet/recovery/service.py), built as ``ringfleet.bootstrap`` builds it but on
+simulated ports (``SimJobs``, ``SimNodes``, ``SimPublisher``, the clock, ``put_events`` and ``sleep``) that answer
+as DynamoDbJobRepository, DynamoDbNodeRepository and the broker would, each call taking its round trip and its
+capacity units in simulated time, with the items the real adapter writes (``job_to_item`` / ``node_to_item``, for
+their sizes and index keys). The service's own code runs in a thread per record that hands control back to the
+simulation at every call (``Baton``), so the calls and their order are the service's, never a copy of them; for a
+notice they are:
 
 1. GetItem of the node, GetItem of the job (consistent reads);
 2. ``plan_recovery`` from the job and the notified node alone (a Query of the job's nodes only when the notice
    changes nothing: a duplicate);
 3. TransactWriteItems: the job's update, conditional on the generation and revision it was decided from, and the
-   node's put. A lost race costs what the code does: ConditionalCheckFailed returns the stored job
-   (ReturnValuesOnConditionCheckFailure), which is decided again after a full-jitter pause (10 ms * 2**attempt, at
-   most 320 ms, 8 attempts); a transaction that finds another one in progress on the job (TransactionConflict)
-   returns no item, so the job is read again (one more GetItem);
+   node's put. A lost race: ConditionalCheckFailed returns the stored job (ReturnValuesOnConditionCheckFailure),
+   which the service decides again from after its full-jitter pause; a transaction that finds another one in
+   progress on the job (TransactionConflict) returns no item, so the job is read again;
 4. the CheckpointNow published (the first notice of a job only), then the outbox cleared (UpdateItem, conditional
-   on the revision just written: it too can lose to a concurrent writer and retry from the stored job);
+   on the revision just written: it too can lose to a concurrent writer and retry from the stored job; a clear
+   that fails leaves the command for the job's next reader to publish again, under the same message id);
 5. PutEvents ``Capacity Wanted`` when the notice started the job's recovery.
 
 Throttling is DynamoDB's: a request a partition (or the table, or an index partition its write propagates to)
@@ -26,8 +30,9 @@ has no capacity for is refused, boto3's standard mode retries it twice after ran
 request refused three times fails the record, which SQS delivers again after the queue's visibility timeout.
 
 Then, untimed, every affected job gets its emergency CheckpointCompleted and one replacement per reclaimed worker
-through ``plan_recovery``, and the model checks that each ends exactly one generation later with exactly one
-Reconfigure and one CheckpointNow.
+through the same service on free ports, and the model checks that each ends exactly one generation later with
+exactly one Reconfigure and one CheckpointNow (one message id: a command published again from an outbox is counted
+apart, as republished).
 
 Prints, per fleet size: seconds from the first warning until the last affected job's CheckpointNow is published,
 AWS calls per warning by kind, conflicts, the busiest DynamoDB partition's peak second against its limit, and what
@@ -41,27 +46,35 @@ from __future__ import annotations
 import argparse
 import heapq
 import json
+import logging
 import math
 import random
 import sys
+import threading
 import time
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Collection, Generator, Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from ringfleet.adapters.dynamodb import job_to_item, node_to_item  # noqa: E402
-from ringfleet.contracts import JobSubmitted  # noqa: E402
+from ringfleet.contracts import JobSubmitted, parse_cloud_event  # noqa: E402
 from ringfleet.core.jobs import Incident, Job, JobState  # noqa: E402
 from ringfleet.core.nodes import Node, NodeState  # noqa: E402
-from ringfleet.recovery.decisions import plan_recovery  # noqa: E402
-from ringfleet.recovery.plan import CapacityArrived, CheckpointTaken, NoticeGiven, RecoveryPlan  # noqa: E402
+from ringfleet.core.ports import Saved  # noqa: E402
+from ringfleet.recovery.plan import CheckpointTaken  # noqa: E402
+from ringfleet.recovery.service import RecoveryService, StaleDecision  # noqa: E402
+
+if TYPE_CHECKING:
+    from ringfleet.contracts import CheckpointNow, NodeEvent, Reconfigure, Stop
+    from ringfleet.core.jobs import DurableCheckpoint
+    from ringfleet.core.nodes import LifecycleHook
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 NOTICE_S = 120.0
@@ -442,34 +455,28 @@ class Throttled(Exception):
         self.bucket = bucket
 
 
-def call(
-    sim: Sim,
-    tables: Tables,
-    w: Record,
-    kind: str,
-    latency_ms: float,
-    at_server: Callable[[], tuple[Bucket | None, Any]],
-) -> Process:
+def call(run: Run, kind: str, latency_ms: float, at_server: Callable[[], tuple[Bucket | None, Any]]) -> Any:
     """One AWS call as boto3 makes it: half the round trip there, ``at_server`` evaluated, half back; a throttle
     retried after boto3's standard-mode pause, a third one raised."""
+    tables = run.tables
     tables.calls[kind] += 1
     attempt = 0
     while True:
-        yield latency_ms / 2000
+        run.wait(latency_ms / 2000)
         throttled, result = at_server()
-        yield latency_ms / 2000
+        run.wait(latency_ms / 2000)
         if throttled is None:
             return result
         tables.throttles[kind] += 1
         attempt += 1
         if attempt >= tables.params.sdk_attempts:
             raise Throttled(throttled.name)
-        pause = sim.rng.random() * min(2.0 ** (attempt - 1), 20.0)
-        w.waits[f"throttled: {throttled.name}"] += pause
-        yield pause
+        pause = run.sim.rng.random() * min(2.0 ** (attempt - 1), 20.0)
+        run.w.waits[f"throttled: {throttled.name}"] += pause
+        run.wait(pause)
 
 
-# -- one warning, as RecoveryService.on_node_event applies it -------------------------------------------------------
+# -- the recovery service's own code, on ports that take simulated time ----------------------------------------------
 
 
 @dataclass
@@ -477,7 +484,13 @@ class Outcome:
     """What the burst did, across every warning."""
 
     published: dict[str, float] = field(default_factory=dict)
-    checkpoint_now: Counter[str] = field(default_factory=Counter)
+    #: Per job, the CheckpointNow commands published (their message ids: one decision, one id).
+    checkpoint_now: defaultdict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    #: Commands published again under the same message id: left in an outbox by a writer whose clear failed (a
+    #: throttled UpdateItem), published by the job's next reader (``Outbox.flush``); the workers drop the repeat.
+    republished: int = 0
+    #: plan_recovery runs: one per job read or lost race the service decides from, one more when it reads the job's
+    #: nodes (a notice that changes nothing or re-forms the ring), as RecoveryService._decide does.
     decisions: int = 0
     conflicts: int = 0
     transaction_conflicts: int = 0
@@ -488,182 +501,337 @@ class Outcome:
     critical: dict[str, tuple[float, dict[str, float]]] = field(default_factory=dict)
 
 
-def get_job(sim: Sim, tables: Tables, w: Record) -> Process:
-    def at_server() -> tuple[Bucket | None, Job]:
-        job = tables.jobs[w.job_id]
-        units = job_units(job, 4 * KB)
-        charges: Charges = [
-            (tables.partition("jobs", w.job_id, read=True), units),
-            (tables.whole("jobs", read=True), units),
-        ]
-        return admit(sim.now, charges), job
-
-    return (yield from call(sim, tables, w, "DynamoDB GetItem", tables.params.ddb_ms, at_server))
+class Abandoned(BaseException):
+    """The simulation stopped before this record's handling ended: its thread unwinds (caught by nothing)."""
 
 
-def get_node(sim: Sim, tables: Tables, w: Record) -> Process:
-    def at_server() -> tuple[Bucket | None, Node]:
-        charges: Charges = [
-            (tables.partition("nodes", w.instance_id, read=True), 1),
-            (tables.whole("nodes", read=True), 1),
-        ]
-        return admit(sim.now, charges), tables.nodes[w.instance_id]
+class Baton:
+    """Runs ``body(wait)`` in a thread of its own as one Sim process: ``wait(seconds)`` hands control back to the
+    simulation until that much simulated time has passed.
 
-    return (yield from call(sim, tables, w, "DynamoDB GetItem", tables.params.ddb_ms, at_server))
+    The thread lets the recovery service's own synchronous code run unchanged on ports that take simulated time;
+    only one thread runs at a time (the simulation's, or the one body it handed the baton to), so a run is as
+    deterministic as the generators it sits among.
+    """
+
+    def __init__(self, body: Callable[[Callable[[float], None]], object]) -> None:
+        self._body = body
+        # Locks as binary semaphores (released by the other thread): the cheapest hand-over there is.
+        self._go, self._back = threading.Lock(), threading.Lock()
+        self._go.acquire()
+        self._back.acquire()
+        self._delay = 0.0
+        self._finished = self._abandoned = False
+        self._error: BaseException | None = None
+
+    def _run(self) -> None:
+        self._go.acquire()
+        try:
+            if not self._abandoned:
+                self._body(self._wait)
+        except Abandoned:
+            pass
+        except BaseException as exc:
+            self._error = exc
+        self._finished = True
+        self._back.release()
+
+    def _wait(self, seconds: float) -> None:
+        self._delay = seconds
+        self._back.release()
+        self._go.acquire()
+        if self._abandoned:
+            raise Abandoned
+
+    def process(self) -> Process:
+        threading.Thread(target=self._run, name="scale-model-record", daemon=True).start()
+        try:
+            while True:
+                self._go.release()
+                self._back.acquire()
+                if self._finished:
+                    break
+                yield self._delay
+        finally:
+            if not self._finished:  # closed mid-way (the simulation stopped): let the thread unwind, then go on
+                self._abandoned = True
+                self._go.release()
+                self._back.acquire()
+        if self._error is not None:
+            raise self._error
 
 
-def query_nodes(sim: Sim, tables: Tables, w: Record) -> Process:
-    def at_server() -> tuple[Bucket | None, list[Node]]:
-        return None, [
-            tables.nodes[i] for i in sorted(tables.by_job[w.job_id])
-        ]  # an index read, eventually consistent: half a unit per 4 KB, never the limit here
+@dataclass
+class Run:
+    """One record's handling: where it runs, what it counts, and how its thread lets simulated time pass."""
 
-    return (yield from call(sim, tables, w, "DynamoDB Query", tables.params.ddb_ms, at_server))
-
-
-@dataclass(frozen=True)
-class Saved:
-    ok: bool
-    current: Job | None = None
-    conflict: str = ""
+    sim: Sim
+    tables: Tables
+    out: Outcome
+    w: Record
+    wait: Callable[[float], None]
 
 
-def transact_save(sim: Sim, tables: Tables, w: Record, decided_from: Job, after: Job, node: Node) -> Process:
-    """The job's conditional update and the node's put in one TransactWriteItems (DynamoDbJobRepository.save)."""
-    p = tables.params
+class SimClock:
+    """The simulation's time as the service's clock; without a simulation, a time that stands still at ``at``."""
 
-    def at_server() -> tuple[Bucket | None, Saved | None]:
-        stored = tables.jobs[after.job_id]
-        after_item = job_item(after)[0]
-        units = max(job_units(stored), job_units(after))  # an update is charged the larger of the two
-        job_base, job_indexes = job_write_buckets(tables, after_item, units, 2)
-        node_items = node_to_item(tables.nodes[node.instance_id]), node_to_item(node)
-        node_base, node_indexes = node_write_buckets(tables, *node_items)
-        written = job_base + node_base + job_indexes + node_indexes
-        throttled = short_of(sim.now, written)
-        if throttled is not None:
-            return throttled, None
-        if tables.locked_until.get(after.job_id, -1.0) > sim.now:
-            return None, Saved(False, conflict="TransactionConflict")
+    def __init__(self, sim: Sim | None, at: datetime = T0) -> None:
+        self.sim, self.at = sim, at
+
+    def now(self) -> datetime:
+        return self.at if self.sim is None else T0 + timedelta(seconds=self.sim.now)
+
+
+class SimJobs:
+    """The jobs table as DynamoDbJobRepository uses it (a JobRepository): consistent reads, the conditional save on
+    generation and revision (with the nodes in one TransactWriteItems, or an UpdateItem alone), the stored job
+    returned by a failed condition, TransactionConflict while another transaction holds the job. With a ``run``
+    every call costs its round trip and capacity and may be throttled; without, it is free (the untimed
+    follow-up)."""
+
+    def __init__(self, tables: Tables, run: Run | None = None, clock: SimClock | None = None) -> None:
+        self.tables, self.run = tables, run
+        self.clock = clock or SimClock(run.sim if run else None)
+
+    def get(self, job_id: str) -> Job | None:
+        run = self.run
+        if run is None:
+            return self.tables.jobs.get(job_id)
+
+        def at_server() -> tuple[Bucket | None, Job | None]:
+            job = self.tables.jobs.get(job_id)
+            if job is None:
+                return None, None
+            units = job_units(job, 4 * KB)
+            charges: Charges = [
+                (self.tables.partition("jobs", job_id, read=True), units),
+                (self.tables.whole("jobs", read=True), units),
+            ]
+            return admit(run.sim.now, charges), job
+
+        job = call(run, "DynamoDB GetItem", self.tables.params.ddb_ms, at_server)
+        run.out.decisions += job is not None
+        return cast("Job | None", job)
+
+    def save(self, job: Job, *, decided_from: Job, nodes: Sequence[Node] = ()) -> Saved:
+        # Stamped as the adapter stamps it (its clock, before the call).
+        after = job.saved(self.clock.now()) if job.revision == decided_from.revision else job
+        if self.run is None:
+            return self._write(after, decided_from, nodes)
+        if nodes:
+            return self._transact(self.run, after, decided_from, nodes)
+        return self._update(self.run, after, decided_from)
+
+    def _write(self, after: Job, decided_from: Job, nodes: Sequence[Node]) -> Saved:
+        stored = self.tables.jobs[after.job_id]
         if (stored.generation, stored.revision) != (decided_from.generation, decided_from.revision):
-            take(sim.now, job_base + node_base)  # a cancelled transaction is charged, writes no index
-            return None, Saved(False, current=stored, conflict="ConditionalCheckFailed")
-        take(sim.now, written)
-        tables.jobs[after.job_id] = after
-        tables.nodes[node.instance_id] = node
-        tables.locked_until[after.job_id] = sim.now + p.txn_hold_ms / 1000
-        return None, Saved(True)
+            return Saved(False, current=stored)
+        # The durable checkpoint is never written by a save (record_durable_checkpoint's alone).
+        self.tables.jobs[after.job_id] = replace(after, durable_checkpoint=stored.durable_checkpoint)
+        for node in nodes:
+            self.tables.nodes[node.instance_id] = node
+        return Saved(True, nodes_written=bool(nodes))
 
-    return (yield from call(sim, tables, w, "DynamoDB TransactWriteItems", p.transact_ms, at_server))
+    def _transact(self, run: Run, after: Job, decided_from: Job, nodes: Sequence[Node]) -> Saved:
+        """The job's conditional update and the nodes' puts in one TransactWriteItems."""
+        tables, p = self.tables, self.tables.params
+
+        def at_server() -> tuple[Bucket | None, Saved | None]:
+            stored = tables.jobs[after.job_id]
+            units = max(job_units(stored), job_units(after))  # an update is charged the larger of the two
+            job_base, job_indexes = job_write_buckets(tables, job_item(after)[0], units, 2)
+            base, indexes = list(job_base), list(job_indexes)
+            for node in nodes:
+                node_base, node_indexes = node_write_buckets(
+                    tables, node_to_item(tables.nodes[node.instance_id]), node_to_item(node)
+                )
+                base += node_base
+                indexes += node_indexes
+            throttled = short_of(run.sim.now, base + indexes)
+            if throttled is not None:
+                return throttled, None
+            if tables.locked_until.get(after.job_id, -1.0) > run.sim.now:
+                return None, Saved(False)  # TransactionConflict: no item returned
+            if (stored.generation, stored.revision) != (decided_from.generation, decided_from.revision):
+                take(run.sim.now, base)  # a cancelled transaction is charged, writes no index
+                return None, Saved(False, current=stored)
+            take(run.sim.now, base + indexes)
+            tables.locked_until[after.job_id] = run.sim.now + p.txn_hold_ms / 1000
+            return None, self._write(after, decided_from, nodes)
+
+        saved = cast(Saved, call(run, "DynamoDB TransactWriteItems", p.transact_ms, at_server))
+        if not saved:
+            run.out.conflicts += 1
+            run.out.transaction_conflicts += saved.current is None
+            run.out.decisions += saved.current is not None
+        return saved
+
+    def _update(self, run: Run, after: Job, decided_from: Job) -> Saved:
+        """A conditional UpdateItem of the job alone (the outbox cleared)."""
+        tables = self.tables
+
+        def at_server() -> tuple[Bucket | None, Saved | None]:
+            stored = tables.jobs[after.job_id]
+            units = max(job_units(stored), job_units(after))
+            base, indexes = job_write_buckets(tables, job_item(after)[0], units, 1)
+            throttled = short_of(run.sim.now, base + indexes)
+            if throttled is not None:
+                return throttled, None
+            if (stored.generation, stored.revision) != (decided_from.generation, decided_from.revision):
+                take(run.sim.now, base)  # a failed conditional write is charged
+                return None, Saved(False, current=stored)
+            take(run.sim.now, base + indexes)
+            return None, self._write(after, decided_from, ())
+
+        return cast(Saved, call(run, "DynamoDB UpdateItem", tables.params.ddb_ms, at_server))
+
+    def create(self, job: Job) -> bool:
+        raise NotImplementedError("recovery never creates a job")
+
+    def record_durable_checkpoint(self, job_id: str, checkpoint: DurableCheckpoint) -> bool:
+        raise NotImplementedError("the backup records durable checkpoints, not recovery")
+
+    def list_by_tenant(self, tenant: str) -> list[Job]:
+        raise NotImplementedError("recovery never lists a tenant's jobs")
+
+    def list_active(self) -> list[Job]:
+        raise NotImplementedError("recovery never lists the active jobs")
 
 
-def update_save(sim: Sim, tables: Tables, w: Record, decided_from: Job, after: Job) -> Process:
-    """A conditional UpdateItem of the job alone (the outbox cleared)."""
+class SimNodes:
+    """The nodes table as DynamoDbNodeRepository uses it (a NodeRepository), timed like SimJobs."""
 
-    def at_server() -> tuple[Bucket | None, Saved | None]:
-        stored = tables.jobs[after.job_id]
-        after_item = job_item(after)[0]
-        units = max(job_units(stored), job_units(after))
-        base, indexes = job_write_buckets(tables, after_item, units, 1)
-        throttled = short_of(sim.now, base + indexes)
-        if throttled is not None:
+    def __init__(self, tables: Tables, run: Run | None = None) -> None:
+        self.tables, self.run = tables, run
+
+    def get(self, instance_id: str) -> Node | None:
+        run, tables = self.run, self.tables
+        if run is None:
+            return tables.nodes.get(instance_id)
+
+        def at_server() -> tuple[Bucket | None, Node | None]:
+            charges: Charges = [
+                (tables.partition("nodes", instance_id, read=True), 1),
+                (tables.whole("nodes", read=True), 1),
+            ]
+            return admit(run.sim.now, charges), tables.nodes.get(instance_id)
+
+        return cast("Node | None", call(run, "DynamoDB GetItem", tables.params.ddb_ms, at_server))
+
+    def list_by_job(self, job_id: str) -> list[Node]:
+        run, tables = self.run, self.tables
+        nodes = [tables.nodes[i] for i in sorted(tables.by_job[job_id])]
+        if run is None:
+            return nodes
+        # An index read, eventually consistent: half a unit per 4 KB, never the limit here.
+        found = call(run, "DynamoDB Query", tables.params.ddb_ms, lambda: (None, nodes))
+        run.out.decisions += 1  # the service decides again from every node of the job
+        return cast("list[Node]", found)
+
+    def put(self, node: Node) -> None:
+        run, tables = self.run, self.tables
+        if run is None:
+            tables.nodes[node.instance_id] = node
+            return
+
+        def at_server() -> tuple[Bucket | None, None]:
+            base, indexes = node_write_buckets(tables, node_to_item(tables.nodes[node.instance_id]), node_to_item(node))
+            throttled = admit(run.sim.now, [(b, units / 2) for b, units in base] + indexes)  # not transactional
+            if throttled is None:
+                tables.nodes[node.instance_id] = node
             return throttled, None
-        if (stored.generation, stored.revision) != (decided_from.generation, decided_from.revision):
-            take(sim.now, base)  # a failed conditional write is charged
-            return None, Saved(False, current=stored, conflict="ConditionalCheckFailed")
-        take(sim.now, base + indexes)
-        tables.jobs[after.job_id] = after
-        return None, Saved(True)
 
-    return (yield from call(sim, tables, w, "DynamoDB UpdateItem", tables.params.ddb_ms, at_server))
+        call(run, "DynamoDB PutItem", tables.params.ddb_ms, at_server)
 
+    def place(self, node: Node, *, over: Node | None) -> bool:
+        raise NotImplementedError("the fleet scaler places nodes, not recovery")
 
-def back_off(sim: Sim, params: Params, attempt: int) -> float:
-    return sim.rng.uniform(0, min(params.backoff_cap_ms, params.backoff_base_ms * 2**attempt) / 1000)
+    def record_heartbeat(self, instance_id: str, *, job_id: str, generation: int, step: int, at: datetime) -> bool:
+        raise NotImplementedError("no heartbeats in a reclamation burst")
 
-
-def clear_outbox(sim: Sim, tables: Tables, w: Record, saved: Job, published: set[str]) -> Process:
-    """RecoveryService._clear_outbox: over the job as just saved, then over whatever a lost race returned."""
-    job: Job | None = saved
-    for attempt in range(tables.params.save_attempts):
-        if attempt:
-            yield back_off(sim, tables.params, attempt)
-        assert job is not None
-        left = tuple(c for c in job.outbox if str(c.get("message_id")) not in published)
-        if left == tuple(job.outbox):
-            return
-        cleared = replace(job, outbox=left, revision=job.revision + 1, updated_at=T0 + timedelta(seconds=sim.now))
-        result = yield from update_save(sim, tables, w, job, cleared)
-        if result.ok:
-            return
-        job = result.current
+    def list_silent(self, before: datetime) -> list[Node]:
+        raise NotImplementedError("no sweep in a reclamation burst")
 
 
-def decide(out: Outcome, job: Job, nodes: list[Node], w: Record) -> RecoveryPlan:
-    out.decisions += 1
-    at = T0 + timedelta(seconds=w.arrived)
-    notice = NoticeGiven(w.instance_id, "spot-interruption", at, deadline=at + timedelta(seconds=NOTICE_S))
-    return plan_recovery(job, nodes, notice)
+class SimPublisher:
+    """The broker (a CommandPublisher): one publish with confirms per call; counts what went out."""
 
+    def __init__(self, run: Run | None = None, sent: Counter[tuple[str, str]] | None = None) -> None:
+        self.run = run
+        self.sent: Counter[tuple[str, str]] = Counter() if sent is None else sent
 
-def plan_for(sim: Sim, tables: Tables, out: Outcome, w: Record, job: Job, node: Node) -> Process:
-    """plan_recovery from the notified node alone; from all the job's nodes when it re-forms or changes nothing."""
-    plan = decide(out, job, [node], w)
-    if plan.reconfigured or not plan.changed:
-        nodes = yield from query_nodes(sim, tables, w)
-        plan = decide(out, job, nodes, w)
-    return plan
-
-
-def announce(
-    sim: Sim, tables: Tables, out: Outcome, w: Record, plan: RecoveryPlan, saved: Job, started: bool
-) -> Process:
-    """After a save that went through: publish, clear the outbox (over the job as saved), put Capacity Wanted."""
-    p = tables.params
-    if plan.commands:
-        tables.calls["broker publish"] += 1
-        yield p.publish_ms / 1000
-        for command in plan.commands:
-            if command.type == "CheckpointNow":
-                out.checkpoint_now[w.job_id] += 1
+    def publish(self, commands: Sequence[CheckpointNow | Reconfigure | Stop]) -> None:
+        run = self.run
+        if run is not None:
+            run.tables.calls["broker publish"] += 1
+            run.wait(run.tables.params.publish_ms / 1000)
+        for command in commands:
+            self.sent[command.job_id, command.type] += 1
+            if run is not None and command.type == "CheckpointNow":
+                out, w = run.out, run.w
+                ids = out.checkpoint_now[command.job_id]
+                out.republished += str(command.message_id) in ids
+                ids.add(str(command.message_id))
                 if w.job_id not in out.published:
-                    out.published[w.job_id] = sim.now
+                    out.published[w.job_id] = run.sim.now
                     out.critical[w.job_id] = (w.arrived, dict(w.waits))
-        yield from clear_outbox(sim, tables, w, saved, {str(c.message_id) for c in plan.commands})
-    if started:
-        tables.calls["EventBridge PutEvents"] += 1
-        yield p.put_events_ms / 1000
 
 
-def handle(sim: Sim, tables: Tables, out: Outcome, w: Record) -> Process:
-    """One warning through RecoveryService.on_node_event / apply (see the module docstring)."""
-    p = tables.params
-    yield p.cpu_ms / 1000 / p.cpu_share
-    node = yield from get_node(sim, tables, w)
-    job = yield from get_job(sim, tables, w)
-    for attempt in range(p.save_attempts):
-        if attempt:
-            pause = back_off(sim, p, attempt)
-            w.waits["lost races (jittered pause)"] += pause
-            yield pause
-        plan = yield from plan_for(sim, tables, out, w, job, node)
-        if not plan.changed:
-            return
-        commands = tuple(c.model_dump(mode="json") for c in plan.commands)
-        now = T0 + timedelta(seconds=sim.now)
-        after = replace(plan.job, outbox=(*job.outbox, *commands), revision=job.revision + 1, updated_at=now)
-        leaving = replace(node, state=NodeState.LEAVING, updated_at=now)
-        saved = yield from transact_save(sim, tables, w, job, after, leaving)
-        if saved.ok:
-            yield from announce(sim, tables, out, w, plan, after, job.recovery is None)
-            return
-        out.conflicts += 1
-        if saved.current is None:
-            out.transaction_conflicts += 1
-            job = yield from get_job(sim, tables, w)
-        else:
-            job = saved.current
-    raise RuntimeError(f"job {w.job_id}: {p.save_attempts} conflicting writers in a row")
+class NoLifecycle:
+    """Spot warnings carry no lifecycle hook, and no ring failure asks EC2 here (an InstanceLifecycle)."""
+
+    def heartbeat_lifecycle_action(self, hook: LifecycleHook) -> None:
+        raise NotImplementedError("a spot warning holds no lifecycle hook")
+
+    def complete_lifecycle_action(self, hook: LifecycleHook, result: str = "CONTINUE") -> None:
+        raise NotImplementedError("a spot warning holds no lifecycle hook")
+
+    def not_running(self, instance_ids: Collection[str]) -> set[str]:
+        return set()
+
+
+def recovery_service(run: Run) -> RecoveryService:
+    """The service node_recovery builds (``ringfleet.bootstrap.recovery_service``), on the simulated AWS."""
+    clock = SimClock(run.sim)
+
+    def put_events(entries: list[dict[str, Any]]) -> None:
+        run.tables.calls["EventBridge PutEvents"] += 1
+        run.wait(run.tables.params.put_events_ms / 1000)
+
+    def sleep(seconds: float) -> None:
+        run.w.waits["lost races (jittered pause)"] += seconds
+        run.wait(seconds)
+
+    return RecoveryService(
+        jobs=SimJobs(run.tables, run, clock),
+        nodes=SimNodes(run.tables, run),
+        publisher=SimPublisher(run),
+        fleet=NoLifecycle(),
+        clock=clock,
+        put_events=put_events,
+        sleep=sleep,
+    )
+
+
+_WARNING: dict[str, Any] = json.loads((ROOT / "events" / "ec2_spot_interruption_warning.json").read_text())
+
+
+def warning(w: Record) -> NodeEvent:
+    """The spot interruption warning of ``w`` as EventBridge delivers it, parsed as node_recovery parses it."""
+    at = T0 + timedelta(seconds=w.arrived)
+    event = {
+        **_WARNING,
+        "id": f"warning-{w.instance_id}",
+        "time": at.isoformat(),
+        "resources": [f"arn:aws:ec2:us-east-1:123456789012:instance/{w.instance_id}"],
+        "detail": {**_WARNING["detail"], "instance-id": w.instance_id},
+    }
+    return cast("NodeEvent", parse_cloud_event(event))
+
+
+def handle(run: Run) -> None:
+    """One warning through node_recovery's call: RecoveryService.on_node_event (see the module docstring)."""
+    recovery_service(run).on_node_event(warning(run.w))
 
 
 # -- the queue, the event source and Lambda -------------------------------------------------------------------------
@@ -708,13 +876,16 @@ def run_record(fleet: Fleet, w: Record) -> Process:
     sim, p = fleet.sim, fleet.tables.params
     w.receives += 1
     try:
-        yield from handle(sim, fleet.tables, fleet.out, w)
-    except Throttled as exc:
+        yield p.cpu_ms / 1000 / p.cpu_share  # the handler's own CPU: parsing, deciding, serializing
+        yield from Baton(lambda wait: handle(Run(sim, fleet.tables, fleet.out, w, wait))).process()
+    except (Throttled, StaleDecision) as exc:
+        # The record fails, as the handler raising would fail it: SQS delivers it again after the visibility timeout.
+        why = f"throttling: {exc.bucket}" if isinstance(exc, Throttled) else "lost races"
         fleet.out.failed_records += 1
         if w.receives >= p.max_receives:
             fleet.out.dead_letters += 1
         else:
-            w.waits[f"visibility timeout after throttling: {exc.bucket}"] += p.visibility_s
+            w.waits[f"visibility timeout after {why}"] += p.visibility_s
             fleet.queue.put(w, sim.now + p.visibility_s)
     fleet.out.handled += 1
     fleet.queue.pending -= 1
@@ -816,21 +987,27 @@ def seed_fleet(params: Params, size: int) -> tuple[Tables, list[tuple[str, str]]
 
 
 def follow_up(tables: Tables, affected: Iterable[str]) -> tuple[Counter[str], Counter[int]]:
-    """Untimed: each job's emergency checkpoint, then one replacement per leaving worker, through plan_recovery."""
-    reconfigures: Counter[str] = Counter()
+    """Untimed: each job's emergency checkpoint, then one replacement per leaving worker, through the same service
+    on free ports: the Reconfigures it publishes per job, and the generations the jobs end at."""
+    sent: Counter[tuple[str, str]] = Counter()
+    clock = SimClock(None, T0 + timedelta(seconds=HORIZON_S))
+    service = RecoveryService(
+        jobs=SimJobs(tables, clock=clock),
+        nodes=SimNodes(tables),
+        publisher=SimPublisher(sent=sent),
+        fleet=NoLifecycle(),
+        clock=clock,
+        sleep=lambda seconds: None,
+    )
     generations: Counter[int] = Counter()
-    at = T0 + timedelta(seconds=HORIZON_S)
     for job_id in affected:
         job = tables.jobs[job_id]
-        nodes = [tables.nodes[i] for i in tables.by_job[job_id]]
         leaving = job.recovery.leaving if job.recovery else ()
-        signals: list[Any] = [CheckpointTaken(job.generation, 500, at, emergency=True)]
-        signals += [CapacityArrived(f"i-f{i[2:]}", at, host=f"10.9.9.{k}") for k, i in enumerate(leaving)]
-        for signal in signals:
-            plan = plan_recovery(job, nodes, signal)
-            reconfigures[job_id] += sum(c.type == "Reconfigure" for c in plan.commands)
-            job = plan.job
-        generations[job.generation] += 1
+        service.apply(job_id, CheckpointTaken(job.generation, 500, clock.now(), emergency=True))
+        for k, instance in enumerate(leaving):
+            service.on_capacity_arrived(job_id, f"i-f{instance[2:]}", host=f"10.9.9.{k}")
+        generations[tables.jobs[job_id].generation] += 1
+    reconfigures = Counter({job_id: n for (job_id, kind), n in sent.items() if kind == "Reconfigure"})
     return reconfigures, generations
 
 
@@ -862,6 +1039,7 @@ def simulate(params: Params, size: int, bound: float | None = None) -> tuple[Tab
     """The burst; with ``bound``, only until every affected job's CheckpointNow is out or ``bound`` seconds passed
     (enough to tell whether the fleet is served inside it, at a fraction of the cost)."""
     sim = Sim(params.seed)
+    random.seed(params.seed)  # the service's own jittered backoff (ringfleet.core.outbox.backoff) draws from it
     tables, reclaimed = seed_fleet(params, size)
     fleet = Fleet(sim, tables, Queue(), Outcome())
     warnings = [Record(i, j, sim.rng.uniform(0, params.arrival_s)) for i, j in reclaimed]
@@ -908,7 +1086,8 @@ def run_scenario(params: Params, size: int) -> dict[str, Any]:
         "peak_concurrency": fleet.warm + fleet.pollers,
         "busiest_partition": busiest(tables),
         "last_job_waited_for": limiting(out),
-        "checkpoint_now_per_job": sorted(set(out.checkpoint_now[j] for j in affected)),
+        "checkpoint_now_per_job": sorted(set(len(out.checkpoint_now[j]) for j in affected)),
+        "republished_commands": out.republished,
         "reconfigure_per_job": sorted(set(reconfigures[j] for j in affected)),
         "generations": {str(g): c for g, c in sorted(generations.items())},
     }
@@ -1028,7 +1207,8 @@ def report(params: Params, rows: list[dict[str, Any]], bounds: list[dict[str, An
         lines.append(
             f"{r['nodes']:>7,} nodes: peak concurrency {r['peak_concurrency']}, failed records "
             f"{r['failed_records']}, CheckpointNow / Reconfigure per job {r['checkpoint_now_per_job']} / "
-            f"{r['reconfigure_per_job']}; the last job waited for: {waited}"
+            f"{r['reconfigure_per_job']} ({r['republished_commands']} republished from an outbox); the last job "
+            f"waited for: {waited}"
         )
     lines.append("")
     for b in bounds:
@@ -1071,6 +1251,8 @@ def params_of(args: argparse.Namespace) -> Params:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # The service logs each outbox it publishes again; the report counts them (republished_commands).
+    logging.getLogger("ringfleet").setLevel(logging.ERROR)
     params = params_of(args)
     t0 = time.perf_counter()
     rows = [run_scenario(params, size) for size in args.sizes]
