@@ -1,14 +1,18 @@
-"""Helpers the end-to-end tests share: the digits job, finding deliveries by content, waiting for a condition."""
+"""Helpers the end-to-end tests share: the digits job, finding deliveries by content, waiting for a condition (with a
+function's schedule brought forward meanwhile)."""
 
 from __future__ import annotations
 
 import json
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from ringfleet_client import load_job_file
+from ringfleet_local.cloud import LocalCloud
 from ringfleet_local.router import Delivery, decode_rmq
+from ringfleet_local.shapes import scheduled_event
 
 from tests.conftest import ROOT
 
@@ -42,4 +46,37 @@ def wait_until(condition: Callable[[], object], timeout: float = 45.0, what: str
     while not condition():
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.2)
+
+
+def tick(cloud: LocalCloud, function: str) -> Delivery:
+    """The function's ``rate(...)`` schedule fires now, as if its minute had come: the event the router's schedule
+    sends, at this moment (the schedule goes on firing on its own too). A run more than the minute's is one that
+    AWS may make as well (a retry, another trigger): the functions decide from what is, not from which run it is."""
+    event = next(e for e in cloud.ctx.function(function).events if e.type == "Schedule")
+    rule_arn = f"arn:aws:events:{cloud.ctx.region}:{cloud.ctx.account}:rule/{cloud.stack}-{function}-{event.name}"
+    when = datetime.now(UTC)
+    scheduled = scheduled_event(rule_arn, when, account=cloud.ctx.account, region=cloud.ctx.region)
+    # As the router's own ticks: a failed run is logged (and recorded in the deliveries), the next one decides again.
+    return cloud.router.invoke(function, scheduled, source=event.name, source_type="Schedule")
+
+
+def wait_ticking(
+    cloud: LocalCloud,
+    function: str,
+    condition: Callable[[], object],
+    timeout: float,
+    what: str = "the condition",
+    every: float = 5.0,
+) -> None:
+    """:func:`wait_until`, with ``function``'s schedule brought forward (:func:`tick`) every ``every`` seconds
+    meanwhile: a test waits for what the function's runs bring about, not for the wall clock's minutes."""
+    deadline = time.monotonic() + timeout
+    next_tick = time.monotonic()
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what} (ticking {function})")
+        if time.monotonic() >= next_tick:
+            tick(cloud, function)
+            next_tick = time.monotonic() + every
         time.sleep(0.2)

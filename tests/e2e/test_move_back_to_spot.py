@@ -4,10 +4,13 @@ spot again and it has room, each on-demand member is replaced by a spot worker t
 replacement joins as a grow, the next checkpoint leaves the on-demand member out), and the job ends SUCCEEDED with
 no step lost.
 
-The scaler's refusal timers are shortened with the trace (SCALING_CAPACITY_GRACE_SECONDS: a spot pool short this
-long after a change is refused; SCALING_REFUSAL_BACKOFF_SECONDS: and left alone this long): at their defaults (3 and
-15 minutes) the same run takes twenty minutes. The backoff outlasts the trace's outage (see ``OUTAGE_S``), so the
-spot pools are asked again only once they have room.
+The trace replays in simulated time (a ``FileClock`` the test moves, read by the emulator and the scaler's process
+alike): the outage lasts until the job runs on on-demand, and spot returns when the test moves the trace past it,
+instead of after a wall-clock outage raced against the cloud's start. The scaler's minute ticks are brought forward
+while the test waits for what they bring about (``wait_ticking``), and its refusal timers are shortened
+(SCALING_CAPACITY_GRACE_SECONDS: a spot pool short this long after a change is refused;
+SCALING_REFUSAL_BACKOFF_SECONDS: and left alone this long): at their defaults (3 and 15 minutes) and with a tick a
+minute the same run takes twenty minutes.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from ringfleet_client import RingfleetClient
+from ringfleet_local.clock import FileClock
 from ringfleet_local.cloud import LocalCloud
 from ringfleet_local.fleet import FleetEmulator
 from ringfleet_local.moto_fleet import MotoSpotFleetGateway
@@ -29,32 +33,35 @@ from ringfleet.adapters.dynamodb import DynamoDbJobRepository
 from ringfleet.core.jobs import Job, JobState
 from ringfleet.core.ports import SystemClock
 from tests.conftest import ROOT
-from tests.e2e.support import digits_job, wait_until
+from tests.e2e.support import digits_job, wait_ticking, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
-#: At 60x with one-minute ticks, each of the trace's entries lasts one wall-clock second.
+#: Trace-minutes per second of the trace's clock (the spot notice: 2 s).
 SPEED = 60.0
 ZONES = ("us-east-1a", "us-east-1b")
-#: Wall-clock seconds without any spot capacity from the replay's start: the scaler's first launch (the job's
-#: admission, right after the cloud is up) is refused, its next run (a tick, at most a minute later) gives up on spot.
-OUTAGE_S = 45
-#: The spot pools are left alone this long once refused: at least 5 s (the grace) after the first launch, so past
-#: the outage whatever the tick's phase.
-BACKOFF_S = 50
-STEPS = 2000
+#: Trace-minutes without any spot capacity from the trace's start: the scaler's first launch (the job's admission) is
+#: refused, a run past the grace gives up on spot. The trace stands there until the test moves its clock past it.
+OUTAGE = 45
+#: The spot pools are left alone this long (wall clock, the scaler's own) once refused: they are asked again after
+#: the test ended the outage, which it does as soon as the job runs on on-demand.
+BACKOFF_S = 20
+#: Enough steps (at least STEPS * STEP_DELAY seconds) for both moves to happen while the job trains.
+STEPS = 1600
+STEP_DELAY = 0.06
 JOB = "move-back"
 
 
 def test_on_demand_workers_move_back_to_spot_when_spot_capacity_returns(
     broker_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # given a trace of two zones without spot capacity for OUTAGE_S, then with four p3.2xlarge each for an hour
+    # given a trace of two zones without spot capacity for OUTAGE minutes, then with four p3.2xlarge each for an hour
     traces = tmp_path / "traces"
     traces.mkdir()
     for zone in ZONES:
-        write_trace(traces / f"{zone}_v100_1.json", [0] * OUTAGE_S + [4] * 3600, gap_seconds=60)
-    replay = replay_from_options(traces, speed=SPEED)
+        write_trace(traces / f"{zone}_v100_1.json", [0] * OUTAGE + [4] * 3600, gap_seconds=60)
+    trace_clock = FileClock(tmp_path / "trace-clock", start=0)
+    replay = replay_from_options(traces, speed=SPEED, clock=trace_clock)
     assert replay is not None
     monkeypatch.setenv("SCALING_CAPACITY_GRACE_SECONDS", "5")
     monkeypatch.setenv("SCALING_REFUSAL_BACKOFF_SECONDS", str(BACKOFF_S))
@@ -110,22 +117,28 @@ def test_on_demand_workers_move_back_to_spot_when_spot_capacity_returns(
                     min_workers=2,
                     max_workers=2,
                     instance_types=["p3.2xlarge"],
-                    hyperparameters={"steps": STEPS, "step-delay": 0.1},
+                    hyperparameters={"steps": STEPS, "step-delay": STEP_DELAY},
                     checkpoint_interval_steps=100,
                 )
             )
-            submitted = time.time() - replay.started
-            assert submitted < OUTAGE_S - 10, f"the cloud took {submitted:.0f} s to come up: make OUTAGE_S longer"
             # then it starts on two on-demand workers
-            wait_until(lambda: errors or pools, 60, "the first instance")
+            scaler = "FleetScalerFunction"
+            wait_ticking(cloud, scaler, lambda: errors or pools, 90, "the first instance")
             assert not errors, errors
-            wait_until(
-                lambda: (j := jobs.get(JOB)) is not None and j.state is JobState.RUNNING, 120, "the job to start"
+            wait_ticking(
+                cloud,
+                scaler,
+                lambda: (j := jobs.get(JOB)) is not None and j.state is JobState.RUNNING,
+                120,
+                "the job to start",
             )
             started = job()
             assert all(pools.get(i, "").startswith("on-demand:") for i in started.members), (started.members, pools)
             # and once spot has room again, both move back to spot, one at a time, through the ring
-            wait_until(lambda: len(incidents("move-back-completed")) == 2 or job().is_final, 300, "two move-backs")
+            trace_clock.set(OUTAGE)
+            wait_ticking(
+                cloud, scaler, lambda: len(incidents("move-back-completed")) == 2 or job().is_final, 400, "two moves"
+            )
             moved = job()
             assert not moved.is_final, "the job ended before both workers moved back: make STEPS larger"
             on_demand_now = [i for i in gateway.snapshot().instances if i.pool.startswith("on-demand:")]

@@ -1,6 +1,10 @@
 """The local cloud replaying a spot availability trace: a drop that takes two of the digits job's three instances at
 once (the emulator gives both the notice in one poll, the scaler's launches are refused while the pool is short),
-and the job trains on and completes."""
+and the job trains on and completes.
+
+The trace replays in simulated time (a ``FileClock`` the test moves, read by the emulator and the scaler's process
+alike): the drop comes once the ring of three trains, and the pool stays short while the test makes the scaler run
+(its minute's tick brought forward), instead of at wall-clock moments the job's pace had to be fitted around."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from typing import Any
 
 import pytest
 from ringfleet_client import RingfleetClient
+from ringfleet_local.clock import FileClock
 from ringfleet_local.cloud import LocalCloud
 from ringfleet_local.fleet import FleetEmulator
 from ringfleet_local.moto_fleet import MotoSpotFleetGateway
@@ -20,15 +25,18 @@ from ringfleet.core.jobs import JobState
 from ringfleet.core.ports import SystemClock
 from ringfleet.scaling.ports import FleetSnapshot
 from tests.conftest import ROOT
-from tests.e2e.support import digits_job, wait_until
+from tests.e2e.support import digits_job, tick, wait_until
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
-#: At 60x a one-minute tick passes every second, and the spot notice lasts two seconds.
+#: Trace-minutes per second of the trace's clock: the spot notice lasts two seconds.
 SPEED = 60.0
-#: Wall-clock seconds of three instances available, then of one.
-PLENTY_S, SCARCE_S = 110, 30
-STEPS = 2400
+#: Trace-minutes of three instances available, then of one.
+PLENTY, SCARCE = 110, 30
+#: Scaler runs the test makes while the pool is short (the job wants its two instances back).
+RUNS_WHILE_SHORT = 3
+#: Enough steps (at least STEPS * 0.05 seconds) for the ring of three to form and the drop to pass while it trains.
+STEPS = 1500
 
 
 def fleet(cloud: LocalCloud) -> FleetSnapshot:
@@ -45,11 +53,12 @@ def scaler_runs(cloud: LocalCloud) -> int:
 def test_the_digits_job_survives_a_trace_drop_that_takes_two_of_its_instances_at_once(
     broker_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # given a trace of one zone with three p3.2xlarge for a while, then one for half a minute, then three again
+    # given a trace of one zone with three p3.2xlarge for a while, then one for half an hour, then three again
     traces = tmp_path / "traces"
     traces.mkdir()
-    write_trace(traces / "us-east-1a_v100_1.json", [3] * PLENTY_S + [1] * SCARCE_S + [3] * 600, gap_seconds=60)
-    replay = replay_from_options(traces, speed=SPEED)
+    write_trace(traces / "us-east-1a_v100_1.json", [3] * PLENTY + [1] * SCARCE + [3] * 600, gap_seconds=60)
+    trace_clock = FileClock(tmp_path / "trace-clock", start=0)
+    replay = replay_from_options(traces, speed=SPEED, clock=trace_clock)
     assert replay is not None
     monkeypatch.setenv("SCALING_COOLDOWN_SECONDS", "5")
     reclaims: list[tuple[float, str]] = []
@@ -91,24 +100,31 @@ def test_the_digits_job_survives_a_trace_drop_that_takes_two_of_its_instances_at
             def logs() -> dict[str, str]:
                 return {i.instance_id: i.log_path.read_text() for i in list(emulator.instances.values())}
 
-            until_drop = PLENTY_S - (time.time() - replay.started) - 5
-            wait_until(lambda: sum(" world 3 " in t for t in logs().values()) == 3, until_drop, "a ring of three")
+            wait_until(lambda: sum(" world 3 " in t for t in logs().values()) == 3, 150, "a ring of three")
+            assert not reclaims, reclaims
 
             # then the drop takes two of the three at once (one poll), and nothing more while the pool is short
-            wait_until(lambda: len(reclaims) >= 2, PLENTY_S + 30, "the trace to take two instances")
-            time.sleep(replay.grace_s + 1)
+            trace_clock.set(PLENTY)
+            wait_until(lambda: len(reclaims) >= 2, 30, "the trace to take two instances")
+            taken = {iid for _, iid in reclaims}
+            wait_until(
+                lambda: taken.isdisjoint(i.instance_id for i in fleet(cloud).instances),
+                replay.grace_s + 30,
+                "the two to be terminated after their notice",
+            )
             # and while the zone has one, the scaler runs (the job wants its two back) but no launch gets through
-            held = []
-            for _ in range(int(SCARCE_S / 2 / 0.5)):
+            held, ran = [], []
+            for _ in range(RUNS_WHILE_SHORT):
+                ran.append(tick(cloud, "FleetScalerFunction").result.ok)
                 held.append(fleet(cloud).fulfilled.get("spot:p3.2xlarge:us-east-1a", 0))
-                time.sleep(0.5)
-            assert max(held) <= 1 and scaler_runs(cloud) > at_drop[0], (held, at_drop)
+            assert any(ran) and max(held) <= 1 and scaler_runs(cloud) > at_drop[0], (held, ran, at_drop)
             assert len(reclaims) == 2 and abs(reclaims[0][0] - reclaims[1][0]) < 1.0, reclaims
             job = jobs.get("trace-drop")
             assert job is not None and not job.is_final, "the job ended before the drop: make STEPS larger"
             survivors = [i for i in job.members if i not in {iid for _, iid in reclaims}]
             assert survivors, job.members
-            # and the job trains on through it and completes
+            # and the job trains on through it and completes, the zone's three back after the scarce half hour
+            trace_clock.set(PLENTY + SCARCE)
             wait_until(lambda: (j := jobs.get("trace-drop")) is not None and j.is_final, 400, "the job to end")
             job = jobs.get("trace-drop")
             assert job is not None and job.state is JobState.SUCCEEDED, job
