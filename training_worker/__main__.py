@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from ringfleet.contracts import DEFAULT_CHECKPOINT_INTERVAL_STEPS
 from training_worker.agent import Agent
 from training_worker.collectives import BACKENDS
 from training_worker.control import broker_url_from_secret
@@ -130,10 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
         "instance [RINGFLEET_CHECKPOINT_CACHE]; default a folder under the temporary directory, 'none' turns it off",
     )
     ck.add_argument(
+        "--checkpoint-interval-steps",
         "--checkpoint-every",
         type=int,
-        default=50,
-        help="steps between S3 checkpoints when the program comes from -- (a job's program says its own)",
+        default=DEFAULT_CHECKPOINT_INTERVAL_STEPS,
+        help="steps between S3 checkpoints when the program comes from -- (a job's program says its own "
+        f"checkpoint_interval_steps) [{DEFAULT_CHECKPOINT_INTERVAL_STEPS}]",
     )
     ring = p.add_argument_group("the ring")
     ring.add_argument(
@@ -199,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         join_timeout_s=args.join_timeout,
         wait_s=args.wait,
         heartbeat_every_s=args.heartbeat_every,
-        checkpoint_every=args.checkpoint_every,
+        checkpoint_interval_steps=args.checkpoint_interval_steps,
         log_every=args.log_every,
         checkpoint_cache=cache_dir(
             {"RINGFLEET_INSTANCE_ID": args.instance_id, "RINGFLEET_CHECKPOINT_CACHE": args.checkpoint_cache or ""}

@@ -164,7 +164,9 @@ class Agent:
         """The program given on the command line, or the one the first Reconfigure names (waiting for it)."""
         if self.entrypoint is not None:
             return Program(
-                image="local", entrypoint=self.entrypoint, checkpoint_interval_steps=self.config.checkpoint_every
+                image="local",
+                entrypoint=self.entrypoint,
+                checkpoint_interval_steps=self.config.checkpoint_interval_steps,
             )
         commands = self.runtime.commands
         if commands is None:
@@ -248,8 +250,8 @@ class Agent:
     def _run_once(self, program: Program) -> None:
         argv = command_line(program)
         os.environ["RINGFLEET_HYPERPARAMETERS"] = json.dumps(program.hyperparameters)
-        os.environ["RINGFLEET_CHECKPOINT_EVERY"] = str(program.checkpoint_interval_steps)
-        self.runtime.config.checkpoint_every = program.checkpoint_interval_steps
+        os.environ["RINGFLEET_CHECKPOINT_INTERVAL_STEPS"] = str(program.checkpoint_interval_steps)
+        self.runtime.config.checkpoint_interval_steps = program.checkpoint_interval_steps
         target = None if self.container_runtime else _python_target(argv)
         if target is None:
             self._run_child(program, argv)
@@ -299,7 +301,7 @@ class Agent:
         env = {
             **runtime.config.environment(),
             "RINGFLEET_HYPERPARAMETERS": json.dumps(program.hyperparameters),
-            "RINGFLEET_CHECKPOINT_EVERY": str(program.checkpoint_interval_steps),
+            "RINGFLEET_CHECKPOINT_INTERVAL_STEPS": str(program.checkpoint_interval_steps),
             **({"RINGFLEET_RECONFIGURE": latest.model_dump_json()} if latest is not None else {}),
             **({"RINGFLEET_JOB_ID": runtime.config.job_id} if runtime.config.job_id else {}),
             **self._child_credentials(),

@@ -35,6 +35,7 @@ import torch
 import torch.distributed as dist
 
 from ringfleet.contracts.messages import (
+    DEFAULT_CHECKPOINT_INTERVAL_STEPS,
     CheckpointCompleted,
     CheckpointNow,
     Heartbeat,
@@ -181,7 +182,7 @@ class RuntimeConfig:
     join_timeout_s: float = 60.0
     wait_s: float = 600.0
     heartbeat_every_s: float = 5.0
-    checkpoint_every: int = 50
+    checkpoint_interval_steps: int = DEFAULT_CHECKPOINT_INTERVAL_STEPS
     log_every: int = 10
     max_failures: int = 10
     #: Where a Reconfigure came from before this process started (a container the agent launched), as JSON.
@@ -212,7 +213,9 @@ class RuntimeConfig:
             join_timeout_s=_float(env, "RINGFLEET_JOIN_TIMEOUT", 60.0),
             wait_s=_float(env, "RINGFLEET_WAIT", 600.0),
             heartbeat_every_s=_float(env, "RINGFLEET_HEARTBEAT_EVERY", 5.0),
-            checkpoint_every=int(env.get("RINGFLEET_CHECKPOINT_EVERY") or 50),
+            checkpoint_interval_steps=int(
+                env.get("RINGFLEET_CHECKPOINT_INTERVAL_STEPS") or DEFAULT_CHECKPOINT_INTERVAL_STEPS
+            ),
             log_every=int(env.get("RINGFLEET_LOG_EVERY") or 10),
             reconfigure_json=_set(env, "RINGFLEET_RECONFIGURE"),
             checkpoint_cache=cache_dir(env),
@@ -230,7 +233,7 @@ class RuntimeConfig:
             "RINGFLEET_JOIN_TIMEOUT": str(self.join_timeout_s),
             "RINGFLEET_WAIT": str(self.wait_s),
             "RINGFLEET_HEARTBEAT_EVERY": str(self.heartbeat_every_s),
-            "RINGFLEET_CHECKPOINT_EVERY": str(self.checkpoint_every),
+            "RINGFLEET_CHECKPOINT_INTERVAL_STEPS": str(self.checkpoint_interval_steps),
             "RINGFLEET_LOG_EVERY": str(self.log_every),
         }
         optional = {
@@ -896,7 +899,7 @@ class Runtime:
             raise Stopped("leaving: notice given")
         elif flags[self.CHECKPOINT]:
             self.checkpoint(state, membership, blocking=False, emergency=True)
-        elif self.step - self.last_checkpoint_step >= self.config.checkpoint_every:
+        elif self.step - self.last_checkpoint_step >= self.config.checkpoint_interval_steps:
             self.checkpoint(state, membership, blocking=False, emergency=False)
         if flags[self.RECONFIGURE]:
             log.info("membership changes after step %d: leaving generation %d", self.step, membership.generation)
