@@ -67,7 +67,7 @@ def test_two_workers_on_the_ring_match_native_all_reduce_and_one_worker_with_the
     # given two gloo workers, each with half of a global batch, and one worker with all of it
     # when each trains six SGD-with-momentum steps: on our ring, on native all_reduce, on the ring accumulating
     # two backward passes per step, and alone
-    rank0, rank1 = run_ranks(_three_ways, 2)
+    rank0, rank1 = run_ranks(_three_ways, 2, timeout=120)
     # then both ranks hold identical parameters, and every way of training ends at the same parameters
     for way in ("ring", "native", "ring_accumulating"):
         assert torch.equal(rank0[way], rank1[way]), way
