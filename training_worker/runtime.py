@@ -800,12 +800,14 @@ class Runtime:
         if not self._self_formed or not self.discovery.newer(membership.generation):  # (newer() reads a file anew)
             return None
         latest = self.commands.latest if self.commands is not None else None
-        if latest is None or latest.generation <= membership.generation:
-            return None
-        if latest.checkpoint is not None or not membership.instances:
-            return None
-        named = tuple(sorted(latest.ranks, key=latest.ranks.__getitem__))
-        return latest if named == membership.instances else None
+        return latest if latest is not None and self._names_this_ring(membership, latest) else None
+
+    def _names_this_ring(self, membership: Membership, command: Reconfigure) -> bool:
+        if not self._self_formed or command.generation <= membership.generation:
+            return False
+        if command.checkpoint is not None or not membership.instances:
+            return False
+        return tuple(sorted(command.ranks, key=command.ranks.__getitem__)) == membership.instances
 
     def _adopt(self, command: Reconfigure, membership: Membership) -> None:
         adopted = Membership.from_reconfigure(command, self.config.instance_id)
@@ -920,6 +922,8 @@ class Runtime:
         latest = self.commands.latest if self.commands is not None else None
         if latest is None or not membership.instances:
             return True
+        if self._names_this_ring(membership, latest):
+            return False  # arrived since _adoptable looked: the ring takes it as it is at the next boundary
         mine = latest.ranks.get(self.config.instance_id)
         if mine is None:
             return True  # left out (a discovery without the members' names): leave now
