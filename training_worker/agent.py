@@ -39,6 +39,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from ringfleet.contracts.messages import Program
+from ringfleet.contracts.training import TrainingFinished
 from training_worker import runtime as _rt
 from training_worker.checkpoint import JobCredentials
 from training_worker.runtime import Runtime, RuntimeConfig, Stopped
@@ -196,6 +197,9 @@ class Agent:
                 except Stopped as e:
                     log.info("stopped: %s", e)
                     print(f"finished: stopped at step {runtime.step}", flush=True)
+                    runtime.events.emit(
+                        TrainingFinished, generation=max(runtime.generation, 0), outcome="stopped", step=runtime.step
+                    )
                     return 0
                 except ScriptFailed as e:
                     log.error("the job's script failed: %s", e)

@@ -34,6 +34,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import torch
 
+from ringfleet.contracts.training import CollectiveFailed, RingShrank, StateSynced
 from training_worker import runtime as _rt
 from training_worker.checkpoint import snapshot
 from training_worker.optimizer import DistributedOptimizer
@@ -356,6 +357,7 @@ def run(func: Callable[..., R]) -> Callable[..., R]:
                 log.info(
                     "generation %d: state synced from rank %d at step %d", membership.generation, root, runtime.step
                 )
+                runtime.events.emit(StateSynced, generation=membership.generation, step=runtime.step)
                 if healed is not None:
                     log.info(
                         "generation %d: shrank to %d at step %d without the lost rank(s) %s, agreed among the "
@@ -366,6 +368,9 @@ def run(func: Callable[..., R]) -> Callable[..., R]:
                         list(healed.lost),
                         time.monotonic() - began + healed.took_s,
                         healed.rank,
+                    )
+                    runtime.events.emit(
+                        RingShrank, generation=healed.generation, step=runtime.step, world=healed.world_size
                     )
                     healed = None
                 first = False
@@ -393,6 +398,9 @@ def run(func: Callable[..., R]) -> Callable[..., R]:
                     runtime.step,
                     runtime.failures + 1,
                     runtime.config.max_failures,
+                )
+                runtime.events.emit(
+                    CollectiveFailed, generation=runtime.generation, reached=failed_at, step=runtime.step
                 )
                 first = False
                 healed = runtime.heal(e)

@@ -44,6 +44,13 @@ from ringfleet.contracts.messages import (
     Stop,
     WorkerFailed,
 )
+from ringfleet.contracts.training import (
+    GenerationJoined,
+    RankLeft,
+    RingShrank,
+    StepTaken,
+    TrainingFinished,
+)
 from training_worker.checkpoint import (
     AsyncCheckpointer,
     CheckpointCorrupt,
@@ -53,6 +60,7 @@ from training_worker.checkpoint import (
 from training_worker.collectives import BACKENDS, AllreduceBackend, select_backend
 from training_worker.control import ControlChannel, SpotNoticeWatcher, broker_url_from_secret, install_sigterm
 from training_worker.device_copy import copy_async
+from training_worker.events import EventLog
 from training_worker.membership import (
     CommandDiscovery,
     FileDiscovery,
@@ -373,6 +381,8 @@ class Runtime:
         self.step = 0
         #: What ``report()`` last said (loss, ...), for progress lines and heartbeats.
         self.metrics: dict[str, float] = {}
+        #: The typed events tools read (RINGFLEET_EVENTS_FILE); the log lines beside them are for people.
+        self.events = EventLog.from_env(config.instance_id)
         #: Samples per global step, when the script's TorchState has an ElasticSampler.
         self.global_batch = 0
         #: Gradient weight of this rank's share of the global batch (see ElasticSampler).
@@ -588,6 +598,9 @@ class Runtime:
                 membership.rank,
                 membership.world_size,
                 membership.rendezvous,
+            )
+            self.events.emit(
+                GenerationJoined, generation=membership.generation, rank=membership.rank, world=membership.world_size
             )
             superseded = functools.partial(self._superseded, membership, time.monotonic())
             served = self._served[1] if self._served is not None and self._served[0] == membership.generation else None
@@ -905,6 +918,7 @@ class Runtime:
             self.checkpoint(state, membership, blocking=False, emergency=False)
         if flags[self.RECONFIGURE]:
             log.info("membership changes after step %d: leaving generation %d", self.step, membership.generation)
+            self.events.emit(RankLeft, generation=membership.generation, reached=self.step)
             raise HostsUpdatedInterrupt(f"generation {self.discovery.generation} replaces {membership.generation}")
 
     def _next_generation_ready(self, membership: Membership) -> bool:
@@ -1002,6 +1016,7 @@ class Runtime:
         collective(lambda: dist.barrier(group=self.group))
         if self.leaving:
             log.info("a rank leaves after step %d: the %d others train on", self.step, len(survivors))
+            self.events.emit(RankLeft, generation=membership.generation, reached=self.step)
             raise Stopped("leaving: notice given; the others train on without this worker")
         if self.backend is not None:
             self.backend.close()
@@ -1023,6 +1038,7 @@ class Runtime:
             [r for r in range(membership.world_size) if r not in survivors],
             self.membership.rank,
         )
+        self.events.emit(RingShrank, generation=membership.generation, step=self.step, world=len(survivors))
         return True
 
     def progress(self) -> None:
@@ -1046,6 +1062,14 @@ class Runtime:
             f"{stamp} step {self.step} loss {loss} samples/s {rate:.0f} "
             f"world {membership.world_size} rank {membership.rank} generation {membership.generation}",
             flush=True,
+        )
+        self.events.emit(
+            StepTaken,
+            generation=membership.generation,
+            step=self.step,
+            rank=membership.rank,
+            world=membership.world_size,
+            loss=self.metrics.get("loss"),
         )
 
     # -- checkpoints -----------------------------------------------------------------------------------------------
@@ -1104,6 +1128,7 @@ class Runtime:
                 self.checkpoint(state, membership, blocking=True, emergency=False, final=True)
         self._stepped_at = None
         print(f"finished: done at step {self.step}", flush=True)
+        self.events.emit(TrainingFinished, generation=max(self.generation, 0), outcome="done", step=self.step)
 
     def restore_named(self, membership: Membership) -> dict[str, Any] | None:
         """The tree of the durable checkpoint a Reconfigure names (the control plane restarts the job from S3)."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import itertools
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -27,9 +26,10 @@ from ringfleet_local.cloud import LocalCloud
 from ringfleet_local.fleet import FleetEmulator
 from ringfleet_local.moto_fleet import MotoSpotFleetGateway
 from ringfleet_local.spot_traces import replay_from_options, write_trace
-from ringfleet_local.worker_logs import LogFollower
+from ringfleet_local.training_events import EventFollower
 
 from ringfleet.adapters.dynamodb import DynamoDbJobRepository
+from ringfleet.contracts.training import StepTaken
 from ringfleet.core.jobs import Job, JobState
 from ringfleet.core.ports import SystemClock
 from tests.conftest import ROOT
@@ -77,16 +77,11 @@ def test_on_demand_workers_move_back_to_spot_when_spot_capacity_returns(
         )
 
         def watch() -> None:
-            follower = LogFollower(logs)
+            follower = EventFollower(logs)
             while not stop.wait(0.5):
                 try:
                     pools.update({i.instance_id: i.pool for i in gateway.snapshot().instances})
-                    if logs.is_dir():
-                        steps.extend(
-                            line.int("step")
-                            for line in follower.poll(time.time())
-                            if line.kind == "progress" and line.int("rank") == 0
-                        )
+                    steps.extend(e.step for e in follower.poll() if isinstance(e, StepTaken) and e.rank == 0)
                 except Exception as exc:  # the test fails on it, naming it, rather than watching nothing
                     errors.append(repr(exc))
                     raise

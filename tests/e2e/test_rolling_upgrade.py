@@ -15,10 +15,11 @@ from ringfleet_client import RingfleetClient
 from ringfleet_local.cloud import LocalCloud
 from ringfleet_local.fleet import FleetEmulator
 from ringfleet_local.report import measure_goodput
-from ringfleet_local.worker_logs import LogFollower
+from ringfleet_local.training_events import EventFollower
 
 from ringfleet.adapters.dynamodb import DynamoDbJobRepository
 from ringfleet.contracts.broker import JOBS_QUEUE
+from ringfleet.contracts.training import StepTaken
 from ringfleet.core.jobs import JobState
 from ringfleet.core.ports import SystemClock
 from tests.conftest import ROOT, purge_queue
@@ -49,12 +50,11 @@ def test_a_running_job_is_upgraded_worker_by_worker_without_stopping(cloud: Loca
     stop = threading.Event()
 
     def follow() -> None:
-        follower = LogFollower(logs)
+        follower = EventFollower(logs)
         while not stop.wait(0.2):
-            if logs.is_dir():
-                for line in follower.poll(time.time()):
-                    if line.kind == "progress" and line.int("rank") == 0:
-                        steps.append((line.at, line.int("step")))
+            for event in follower.poll():
+                if isinstance(event, StepTaken) and event.rank == 0:
+                    steps.append((event.at, event.step))
 
     watcher = threading.Thread(target=follow, daemon=True)
     watcher.start()

@@ -33,11 +33,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ringfleet.contracts.training import (
+    CollectiveFailed,
+    GenerationJoined,
+    RankLeft,
+    RingShrank,
+    StateSynced,
+    StepTaken,
+    TrainingEvent,
+    TrainingFinished,
+)
 from ringfleet.core.jobs import Incident, Job
 from ringfleet_local.cloud import DEFAULT_BROKER_URL, LocalCloud, broker_reachable, free_port
 from ringfleet_local.report import ObservedIncident, RunTimeline, measure_goodput, write_report
 from ringfleet_local.router import Delivery
-from ringfleet_local.worker_logs import LogFollower, WorkerLine
+from ringfleet_local.training_events import EventFollower
 
 __all__ = ["FAST", "FULL", "Scenario", "ensure_broker", "run_demo"]
 
@@ -143,76 +153,84 @@ class _Watch:
         print(f"[{self.rel(at):6.1f}s] {text}", flush=True)
 
 
-def _on_worker_line(watch: _Watch, line: WorkerLine) -> None:
-    on_line = _ON_LINE.get(line.kind)
-    if on_line is not None:
-        on_line(watch, line, int(line.fields.get("generation", 0) or 0))
+def _on_training_event(watch: _Watch, event: TrainingEvent) -> None:
+    on_event = _ON_EVENT.get(type(event))
+    if on_event is not None:
+        on_event(watch, event)
 
 
-def _on_progress(watch: _Watch, line: WorkerLine, g: int) -> None:
-    step, rank = line.int("step"), line.int("rank")
+def _on_step(watch: _Watch, event: TrainingEvent) -> None:
+    assert isinstance(event, StepTaken)
+    g, step = event.generation, event.step
     watch.reached[g] = max(watch.reached.get(g, 0), step)
-    if rank != 0 or g < watch.generation:
+    if event.rank != 0 or g < watch.generation:
         return
-    watch.generation, watch.world, watch.step = g, line.int("world"), step
-    watch.timeline.steps.append((watch.rel(line.at), step))
+    watch.generation, watch.world, watch.step = g, event.world, step
+    watch.timeline.steps.append((watch.rel(event.at), step))
     if step % PRINT_EVERY == 0:
-        loss = float(line.fields["loss"]) if line.fields["loss"] != "-" else float("nan")
-        watch.timeline.progress.append((watch.rel(line.at), step, loss, watch.world, g))
-        watch.say(line.at, f"step {step:4d}  loss {loss:.4f}  world {watch.world}  generation {g}")
+        loss = event.loss if event.loss is not None else float("nan")
+        watch.timeline.progress.append((watch.rel(event.at), step, loss, watch.world, g))
+        watch.say(event.at, f"step {step:4d}  loss {loss:.4f}  world {watch.world}  generation {g}")
 
 
-def _on_joining(watch: _Watch, line: WorkerLine, g: int) -> None:
-    watch.worlds[g] = line.int("world")
+def _on_joined(watch: _Watch, event: TrainingEvent) -> None:
+    assert isinstance(event, GenerationJoined)
+    watch.worlds[event.generation] = event.world
 
 
-def _on_synced(watch: _Watch, line: WorkerLine, g: int) -> None:
+def _on_synced(watch: _Watch, event: TrainingEvent) -> None:
+    assert isinstance(event, StateSynced)
+    g = event.generation
     if g in watch.synced:
         return
-    watch.synced[g] = (line.at, line.int("step"))
-    watch.timeline.membership.append((watch.rel(line.at), watch.worlds.get(g, 0)))
-    watch.say(line.at, f"generation {g}: the ring is formed and synced at step {line.int('step')}")
+    watch.synced[g] = (event.at, event.step)
+    watch.timeline.membership.append((watch.rel(event.at), watch.worlds.get(g, 0)))
+    watch.say(event.at, f"generation {g}: the ring is formed and synced at step {event.step}")
 
 
-def _on_shrank(watch: _Watch, line: WorkerLine, g: int) -> None:
+def _on_shrank(watch: _Watch, event: TrainingEvent) -> None:
+    assert isinstance(event, RingShrank)
+    g = event.generation
     if g in watch.shrunk:
         return
-    watch.shrunk[g] = (line.at, line.int("step"))
-    watch.timeline.membership.append((watch.rel(line.at), line.int("world")))
+    watch.shrunk[g] = (event.at, event.step)
+    watch.timeline.membership.append((watch.rel(event.at), event.world))
     watch.say(
-        line.at,
-        f"generation {g}: {line.int('world')} workers train on at once from step {line.int('step')}, "
-        "without the leaving one",
+        event.at,
+        f"generation {g}: {event.world} workers train on at once from step {event.step}, without the lost or "
+        "leaving one",
     )
 
 
-def _on_gone(watch: _Watch, line: WorkerLine, g: int) -> None:
+def _on_gone(watch: _Watch, event: TrainingEvent) -> None:
     """A worker failed or left."""
+    assert isinstance(event, CollectiveFailed | RankLeft)
+    g = event.generation
     ring = watch.timeline.membership
     if max(watch.synced, default=-1) == g and ring and ring[-1][1] != 0:
-        ring.append((watch.rel(line.at), 0))  # the ring stopped training
-    watch.reached[g] = max(watch.reached.get(g, 0), line.int("reached"))
-    if line.kind == "failed":
+        ring.append((watch.rel(event.at), 0))  # the ring stopped training
+    watch.reached[g] = max(watch.reached.get(g, 0), event.reached)
+    if isinstance(event, CollectiveFailed):
         watch.say(
-            line.at,
-            f"{line.instance_id}: collective failed at step {line.int('reached')}, rolled back to the commit "
-            f"of step {line.int('step')}",
+            event.at,
+            f"{event.instance_id}: collective failed at step {event.reached}, rolled back to the commit "
+            f"of step {event.step}",
         )
 
 
-def _on_finished(watch: _Watch, line: WorkerLine, g: int) -> None:
-    watch.finished.add(line.instance_id)
+def _on_finished(watch: _Watch, event: TrainingEvent) -> None:
+    watch.finished.add(event.instance_id)
 
 
-#: What each kind of worker line does to the watch, given the line's generation.
-_ON_LINE: dict[str, Callable[[_Watch, WorkerLine, int], None]] = {
-    "progress": _on_progress,
-    "joining": _on_joining,
-    "synced": _on_synced,
-    "shrank": _on_shrank,
-    "failed": _on_gone,
-    "left": _on_gone,
-    "finished": _on_finished,
+#: What each kind of training event does to the watch.
+_ON_EVENT: dict[type[Any], Callable[[_Watch, TrainingEvent], None]] = {
+    StepTaken: _on_step,
+    GenerationJoined: _on_joined,
+    StateSynced: _on_synced,
+    RingShrank: _on_shrank,
+    CollectiveFailed: _on_gone,
+    RankLeft: _on_gone,
+    TrainingFinished: _on_finished,
 }
 
 
@@ -342,14 +360,14 @@ class _Demo:
             duplicate_events=True,
             on_event=on_event,
         )
-        self.logs = LogFollower(out / "workers")
+        self.events = EventFollower(out / "workers")
         self.checkpoints: set[int] = set()
         self.backups: set[int] = set()
 
     def _sample(self, now: float, *, storage: bool) -> None:
         watch = self.watch
-        for line in self.logs.poll(now) if (self.out / "workers").exists() else []:
-            _on_worker_line(watch, line)
+        for event in self.events.poll():
+            _on_training_event(watch, event)
         if storage:
             running = len(self.emulator.running_instances())
             if not watch.timeline.fleet or watch.timeline.fleet[-1][1] != running:

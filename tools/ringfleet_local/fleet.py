@@ -37,8 +37,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from ringfleet.contracts.training import EVENTS_FILE_VARIABLE
 from ringfleet_local.context import CloudContext
 from ringfleet_local.spot_traces import TraceReplay
+from ringfleet_local.training_events import events_file
 
 __all__ = ["EmulatedInstance", "FleetEmulator", "MetadataServer"]
 
@@ -199,6 +201,8 @@ class FleetEmulator:
             "RINGFLEET_CHECKPOINT_BUCKET": str(self.ctx.resolve({"Ref": "CheckpointBucket"})),
             # The instance's own disk (the local-disk checkpoint tier) lies beside its log, and goes with the run.
             "RINGFLEET_CHECKPOINT_CACHE": str(self.log_dir / "checkpoint-cache" / instance_id),
+            # Its typed training events, beside its log: what the demo and the tests read (never the log lines).
+            EVENTS_FILE_VARIABLE: str(events_file(self.log_dir, instance_id)),
             "PYTHONUNBUFFERED": "1",
         }
         with log_path.open("ab") as log:
