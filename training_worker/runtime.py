@@ -743,9 +743,13 @@ class Runtime:
             return None
         began = time.monotonic()
         self._close_ring()
-        found = agree_survivors(
-            point.stores, "heal", membership.rank, membership.world_size, self.step, self.config.timeout_s + 1.0
-        )
+        try:
+            found = agree_survivors(
+                point.stores, "heal", membership.rank, membership.world_size, self.step, self.config.timeout_s + 1.0
+            )
+        except (RuntimeError, ConnectionError) as e:  # the store's server died while the survivors agreed
+            log.warning("generation %d: the survivors could not agree (%s)", membership.generation, e)
+            return None
         if found is None:
             log.warning("generation %d: no heal store answers: waiting for the control plane", membership.generation)
             return None
