@@ -388,6 +388,15 @@ class _Demo:
         job = self.job()
         return dict(job.members) if job else {}
 
+    def _trained_to_the_end(self) -> bool:
+        """Every member finished; or the job is final (its final checkpoint landed) and some member finished: a
+        member still running then is a replacement that arrived after the last step, with nothing left to train."""
+        job = self.job()
+        members = set(job.members) if job else set()
+        if members and members <= self.watch.finished:
+            return True
+        return job is not None and job.is_final and bool(self.watch.finished & members)
+
     def _instance_at_rank(self, rank: int) -> str | None:
         members = self.members()
         return next((i for i, r in members.items() if r == rank and i in self.emulator.instances), None)
@@ -425,10 +434,9 @@ class _Demo:
             self._sample(now, storage=tick % 4 == 0)
             tick += 1
             self._inject(now)
-            members = set(self.members()) if watch.finished else set()
-            if members and members <= watch.finished:
+            if watch.finished and self._trained_to_the_end():
                 self._sample(time.time(), storage=True)
-                watch.say(time.time(), f"training finished at step {watch.step} on {len(members)} workers")
+                watch.say(time.time(), f"training finished at step {watch.step} on {len(watch.finished)} workers")
                 return
             time.sleep(0.25)
         raise SystemExit(f"the demo did not finish within {scenario.deadline_s:.0f} s; worker logs: {self.out}/workers")
