@@ -891,18 +891,7 @@ class Runtime:
             # The newest generation goes on without this worker (it is leaving with notice, the control plane
             # replaces it): it leaves now, and the others train on without waiting for anyone.
             self.leaving = local[self.LEAVE] = True
-        adopt = self._adoptable(membership)
-        local[self.RECONFIGURE] = not self.leaving and adopt is None and self._next_generation_ready(membership)
-        # Beside the flags, the generation each rank would adopt, as its max and (negated) min: adopted only when
-        # every rank names the same one.
-        named = float(adopt.generation if adopt is not None else membership.generation)
-        flags_t = torch.tensor([*(float(f) for f in local), named, -named])
-        collective(lambda: dist.all_reduce(flags_t, op=dist.ReduceOp.MAX, group=self.group))
-        *flags_v, highest, lowest = flags_t.tolist()
-        flags = [bool(f) for f in flags_v]
-        if adopt is not None and highest == -lowest == named:
-            self._adopt(adopt, membership)
-            membership = self.require_membership()
+        flags, membership = self._exchange_flags(local, membership)
         self.progress()
         if flags[self.STOP]:
             raise Stopped("Stop")
@@ -924,6 +913,21 @@ class Runtime:
             log.info("membership changes after step %d: leaving generation %d", self.step, membership.generation)
             self.events.emit(RankLeft, generation=membership.generation, reached=self.step)
             raise HostsUpdatedInterrupt(f"generation {self.discovery.generation} replaces {membership.generation}")
+
+    def _exchange_flags(self, local: list[bool], membership: Membership) -> tuple[list[bool], Membership]:
+        """Every rank's flags OR-ed together, and the membership to go on with (a healed ring's Reconfigure adopted)."""
+        adopt = self._adoptable(membership)
+        local[self.RECONFIGURE] = not self.leaving and adopt is None and self._next_generation_ready(membership)
+        # Beside the flags, the generation each rank would adopt, as its max and (negated) min: adopted only when
+        # every rank names the same one.
+        named = float(adopt.generation if adopt is not None else membership.generation)
+        flags_t = torch.tensor([*(float(f) for f in local), named, -named])
+        collective(lambda: dist.all_reduce(flags_t, op=dist.ReduceOp.MAX, group=self.group))
+        *flags_v, highest, lowest = flags_t.tolist()
+        if adopt is not None and highest == -lowest == named:
+            self._adopt(adopt, membership)
+            membership = self.require_membership()
+        return [bool(f) for f in flags_v], membership
 
     def _next_generation_ready(self, membership: Membership) -> bool:
         """Whether the ring should leave for the newest generation at this boundary.
