@@ -77,15 +77,9 @@ def _compare(ours: Any, theirs: Any, rank: int) -> str | None:
     if not isinstance(ours, dict) or not isinstance(theirs, dict):
         return None if ours == theirs else f"rank 0 sent {ours!r}, rank {rank} sent {theirs!r}"
     if "tensors" in ours and "tensors" in theirs:
-        mine, others = ours["tensors"], theirs["tensors"]
-        for a, b in zip(mine, others, strict=False):
-            found = _compare(a, b, rank)
-            if found is not None:
-                return found
-        if len(mine) != len(others):
-            longer, holder = (mine, "rank 0") if len(mine) > len(others) else (others, f"rank {rank}")
-            extra = longer[min(len(mine), len(others))]
-            return f"tensor {extra.get('name')!r} is present on {holder} only"
+        found = _compare_tensors(ours["tensors"], theirs["tensors"], rank)
+        if found is not None:
+            return found
     if ours.get("name") != theirs.get("name"):
         return f"rank 0 reduces tensor {ours.get('name')!r} where rank {rank} reduces {theirs.get('name')!r}"
     label = f"tensor {ours['name']!r}: " if ours.get("name") else ""
@@ -93,3 +87,17 @@ def _compare(ours: Any, theirs: Any, rank: int) -> str | None:
         if ours.get(key) != theirs.get(key):
             return f"{label}{key} is {ours.get(key)!r} on rank 0 but {theirs.get(key)!r} on rank {rank}"
     return None
+
+
+def _compare_tensors(mine: list[Any], others: list[Any], rank: int) -> str | None:
+    """The first tensor of a layout that differs, or one that only one of the two ranks has."""
+    for a, b in zip(mine, others, strict=False):
+        found = _compare(a, b, rank)
+        if found is not None:
+            return found
+    if len(mine) == len(others):
+        return None
+    longer, holder = (mine, "rank 0") if len(mine) > len(others) else (others, f"rank {rank}")
+    extra = longer[min(len(mine), len(others))]
+    name = extra.get("name") if isinstance(extra, dict) else extra
+    return f"tensor {name!r} is present on {holder} only"
