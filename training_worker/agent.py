@@ -296,13 +296,13 @@ class Agent:
                 "@training_worker.elastic.run"
             )
 
-    def _run_child(self, program: Program, argv: list[str]) -> None:
-        """A non-Python entrypoint, or the job's container image: the child runs its own runtime, so this one lets
-        go of the control channel (one consumer per mailbox) until the child ends."""
+    def _child_environment(self, program: Program) -> dict[str, str]:
+        """The variables the child's own runtime starts from: this worker's configuration, the program's settings,
+        the newest Reconfigure and the credentials it is lent."""
         runtime = self.runtime
         commands = runtime.commands
         latest = commands.latest if commands is not None else None
-        env = {
+        return {
             **runtime.config.environment(),
             "RINGFLEET_HYPERPARAMETERS": json.dumps(program.hyperparameters),
             "RINGFLEET_CHECKPOINT_INTERVAL_STEPS": str(program.checkpoint_interval_steps),
@@ -310,6 +310,12 @@ class Agent:
             **({"RINGFLEET_JOB_ID": runtime.config.job_id} if runtime.config.job_id else {}),
             **self._child_credentials(),
         }
+
+    def _run_child(self, program: Program, argv: list[str]) -> None:
+        """A non-Python entrypoint, or the job's container image: the child runs its own runtime, so this one lets
+        go of the control channel (one consumer per mailbox) until the child ends."""
+        runtime = self.runtime
+        env = self._child_environment(program)
         if self.container_runtime:
             flags = [f"--env={k}" for k in sorted(env)]
             command = [self.container_runtime, "run", "--rm", "--network=host", *flags, program.image, *argv]

@@ -146,18 +146,23 @@ class RingAllreduce:
                 out = wire_out
             reducing = hop < world - 1
             target = scratch[: into.numel()] if reducing or compress else into
-            ops = []
-            if out.numel():
-                ops.append(dist.P2POp(dist.isend, out, right, self.group))
-            if target.numel():
-                ops.append(dist.P2POp(dist.irecv, target, left, self.group))
-            if ops:
-                for work in dist.batch_isend_irecv(ops):
-                    work.wait()
+            self._hop(out, right, target, left)
             if reducing:
                 into.add_(target)
             elif compress:
                 into.copy_(target)
+
+    def _hop(self, out: torch.Tensor, right: int, target: torch.Tensor, left: int) -> None:
+        """One hop of ``_grouped``: sends ``out`` to the right and receives ``target`` from the left as one batch
+        (an empty side is left out), and waits for both."""
+        ops = []
+        if out.numel():
+            ops.append(dist.P2POp(dist.isend, out, right, self.group))
+        if target.numel():
+            ops.append(dist.P2POp(dist.irecv, target, left, self.group))
+        if ops:
+            for work in dist.batch_isend_irecv(ops):
+                work.wait()
 
 
 class _PipelinedRing:

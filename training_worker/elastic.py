@@ -328,6 +328,20 @@ class TorchState:
         return root
 
 
+def _report_failure(runtime: _rt.Runtime, e: CollectiveError, failed_at: int) -> None:
+    """Logs and emits a failed collective once the commit is restored: apart, so ``run``'s loop stays its decisions."""
+    log.warning(
+        "collective failed at step %d in generation %d (%s): restored the commit of step %d, failure %d/%d",
+        failed_at,
+        runtime.generation,
+        str(e).splitlines()[0] if str(e) else type(e).__name__,
+        runtime.step,
+        runtime.failures + 1,
+        runtime.config.max_failures,
+    )
+    runtime.events.emit(CollectiveFailed, generation=runtime.generation, reached=failed_at, step=runtime.step)
+
+
 def run(func: Callable[..., R]) -> Callable[..., R]:
     """Wraps the training function ``func(state, ...)`` so that it survives lost peers and membership changes.
 
@@ -390,18 +404,7 @@ def run(func: Callable[..., R]) -> Callable[..., R]:
             except CollectiveError as e:
                 failed_at = runtime.step
                 state.restore()
-                log.warning(
-                    "collective failed at step %d in generation %d (%s): restored the commit of step %d, failure %d/%d",
-                    failed_at,
-                    runtime.generation,
-                    str(e).splitlines()[0] if str(e) else type(e).__name__,
-                    runtime.step,
-                    runtime.failures + 1,
-                    runtime.config.max_failures,
-                )
-                runtime.events.emit(
-                    CollectiveFailed, generation=runtime.generation, reached=failed_at, step=runtime.step
-                )
+                _report_failure(runtime, e, failed_at)
                 first = False
                 healed = runtime.heal(e)
                 if healed is not None:

@@ -727,22 +727,9 @@ class Runtime:
                 raise CollectiveError(f"heal store {address} of rank {rank} does not answer: {e}") from e
         self._heal = _HealPoint(tuple(stores))
 
-    def heal(self, error: BaseException) -> Healed | None:
-        """A collective failed (a peer died without notice): the survivors agree among themselves who is gone and
-        form a ring of their own at once, in the same generation, instead of waiting for the control plane's round
-        trip; then the control plane is told (it fences with a new generation and replaces the lost instance; its
-        Reconfigure naming exactly this ring is taken without a second re-form, see ``_adoptable``).
-
-        The state was already rolled back to the last commit; the survivors' states are synced next (they may be a
-        commit apart). Returns None when the ring cannot heal (not armed, no majority checked in, this worker was
-        left out, a heal store or a peer failed meanwhile): the worker then waits for the control plane, as before.
-        """
-        membership, point = self.membership, self._heal
-        self._heal = None
-        if membership is None or point is None:
-            return None
-        began = time.monotonic()
-        self._close_ring()
+    def _agree_survivors(self, membership: Membership, point: _HealPoint) -> tuple[int, tuple[int, ...]] | None:
+        """The heal store's index and the survivors ``heal`` forms its ring from, once they agree on them; None (and
+        why, logged) when they cannot agree or left this worker out: apart, so that ``heal`` reads as its steps."""
         try:
             found = agree_survivors(
                 point.stores, "heal", membership.rank, membership.world_size, self.step, self.config.timeout_s + 1.0
@@ -762,6 +749,28 @@ class Runtime:
                 "the survivors re-formed without this worker" if members else "no majority of the ring checked in",
             )
             return None
+        return index, members
+
+    def heal(self, error: BaseException) -> Healed | None:
+        """A collective failed (a peer died without notice): the survivors agree among themselves who is gone and
+        form a ring of their own at once, in the same generation, instead of waiting for the control plane's round
+        trip; then the control plane is told (it fences with a new generation and replaces the lost instance; its
+        Reconfigure naming exactly this ring is taken without a second re-form, see ``_adoptable``).
+
+        The state was already rolled back to the last commit; the survivors' states are synced next (they may be a
+        commit apart). Returns None when the ring cannot heal (not armed, no majority checked in, this worker was
+        left out, a heal store or a peer failed meanwhile): the worker then waits for the control plane, as before.
+        """
+        membership, point = self.membership, self._heal
+        self._heal = None
+        if membership is None or point is None:
+            return None
+        began = time.monotonic()
+        self._close_ring()
+        found = self._agree_survivors(membership, point)
+        if found is None:
+            return None
+        index, members = found
         rank = members.index(membership.rank)
         try:
             dist.init_process_group(
@@ -1002,6 +1011,16 @@ class Runtime:
         except (RuntimeError, ConnectionError):
             return 0
 
+    def _survivors_group(self, survivors: list[int]) -> dist.ProcessGroup | None:
+        """The survivors' sub-group, formed among the survivors alone (None on a leaver, which takes no part in it):
+        ``_shrink``'s one collective that only some ranks join."""
+        to_global = (lambda r: dist.get_global_rank(self.group, r)) if self.group is not None else (lambda r: r)
+        members = [to_global(r) for r in survivors]
+        group = None
+        if not self.leaving:
+            group = collective(lambda: dist.new_group(members, use_local_synchronization=True))
+        return group
+
     def _shrink(self, membership: Membership) -> bool:
         """Some ranks leave with notice: the others form a ring of their own at this very step boundary and go on
         training (a sub-group of the generation's group, formed among themselves in milliseconds) while the
@@ -1015,11 +1034,7 @@ class Runtime:
         survivors = [r for r, leaving in enumerate(bits.tolist()) if not leaving]
         if not survivors:
             return False
-        to_global = (lambda r: dist.get_global_rank(self.group, r)) if self.group is not None else (lambda r: r)
-        members = [to_global(r) for r in survivors]
-        group = None
-        if not self.leaving:
-            group = collective(lambda: dist.new_group(members, use_local_synchronization=True))
+        group = self._survivors_group(survivors)
         # The leavers stay until the survivors' ring exists: rank 0 of the generation serves its store.
         collective(lambda: dist.barrier(group=self.group))
         if self.leaving:

@@ -43,16 +43,21 @@ class TreeRefused(ValueError):
     """What a peer sent is not a tree this module writes: refused before anything of it is used."""
 
 
+def _tensor_slot(node: torch.Tensor, tensors: list[torch.Tensor]) -> dict[str, Any]:
+    """``encode_skeleton``'s slot for one tensor (appended to ``tensors``), apart so its ``encode`` stays a dispatch."""
+    tensors.append(node.detach())
+    dtype = str(node.dtype).removeprefix("torch.")
+    if dtype not in _DTYPES:
+        raise TypeError(f"cannot send a tensor of dtype {node.dtype}")
+    return {"$tensor": len(tensors) - 1, "shape": list(node.shape), "dtype": dtype, "device": node.device.type}
+
+
 def encode_skeleton(tree: Any, tensors: list[torch.Tensor]) -> bytes:
     """The JSON of ``tree`` with each tensor replaced by a slot (appended to ``tensors``)."""
 
     def encode(node: Any) -> Any:
         if isinstance(node, torch.Tensor):
-            tensors.append(node.detach())
-            dtype = str(node.dtype).removeprefix("torch.")
-            if dtype not in _DTYPES:
-                raise TypeError(f"cannot send a tensor of dtype {node.dtype}")
-            return {"$tensor": len(tensors) - 1, "shape": list(node.shape), "dtype": dtype, "device": node.device.type}
+            return _tensor_slot(node, tensors)
         if isinstance(node, dict):
             return {"$dict": [[encode(k), encode(v)] for k, v in node.items()]}
         if isinstance(node, tuple):
@@ -156,6 +161,30 @@ def _broadcast_bytes(data: bytes | None, src: int, group: dist.ProcessGroup | No
     return buffer.numpy().tobytes()
 
 
+def _broadcast_kind(
+    tensors: list[torch.Tensor],
+    indices: list[int],
+    dtype: torch.dtype,
+    device_type: str,
+    is_root: bool,
+    src: int,
+    group: dist.ProcessGroup | None,
+) -> None:
+    """One broadcast for all the tensors of one dtype and device (``indices`` into ``tensors``), copied back into
+    them on the other ranks: one collective per kind instead of one per tensor."""
+    if is_root:
+        flat = torch.cat([tensors[i].reshape(-1) for i in indices])
+    else:
+        flat = torch.empty(sum(tensors[i].numel() for i in indices), dtype=dtype, device=device_type)
+    dist.broadcast(flat, src=src, group=group)
+    if not is_root:
+        offset = 0
+        for i in indices:
+            n = tensors[i].numel()
+            tensors[i].copy_(flat[offset : offset + n].view_as(tensors[i]))
+            offset += n
+
+
 def broadcast_tree(tree: Any, root: int, group: dist.ProcessGroup | None = None) -> Any:
     """Broadcasts a nest of dicts/lists/tuples holding tensors and plain values from ``root`` to every rank; returns
     the tree on every rank (the root gets its own tree back)."""
@@ -172,17 +201,7 @@ def broadcast_tree(tree: Any, root: int, group: dist.ProcessGroup | None = None)
     for i, t in enumerate(tensors):
         by_kind.setdefault((t.dtype, t.device.type), []).append(i)
     for (dtype, device_type), indices in sorted(by_kind.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
-        if rank == root:
-            flat = torch.cat([tensors[i].reshape(-1) for i in indices])
-        else:
-            flat = torch.empty(sum(tensors[i].numel() for i in indices), dtype=dtype, device=device_type)
-        dist.broadcast(flat, src=src, group=group)
-        if rank != root:
-            offset = 0
-            for i in indices:
-                n = tensors[i].numel()
-                tensors[i].copy_(flat[offset : offset + n].view_as(tensors[i]))
-                offset += n
+        _broadcast_kind(tensors, indices, dtype, device_type, rank == root, src, group)
     if rank == root:
         return tree
 

@@ -1,6 +1,6 @@
 """Every function and method of the project's code stays at cyclomatic complexity 15 or less, and the control
-plane's (``src/``) at 12 or less (radon's measure: 1 + one per branch, loop, boolean operator, except clause and
-comprehension condition).
+plane's (``src/``) and the training worker's (``training_worker/``) at 12 or less (radon's measure: 1 + one per
+branch, loop, boolean operator, except clause and comprehension condition).
 
 Past the limit a function holds several decisions at once; split it where the decisions part. The tests themselves are
 not measured. The same numbers: ``.venv/bin/radon cc -s --show-closures -n C <files>`` (without
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.unit
 
 LIMIT = 15
 #: Folders held to a lower limit than LIMIT.
-LIMITS = {"src": 12}
+LIMITS = {"src": 12, "training_worker": 12}
 MEASURED = ("src", "tools", "services", "training_worker", "bench", "examples")
 
 
@@ -79,12 +79,14 @@ def test_the_gate_sees_methods_and_nested_functions() -> None:
 
 
 def test_the_control_plane_is_held_to_its_lower_limit() -> None:
-    # given the same function of complexity 13 in src/ and in training_worker/
+    # given the same function of complexity 13 in src/, in training_worker/ and in tools/
     branches = "".join(f"    if x == {n}:\n        return {n}\n" for n in range(12))
     source = "def f(x):\n" + branches + "    return -1\n"
     # when each is measured
     in_src = too_complex(ROOT / "src" / "probe.py", source)
     in_worker = too_complex(ROOT / "training_worker" / "probe.py", source)
-    # then src/ lists it (over 12) and the worker's folder, still at 15, does not
+    in_tools = too_complex(ROOT / "tools" / "probe.py", source)
+    # then src/ and the worker's folder list it (over 12) and tools/, still at 15, does not
     assert in_src == ["src/probe.py:1 f (13)"]
-    assert in_worker == []
+    assert in_worker == ["training_worker/probe.py:1 f (13)"]
+    assert in_tools == []
