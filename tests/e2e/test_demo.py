@@ -39,7 +39,9 @@ def test_demo_recovers_each_incident_once_and_ends_with_the_uninterrupted_model(
     # (the workers may see the notice in the instance metadata and checkpoint before EventBridge's warning arrives)
     assert re.search(r"NodeRecoveryFunction: notice: (checkpoint requested|checkpoint already taken)", out.stdout)
     # and with notice the two others never stopped: they trained on without the leaving worker at once
-    assert re.search(r"generation 1: 2 workers train on at once from step \d+, without the leaving one", out.stdout)
+    assert re.search(
+        r"generation 1: 2 workers train on at once from step \d+, without the lost or leaving one", out.stdout
+    )
     assert "INCIDENT 2: hard kill" in out.stdout
     assert "WorkerEventsFunction: lost without notice: reconfigured at generation" in out.stdout
     # and the report has a row per incident: no step lost with notice, at most one (a commit per step) without

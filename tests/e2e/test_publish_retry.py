@@ -3,6 +3,7 @@ timeout: the spot warning's CheckpointNow still reaches the workers well inside 
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -50,9 +51,12 @@ def test_a_refused_first_publish_still_gets_the_checkpoint_now_out_within_five_s
     try:
         # when a spot warning for one of its members is handled
         started = time.monotonic()
-        outcome = service.on_node_event(
-            parse_cloud_event(cloud_event("EC2 Spot Instance Interruption Warning", instance(1), later(1)))
-        )
+        # (the adapter's own logger, whatever an earlier test in this process left it at: a level, disabled)
+        logging.getLogger("ringfleet.adapters.commands").disabled = False
+        with caplog.at_level(logging.INFO, logger="ringfleet.adapters.commands"):
+            outcome = service.on_node_event(
+                parse_cloud_event(cloud_event("EC2 Spot Instance Interruption Warning", instance(1), later(1)))
+            )
         handled = time.monotonic() - started
     finally:
         publisher.close()
