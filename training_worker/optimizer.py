@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -205,8 +206,8 @@ class DistributedOptimizer(torch.optim.Optimizer):
         nbytes = 0
 
         def close() -> None:
-            offsets = [sum(p.numel() for p in run[:i]) for i in range(len(run))]
-            total = offsets[-1] + run[-1].numel()
+            ends = list(itertools.accumulate(p.numel() for p in run))
+            offsets, total = [0, *ends[:-1]], ends[-1]
             buckets.append(_Bucket(run, offsets, torch.zeros(total, dtype=run[0].dtype, device=run[0].device)))
 
         for p in params:
