@@ -60,9 +60,9 @@ def init() -> None:
     worker joining a running job arrives only once its model and data are loaded. Safe to call twice."""
     runtime = _rt.current()
     runtime.start()
-    if runtime.membership is None and not runtime.initialized:
-        runtime.await_membership()
-    runtime.initialized = True
+    if runtime.ring.membership is None and not runtime.initialized:
+        runtime.ring.await_membership()
+    runtime.mark_initialized()
 
 
 def is_initialized() -> bool:
@@ -71,12 +71,12 @@ def is_initialized() -> bool:
 
 def rank() -> int:
     """This worker's rank in the current ring (changes when the ring re-forms)."""
-    return _rt.current().place().rank
+    return _rt.current().ring.place().rank
 
 
 def size() -> int:
     """The current ring's world size (changes when the ring re-forms)."""
-    return _rt.current().place().world_size
+    return _rt.current().ring.place().world_size
 
 
 def local_rank() -> int:
@@ -84,7 +84,7 @@ def local_rank() -> int:
     torchrun's ``LOCAL_RANK`` when it set one. Use it to pick a GPU: ``torch.cuda.set_device(local_rank())``."""
     import os
 
-    _rt.current().place()
+    _rt.current().ring.place()
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
@@ -108,8 +108,8 @@ def allreduce_(
     tensor's average is its sum divided by the world size, truncated toward zero."""
     op = _op(op, average)
     runtime = _rt.current()
-    backend = runtime.require_backend()
-    mismatch = _rt.collective(lambda: agree("allreduce", describe(name, tensor, op), runtime.group))
+    backend = runtime.ring.require_backend()
+    mismatch = _rt.collective(lambda: agree("allreduce", describe(name, tensor, op), runtime.ring.group))
     if mismatch is not None:
         raise RuntimeError(mismatch)
     flat = tensor if tensor.is_contiguous() else tensor.contiguous()
@@ -151,9 +151,9 @@ def allreduce(
 def broadcast_parameters(params: Any, root_rank: int = 0) -> None:
     """Copies ``root_rank``'s tensors into every rank's, in place: a ``state_dict()`` or ``named_parameters()``."""
     items = list(params.items()) if isinstance(params, dict) else list(params)
-    _rt.current().require_membership()
+    _rt.current().ring.require_membership()
     tree = {name: t.detach() for name, t in items if isinstance(t, torch.Tensor)}
-    received = _rt.collective(lambda: broadcast_tree(tree, root=root_rank, group=_rt.current().group))
+    received = _rt.collective(lambda: broadcast_tree(tree, root=root_rank, group=_rt.current().ring.group))
     with torch.no_grad():
         for name, t in items:
             if isinstance(t, torch.Tensor) and received[name] is not tree[name]:
@@ -162,9 +162,11 @@ def broadcast_parameters(params: Any, root_rank: int = 0) -> None:
 
 def broadcast_optimizer_state(optimizer: torch.optim.Optimizer, root_rank: int = 0) -> None:
     """Makes every rank's optimizer state (moments, step counts, learning rates) ``root_rank``'s."""
-    _rt.current().require_membership()
-    received = _rt.collective(lambda: broadcast_tree(optimizer.state_dict(), root=root_rank, group=_rt.current().group))
-    if _rt.current().require_membership().rank != root_rank:
+    _rt.current().ring.require_membership()
+    received = _rt.collective(
+        lambda: broadcast_tree(optimizer.state_dict(), root=root_rank, group=_rt.current().ring.group)
+    )
+    if _rt.current().ring.require_membership().rank != root_rank:
         optimizer.load_state_dict(received)
     # As Horovod leaves them: a parameter without a gradient gets zeros, so the first step() may read every .grad.
     for group in optimizer.param_groups:
@@ -177,13 +179,11 @@ def broadcast_object(obj: Any, root_rank: int = 0, name: str | None = None) -> A
     """``root_rank``'s ``obj`` on every rank: tensors, numbers, strings, lists, tuples and dicts of them (Horovod
     pickles any object; here nothing a peer sends is unpickled, so other objects are refused at the sender).
     ``name`` is Horovod's, accepted and unused (broadcasts run in the order every rank calls them)."""
-    _rt.current().require_membership()
-    return _rt.collective(lambda: broadcast_tree(obj, root=root_rank, group=_rt.current().group))
+    _rt.current().ring.require_membership()
+    return _rt.collective(lambda: broadcast_tree(obj, root=root_rank, group=_rt.current().ring.group))
 
 
 def report(**metrics: float) -> None:
     """Tells ringfleet how training goes (Ray Train's ``report``): ``report(loss=loss.item())``. The loss shows in
     the progress lines, the heartbeats and ``ringfleet status``."""
-    runtime = _rt.current()
-    runtime.metrics.update({k: float(v) for k, v in metrics.items()})
-    runtime.progress()
+    _rt.current().report(metrics)

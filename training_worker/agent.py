@@ -169,7 +169,7 @@ class Agent:
                 entrypoint=self.entrypoint,
                 checkpoint_interval_steps=self.config.checkpoint_interval_steps,
             )
-        commands = self.runtime.commands
+        commands = self.runtime.ring.commands
         if commands is None:
             raise SystemExit("nothing to run: give an entrypoint after -- or a broker to be placed through")
         while commands.latest is None or commands.latest.program is None:
@@ -196,21 +196,24 @@ class Agent:
                     return 0
                 except Stopped as e:
                     log.info("stopped: %s", e)
-                    print(f"finished: stopped at step {runtime.step}", flush=True)
+                    step = runtime.progress.step
+                    print(f"finished: stopped at step {step}", flush=True)
                     runtime.events.emit(
-                        TrainingFinished, generation=max(runtime.generation, 0), outcome="stopped", step=runtime.step
+                        TrainingFinished, generation=max(runtime.ring.generation, 0), outcome="stopped", step=step
                     )
                     return 0
                 except ScriptFailed as e:
                     log.error("the job's script failed: %s", e)
-                    runtime.script_failed(str(e))
-                    if runtime.channel is None or runtime.discovery.closed:
+                    runtime.ring.script_failed(str(e))
+                    if not runtime.link.connected or runtime.ring.discovery.closed:
                         return 1
                     runtime.reset_for_rerun()
                     # The control plane restarts the job with a new generation (or stops it past max_restarts).
-                    log.info("waiting for a Reconfigure newer than generation %d to run it again", runtime.generation)
+                    log.info(
+                        "waiting for a Reconfigure newer than generation %d to run it again", runtime.ring.generation
+                    )
                     if not self._await_restart():
-                        return 0 if runtime.discovery.closed else 1
+                        return 0 if runtime.ring.discovery.closed else 1
         except Stopped as e:
             log.info("stopped: %s", e)
             return 0
@@ -222,7 +225,7 @@ class Agent:
     def use_job_credentials(self) -> None:
         """From the job's first Reconfigure on (``run`` calls this once the job is known), its checkpoints are written
         with credentials scoped to its prefix; nothing without a role or a checkpoint bucket, or once done."""
-        store = self.runtime.store
+        store = self.runtime.tiers.store
         if self.job_role_arn is None or store is None or self.credentials is not None:
             return
         self.credentials = JobCredentials(self.job_role_arn, store.bucket, store.job_id, self.config.instance_id)
@@ -240,22 +243,22 @@ class Agent:
     def _await_restart(self) -> bool:
         """Waits for a generation newer than the failed one that includes this worker; False when there is none
         (Stop, SIGTERM, left out, or nothing within the wait)."""
-        runtime = self.runtime
-        deadline = time.monotonic() + runtime.config.wait_s
+        ring = self.runtime.ring
+        deadline = time.monotonic() + self.runtime.config.wait_s
         while time.monotonic() < deadline:
-            membership = runtime.discovery.wait(runtime.generation, max(0.0, deadline - time.monotonic()))
+            membership = ring.discovery.wait(ring.generation, max(0.0, deadline - time.monotonic()))
             if membership is not None:
                 return True
-            if runtime.discovery.closed or runtime.discovery.generation <= runtime.generation:
+            if ring.discovery.closed or ring.discovery.generation <= ring.generation:
                 return False
-            runtime.generation = runtime.discovery.generation  # a generation without this worker: wait on
+            ring.passed_over(ring.discovery.generation)  # a generation without this worker: wait on
         return False
 
     def _run_once(self, program: Program) -> None:
         argv = command_line(program)
         os.environ["RINGFLEET_HYPERPARAMETERS"] = json.dumps(program.hyperparameters)
         os.environ["RINGFLEET_CHECKPOINT_INTERVAL_STEPS"] = str(program.checkpoint_interval_steps)
-        self.runtime.config.checkpoint_interval_steps = program.checkpoint_interval_steps
+        self.runtime.tiers.checkpoint_every(program.checkpoint_interval_steps)
         target = None if self.container_runtime else _python_target(argv)
         if target is None:
             self._run_child(program, argv)
@@ -300,14 +303,14 @@ class Agent:
         """The variables the child's own runtime starts from: this worker's configuration, the program's settings,
         the newest Reconfigure and the credentials it is lent."""
         runtime = self.runtime
-        commands = runtime.commands
+        commands = runtime.ring.commands
         latest = commands.latest if commands is not None else None
         return {
             **runtime.config.environment(),
             "RINGFLEET_HYPERPARAMETERS": json.dumps(program.hyperparameters),
             "RINGFLEET_CHECKPOINT_INTERVAL_STEPS": str(program.checkpoint_interval_steps),
             **({"RINGFLEET_RECONFIGURE": latest.model_dump_json()} if latest is not None else {}),
-            **({"RINGFLEET_JOB_ID": runtime.config.job_id} if runtime.config.job_id else {}),
+            **({"RINGFLEET_JOB_ID": runtime.job.id} if runtime.job.id else {}),
             **self._child_credentials(),
         }
 
@@ -322,9 +325,7 @@ class Agent:
         else:
             command = argv
         log.info("running the job's entrypoint as a child process: %s", shlex.join(command))
-        if runtime.channel is not None:
-            runtime.channel.close()
-            runtime.channel = None
+        runtime.link.detach()
         tail: deque[str] = deque(maxlen=TRACEBACK_LINES)
         inherited = {k: v for k, v in os.environ.items() if not (self.credentials and k in _INHERITED_CREDENTIALS)}
         try:
@@ -340,7 +341,7 @@ class Agent:
                 tail.append(line.rstrip())
             status = child.wait()
         finally:
-            runtime.reconnect()
+            runtime.link.reconnect()
         if status != 0:
             raise ScriptFailed(f"the script exited with status {status} ({shlex.join(argv)!r})\n" + "\n".join(tail))
-        runtime.initialized = True
+        runtime.mark_initialized()

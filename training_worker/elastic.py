@@ -16,10 +16,11 @@ train(state)
 ```
 
 A failed collective (a peer died) restores the last commit, re-forms the ring with whoever is left (the survivors
-agree on that among themselves, see ``Runtime.heal``) and calls ``train(state)`` again; a membership change (a
-replacement joins, a worker leaves with notice) raises ``HostsUpdatedInterrupt`` out of ``state.commit()`` and
-re-forms the same way without counting as a failure. When ``train`` returns, the runtime writes the job's final
-checkpoint. ``state.commit()`` is a collective: every rank calls it at the same points (every step, or every few).
+agree on that among themselves, see ``training_worker.runtime.ring.Ring.heal``) and calls ``train(state)`` again; a
+membership change (a replacement joins, a worker leaves with notice) raises ``HostsUpdatedInterrupt`` out of
+``state.commit()`` and re-forms the same way without counting as a failure. When ``train`` returns, the runtime
+writes the job's final checkpoint. ``state.commit()`` is a collective: every rank calls it at the same points (every
+step, or every few).
 """
 
 from __future__ import annotations
@@ -111,9 +112,10 @@ class ElasticSampler(torch.utils.data.Sampler[list[int]]):
         while self.position < self.batches_per_epoch:
             # Asked every batch: the ring may shrink between two (a worker left with notice). Before the first
             # collective the group is not formed yet, but init() already knows this rank's place (pending).
-            membership = runtime.membership or runtime.pending
+            membership = runtime.ring.membership or runtime.ring.pending
             rank, world = (membership.rank, membership.world_size) if membership is not None else (0, 1)
-            mine, runtime.grad_scale = self.share(rank, world)
+            mine, grad_scale = self.share(rank, world)
+            runtime.progress.took_share(grad_scale)
             yield mine
 
     def __len__(self) -> int:
@@ -183,7 +185,7 @@ class TorchState:
         self._reset_callbacks: list[Callable[[], None]] = []
         self._restored = False
         if sampler is not None:
-            _rt.current().global_batch = sampler.global_batch_size
+            _rt.current().progress.reads_global_batches(sampler.global_batch_size)
 
     def register_reset_callbacks(self, callbacks: list[Callable[[], None]]) -> None:
         """Called after every re-formed ring (a new world size), before the state syncs: rescale learning rates..."""
@@ -201,7 +203,7 @@ class TorchState:
             "model": self.model.state_dict() if self.model is not None else {},
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None else {},
             "trainer": {
-                "step": _rt.current().step,
+                "step": _rt.current().progress.step,
                 "sampler": self.sampler.state_dict() if self.sampler is not None else {},
                 "values": values,
                 "rng": _rng_state(),
@@ -209,13 +211,13 @@ class TorchState:
         }
 
     def load(self, tree: dict[str, Any]) -> None:
-        _rt.current().before_update()  # a commit still being copied must not see the state change under it
+        _rt.current().boundary.before_update()  # a commit still being copied must not see the state change under it
         if self.model is not None:
             self.model.load_state_dict(tree["model"])
         if self.optimizer is not None:
             self.optimizer.load_state_dict(tree["optimizer"])
         trainer = tree["trainer"]
-        _rt.current().step = int(trainer["step"])
+        _rt.current().progress.resumed_at(int(trainer["step"]))
         if self.sampler is not None:
             self.sampler.load_state_dict(trainer["sampler"])
         for name in self._names:
@@ -242,8 +244,8 @@ class TorchState:
 
         With a DistributedOptimizer the model's parameters and the optimizer's state are copied in the background,
         while the next step's forward and backward run: only the optimizer changes them, and it waits for the copy
-        before it does (``Runtime.before_update``). Buffers (BatchNorm's running statistics, which forward changes),
-        the sampler, the values and the RNGs are copied at once. A commit then costs the step next to nothing
+        before it does (``StepBoundary.before_update``). Buffers (BatchNorm's running statistics, which forward
+        changes), the sampler, the values and the RNGs are copied at once. A commit then costs the step next to nothing
         (``bench/checkpoint_stall.py`` measures it).
         """
         self._settle()
@@ -260,7 +262,7 @@ class TorchState:
             "model": snapshot({k: v for k, v in tree["model"].items() if v.data_ptr() not in owned}),
             "trainer": snapshot(tree["trainer"]),
         }
-        self._copying = (_rt.current().copy_async(later), now, list(tree["model"]))
+        self._copying = (_rt.current().boundary.copy_async(later), now, list(tree["model"]))
 
     def _settle(self) -> None:
         """Completes a commit whose tensors were still being copied."""
@@ -289,11 +291,11 @@ class TorchState:
         """Snapshots the state and takes a step boundary with the other ranks: checkpoints when asked or due, and
         raises HostsUpdatedInterrupt when the membership changes. A collective: every rank calls it together."""
         self.save()
-        _rt.current().boundary(self)
+        _rt.current().boundary.reach(self)
 
     def check_host_updates(self) -> None:
         """A step boundary without a snapshot (Horovod's name)."""
-        _rt.current().boundary(self)
+        _rt.current().boundary.reach(self)
 
     def sync(self) -> int:
         """Makes every rank hold the state of the rank furthest ahead (a survivor, not a joiner); returns its rank.
@@ -304,27 +306,27 @@ class TorchState:
         import torch.distributed as dist
 
         runtime = _rt.current()
-        membership = runtime.require_membership()
-        named = runtime.restore_named(membership)
+        membership = runtime.ring.require_membership()
+        named = runtime.tiers.restore_named(membership)
         if named is not None:
             self.load(named)
         # (step, has state) of every rank, as tensors: nothing a peer sends is unpickled.
-        mine = torch.tensor([runtime.step, int(self._restored)], dtype=torch.int64)
+        mine = torch.tensor([runtime.progress.step, int(self._restored)], dtype=torch.int64)
         gathered = [torch.empty_like(mine) for _ in range(membership.world_size)]
-        _rt.collective(lambda: dist.all_gather(gathered, mine, group=runtime.group))
+        _rt.collective(lambda: dist.all_gather(gathered, mine, group=runtime.ring.group))
         steps: list[tuple[int, bool]] = [(int(t[0]), bool(t[1])) for t in gathered]
         fresh = all(step == 0 and not restored for step, restored in steps)
         if fresh and membership.rank == 0:
-            newest = runtime.newest_checkpoint()
+            newest = runtime.tiers.newest_checkpoint()
             if newest is not None:
                 self.load(newest)
-                steps[0] = (runtime.step, True)
+                steps[0] = (runtime.progress.step, True)
         root = max(range(len(steps)), key=lambda r: (steps[r], -r))
-        tree = _rt.collective(lambda: broadcast_tree(self.tree(), root=root, group=runtime.group))
+        tree = _rt.collective(lambda: broadcast_tree(self.tree(), root=root, group=runtime.ring.group))
         if membership.rank != root:
             self.load(tree)
         self.save()
-        runtime.last_checkpoint_step = max(runtime.last_checkpoint_step, runtime.step)
+        runtime.tiers.count_interval_from(runtime.progress.step)
         return root
 
 
@@ -333,13 +335,15 @@ def _report_failure(runtime: _rt.Runtime, e: CollectiveError, failed_at: int) ->
     log.warning(
         "collective failed at step %d in generation %d (%s): restored the commit of step %d, failure %d/%d",
         failed_at,
-        runtime.generation,
+        runtime.ring.generation,
         str(e).splitlines()[0] if str(e) else type(e).__name__,
-        runtime.step,
-        runtime.failures + 1,
+        runtime.progress.step,
+        runtime.ring.failures + 1,
         runtime.config.max_failures,
     )
-    runtime.events.emit(CollectiveFailed, generation=runtime.generation, reached=failed_at, step=runtime.step)
+    runtime.events.emit(
+        CollectiveFailed, generation=runtime.ring.generation, reached=failed_at, step=runtime.progress.step
+    )
 
 
 def run(func: Callable[..., R]) -> Callable[..., R]:
@@ -360,31 +364,34 @@ def run(func: Callable[..., R]) -> Callable[..., R]:
         healed: _rt.Healed | None = None
         while True:
             try:
-                if runtime.membership is None:
-                    runtime.join_next()
+                if runtime.ring.membership is None:
+                    runtime.ring.join_next()
                 if not first:
                     state.on_reset()
                 began = time.monotonic()
                 root = state.sync()
                 log.debug("state sync took %.3f s", time.monotonic() - began)
-                membership = runtime.require_membership()
+                membership = runtime.ring.require_membership()
                 log.info(
-                    "generation %d: state synced from rank %d at step %d", membership.generation, root, runtime.step
+                    "generation %d: state synced from rank %d at step %d",
+                    membership.generation,
+                    root,
+                    runtime.progress.step,
                 )
-                runtime.events.emit(StateSynced, generation=membership.generation, step=runtime.step)
+                runtime.events.emit(StateSynced, generation=membership.generation, step=runtime.progress.step)
                 if healed is not None:
                     log.info(
                         "generation %d: shrank to %d at step %d without the lost rank(s) %s, agreed among the "
                         "survivors and re-formed in %.3f s; training on as rank %d",
                         healed.generation,
                         healed.world_size,
-                        runtime.step,
+                        runtime.progress.step,
                         list(healed.lost),
                         time.monotonic() - began + healed.took_s,
                         healed.rank,
                     )
                     runtime.events.emit(
-                        RingShrank, generation=healed.generation, step=runtime.step, world=healed.world_size
+                        RingShrank, generation=healed.generation, step=runtime.progress.step, world=healed.world_size
                     )
                     healed = None
                 first = False
@@ -393,33 +400,33 @@ def run(func: Callable[..., R]) -> Callable[..., R]:
                 log.info(
                     "left generation %d at step %d, a membership change and not a failure (%s; failures: %d): "
                     "waiting for a Reconfigure newer than generation %d",
-                    runtime.generation,
-                    runtime.step,
+                    runtime.ring.generation,
+                    runtime.progress.step,
                     e,
-                    runtime.failures,
-                    runtime.generation,
+                    runtime.ring.failures,
+                    runtime.ring.generation,
                 )
-                runtime.leave_group()
+                runtime.ring.leave_group()
                 continue
             except CollectiveError as e:
-                failed_at = runtime.step
+                failed_at = runtime.progress.step
                 state.restore()
                 _report_failure(runtime, e, failed_at)
                 first = False
-                healed = runtime.heal(e)
+                healed = runtime.ring.heal(e)
                 if healed is not None:
                     # The survivors formed their own ring: sync and train on; the control plane was told.
-                    if runtime.failures >= runtime.config.max_failures:
+                    if runtime.ring.failures >= runtime.config.max_failures:
                         raise
                     continue
-                runtime.ring_failed(e)
-                runtime.leave_group()
-                if runtime.failures >= runtime.config.max_failures:
+                runtime.ring.ring_failed(e)
+                runtime.ring.leave_group()
+                if runtime.ring.failures >= runtime.config.max_failures:
                     raise
-                log.info("waiting for a Reconfigure newer than generation %d", runtime.generation)
+                log.info("waiting for a Reconfigure newer than generation %d", runtime.ring.generation)
                 continue
             except Stopped:
-                runtime.leave_group()
+                runtime.ring.leave_group()
                 raise
             runtime.finish(state)
             return result

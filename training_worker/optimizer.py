@@ -157,7 +157,7 @@ class DistributedOptimizer(torch.optim.Optimizer):
 
     @property
     def backend(self) -> AllreduceBackend:
-        return self._pinned if self._pinned is not None else _rt.current().require_backend()
+        return self._pinned if self._pinned is not None else _rt.current().ring.require_backend()
 
     def state_dict(self) -> dict[str, Any]:
         return self.optimizer.state_dict()
@@ -279,7 +279,7 @@ class DistributedOptimizer(torch.optim.Optimizer):
                 part.copy_(p.grad.reshape(-1))  # a gradient that is not (or no longer) a view into its bucket
         # Each rank's share of the global batch weighs its gradient (ElasticSampler's uneven splits); k accumulated
         # passes are summed, as Horovod's are.
-        scale = 1.0 if self._pinned is not None else _rt.current().grad_scale
+        scale = 1.0 if self._pinned is not None else _rt.current().progress.grad_scale
         if scale != 1.0:
             bucket.buffer.mul_(scale)
         bucket.handle = self._collective(lambda: backend.allreduce_async(bucket.buffer, "avg"))
@@ -321,9 +321,9 @@ class DistributedOptimizer(torch.optim.Optimizer):
             raise ValueError("DistributedOptimizer.step() takes no closure: its gradients come from backward hooks")
         self.synchronize()
         if self._pinned is None:
-            _rt.current().before_update()  # the last commit's copy of the parameters completes first
+            _rt.current().boundary.before_update()  # the last commit's copy of the parameters completes first
         result = self.optimizer.step()
         self._synchronized = False
         if self._pinned is None:
-            _rt.current().on_step()
+            _rt.current().progress.on_step()
         return result

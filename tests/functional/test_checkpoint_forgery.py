@@ -214,7 +214,7 @@ def test_the_agent_writes_with_assumed_job_scoped_credentials_and_its_forgery_un
     assert (call["RoleArn"], call["RoleSessionName"]) == (ROLE, instance)
     assert json.loads(call["Policy"]) == job_session_policy(bucket, JOB_A)
     # ... and its checkpoint store signs with the credentials AssumeRole returned, not the process's own
-    store = agent.runtime.store
+    store = agent.runtime.tiers.store
     assert store is not None and store.writer == instance
     signed: list[str] = []
     store.s3.meta.events.register(

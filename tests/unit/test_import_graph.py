@@ -21,6 +21,7 @@ pytestmark = pytest.mark.unit
 
 SRC = ROOT / "src"
 SERVICES = ROOT / "services"
+WORKER = ROOT / "training_worker"
 
 #: Never imported by anything that ships to Lambda: the local cloud, the CLI and client, the tests, the worker.
 NEVER = ("ringfleet_local", "ringfleet_cli", "ringfleet_client", "tests", "moto", "torch", "training_worker")
@@ -44,11 +45,13 @@ class Import:
 
 
 def module_name(path: Path) -> str:
-    """``ringfleet.scaling.service`` for src/ringfleet/scaling/service.py; ``app`` for a handler (its own root)."""
-    if path.is_relative_to(SRC):
-        parts = list(path.relative_to(SRC).with_suffix("").parts)
-        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-    return path.stem
+    """``ringfleet.scaling.service`` for src/ringfleet/scaling/service.py, ``training_worker.runtime.ring`` for
+    training_worker/runtime/ring.py; ``app`` for a handler (its own root)."""
+    root = SRC if path.is_relative_to(SRC) else ROOT if path.is_relative_to(WORKER) else None
+    if root is None:
+        return path.stem
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 def imports_of(path: Path, source: str | None = None) -> Iterator[Import]:
@@ -84,6 +87,10 @@ def handler_modules() -> list[Path]:
     return sorted(SERVICES.rglob("*.py"))
 
 
+def worker_modules() -> list[Path]:
+    return sorted(WORKER.rglob("*.py"))
+
+
 def test_the_sources_are_found() -> None:
     # a glob that found nothing would make every test below pass
     assert len(runtime_modules()) > 20
@@ -105,7 +112,7 @@ def test_nothing_that_ships_imports_the_local_cloud_the_dev_tools_the_tests_or_t
 
 def test_the_worker_uses_only_the_wire_contracts_of_the_control_plane_package() -> None:
     # its image ships ringfleet.contracts alone (training_worker/Dockerfile): anything else would fail to import there
-    worker = sorted((ROOT / "training_worker").glob("*.py"))
+    worker = worker_modules()
     assert worker
     found = [
         str(i)
@@ -142,10 +149,27 @@ def test_a_capability_never_imports_another_capabilitys_use_case() -> None:
     assert not found, "use cases meet only in ringfleet.bootstrap:\n" + "\n".join(found)
 
 
+def imported_modules(path: Path, modules: dict[str, Path]) -> set[str]:
+    """The modules among ``modules`` that ``path`` imports. ``from package import module`` imports the module, not
+    the package's own names: it is no edge to the package (whose ``__init__`` may import the module back)."""
+    by_line: dict[int, set[str]] = {}
+    for i in imports_of(path):
+        by_line.setdefault(i.line, set()).add(i.target)
+    found: set[str] = set()
+    for targets in by_line.values():
+        for target in targets:
+            below = {t for t in targets if t.startswith(target + ".")}
+            if below and below <= set(modules):
+                continue  # a package whose submodules are what the line names
+            if target in modules:
+                found.add(target)
+    return found
+
+
 def import_circles(modules: dict[str, Path]) -> list[list[str]]:
     """The import circles among ``modules`` (name -> file): each strongly connected group of two or more modules,
     or one that imports itself, sorted (Tarjan's algorithm, iterative)."""
-    graph = {m: sorted({i.target for i in imports_of(p) if i.target in modules}) for m, p in modules.items()}
+    graph = {m: sorted(imported_modules(p, modules)) for m, p in modules.items()}
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
@@ -184,6 +208,24 @@ def test_the_runtime_package_has_no_import_circle() -> None:
     assert not circles, "import circles in ringfleet:\n" + "\n".join(" -> ".join(c) for c in circles)
 
 
+def test_the_worker_has_no_import_circle() -> None:
+    # the runtime's parts depend one way (training state through a Protocol, never elastic's TorchState)
+    modules = {module_name(p): p for p in worker_modules()}
+    assert {"training_worker.runtime", "training_worker.runtime.ring", "training_worker.elastic"} <= set(modules)
+    circles = import_circles(modules)
+    assert not circles, "import circles in training_worker:\n" + "\n".join(" -> ".join(c) for c in circles)
+
+
+def test_the_runtime_never_imports_the_script_side_of_the_worker() -> None:
+    # elastic, the optimizer and the public API call into the runtime; the runtime calls back only through
+    # training_worker.runtime.state.TrainingState
+    script_side = ("training_worker.elastic", "training_worker.optimizer", "training_worker.agent")
+    runtime = [p for p in worker_modules() if within(module_name(p), ("training_worker.runtime",))]
+    assert len(runtime) > 5
+    found = [str(i) for p in runtime for i in imports_of(p) if within(i.target, script_side)]
+    assert not found, "the runtime imports the script's side:\n" + "\n".join(found)
+
+
 def test_the_circle_check_finds_a_circle_through_three_modules(tmp_path: Path) -> None:
     # given a imports b, b imports c (inside a function) and c imports a, and d imports a without being imported
     sources = {"a": "import b\n", "b": "def f():\n    import c\n", "c": "from a import x\n", "d": "import a\n"}
@@ -193,6 +235,21 @@ def test_the_circle_check_finds_a_circle_through_three_modules(tmp_path: Path) -
     circles = import_circles({name: tmp_path / f"{name}.py" for name in sources})
     # then the three are one circle and d is in none
     assert circles == [["a", "b", "c"]]
+
+
+def test_importing_a_module_from_its_package_is_no_edge_to_the_package(tmp_path: Path) -> None:
+    # given a package p whose __init__ imports p.m, and p.m that imports its sibling as `from p import n`
+    package = tmp_path / "p"
+    package.mkdir()
+    sources = {"__init__": "from p import m\n", "m": "from p import n\n", "n": "X = 1\n"}
+    for name, source in sources.items():
+        (package / f"{name}.py").write_text(source)
+    modules = {"p": package / "__init__.py", "p.m": package / "m.py", "p.n": package / "n.py"}
+    # when the circles among them are sought, then there are none: `from p import n` needs p.n, not p's names
+    assert import_circles(modules) == []
+    # but a name of the package itself is an edge to it
+    (package / "m.py").write_text("from p import X\n")
+    assert import_circles(modules) == [["p", "p.m"]]
 
 
 def test_the_checks_see_relative_imports_and_imports_inside_functions() -> None:

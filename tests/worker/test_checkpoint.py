@@ -63,9 +63,9 @@ def test_saved_checkpoint_lists_every_shard_in_a_manifest_and_loads_back(store: 
 def test_the_manifest_names_the_instance_whose_runtime_wrote_it(store: S3CheckpointStore) -> None:
     # given the runtime of instance i-0123456789abcdef0 serving the job (the backup accepts only a member's manifest)
     runtime = Runtime(RuntimeConfig(job_id="digits-demo", instance_id="i-0123456789abcdef0", bucket=BUCKET))
-    assert runtime.store is not None
+    assert runtime.tiers.store is not None
     # when it saves a checkpoint
-    runtime.store.save(9, 1, 1, _tree(9.0))
+    runtime.tiers.store.save(9, 1, 1, _tree(9.0))
     # then the manifest names that instance as its writer
     manifest, _ = store.load(9)
     assert manifest.instance_id == "i-0123456789abcdef0"

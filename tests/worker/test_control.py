@@ -105,9 +105,9 @@ def test_a_spot_notice_is_noticed_once_the_metadata_endpoint_serves_it(
 def test_the_worker_ignores_commands_of_an_older_generation() -> None:
     # given a worker in generation 5
     worker = Runtime(RuntimeConfig(job_id=JOB, instance_id=INSTANCE))
-    worker.generation = 5
+    worker.ring.passed_over(5)
     # when a Stop of generation 4 and a CheckpointNow of generation 5 arrive
-    worker.on_command(Stop(job_id=JOB, generation=4, reason="stale"))
-    worker.on_command(CheckpointNow(job_id=JOB, generation=5, reason="rebalance"))
+    worker.notices.on_command(Stop(job_id=JOB, generation=4, reason="stale"))
+    worker.notices.on_command(CheckpointNow(job_id=JOB, generation=5, reason="rebalance"))
     # then only the checkpoint is pending for the next step boundary
-    assert worker._pending == [False, False, True, False]
+    assert worker.flags.take() == [False, False, True, False]

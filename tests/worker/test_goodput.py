@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from training_worker.runtime import GoodputMeter
+from training_worker.runtime.progress import GoodputMeter
 
 pytestmark = pytest.mark.worker
 
