@@ -57,10 +57,13 @@ checkov: $(SAM_VENV)/.installed $(CHECKOV_VENV)/.installed
 	$(SAM_VENV)/bin/python tools/sam_translate.py template.yaml .aws-sam/checkov/template.json
 	BC_SKIP_MAPPING=TRUE $(CHECKOV_VENV)/bin/checkov --quiet --compact --framework cloudformation -f .aws-sam/checkov/template.json
 
-# tests/integration/test_layer.py builds the Lambda layer with sam. The kinds run fastest first (tests/conftest.py);
-# the 15 slowest tests are listed at the end, so a test that grew slow shows up in CI's log.
+# tests/integration/test_layer.py builds the Lambda layer with sam. The kinds run fastest first (tests/conftest.py),
+# PYTEST_WORKERS files at a time (pytest-xdist: each worker has its own broker vhost, local clouds and ports; most of
+# an e2e test's time is spent waiting, so more workers than cores pay off); the 15 slowest tests are listed at the
+# end, so a test that grew slow shows up in CI's log. PYTEST_WORKERS=0 runs them in one process.
+PYTEST_WORKERS ?= 3
 pytest: $(VENV)/.installed $(SAM_VENV)/.installed
-	$(VENV)/bin/pytest -q --durations=15 $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q --durations=15 -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The fast loop while editing: the unit tests alone (pure: no broker, no moto, no subprocess), well under a minute.
 unit: $(VENV)/.installed

@@ -40,6 +40,7 @@ __all__ = [
     "leave_group",
     "quorum",
     "rendezvous_store",
+    "ring_identity",
 ]
 
 log = logging.getLogger("training_worker.membership")
@@ -271,12 +272,11 @@ def join_group(
             raise TimeoutError(f"generation {membership.generation}: {what} for {join_timeout_s:.0f}s")
 
     while store is None:
-        try:
-            store = rendezvous_store(membership.rendezvous, serve=membership.rank == 0, timeout_s=_CONNECT_SLICE_S)
-        except (RuntimeError, ConnectionError):
-            if membership.rank == 0:
-                raise  # the server could not bind: no retry helps
-            check(f"rank 0's rendezvous at {membership.rendezvous} did not answer")
+        store = _open_rendezvous(membership)
+        if store is None:
+            check(f"rank 0's rendezvous at {membership.rendezvous} did not answer for this ring")
+    if membership.rank == 0:  # also when the store was served early, before this generation was joined
+        store.set("ring", ring_identity(membership))
     # The process group keeps the store (rank 0's serves the rendezvous) until the group is destroyed.
     store.set_timeout(timedelta(seconds=join_timeout_s))
     arrived = store.add("arrived", 1)
@@ -300,6 +300,37 @@ def join_group(
         membership.world_size,
         time.monotonic() - all_there,
     )
+
+
+def ring_identity(membership: Membership) -> str:
+    """What names one ring at its rendezvous: its generation, size and members. Two rings that meet at one port (two
+    jobs' workers on one host) tell each other apart by it."""
+    return f"generation {membership.generation} of {membership.world_size}: {','.join(membership.instances)}"
+
+
+def _open_rendezvous(membership: Membership) -> dist.TCPStore | None:
+    """Rank 0: serves the rendezvous (join_group names its ring there). Another rank: the store, once it names this ring
+    (None: nothing answers yet, or another ring's store does; the caller retries until its deadline)."""
+    if membership.rank == 0:
+        try:
+            store = rendezvous_store(membership.rendezvous, serve=True, timeout_s=_CONNECT_SLICE_S)
+        except (RuntimeError, ConnectionError) as e:  # no retry helps: the control plane's next generation does
+            raise RuntimeError(
+                f"cannot serve the rendezvous at {membership.rendezvous} ({e}): is another ring on this host using "
+                "that port?"
+            ) from e
+        return store
+    try:
+        store = rendezvous_store(membership.rendezvous, serve=False, timeout_s=_CONNECT_SLICE_S)
+        served = store.get("ring").decode()
+    except (RuntimeError, ConnectionError):
+        return None
+    ring = ring_identity(membership)
+    if served != ring:
+        log.warning("the rendezvous at %s serves another ring (%s), not %s", membership.rendezvous, served, ring)
+        time.sleep(_CONNECT_SLICE_S / 4)
+        return None
+    return store
 
 
 def rendezvous_store(rendezvous: str, *, serve: bool, timeout_s: float) -> dist.TCPStore:

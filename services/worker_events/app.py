@@ -1,6 +1,8 @@
-"""worker_events: Heartbeat, CheckpointCompleted and WorkerFailed from the broker's worker-events queue (Amazon MQ).
+"""worker_events: Heartbeat, CheckpointCompleted, WorkerFailed and InstanceIdle from the broker's worker-events queue
+(Amazon MQ).
 
-Heartbeats record liveness; checkpoints and failures feed the recovery state machine. Each message is handled once
+Heartbeats record liveness; checkpoints and failures feed the recovery state machine; an idle agent frees its instance
+once its job has ended. Each message is handled once
 per message id (Powertools idempotency), on its own (``ringfleet.batch.MqBatchProcessor``): an invalid one
 (unparseable, of another type, or sent by a tenant's app user) is published with its reason to
 ``ringfleet.worker-events.dlq`` (MQ event sources have no partial batch response, so failing the batch would
@@ -21,6 +23,7 @@ from ringfleet import bootstrap
 from ringfleet.batch import InvalidMessage, MqBatchProcessor
 from ringfleet.contracts import (
     Heartbeat,
+    InstanceIdle,
     RabbitMqMessage,
     WorkerFailed,
     WorkerMessage,
@@ -47,11 +50,12 @@ def handle_message(*, key: dict[str, str], message: Any) -> dict[str, Any]:
             with single_metric(name="Goodput", unit=MetricUnit.NoUnit, value=message.goodput) as job_metric:
                 job_metric.add_dimension(name="job_id", value=message.job_id)
         return {"heartbeat": beat}
-    outcome = (
-        service.on_worker_failed(message)
-        if isinstance(message, WorkerFailed)
-        else service.on_checkpoint_completed(message)
-    )
+    if isinstance(message, WorkerFailed):
+        outcome = service.on_worker_failed(message)
+    elif isinstance(message, InstanceIdle):
+        outcome = service.on_instance_idle(message)
+    else:
+        outcome = service.on_checkpoint_completed(message)
     report_outcome(logger, metrics, outcome, message_type=message.type, instance_id=message.instance_id)
     return outcome.as_dict()
 

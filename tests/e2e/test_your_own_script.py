@@ -17,7 +17,7 @@ import yaml
 from tests.e2e.support import wait_until
 from tests.e2e.test_local_cloud import ringfleet
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(480)]
 
 #: What a user writes against the README (about forty lines): a linear regression on synthetic data.
 OWN_SCRIPT = '''

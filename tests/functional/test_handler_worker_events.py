@@ -5,15 +5,19 @@ batch's valid messages are applied once."""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
 from ringfleet.contracts.broker import REASON_HEADER, SENDER_HEADER, WORKER_EVENTS_QUEUE
 from ringfleet.core.jobs import JobState
 from ringfleet.core.nodes import NodeState
+from tests.conftest import ROOT
 from tests.functional.handlers import (
     MEMBERS,
     SAMPLE_JOB,
@@ -139,3 +143,37 @@ def test_rank_zeros_goodput_becomes_the_jobs_goodput_metric(
     assert [(m["job_id"], m["Goodput"]) for m in emitted] == [(SAMPLE_JOB, [0.93])]
     (metric_set,) = emitted[0]["_aws"]["CloudWatchMetrics"]
     assert metric_set["Namespace"] == "ringfleet" and sorted(metric_set["Dimensions"][0]) == ["job_id", "service"]
+
+
+def _instance_idle() -> dict[str, Any]:
+    """The Amazon MQ sample carrying the sample InstanceIdle (events/messages/instance_idle.json) of rank 1's
+    instance instead of its heartbeat."""
+    event = sample("mq_heartbeat.json")
+    (messages,) = event["rmqMessagesByQueue"].values()
+    body = (ROOT / "events/messages/instance_idle.json").read_bytes()
+    messages[0]["data"] = base64.b64encode(body).decode()
+    messages[0]["basicProperties"].update(type="InstanceIdle", messageId=json.loads(body)["message_id"])
+    return event
+
+
+def test_an_idle_agent_frees_its_instance_once_its_job_is_over_and_never_a_live_members(
+    worker_events: Handler, commands: CommandTap
+) -> None:
+    # given the sample job running: its rank 1's agent says (twice) it runs no job (it booted again)
+    assert twice(worker_events, _instance_idle()) == {"accepted": 1, "dead_lettered": 0}
+    # then nothing changes: a live job's member is the heartbeat sweep's to judge, never freed by what it says
+    node = worker_events.nodes.get(MEMBERS[1])
+    assert node is not None and node.state is NodeState.ACTIVE and node.job_id == SAMPLE_JOB
+    # given the job ended and released its nodes (no other job may be placed on them yet)
+    job = worker_events.jobs.get(SAMPLE_JOB)
+    assert job is not None
+    ended = replace(job, state=JobState.SUCCEEDED)
+    released = [replace(n, state=NodeState.RELEASED, rank=None) for n in worker_events.nodes.list_by_job(SAMPLE_JOB)]
+    worker_events.reset()
+    worker_events.seed(ended, released)
+    # when rank 1's agent confirms it runs nothing of it (twice: a redelivery)
+    assert twice(worker_events, _instance_idle()) == {"accepted": 1, "dead_lettered": 0}
+    # then its instance is free (LOST: the scaler places another job on it); the others wait for their own agents
+    states = {n.instance_id: n.state for n in worker_events.nodes.list_by_job(SAMPLE_JOB)}
+    assert states == {MEMBERS[0]: NodeState.RELEASED, MEMBERS[1]: NodeState.LOST, MEMBERS[2]: NodeState.RELEASED}
+    assert commands.drain() == []

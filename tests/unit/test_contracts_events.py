@@ -52,6 +52,7 @@ MESSAGE_SAMPLES = {
     "heartbeat": "Heartbeat",
     "checkpoint_completed": "CheckpointCompleted",
     "worker_failed": "WorkerFailed",
+    "instance_idle": "InstanceIdle",
     "checkpoint_now": "CheckpointNow",
     "reconfigure": "Reconfigure",
     "stop": "Stop",

@@ -7,8 +7,9 @@ from dataclasses import replace
 import pytest
 
 from ringfleet.contracts import CheckpointNow, Reconfigure
+from ringfleet.core.commands import rendezvous_port
 from ringfleet.core.jobs import DurableCheckpoint, IllegalTransition, JobState
-from ringfleet.core.nodes import LifecycleHook, NodeState, plan_node_updates
+from ringfleet.core.nodes import LifecycleHook, NodeState, plan_node_updates, release_idle
 from ringfleet.recovery.decisions import plan_recovery
 from ringfleet.recovery.plan import CapacityArrived, CheckpointTaken, NodeLost, NoticeGiven
 from tests.builders import instance, later, running_job
@@ -45,7 +46,8 @@ def test_notice_reconfigures_once_both_the_checkpoint_and_the_replacement_are_th
     assert isinstance(command, Reconfigure)
     assert command.generation == 2 and command.checkpoint is None
     assert set(command.ranks) == (set(job.members) - {leaving}) | {spare}
-    assert command.rendezvous == "10.0.0.1:29502", "rank 0 kept its rank and hosts the rendezvous"
+    assert command.rendezvous == f"10.0.0.1:{rendezvous_port(plan.job)}", "rank 0 kept its rank, serves the rendezvous"
+    assert rendezvous_port(plan.job) != rendezvous_port(job), "never the port of the ring still closing"
     assert plan.job.state is JobState.RUNNING and plan.job.recovery is None
     assert plan.metrics["StepsLost"] == 0
 
@@ -206,7 +208,8 @@ def test_the_final_checkpoint_ends_the_job_once_and_releases_its_nodes() -> None
     assert not plan_recovery(plan.job, nodes, CheckpointTaken(1, 200, later(6), final=True)).changed
     # and its instances no longer serve it: the scaler frees them and the heartbeat sweep leaves them alone
     updates, _ = plan_node_updates(plan.job, nodes, later(5))
-    assert {n.state for n in updates} == {NodeState.LOST} and len(updates) == len(nodes)
+    # released: not free for another job until each agent confirms it runs nothing of this one (InstanceIdle)
+    assert {n.state for n in updates} == {NodeState.RELEASED} and len(updates) == len(nodes)
 
 
 def test_an_emergency_checkpoint_that_beats_its_notice_is_not_waited_for_again() -> None:
@@ -223,3 +226,20 @@ def test_an_emergency_checkpoint_that_beats_its_notice_is_not_waited_for_again()
     done = plan_recovery(plan.job, nodes, CapacityArrived(instance(50), later(6)))
     (command,) = done.commands
     assert isinstance(command, Reconfigure) and set(command.ranks) == {instance(1), instance(2), instance(50)}
+
+
+def test_an_idle_agent_frees_its_instance_only_once_its_job_is_over() -> None:
+    # given a running job's nodes, and the same job once over (recovery released its nodes)
+    job, nodes = running_job()
+    node = nodes[0]
+    ended = replace(job, state=JobState.SUCCEEDED)
+    released = replace(node, state=NodeState.RELEASED)
+    # when each node's agent says it runs no job (a booted-again member of a live job says the same)
+    # then only the instance of the ended job is freed; a live job's member stays its, and a free one stays free
+    assert release_idle(node, job, later(5)) is None, "a live job's member is the sweep's to judge"
+    freed = release_idle(released, ended, later(5))
+    assert freed is not None and freed.state is NodeState.LOST and freed.job_id == node.job_id
+    assert release_idle(freed, ended, later(6)) is None, "already free: the second confirmation changes nothing"
+    # and a member of a job cancelled before recovery touched its node is freed too
+    cancelled = replace(job, state=JobState.CANCELLED)
+    assert (again := release_idle(node, cancelled, later(5))) is not None and again.state is NodeState.LOST

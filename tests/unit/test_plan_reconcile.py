@@ -11,7 +11,7 @@ import pytest
 
 from ringfleet.contracts import Reconfigure
 from ringfleet.core.jobs import Job, JobState
-from ringfleet.core.nodes import Node, NodeState
+from ringfleet.core.nodes import Node, NodeState, release_idle
 from ringfleet.scaling.decisions import FleetState, Pool, ScalingPolicy, pool_key
 from ringfleet.scaling.ports import FleetInstance, FleetSnapshot
 from ringfleet.scaling.reconcile import Handover, ReconcilePlan, plan_assignments, plan_reconcile
@@ -65,9 +65,10 @@ def plan(
 
 def test_a_pending_job_whose_instances_run_is_started_with_a_reconfigure_naming_them() -> None:
     # given a PENDING job of two workers, and two running instances: one never placed, one left by a finished job
+    # whose agent confirmed it runs nothing of it any more
     job = pending_job()
     snapshot = fleet(vm(1, A), vm(2, B))
-    finished_jobs_node = Node(instance(2), "finished-job", state=NodeState.ACTIVE)
+    finished_jobs_node = Node(instance(2), "finished-job", state=NodeState.LOST)
     # when the scaler plans
     fleet_plan = plan(snapshot, [job], [finished_jobs_node])
     # then the fleet already holds what the job wants: nothing launched, nothing released
@@ -86,6 +87,25 @@ def test_a_pending_job_whose_instances_run_is_started_with_a_reconfigure_naming_
     # and once its start is saved, no worker is pending any more
     report = work.report(started=["digits"])
     assert report.started == ("digits",) and report.pending_workers == 0
+
+
+@pytest.mark.parametrize("left", [NodeState.RELEASED, NodeState.ACTIVE], ids=["released", "cancelled-job-member"])
+def test_an_instance_of_an_ended_job_is_placed_only_once_its_agent_confirmed_it_idle(left: NodeState) -> None:
+    # given a PENDING job of two workers, and two running instances: one never placed, one its ended job released
+    # (or a member of a cancelled job, whose node recovery never touched) whose agent has not said InstanceIdle yet
+    job = pending_job()
+    snapshot = fleet(vm(1, A), vm(2, B))
+    ended = Node(instance(2), "ended-job", state=left)
+    # when the scaler plans
+    fleet_plan = plan(snapshot, [job], [ended])
+    # then the job is not started: only one instance is free (the ended job may still be training on the other)
+    work = plan_assignments(fleet_plan, snapshot)
+    assert not work.starts and instance(2) in fleet_plan.unconfirmed
+    # and once the agent confirmed (the node freed), the job starts on both
+    freed = release_idle(ended, None, NOW)
+    assert freed is not None and freed.state is NodeState.LOST
+    (start,) = plan_assignments(plan(snapshot, [job], [freed]), snapshot).starts
+    assert set(start.start.command.ranks) == {instance(1), instance(2)}
 
 
 def test_a_job_that_moved_before_its_start_was_saved_is_reported_as_still_pending() -> None:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 
-from ringfleet.contracts.messages import CheckpointNow, Heartbeat, Message, Reconfigure, Stop
+from ringfleet.contracts.messages import CheckpointNow, Heartbeat, InstanceIdle, Message, Reconfigure, Stop
 from training_worker.control import ControlChannel
 from training_worker.runtime.config import RuntimeConfig
 from training_worker.runtime.job import Job
@@ -38,6 +38,8 @@ class ControlLink:
         self._channel: ControlChannel | None = None
         self._on_command: CommandHandler | None = None
         self._beating: Future[None] | None = None
+        #: When this unplaced worker last said InstanceIdle (None: not yet).
+        self._idle_said_at: float | None = None
         self._done = threading.Event()
 
     @property
@@ -96,8 +98,20 @@ class ControlLink:
 
         self._channel.publish(message).add_done_callback(report)
 
-    def _heartbeat(self, whereabouts: Whereabouts, stall_s: float) -> Heartbeat | None:
-        """The heartbeat to send now; None while the worker must stay silent."""
+    def _idle(self, every_s: float) -> InstanceIdle | None:
+        """While no job is known (an agent booted, or started again after its job ended: nothing of a job runs),
+        InstanceIdle at the first beat and every ``every_s`` after: it frees the instance for another job once the
+        control plane has seen its last job end (a confirmation that came too early is simply sent again)."""
+        now = time.monotonic()
+        if self._job.id is not None or (self._idle_said_at is not None and now - self._idle_said_at < every_s):
+            return None
+        self._idle_said_at = now
+        return InstanceIdle(instance_id=self._config.instance_id)
+
+    def _heartbeat(self, whereabouts: Whereabouts, stall_s: float) -> Heartbeat | InstanceIdle | None:
+        """The heartbeat (or, unplaced, the idle confirmation) to send now; None while the worker must stay silent."""
+        if self._job.id is None:
+            return self._idle(stall_s)
         progress = self._progress
         stepped = progress.stepped_at
         if stepped is not None and time.monotonic() - stepped > stall_s:
@@ -137,9 +151,9 @@ class ControlLink:
             if beat is None:
                 continue
 
-            def report(future: Future[None]) -> None:
+            def report(future: Future[None], kind: str = beat.type) -> None:
                 if not future.cancelled() and future.exception() is not None:
-                    log.warning("could not publish a Heartbeat: %s", future.exception())
+                    log.warning("could not publish a %s: %s", kind, future.exception())
 
             self._beating = self._channel.publish(beat)
             self._beating.add_done_callback(report)

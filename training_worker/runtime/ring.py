@@ -34,6 +34,7 @@ from training_worker.membership import (
     join_group,
     leave_group,
     rendezvous_store,
+    ring_identity,
 )
 from training_worker.runtime.config import RuntimeConfig
 from training_worker.runtime.errors import CollectiveError, Stopped, collective
@@ -565,10 +566,15 @@ class Ring:
     def _serve_rendezvous(self, command: Reconfigure) -> None:
         if self._served is not None and self._served[0] == command.generation:
             return
+        membership = Membership.from_reconfigure(command, self._config.instance_id)
         try:
-            self._served = (command.generation, rendezvous_store(command.rendezvous, serve=True, timeout_s=2.0))
+            store = rendezvous_store(command.rendezvous, serve=True, timeout_s=2.0)
         except (RuntimeError, ConnectionError) as e:  # the port is taken: joining will say so
             log.warning("cannot serve the rendezvous of generation %d yet: %s", command.generation, e)
+            return
+        if membership is not None:  # newcomers arrive only at a store that names their ring
+            store.set("ring", ring_identity(membership))
+        self._served = (command.generation, store)
 
     def _arrived(self, command: Reconfigure) -> int:
         """How many members already wait at ``command``'s rendezvous (0 while it does not answer)."""

@@ -397,7 +397,7 @@ def node_to_item(node: Node) -> dict[str, Any]:
     if node.state is NodeState.ACTIVE and seen is not None:
         item["watch_shard"] = _shard(node.instance_id, NODE_SHARDS)
         item["last_seen"] = seen.isoformat()
-    elif node.state is NodeState.LOST:
+    elif node.state in (NodeState.LOST, NodeState.RELEASED):
         item["expires_at"] = _epoch(node.updated_at, NODE_RETENTION)
     return item
 

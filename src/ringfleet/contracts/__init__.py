@@ -76,6 +76,7 @@ if TYPE_CHECKING:
     from ringfleet.contracts.messages import CheckpointRef as CheckpointRef
     from ringfleet.contracts.messages import Command as Command
     from ringfleet.contracts.messages import Heartbeat as Heartbeat
+    from ringfleet.contracts.messages import InstanceIdle as InstanceIdle
     from ringfleet.contracts.messages import JobCancelled as JobCancelled
     from ringfleet.contracts.messages import JobSubmitted as JobSubmitted
     from ringfleet.contracts.messages import Message as Message
@@ -164,6 +165,7 @@ _WHERE = {
     "Stop": "messages",
     "WORKER_EVENTS_QUEUE": "broker",
     "WorkerFailed": "messages",
+    "InstanceIdle": "messages",
     "WorkerMessage": "messages",
     "checkpoint_prefix": "checkpoints",
     "checkpoint_uri": "checkpoints",

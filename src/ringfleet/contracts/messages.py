@@ -47,6 +47,7 @@ __all__ = [
     "CheckpointRef",
     "Command",
     "Heartbeat",
+    "InstanceIdle",
     "JobCancelled",
     "JobSubmitted",
     "Message",
@@ -258,6 +259,18 @@ class WorkerFailed(MessageBase):
     scope: Literal["self", "ring", "script"] = "self"
 
 
+class InstanceIdle(MessageBase):
+    """An instance's agent runs no job: it booted (or was started again after its job ended) with no job's process
+    left on the instance, and waits to be placed. Sent when its control channel is up and again every minute or so
+    while it waits (a confirmation that arrives before its last job is seen to end is simply sent again).
+
+    An instance whose job ended serves no other job until its agent says this (``NodeState.RELEASED``): the job's
+    processes could otherwise still be training on it when it is placed again."""
+
+    type: Literal["InstanceIdle"] = "InstanceIdle"
+    instance_id: InstanceId
+
+
 # -- commands (control plane -> workers, on the commands exchange) -----------------------------------------------
 
 
@@ -398,7 +411,7 @@ def _check_checkpoint_uri(uri: str, job_id: str, step: int) -> None:
 
 
 AppMessage = Annotated[JobSubmitted | JobCancelled | UpgradeJob, Field(discriminator="type")]
-WorkerMessage = Annotated[Heartbeat | CheckpointCompleted | WorkerFailed, Field(discriminator="type")]
+WorkerMessage = Annotated[Heartbeat | CheckpointCompleted | WorkerFailed | InstanceIdle, Field(discriminator="type")]
 Command = Annotated[CheckpointNow | Reconfigure | Stop, Field(discriminator="type")]
 Message = Annotated[
     JobSubmitted
@@ -407,6 +420,7 @@ Message = Annotated[
     | Heartbeat
     | CheckpointCompleted
     | WorkerFailed
+    | InstanceIdle
     | CheckpointNow
     | Reconfigure
     | Stop,
@@ -423,6 +437,7 @@ MESSAGE_TYPES: dict[str, type[MessageBase]] = {
         Heartbeat,
         CheckpointCompleted,
         WorkerFailed,
+        InstanceIdle,
         CheckpointNow,
         Reconfigure,
         Stop,

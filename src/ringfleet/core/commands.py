@@ -10,6 +10,7 @@ event or by two writers racing, publishes the same id, which the workers and the
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -25,13 +26,14 @@ __all__ = [
     "RENDEZVOUS_PORTS",
     "command_message_id",
     "reconfigure_command",
+    "rendezvous_port",
     "stop_command",
 ]
 
-#: Rank 0 serves the ring's rendezvous (a torch.distributed TCP store) on this port plus the generation modulo
-#: RENDEZVOUS_PORTS, so a new generation's store never collides with the one still closing.
+#: Rank 0 serves the ring's rendezvous (a torch.distributed TCP store) on a port of RENDEZVOUS_BASE_PORT ..
+#: + RENDEZVOUS_PORTS - 1 (below Linux's ephemeral ports, 32768 on), see rendezvous_port.
 RENDEZVOUS_BASE_PORT = 29500
-RENDEZVOUS_PORTS = 500
+RENDEZVOUS_PORTS = 3000
 #: Used when the rank-0 node has no recorded host (the local cloud runs every worker on this machine).
 DEFAULT_RENDEZVOUS_HOST = "127.0.0.1"
 
@@ -39,6 +41,20 @@ DEFAULT_RENDEZVOUS_HOST = "127.0.0.1"
 def command_message_id(job_id: str, generation: int, kind: str) -> UUID:
     """A command's message id, derived from what it is: the same decision made twice publishes the same id."""
     return uuid5(NAMESPACE_URL, f"ringfleet:{job_id}:{generation}:{kind}")
+
+
+def rendezvous_port(job: Job) -> int:
+    """The port of ``job``'s rendezvous at its current generation.
+
+    Derived from the job (its tenant, id and the submission it was admitted from) and the generation, so that two
+    rings on one host rarely share a port (two jobs on the local fleet, two local clouds on one machine: a fixed base
+    plus the generation gave every job's first ring the same port), and a job's next generation never takes the port
+    of the one still closing. Where two rings meet anyway, a worker refuses a store that names another ring
+    (``training_worker.membership``), and a rank 0 that cannot bind fails its generation: the control plane's next
+    one moves to the next port.
+    """
+    ring = f"{job.tenant}/{job.job_id}/{job.spec.message_id}".encode()
+    return RENDEZVOUS_BASE_PORT + (zlib.crc32(ring) + job.generation) % RENDEZVOUS_PORTS
 
 
 def reconfigure_command(
@@ -52,7 +68,7 @@ def reconfigure_command(
     from ringfleet.contracts import Program, Reconfigure
 
     rank0 = next(i for i, r in job.members.items() if r == 0)
-    port = RENDEZVOUS_BASE_PORT + job.generation % RENDEZVOUS_PORTS
+    port = rendezvous_port(job)
     return Reconfigure(
         job_id=job.job_id,
         generation=job.generation,

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ringfleet.core.jobs import Job
 
-__all__ = ["LifecycleHook", "Node", "NodeState", "plan_node_updates"]
+__all__ = ["LifecycleHook", "Node", "NodeState", "plan_node_updates", "release_idle"]
 
 
 class NodeState(StrEnum):
@@ -22,7 +22,11 @@ class NodeState(StrEnum):
     ACTIVE = "ACTIVE"
     #: Notice given (spot warning, rebalance, lifecycle hook): still alive, about to go.
     LEAVING = "LEAVING"
-    #: Gone (terminated, stopped, silent or failed), or released by its finished job. Never comes back.
+    #: Its job is over, but its agent has not yet said that no process of it is left (``InstanceIdle``): neither
+    #: the job's nor free, so that nothing is placed where the ended job may still be training.
+    RELEASED = "RELEASED"
+    #: Gone (terminated, stopped, silent or failed), or released by its finished job and confirmed idle by its
+    #: agent. Never comes back to that job; a running instance whose node is LOST is free for another.
     LOST = "LOST"
 
 
@@ -70,8 +74,13 @@ def plan_node_updates(
     longer needed: it left the ring, or its emergency checkpoint is done.
     """
     if job.is_final:
-        # The job is over: its instances no longer serve it (the fleet scaler frees them, the sweep ignores them).
-        done = [replace(n, state=NodeState.LOST, rank=None, updated_at=at) for n in nodes if n.state != NodeState.LOST]
+        # The job is over: its instances no longer serve it (the sweep ignores them), and serve another only once
+        # their agents confirm they run nothing of it (RELEASED until then; see release_idle).
+        done = [
+            replace(n, state=NodeState.RELEASED, rank=None, updated_at=at)
+            for n in nodes
+            if n.state not in (NodeState.LOST, NodeState.RELEASED)
+        ]
         return done, [n.lifecycle_hook for n in nodes if n.lifecycle_hook is not None]
     recovery = job.recovery
     gone = set(lost) | (set(recovery.lost) if recovery else set())
@@ -119,3 +128,15 @@ def _wanted_node(job: Job, node: Node, gone: set[str], hook: LifecycleHook | Non
         return replace(want, state=NodeState.LOST, rank=None)
     # A PLACED node the job does not list yet was placed after this read; the fleet scaler brings it in.
     return want
+
+
+def release_idle(node: Node | None, job: Job | None, at: datetime) -> Node | None:
+    """``node`` (its job ``job`` as read) once its agent said it runs no job (``InstanceIdle``): free (LOST) when its
+    job is over, whether recovery already marked it RELEASED or not (a cancelled job's nodes keep their state); None
+    when that changes nothing: an unknown or already free instance, or a live job's node (a member that booted again
+    is the heartbeat sweep's to judge, never freed by what it says of itself)."""
+    if node is None or node.state is NodeState.LOST:
+        return None
+    if node.state is not NodeState.RELEASED and job is not None and not job.is_final:
+        return None
+    return replace(node, state=NodeState.LOST, rank=None, updated_at=at)

@@ -47,7 +47,14 @@ from ringfleet.recovery.plan import (
 from ringfleet.recovery.signals import failure_signal, lost_in_ring, reporter_refusal, ring_suspects, signal_of
 
 if TYPE_CHECKING:
-    from ringfleet.contracts import CheckpointCompleted, ControlDetail, Heartbeat, NodeEvent, WorkerFailed
+    from ringfleet.contracts import (
+        CheckpointCompleted,
+        ControlDetail,
+        Heartbeat,
+        InstanceIdle,
+        NodeEvent,
+        WorkerFailed,
+    )
     from ringfleet.core.jobs import Job
     from ringfleet.core.nodes import LifecycleHook, Node
     from ringfleet.core.ports import Clock, CommandPublisher, JobRepository, NodeRepository
@@ -148,6 +155,22 @@ class RecoveryService:
         # Mostly a late heartbeat of a node recovery already gave up on; a forged one reads the same.
         log.info("heartbeat of %s for job %s ignored: not a live node of it", message.instance_id, message.job_id)
         return RecoveryOutcome(message.job_id, "ignored: not a live node of this job at this generation")
+
+    def on_instance_idle(self, message: InstanceIdle) -> RecoveryOutcome:
+        """An agent runs no job: its instance, released by a job that ended, is free for another from now on
+        (``ringfleet.core.nodes.release_idle``). Safe to apply twice: a free instance stays free."""
+        from ringfleet.core.nodes import release_idle
+
+        node = self.nodes.get(message.instance_id)
+        job = self.jobs.get(node.job_id) if node is not None else None
+        freed = release_idle(node, job, self.clock.now())
+        if node is None or freed is None:
+            why = "unknown instance" if node is None else f"node is {node.state.value} for job {node.job_id}"
+            return RecoveryOutcome(node.job_id if node else None, f"nothing to release ({why})")
+        if not self.nodes.place(freed, over=node):
+            return RecoveryOutcome(node.job_id, "nothing to release (the node changed since it was read)")
+        log.info("instance %s confirmed idle after job %s: free for another job", node.instance_id, node.job_id)
+        return RecoveryOutcome(node.job_id, "released")
 
     def on_checkpoint_completed(self, message: CheckpointCompleted) -> RecoveryOutcome:
         """A checkpoint the job's ring wrote; ignored (and logged) unless a member of the job reports it."""

@@ -41,8 +41,8 @@ def reporter_refusal(job: Job, node: Node | None, instance_id: str, generation: 
 
     if node is None or node.job_id != job.job_id:
         return f"instance {instance_id} is not a node of job {job.job_id}"
-    if node.state is NodeState.LOST:
-        return f"instance {instance_id} is a lost node of job {job.job_id}"
+    if node.state in (NodeState.LOST, NodeState.RELEASED):
+        return f"instance {instance_id} is a {node.state.value.lower()} node of job {job.job_id}"
     if generation > job.generation:
         return f"generation {generation} is ahead of job {job.job_id}'s ({job.generation})"
     if member and instance_id not in job.members:

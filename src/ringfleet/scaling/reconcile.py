@@ -124,6 +124,9 @@ class ReconcilePlan:
     retire: tuple[tuple[str, str], ...] = ()
     #: Retired instances in their grace period (``RETIRE_GRACE``): neither placed nor released yet.
     held: frozenset[str] = frozenset()
+    #: Instances whose job ended but whose agent has not yet confirmed it runs nothing of it (``InstanceIdle``):
+    #: never placed until it does (they may be released).
+    unconfirmed: frozenset[str] = frozenset()
     #: job -> $ per hour of the instances serving it now.
     cost_per_hour_by_job: Mapping[str, float] = field(default_factory=dict)
 
@@ -244,6 +247,16 @@ def _retired(jobs: Sequence[Job], nodes: Mapping[str, Node], now: datetime) -> t
     return retired - held, held
 
 
+def _unconfirmed(snapshot: FleetSnapshot, nodes: Mapping[str, Node], busy: Collection[str]) -> list[str]:
+    """The instances that serve no active job but were not confirmed idle: an instance is free only without a node,
+    or with a LOST one (its agent said InstanceIdle after its job released it, or it was never started)."""
+    return [
+        i.instance_id
+        for i in snapshot.instances
+        if i.instance_id not in busy and (n := nodes.get(i.instance_id)) is not None and n.state is not NodeState.LOST
+    ]
+
+
 def _releasable(
     targets: Mapping[str, int],
     snapshot: FleetSnapshot,
@@ -293,6 +306,7 @@ def plan_reconcile(
         targets={k: n + going[k] for k, n in decision.targets.items()},
         release=tuple(_releasable(decision.targets, snapshot, {*occupancy.busy, *holding}, going, retired)),
         held=frozenset(held),
+        unconfirmed=frozenset(_unconfirmed(snapshot, nodes, occupancy.busy)),
         busy=occupancy.busy,
         jobs=tuple(jobs),
         now=now,
@@ -398,6 +412,7 @@ def plan_assignments(plan: ReconcilePlan, snapshot: FleetSnapshot) -> Assignment
         and i.instance_id not in plan.busy
         and i.instance_id not in plan.release
         and i.instance_id not in plan.held
+        and i.instance_id not in plan.unconfirmed
     ]
     placement = plan_placement(plan.jobs, free, plan.now)
     return Assignments(
