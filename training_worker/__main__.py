@@ -155,6 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
     ring.add_argument("--wait", type=float, default=600.0, help="seconds to wait for a (new) membership")
     ring.add_argument("--log-every", type=int, default=10, help="steps between progress lines")
     ring.add_argument("--heartbeat-every", type=float, default=5.0, help="seconds between Heartbeats (default 5)")
+    ring.add_argument(
+        "--stop-grace",
+        type=float,
+        default=float(_env("RINGFLEET_STOP_GRACE") or 60.0),
+        help="seconds a Stop waits for the script's next step boundary before the process ends, script and all "
+        "[RINGFLEET_STOP_GRACE] (default 60)",
+    )
     return p
 
 
@@ -202,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         join_timeout_s=args.join_timeout,
         wait_s=args.wait,
         heartbeat_every_s=args.heartbeat_every,
+        stop_grace_s=args.stop_grace,
         checkpoint_interval_steps=args.checkpoint_interval_steps,
         log_every=args.log_every,
         checkpoint_cache=cache_dir(

@@ -270,3 +270,21 @@ def test_a_leaving_worker_checkpoints_before_it_exits_and_the_survivor_waits_for
     assert (world, rank) == (1, 0) and step > ahead
     send(broker_url, Stop(job_id=job, generation=2, reason="done"))
     assert survivor.finish(30) == 0
+
+
+def test_a_script_stuck_in_a_step_is_ended_with_its_process_when_it_does_not_obey_a_stop(
+    tmp_path: Path, broker_url: str, workers: list[WorkerProcess]
+) -> None:
+    # given a worker whose script is stuck inside a step (it sleeps ten minutes in it), given 3 s to obey a Stop
+    job = new_job_id("stuck")
+    worker = _start(
+        workers, tmp_path, job, A, broker_url, script=("--step-delay", "600"), env={"RINGFLEET_STOP_GRACE": "3"}
+    )
+    _ready(worker)
+    reconfigure(broker_url, job, 1, [A])
+    worker.wait_for("group formed")
+    # when its job is stopped (cancelled: the control plane frees the instance once its agent says it is idle)
+    send(broker_url, Stop(job_id=job, generation=1, reason="cancelled"))
+    # then the process ends, its script with it, within the grace rather than after the step's ten minutes
+    assert worker.finish(30) == 1
+    assert "the script did not stop within 3 s of Stop: ending this process" in worker.output()

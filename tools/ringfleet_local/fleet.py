@@ -128,6 +128,8 @@ class FleetEmulator:
         self.instances: dict[str, EmulatedInstance] = {}
         self.gone: set[str] = set()
         self.seen: set[str] = set()
+        #: instance -> when the emulator saw each of its agents exit (wall clock), oldest first.
+        self.exits: dict[str, list[float]] = {}
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -182,6 +184,7 @@ class FleetEmulator:
                 continue
             if inst.exited_at is None:
                 inst.exited_at = now
+                self.exits.setdefault(instance_id, []).append(now)
             elif now - inst.exited_at >= self.RESTART_AFTER_S:
                 self._launch(instance_id, None)
 

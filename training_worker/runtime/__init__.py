@@ -125,6 +125,7 @@ class Runtime:
         self.ring.leave_group()
         self.tiers.wait()
         self.link.close()
+        self.notices.close()  # last: a close that hangs after a Stop still ends the process (Notices.on_command)
 
 
 _runtime: Runtime | None = None

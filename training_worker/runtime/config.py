@@ -90,6 +90,9 @@ class RuntimeConfig:
     checkpoint_interval_steps: int = DEFAULT_CHECKPOINT_INTERVAL_STEPS
     log_every: int = 10
     max_failures: int = 10
+    #: How long a Stop may wait for the script's next step boundary before the process ends itself, its script with
+    #: it (a script stuck in a step, or that never commits): the instance then serves no job any more.
+    stop_grace_s: float = 60.0
     #: Where a Reconfigure came from before this process started (a container the agent launched), as JSON.
     reconfigure_json: str | None = None
     #: The local-disk tier of checkpoints (this instance's newest ones); None: S3 only.
@@ -118,6 +121,7 @@ class RuntimeConfig:
             join_timeout_s=_float(env, "RINGFLEET_JOIN_TIMEOUT", 60.0),
             wait_s=_float(env, "RINGFLEET_WAIT", 600.0),
             heartbeat_every_s=_float(env, "RINGFLEET_HEARTBEAT_EVERY", 5.0),
+            stop_grace_s=_float(env, "RINGFLEET_STOP_GRACE", 60.0),
             checkpoint_interval_steps=int(
                 env.get("RINGFLEET_CHECKPOINT_INTERVAL_STEPS") or DEFAULT_CHECKPOINT_INTERVAL_STEPS
             ),
@@ -138,6 +142,7 @@ class RuntimeConfig:
             "RINGFLEET_JOIN_TIMEOUT": str(self.join_timeout_s),
             "RINGFLEET_WAIT": str(self.wait_s),
             "RINGFLEET_HEARTBEAT_EVERY": str(self.heartbeat_every_s),
+            "RINGFLEET_STOP_GRACE": str(self.stop_grace_s),
             "RINGFLEET_CHECKPOINT_INTERVAL_STEPS": str(self.checkpoint_interval_steps),
             "RINGFLEET_LOG_EVERY": str(self.log_every),
         }

@@ -5,6 +5,7 @@ Stop, a Reconfigure), a spot interruption notice from instance metadata, SIGTERM
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 
@@ -29,6 +30,8 @@ class Notices:
         self._flags = flags
         self._ring = ring
         self._serve = serve
+        #: Ends the process when a Stop is not obeyed within ``stop_grace_s`` (see ``on_command``).
+        self._overdue: threading.Timer | None = None
 
     def watch(self) -> None:
         """Watches for a spot interruption notice (with an instance metadata endpoint) and SIGTERM (on the main
@@ -59,6 +62,28 @@ class Notices:
             log.info("Stop (%s): stopping at the next step boundary", command.reason)
             self._flags.raise_flag(STOP)
             ring.discovery.close()  # a worker waiting for a membership stops now
+            self._end_if_overdue()
+
+    def _end_if_overdue(self) -> None:
+        """A script that does not reach a step boundary within ``stop_grace_s`` of a Stop (stuck in a step, or one
+        that never commits) is ended with the whole process: its job is over, and the instance must be free of it
+        before it serves another (the agent, started again, says InstanceIdle)."""
+        if self._overdue is not None:
+            return
+
+        def overdue() -> None:
+            log.error("the script did not stop within %.0f s of Stop: ending this process", self._config.stop_grace_s)
+            logging.shutdown()
+            os._exit(1)
+
+        self._overdue = threading.Timer(self._config.stop_grace_s, overdue)
+        self._overdue.daemon = True
+        self._overdue.start()
+
+    def close(self) -> None:
+        """The runtime is closing (the script stopped): no Stop is overdue any more."""
+        if self._overdue is not None:
+            self._overdue.cancel()
 
     def leave(self, why: str) -> None:
         """SIGTERM or a spot notice: checkpoint at the next step boundary, then exit.
