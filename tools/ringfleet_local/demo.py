@@ -96,6 +96,13 @@ FULL = Scenario(
 )
 
 
+#: While the second incident waits for the ring to be whole again, steps take this many times their pace (below
+#: the report's PAUSE_FACTOR: still normal steps); this close to the last step, HOLD_STILL_S seconds each.
+HOLD_FACTOR = 2.0
+HOLD_LAST_STEPS = 20
+HOLD_STILL_S = 1.0
+
+
 def ensure_broker(url: str = DEFAULT_BROKER_URL, wait_s: float = 60.0) -> None:
     """Starts RabbitMQ when it does not answer (as on a fresh machine), or says how to."""
     if broker_reachable(url):
@@ -342,6 +349,9 @@ class _Demo:
         from ringfleet_local.fleet import FleetEmulator
 
         self.cloud, self.scenario, self.out, self.watch = cloud, scenario, out, watch
+        #: The job's seconds per step, rewritten while it trains (``_pace``).
+        self._pace_file = out / "step-delay"
+        self._delay: float | None = None
         self.incidents: list[tuple[ObservedIncident, int]] = []  # with the generation it struck
         self.jobs = DynamoDbJobRepository(
             cloud.ctx.resolve({"Ref": "JobsTable"}), clock=SystemClock(), boto3_resource=cloud.ctx.resource("dynamodb")
@@ -411,7 +421,11 @@ class _Demo:
         fields.update(
             # The path as the agents see it: they run from wherever the demo was started.
             entrypoint=["python", str(examples / "train.py")],
-            hyperparameters=_training_args(scenario, self.out / "final.pt"),
+            # The pace is a file the demo rewrites while the job trains (see _pace); the baseline run has none.
+            hyperparameters={
+                **_training_args(scenario, self.out / "final.pt"),
+                "step-delay-file": str(self._pace_file),
+            },
             job_id=JOB_ID,
             tenant=TENANT,
             min_workers=scenario.min_workers,
@@ -434,12 +448,31 @@ class _Demo:
             self._sample(now, storage=tick % 4 == 0)
             tick += 1
             self._inject(now)
+            self._pace(now)
             if watch.finished and self._trained_to_the_end():
                 self._sample(time.time(), storage=True)
                 watch.say(time.time(), f"training finished at step {watch.step} on {len(watch.finished)} workers")
                 return
             time.sleep(0.25)
         raise SystemExit(f"the demo did not finish within {scenario.deadline_s:.0f} s; worker logs: {self.out}/workers")
+
+    def _pace(self, now: float) -> None:
+        """Slows training while the second incident waits for the ring to be whole again (its replacement joins
+        later on a busy machine): HOLD_FACTOR times the pace, still normal steps for the report; and holds it nearly
+        still near the last step, so that the run never ends before both incidents were struck."""
+        scenario, watch = self.scenario, self.watch
+        waiting = len(self.incidents) == 1 and watch.step >= scenario.kill_at_step
+        delay = scenario.step_delay_s * (HOLD_FACTOR if waiting else 1.0)
+        if waiting and watch.step >= scenario.steps - HOLD_LAST_STEPS:
+            delay = HOLD_STILL_S
+        if delay == self._delay:
+            return
+        if delay > scenario.step_delay_s:
+            watch.say(now, f"holding training at {delay:.2f} s per step until the ring is whole again")
+        part = self._pace_file.with_name(self._pace_file.name + ".part")
+        part.write_text(f"{delay}\n")
+        os.replace(part, self._pace_file)
+        self._delay = delay
 
     def _inject(self, now: float) -> None:
         scenario, watch = self.scenario, self.watch
