@@ -70,3 +70,21 @@ def test_a_worker_without_an_events_file_writes_nothing_and_a_wrong_event_is_ref
         parse_training_event('{"event": "StepTaken", "at": 1, "instance_id": "i-a", "generation": 1, "step": -1}')
     with pytest.raises(ValidationError):
         parse_training_event('{"event": "Guessed", "at": 1, "instance_id": "i-a", "generation": 1}')
+
+
+def test_a_jobs_instances_are_found_by_their_events_after_they_served_another(tmp_path: Path) -> None:
+    # given an instance that trained job "first", then (started again, unplaced, then placed) job "second"
+    from ringfleet_cli.logs import served_by
+
+    job: list[str | None] = ["first"]
+    log = EventLog(events_file(tmp_path, "i-a"), "i-a", job=lambda: job[0])
+    log.emit(StepTaken, generation=1, step=10, rank=0, world=1, loss=0.5)
+    job[0] = "second"
+    log.emit(StepTaken, generation=1, step=10, rank=0, world=1, loss=0.4)
+    EventLog(events_file(tmp_path, "i-b"), "i-b", job=lambda: "second").emit(
+        GenerationJoined, generation=1, rank=1, world=2
+    )
+    # then each event names the job it was written for, and `ringfleet logs` finds each job's instances by them
+    assert [e.job_id for e in EventFollower(tmp_path).poll()] == ["first", "second", "second"]
+    assert served_by(tmp_path, "first") == {"i-a"}
+    assert served_by(tmp_path, "second") == {"i-a", "i-b"}

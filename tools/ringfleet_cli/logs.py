@@ -29,8 +29,9 @@ def cmd_logs(args: argparse.Namespace) -> int:
     log_dir = Path(fleet["log_dir"])
 
     def instances() -> list[str]:
-        # Every instance ever placed on the job (replacements join as they come); or the one asked for.
-        placed = [n.instance_id for n in nodes.list_by_job(args.job)]
+        # Every instance ever placed on the job (replacements join as they come): those whose node still names it,
+        # and those whose worker's events do (once the job ended, its instances may serve another); or the one asked.
+        placed = sorted({n.instance_id for n in nodes.list_by_job(args.job)} | served_by(log_dir, args.job))
         return [i for i in placed if i == args.instance] if args.instance else placed
 
     offsets: dict[str, int] = {}
@@ -55,6 +56,13 @@ def cmd_logs(args: argparse.Namespace) -> int:
     if not offsets:
         print(f"no agent log of job {args.job} yet in {log_dir}", file=sys.stderr)
     return 0
+
+
+def served_by(log_dir: Path, job_id: str) -> set[str]:
+    """The instances whose workers' typed events (``ringfleet_local.training_events``) say they served ``job_id``."""
+    from ringfleet_local.training_events import EventFollower
+
+    return {e.instance_id for e in EventFollower(log_dir).poll() if e.job_id == job_id}
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

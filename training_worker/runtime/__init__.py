@@ -66,7 +66,7 @@ class Runtime:
         self.config = config
         self.job = Job(config.job_id)
         #: The typed events tools read (RINGFLEET_EVENTS_FILE); the log lines beside them are for people.
-        self.events = EventLog.from_env(config.instance_id)
+        self.events = EventLog.from_env(config.instance_id, job=lambda: self.job.id)
         self.flags = Flags()
         self.progress = Progress(config.log_every, self.events)
         self.link = ControlLink(config, self.job, self.progress)

@@ -35,6 +35,9 @@ class _Event(BaseModel):
 
     at: float
     instance_id: str = Field(min_length=1, max_length=64)
+    #: The job the worker served then (None: a standalone run, or not placed yet): an instance serves one job after
+    #: another, and a job's tools find its instances by it after they moved on (``ringfleet logs``).
+    job_id: str | None = Field(default=None, max_length=128)
     generation: _Count
 
 
