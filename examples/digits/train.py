@@ -7,6 +7,7 @@ torchrun (``torchrun --nproc-per-node 2 examples/digits/train.py``).
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -26,6 +27,30 @@ def digits(split: str) -> torch.utils.data.TensorDataset:
     return torch.utils.data.TensorDataset(*((x[:cut], y[:cut]) if split == "train" else (x[cut:], y[cut:])))
 
 
+class StepDelay:
+    """The sleep after each step: ``--step-delay``, or the number of seconds in ``--step-delay-file`` while it holds
+    one. The file is looked at every step (a stat; read again only once it changed), so a run can be slowed or sped
+    up while it trains; a file that is missing, unreadable or not a number leaves the last value in force."""
+
+    def __init__(self, seconds: float, path: str | None) -> None:
+        self.seconds = max(0.0, seconds)
+        self._path = path
+        self._seen: tuple[int, int, int] | None = None
+
+    def __call__(self) -> float:
+        if self._path is not None:
+            try:
+                st = os.stat(self._path)
+                seen = (st.st_ino, st.st_mtime_ns, st.st_size)
+                if seen != self._seen:
+                    with open(self._path) as f:
+                        self.seconds = max(0.0, float(f.read()))
+                    self._seen = seen
+            except (OSError, ValueError):
+                pass
+        return self.seconds
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--steps", type=int, default=200, help="global steps to train")
@@ -33,7 +58,15 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--commit-every", type=int, default=5, help="steps between in-memory commits")
-    p.add_argument("--step-delay", type=float, default=0.0, help="sleep per step (paces the demo)")
+    p.add_argument("--step-delay", type=float, default=0.0, help="seconds to sleep per step (paces demos and tests)")
+    p.add_argument(
+        "--step-delay-file",
+        default=None,
+        metavar="PATH",
+        help="pacing for demos and tests: the seconds to sleep per step are read from this file (looked at every "
+        "step), so a run can be slowed or sped up while it trains; while the file is missing or holds no number "
+        "the last value (at first --step-delay) stays",
+    )
     p.add_argument("--save-final", default=None, help="rank 0 writes the final model's state_dict here")
     args = p.parse_args()
 
@@ -47,6 +80,7 @@ def main() -> None:
     sampler = rf.elastic.ElasticSampler(train_set, args.global_batch, seed=args.seed)
     loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler)
     state = rf.elastic.TorchState(model=model, optimizer=optimizer, sampler=sampler, epoch=0, step=0)
+    step_delay = StepDelay(args.step_delay, args.step_delay_file)
 
     @rf.elastic.run
     def train(state: rf.elastic.TorchState) -> None:
@@ -59,8 +93,8 @@ def main() -> None:
                 optimizer.step()
                 state.step += 1
                 rf.report(loss=loss.item())
-                if args.step_delay:
-                    time.sleep(args.step_delay)
+                if delay := step_delay():
+                    time.sleep(delay)
                 if state.step % args.commit_every == 0 or state.step == args.steps:
                     state.commit()
                 if state.step == args.steps:

@@ -10,7 +10,8 @@ instead of after a wall-clock outage raced against the cloud's start. The scaler
 while the test waits for what they bring about (``wait_ticking``), and its refusal timers are shortened
 (SCALING_CAPACITY_GRACE_SECONDS: a spot pool short this long after a change is refused;
 SCALING_REFUSAL_BACKOFF_SECONDS: and left alone this long): at their defaults (3 and 15 minutes) and with a tick a
-minute the same run takes twenty minutes.
+minute the same run takes twenty minutes. The job trains slowly until both workers moved back, then its last steps at
+full speed.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from ringfleet.contracts.training import StepTaken
 from ringfleet.core.jobs import Job, JobState
 from ringfleet.core.ports import SystemClock
 from tests.conftest import ROOT
-from tests.e2e.support import digits_job, wait_ticking, wait_until
+from tests.e2e.support import Pace, digits_job, wait_ticking, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -46,9 +47,13 @@ OUTAGE = 45
 #: The spot pools are left alone this long (wall clock, the scaler's own) once refused: they are asked again after
 #: the test ended the outage, which it does as soon as the job runs on on-demand.
 BACKOFF_S = 20
-#: Enough steps (at least STEPS * STEP_DELAY seconds) for both moves to happen while the job trains.
-STEPS = 1600
-STEP_DELAY = 0.06
+#: Steps of the job: slow ones until both workers moved back, then the rest at full speed.
+STEPS = 800
+#: Seconds each step sleeps until then (STEPS * HOLD_S: minutes for the moves). A retiring worker leaves at a step
+#: boundary, so a step stays short beside the scaler's grace before it releases the worker's instance.
+HOLD_S = 0.2
+#: Steps between checkpoints: a move completes at the first checkpoint of the ring that includes the replacement.
+CHECKPOINT_STEPS = 20
 JOB = "move-back"
 
 
@@ -71,6 +76,7 @@ def test_on_demand_workers_move_back_to_spot_when_spot_capacity_returns(
     pools: dict[str, str] = {}
     errors: list[str] = []
     stop = threading.Event()
+    pace = Pace(tmp_path / "step-delay", HOLD_S)
     with LocalCloud(ROOT / "template.yaml", broker_url=broker_url, function_env=replay.environment()) as cloud:
         gateway = MotoSpotFleetGateway(
             stack=cloud.stack, launch_template="ringfleet-worker", ec2_client=cloud.client("ec2")
@@ -78,7 +84,9 @@ def test_on_demand_workers_move_back_to_spot_when_spot_capacity_returns(
 
         def watch() -> None:
             follower = EventFollower(logs)
-            while not stop.wait(0.5):
+            stopping = False
+            while not stopping:  # one last look once stopped: the job's last steps come quickly
+                stopping = stop.wait(0.5)
                 try:
                     pools.update({i.instance_id: i.pool for i in gateway.snapshot().instances})
                     steps.extend(e.step for e in follower.poll() if isinstance(e, StepTaken) and e.rank == 0)
@@ -112,8 +120,8 @@ def test_on_demand_workers_move_back_to_spot_when_spot_capacity_returns(
                     min_workers=2,
                     max_workers=2,
                     instance_types=["p3.2xlarge"],
-                    hyperparameters={"steps": STEPS, "step-delay": STEP_DELAY},
-                    checkpoint_interval_steps=100,
+                    hyperparameters={"steps": STEPS, **pace.hyperparameters()},
+                    checkpoint_interval_steps=CHECKPOINT_STEPS,
                 )
             )
             # then it starts on two on-demand workers
@@ -135,8 +143,9 @@ def test_on_demand_workers_move_back_to_spot_when_spot_capacity_returns(
                 cloud, scaler, lambda: len(incidents("move-back-completed")) == 2 or job().is_final, 400, "two moves"
             )
             moved = job()
-            assert not moved.is_final, "the job ended before both workers moved back: make STEPS larger"
+            assert not moved.is_final, "the job ended before both workers moved back: make STEPS or HOLD_S larger"
             on_demand_now = [i for i in gateway.snapshot().instances if i.pool.startswith("on-demand:")]
+            pace.full_speed()
             try:
                 wait_until(lambda: job().is_final, 240, "the job to end")
                 final = job()  # read while the local cloud still runs

@@ -14,11 +14,15 @@ from ringfleet.adapters.dynamodb import DynamoDbJobRepository
 from ringfleet.core.jobs import JobState
 from ringfleet.core.ports import SystemClock
 from tests.conftest import ROOT
-from tests.e2e.support import digits_job, wait_until
+from tests.e2e.support import Pace, digits_job, wait_until
 
 pytestmark = pytest.mark.e2e
 
-STEPS = 150
+#: Steps of the job: slow ones until the survivors let the leaver go and the job counted its replacement, then the
+#: rest at full speed, trained by the two survivors on their own.
+STEPS = 200
+#: Seconds each step sleeps until then: the job holds nearly still (STEPS * HOLD_S: minutes) while the test waits.
+HOLD_S = 0.5
 
 
 def test_survivors_train_to_the_end_when_the_replacement_never_gets_ready(
@@ -38,6 +42,7 @@ def test_survivors_train_to_the_end_when_the_replacement_never_gets_ready(
         jobs = DynamoDbJobRepository(
             cloud.ctx.resolve({"Ref": "JobsTable"}), clock=SystemClock(), boto3_resource=cloud.ctx.resource("dynamodb")
         )
+        pace = Pace(tmp_path / "step-delay", HOLD_S)
         emulator.start()
         try:
             RingfleetClient(cloud.broker_url).submit(
@@ -45,7 +50,7 @@ def test_survivors_train_to_the_end_when_the_replacement_never_gets_ready(
                     job_id="never-ready",
                     min_workers=2,
                     max_workers=3,
-                    hyperparameters={"steps": STEPS, "step-delay": 0.05, "commit-every": 1},
+                    hyperparameters={"steps": STEPS, "commit-every": 1, **pace.hyperparameters()},
                     checkpoint_interval_steps=40,
                 )
             )
@@ -56,11 +61,22 @@ def test_survivors_train_to_the_end_when_the_replacement_never_gets_ready(
             wait_until(lambda: sum(" world 3 " in t for t in logs().values()) == 3, 180, "a ring of three training")
             job = jobs.get("never-ready")
             assert job is not None
+            three = set(job.members)
             victim = next(i for i, rank in job.members.items() if rank == 2)
 
             # when one of them gets a spot interruption notice, and its replacement never gets ready
             broken["on"] = True
             emulator.interrupt(victim, grace_s=5)
+
+            def counted() -> bool:
+                # the two others let it go, and the job's newest generation counts its replacement (which never comes)
+                job = jobs.get("never-ready")
+                left = sum("shrank to 2" in text for i, text in logs().items() if i != victim)
+                return left == 2 and job is not None and bool(set(job.members) - three)
+
+            wait_until(counted, 180, "the replacement to be counted")
+            # (from now on the survivors may train to the end at full speed)
+            pace.full_speed()
 
             # then the two others train on at once, without it, and finish the job on their own
             def finished() -> list[str]:

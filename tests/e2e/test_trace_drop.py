@@ -4,7 +4,8 @@ and the job trains on and completes.
 
 The trace replays in simulated time (a ``FileClock`` the test moves, read by the emulator and the scaler's process
 alike): the drop comes once the ring of three trains, and the pool stays short while the test makes the scaler run
-(its minute's tick brought forward), instead of at wall-clock moments the job's pace had to be fitted around."""
+(its minute's tick brought forward), instead of at wall-clock moments the job's pace had to be fitted around. The job
+trains slowly until the drop has passed, then its last steps at full speed."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from ringfleet.core.jobs import JobState
 from ringfleet.core.ports import SystemClock
 from ringfleet.scaling.ports import FleetSnapshot
 from tests.conftest import ROOT
-from tests.e2e.support import digits_job, tick, wait_until
+from tests.e2e.support import Pace, digits_job, tick, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -35,8 +36,11 @@ SPEED = 60.0
 PLENTY, SCARCE = 110, 30
 #: Scaler runs the test makes while the pool is short (the job wants its two instances back).
 RUNS_WHILE_SHORT = 3
-#: Enough steps (at least STEPS * 0.05 seconds) for the ring of three to form and the drop to pass while it trains.
-STEPS = 1500
+#: Steps of the job: slow ones until the drop has passed, then the rest (the survivor's) at full speed.
+STEPS = 800
+#: Seconds each step sleeps until then: the job holds nearly still (STEPS * HOLD_S: minutes) while the ring of three
+#: forms and the drop passes.
+HOLD_S = 0.2
 
 
 def fleet(cloud: LocalCloud) -> FleetSnapshot:
@@ -83,6 +87,7 @@ def test_the_digits_job_survives_a_trace_drop_that_takes_two_of_its_instances_at
         jobs = DynamoDbJobRepository(
             cloud.ctx.resolve({"Ref": "JobsTable"}), clock=SystemClock(), boto3_resource=cloud.ctx.resource("dynamodb")
         )
+        pace = Pace(tmp_path / "step-delay", HOLD_S)
         emulator.start()
         try:
             # when the digits job runs there on up to three spot workers
@@ -92,7 +97,7 @@ def test_the_digits_job_survives_a_trace_drop_that_takes_two_of_its_instances_at
                     min_workers=1,
                     max_workers=3,
                     instance_types=["p3.2xlarge"],
-                    hyperparameters={"steps": STEPS, "step-delay": 0.05, "commit-every": 1},
+                    hyperparameters={"steps": STEPS, "commit-every": 1, **pace.hyperparameters()},
                     checkpoint_interval_steps=200,
                 )
             )
@@ -120,9 +125,10 @@ def test_the_digits_job_survives_a_trace_drop_that_takes_two_of_its_instances_at
             assert any(ran) and max(held) <= 1 and scaler_runs(cloud) > at_drop[0], (held, ran, at_drop)
             assert len(reclaims) == 2 and abs(reclaims[0][0] - reclaims[1][0]) < 1.0, reclaims
             job = jobs.get("trace-drop")
-            assert job is not None and not job.is_final, "the job ended before the drop: make STEPS larger"
+            assert job is not None and not job.is_final, "the job ended before the drop: make STEPS or HOLD_S larger"
             survivors = [i for i in job.members if i not in {iid for _, iid in reclaims}]
             assert survivors, job.members
+            pace.full_speed()
             # and the job trains on through it and completes, the zone's three back after the scarce half hour
             trace_clock.set(PLENTY + SCARCE)
             wait_until(lambda: (j := jobs.get("trace-drop")) is not None and j.is_final, 400, "the job to end")
