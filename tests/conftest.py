@@ -43,12 +43,19 @@ def budget_of(item: pytest.Item) -> float:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Runs the kinds fastest first (a test without a kind last; tests/unit/test_test_kinds.py fails on it): a broken
-    rule fails in seconds. Within a kind, the largest budgets first (then collection order: the sort is stable), so
-    that under pytest-xdist (``make pytest``: ``--dist loadfile``, a file per worker at a time) the longest e2e files
-    start while the short ones fill the other workers, instead of one of them starting last and running alone."""
+    """Runs the unit tests first (a broken rule fails in seconds), then the largest time budgets first, then the
+    kinds fastest first (a test without a kind last; tests/unit/test_test_kinds.py fails on it); the sort is stable.
+
+    Under pytest-xdist (``make pytest``: ``--dist loadfile``, one file per worker at a time) the long e2e files so
+    start while the short ones fill the other workers, instead of one of them starting last and running alone: the
+    suite takes about as long as its longest file, or its total over the workers, whichever is more."""
     rank = {kind: i for i, kind in enumerate(KINDS)}
-    items.sort(key=lambda item: (rank.get(kind_of(item) or "", len(KINDS)), -budget_of(item)))
+
+    def order(item: pytest.Item) -> tuple[bool, float, int]:
+        kind = kind_of(item)
+        return kind != "unit", -budget_of(item), rank.get(kind or "", len(KINDS))
+
+    items.sort(key=order)
 
 
 def _reap_once() -> None:

@@ -16,7 +16,7 @@ from ringfleet.core.ports import SystemClock
 from tests.conftest import ROOT
 from tests.e2e.support import Pace, digits_job, wait_until
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
 
 #: Steps of the job: slow ones until the survivors let the leaver go and the job counted its replacement, then the
 #: rest at full speed, trained by the two survivors on their own.

@@ -29,7 +29,7 @@ from ringfleet.core.ports import SystemClock
 from tests.conftest import ROOT, purge_queue
 from tests.e2e.support import DIGITS, Pace, digits_job
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(360)]
 
 #: Steps of the job: at the steady pace, minutes of them for the upgrade to complete in; the rest at full speed.
 STEPS = 800

@@ -21,7 +21,7 @@ from ringfleet.scaling.ports import FleetSnapshot
 from tests.conftest import ROOT, purge_queue
 from tests.e2e.support import wait_until
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(360)]
 
 JOBS = {"e2e-a": ("g5.xlarge", 4), "e2e-b": ("g4dn.xlarge", 3), "e2e-c": ("g6.xlarge", 2)}
 

@@ -596,7 +596,9 @@ class Ring:
         members = [to_global(r) for r in survivors]
         group = None
         if not self._flags.leaving:
-            group = collective(lambda: dist.new_group(members, use_local_synchronization=True))
+            # A peer's timeout, not torch's default 30 minutes: a survivor gone meanwhile fails this, it never hangs.
+            timeout = timedelta(seconds=self._config.timeout_s)
+            group = collective(lambda: dist.new_group(members, timeout=timeout, use_local_synchronization=True))
         return group
 
     def shrink(self, membership: Membership) -> bool:
