@@ -1,7 +1,6 @@
 """Two jobs at once on one local fleet (issue 28): two tenants' jobs train side by side through a spot notice each,
-their rings never meeting at one rendezvous port and no instance serving both; and a job cancelled while it trains
-lets go of its instances only once their agents confirm nothing of it runs there any more (InstanceIdle), before
-another job is placed on them.
+their rings never meeting at one rendezvous port and no instance serving both. A job cancelled while it trains is
+tests/e2e/test_cancelled_job.py's (its helpers are here).
 
 Every worker of the local fleet runs on this machine (127.0.0.1): where two rings on one host used to be sent to one
 port (a fixed base plus the generation), one job's script failed to bind and was restarted, which shows in the
@@ -11,7 +10,6 @@ job's incidents as a script failure.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -163,44 +161,6 @@ def test_two_tenants_jobs_train_side_by_side_through_a_notice_each(cloud: LocalC
         for job in ended.values():
             causes = [i.cause for i in job.incidents]
             assert "script-failed" not in causes and "restarted" not in causes, (job.job_id, causes)
-    finally:
-        emulator.stop()
-
-
-def test_a_cancelled_jobs_instances_are_placed_again_only_once_their_agents_confirm_it_gone(
-    cloud: LocalCloud, tmp_path: Path
-) -> None:
-    pace = Pace(tmp_path / "step-delay", HOLD_S)
-    emulator = _emulator(cloud, tmp_path / "workers")
-    emulator.start()
-    try:
-        with Watch(cloud, ("cancelled", "next")) as watch:
-            # given a job training on two instances
-            _submit(cloud, "acme", "cancelled", pace)
-            wait_ticking(cloud, SCALER, lambda: watch.state("cancelled") is JobState.RUNNING, 150, "it to run")
-            wait_ticking(cloud, SCALER, lambda: _trained(emulator, 20), 60, "it to train")
-            held = set(watch.job("cancelled").members)
-            # when its tenant cancels it while its workers are in the middle of slow steps (they obey the Stop at
-            # their next step boundary, seconds later), and another job is submitted at once
-            pace.set(SLOW_STEP_S)
-            time.sleep(2 * HOLD_S + 0.5)  # each worker has read the slow pace
-            RingfleetClient(cloud.broker_url).cancel("acme", "cancelled")
-            cancelled_at = time.time()
-            _submit(cloud, "globex", "next", pace, steps=40)
-            wait_ticking(cloud, SCALER, lambda: held <= set(emulator.exits), 60, "the cancelled job's workers to exit")
-            pace.full_speed()
-            wait_ticking(cloud, SCALER, lambda: watch.state("next") is JobState.RUNNING, 150, "the next to run")
-            started = watch.job("next")
-        assert watch.job("cancelled").state is JobState.CANCELLED
-        # then the next job runs on the cancelled job's instances (idle now), and on each only after the cancelled
-        # job's worker there had exited (its agent, started again, said InstanceIdle)
-        reused = held & set(started.members)
-        assert reused, f"the next job got new instances ({started.members}), not the cancelled one's ({held})"
-        placed_at = next(i.at for i in started.incidents if i.cause == "started").timestamp()
-        for instance in reused:
-            exited = emulator.exits.get(instance, [])
-            assert exited and cancelled_at <= exited[0] <= placed_at, (instance, exited, cancelled_at, placed_at)
-        assert not watch.shared, watch.shared[:5]
     finally:
         emulator.stop()
 
