@@ -30,6 +30,10 @@ def _run_pair(tmp: Path, name: str, job: str, steps: int, env: dict[str, str]) -
             f"{rank}:2:127.0.0.1:{port}",
             "--checkpoint-every",
             "10",
+            # A static world has no second generation to fall back on: a peer timeout for a machine running the
+            # suite's other files beside it (the default 10 s failed the gloo connect once, under pytest-xdist).
+            "--timeout",
+            "30",
             script=(
                 "--steps",
                 str(steps),
