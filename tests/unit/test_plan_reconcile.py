@@ -10,11 +10,11 @@ from datetime import timedelta
 import pytest
 
 from ringfleet.contracts import Reconfigure
-from ringfleet.core.jobs import Job, JobState
+from ringfleet.core.jobs import Incident, Job, JobState
 from ringfleet.core.nodes import Node, NodeState, release_idle
 from ringfleet.scaling.decisions import FleetState, Pool, ScalingPolicy, pool_key
 from ringfleet.scaling.ports import FleetInstance, FleetSnapshot
-from ringfleet.scaling.reconcile import Handover, ReconcilePlan, plan_assignments, plan_reconcile
+from ringfleet.scaling.reconcile import RETIRE_GRACE, Handover, ReconcilePlan, plan_assignments, plan_reconcile
 from tests.builders import T0, instance, running_job
 
 pytestmark = pytest.mark.unit
@@ -106,6 +106,36 @@ def test_an_instance_of_an_ended_job_is_placed_only_once_its_agent_confirmed_it_
     assert freed is not None and freed.state is NodeState.LOST
     (start,) = plan_assignments(plan(snapshot, [job], [freed]), snapshot).starts
     assert set(start.start.command.ranks) == {instance(1), instance(2)}
+
+
+def test_the_last_worker_moved_back_to_spot_keeps_its_instance_through_the_grace_and_is_then_released() -> None:
+    # given a job whose move back to spot just completed: its last on-demand worker was left out of the ring two
+    # seconds ago (it trains on to its next step boundary) and its retirement is over; and a pending job of one worker
+    on_demand = pool_key("on-demand", "g5.xlarge", "us-east-1a")
+    moved, _ = running_job("moved", members=1, first=2, min_workers=1, max_workers=1)
+    left_out = Incident(NOW - timedelta(seconds=2), "move-back-completed", moved.generation, instance(1))
+    moved = moved.with_incident(left_out)
+    assert moved.retirement is None
+    waiting = pending_job("waiting", workers=1)
+    retiree = Node(instance(1), "moved", state=NodeState.LOST, updated_at=NOW - timedelta(minutes=5))
+    nodes = [retiree, Node(instance(2), "moved", state=NodeState.ACTIVE, rank=0)]
+    snapshot = fleet(FleetInstance(instance(1), "g5.xlarge", on_demand, "running", host="10.0.0.1"), vm(2, B))
+    # when the scaler plans within the grace
+    held = plan(snapshot, [moved, waiting], nodes)
+    # then the retiree's instance is neither released under its worker nor handed to the other job
+    assert instance(1) in held.held and instance(1) not in held.release
+    assert not plan_assignments(held, snapshot).starts
+    # and once the grace is over it is released, whatever its pool's target
+    later = plan_reconcile(
+        snapshot=snapshot,
+        jobs=[moved, waiting],
+        nodes={n.instance_id: n for n in nodes},
+        pools=POOLS,
+        remembered=FleetState(targets=dict(snapshot.targets)),
+        now=left_out.at + RETIRE_GRACE,
+        policy=ScalingPolicy(),
+    )
+    assert instance(1) in later.release
 
 
 def test_a_job_that_moved_before_its_start_was_saved_is_reported_as_still_pending() -> None:

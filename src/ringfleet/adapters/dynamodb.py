@@ -139,7 +139,7 @@ def _retirement_from_json(text: str | None) -> Retirement | None:
     data["started_at"] = _parse_time(data["started_at"])
     data["retiring"] = tuple(data["retiring"])
     data["previous_entrypoint"] = tuple(data.get("previous_entrypoint") or ())
-    data["retired"] = tuple(data.get("retired") or ())
+    data.pop("retired", None)  # rows saved before the retirees were read from the incident log (retired_at)
     return Retirement(**data)
 
 

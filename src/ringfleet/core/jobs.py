@@ -129,9 +129,6 @@ class Retirement:
     joined_generation: int | None = None
     #: Members replaced so far.
     replaced: int = 0
-    #: The instances retired so far: released by the fleet scaler, never placed on the job again (a retiree still
-    #: running the old program would otherwise be handed back as the next replacement).
-    retired: tuple[str, ...] = ()
     #: The program the job ran before an upgrade (image, entrypoint): what a rollback restores.
     previous_image: str | None = None
     previous_entrypoint: tuple[str, ...] = ()

@@ -17,7 +17,14 @@ from datetime import datetime
 
 from ringfleet.core.jobs import Incident, Job, JobState, Retirement
 
-__all__ = ["RetirementRefused", "begin_move_back", "begin_upgrade", "retirement_events", "retirement_in"]
+__all__ = [
+    "RetirementRefused",
+    "begin_move_back",
+    "begin_upgrade",
+    "retired_at",
+    "retirement_events",
+    "retirement_in",
+]
 
 
 class RetirementRefused(ValueError):
@@ -79,6 +86,22 @@ def retirement_in(job: Job) -> Retirement | None:
         return None
     joined = retirement.joined_generation if replacement is not None else None
     return replace(retirement, retiring=retiring, replacement=replacement, joined_generation=joined)
+
+
+def retired_at(job: Job) -> dict[str, datetime]:
+    """Instance -> when ``job`` left it out of its ring as a retiree (a rolling upgrade's or a move back's), read
+    from the job's incident log: the last retiree too, whose retirement is over (``Job.retirement`` is None by
+    then, and a worker left out keeps running to its next step boundary: its instance must not be released under it).
+    """
+    return {
+        i.instance_id: i.at
+        for i in job.incidents
+        if i.instance_id and i.cause.endswith(_LEFT_OUT) and i.cause.startswith(("upgrade-", "move-back-"))
+    }
+
+
+#: The causes (after the kind) of the incidents that leave one retiree out of the ring.
+_LEFT_OUT = ("-progressed", "-completed")
 
 
 #: Incident cause -> (kind, phase) of the control-plane event it is announced as.

@@ -98,7 +98,6 @@ def _after_one_left(retirement: Retirement, leaving: str, job: Job) -> tuple[Ret
         replacement=None,
         joined_generation=None,
         replaced=replaced,
-        retired=(*retirement.retired, leaving),
     )
     return kept, "progressed", f"{replaced} worker(s) replaced, {len(rest)} left"
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ringfleet.core.jobs import Job, JobState
 from ringfleet.core.nodes import Node, NodeState, plan_node_updates
+from ringfleet.core.retirement import retired_at
 from ringfleet.scaling.decisions import (
     FleetState,
     JobDemand,
@@ -237,14 +238,14 @@ def _observed(
 RETIRE_GRACE = timedelta(seconds=10)
 
 
-def _retired(jobs: Sequence[Job], nodes: Mapping[str, Node], now: datetime) -> tuple[set[str], set[str]]:
+def _retired(jobs: Sequence[Job], now: datetime) -> tuple[set[str], set[str]]:
     """Instances a job retired (a rolling upgrade, a move back to spot): (those to release now, whatever the
-    targets; those still in their grace period, placed on nothing)."""
-    retired = {i for j in jobs if j.retirement is not None for i in j.retirement.retired}
-    held = {
-        i for i in retired if (n := nodes.get(i)) is not None and n.updated_at and now - n.updated_at < RETIRE_GRACE
-    }
-    return retired - held, held
+    targets; those still in their grace period, placed on nothing). The grace counts from the retirement's
+    incident, the Reconfigure that left the retiree out (not from its node's last update, and for the last retiree
+    of a completed retirement too: released at once, it broke the survivors' last step)."""
+    retired = {i: at for j in jobs for i, at in retired_at(j).items()}
+    held = {i for i, at in retired.items() if now - at < RETIRE_GRACE}
+    return set(retired) - held, held
 
 
 def _unconfirmed(snapshot: FleetSnapshot, nodes: Mapping[str, Node], busy: Collection[str]) -> list[str]:
@@ -294,7 +295,7 @@ def plan_reconcile(
     pool_of = {i.instance_id: i.pool for i in snapshot.instances}
     placed = occupancy.placed(pool_of)
     demand = [_demand(job, placed.get(job.job_id, {}), occupancy.steps.get(job.job_id), now) for job in jobs]
-    retired, held = _retired(jobs, nodes, now)
+    retired, held = _retired(jobs, now)
     # A retired instance in its grace period is not capacity either (as one leaving with notice): the job's next
     # replacement launches now, not once it is released; unlike a notice it is no interruption of its pool.
     holding = {i: pool_of[i] for i in held if i in pool_of}
