@@ -12,8 +12,9 @@ is fresh (an idempotency record of an earlier deploy must not answer in the new 
 instances they name are ones that cannot exist (``PROBE_JOB``, ``PROBE_INSTANCE``). What each probe does in AWS:
 a cancel for an unknown job (rejected, nothing written), a heartbeat of an unknown instance (ignored), spot
 warnings, rebalance recommendations and state changes of an unknown instance (ignored), S3's test notification
-(acknowledged), a heartbeat sweep as of the sample's time (reads only) and one fleet reconciliation (the same as
-its every-minute tick).
+(acknowledged), a heartbeat sweep as of the sample's time (reads only), one fleet reconciliation (the same as
+its every-minute tick) and one instance catalog refresh (the same as its schedule's; an older tick's catalog never
+replaces a newer one).
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ PROBES: dict[str, tuple[Probe, ...]] = {
     "fleet_scaler": (Probe("scheduled_event.json"), Probe("control_job_admitted.json", "sqs")),
     "checkpoint_backup": (Probe("s3_test_event.json", "sqs"),),
     "heartbeat_sweep": (Probe("scheduled_event.json"),),
+    "instance_catalog": (Probe("scheduled_event.json"),),
 }
 
 #: Functions this hook checks: the template gives it each one's name as <SERVICE>_FUNCTION.

@@ -24,12 +24,14 @@ if TYPE_CHECKING:
     from ringfleet.backup.service import BackupService
     from ringfleet.intake.service import IntakeService
     from ringfleet.recovery.service import RecoveryService
+    from ringfleet.scaling.catalog_service import InstanceCatalogService
     from ringfleet.scaling.ports import PriceSource, SpotFleetGateway
     from ringfleet.scaling.service import ScalerService
 
 __all__ = [
     "Settings",
     "backup_service",
+    "catalog_service",
     "dead_letter_store",
     "dead_letters",
     "idempotency_store",
@@ -214,7 +216,6 @@ def intake_service() -> IntakeService:
     from ringfleet.adapters.dynamodb import DynamoDbJobRepository
     from ringfleet.intake.quotas import REGISTRY_ENV, TenantRegistry
     from ringfleet.intake.service import IntakeService
-    from ringfleet.scaling.prices import ON_DEMAND_PRICES
 
     s, clock = settings(), SystemClock()
     return IntakeService(
@@ -224,10 +225,40 @@ def intake_service() -> IntakeService:
         # Only registered tenants' jobs are admitted (the TenantRegistry parameter; see ringfleet.intake.quotas).
         tenants=TenantRegistry.from_json(os.environ.get(REGISTRY_ENV)),
         clock=clock,
-        # The types the scaler can price (the local market has the same): a job asking for others is rejected.
-        instance_types=frozenset(ON_DEMAND_PRICES),
+        # The instance catalog's types (the ones the scaler can count slots of and price): others are rejected.
+        instance_types=lambda: catalog_service().current().names(),
         control_user=control_user,
     )
+
+
+@lru_cache(maxsize=1)
+def catalog_service() -> InstanceCatalogService:
+    """The instance catalog (CATALOG_TABLE) of the WORKER_INSTANCE_TYPES, read from EC2 and the Pricing API."""
+    from ringfleet.adapters.instance_catalog import (
+        DynamoDbInstanceCatalogStore,
+        Ec2InstanceTypes,
+        PricingOnDemandPrices,
+    )
+    from ringfleet.scaling.catalog_service import INSTANCE_TYPES_ENV, InstanceCatalogService, instance_types_from_env
+
+    table = os.environ.get("CATALOG_TABLE")
+    if not table:
+        raise RuntimeError("environment variable CATALOG_TABLE is not set (see template.yaml Globals)")
+    return InstanceCatalogService(
+        instance_types=instance_types_from_env(os.environ.get(INSTANCE_TYPES_ENV)),
+        ec2=Ec2InstanceTypes(ec2_client=_client("ec2")),
+        pricing=PricingOnDemandPrices(pricing_client=_pricing()),
+        store=DynamoDbInstanceCatalogStore(table, boto3_resource=_dynamodb()),
+        clock=SystemClock(),
+    )
+
+
+def _pricing() -> Any:
+    import boto3
+
+    from ringfleet.adapters.instance_catalog import PRICING_REGION
+
+    return boto3.client("pricing", region_name=PRICING_REGION, config=aws_config())
 
 
 FleetAdapters = Callable[[str, str], "tuple[SpotFleetGateway, PriceSource]"]
@@ -276,6 +307,7 @@ def scaler_service() -> ScalerService:
         nodes=DynamoDbNodeRepository(s.nodes_table, clock=clock, boto3_resource=ddb),
         fleet=fleet,
         prices=prices,
+        catalog=lambda: catalog_service().current(),
         state=DynamoDbScalingStateStore(os.environ["SCALING_TABLE"], boto3_resource=ddb),
         publisher=AmqpCommandPublisher(s.broker_url),
         on_capacity_arrived=on_capacity_arrived,

@@ -45,7 +45,7 @@ from tests.conftest import ROOT
 SAMPLE_JOB = "digits-demo"
 SAMPLE_FIRST_INSTANCE = 0x0ABCD1234EF567890
 #: The tables a handler's effects show in (the idempotency table's records are how it avoids repeating them).
-TABLES = ("JobsTable", "NodesTable", "CheckpointsTable", "ScalingStateTable")
+TABLES = ("JobsTable", "NodesTable", "CheckpointsTable", "ScalingStateTable", "CatalogTable")
 
 
 def sample(name: str) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any
 
 import boto3
 import pytest
+from ringfleet_local.catalog import local_catalog
 from ringfleet_local.cloud import LocalCloud
 from ringfleet_local.moto_fleet import MotoSpotFleetGateway
 from ringfleet_local.spot_market import LocalSpotMarket
@@ -76,6 +77,7 @@ class Stack:
             nodes=nodes or self.nodes,
             fleet=self.fleet,
             prices=LocalSpotMarket(),
+            catalog=local_catalog,
             state=state or self.state,
             publisher=self.publisher,
             on_capacity_arrived=lambda job, instance, host: self.arrived.append((job, instance)),

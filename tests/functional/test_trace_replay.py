@@ -121,6 +121,7 @@ def test_the_local_gateway_launches_only_what_the_trace_has_and_reports_the_pool
 
 
 def test_the_scalers_process_replays_the_same_moment_of_the_traces_from_its_environment(tmp_path: Path) -> None:
+    from ringfleet_local.catalog import local_catalog
     from ringfleet_local.spot_traces import TracePriceSource, replay_from_environment, replay_from_options, write_trace
 
     write_trace(tmp_path / "us-east-1a_v100_1.json", [4, 0], gap_seconds=3600)
@@ -134,9 +135,9 @@ def test_the_scalers_process_replays_the_same_moment_of_the_traces_from_its_envi
     assert theirs is not None and theirs.hours() == pytest.approx(ours.hours(), abs=0.01)
     assert theirs.launch(POOL, 0, 2).granted == 0
     # and the scaler's prices offer the traced type in the traces' zones, other types from the local market
-    prices = TracePriceSource(theirs.market)
-    assert {p.key for p in prices.pools({"p3.2xlarge"})} == {POOL, "on-demand:p3.2xlarge:us-east-1a"}
-    assert prices.pools({"g5.xlarge"})
+    prices, catalog = TracePriceSource(theirs.market), local_catalog()
+    assert {p.key for p in prices.pools(catalog, {"p3.2xlarge"})} == {POOL, "on-demand:p3.2xlarge:us-east-1a"}
+    assert prices.pools(catalog, {"g5.xlarge"})
     assert replay_from_environment({}) is None
 
 

@@ -99,6 +99,7 @@ def test_the_sources_are_found() -> None:
         "node_recovery",
         "worker_events",
         "heartbeat_sweep",
+        "instance_catalog",
         "checkpoint_backup",
         "fleet_scaler",
         "pre_traffic",

@@ -92,7 +92,7 @@ def test_a_job_asking_for_instance_types_the_market_does_not_know_is_rejected_wi
         put_events=events.extend,
         tenants=REGISTERED,
         clock=SystemClock(),
-        instance_types={"g5.xlarge", "g6.xlarge"},
+        instance_types=lambda: {"g5.xlarge", "g6.xlarge"},
     )
     # when a job asks for one it knows and one it does not
     message = spec("job-1").model_copy(update={"instance_types": ["g5.xlarge", "p9.mega"]})

@@ -33,6 +33,7 @@ FUNCTIONS = {
     "fleet_scaler": "ringfleet-FleetScalerFunction-d4",
     "checkpoint_backup": "ringfleet-CheckpointBackupFunction-e5",
     "heartbeat_sweep": "ringfleet-HeartbeatSweepFunction-f6",
+    "instance_catalog": "ringfleet-InstanceCatalogFunction-g7",
 }
 CONTEXT = SimpleNamespace(
     function_name="CodeDeployHook_ringfleet-pre-traffic",

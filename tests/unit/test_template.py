@@ -38,6 +38,7 @@ WIRING: dict[str, tuple[str, set[tuple[str, str]]]] = {
     "FleetScalerFunction": ("fleet_scaler", {("SQS", "ScalingQueue"), ("Schedule", "rate(1 minute)")}),
     "CheckpointBackupFunction": ("checkpoint_backup", {("SQS", "BackupQueue")}),
     "HeartbeatSweepFunction": ("heartbeat_sweep", {("Schedule", "rate(1 minute)")}),
+    "InstanceCatalogFunction": ("instance_catalog", {("Schedule", "rate(6 hours)")}),
     # CodeDeploy invokes it, nothing else: no event source
     "PreTrafficHookFunction": ("pre_traffic", set()),
 }
@@ -143,7 +144,7 @@ def intrinsics(node: Any) -> Iterator[str]:
 # -- functions and their triggers -------------------------------------------------------------------------------
 
 
-def test_the_template_declares_exactly_the_six_handlers_and_the_pre_traffic_hook() -> None:
+def test_the_template_declares_exactly_the_seven_handlers_and_the_pre_traffic_hook() -> None:
     assert set(FUNCTIONS) == set(WIRING)
 
 
@@ -161,10 +162,12 @@ def test_each_handler_runs_on_python311_with_the_shared_layer_and_its_triggers(l
 
 
 def test_schedules_are_rates_the_local_cloud_can_fire() -> None:
+    # every minute, but the instance catalog's refresh: GPUs never change, on-demand prices a few times a year
+    every = {"InstanceCatalogFunction": 6 * 3600}
     for lid, fn in FUNCTIONS.items():
         for ev in fn.events:
             if ev.type == "Schedule":
-                assert rate_seconds(str(ev.properties["Schedule"])) == 60, lid
+                assert rate_seconds(str(ev.properties["Schedule"])) == every.get(lid, 60), lid
 
 
 def test_mq_sources_read_the_broker_given_at_deploy_time_with_its_secret() -> None:
@@ -411,6 +414,7 @@ def test_bucket_names_are_the_documented_ones() -> None:
         ("NodesTable", {"instance_id": ("HASH", "S")}, False),
         ("CheckpointsTable", {"job_id": ("HASH", "S"), "step": ("RANGE", "N")}, True),
         ("IdempotencyTable", {"id": ("HASH", "S")}, False),
+        ("CatalogTable", {"name": ("HASH", "S")}, False),
     ],
 )
 def test_tables_have_the_keys_the_handlers_use_and_are_encrypted(
@@ -492,8 +496,10 @@ def test_only_actions_without_resource_level_permissions_get_every_resource() ->
         actions = as_list(st["Action"])
         assert all(a != "*" and not a.endswith(":*") for a in actions), f"{owner} {st.get('Sid')}: wildcard action"
         if "*" in as_list(st["Resource"]):
-            # EC2 Describe* actions cannot be scoped; the statement says so by its name
-            assert all(a.startswith("ec2:Describe") for a in actions), f"{owner} {st.get('Sid')}: {actions} on *"
+            # EC2 Describe* actions and the Pricing API cannot be scoped; the statement says so by its name
+            assert all(a.startswith("ec2:Describe") or a == "pricing:GetProducts" for a in actions), (
+                f"{owner} {st.get('Sid')}: {actions} on *"
+            )
             assert str(st.get("Sid", "")).endswith("Unscopable"), f"{owner}: name the unscopable statement"
 
 

@@ -39,10 +39,63 @@ def _wait_for_job(client: Any, job_id: str, timeout: float) -> Any:
             sys.stderr.flush()
 
 
-def _known_instance_types() -> frozenset[str]:
-    from ringfleet.scaling.prices import ON_DEMAND_PRICES
+def _instance_catalog() -> tuple[Any, str]:
+    """The instance catalog the job is checked against, and where it came from: the running local cloud's (refreshed
+    there first if it has none yet), the deployed stack's catalog table (RINGFLEET_CATALOG_TABLE), or, with neither,
+    the one a local cloud would read."""
+    import os
 
-    return frozenset(ON_DEMAND_PRICES)
+    from ringfleet_local.context import CloudContext, LocalState
+
+    from ringfleet.adapters.instance_catalog import DynamoDbInstanceCatalogStore
+
+    state = LocalState.load(attach.STATE_DIR)
+    if state is not None:
+        from ringfleet.adapters.instance_catalog import Ec2InstanceTypes, PricingOnDemandPrices
+        from ringfleet.core.ports import SystemClock
+        from ringfleet.scaling.catalog_service import (
+            INSTANCE_TYPES_ENV,
+            InstanceCatalogService,
+            instance_types_from_env,
+        )
+
+        ctx = CloudContext.from_state(state)
+        env = ctx.function_environment("JobIntakeFunction")
+        service = InstanceCatalogService(
+            instance_types=instance_types_from_env(env.get(INSTANCE_TYPES_ENV)),
+            ec2=Ec2InstanceTypes(ec2_client=ctx.client("ec2")),
+            pricing=PricingOnDemandPrices(pricing_client=ctx.client("pricing")),
+            store=DynamoDbInstanceCatalogStore(env["CATALOG_TABLE"], boto3_resource=ctx.resource("dynamodb")),
+            clock=SystemClock(),
+        )
+        return service.current(), "the local cloud's instance catalog"
+    table = os.environ.get("RINGFLEET_CATALOG_TABLE")
+    if table:
+        catalog = DynamoDbInstanceCatalogStore(table).load()
+        if catalog is None:
+            raise CliError(
+                f"the catalog table {table} holds no catalog yet: invoke the stack's InstanceCatalogFunction"
+            )
+        return catalog, f"the instance catalog in {table}"
+    from ringfleet_local.catalog import local_catalog
+
+    return local_catalog(), "the local cloud's instance catalog (none running here; RINGFLEET_CATALOG_TABLE unset)"
+
+
+def _dry_run(message: Any, catalog: Any, source: str) -> None:
+    """Prints what the job would get: per instance type asked for, its slots (GPUs) and on-demand price."""
+    print(
+        f"valid: {message.job_id} for tenant {message.tenant}, {message.min_workers}..{message.max_workers} "
+        f"workers on {', '.join(message.instance_types)} (nothing sent)"
+    )
+    print(f"instance types, from {source}:")
+    for name in message.instance_types:
+        t = catalog.types[name]
+        memory = f", {t.gpu_memory_mib // 1024} GiB each" if t.gpu_memory_mib else ""
+        print(
+            f"  {name}: {t.gpus} slots ({t.gpus} x {t.gpu_name or 'GPU'}{memory}), "
+            f"on-demand ${t.on_demand_per_hour:.3f}/h"
+        )
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -50,15 +103,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     try:
         fields = apply_job_overrides(load_job_file(args.file), args.set or [])
+        if args.dry_run:
+            check_job(fields)  # the contract first: a file that is not a job needs no catalog to be refused
+            catalog, source = _instance_catalog()
+            _dry_run(check_job(fields, catalog.names()), catalog, source)
+            return EXIT_OK
         # The contract before the tenant is looked up: a tenant id it refuses is "not registered" too, and the
         # advice that comes with that (`local up --tenant`) refuses the same id.
-        message = check_job(fields, _known_instance_types() if args.dry_run else None)
-        if args.dry_run:
-            print(
-                f"valid: {message.job_id} for tenant {message.tenant}, {message.min_workers}..{message.max_workers} "
-                f"workers on {', '.join(message.instance_types)} (nothing sent)"
-            )
-            return EXIT_OK
+        message = check_job(fields)
         client = attach.job_client(message.tenant)
         message = client.submit(fields)
     except Rejected as exc:

@@ -183,7 +183,8 @@ class CloudContext:
         return BROKER_SECRET_NAME
 
     def parameter_values(self) -> dict[str, Any]:
-        """Template parameters: their defaults, with the broker ones pointed at the local RabbitMQ."""
+        """Template parameters: their defaults, with the broker ones pointed at the local RabbitMQ; a
+        CommaDelimitedList's value is its list."""
         values = {name: p.get("Default") for name, p in self.template.parameters.items()}
         local = {
             "MqBrokerArn": self.broker_arn,
@@ -194,6 +195,10 @@ class CloudContext:
         }
         values.update({k: v for k, v in local.items() if k in values})
         values.update({k: v for k, v in self.parameters.items() if k in values})
+        # CloudFormation gives a CommaDelimitedList parameter's Ref as a list (Fn::Join makes it a string again).
+        for name, p in self.template.parameters.items():
+            if p.get("Type") == "CommaDelimitedList" and isinstance(values.get(name), str):
+                values[name] = [item.strip() for item in values[name].split(",")]
         return values
 
     @cached_property

@@ -13,12 +13,17 @@ only the items the transaction touches, put back in reverse order if any action 
 each condition checked against the item as it stands, at a cost that does not grow with the table. (A rolled-back
 transaction's writes stay in the table's stream, if it has one; ringfleet's tables have none.)
 
+moto knows no p3 instance types any more and does not implement the Pricing API, both of which the instance catalog
+reads (``ringfleet.scaling.catalog``): :func:`install_local_instance_types` adds the GPU instance types moto lacks,
+and the Pricing API's GetProducts is answered from the local price table (``ringfleet_local.catalog``).
+
 Run as ``python -m ringfleet_local.moto_server -H 127.0.0.1 -p PORT`` (the arguments of ``moto.server``).
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -38,7 +43,15 @@ from moto.dynamodb.models.dynamo_type import DynamoType, Item
 from moto.dynamodb.models.table import Table
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication
 
-__all__ = ["AtomicDynamoDbApplication", "install_item_level_transactions", "main", "transact_write_items"]
+__all__ = [
+    "AtomicDynamoDbApplication",
+    "install_item_level_transactions",
+    "install_local_instance_types",
+    "main",
+    "transact_write_items",
+]
+
+_PRICING_TARGET = "AWSPriceListService."
 
 
 class AtomicDynamoDbApplication(DomainDispatcherApplication):
@@ -47,7 +60,10 @@ class AtomicDynamoDbApplication(DomainDispatcherApplication):
     _dynamodb = threading.Lock()
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
-        if not str(environ.get("HTTP_X_AMZ_TARGET", "")).startswith("DynamoDB_"):
+        target = str(environ.get("HTTP_X_AMZ_TARGET", ""))
+        if target.startswith(_PRICING_TARGET):
+            return _pricing(target, environ, start_response)
+        if not target.startswith("DynamoDB_"):
             return super().__call__(environ, start_response)
         with self._dynamodb:
             return super().__call__(environ, start_response)
@@ -187,8 +203,38 @@ def install_item_level_transactions() -> None:
     DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
 
 
+def _pricing(target: str, environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    """The Pricing API as the local cloud answers it: GetProducts from the local price table; nothing else."""
+    from ringfleet_local.catalog import get_products
+
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    request = json.loads(environ["wsgi.input"].read(length) or b"{}")
+    if target == f"{_PRICING_TARGET}GetProducts":
+        status, body = "200 OK", get_products(request)
+    else:
+        status = "400 Bad Request"
+        body = {"__type": "InvalidParameterException", "Message": f"{target} is not emulated by the local cloud"}
+    data = json.dumps(body).encode()
+    start_response(status, [("Content-Type", "application/x-amz-json-1.1"), ("Content-Length", str(len(data)))])
+    return [data]
+
+
+def install_local_instance_types() -> None:
+    """Adds the GPU instance types moto's data lacks (``ringfleet_local.catalog.LOCAL_GPU_INSTANCE_TYPES``) to what
+    its DescribeInstanceTypes answers."""
+    from moto.ec2.models.instance_types import INSTANCE_TYPES, InstanceType, InstanceTypeBackend
+
+    from ringfleet_local.catalog import LOCAL_GPU_INSTANCE_TYPES
+
+    for name, described in LOCAL_GPU_INSTANCE_TYPES.items():
+        if name not in INSTANCE_TYPES:
+            INSTANCE_TYPES[name] = dict(described)
+            InstanceTypeBackend.instance_types.append(InstanceType(name))
+
+
 def main() -> None:
     install_item_level_transactions()
+    install_local_instance_types()
     server.DomainDispatcherApplication = AtomicDynamoDbApplication  # type: ignore[misc]
     server.main()
 

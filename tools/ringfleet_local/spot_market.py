@@ -1,19 +1,25 @@
-"""The local cloud's spot market: a price and interruption table per pool, since moto's spot prices are fake.
+"""The local cloud's spot market: a spot price and interruption table per pool, since moto's spot prices are fake.
 
 moto answers ``describe_spot_price_history`` with one made-up price for every instance type and zone, and never
-interrupts anything, so the scaler would have nothing to choose between. This table stands in for the real market
-(spot prices in the shape of us-east-1's GPU spot prices, a little more volatile than the Spot Advisor's monthly
-buckets suggest for GPUs; on-demand ones from the one price table, ``ringfleet.scaling.prices``); the fleet scaler
-reads it through the same ``PriceSource`` port it reads EC2 with, and ``bench/fleet_cost.py`` simulates a day on it.
-Pure data: no moto, no boto3.
+interrupts anything, so the scaler would have nothing to choose between. This table stands in for the real spot
+market (prices in the shape of us-east-1's GPU spot prices, a little more volatile than the Spot Advisor's monthly
+buckets suggest for GPUs); GPUs and on-demand prices are the instance catalog's, as on EC2. The fleet scaler reads
+it through the same ``PriceSource`` port it reads EC2 with, and ``bench/fleet_cost.py`` simulates a day on it.
+No moto server, no boto3.
 """
 
 from __future__ import annotations
 
-from ringfleet.scaling.decisions import Pool
-from ringfleet.scaling.prices import INSTANCE_GPUS, ON_DEMAND_PRICES
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-__all__ = ["LOCAL_SPOT_MARKET", "LocalSpotMarket"]
+from ringfleet.scaling.decisions import Pool
+from ringfleet_local.catalog import local_catalog
+
+if TYPE_CHECKING:
+    from ringfleet.scaling.catalog import InstanceCatalog
+
+__all__ = ["LOCAL_SPOT_MARKET", "LocalSpotMarket", "market_pools"]
 
 ZONES = ("us-east-1a", "us-east-1b", "us-east-1c")
 
@@ -27,34 +33,42 @@ _SPOT = {
     ("g5.xlarge", "us-east-1a"): (0.312, 0.12),
     ("g5.xlarge", "us-east-1b"): (0.338, 0.03),
     ("g5.xlarge", "us-east-1c"): (0.352, 0.02),
+    ("g5.12xlarge", "us-east-1a"): (1.871, 0.08),
+    ("g5.12xlarge", "us-east-1b"): (2.042, 0.04),
+    ("g5.12xlarge", "us-east-1c"): (2.215, 0.03),
     ("g6.xlarge", "us-east-1a"): (0.262, 0.05),
     ("g6.xlarge", "us-east-1b"): (0.281, 0.03),
     ("g6.xlarge", "us-east-1c"): (0.275, 0.08),
     ("p3.2xlarge", "us-east-1a"): (0.918, 0.06),
     ("p3.2xlarge", "us-east-1b"): (0.975, 0.03),
     ("p3.2xlarge", "us-east-1c"): (1.010, 0.02),
+    ("p4d.24xlarge", "us-east-1a"): (11.57, 0.15),
+    ("p4d.24xlarge", "us-east-1b"): (12.98, 0.08),
+    ("p4d.24xlarge", "us-east-1c"): (14.41, 0.05),
 }
 
 
-def _pools() -> tuple[Pool, ...]:
-    pools = [Pool(t, z, "spot", price, rate, INSTANCE_GPUS[t]) for (t, z), (price, rate) in sorted(_SPOT.items())]
-    pools += [
-        Pool(t, z, "on-demand", ON_DEMAND_PRICES[t], 0.0, INSTANCE_GPUS[t])
-        for t in sorted(ON_DEMAND_PRICES)
-        for z in ZONES
+def market_pools(catalog: InstanceCatalog, instance_types: Iterable[str]) -> list[Pool]:
+    """The local market's pools of those ``instance_types`` the catalog lists: spot ones from the table (a type it
+    has no row for has none), on-demand ones in every zone at the catalog's price; GPUs are the catalog's."""
+    wanted = {t for t in instance_types if t in catalog}
+    pools = [
+        Pool(t, z, "spot", price, rate, catalog.gpus(t))
+        for (t, z), (price, rate) in sorted(_SPOT.items())
+        if t in wanted
     ]
-    return tuple(pools)
+    pools += [
+        Pool(t, z, "on-demand", catalog.on_demand(t), 0.0, catalog.gpus(t)) for t in sorted(wanted) for z in ZONES
+    ]
+    return pools
 
 
-#: Every pool of the local market: spot and on-demand, each instance type in each zone.
-LOCAL_SPOT_MARKET: tuple[Pool, ...] = _pools()
+#: Every pool of the local market, with the local cloud's catalog: spot and on-demand, each type in each zone.
+LOCAL_SPOT_MARKET: tuple[Pool, ...] = tuple(market_pools(local_catalog(), local_catalog().names()))
 
 
 class LocalSpotMarket:
     """``PriceSource`` over the table: the pools offering the instance types asked for."""
 
-    def __init__(self, pools: tuple[Pool, ...] = LOCAL_SPOT_MARKET) -> None:
-        self._pools = pools
-
-    def pools(self, instance_types: set[str]) -> list[Pool]:
-        return [p for p in self._pools if p.instance_type in instance_types]
+    def pools(self, catalog: InstanceCatalog, instance_types: set[str]) -> list[Pool]:
+        return market_pools(catalog, instance_types)

@@ -26,10 +26,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ringfleet.scaling.catalog import InstanceCatalog
 from ringfleet.scaling.decisions import Pool
-from ringfleet.scaling.prices import INSTANCE_GPUS, ON_DEMAND_PRICES
+from ringfleet_local.catalog import local_catalog
 from ringfleet_local.clock import FileClock
-from ringfleet_local.spot_market import LOCAL_SPOT_MARKET
+from ringfleet_local.spot_market import LOCAL_SPOT_MARKET, market_pools
 
 __all__ = [
     "DEFAULT_TRACE_INSTANCE_TYPE",
@@ -213,8 +214,8 @@ class LaunchResult:
 class TraceMarket:
     """A spot market replaying availability traces for one instance type, with on-demand beside it (never short).
 
-    It is a ``PriceSource`` too: spot prices per zone come from the local market's table for the type (zones
-    outside it take that table's prices in turn), on-demand at the type's on-demand price.
+    Spot prices per zone come from the local market's table for the type (zones outside it take that table's prices
+    in turn), on-demand at the type's price in ``catalog`` (default: the local cloud's), GPUs the catalog's too.
     """
 
     def __init__(
@@ -223,9 +224,11 @@ class TraceMarket:
         instance_type: str = DEFAULT_TRACE_INSTANCE_TYPE,
         *,
         interruptions_per_hour: float = 0.05,
+        catalog: InstanceCatalog | None = None,
     ) -> None:
-        if instance_type not in ON_DEMAND_PRICES:
-            raise TraceError(f"no local price for instance type {instance_type!r}; known: {sorted(ON_DEMAND_PRICES)}")
+        catalog = catalog or local_catalog()
+        if instance_type not in catalog:
+            raise TraceError(f"no local price for instance type {instance_type!r}; known: {catalog.names()}")
         self.instance_type = instance_type
         self.traces = dict(traces)
         local = {
@@ -233,15 +236,15 @@ class TraceMarket:
             for p in LOCAL_SPOT_MARKET
             if p.instance_type == instance_type and p.market == "spot"
         }
-        local = local or {"": ON_DEMAND_PRICES[instance_type] * 0.3}
+        local = local or {"": catalog.on_demand(instance_type) * 0.3}
         cycle = [local[z] for z in sorted(local)]
-        gpus = INSTANCE_GPUS.get(instance_type, 1)
+        gpus = catalog.gpus(instance_type)
         spot = [
             Pool(instance_type, zone, "spot", local.get(zone, cycle[i % len(cycle)]), interruptions_per_hour, gpus)
             for i, zone in enumerate(sorted(self.traces))
         ]
         on_demand = [
-            Pool(instance_type, zone, "on-demand", ON_DEMAND_PRICES[instance_type], 0.0, gpus)
+            Pool(instance_type, zone, "on-demand", catalog.on_demand(instance_type), 0.0, gpus)
             for zone in sorted(self.traces)
         ]
         self._pools = tuple(spot + on_demand)
@@ -275,9 +278,13 @@ class TraceMarket:
 
     @classmethod
     def from_dir(
-        cls, directory: str | Path, instance_type: str = DEFAULT_TRACE_INSTANCE_TYPE, **kw: float
+        cls,
+        directory: str | Path,
+        instance_type: str = DEFAULT_TRACE_INSTANCE_TYPE,
+        *,
+        interruptions_per_hour: float = 0.05,
     ) -> TraceMarket:
-        return cls(load_trace_dir(directory), instance_type, **kw)
+        return cls(load_trace_dir(directory), instance_type, interruptions_per_hour=interruptions_per_hour)
 
 
 class TraceReplay:
@@ -374,13 +381,13 @@ class TracePriceSource:
     """``PriceSource`` while traces replay: the traced type's pools from the :class:`TraceMarket` (its zones, the
     ones the replay limits), every other type's from the local market's table."""
 
-    def __init__(self, market: TraceMarket, others: Sequence[Pool] = LOCAL_SPOT_MARKET) -> None:
+    def __init__(self, market: TraceMarket) -> None:
         self.market = market
-        self.others = tuple(p for p in others if p.instance_type != market.instance_type)
 
-    def pools(self, instance_types: Iterable[str]) -> list[Pool]:
-        wanted = set(instance_types)
-        return self.market.pools(wanted) + [p for p in self.others if p.instance_type in wanted]
+    def pools(self, catalog: InstanceCatalog, instance_types: Iterable[str]) -> list[Pool]:
+        wanted = {t for t in instance_types if t in catalog}
+        traced = self.market.pools(wanted)
+        return traced + market_pools(catalog, wanted - {self.market.instance_type})
 
 
 def replay_from_options(

@@ -1,4 +1,5 @@
-"""SpotFleetGateway and PriceSource on EC2: one EC2 Fleet (type ``maintain``) per pool, spot prices from EC2.
+"""SpotFleetGateway and PriceSource on EC2: one EC2 Fleet (type ``maintain``) per pool, spot prices from EC2 (GPUs
+and on-demand prices from the instance catalog).
 
 Each pool (market x instance type x zone) is one fleet, tagged ``ringfleet:stack`` and ``ringfleet:pool``, whose
 target capacity is the scaler's decision for that pool: CreateFleet the first time, ModifyFleet after. Fleets are
@@ -11,13 +12,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 
 from ringfleet.scaling.decisions import Pool, pool_key
 from ringfleet.scaling.ports import FleetInstance, FleetSnapshot
-from ringfleet.scaling.prices import INSTANCE_GPUS, ON_DEMAND_PRICES
+
+if TYPE_CHECKING:
+    from ringfleet.scaling.catalog import InstanceCatalog
 
 __all__ = [
     "DEFAULT_INTERRUPTIONS_PER_HOUR",
@@ -173,21 +176,20 @@ class Ec2SpotFleetGateway:
 
 
 class Ec2SpotPriceSource:
-    """``PriceSource``: the newest spot price per instance type and zone from EC2, on-demand prices from a table."""
+    """``PriceSource``: the newest spot price per instance type and zone from EC2; GPUs and on-demand prices from
+    the instance catalog (on-demand offered in every zone that has a spot price)."""
 
     def __init__(
         self,
         *,
         ec2_client: Any | None = None,
         interruptions_per_hour: dict[str, float] | None = None,
-        on_demand_prices: dict[str, float] | None = None,
     ) -> None:
         self.ec2: Any = ec2_client or boto3.client("ec2")
         self.interruptions = interruptions_per_hour or {}
-        self.on_demand = on_demand_prices or ON_DEMAND_PRICES
 
-    def pools(self, instance_types: set[str]) -> list[Pool]:
-        known = sorted(t for t in instance_types if t in self.on_demand)
+    def pools(self, catalog: InstanceCatalog, instance_types: set[str]) -> list[Pool]:
+        known = sorted(t for t in instance_types if t in catalog)
         if not known:
             return []
         newest: dict[tuple[str, str], tuple[datetime, float]] = {}
@@ -207,12 +209,10 @@ class Ec2SpotPriceSource:
                 "spot",
                 price,
                 self.interruptions.get(pool_key("spot", t, zone), DEFAULT_INTERRUPTIONS_PER_HOUR),
-                INSTANCE_GPUS.get(t, 1),
+                catalog.gpus(t),
             )
             for (t, zone), (_, price) in sorted(newest.items())
         ]
         zones = sorted({z for _, z in newest})
-        pools += [
-            Pool(t, z, "on-demand", self.on_demand[t], 0.0, INSTANCE_GPUS.get(t, 1)) for t in known for z in zones
-        ]
+        pools += [Pool(t, z, "on-demand", catalog.on_demand(t), 0.0, catalog.gpus(t)) for t in known for z in zones]
         return pools

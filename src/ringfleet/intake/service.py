@@ -42,13 +42,14 @@ class IntakeOutcome:
 
 
 def check_instance_types(requested: Collection[str], known: Collection[str]) -> str | None:
-    """None when the market knows every instance type asked for; otherwise why not, naming the ones it knows.
+    """None when the instance catalog lists every instance type asked for; otherwise why not, naming the ones it lists.
 
     A job whose types no pool offers would stay PENDING for ever: the scaler finds nothing to launch."""
     unknown = [t for t in requested if t not in known]
     if not unknown:
         return None
-    return f"unknown instance type(s) {', '.join(unknown)}: the fleet's market offers {', '.join(sorted(known))}"
+    offered = ", ".join(sorted(known)) or "none (is the instance catalog empty? see WorkerInstanceTypes)"
+    return f"unknown instance type(s) {', '.join(unknown)}: the fleet's instance catalog offers {offered}"
 
 
 class IntakeService:
@@ -60,7 +61,7 @@ class IntakeService:
         put_events: Callable[[list[dict[str, Any]]], None],
         tenants: TenantRegistry,
         clock: Clock,
-        instance_types: Collection[str] | None = None,
+        instance_types: Callable[[], Collection[str]] | None = None,
         control_user: Callable[[], str | None] | None = None,
     ) -> None:
         self.jobs = jobs
@@ -69,7 +70,7 @@ class IntakeService:
         #: The registered tenants and their quotas: another tenant's jobs are rejected.
         self.tenants = tenants
         self.clock = clock
-        #: The instance types the fleet's market offers (None: any).
+        #: The instance types the fleet's market offers, read when a job is submitted (None: any).
         self.instance_types = instance_types
         self.outbox = Outbox(jobs=jobs, publisher=publisher)
         #: The control plane's broker user (may speak for any tenant); None: no such user.
@@ -122,7 +123,7 @@ class IntakeService:
         active = [j for j in self.jobs.list_by_tenant(message.tenant) if not j.is_final]
         reason = None
         if self.instance_types is not None:
-            reason = check_instance_types(message.instance_types, self.instance_types)
+            reason = check_instance_types(message.instance_types, self.instance_types())
         reason = reason or admit_job(message, active, self.tenants)
         if reason is not None:
             return self._reject(message, reason, record=True)

@@ -1,4 +1,5 @@
-"""Scaling's ports: the spot and on-demand fleets (EC2 Fleet), their prices, and the scaler's remembered state."""
+"""Scaling's ports: the spot and on-demand fleets (EC2 Fleet), their prices, the scaler's remembered state, and the
+instance catalog with the AWS APIs it is read from."""
 
 from __future__ import annotations
 
@@ -7,9 +8,19 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from ringfleet.scaling.catalog import GpuSpec, InstanceCatalog
     from ringfleet.scaling.decisions import FleetState, Pool
 
-__all__ = ["FleetInstance", "FleetSnapshot", "PriceSource", "ScalingStateStore", "SpotFleetGateway"]
+__all__ = [
+    "FleetInstance",
+    "FleetSnapshot",
+    "InstanceCatalogStore",
+    "InstanceTypeGateway",
+    "OnDemandPriceGateway",
+    "PriceSource",
+    "ScalingStateStore",
+    "SpotFleetGateway",
+]
 
 
 @dataclass(frozen=True)
@@ -43,8 +54,9 @@ class SpotFleetGateway(Protocol):
 
 
 class PriceSource(Protocol):
-    def pools(self, instance_types: set[str]) -> list[Pool]:
-        """Spot and on-demand pools offering these instance types, with prices and interruption rates."""
+    def pools(self, catalog: InstanceCatalog, instance_types: set[str]) -> list[Pool]:
+        """Spot and on-demand pools offering those of these instance types the catalog lists, with prices and
+        interruption rates; each pool's GPUs and on-demand price are the catalog's."""
         ...
 
 
@@ -55,4 +67,27 @@ class ScalingStateStore(Protocol):
 
     def save(self, state: FleetState, *, revision: int, report: dict[str, object]) -> bool:
         """Stores the state at ``revision + 1`` if still at ``revision``; False when another scaler run won."""
+        ...
+
+
+class InstanceTypeGateway(Protocol):
+    def gpu_specs(self, instance_types: Sequence[str]) -> dict[str, GpuSpec]:
+        """The GPUs of each of these instance types that has any (EC2 DescribeInstanceTypes); an instance type EC2
+        does not know raises."""
+        ...
+
+
+class OnDemandPriceGateway(Protocol):
+    def on_demand_prices(self, instance_types: Sequence[str]) -> dict[str, float]:
+        """On-demand Linux $ per instance-hour in the fleet's region of those types that have one (Pricing API)."""
+        ...
+
+
+class InstanceCatalogStore(Protocol):
+    def load(self) -> InstanceCatalog | None:
+        """The stored catalog; None before its first refresh."""
+        ...
+
+    def save(self, catalog: InstanceCatalog) -> bool:
+        """Stores the catalog unless a newer one (a later ``refreshed_at``) is stored; False then."""
         ...

@@ -20,6 +20,7 @@ from ringfleet.scaling.reconcile import instance_types_in_play, plan_assignments
 
 if TYPE_CHECKING:
     from ringfleet.core.ports import CommandPublisher, JobRepository, NodeRepository
+    from ringfleet.scaling.catalog import InstanceCatalog
     from ringfleet.scaling.ports import PriceSource, ScalingStateStore, SpotFleetGateway
     from ringfleet.scaling.reconcile import Handover, PlannedStart, ScalingReport
 
@@ -58,6 +59,7 @@ class ScalerService:
         nodes: NodeRepository,
         fleet: SpotFleetGateway,
         prices: PriceSource,
+        catalog: Callable[[], InstanceCatalog],
         state: ScalingStateStore,
         publisher: CommandPublisher,
         on_capacity_arrived: Callable[[str, str, str | None], object] | None = None,
@@ -68,6 +70,8 @@ class ScalerService:
         self.nodes = nodes
         self.fleet = fleet
         self.prices = prices
+        #: The instance catalog (GPUs and on-demand prices per type), read once per run.
+        self.catalog = catalog
         self.state = state
         self.publisher = publisher
         self.on_capacity_arrived = on_capacity_arrived
@@ -80,7 +84,7 @@ class ScalerService:
         active = self.jobs.list_active()
         nodes = {i.instance_id: n for i in snapshot.instances if (n := self.nodes.get(i.instance_id)) is not None}
         types = instance_types_in_play(active, snapshot)
-        pools = self.prices.pools(types) if types else []
+        pools = self.prices.pools(self.catalog(), types) if types else []
         remembered, revision = self.state.load()
         plan = plan_reconcile(
             snapshot=snapshot, jobs=active, nodes=nodes, pools=pools, remembered=remembered, now=now, policy=self.policy
