@@ -133,3 +133,24 @@ def test_hostile_submissions_are_refused_with_the_reason_and_never_reach_the_sca
     # and a tenant cannot cancel another tenant's job: the CLI says it has no such job
     other = cli(cloud, "cancel", "e2e-a", "--tenant", "globex")
     assert other.returncode != 0 and "no job 'e2e-a' of tenant 'globex'" in other.stderr
+
+
+def test_submit_dry_run_shows_slots_and_prices_from_the_catalog_and_intake_refuses_an_unknown_type(
+    cloud: LocalCloud,
+) -> None:
+    job = str(ROOT / "examples/digits/job.yaml")
+    # when a job asking for multi-GPU instances is checked against the local cloud
+    done = cli(cloud, "submit", job, "--set", 'instance_types=["p4d.24xlarge","g5.12xlarge"]', "--dry-run")
+    # then each type shows a slot per GPU and its on-demand price, from the local cloud's catalog (read from
+    # DescribeInstanceTypes and the Pricing API the local cloud answers)
+    assert done.returncode == 0, done.stderr
+    assert "from the local cloud's instance catalog:" in done.stdout
+    assert "p4d.24xlarge: 8 slots" in done.stdout and "$32.773/h" in done.stdout
+    assert "g5.12xlarge: 4 slots" in done.stdout and "$5.672/h" in done.stdout
+    # and a job asking for a type the catalog does not list is refused naming the ones it lists, before sending
+    unknown = cli(cloud, "submit", job, "--set", "job_id=e2e-unknown", "--set", "instance_types=[p9.mega]", "--dry-run")
+    assert unknown.returncode == 2 and "p9.mega" in unknown.stderr and "g5.12xlarge, g5.xlarge" in unknown.stderr
+    # and by job intake, when sent anyway
+    sent = cli(cloud, "submit", job, "--set", "job_id=e2e-unknown", "--set", "instance_types=[p9.mega]")
+    assert sent.returncode == 1 and "job rejected: unknown instance type(s) p9.mega" in sent.stderr
+    assert "p4d.24xlarge" in sent.stderr
