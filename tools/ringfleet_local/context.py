@@ -197,8 +197,9 @@ class CloudContext:
         values.update({k: v for k, v in self.parameters.items() if k in values})
         # CloudFormation gives a CommaDelimitedList parameter's Ref as a list (Fn::Join makes it a string again).
         for name, p in self.template.parameters.items():
-            if p.get("Type") == "CommaDelimitedList" and isinstance(values.get(name), str):
-                values[name] = [item.strip() for item in values[name].split(",")]
+            value = values.get(name)
+            if p.get("Type") == "CommaDelimitedList" and isinstance(value, str):
+                values[name] = [item.strip() for item in value.split(",")]
         return values
 
     @cached_property
