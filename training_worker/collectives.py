@@ -1,9 +1,23 @@
-"""All-reduce backends: our Horovod-style ring over torch.distributed point-to-point, and native dist.all_reduce."""
+"""All-reduce backends: our Horovod-style ring over torch.distributed point-to-point, native dist.all_reduce, and
+a hierarchical all-reduce for instances with several slots.
+
+- ``ring`` (``RingBackend``): our ring over all ranks, segmented and pipelined on gloo; the default.
+- ``native`` (``NativeBackend``): ``dist.all_reduce`` (NCCL's own on GPUs).
+- ``hierarchical`` (``HierarchicalBackend``): given the grouping of ranks into instances (``contiguous_instances``
+  from slots per instance; instances may have different slot counts), reduces inside each instance first (gloo
+  over loopback on CPU, NCCL's own collective on CUDA), then across instances with our ring, one ring per local
+  rank each on its shard of the bucket so every instance's links work, then broadcasts inside the instance
+  (``HierarchicalAllreduce`` says how uneven slot counts are covered). It sends fewer bytes between instances than a
+  flat ring (``inter_instance_bytes`` counts them; ``bench/ring_allreduce.py --slots K`` compares). It needs the
+  instances, so ``select_backend`` picks it only when given them; the runtime does not yet (one slot an instance).
+"""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import torch
@@ -11,12 +25,17 @@ import torch.distributed as dist
 
 __all__ = [
     "BACKENDS",
+    "KNOWN_BACKENDS",
     "AllreduceBackend",
     "Handle",
+    "HierarchicalAllreduce",
+    "HierarchicalBackend",
+    "Hierarchy",
     "NativeBackend",
     "ReduceOp",
     "RingAllreduce",
     "RingBackend",
+    "contiguous_instances",
     "select_backend",
 ]
 
@@ -36,6 +55,9 @@ class RingAllreduce:
     When a rank would send at most ``small_bytes`` in all, a call is latency-bound, not bandwidth-bound: then the
     ranks exchange whole tensors in one round instead of 2(W-1) hops, and add them in rank order so every rank gets
     the same bits (``small_bytes=0`` runs the ring at every size).
+
+    ``sent_bytes`` counts, per receiving rank (its rank in the default group), the bytes this rank has sent it so
+    far: what a hierarchical all-reduce or a bench needs to tell traffic between instances from traffic inside one.
     """
 
     def __init__(
@@ -47,13 +69,23 @@ class RingAllreduce:
         self._buffers: dict[tuple[str, torch.dtype, torch.device], torch.Tensor] = {}
         self._lock = threading.Lock()
         self._layout: tuple[dist.ProcessGroup, int, int, bool] | None = None
+        #: Bytes sent so far, by receiving rank (in the default group).
+        self.sent_bytes: dict[int, int] = {}
+        self._global_ranks: list[int] = []
 
     def _group_layout(self) -> tuple[dist.ProcessGroup, int, int, bool]:
         """(process group, world size, rank in it, is gloo), looked up once: the Python wrappers cost per call."""
         if self._layout is None:
             pg = self.group if self.group is not None else dist.distributed_c10d._get_default_group()
-            self._layout = (pg, dist.get_world_size(pg), dist.get_rank(pg), dist.get_backend(pg) == "gloo")
+            world = dist.get_world_size(pg)
+            self._layout = (pg, world, dist.get_rank(pg), dist.get_backend(pg) == "gloo")
+            in_group = self.group is not None
+            self._global_ranks = [dist.get_global_rank(pg, r) if in_group else r for r in range(world)]
         return self._layout
+
+    def _count(self, group_rank: int, tensor: torch.Tensor) -> None:
+        peer = self._global_ranks[group_rank]
+        self.sent_bytes[peer] = self.sent_bytes.get(peer, 0) + tensor.numel() * tensor.element_size()
 
     def _buffer(self, name: str, dtype: torch.dtype, device: torch.device, numel: int) -> torch.Tensor:
         key = (name, dtype, device)
@@ -107,6 +139,9 @@ class RingAllreduce:
         own.copy_(flat)
         recvs = [pg.recv([slots[peer]], peer, 0) for peer in range(world) if peer != rank]
         sends = [pg.send([own], peer, 0) for peer in range(world) if peer != rank]
+        for peer in range(world):
+            if peer != rank:
+                self._count(peer, own)
         for work in recvs:
             work.wait()
         if world == 2 and wire == flat.dtype:
@@ -127,6 +162,7 @@ class RingAllreduce:
         # NCCL runs point-to-point ops of one pair on one stream: a receive posted ahead of a send would block
         # it, so each hop is one batched send+receive with no cross-hop pipelining.
         rank, right, left = self._peers(world)
+        right_in_group = (rank + 1) % world
         n = flat.numel()
         bounds = [(i * n) // world for i in range(world + 1)]
         max_chunk = max(bounds[i + 1] - bounds[i] for i in range(world))
@@ -147,6 +183,7 @@ class RingAllreduce:
             reducing = hop < world - 1
             target = scratch[: into.numel()] if reducing or compress else into
             self._hop(out, right, target, left)
+            self._count(right_in_group, out)
             if reducing:
                 into.add_(target)
             elif compress:
@@ -183,7 +220,7 @@ class _PipelinedRing:
         rank: int,
         average: bool,
     ) -> None:
-        self.pg, self.flat, self.world, self.rank, self.average = pg, flat, world, rank, average
+        self.ring, self.pg, self.flat, self.world, self.rank, self.average = ring, pg, flat, world, rank, average
         self.right, self.left = (rank + 1) % world, (rank - 1) % world
         n = flat.numel()
         self.bounds = [(i * n) // world for i in range(world + 1)]
@@ -250,6 +287,7 @@ class _PipelinedRing:
         else:
             buf = flat[lo:hi]
         work = self.pg.send([buf], self.right, hop * self.max_segments + j)
+        self.ring._count(self.right, buf)
         self.sends.setdefault(hop, []).append(work)
 
     def _land(self, hop: int, lo: int, hi: int, buf: torch.Tensor) -> None:
@@ -262,6 +300,171 @@ class _PipelinedRing:
                 self.flat[lo:hi].div_(self.world)
         elif self.compress:
             self.flat[lo:hi].copy_(buf)
+
+
+def contiguous_instances(slots: Sequence[int]) -> list[list[int]]:
+    """Ranks grouped into instances as the runtime numbers them, contiguous per instance: ``[1, 4]`` (a 1-GPU and a
+    4-GPU instance) is ``[[0], [1, 2, 3, 4]]``."""
+    if not slots or any(k < 1 for k in slots):
+        raise ValueError(f"every instance needs at least one slot, got {list(slots)}")
+    starts = [sum(slots[:i]) for i in range(len(slots))]
+    return [list(range(start, start + k)) for start, k in zip(starts, slots, strict=True)]
+
+
+@dataclass(frozen=True)
+class Hierarchy:
+    """Who does what in a hierarchical all-reduce, from the grouping of ranks into instances (pure).
+
+    The bucket is cut into ``shards`` = the largest instance's slot count. In an instance of ``k`` slots, local rank
+    ``j`` owns every shard ``s`` with ``s % k == j``: with equal slot counts each rank owns one shard; an instance
+    with fewer slots than another still covers every shard, its ranks owning several (a 1-slot instance owns them
+    all). Shard ``s`` crosses instances on its own ring, made of its owner in every instance: with equal slot counts
+    that is one ring per local rank, disjoint, so every instance's links all work at once; a rank that owns several
+    shards runs their rings one after the other, in shard order, as every rank does, so none waits on a cycle.
+    """
+
+    instances: tuple[tuple[int, ...], ...]
+
+    @classmethod
+    def of(cls, instances: Sequence[Sequence[int]]) -> Hierarchy:
+        """Checks that ``instances`` splits the ranks ``0..W-1`` into non-empty instances, each rank in one."""
+        grouped = tuple(tuple(int(r) for r in ranks) for ranks in instances)
+        flat = sorted(r for ranks in grouped for r in ranks)
+        if not grouped or any(not ranks for ranks in grouped) or flat != list(range(len(flat))):
+            raise ValueError(
+                f"instances must split the ranks 0..W-1 into non-empty groups, each rank in one; got {instances!r}"
+            )
+        return cls(grouped)
+
+    @property
+    def world(self) -> int:
+        return sum(len(ranks) for ranks in self.instances)
+
+    @property
+    def shards(self) -> int:
+        return max(len(ranks) for ranks in self.instances)
+
+    def instance_of(self, rank: int) -> int:
+        return next(i for i, ranks in enumerate(self.instances) if rank in ranks)
+
+    def owner(self, instance: int, shard: int) -> int:
+        """The rank of ``instance`` that reduces ``shard`` across instances."""
+        ranks = self.instances[instance]
+        return ranks[shard % len(ranks)]
+
+    def ring(self, shard: int) -> tuple[int, ...]:
+        """The ranks that reduce ``shard`` across instances: its owner in every instance, in instance order."""
+        return tuple(self.owner(i, shard) for i in range(len(self.instances)))
+
+    def shards_of(self, rank: int) -> list[int]:
+        """The shards ``rank`` owns, in the order every rank runs their rings."""
+        instance = self.instance_of(rank)
+        return [s for s in range(self.shards) if self.owner(instance, s) == rank]
+
+    def bounds(self, numel: int) -> list[int]:
+        """Where each shard of a tensor of ``numel`` elements starts (and, last, where the tensor ends)."""
+        return [(s * numel) // self.shards for s in range(self.shards + 1)]
+
+
+class HierarchicalAllreduce:
+    """Hierarchical all-reduce (Horovod's ``HOROVOD_HIERARCHICAL_ALLREDUCE``, NCCL's intra/inter split).
+
+    Three phases, over process groups made once from a ``Hierarchy``:
+
+    1. inside each instance, every shard is reduced to its owner (``dist.reduce`` on the instance's group: gloo over
+       loopback for CPU tensors, NCCL's own collective for CUDA ones);
+    2. across instances, each owner runs our ``RingAllreduce`` (segmented, pipelined on gloo) over its shard's ring,
+       so only ``1/shards`` of the bucket travels on each ring and every rank's link carries its part; averaging
+       divides the owned shard by the world size here, once;
+    3. inside each instance, every owner broadcasts its reduced shard to the other slots.
+
+    Every rank ends with the same bits (each shard comes from one owner). ``inter_instance_bytes`` counts what this
+    rank sent to ranks of other instances (only the rings cross instances): ``2(I-1)`` times the bucket over all
+    ranks together for I instances, against the flat ring's ``2I(W-1)/W`` (its I ranks at an instance's edge
+    each send ``2(W-1)/W`` of the bucket to the next instance), never more.
+
+    Creating it creates process groups: every rank of the default group constructs it, with the same instances, at
+    the same point (``dist.new_group``'s contract).
+    """
+
+    def __init__(
+        self,
+        instances: Sequence[Sequence[int]] | Hierarchy,
+        segment_bytes: int = 1 << 20,
+        small_bytes: int = 1 << 20,
+    ) -> None:
+        self.hierarchy = instances if isinstance(instances, Hierarchy) else Hierarchy.of(instances)
+        world, rank = dist.get_world_size(), dist.get_rank()
+        if self.hierarchy.world != world:
+            raise ValueError(f"the instances hold {self.hierarchy.world} ranks but the world has {world}")
+        self.rank, self.world = rank, world
+        self.instance = self.hierarchy.instance_of(rank)
+        self._lock = threading.Lock()
+        # Every rank creates every group, in the same order (instances, then rings by shard), members or not.
+        self._local: dist.ProcessGroup | None = None
+        for i, ranks in enumerate(self.hierarchy.instances):
+            if len(ranks) > 1:
+                group = dist.new_group(list(ranks))
+                if i == self.instance:
+                    self._local = group
+        self._rings: dict[int, RingAllreduce] = {}
+        for shard in range(self.hierarchy.shards):
+            members = self.hierarchy.ring(shard)
+            if len(members) > 1:
+                group = dist.new_group(list(members))
+                if rank in members:
+                    self._rings[shard] = RingAllreduce(group, segment_bytes=segment_bytes, small_bytes=small_bytes)
+        self._owned = self.hierarchy.shards_of(rank)
+
+    @property
+    def inter_instance_bytes(self) -> int:
+        """Bytes this rank has sent to ranks of other instances so far."""
+        return sum(sum(ring.sent_bytes.values()) for ring in self._rings.values())
+
+    def __call__(
+        self, tensor: torch.Tensor, op: ReduceOp = "sum", wire_dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
+        """Reduces ``tensor`` in place across all ranks and returns it; ``wire_dtype`` compresses what crosses
+        instances only (the links inside an instance are the fast ones)."""
+        if not tensor.is_contiguous():
+            raise ValueError(
+                "HierarchicalAllreduce needs a contiguous tensor (the optimizer passes its fusion buffers)"
+            )
+        if tensor.numel() == 0 or self.world == 1:
+            return tensor
+        flat = tensor.view(-1)
+        bounds = self.hierarchy.bounds(flat.numel())
+        shards = [s for s in range(self.hierarchy.shards) if bounds[s + 1] > bounds[s]]
+        owner = {s: self.hierarchy.owner(self.instance, s) for s in shards}
+        with self._lock:
+            if self._local is not None:
+                works = [
+                    dist.reduce(flat[bounds[s] : bounds[s + 1]], owner[s], group=self._local, async_op=True)
+                    for s in shards
+                ]
+                _wait_all(works)
+            for s in self._owned:
+                if s not in owner:
+                    continue
+                shard = flat[bounds[s] : bounds[s + 1]]
+                ring = self._rings.get(s)
+                if ring is not None:
+                    ring(shard, "sum", wire_dtype)
+                if op == "avg":
+                    shard.div_(self.world)
+            if self._local is not None:
+                works = [
+                    dist.broadcast(flat[bounds[s] : bounds[s + 1]], owner[s], group=self._local, async_op=True)
+                    for s in shards
+                ]
+                _wait_all(works)
+        return tensor
+
+
+def _wait_all(works: list[dist.Work | None]) -> None:
+    for work in works:
+        if work is not None:
+            work.wait()
 
 
 class Handle(Protocol):
@@ -340,6 +543,48 @@ class RingBackend:
             self._executor = None
 
 
+class HierarchicalBackend:
+    """``HierarchicalAllreduce`` over the instances given (lists of ranks, contiguous per instance as the runtime
+    numbers them: ``contiguous_instances([1, 4])``); asynchronous calls run on one communication thread, in
+    submission order, like ``RingBackend``. Constructing it is collective: every rank, same instances."""
+
+    name = "hierarchical"
+
+    def __init__(
+        self,
+        instances: Sequence[Sequence[int]] | Hierarchy,
+        wire_dtype: torch.dtype | None = None,
+        segment_bytes: int = 1 << 20,
+        small_bytes: int = 1 << 20,
+    ) -> None:
+        #: Always the default group: the instances name its ranks.
+        self.group: dist.ProcessGroup | None = None
+        self.reducer = HierarchicalAllreduce(instances, segment_bytes=segment_bytes, small_bytes=small_bytes)
+        self.wire_dtype = wire_dtype
+        self._executor: ThreadPoolExecutor | None = None
+
+    @property
+    def inter_instance_bytes(self) -> int:
+        """Bytes this rank has sent to ranks of other instances so far."""
+        return self.reducer.inter_instance_bytes
+
+    def enabled(self) -> bool:
+        return dist.is_available() and dist.is_initialized()
+
+    def allreduce_(self, tensor: torch.Tensor, op: ReduceOp = "sum") -> torch.Tensor:
+        return self.reducer(tensor, op, self.wire_dtype)
+
+    def allreduce_async(self, tensor: torch.Tensor, op: ReduceOp = "sum") -> Handle:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hierarchical-allreduce")
+        return _FutureHandle(self._executor.submit(self.reducer, tensor, op, self.wire_dtype))
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+
 class NativeBackend:
     """``dist.all_reduce`` (what NCCL users pick on GPUs). gloo has no AVG, so averaging is a sum then a divide."""
 
@@ -364,7 +609,10 @@ class NativeBackend:
         pass
 
 
+#: The default list, tried in order.
 BACKENDS = ("ring", "native")
+#: Every backend ``select_backend`` knows.
+KNOWN_BACKENDS = (*BACKENDS, "hierarchical")
 
 
 def select_backend(
@@ -372,16 +620,25 @@ def select_backend(
     *,
     group: dist.ProcessGroup | None = None,
     wire_dtype: torch.dtype | None = None,
+    instances: Sequence[Sequence[int]] | None = None,
 ) -> AllreduceBackend:
-    """The first enabled backend among ``names``, tried in order (like Horovod's operation manager)."""
+    """The first enabled backend among ``names``, tried in order (like Horovod's operation manager).
+
+    ``hierarchical`` is enabled only with ``instances`` (the ranks of each instance) and over the default group
+    (``group`` None); then every rank must call this at the same point, as it creates process groups.
+    """
     for name in names:
         backend: AllreduceBackend
         if name == "ring":
             backend = RingBackend(group, wire_dtype=wire_dtype)
         elif name == "native":
             backend = NativeBackend(group)
+        elif name == "hierarchical":
+            if instances is None or group is not None or not (dist.is_available() and dist.is_initialized()):
+                continue
+            backend = HierarchicalBackend(instances, wire_dtype=wire_dtype)
         else:
-            raise ValueError(f"unknown all-reduce backend {name!r}; choose from {', '.join(BACKENDS)}")
+            raise ValueError(f"unknown all-reduce backend {name!r}; choose from {', '.join(KNOWN_BACKENDS)}")
         if backend.enabled():
             return backend
     raise RuntimeError(f"no enabled all-reduce backend among {list(names)}: is torch.distributed initialised?")
