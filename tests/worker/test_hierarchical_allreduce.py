@@ -28,10 +28,13 @@ LENGTHS = (1, 2, 3, 7, 1001, 65537)
 def _compare_with_flat(rank: int, world: int, slots: list[int]) -> list[str]:
     """The hierarchical all-reduce vs dist.all_reduce; returns the cases that differ."""
     mismatches: list[str] = []
-    # small_bytes=0: the rings at every size, 4 KiB segments; the default: one-round exchanges for small shards.
+    # small_bytes=0: the rings at every size, 4 KiB segments (cut inside the instance too); 1 KiB: one-round
+    # exchanges across instances for small shards.
     modes = {
         "ring": HierarchicalAllreduce(contiguous_instances(slots), segment_bytes=4096, small_bytes=0),
         "mixed": HierarchicalAllreduce(contiguous_instances(slots), small_bytes=1024),
+        # gloo's reduce and broadcast inside the instance: the path CUDA tensors take with NCCL's
+        "collectives": HierarchicalAllreduce(contiguous_instances(slots), small_bytes=0, instance_collectives=True),
     }
     for mode, reducer in modes.items():
         for length in LENGTHS:
