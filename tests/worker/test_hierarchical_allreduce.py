@@ -89,8 +89,8 @@ NUMEL = 4000
 class RankResult:
     """What the tests below check on one rank, from one set of processes (spawning them is the slow part)."""
 
-    #: Cases that differ from the flat all-reduce, over every slot layout.
-    mismatches: list[str]
+    #: By slot layout: the cases that differ from the flat all-reduce.
+    mismatches: dict[str, list[str]]
     #: By slot layout: (bytes sent to other instances hierarchically, in a flat ring).
     sent: dict[str, tuple[int, int]]
     #: (the backend picked without instances, with them, what the latter averaged).
@@ -99,7 +99,7 @@ class RankResult:
 
 def _everything(rank: int, world: int, layouts: list[list[int]]) -> RankResult:
     return RankResult(
-        mismatches=[m for slots in layouts for m in _compare_with_flat(rank, world, slots)],
+        mismatches={str(slots): _compare_with_flat(rank, world, slots) for slots in layouts},
         sent={str(slots): _inter_instance_bytes(rank, slots, NUMEL) for slots in layouts},
         selected=_selected(rank, layouts[0]),
     )
@@ -107,21 +107,29 @@ def _everything(rank: int, world: int, layouts: list[list[int]]) -> RankResult:
 
 @pytest.fixture(scope="module")
 def equal_slots() -> list[RankResult]:
-    """4 gloo processes as 2 instances x 2 slots."""
-    return run_ranks(_everything, 4, [[2, 2]], timeout=120)
+    """4 gloo processes as 2 instances x 2 slots, then as one instance of 4."""
+    return run_ranks(_everything, 4, [[2, 2], [4]], timeout=120)
 
 
 @pytest.fixture(scope="module")
 def unequal_slots() -> list[RankResult]:
-    """5 gloo processes as a 1-slot and a 4-slot instance, then as a 2-slot and a 3-slot one."""
-    return run_ranks(_everything, 5, [[1, 4], [2, 3]], timeout=150)
+    """5 gloo processes as a 1-slot and a 4-slot instance, then as a 2-slot and a 3-slot one, then as 5 instances of
+    one slot (the hierarchy is then one flat ring)."""
+    return run_ranks(_everything, 5, [[1, 4], [2, 3], [1, 1, 1, 1, 1]], timeout=150)
 
 
 def test_two_instances_of_two_slots_reduce_like_a_flat_all_reduce(equal_slots: list[RankResult]) -> None:
     # given 2 instances x 2 slots
     # when each sums integer-valued fp32 and averages fp32/bf16 tensors of odd lengths, hierarchically
     # then the sums equal dist.all_reduce's exactly, the averages are allclose, and all ranks hold the same bits
-    assert [rank.mismatches for rank in equal_slots] == [[]] * 4
+    assert [rank.mismatches["[2, 2]"] for rank in equal_slots] == [[]] * 4
+
+
+def test_one_instance_reduces_inside_itself_alone(equal_slots: list[RankResult]) -> None:
+    # given 4 slots of one instance: no ring crosses instances
+    # then the reduction inside the instance alone gives the flat result, and nothing crosses instances
+    assert [rank.mismatches["[4]"] for rank in equal_slots] == [[]] * 4
+    assert [rank.sent["[4]"][0] for rank in equal_slots] == [0] * 4
 
 
 def test_instances_with_different_slot_counts_reduce_like_a_flat_all_reduce(
@@ -129,7 +137,16 @@ def test_instances_with_different_slot_counts_reduce_like_a_flat_all_reduce(
 ) -> None:
     # given a 1-slot and a 4-slot instance (world 5), and a 2-slot and a 3-slot one
     # then every shard is covered (the smaller instance's ranks own several): the result is the flat one's
-    assert [rank.mismatches for rank in unequal_slots] == [[]] * 5
+    assert [rank.mismatches["[1, 4]"] + rank.mismatches["[2, 3]"] for rank in unequal_slots] == [[]] * 5
+
+
+def test_instances_of_one_slot_reduce_on_one_flat_ring(unequal_slots: list[RankResult]) -> None:
+    # given 5 instances of one slot each: nothing to reduce inside an instance
+    # then the one ring across them gives the flat result, and sends what a flat ring sends
+    assert [rank.mismatches["[1, 1, 1, 1, 1]"] for rank in unequal_slots] == [[]] * 5
+    assert [rank.sent["[1, 1, 1, 1, 1]"][0] for rank in unequal_slots] == [
+        rank.sent["[1, 1, 1, 1, 1]"][1] for rank in unequal_slots
+    ]
 
 
 @pytest.mark.parametrize(("slots", "expected_ratio"), [([2, 2], 2 / 3), ([1, 4], 5 / 8), ([2, 3], 5 / 8)])
