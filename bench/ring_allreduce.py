@@ -241,11 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = max(1, args.runs)
     if args.slots:
         counts = [int(k) for k in args.slots.split(",")]
-        slots = counts * args.instances if len(counts) == 1 else counts
-        if min(slots) < 1 or args.instances < 1:
-            print("error: --slots and --instances must be at least 1", file=sys.stderr)
-            return 2
-        return _main_slots(slots, sizes, args.quick, args.device, tuning, runs)
+        return _main_slots(counts * args.instances if len(counts) == 1 else counts, sizes, args, tuning, runs)
     spread = "  range of the runs' ratios" if runs > 1 else ""
     print(
         f"{'ranks':>5} {'size':>9} {'ring ms':>9} {'native ms':>9} {'ratio':>6}{spread}"
@@ -262,9 +258,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main_slots(
-    slots: list[int], sizes: list[int], quick: bool, device: str, tuning: tuple[int, int], runs: int
+    slots: list[int], sizes: list[int], args: argparse.Namespace, tuning: tuple[int, int], runs: int
 ) -> int:
     """The --slots table: per size, the medians over the runs of each time and of each ratio to native."""
+    if not slots or min(slots) < 1:
+        print("error: --slots and --instances must be at least 1", file=sys.stderr)
+        return 2
+    quick, device = args.quick, args.device
     print(
         f"{'slots':>7} {'size':>9} {'hier ms':>9} {'ring ms':>9} {'native ms':>9} {'hier/nat':>8} {'ring/nat':>8}"
         f" {'inter MiB hier':>14} {'ring':>7} {'hier/ring':>9} {'busiest hier':>12} {'ring':>7}"

@@ -445,42 +445,36 @@ class HierarchicalAllreduce:
         bounds = self.hierarchy.bounds(flat.numel())
         shards = [s for s in range(self.hierarchy.shards) if bounds[s + 1] > bounds[s]]
         owner = {s: self.hierarchy.owner(self.instance, s) for s in shards}
-        # On CPU the instance's phases are our own segmented point-to-point over its gloo group (about twice as
-        # fast as gloo's reduce and broadcast here); on CUDA, NCCL's own collectives.
-        phases = None
-        if self._local is not None and flat.device.type == "cpu" and not self.instance_collectives:
-            phases = _InstancePhases(self, self._local, flat, bounds, shards, owner)
+        inside = self._inside(flat, bounds, shards, owner)
         with self._lock:
-            in_flight: list[dist.Work] = []
-            if phases is not None:
-                in_flight = phases.reduce_to_owners()
-            elif self._local is not None:
-                _wait_all(
-                    [
-                        dist.reduce(flat[bounds[s] : bounds[s + 1]], owner[s], group=self._local, async_op=True)
-                        for s in shards
-                    ]
-                )
+            in_flight = inside.reduce_to_owners() if inside is not None else []
             for s in self._owned:
-                if s not in owner:
-                    continue
-                shard = flat[bounds[s] : bounds[s + 1]]
-                ring = self._rings.get(s)
-                if ring is not None:
-                    ring(shard, "sum", wire_dtype)
-                if op == "avg":
-                    shard.div_(self.world)
+                if s in owner:
+                    self._across(flat[bounds[s] : bounds[s + 1]], s, op, wire_dtype)
             _wait_all(in_flight)  # what this rank sent to other owners: its slices are overwritten next
-            if phases is not None:
-                phases.broadcast_from_owners()
-            elif self._local is not None:
-                _wait_all(
-                    [
-                        dist.broadcast(flat[bounds[s] : bounds[s + 1]], owner[s], group=self._local, async_op=True)
-                        for s in shards
-                    ]
-                )
+            if inside is not None:
+                inside.broadcast_from_owners()
         return tensor
+
+    def _inside(
+        self, flat: torch.Tensor, bounds: list[int], shards: list[int], owner: dict[int, int]
+    ) -> _InstancePhases | _InstanceCollectives | None:
+        """Phases 1 and 3 for this call (None in a 1-slot instance). On CPU, our own segmented point-to-point over
+        the instance's gloo group (about twice as fast as gloo's reduce and broadcast here); on CUDA, NCCL's own
+        collectives."""
+        if self._local is None:
+            return None
+        if flat.device.type == "cpu" and not self.instance_collectives:
+            return _InstancePhases(self, self._local, flat, bounds, shards, owner)
+        return _InstanceCollectives(self._local, flat, bounds, shards, owner)
+
+    def _across(self, shard: torch.Tensor, index: int, op: ReduceOp, wire_dtype: torch.dtype | None) -> None:
+        """Phase 2 on a shard this rank owns: its ring across instances, then the average's one division."""
+        ring = self._rings.get(index)
+        if ring is not None:
+            ring(shard, "sum", wire_dtype)
+        if op == "avg":
+            shard.div_(self.world)
 
     def _scratch(self, dtype: torch.dtype, device: torch.device, numel: int) -> torch.Tensor:
         buf = self._buffers.get((dtype, device))
@@ -488,6 +482,25 @@ class HierarchicalAllreduce:
             buf = torch.empty(numel, dtype=dtype, device=device)
             self._buffers[(dtype, device)] = buf
         return buf[:numel]
+
+
+class _InstanceCollectives:
+    """The phases inside one instance as the group's own collectives: ``reduce`` of every shard to its owner, then
+    ``broadcast`` from it (NCCL's on CUDA, gloo's with ``instance_collectives`` on CPU)."""
+
+    def __init__(
+        self, pg: dist.ProcessGroup, flat: torch.Tensor, bounds: list[int], shards: list[int], owner: dict[int, int]
+    ) -> None:
+        self.pg, self.owner = pg, owner
+        self.slices = {s: flat[bounds[s] : bounds[s + 1]] for s in shards}
+
+    def reduce_to_owners(self) -> list[dist.Work]:
+        """Sums every shard on its owner; returns nothing in flight."""
+        _wait_all([dist.reduce(t, self.owner[s], group=self.pg, async_op=True) for s, t in self.slices.items()])
+        return []
+
+    def broadcast_from_owners(self) -> None:
+        _wait_all([dist.broadcast(t, self.owner[s], group=self.pg, async_op=True) for s, t in self.slices.items()])
 
 
 class _InstancePhases:
