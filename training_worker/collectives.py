@@ -371,12 +371,14 @@ class HierarchicalAllreduce:
 
     Three phases, over process groups made once from a ``Hierarchy``:
 
-    1. inside each instance, every shard is reduced to its owner (``dist.reduce`` on the instance's group: gloo over
-       loopback for CPU tensors, NCCL's own collective for CUDA ones);
+    1. inside each instance, every shard is reduced to its owner, over the instance's own group: for CUDA tensors
+       with NCCL's own ``reduce``; for CPU tensors over gloo (loopback or shared memory), each slot sending the
+       shards it does not own straight to their owners (``_InstancePhases``);
     2. across instances, each owner runs our ``RingAllreduce`` (segmented, pipelined on gloo) over its shard's ring,
        so only ``1/shards`` of the bucket travels on each ring and every rank's link carries its part; averaging
        divides the owned shard by the world size here, once;
-    3. inside each instance, every owner broadcasts its reduced shard to the other slots.
+    3. inside each instance, every owner broadcasts its reduced shard to the other slots (NCCL's ``broadcast``, or
+       the owner's sends on CPU).
 
     Every rank ends with the same bits (each shard comes from one owner). ``inter_instance_bytes`` counts what this
     rank sent to ranks of other instances (only the rings cross instances): ``2(I-1)`` times the bucket over all
