@@ -20,6 +20,11 @@ import pytest
 
 from tests import reaper
 
+# The tests start many training processes on a few cores (worker ranks, the local fleet's instances): one intra-op
+# thread each, as torchrun sets for several processes per host. Set before anything imports torch, so the ranks
+# the tests spawn inherit it; OpenMP's spinning idle threads otherwise doubled the suite's CPU time.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 ROOT = Path(__file__).resolve().parent.parent
 BROKER_URL = os.environ.get("RINGFLEET_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/")
 

@@ -576,10 +576,12 @@ class _Demo:
 
 def _baseline(scenario: Scenario, out: Path, script: Path) -> Path:
     """The same job on a fixed ring of ``workers`` with no control plane and no failures; its final state."""
+    from ringfleet_local.fleet import one_thread_each
+
     port = free_port()
     folder = out / "baseline"
     folder.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RINGFLEET_", "AWS_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RINGFLEET_", "AWS_"))} | one_thread_each()
     final = folder / "final.pt"
     args = [x for name, value in _training_args(scenario, final).items() for x in (f"--{name}", str(value))]
     procs = []
