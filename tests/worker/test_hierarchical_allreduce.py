@@ -11,13 +11,16 @@ import torch.distributed as dist
 
 from tests.worker.distributed import run_ranks
 from training_worker.collectives import (
+    AllreduceBackend,
     HierarchicalAllreduce,
     HierarchicalBackend,
     Hierarchy,
+    NativeBackend,
     RingAllreduce,
     contiguous_instances,
     select_backend,
 )
+from training_worker.optimizer import DistributedOptimizer
 
 pytestmark = pytest.mark.worker
 
@@ -82,6 +85,26 @@ def _selected(rank: int, slots: list[int]) -> tuple[str, str, list[float]]:
     return without.name, chosen.name, values.tolist()
 
 
+def _trained(rank: int, world: int, backend: AllreduceBackend) -> list[float]:
+    """Parameters after 4 SGD steps of a small MLP, each rank on its share of a global batch of 16."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    # small buckets: several are reduced while backward still runs, on the backend's communication thread
+    opt = DistributedOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1), model.named_parameters(), bucket_bytes=256, backend=backend
+    )
+    gen = torch.Generator().manual_seed(42)
+    share = 16 // world
+    for _ in range(4):
+        x = torch.randn(16, 5, generator=gen)
+        xs, ys = x[rank * share : (rank + 1) * share], x[rank * share : (rank + 1) * share].sum(1, keepdim=True)
+        torch.nn.functional.mse_loss(model(xs), ys).backward()
+        opt.step()
+        opt.zero_grad()
+    opt.close()
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).tolist()
+
+
 NUMEL = 4000
 
 
@@ -95,6 +118,8 @@ class RankResult:
     sent: dict[str, tuple[int, int]]
     #: (the backend picked without instances, with them, what the latter averaged).
     selected: tuple[str, str, list[float]]
+    #: Parameters trained by DistributedOptimizer: (on the hierarchical backend, on native all-reduce).
+    trained: tuple[list[float], list[float]]
 
 
 def _everything(rank: int, world: int, layouts: list[list[int]]) -> RankResult:
@@ -102,6 +127,10 @@ def _everything(rank: int, world: int, layouts: list[list[int]]) -> RankResult:
         mismatches={str(slots): _compare_with_flat(rank, world, slots) for slots in layouts},
         sent={str(slots): _inter_instance_bytes(rank, slots, NUMEL) for slots in layouts},
         selected=_selected(rank, layouts[0]),
+        trained=(
+            _trained(rank, world, HierarchicalBackend(contiguous_instances(layouts[0]))),
+            _trained(rank, world, NativeBackend()),
+        ),
     )
 
 
@@ -192,3 +221,16 @@ def test_instances_that_do_not_split_the_ranks_are_refused(instances: list[list[
     # then the error says what a grouping must be
     with pytest.raises(ValueError, match="split the ranks"):
         Hierarchy.of(instances)
+
+
+def test_distributed_optimizer_trains_on_it_as_on_native_all_reduce(
+    equal_slots: list[RankResult], unequal_slots: list[RankResult]
+) -> None:
+    # given DistributedOptimizer on 2 instances x 2 slots and on a 1-slot and a 4-slot instance, its buckets
+    # reduced hierarchically, and on native all-reduce
+    for ranks in (equal_slots, unequal_slots):
+        hierarchical = [rank.trained[0] for rank in ranks]
+        native = ranks[0].trained[1]
+        # then every rank holds the same parameters, those native all-reduce trains to
+        assert all(params == hierarchical[0] for params in hierarchical)
+        assert hierarchical[0] == pytest.approx(native, abs=1e-5)
