@@ -2,9 +2,9 @@
 
 With ``--slots K`` the ranks are grouped K per emulated instance (or ``--slots 1,4``: one count per instance) and
 the hierarchical all-reduce runs beside our flat ring and native dist.all_reduce over the same ranks: times, their
-ratios to native, and the bytes that crossed instances per collective, hierarchical vs flat ring (summed over all
-ranks). On one machine every "instance" shares the same loopback, so the bytes, not the times, show what the
-hierarchy saves on a real network.
+ratios to native, and the bytes that crossed instances per collective, hierarchical vs flat ring (all ranks
+together, and the busiest rank's). On one machine every "instance" shares the same loopback, so the bytes, not the
+times, show what the hierarchy saves on a real network. ``--device cuda`` takes NCCL (inside the instance too).
 """
 
 from __future__ import annotations

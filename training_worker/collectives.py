@@ -429,7 +429,7 @@ class HierarchicalAllreduce:
 
     @property
     def inter_instance_bytes(self) -> int:
-        """Bytes this rank has sent to ranks of other instances so far."""
+        """Bytes this rank has sent to ranks of other instances so far (a collective's: the difference around it)."""
         return sum(sum(ring.sent_bytes.values()) for ring in self._rings.values())
 
     def __call__(
@@ -686,7 +686,7 @@ class HierarchicalBackend:
 
     @property
     def inter_instance_bytes(self) -> int:
-        """Bytes this rank has sent to ranks of other instances so far."""
+        """Bytes this rank has sent to ranks of other instances so far (a collective's: the difference around it)."""
         return self.reducer.inter_instance_bytes
 
     def enabled(self) -> bool:
