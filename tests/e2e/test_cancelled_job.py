@@ -1,6 +1,6 @@
 """A job cancelled while it trains lets go of its instances only once their agents confirm nothing of it runs there
 any more (InstanceIdle), before another job is placed on them (issue 28). A file of its own so that pytest-xdist runs
-it beside tests/e2e/test_two_jobs.py, whose helpers it shares."""
+it beside tests/e2e/test_two_jobs.py (what both use: tests/e2e/side_by_side.py)."""
 
 from __future__ import annotations
 
@@ -12,26 +12,24 @@ from ringfleet_client import RingfleetClient
 from ringfleet_local.cloud import LocalCloud
 
 from ringfleet.core.jobs import JobState
+from tests.e2e.side_by_side import HOLD_S, SCALER, SLOW_STEP_S, Watch, emulator_for, submit, trained
 from tests.e2e.support import Pace, wait_ticking
-from tests.e2e.test_two_jobs import HOLD_S, SCALER, SLOW_STEP_S, Watch, _emulator, _submit, _trained, cloud
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
-
-__all__ = ["cloud"]  # the fixture, used by name
 
 
 def test_a_cancelled_jobs_instances_are_placed_again_only_once_their_agents_confirm_it_gone(
     cloud: LocalCloud, tmp_path: Path
 ) -> None:
     pace = Pace(tmp_path / "step-delay", HOLD_S)
-    emulator = _emulator(cloud, tmp_path / "workers")
+    emulator = emulator_for(cloud, tmp_path / "workers")
     emulator.start()
     try:
         with Watch(cloud, ("cancelled", "next")) as watch:
             # given a job training on two instances
-            _submit(cloud, "acme", "cancelled", pace)
+            submit(cloud, "acme", "cancelled", pace)
             wait_ticking(cloud, SCALER, lambda: watch.state("cancelled") is JobState.RUNNING, 150, "it to run")
-            wait_ticking(cloud, SCALER, lambda: _trained(emulator, 20), 60, "it to train")
+            wait_ticking(cloud, SCALER, lambda: trained(emulator, 20), 60, "it to train")
             held = set(watch.job("cancelled").members)
             # when its tenant cancels it while its workers are in the middle of slow steps (they obey the Stop at
             # their next step boundary, seconds later), and another job is submitted at once
@@ -39,7 +37,7 @@ def test_a_cancelled_jobs_instances_are_placed_again_only_once_their_agents_conf
             time.sleep(2 * HOLD_S + 0.5)  # each worker has read the slow pace
             RingfleetClient(cloud.broker_url).cancel("acme", "cancelled")
             cancelled_at = time.time()
-            _submit(cloud, "globex", "next", pace, steps=40)
+            submit(cloud, "globex", "next", pace, steps=40)
             wait_ticking(cloud, SCALER, lambda: held <= set(emulator.exits), 60, "the cancelled job's workers to exit")
             pace.full_speed()
             wait_ticking(cloud, SCALER, lambda: watch.state("next") is JobState.RUNNING, 150, "the next to run")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,11 +21,9 @@ from ringfleet_local.report import measure_goodput
 from ringfleet_local.training_events import EventFollower
 
 from ringfleet.adapters.dynamodb import DynamoDbJobRepository
-from ringfleet.contracts.broker import JOBS_QUEUE
 from ringfleet.contracts.training import StepTaken
 from ringfleet.core.jobs import JobState
 from ringfleet.core.ports import SystemClock
-from tests.conftest import ROOT, purge_queue
 from tests.e2e.support import DIGITS, Pace, digits_job
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(360)]
@@ -37,13 +34,6 @@ STEPS = 800
 #: --step-delay's: a slower one would hide longer stalls inside a normal step).
 PACE_S = 0.1
 MARKER = "ringfleet-digits version 2"
-
-
-@pytest.fixture
-def cloud(broker_url: str, tmp_path: Path) -> Iterator[LocalCloud]:
-    purge_queue(broker_url, JOBS_QUEUE)
-    with LocalCloud(ROOT / "template.yaml", broker_url=broker_url, state_dir=tmp_path / "state") as c:
-        yield c
 
 
 def test_a_running_job_is_upgraded_worker_by_worker_without_stopping(cloud: LocalCloud, tmp_path: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,20 +10,11 @@ from ringfleet_client import RingfleetClient
 from ringfleet_local.cloud import LocalCloud
 from ringfleet_local.fleet import FleetEmulator
 
-from ringfleet.contracts.broker import JOBS_QUEUE
-from tests.conftest import ROOT, purge_queue
 from tests.e2e.support import digits_job
 
 pytestmark = pytest.mark.e2e
 
 STEPS = 40
-
-
-@pytest.fixture
-def cloud(broker_url: str, tmp_path: Path) -> Iterator[LocalCloud]:
-    purge_queue(broker_url, JOBS_QUEUE)
-    with LocalCloud(ROOT / "template.yaml", broker_url=broker_url, state_dir=tmp_path / "state") as c:
-        yield c
 
 
 def test_submitted_job_is_placed_on_three_instances_that_train_it_together(cloud: LocalCloud, tmp_path: Path) -> None:
