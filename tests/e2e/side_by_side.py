@@ -10,11 +10,12 @@ from pathlib import Path
 from ringfleet_client import RingfleetClient
 from ringfleet_local.cloud import LocalCloud
 from ringfleet_local.fleet import FleetEmulator
+from ringfleet_local.pace import Pace
 
 from ringfleet.adapters.dynamodb import DynamoDbJobRepository
 from ringfleet.core.jobs import Job, JobState
 from ringfleet.core.ports import SystemClock
-from tests.e2e.support import Pace, digits_job
+from tests.e2e.support import digits_job
 
 SCALER = "FleetScalerFunction"
 STEPS = 400

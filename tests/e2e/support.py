@@ -1,14 +1,12 @@
-"""Helpers the end-to-end tests share: the digits job and its pace, finding deliveries by content, waiting for a
-condition (with a function's schedule brought forward meanwhile)."""
+"""Helpers the end-to-end tests share: the digits job (its pace: ``ringfleet_local.pace``), finding deliveries by
+content, waiting for a condition (with a function's schedule brought forward meanwhile)."""
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from ringfleet_client import load_job_file
@@ -28,33 +26,6 @@ def digits_job(**overrides: Any) -> dict[str, Any]:
     fields.update(entrypoint=["python", str(DIGITS / "train.py")], budget_usd_per_hour=50)
     fields.update(overrides)
     return fields
-
-
-class Pace:
-    """How fast the digits job trains, changed while it trains: the seconds its workers sleep after each step, in the
-    file the script's ``--step-delay-file`` names (every worker of the local fleet runs on this machine and reads it).
-
-    A test holds the job slow while it waits for the event under test, then lets it run to its last step at full
-    speed: paced by what the test waits for, not by a sleep budget (steps x delay) raced against the control plane."""
-
-    def __init__(self, path: Path, seconds: float) -> None:
-        self.path = path
-        self.set(seconds)
-
-    def hyperparameters(self) -> dict[str, str]:
-        """What the job's ``hyperparameters`` add for its script to read the pace from here."""
-        return {"step-delay-file": str(self.path)}
-
-    def set(self, seconds: float) -> None:
-        """From each worker's next step on, it sleeps ``seconds`` after each step (written whole: no worker reads
-        half a number)."""
-        part = self.path.with_name(f"{self.path.name}.part")
-        part.write_text(f"{seconds}\n")
-        os.replace(part, self.path)
-
-    def full_speed(self) -> None:
-        """The rest of the run trains without sleeping."""
-        self.set(0)
 
 
 def carrying(deliveries: list[Delivery], needle: str) -> list[Delivery]:

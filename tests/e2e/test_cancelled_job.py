@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from ringfleet_client import RingfleetClient
 from ringfleet_local.cloud import LocalCloud
+from ringfleet_local.pace import Pace
 
 from ringfleet.core.jobs import JobState
 from tests.e2e.side_by_side import HOLD_S, SCALER, SLOW_STEP_S, Watch, emulator_for, submit, trained
-from tests.e2e.support import Pace, wait_ticking
+from tests.e2e.support import wait_ticking
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 

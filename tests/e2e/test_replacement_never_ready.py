@@ -9,12 +9,13 @@ import pytest
 from ringfleet_client import RingfleetClient
 from ringfleet_local.cloud import LocalCloud
 from ringfleet_local.fleet import FleetEmulator
+from ringfleet_local.pace import Pace
 
 from ringfleet.adapters.dynamodb import DynamoDbJobRepository
 from ringfleet.core.jobs import JobState
 from ringfleet.core.ports import SystemClock
 from tests.conftest import ROOT
-from tests.e2e.support import Pace, digits_job, wait_until
+from tests.e2e.support import digits_job, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
 

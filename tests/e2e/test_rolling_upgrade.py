@@ -17,6 +17,7 @@ import pytest
 from ringfleet_client import RingfleetClient
 from ringfleet_local.cloud import LocalCloud
 from ringfleet_local.fleet import FleetEmulator
+from ringfleet_local.pace import Pace
 from ringfleet_local.report import measure_goodput
 from ringfleet_local.training_events import EventFollower
 
@@ -24,7 +25,7 @@ from ringfleet.adapters.dynamodb import DynamoDbJobRepository
 from ringfleet.contracts.training import StepTaken
 from ringfleet.core.jobs import JobState
 from ringfleet.core.ports import SystemClock
-from tests.e2e.support import DIGITS, Pace, digits_job
+from tests.e2e.support import DIGITS, digits_job
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(360)]
 

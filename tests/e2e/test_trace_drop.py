@@ -19,6 +19,7 @@ from ringfleet_local.clock import FileClock
 from ringfleet_local.cloud import LocalCloud
 from ringfleet_local.fleet import FleetEmulator
 from ringfleet_local.moto_fleet import MotoSpotFleetGateway
+from ringfleet_local.pace import Pace
 from ringfleet_local.spot_traces import replay_from_options, write_trace
 
 from ringfleet.adapters.dynamodb import DynamoDbJobRepository
@@ -26,7 +27,7 @@ from ringfleet.core.jobs import JobState
 from ringfleet.core.ports import SystemClock
 from ringfleet.scaling.ports import FleetSnapshot
 from tests.conftest import ROOT
-from tests.e2e.support import Pace, digits_job, tick, wait_until
+from tests.e2e.support import digits_job, tick, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 

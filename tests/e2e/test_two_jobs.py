@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 from ringfleet_local.cloud import LocalCloud
+from ringfleet_local.pace import Pace
 
 from ringfleet.core.commands import rendezvous_port
 from ringfleet.core.jobs import JobState
 from tests.e2e.side_by_side import HOLD_S, SCALER, Watch, emulator_for, submit
-from tests.e2e.support import Pace, wait_ticking
+from tests.e2e.support import wait_ticking
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 

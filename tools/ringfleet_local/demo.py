@@ -347,11 +347,11 @@ class _Demo:
         from ringfleet.adapters.dynamodb import DynamoDbJobRepository
         from ringfleet.core.ports import SystemClock
         from ringfleet_local.fleet import FleetEmulator
+        from ringfleet_local.pace import Pace
 
         self.cloud, self.scenario, self.out, self.watch = cloud, scenario, out, watch
         #: The job's seconds per step, rewritten while it trains (``_pace``).
-        self._pace_file = out / "step-delay"
-        self._delay: float | None = None
+        self.pace = Pace(out / "step-delay", scenario.step_delay_s)
         self.incidents: list[tuple[ObservedIncident, int]] = []  # with the generation it struck
         self.jobs = DynamoDbJobRepository(
             cloud.ctx.resolve({"Ref": "JobsTable"}), clock=SystemClock(), boto3_resource=cloud.ctx.resource("dynamodb")
@@ -422,10 +422,7 @@ class _Demo:
             # The path as the agents see it: they run from wherever the demo was started.
             entrypoint=["python", str(examples / "train.py")],
             # The pace is a file the demo rewrites while the job trains (see _pace); the baseline run has none.
-            hyperparameters={
-                **_training_args(scenario, self.out / "final.pt"),
-                "step-delay-file": str(self._pace_file),
-            },
+            hyperparameters={**_training_args(scenario, self.out / "final.pt"), **self.pace.hyperparameters()},
             job_id=JOB_ID,
             tenant=TENANT,
             min_workers=scenario.min_workers,
@@ -465,14 +462,11 @@ class _Demo:
         delay = scenario.step_delay_s * (HOLD_FACTOR if waiting else 1.0)
         if waiting and watch.step >= scenario.steps - HOLD_LAST_STEPS:
             delay = HOLD_STILL_S
-        if delay == self._delay:
+        if delay == self.pace.seconds:
             return
         if delay > scenario.step_delay_s:
             watch.say(now, f"holding training at {delay:.2f} s per step until the ring is whole again")
-        part = self._pace_file.with_name(self._pace_file.name + ".part")
-        part.write_text(f"{delay}\n")
-        os.replace(part, self._pace_file)
-        self._delay = delay
+        self.pace.set(delay)
 
     def _inject(self, now: float) -> None:
         scenario, watch = self.scenario, self.watch
