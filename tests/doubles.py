@@ -12,10 +12,13 @@ from ringfleet.backup.ports import CheckpointRecord
 from ringfleet.core.jobs import ACTIVE_STATES, DurableCheckpoint, Job
 from ringfleet.core.nodes import LifecycleHook, Node, NodeState
 from ringfleet.core.ports import Saved
+from ringfleet.intake.ports import Admission
+from ringfleet.intake.quotas import Usage
 
 if TYPE_CHECKING:
     from ringfleet.contracts import CheckpointNow, Reconfigure, Stop
     from ringfleet.core.ports import Clock
+    from ringfleet.intake.quotas import QuotaClaim
 
 __all__ = [
     "InMemoryCheckpointCatalog",
@@ -45,6 +48,25 @@ class InMemoryJobRepository:
         self._jobs: dict[str, Job] = {}
         self._clock = clock
         self._lock = threading.Lock()
+        #: The share of its tenant's quota each job admitted within quota holds while it is active.
+        self._held: dict[str, Usage] = {}
+
+    def usage(self, tenant: str) -> Usage:
+        """What ``tenant``'s active jobs hold of its quota (a job's share is given back when it ends)."""
+        jobs = [self._jobs[j] for j in self._held]
+        held = [self._held[j.job_id] for j in jobs if j.tenant == tenant and j.state in ACTIVE_STATES]
+        return Usage(sum(u.gpus for u in held), sum(u.usd_per_hour for u in held))
+
+    def create_within_quota(self, job: Job, claim: QuotaClaim) -> Admission:
+        with self._lock:
+            if job.job_id in self._jobs:
+                return Admission("exists")
+            usage = self.usage(claim.tenant)
+            if usage.gpus > claim.gpus_room or usage.usd_per_hour > claim.usd_room:
+                return Admission("over-quota", usage)
+            self._jobs[job.job_id] = job.saved(self._clock.now()) if job.revision == 0 else job
+            self._held[job.job_id] = claim.wants
+            return Admission("admitted")
 
     def create(self, job: Job) -> bool:
         with self._lock:

@@ -225,8 +225,9 @@ def intake_service() -> IntakeService:
         # Only registered tenants' jobs are admitted (the TenantRegistry parameter; see ringfleet.intake.quotas).
         tenants=TenantRegistry.from_json(os.environ.get(REGISTRY_ENV)),
         clock=clock,
-        # The instance catalog's types (the ones the scaler can count slots of and price): others are rejected.
-        instance_types=lambda: catalog_service().current().names(),
+        # The instance catalog's types (the ones the scaler can count slots of and price) with their on-demand $/h:
+        # others are rejected, and so is a job whose min_workers its budget cannot pay for on demand.
+        on_demand_prices=lambda: {t.name: t.on_demand_per_hour for t in catalog_service().current().types.values()},
         control_user=control_user,
     )
 

@@ -11,7 +11,16 @@ import pytest
 from ringfleet.contracts import JobCancelled
 from ringfleet.core.jobs import JobState
 from ringfleet.core.ports import SystemClock
-from ringfleet.intake.quotas import TenantQuota, TenantRegistry
+from ringfleet.intake.quotas import (
+    TenantQuota,
+    TenantRegistry,
+    Usage,
+    admit_job,
+    check_min_workers_budget,
+    claim_of,
+    held_by,
+    over_quota,
+)
 from ringfleet.intake.service import IntakeService
 from tests.builders import spec
 from tests.doubles import InMemoryJobRepository, RecordingCommandPublisher
@@ -138,3 +147,60 @@ def test_the_registry_reads_each_tenant_with_its_quotas_and_refuses_a_bad_one() 
     ]:
         with pytest.raises(ValueError, match=why):
             TenantRegistry.from_json(bad)
+
+
+def test_a_job_alone_is_checked_against_the_whole_quota_and_its_minimum_against_its_budget() -> None:
+    registry = TenantRegistry.register("acme", quota=TenantQuota(max_gpus=8, max_usd_per_hour=10))
+    prices = {"g5.xlarge": 1.006, "g4dn.xlarge": 0.526, "g6.xlarge": 0.805}
+    message = spec("job-1", min_workers=2, max_workers=4)  # 1 GPU per worker, $2.50/h, g5/g4dn/g6
+    # a job that fits on its own is admitted as far as the job alone goes (the tenant's other jobs: the transaction)
+    assert admit_job(message, registry, prices) is None
+    # more GPUs than the whole quota, or a budget over it
+    assert admit_job(spec("job-1", max_workers=9), registry) == (
+        "quota: the job asks for up to 9 GPUs (9 workers x 1); tenant acme may hold at most 8"
+    )
+    rich = message.model_copy(update={"budget_usd_per_hour": 12.0})
+    assert admit_job(rich, registry) == "quota: the job budgets $12.00/h; tenant acme may budget at most $10.00/h"
+    # a minimum whose cheapest on-demand cost is over the budget: both numbers named
+    floor = spec("job-1", min_workers=5, max_workers=8)
+    reason = check_min_workers_budget(floor, prices)
+    assert reason is not None and reason.startswith("budget: min_workers 5 cost at least $2.63/h on demand")
+    assert "5 x $0.53/h for g4dn.xlarge" in reason and "budget of $2.50/h" in reason
+    assert check_min_workers_budget(spec("job-1", min_workers=4, max_workers=8), prices) is None  # $2.10/h
+    assert check_min_workers_budget(floor, {}) is None  # unpriced types: check_instance_types speaks for them
+
+
+def test_a_claim_leaves_room_for_the_others_and_a_refusal_names_the_numbers() -> None:
+    quota = TenantQuota(max_gpus=12, max_usd_per_hour=5)
+    claim = claim_of(spec("job-1", max_workers=4), quota)
+    assert claim.wants == held_by(spec("job-1", max_workers=4)) == Usage(4, 2.5)
+    assert (claim.gpus_room, claim.usd_room) == (8, 2.5)
+    assert over_quota(claim, Usage(10, 1.0)) == "quota: tenant acme would hold 14 GPUs with this job; its quota is 12"
+    assert over_quota(claim, Usage(2, 3.0)) == (
+        "quota: tenant acme's jobs would budget $5.50/h with this one; its quota is $5.00/h"
+    )
+
+
+def test_a_submission_over_what_is_left_changes_no_usage_and_an_ended_job_frees_its_share() -> None:
+    svc, _, _ = service(TenantRegistry.register("acme", quota=TenantQuota(max_gpus=8, max_usd_per_hour=100)))
+    assert svc.on_submitted(spec("job-1", max_workers=6)).outcome == "admitted"
+    assert svc.on_submitted(spec("job-2", max_workers=4)).outcome == "rejected"
+    assert svc.jobs.usage("acme") == Usage(6, 2.5)  # type: ignore[attr-defined]
+    assert svc.on_cancelled(JobCancelled(tenant="acme", job_id="job-1", reason="x")).outcome == "cancelled"
+    assert svc.jobs.usage("acme") == Usage()  # type: ignore[attr-defined]
+    assert svc.on_submitted(spec("job-3", max_workers=8)).outcome == "admitted"
+
+
+def test_intake_with_the_catalogs_prices_knows_its_types_from_them() -> None:
+    svc = IntakeService(
+        jobs=InMemoryJobRepository(SystemClock()),
+        publisher=RecordingCommandPublisher(),
+        put_events=lambda entries: None,
+        tenants=REGISTERED,
+        clock=SystemClock(),
+        on_demand_prices=lambda: {"g5.xlarge": 1.006, "g4dn.xlarge": 0.526, "g6.xlarge": 0.805},
+    )
+    unknown = spec("job-1").model_copy(update={"instance_types": ["p9.mega"]})
+    assert "unknown instance type(s) p9.mega" in svc.on_submitted(unknown).reason
+    outcome = svc.on_submitted(spec("job-2", min_workers=5, max_workers=8))
+    assert outcome.outcome == "rejected" and "min_workers 5 cost at least $2.63/h" in outcome.reason

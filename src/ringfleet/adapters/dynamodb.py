@@ -7,6 +7,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import boto3
@@ -18,9 +19,12 @@ from ringfleet.backup.ports import CheckpointRecord, CheckpointStatus
 from ringfleet.core.jobs import ACTIVE_STATES, DurableCheckpoint, Incident, Job, JobState, PendingRecovery, Retirement
 from ringfleet.core.nodes import LifecycleHook, Node, NodeState
 from ringfleet.core.ports import Saved
+from ringfleet.intake.ports import Admission
+from ringfleet.intake.quotas import Usage
 
 if TYPE_CHECKING:
     from ringfleet.core.ports import Clock
+    from ringfleet.intake.quotas import QuotaClaim
 
 __all__ = [
     "DynamoDbCheckpointCatalog",
@@ -34,8 +38,12 @@ __all__ = [
 #: the jobs that ended; keyed by one of JOB_SHARDS shards so that no index partition takes every job's writes.
 ACTIVE_JOBS_INDEX = "active"
 JOB_SHARDS = 4
-#: A tenant's jobs (intake counts a tenant's active jobs on each submission).
+#: A tenant's jobs (``ringfleet jobs``).
 TENANT_INDEX = "by-tenant"
+#: A tenant's usage of its quota (GPUs and $/h its active jobs hold) is an item of the jobs table keyed
+#: ``quota#<tenant>`` (no job id has a '#'), so that a job's put and its tenant's count change in one transaction. It
+#: has no ``tenant`` and no ``active_shard``: neither index lists it. A job holding a share carries ``quota_held``.
+USAGE_KEY_PREFIX = "quota#"
 #: Index of the ACTIVE nodes by when they were last heard of (sparse: ``watch_shard`` only while ACTIVE). The sweep
 #: reads, per shard, only the nodes silent since before its cut-off: its reads grow with the silent nodes, not with
 #: the table. NODE_SHARDS shards spread the heartbeats' index writes (one partition takes ~1,000 writes/s).
@@ -266,9 +274,70 @@ class DynamoDbJobRepository:
             raise
         return True
 
+    def create_within_quota(self, job: Job, claim: QuotaClaim) -> Admission:
+        """The job's put-if-absent and its tenant's usage count, conditional on the quota, in one transaction."""
+        stamped = job.saved(self._clock.now()) if job.revision == 0 else job
+        usd = _decimal(claim.wants.usd_per_hour)
+        held = {"gpus": claim.wants.gpus, "usd_per_hour": usd}
+        items: list[dict[str, Any]] = [
+            {
+                "Put": {
+                    "TableName": self._table.name,
+                    "Item": {**job_to_item(stamped), "quota_held": held},
+                    "ConditionExpression": "attribute_not_exists(job_id)",
+                }
+            },
+            {
+                "Update": {
+                    "TableName": self._table.name,
+                    "Key": {"job_id": USAGE_KEY_PREFIX + claim.tenant},
+                    "UpdateExpression": "ADD gpus :gpus, usd_per_hour :usd SET quota_tenant = :tenant",
+                    "ConditionExpression": "(attribute_not_exists(gpus) OR gpus <= :gpus_room) AND "
+                    "(attribute_not_exists(usd_per_hour) OR usd_per_hour <= :usd_room)",
+                    "ExpressionAttributeValues": {
+                        ":gpus": claim.wants.gpus,
+                        ":usd": usd,
+                        ":tenant": claim.tenant,
+                        ":gpus_room": claim.gpus_room,
+                        ":usd_room": _decimal(claim.quota.max_usd_per_hour) - usd,
+                    },
+                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                }
+            },
+        ]
+        try:
+            self._table.meta.client.transact_write_items(TransactItems=items)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
+                raise
+            return _refused_admission(list(exc.response.get("CancellationReasons") or []))  # type: ignore[arg-type]
+        return Admission("admitted")
+
     def get(self, job_id: str) -> Job | None:
         item = self._table.get_item(Key={"job_id": job_id}, ConsistentRead=True).get("Item")
         return job_from_item(item) if item else None
+
+    def _quota_release(self, job: Job, decided_from: Job) -> list[dict[str, Any]]:
+        """The usage update giving back the share of a job that this save ends, none for a save that ends nothing or
+        a job that holds no share (admitted before shares were counted, or recorded as rejected)."""
+        if decided_from.state not in ACTIVE_STATES or job.state in ACTIVE_STATES:
+            return []
+        item = self._table.get_item(
+            Key={"job_id": job.job_id}, ConsistentRead=True, ProjectionExpression="quota_held"
+        ).get("Item")
+        held = (item or {}).get("quota_held")
+        if not held:
+            return []
+        return [
+            {
+                "Update": {
+                    "TableName": self._table.name,
+                    "Key": {"job_id": USAGE_KEY_PREFIX + job.tenant},
+                    "UpdateExpression": "ADD gpus :gpus, usd_per_hour :usd",
+                    "ExpressionAttributeValues": {":gpus": -int(held["gpus"]), ":usd": -Decimal(held["usd_per_hour"])},
+                }
+            }
+        ]
 
     def save(self, job: Job, *, decided_from: Job, nodes: Sequence[Node] = ()) -> Saved:
         if job.job_id != decided_from.job_id:
@@ -277,8 +346,16 @@ class DynamoDbJobRepository:
         update, names, values = _changes(item, job_to_item(decided_from))
         values |= {":decided_generation": decided_from.generation, ":decided_revision": decided_from.revision}
         condition = "#generation = :decided_generation AND #revision = :decided_revision"
-        if nodes and self._nodes_table:
-            return self._save_with_nodes(job, update, condition, names, values, nodes)
+        release = self._quota_release(job, decided_from)
+        if release:
+            # Given back in the write that ends the job, fenced as it is: a second end of the job changes nothing.
+            update += ", #quota_held" if " REMOVE " in update else " REMOVE #quota_held"
+            names["#quota_held"] = "quota_held"
+            condition += " AND attribute_exists(#quota_held)"
+        if release or (nodes and self._nodes_table):
+            return self._save_in_transaction(
+                job, update, condition, names, values, nodes if self._nodes_table else (), release
+            )
         try:
             self._table.update_item(
                 Key={"job_id": job.job_id},
@@ -294,7 +371,7 @@ class DynamoDbJobRepository:
             raise
         return Saved(True)
 
-    def _save_with_nodes(
+    def _save_in_transaction(
         self,
         job: Job,
         update: str,
@@ -302,8 +379,10 @@ class DynamoDbJobRepository:
         names: dict[str, str],
         values: dict[str, Any],
         nodes: Sequence[Node],
+        also: Sequence[dict[str, Any]],
     ) -> Saved:
-        """The job's conditional update and its nodes' puts in one transaction: one round trip, all or nothing."""
+        """The job's conditional update, its nodes' puts and ``also`` (its quota's release) in one transaction: one
+        round trip, all or nothing."""
         now = self._clock.now()
         items: list[dict[str, Any]] = [
             {
@@ -321,6 +400,7 @@ class DynamoDbJobRepository:
         for node in nodes:
             stamped = node if node.updated_at else replace(node, updated_at=now)
             items.append({"Put": {"TableName": self._nodes_table, "Item": node_to_item(stamped)}})
+        items.extend(also)
         try:
             # The resource's client: it serializes Python values as the table's methods do (errors come raw).
             self._table.meta.client.transact_write_items(TransactItems=items)
@@ -332,7 +412,7 @@ class DynamoDbJobRepository:
                 return Saved(False, current=_current(reasons[0].get("Item")))
             # Another transaction on the same items at the same moment (TransactionConflict): a lost race too.
             return Saved(False)
-        return Saved(True, nodes_written=True)
+        return Saved(True, nodes_written=bool(nodes))
 
     def record_durable_checkpoint(self, job_id: str, checkpoint: DurableCheckpoint) -> bool:
         try:
@@ -361,6 +441,23 @@ class DynamoDbJobRepository:
             for i in _query(self._table, ACTIVE_JOBS_INDEX, Key("active_shard").eq(f"{shard:02d}"))
         ]
         return [job_from_item(i) for i in items if JobState(i["state"]) in ACTIVE_STATES]
+
+
+def _decimal(value: float) -> Decimal:
+    # DynamoDB numbers are decimal: a float's shortest repr, so that 0.1 + 0.2 adds up to 0.3 in the usage count.
+    return Decimal(repr(float(value)))
+
+
+def _refused_admission(reasons: list[dict[str, Any]]) -> Admission:
+    """Why a job's admission transaction was cancelled, from its reasons (the job's put, then the usage update)."""
+    codes = [r.get("Code") for r in reasons] + [None, None]
+    if codes[0] == "ConditionalCheckFailed":
+        return Admission("exists")
+    if codes[1] == "ConditionalCheckFailed":
+        raw = reasons[1].get("Item") or {}
+        usage = {k: _deserialize(v) for k, v in raw.items()}
+        return Admission("over-quota", Usage(int(usage.get("gpus") or 0), float(usage.get("usd_per_hour") or 0)))
+    return Admission("conflict")
 
 
 def _query(table: Any, index: str | None, condition: Any) -> list[dict[str, Any]]:

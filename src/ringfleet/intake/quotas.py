@@ -8,12 +8,18 @@ registering a tenant is an operator's act that also needs the tenant's broker us
 are deployed and reviewed together, a change is in the stack's history, and intake reads no table per message.
 Its limit is the parameter's 4 KB (about fifty tenants); a platform with more tenants, or whose tenants sign up
 themselves, wants a table.
+
+A tenant's usage (the GPUs and $/h its active jobs hold) is never summed from a read of its jobs: the job's put and
+the tenant's usage count change in one transaction, conditional on the count staying within the quota
+(``QuotaClaim``, ``ringfleet.intake.ports.QuotaLedger``), so a burst of submissions admits exactly up to the quota.
+The job gives its share back in the write that moves it to a final state, whichever use case ends it: exactly once,
+since that write is fenced on the job's generation and revision.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +27,20 @@ if TYPE_CHECKING:
     from ringfleet.contracts import JobCancelled, JobSubmitted
     from ringfleet.core.jobs import Job
 
-__all__ = ["REGISTRY_ENV", "TenantQuota", "TenantRegistry", "admit_job", "check_cancel", "unregistered"]
+__all__ = [
+    "REGISTRY_ENV",
+    "QuotaClaim",
+    "TenantQuota",
+    "TenantRegistry",
+    "Usage",
+    "admit_job",
+    "check_cancel",
+    "check_min_workers_budget",
+    "claim_of",
+    "held_by",
+    "over_quota",
+    "unregistered",
+]
 
 #: The environment variable of job intake that carries the registry (template.yaml: the TenantRegistry parameter).
 REGISTRY_ENV = "TENANT_REGISTRY"
@@ -105,27 +124,98 @@ def _gpus(spec: JobSubmitted) -> int:
     return spec.max_workers * max(1, spec.gpus_per_worker)
 
 
-def admit_job(submitted: JobSubmitted, active_jobs: Sequence[Job], registry: TenantRegistry) -> str | None:
-    """None when the job may be admitted; otherwise why not, in words for the tenant."""
+@dataclass(frozen=True)
+class Usage:
+    """GPUs and $/h: what one admitted job holds of its tenant's quota, or what all of a tenant's active jobs hold."""
+
+    gpus: int = 0
+    usd_per_hour: float = 0.0
+
+
+def held_by(spec: JobSubmitted) -> Usage:
+    """What a job holds of its tenant's quota from admission until it ends: its most GPUs and its whole budget."""
+    return Usage(_gpus(spec), spec.budget_usd_per_hour)
+
+
+@dataclass(frozen=True)
+class QuotaClaim:
+    """A job's share of its tenant's quota, taken in the transaction that creates the job: admitted only while the
+    tenant's usage plus ``wants`` stays within ``quota`` (``ringfleet.intake.ports.QuotaLedger``)."""
+
+    tenant: str
+    job_id: str
+    wants: Usage
+    quota: TenantQuota
+
+    @property
+    def gpus_room(self) -> int:
+        """The most GPUs the tenant's other active jobs may hold for this one to be admitted."""
+        return self.quota.max_gpus - self.wants.gpus
+
+    @property
+    def usd_room(self) -> float:
+        """The most $/h the tenant's other active jobs may budget for this one to be admitted."""
+        return self.quota.max_usd_per_hour - self.wants.usd_per_hour
+
+
+def claim_of(submitted: JobSubmitted, quota: TenantQuota) -> QuotaClaim:
+    return QuotaClaim(submitted.tenant, submitted.job_id, held_by(submitted), quota)
+
+
+def check_min_workers_budget(submitted: JobSubmitted, on_demand: Mapping[str, float]) -> str | None:
+    """None when the job's ``min_workers`` fit its $/h budget at the cheapest on-demand price of its instance types
+    (``on_demand``: $/h per instance type, from the instance catalog); otherwise why not, naming both numbers.
+
+    The scaler grants a job its minimum whatever it costs and falls back to on-demand when spot is short: a minimum
+    the budget cannot pay for on demand would spend past the budget, and so past the tenant's $/h quota."""
+    priced = sorted((on_demand[t], t) for t in submitted.instance_types if t in on_demand)
+    if not priced:
+        return None  # no type of the job is priced: check_instance_types says so
+    price, cheapest = priced[0]
+    floor = submitted.min_workers * price
+    if floor <= submitted.budget_usd_per_hour:
+        return None
+    return (
+        f"budget: min_workers {submitted.min_workers} cost at least ${floor:.2f}/h on demand "
+        f"({submitted.min_workers} x ${price:.2f}/h for {cheapest}, the cheapest of its instance types), more than "
+        f"the job's budget of ${submitted.budget_usd_per_hour:.2f}/h: raise budget_usd_per_hour or lower min_workers"
+    )
+
+
+def admit_job(
+    submitted: JobSubmitted, registry: TenantRegistry, on_demand: Mapping[str, float] | None = None
+) -> str | None:
+    """None when the job, on its own, may be admitted; otherwise why not, in words for the tenant.
+
+    What the tenant's other active jobs hold is not read here: it is counted in the transaction that creates the job
+    (``QuotaClaim``), so that submissions at the same moment never admit past the quota together."""
     quota = registry.of(submitted.tenant)
     if quota is None:
         return unregistered(submitted.tenant)
-    mine = [j for j in active_jobs if j.tenant == submitted.tenant and j.job_id != submitted.job_id]
-    gpus = sum(_gpus(j.spec) for j in mine) + _gpus(submitted)
-    if _gpus(submitted) > quota.max_gpus:
+    wants = held_by(submitted)
+    if wants.gpus > quota.max_gpus:
         return (
-            f"quota: the job asks for up to {_gpus(submitted)} GPUs ({submitted.max_workers} workers x "
+            f"quota: the job asks for up to {wants.gpus} GPUs ({submitted.max_workers} workers x "
             f"{max(1, submitted.gpus_per_worker)}); tenant {submitted.tenant} may hold at most {quota.max_gpus}"
         )
-    if gpus > quota.max_gpus:
-        return f"quota: tenant {submitted.tenant} would hold {gpus} GPUs with this job; its quota is {quota.max_gpus}"
-    spend = sum(j.spec.budget_usd_per_hour for j in mine) + submitted.budget_usd_per_hour
-    if spend > quota.max_usd_per_hour:
+    if wants.usd_per_hour > quota.max_usd_per_hour:
         return (
-            f"quota: tenant {submitted.tenant}'s jobs would budget ${spend:.2f}/h with this one; "
-            f"its quota is ${quota.max_usd_per_hour:.2f}/h"
+            f"quota: the job budgets ${wants.usd_per_hour:.2f}/h; tenant {submitted.tenant} may budget at most "
+            f"${quota.max_usd_per_hour:.2f}/h"
         )
-    return None
+    return check_min_workers_budget(submitted, on_demand or {})
+
+
+def over_quota(claim: QuotaClaim, usage: Usage) -> str:
+    """Why the transaction refused ``claim``, given the tenant's ``usage`` it found (its other active jobs)."""
+    gpus = usage.gpus + claim.wants.gpus
+    if gpus > claim.quota.max_gpus:
+        return f"quota: tenant {claim.tenant} would hold {gpus} GPUs with this job; its quota is {claim.quota.max_gpus}"
+    spend = usage.usd_per_hour + claim.wants.usd_per_hour
+    return (
+        f"quota: tenant {claim.tenant}'s jobs would budget ${spend:.2f}/h with this one; "
+        f"its quota is ${claim.quota.max_usd_per_hour:.2f}/h"
+    )
 
 
 def check_cancel(cancelled: JobCancelled, job: Job | None) -> str | None:

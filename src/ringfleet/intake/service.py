@@ -2,7 +2,9 @@
 shell around quotas and the job record.
 
 Admission is idempotent per message id: a redelivered JobSubmitted finds its job already there (created from the
-same message) and changes nothing. A rejected submission is recorded as a FAILED job whose incident says why, so
+same message) and changes nothing. The job is created in the same transaction that adds its GPUs and $/h to its
+tenant's usage, within the tenant's quota (``ringfleet.intake.quotas``): two submissions racing for the last of a
+quota admit one. A rejected submission is recorded as a FAILED job whose incident says why, so
 ``ringfleet status`` shows the reason; a submission reusing an existing job id is rejected without touching that
 job. Only admitted jobs are announced (``Job Admitted``), so nothing rejected ever reaches the scaler.
 """
@@ -10,7 +12,7 @@ job. Only admitted jobs are announced (``Job Admitted``), so nothing rejected ev
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -18,11 +20,21 @@ from ringfleet.core.commands import stop_command
 from ringfleet.core.jobs import Incident, Job, JobState
 from ringfleet.core.outbox import Outbox
 from ringfleet.core.retirement import RetirementRefused, begin_upgrade
-from ringfleet.intake.quotas import TenantRegistry, admit_job, check_cancel, unregistered
+from ringfleet.intake.quotas import (
+    TenantRegistry,
+    Usage,
+    admit_job,
+    check_cancel,
+    claim_of,
+    over_quota,
+    unregistered,
+)
 
 if TYPE_CHECKING:
     from ringfleet.contracts import AppMessage, JobCancelled, JobSubmitted, UpgradeJob
-    from ringfleet.core.ports import Clock, CommandPublisher, JobRepository
+    from ringfleet.core.ports import Clock, CommandPublisher
+    from ringfleet.intake.ports import Admission, IntakeJobRepository
+    from ringfleet.intake.quotas import QuotaClaim
 
 __all__ = ["IntakeOutcome", "IntakeService", "check_instance_types"]
 
@@ -56,13 +68,14 @@ class IntakeService:
     def __init__(
         self,
         *,
-        jobs: JobRepository,
+        jobs: IntakeJobRepository,
         publisher: CommandPublisher,
         put_events: Callable[[list[dict[str, Any]]], None],
         tenants: TenantRegistry,
         clock: Clock,
         instance_types: Callable[[], Collection[str]] | None = None,
         control_user: Callable[[], str | None] | None = None,
+        on_demand_prices: Callable[[], Mapping[str, float]] | None = None,
     ) -> None:
         self.jobs = jobs
         self.publisher = publisher
@@ -72,6 +85,9 @@ class IntakeService:
         self.clock = clock
         #: The instance types the fleet's market offers, read when a job is submitted (None: any).
         self.instance_types = instance_types
+        #: The on-demand $/h of each instance type of the instance catalog, read when a job is submitted: its
+        #: min_workers must fit its budget at the cheapest of its types. When given, its types are the known ones.
+        self.on_demand_prices = on_demand_prices
         self.outbox = Outbox(jobs=jobs, publisher=publisher)
         #: The control plane's broker user (may speak for any tenant); None: no such user.
         self.control_user = control_user or (lambda: None)
@@ -112,19 +128,15 @@ class IntakeService:
         job id taken leaves that job alone, any other reason is recorded as a FAILED job."""
         from ringfleet.contracts import JobAdmittedDetail, control_event_entry
 
-        if self.tenants.of(message.tenant) is None:
+        quota = self.tenants.of(message.tenant)
+        if quota is None:
             return self._reject(message, unregistered(message.tenant), record=False)
         existing = self.jobs.get(message.job_id)
         if existing is not None:
             if existing.tenant == message.tenant and existing.spec.message_id == message.message_id:
                 return IntakeOutcome(message.job_id, "duplicate", "already handled this message")
             return self._reject(message, f"job id {message.job_id!r} is already taken", record=False)
-        now = self.clock.now()
-        active = [j for j in self.jobs.list_by_tenant(message.tenant) if not j.is_final]
-        reason = None
-        if self.instance_types is not None:
-            reason = check_instance_types(message.instance_types, self.instance_types())
-        reason = reason or admit_job(message, active, self.tenants)
+        reason = self._check(message)
         if reason is not None:
             return self._reject(message, reason, record=True)
         job = Job(
@@ -132,10 +144,15 @@ class IntakeService:
             tenant=message.tenant,
             state=JobState.PENDING,
             spec=message,
-            incidents=(Incident(at=now, cause="admitted", generation=0),),
+            incidents=(Incident(at=self.clock.now(), cause="admitted", generation=0),),
         )
-        if not self.jobs.create(job):
+        claim = claim_of(message, quota)
+        admission = self._create_within_quota(job, claim)
+        if admission.outcome == "exists":
             return self.on_submitted(message)  # a concurrent delivery of the same message won the create
+        if admission.outcome == "over-quota":
+            # Nothing was written by the refused transaction: the tenant's usage is as it was.
+            return self._reject(message, over_quota(claim, admission.usage or Usage()), record=True)
         detail = JobAdmittedDetail(
             tenant=message.tenant,
             job_id=message.job_id,
@@ -144,6 +161,23 @@ class IntakeService:
         )
         self.put_events([control_event_entry(detail)])
         return IntakeOutcome(message.job_id, "admitted")
+
+    def _create_within_quota(self, job: Job, claim: QuotaClaim) -> Admission:
+        """The job stored with its share of the tenant's quota, or why not; a transaction that met another on the
+        tenant's usage at the same moment is tried again."""
+        for _ in range(MAX_ATTEMPTS):
+            admission = self.jobs.create_within_quota(job, claim)
+            if admission.outcome != "conflict":
+                return admission
+        raise RuntimeError(f"job {job.job_id}: {MAX_ATTEMPTS} conflicting admissions in a row; retry later")
+
+    def _check(self, message: JobSubmitted) -> str | None:
+        """Why the job, on its own, cannot be admitted (unknown instance types, over its tenant's whole quota, a
+        minimum its budget cannot pay for); None when it may be, as far as the tenant's other jobs leave room."""
+        prices = self.on_demand_prices() if self.on_demand_prices is not None else None
+        known = self.instance_types() if self.instance_types is not None else prices
+        reason = check_instance_types(message.instance_types, known) if known is not None else None
+        return reason or admit_job(message, self.tenants, prices)
 
     def on_cancelled(self, message: JobCancelled) -> IntakeOutcome:
         """Cancels the job: saved CANCELLED with a Stop for its workers in its outbox, the Stop published, the
