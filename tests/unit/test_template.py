@@ -458,6 +458,38 @@ def test_a_retried_spot_warning_still_lands_inside_the_two_minute_notice() -> No
     assert visibility + timeout <= 90
 
 
+def reserved(function: str) -> int:
+    """A function's reserved concurrency, a parameter's default where it is one (0: none reserved)."""
+    value = props(function).get("ReservedConcurrentExecutions", 0)
+    if isinstance(value, dict):
+        return int(TEMPLATE.parameters[value["Ref"]]["Default"])
+    return int(value)
+
+
+def sqs_maximum_concurrency(function: str) -> int | None:
+    (event,) = [ev for ev in FUNCTIONS[function].events if ev.type == "SQS"]
+    value = dict(event.properties).get("ScalingConfig", {}).get("MaximumConcurrency")
+    if isinstance(value, dict):
+        return int(TEMPLATE.parameters[value["Ref"]]["Default"])
+    return None if value is None else int(value)
+
+
+def test_the_backup_is_capped_and_recovery_keeps_concurrency_of_its_own() -> None:
+    # the backup, whose manifests any job's workers write, has a cap, and its queue source never runs past it
+    # (a throttled batch would count towards its DLQ)
+    cap = reserved("CheckpointBackupFunction")
+    assert 2 <= cap <= 10
+    assert sqs_maximum_concurrency("CheckpointBackupFunction") == cap
+    assert props("CheckpointBackupFunction")["ReservedConcurrentExecutions"] == {"Ref": "BackupMaxConcurrency"}
+    # the recovery functions keep concurrency reserved, so that a flood of backups (or anything else in the account)
+    # cannot starve them; the recovery queue's source stays within it for the same reason as the backup's
+    for function in ("NodeRecoveryFunction", "WorkerEventsFunction", "HeartbeatSweepFunction"):
+        assert reserved(function) >= 1, function
+    assert sqs_maximum_concurrency("NodeRecoveryFunction") == reserved("NodeRecoveryFunction") > cap
+    # the scaler stays one run at a time
+    assert reserved("FleetScalerFunction") == 1
+
+
 def test_every_function_is_told_where_the_tables_buckets_and_broker_are() -> None:
     expected = {
         "JOBS_TABLE": {"Ref": "JobsTable"},

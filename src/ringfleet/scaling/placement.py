@@ -4,7 +4,8 @@ A PENDING job is started once enough instances of its types are free for its min
 max_workers of them, becomes RUNNING at generation 1 and its workers get a Reconfigure naming their ranks.
 A RECOVERING job that wants replacements gets instances too, and so does a RUNNING one below its max_workers;
 its recovery (plan_recovery's CapacityArrived) decides what to do with them: re-form or grow the ring.
-Oldest job first, so a stream of small jobs cannot starve a big one forever.
+Jobs are served in ``fair_order``: running ones first, then tenants in turn, each tenant's oldest job first, so a
+stream of small jobs cannot starve a big one forever and no tenant's many jobs starve another tenant's.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from ringfleet.core.commands import reconfigure_command
 from ringfleet.core.jobs import Incident, Job, JobState
+from ringfleet.scaling.fairness import fair_order
 
 if TYPE_CHECKING:
     from ringfleet.contracts import Reconfigure
@@ -53,15 +55,11 @@ class Placement:
     idle: tuple[FreeInstance, ...]
 
 
-def _age(job: Job) -> tuple[str, str]:
-    return (job.created_at.isoformat() if job.created_at else "", job.job_id)
-
-
 def plan_placement(jobs: Sequence[Job], free: Sequence[FreeInstance], now: datetime) -> Placement:
     left = list(free)
     starts: list[JobStart] = []
     replacements: list[tuple[str, FreeInstance]] = []
-    for job in sorted(jobs, key=_age):
+    for job in fair_order(jobs):
         fits = [i for i in left if i.instance_type in job.spec.instance_types]
         if job.state == JobState.PENDING and len(fits) >= job.min_workers:
             # Spread over pools: one pool's interruption wave then takes fewer of the job's workers at once.

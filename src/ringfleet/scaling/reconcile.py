@@ -32,6 +32,7 @@ from ringfleet.scaling.decisions import (
     decide_scaling,
     observe_fleet,
 )
+from ringfleet.scaling.fairness import fair_order
 from ringfleet.scaling.placement import FreeInstance, JobStart, plan_placement
 
 if TYPE_CHECKING:
@@ -294,7 +295,9 @@ def plan_reconcile(
     occupancy = _occupancy(snapshot, nodes, {j.job_id for j in jobs})
     pool_of = {i.instance_id: i.pool for i in snapshot.instances}
     placed = occupancy.placed(pool_of)
-    demand = [_demand(job, placed.get(job.job_id, {}), occupancy.steps.get(job.job_id), now) for job in jobs]
+    # Served in turn (fair_order): the fleet's room goes round the tenants, whatever their jobs are named.
+    ordered = fair_order(jobs)
+    demand = [_demand(job, placed.get(job.job_id, {}), occupancy.steps.get(job.job_id), now) for job in ordered]
     retired, held = _retired(jobs, now)
     # A retired instance in its grace period is not capacity either (as one leaving with notice): the job's next
     # replacement launches now, not once it is released; unlike a notice it is no interruption of its pool.
