@@ -40,13 +40,17 @@ def carrying(deliveries: list[Delivery], needle: str) -> list[Delivery]:
     return out
 
 
-def wait_until(condition: Callable[[], object], timeout: float = 45.0, what: str = "the condition") -> None:
-    """Polls ``condition`` until it is true; fails naming ``what`` after ``timeout`` seconds."""
+def wait_until(
+    condition: Callable[[], object], timeout: float = 45.0, what: str = "the condition", every: float = 0.2
+) -> None:
+    """Polls ``condition`` every ``every`` seconds until it is true; fails naming ``what`` after ``timeout`` seconds.
+    A condition that runs the CLI (a Python process, boto3 imported) polls every second or more: on a few shared
+    cores each run costs the others a good part of a second."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.2)
+        time.sleep(every)
 
 
 def tick(cloud: LocalCloud, function: str) -> Delivery:

@@ -72,6 +72,7 @@ def test_local_up_boots_an_agent_per_launched_instance_and_down_leaves_none_behi
             ),
             timeout=30,
             what="the job's agent logs",
+            every=1.0,
         )
     finally:
         down = ringfleet("local", "down", state_dir=tmp_path)

@@ -85,7 +85,7 @@ def test_three_jobs_grow_the_fleet_across_pools_and_cancelling_them_empties_it_a
     assert len([p for p, n in snapshot.targets.items() if n > 0]) >= 2
     assert all(p.startswith("spot:") for p, n in snapshot.targets.items() if n > 0)
     # and the capacity is placed: every job starts RUNNING at generation 1
-    wait_until(lambda: all("RUNNING" in cli(cloud, "status", j).stdout for j in JOBS), timeout=60)
+    wait_until(lambda: all("RUNNING" in cli(cloud, "status", j).stdout for j in JOBS), timeout=60, every=1.0)
     table = cli(cloud, "status").stdout
     assert all(j in table for j in JOBS) and "GEN" in table
 
@@ -94,7 +94,7 @@ def test_three_jobs_grow_the_fleet_across_pools_and_cancelling_them_empties_it_a
     for job_id in JOBS:
         done = cli(cloud, "cancel", job_id)
         assert done.returncode == 0, done.stderr
-    wait_until(lambda: all("CANCELLED" in cli(cloud, "status", j).stdout for j in JOBS))
+    wait_until(lambda: all("CANCELLED" in cli(cloud, "status", j).stdout for j in JOBS), every=1.0)
     wait_until(lambda: scaler_runs(cloud) > before)
     # then the fleet holds its workers while the idle timeout runs (a new job could take them at once)
     assert sum(fleet(cloud).targets.values()) == wanted

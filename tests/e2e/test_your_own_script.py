@@ -7,6 +7,7 @@ A module of its own: the background local cloud consumes the jobs queue of its v
 
 from __future__ import annotations
 
+import json
 import textwrap
 import uuid
 from pathlib import Path
@@ -102,10 +103,13 @@ def _job(tmp: Path, name: str, script: str | None, *, workers: int, max_restarts
     return job_id, job_file
 
 
-def _state(tmp: Path, job_id: str) -> str:
-    out = ringfleet("status", job_id, "--tenant", "own", state_dir=tmp / "state").stdout
-    row = next((line for line in out.splitlines() if line.startswith(job_id)), "")
-    return row.split()[1] if row else "?"
+def _states(tmp: Path) -> dict[str, str]:
+    """Job id -> state of the tenant's jobs, as `ringfleet status --output json` lists them (one CLI run for all)."""
+    out = ringfleet("status", "--tenant", "own", "--output", "json", state_dir=tmp / "state").stdout
+    try:
+        return {j["job_id"]: j["state"] for j in json.loads(out)}
+    except ValueError:  # the local cloud not answering yet: no job known
+        return {}
 
 
 def test_own_scripts_train_to_the_end_and_failing_ones_end_failed_with_their_cause(
@@ -129,11 +133,7 @@ def test_own_scripts_train_to_the_end_and_failing_ones_end_failed_with_their_cau
 
         # then the user's own script trains on two workers to the end, and the job SUCCEEDS
         finals = {good: "SUCCEEDED", raises: "FAILED", never: "FAILED", missing: "FAILED"}
-        wait_until(
-            lambda: all(_state(tmp_path, j) == s for j, s in finals.items()),
-            timeout=240,
-            what=f"the jobs to end {finals}",
-        )
+        wait_until(lambda: _states(tmp_path) == finals, timeout=240, what=f"the jobs to end {finals}", every=1.0)
         logs = ringfleet("logs", good, "--tenant", "own", state_dir=tmp_path / "state").stdout
         assert "world 2" in logs and "fitted weight 3.0" in logs, logs[-3000:]
         events = ringfleet("events", "--tenant", "own", state_dir=tmp_path / "state").stdout
@@ -152,6 +152,6 @@ def test_own_scripts_train_to_the_end_and_failing_ones_end_failed_with_their_cau
         def running() -> str:
             return ringfleet("local", "status", state_dir=tmp_path / "state").stdout
 
-        wait_until(lambda: "0 instance(s) running" in running(), timeout=180, what="the fleet to scale down")
+        wait_until(lambda: "0 instance(s) running" in running(), timeout=180, what="the fleet to scale down", every=1.0)
     finally:
         ringfleet("local", "down", state_dir=tmp_path / "state")
