@@ -75,6 +75,8 @@ def test_three_jobs_grow_the_fleet_across_pools_and_cancelling_them_empties_it_a
             "--set", f"instance_types={json.dumps([instance_type])}",
             "--set", f"min_workers={workers}",
             "--set", f"max_workers={workers}",
+            # 4 x g5.xlarge cost $4.02/h on demand: the example's $2.50/h could not pay for e2e-a's minimum
+            "--set", "budget_usd_per_hour=10",
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
         assert "admitted" in done.stdout
