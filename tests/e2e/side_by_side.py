@@ -15,7 +15,7 @@ from ringfleet_local.pace import Pace
 from ringfleet.adapters.dynamodb import DynamoDbJobRepository
 from ringfleet.core.jobs import Job, JobState
 from ringfleet.core.ports import SystemClock
-from tests.e2e.support import digits_job
+from tests.e2e.support import POLL_S, digits_job
 
 SCALER = "FleetScalerFunction"
 STEPS = 400
@@ -26,8 +26,8 @@ SLOW_STEP_S = 4.0
 
 
 class Watch:
-    """Reads the jobs table every 0.2 s: which instances each job holds (members and spares) at each read, so that an
-    instance serving two jobs at once is seen, not only the end state."""
+    """Reads the jobs table every ``POLL_S``: which instances each job holds (members and spares) at each read, so that
+    an instance serving two jobs at once is seen, not only the end state."""
 
     def __init__(self, cloud: LocalCloud, job_ids: tuple[str, ...]) -> None:
         self.repo = DynamoDbJobRepository(
@@ -50,7 +50,7 @@ class Watch:
         return None if found is None else found.state
 
     def _run(self) -> None:
-        while not self._stop.wait(0.2):
+        while not self._stop.wait(POLL_S):
             try:
                 held: dict[str, str] = {}
                 for job_id in list(self.job_ids):

@@ -40,8 +40,13 @@ def carrying(deliveries: list[Delivery], needle: str) -> list[Delivery]:
     return out
 
 
+#: Seconds between two looks at a condition: most read a table of the local cloud's moto server, and every request
+#: takes CPU from the workers the test waits on (the suite is CPU-bound on this 2-core machine).
+POLL_S = 0.5
+
+
 def wait_until(
-    condition: Callable[[], object], timeout: float = 45.0, what: str = "the condition", every: float = 0.2
+    condition: Callable[[], object], timeout: float = 45.0, what: str = "the condition", every: float = POLL_S
 ) -> None:
     """Polls ``condition`` every ``every`` seconds until it is true; fails naming ``what`` after ``timeout`` seconds.
     A condition that runs the CLI (a Python process, boto3 imported) polls every second or more: on a few shared
@@ -83,4 +88,4 @@ def wait_ticking(
         if time.monotonic() >= next_tick:
             tick(cloud, function)
             next_tick = time.monotonic() + every
-        time.sleep(0.2)
+        time.sleep(POLL_S)
