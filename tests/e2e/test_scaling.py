@@ -142,13 +142,17 @@ def test_submit_dry_run_shows_slots_and_prices_from_the_catalog_and_intake_refus
 ) -> None:
     job = str(ROOT / "examples/digits/job.yaml")
     # when a job asking for multi-GPU instances is checked against the local cloud
-    done = cli(cloud, "submit", job, "--set", 'instance_types=["p4d.24xlarge","g5.12xlarge"]', "--dry-run")
+    multi_gpu = ["--set", 'instance_types=["p4d.24xlarge","g5.12xlarge"]']
+    done = cli(cloud, "submit", job, *multi_gpu, "--set", "budget_usd_per_hour=20", "--dry-run")
     # then each type shows a slot per GPU and its on-demand price, from the local cloud's catalog (read from
     # DescribeInstanceTypes and the Pricing API the local cloud answers)
     assert done.returncode == 0, done.stderr
     assert "from the local cloud's instance catalog:" in done.stdout
     assert "p4d.24xlarge: 8 slots" in done.stdout and "$32.773/h" in done.stdout
     assert "g5.12xlarge: 4 slots" in done.stdout and "$5.672/h" in done.stdout
+    # and a minimum its budget cannot pay for on demand is refused naming both, as intake would
+    poor = cli(cloud, "submit", job, *multi_gpu, "--dry-run")
+    assert poor.returncode == 2 and "$11.34/h on demand" in poor.stderr and "budget of $2.50/h" in poor.stderr
     # and a job asking for a type the catalog does not list is refused naming the ones it lists, before sending
     unknown = cli(cloud, "submit", job, "--set", "job_id=e2e-unknown", "--set", "instance_types=[p9.mega]", "--dry-run")
     assert unknown.returncode == 2 and "p9.mega" in unknown.stderr and "g5.12xlarge, g5.xlarge" in unknown.stderr

@@ -122,6 +122,11 @@ MISTAKES = {
         EXIT_USAGE,
         ["p9.mega", "g5.xlarge"],
     ),
+    "a minimum the budget cannot pay for": (
+        ["submit", str(JOB), "--set", "instance_types=[g5.12xlarge]", "--dry-run"],
+        EXIT_USAGE,
+        ["min_workers 2 cost at least $11.34/h", "budget of $2.50/h", "raise budget_usd_per_hour"],
+    ),
     "submit with no local cloud": (["submit", str(JOB)], EXIT_UNREACHABLE, ["ringfleet local up"]),
     "status with no local cloud": (["status", "--tenant", "acme"], EXIT_UNREACHABLE, ["no local cloud"]),
     "events with no local cloud": (["events", "--tenant", "acme", "-o", "json"], EXIT_UNREACHABLE, ["no local"]),

@@ -101,12 +101,19 @@ def _dry_run(message: Any, catalog: Any, source: str) -> None:
 def cmd_submit(args: argparse.Namespace) -> int:
     from ringfleet_client import Rejected, apply_job_overrides, check_job, load_job_file
 
+    from ringfleet.intake.quotas import check_min_workers_budget
+
     try:
         fields = apply_job_overrides(load_job_file(args.file), args.set or [])
         if args.dry_run:
             check_job(fields)  # the contract first: a file that is not a job needs no catalog to be refused
             catalog, source = _instance_catalog()
-            _dry_run(check_job(fields, catalog.names()), catalog, source)
+            message = check_job(fields, catalog.names())
+            # intake's own check, so that a dry run never says valid of a job intake then rejects
+            over = check_min_workers_budget(message, {n: catalog.on_demand(n) for n in catalog.names()})
+            if over:
+                raise Rejected(over)
+            _dry_run(message, catalog, source)
             return EXIT_OK
         # The contract before the tenant is looked up: a tenant id it refuses is "not registered" too, and the
         # advice that comes with that (`local up --tenant`) refuses the same id.
