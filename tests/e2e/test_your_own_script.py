@@ -133,7 +133,7 @@ def test_own_scripts_train_to_the_end_and_failing_ones_end_failed_with_their_cau
 
         # then the user's own script trains on two workers to the end, and the job SUCCEEDS
         finals = {good: "SUCCEEDED", raises: "FAILED", never: "FAILED", missing: "FAILED"}
-        wait_until(lambda: _states(tmp_path) == finals, timeout=240, what=f"the jobs to end {finals}", every=1.0)
+        wait_until(lambda: _states(tmp_path) == finals, timeout=240, what=f"the jobs to end {finals}", every=2.0)
         logs = ringfleet("logs", good, "--tenant", "own", state_dir=tmp_path / "state").stdout
         assert "world 2" in logs and "fitted weight 3.0" in logs, logs[-3000:]
         events = ringfleet("events", "--tenant", "own", state_dir=tmp_path / "state").stdout
@@ -152,6 +152,6 @@ def test_own_scripts_train_to_the_end_and_failing_ones_end_failed_with_their_cau
         def running() -> str:
             return ringfleet("local", "status", state_dir=tmp_path / "state").stdout
 
-        wait_until(lambda: "0 instance(s) running" in running(), timeout=180, what="the fleet to scale down", every=1.0)
+        wait_until(lambda: "0 instance(s) running" in running(), timeout=180, what="the fleet to scale down", every=3.0)
     finally:
         ringfleet("local", "down", state_dir=tmp_path / "state")
