@@ -6,6 +6,7 @@ import multiprocessing as mp
 import os
 import pickle
 import queue
+import random
 import socket
 import traceback
 from collections.abc import Callable
@@ -14,11 +15,30 @@ from typing import Any
 
 import torch
 
+#: The ports the worker tests' rings and stores listen on: below the kernel's ephemeral range (32768-60999 by
+#: default), so that no client socket of the suite (boto3 to moto, gloo's pairs) is given one between the time a test
+#: picks it and the time its rank 0 binds it, and below the product's rendezvous ports (29500 on): a port picked the
+#: usual way (bind port 0) was taken in that window once in a while under pytest-xdist, and the ranks then met a
+#: stranger's socket ("failed to connect/validate"). Each xdist worker has a block of its own.
+PORT_BLOCK = 1500
+FIRST_PORT = 20000
+BLOCKS = (29500 - FIRST_PORT) // PORT_BLOCK
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port no one listens on now, from this pytest-xdist worker's block (gw0: 20000-21499, gw1: 21500-...; gw6
+    shares gw0's)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    first = FIRST_PORT + PORT_BLOCK * ((int(worker) if worker.isdigit() else 0) % BLOCKS)
+    for _ in range(200):
+        port = first + random.randrange(PORT_BLOCK)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {first}..{first + PORT_BLOCK - 1}")
 
 
 def _entry(fn: Callable[..., Any], rank: int, world: int, port: int, args: tuple[Any, ...], out: Any) -> None:
