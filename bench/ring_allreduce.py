@@ -48,6 +48,28 @@ def _repeats(size_kib: int, quick: bool) -> int:
     return max(5, base if size_kib <= 4096 else base // 3)
 
 
+def _time_rounds(
+    impls: list[AllreduceBackend], tensor: torch.Tensor, repeats: int, device: str
+) -> dict[str, list[float]]:
+    """Seconds of each all-reduce of ``impls`` on ``tensor``, ``repeats`` times each after two warm-up rounds (they
+    set up connections and scratch buffers), every rank starting together; which goes first rotates, so that none
+    always runs on a warmer cache."""
+    timings: dict[str, list[float]] = {impl.name: [] for impl in impls}
+    for i in range(repeats + 2):
+        k = i % len(impls)
+        for impl in impls[k:] + impls[:k]:
+            dist.barrier()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            impl.allreduce_(tensor, "avg")
+            if device == "cuda":
+                torch.cuda.synchronize()
+            if i >= 2:
+                timings[impl.name].append(time.perf_counter() - start)
+    return timings
+
+
 def _worker(
     rank: int, world: int, port: int, sizes: list[int], quick: bool, device: str, tuning: tuple[int, int], out: mp.Queue
 ) -> None:
@@ -62,20 +84,7 @@ def _worker(
     rows = []
     for size_kib in sizes:
         tensor = torch.randn(size_kib * 1024 // 4, device=device)
-        timings: dict[str, list[float]] = {"ring": [], "native": []}
-        for i in range(_repeats(size_kib, quick) + 2):
-            # Alternate which goes first so neither always runs on a warmer cache.
-            order = (ours, native) if i % 2 == 0 else (native, ours)
-            for impl in order:
-                dist.barrier()
-                if device == "cuda":
-                    torch.cuda.synchronize()
-                start = time.perf_counter()
-                impl.allreduce_(tensor, "avg")
-                if device == "cuda":
-                    torch.cuda.synchronize()
-                if i >= 2:  # the first two rounds warm up connections and scratch buffers
-                    timings[impl.name].append(time.perf_counter() - start)
+        timings = _time_rounds([ours, native], tensor, _repeats(size_kib, quick), device)
         rows.append((size_kib, statistics.median(timings["ring"]), statistics.median(timings["native"])))
     if rank == 0:
         out.put(rows)
@@ -136,19 +145,7 @@ def _slots_worker(
     rows: list[SlotsRow] = []
     for size_kib in sizes:
         tensor = torch.randn(size_kib * 1024 // 4, device=device)
-        timings: dict[str, list[float]] = {impl.name: [] for impl in impls}
-        for i in range(_repeats(size_kib, quick) + 2):
-            # Rotate which goes first so none always runs on a warmer cache.
-            for impl in impls[i % 3 :] + impls[: i % 3]:
-                dist.barrier()
-                if device == "cuda":
-                    torch.cuda.synchronize()
-                start = time.perf_counter()
-                impl.allreduce_(tensor, "avg")
-                if device == "cuda":
-                    torch.cuda.synchronize()
-                if i >= 2:  # the first two rounds warm up connections and scratch buffers
-                    timings[impl.name].append(time.perf_counter() - start)
+        timings = _time_rounds(impls, tensor, _repeats(size_kib, quick), device)
         # One more call of each, counted: what this rank sent to ranks of other instances, summed over the ranks.
         before = (hierarchical.inter_instance_bytes, ring_crossed())
         hierarchical.allreduce_(tensor, "avg")
