@@ -15,7 +15,7 @@ a hierarchical all-reduce for instances with several slots.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -629,7 +629,41 @@ class AllreduceBackend(Protocol):
     def close(self) -> None: ...
 
 
-class RingBackend:
+class _OnOneThread:
+    """What our backends share: ``reducer(tensor, op, wire_dtype)`` called in place, or asynchronously on one
+    communication thread in submission order, so every rank issues the same sequence of point-to-point operations."""
+
+    name: str
+
+    def __init__(
+        self,
+        reducer: Callable[[torch.Tensor, ReduceOp, torch.dtype | None], torch.Tensor],
+        group: dist.ProcessGroup | None,
+        wire_dtype: torch.dtype | None,
+    ) -> None:
+        self.group = group
+        self.wire_dtype = wire_dtype
+        self._reduce = reducer
+        self._executor: ThreadPoolExecutor | None = None
+
+    def enabled(self) -> bool:
+        return dist.is_available() and dist.is_initialized()
+
+    def allreduce_(self, tensor: torch.Tensor, op: ReduceOp = "sum") -> torch.Tensor:
+        return self._reduce(tensor, op, self.wire_dtype)
+
+    def allreduce_async(self, tensor: torch.Tensor, op: ReduceOp = "sum") -> Handle:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-allreduce")
+        return _FutureHandle(self._executor.submit(self._reduce, tensor, op, self.wire_dtype))
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+
+class RingBackend(_OnOneThread):
     """Our ring; asynchronous calls run on one communication thread, in submission order, so every rank issues
     the same sequence of point-to-point operations."""
 
@@ -642,29 +676,11 @@ class RingBackend:
         segment_bytes: int = 1 << 20,
         small_bytes: int = 1 << 20,
     ) -> None:
-        self.group = group
         self.ring = RingAllreduce(group, segment_bytes=segment_bytes, small_bytes=small_bytes)
-        self.wire_dtype = wire_dtype
-        self._executor: ThreadPoolExecutor | None = None
-
-    def enabled(self) -> bool:
-        return dist.is_available() and dist.is_initialized()
-
-    def allreduce_(self, tensor: torch.Tensor, op: ReduceOp = "sum") -> torch.Tensor:
-        return self.ring(tensor, op, self.wire_dtype)
-
-    def allreduce_async(self, tensor: torch.Tensor, op: ReduceOp = "sum") -> Handle:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ring-allreduce")
-        return _FutureHandle(self._executor.submit(self.ring, tensor, op, self.wire_dtype))
-
-    def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        super().__init__(self.ring, group, wire_dtype)
 
 
-class HierarchicalBackend:
+class HierarchicalBackend(_OnOneThread):
     """``HierarchicalAllreduce`` over the instances given (lists of ranks, contiguous per instance as the runtime
     numbers them: ``contiguous_instances([1, 4])``); asynchronous calls run on one communication thread, in
     submission order, like ``RingBackend``. Constructing it is collective: every rank, same instances."""
@@ -678,32 +694,14 @@ class HierarchicalBackend:
         segment_bytes: int = 1 << 20,
         small_bytes: int = 1 << 20,
     ) -> None:
-        #: Always the default group: the instances name its ranks.
-        self.group: dist.ProcessGroup | None = None
         self.reducer = HierarchicalAllreduce(instances, segment_bytes=segment_bytes, small_bytes=small_bytes)
-        self.wire_dtype = wire_dtype
-        self._executor: ThreadPoolExecutor | None = None
+        # Always the default group: the instances name its ranks.
+        super().__init__(self.reducer, None, wire_dtype)
 
     @property
     def inter_instance_bytes(self) -> int:
         """Bytes this rank has sent to ranks of other instances so far (a collective's: the difference around it)."""
         return self.reducer.inter_instance_bytes
-
-    def enabled(self) -> bool:
-        return dist.is_available() and dist.is_initialized()
-
-    def allreduce_(self, tensor: torch.Tensor, op: ReduceOp = "sum") -> torch.Tensor:
-        return self.reducer(tensor, op, self.wire_dtype)
-
-    def allreduce_async(self, tensor: torch.Tensor, op: ReduceOp = "sum") -> Handle:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hierarchical-allreduce")
-        return _FutureHandle(self._executor.submit(self.reducer, tensor, op, self.wire_dtype))
-
-    def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
 
 
 class NativeBackend:
