@@ -93,7 +93,7 @@ def test_only_the_owner_can_cancel_and_the_workers_are_told_to_stop() -> None:
 
 
 def test_a_job_asking_for_instance_types_the_market_does_not_know_is_rejected_with_the_known_ones() -> None:
-    # given intake that knows the market's instance types
+    # given intake that knows the instance catalog's types (with their on-demand $/h)
     events: list[dict[str, Any]] = []
     svc = IntakeService(
         jobs=InMemoryJobRepository(SystemClock()),
@@ -101,7 +101,7 @@ def test_a_job_asking_for_instance_types_the_market_does_not_know_is_rejected_wi
         put_events=events.extend,
         tenants=REGISTERED,
         clock=SystemClock(),
-        instance_types=lambda: {"g5.xlarge", "g6.xlarge"},
+        on_demand_prices=lambda: {"g5.xlarge": 1.006, "g6.xlarge": 0.805},
     )
     # when a job asks for one it knows and one it does not
     message = spec("job-1").model_copy(update={"instance_types": ["g5.xlarge", "p9.mega"]})

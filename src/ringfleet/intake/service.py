@@ -73,7 +73,6 @@ class IntakeService:
         put_events: Callable[[list[dict[str, Any]]], None],
         tenants: TenantRegistry,
         clock: Clock,
-        instance_types: Callable[[], Collection[str]] | None = None,
         control_user: Callable[[], str | None] | None = None,
         on_demand_prices: Callable[[], Mapping[str, float]] | None = None,
     ) -> None:
@@ -83,10 +82,9 @@ class IntakeService:
         #: The registered tenants and their quotas: another tenant's jobs are rejected.
         self.tenants = tenants
         self.clock = clock
-        #: The instance types the fleet's market offers, read when a job is submitted (None: any).
-        self.instance_types = instance_types
-        #: The on-demand $/h of each instance type of the instance catalog, read when a job is submitted: its
-        #: min_workers must fit its budget at the cheapest of its types. When given, its types are the known ones.
+        #: The on-demand $/h of each instance type of the instance catalog, read when a job is submitted: the types
+        #: it lists are the known ones, and a job's min_workers must fit its budget at the cheapest of its types
+        #: (None: any type, no price check).
         self.on_demand_prices = on_demand_prices
         self.outbox = Outbox(jobs=jobs, publisher=publisher)
         #: The control plane's broker user (may speak for any tenant); None: no such user.
@@ -175,8 +173,7 @@ class IntakeService:
         """Why the job, on its own, cannot be admitted (unknown instance types, over its tenant's whole quota, a
         minimum its budget cannot pay for); None when it may be, as far as the tenant's other jobs leave room."""
         prices = self.on_demand_prices() if self.on_demand_prices is not None else None
-        known = self.instance_types() if self.instance_types is not None else prices
-        reason = check_instance_types(message.instance_types, known) if known is not None else None
+        reason = check_instance_types(message.instance_types, prices) if prices is not None else None
         return reason or admit_job(message, self.tenants, prices)
 
     def on_cancelled(self, message: JobCancelled) -> IntakeOutcome:
