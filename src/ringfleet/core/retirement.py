@@ -93,15 +93,11 @@ def retired_at(job: Job) -> dict[str, datetime]:
     from the job's incident log: the last retiree too, whose retirement is over (``Job.retirement`` is None by
     then, and a worker left out keeps running to its next step boundary: its instance must not be released under it).
     """
-    return {
-        i.instance_id: i.at
-        for i in job.incidents
-        if i.instance_id and i.cause.endswith(_LEFT_OUT) and i.cause.startswith(("upgrade-", "move-back-"))
-    }
+    return {i.instance_id: i.at for i in job.incidents if i.instance_id and i.cause in _LEFT_OUT}
 
 
-#: The causes (after the kind) of the incidents that leave one retiree out of the ring.
-_LEFT_OUT = ("-progressed", "-completed")
+#: The causes of the incidents that leave one retiree out of the ring (``rolling.retire_one``: kind-phase).
+_LEFT_OUT = frozenset(f"{kind}-{phase}" for kind in ("upgrade", "move-back") for phase in ("progressed", "completed"))
 
 
 #: Incident cause -> (kind, phase) of the control-plane event it is announced as.
