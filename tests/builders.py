@@ -1,4 +1,4 @@
-"""Builders of jobs, nodes and cloud events for the recovery and backup tests."""
+"""Builders of jobs, nodes, instance catalogs and cloud events for the recovery, scaling, intake and backup tests."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from ringfleet.contracts import JobSubmitted
 from ringfleet.core.jobs import Job, JobState
 from ringfleet.core.nodes import Node, NodeState
 from ringfleet.recovery.service import RecoveryService
+from ringfleet.scaling.catalog import InstanceCatalog, InstanceType
 from tests.conftest import ROOT
 from tests.doubles import (
     InMemoryInstanceLifecycle,
@@ -94,6 +95,11 @@ def cloud_event(detail_type: str, instance_id: str, at: datetime, **detail: Any)
 
 def later(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
+
+
+def catalog(prices: dict[str, float], gpus: dict[str, int] | None = None) -> InstanceCatalog:
+    """An instance catalog of these on-demand $/h, each type with one GPU unless ``gpus`` says more."""
+    return InstanceCatalog({n: InstanceType(n, (gpus or {}).get(n, 1), 24576, p) for n, p in prices.items()}, T0)
 
 
 @dataclass

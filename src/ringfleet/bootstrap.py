@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from ringfleet.adapters.commands import AmqpCommandPublisher
     from ringfleet.backup.service import BackupService
+    from ringfleet.core.nodes import Node
     from ringfleet.intake.service import IntakeService
     from ringfleet.recovery.service import RecoveryService
     from ringfleet.scaling.catalog_service import InstanceCatalogService
@@ -227,7 +228,7 @@ def intake_service() -> IntakeService:
         clock=clock,
         # The instance catalog's types (the ones the scaler can count slots of and price) with their on-demand $/h:
         # others are rejected, and so is a job whose min_workers its budget cannot pay for on demand.
-        on_demand_prices=lambda: {t.name: t.on_demand_per_hour for t in catalog_service().current().types.values()},
+        catalog=lambda: catalog_service().current(),
         control_user=control_user,
     )
 
@@ -297,8 +298,8 @@ def scaler_service() -> ScalerService:
     s, clock, ddb = settings(), SystemClock(), _dynamodb()
     fleet, prices = _fleet_and_prices()
 
-    def on_capacity_arrived(job_id: str, instance_id: str, host: str | None) -> object:
-        return recovery_service().on_capacity_arrived(job_id, instance_id, host)
+    def on_capacity_arrived(job_id: str, node: Node) -> object:
+        return recovery_service().on_capacity_arrived(job_id, node.instance_id, node.host, slots=node.slots)
 
     def on_retire(job_id: str, instance_id: str) -> object:
         return recovery_service().retire(job_id, instance_id)

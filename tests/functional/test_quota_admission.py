@@ -19,7 +19,7 @@ from ringfleet.core.jobs import JobState
 from ringfleet.core.ports import SystemClock
 from ringfleet.intake.quotas import TenantQuota, TenantRegistry
 from ringfleet.intake.service import IntakeService
-from tests.builders import spec
+from tests.builders import catalog, spec
 from tests.doubles import RecordingCommandPublisher
 
 pytestmark = pytest.mark.functional
@@ -135,9 +135,9 @@ def test_a_rejected_job_changes_no_usage_and_a_job_without_a_share_gives_nothing
 
 
 def test_a_job_whose_minimum_its_budget_cannot_pay_on_demand_is_rejected_naming_both(table: Any, tenant: str) -> None:
-    # given the catalog's on-demand prices
+    # given the catalog's on-demand prices (one GPU per type)
     prices = {"g5.xlarge": 1.006, "g4dn.xlarge": 0.526, "g6.xlarge": 0.805}
-    svc = intake(table, tenant, TenantQuota(), on_demand_prices=lambda: prices)
+    svc = intake(table, tenant, TenantQuota(), catalog=lambda: catalog(prices))
     # when a job asks for at least 4 workers on a $2/h budget (4 x $0.526/h = $2.10/h at the cheapest)
     message = spec(f"{tenant}-big", min_workers=4, max_workers=8).model_copy(
         update={"tenant": tenant, "budget_usd_per_hour": 2.0}

@@ -80,7 +80,7 @@ class Stack:
             catalog=local_catalog,
             state=state or self.state,
             publisher=self.publisher,
-            on_capacity_arrived=lambda job, instance, host: self.arrived.append((job, instance)),
+            on_capacity_arrived=lambda job, node: self.arrived.append((job, node.instance_id)),
             policy=policy,
         )
 

@@ -102,6 +102,39 @@ def test_reconfigure_tells_each_instance_its_rank_and_where_to_meet() -> None:
     assert reconfigure.checkpoint.prefix == "jobs/digits-demo/ckpt/000000000120/"
 
 
+def test_reconfigure_says_how_many_slots_each_member_runs_and_their_process_ranks_follow_the_instance_ranks() -> None:
+    # given the sample ring of three whose rank-1 member runs 4 slots (the others, not named, one each)
+    a, b, c = "i-0abcd1234ef567890", "i-0abcd1234ef567892", "i-0f1e2d3c4b5a69788"
+    reconfigure = parse_message(sample("reconfigure", slots={b: 4}))
+    assert isinstance(reconfigure, Reconfigure)
+    assert [reconfigure.slots_of(i) for i in (a, b, c)] == [1, 4, 1]
+    # then its processes are ranked contiguously per instance, in instance rank order: 6 processes, b's in the middle
+    assert reconfigure.process_instances() == (a, b, b, b, b, c)
+    assert reconfigure.world_size == 3  # still the instances, its membership unit
+    # and the sample as sent before slots existed runs one process on each member
+    before = parse_message(sample("reconfigure"))
+    assert isinstance(before, Reconfigure) and before.slots == {} and before.process_instances() == (a, b, c)
+
+
+def test_reconfigure_slots_naming_a_non_member_or_out_of_range_are_refused() -> None:
+    assert "slots names non-members: i-00000000000000bad" in rejected(
+        sample("reconfigure", slots={"i-00000000000000bad": 2})
+    )
+    for count in (0, 17, "2"):
+        assert "slots" in rejected(sample("reconfigure", slots={"i-0abcd1234ef567892": count}))
+
+
+@pytest.mark.parametrize(
+    ("gpus", "slots_per_instance", "slots"),
+    [(1, None, 1), (4, None, 4), (8, 2, 2), (2, 4, 2), (0, None, 1), (0, 3, 1)],
+)
+def test_a_job_runs_a_slot_per_gpu_of_its_instance_at_most_its_slots_per_instance(
+    gpus: int, slots_per_instance: int | None, slots: int
+) -> None:
+    job = JobSubmitted.model_validate(sample("job_submitted", slots_per_instance=slots_per_instance))
+    assert job.slots_on(gpus) == slots
+
+
 @pytest.mark.parametrize(
     ("address", "expected"),
     [
@@ -140,6 +173,9 @@ def test_an_unknown_field_is_refused() -> None:
         ("job_id", "-leading-dash"),
         ("image", "evil image; rm -rf /"),
         ("instance_types", ["g5.xlarge", "g5.xlarge"]),
+        ("slots_per_instance", 0),
+        ("slots_per_instance", 17),
+        ("slots_per_instance", "2"),
     ],
 )
 def test_job_submitted_refuses_absurd_values(field: str, value: Any) -> None:
@@ -276,11 +312,13 @@ hyper_values = st.one_of(st.text(max_size=50), st.booleans(), st.integers(min_va
 def reconfigures(draw: st.DrawFn) -> Reconfigure:
     members = draw(st.lists(instance_ids, min_size=1, max_size=64, unique=True))
     ranks = draw(st.permutations(range(len(members))))
+    slots = draw(st.dictionaries(st.sampled_from(members), st.integers(1, 16)))
     return Reconfigure(
         job_id=draw(job_ids),
         generation=draw(st.integers(0, 10**9)),
         world_size=len(members),
         ranks=dict(zip(members, ranks, strict=True)),
+        slots=slots,
         rendezvous=f"10.0.{draw(st.integers(0, 255))}.{draw(st.integers(0, 255))}:{draw(st.integers(1, 65535))}",
         sent_at=draw(aware_times),
     )

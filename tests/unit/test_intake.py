@@ -18,11 +18,12 @@ from ringfleet.intake.quotas import (
     admit_job,
     check_min_workers_budget,
     claim_of,
+    gpus_per_instance,
     held_by,
     over_quota,
 )
 from ringfleet.intake.service import IntakeService
-from tests.builders import spec
+from tests.builders import catalog, spec
 from tests.doubles import InMemoryJobRepository, RecordingCommandPublisher
 
 pytestmark = pytest.mark.unit
@@ -101,7 +102,7 @@ def test_a_job_asking_for_instance_types_the_market_does_not_know_is_rejected_wi
         put_events=events.extend,
         tenants=REGISTERED,
         clock=SystemClock(),
-        on_demand_prices=lambda: {"g5.xlarge": 1.006, "g6.xlarge": 0.805},
+        catalog=lambda: catalog({"g5.xlarge": 1.006, "g6.xlarge": 0.805}),
     )
     # when a job asks for one it knows and one it does not
     message = spec("job-1").model_copy(update={"instance_types": ["g5.xlarge", "p9.mega"]})
@@ -154,7 +155,7 @@ def test_a_job_alone_is_checked_against_the_whole_quota_and_its_minimum_against_
     prices = {"g5.xlarge": 1.006, "g4dn.xlarge": 0.526, "g6.xlarge": 0.805}
     message = spec("job-1", min_workers=2, max_workers=4)  # 1 GPU per worker, $2.50/h, g5/g4dn/g6
     # a job that fits on its own is admitted as far as the job alone goes (the tenant's other jobs: the transaction)
-    assert admit_job(message, registry, prices) is None
+    assert admit_job(message, registry, catalog(prices)) is None
     # more GPUs than the whole quota, or a budget over it
     assert admit_job(spec("job-1", max_workers=9), registry) == (
         "quota: the job asks for up to 9 GPUs (9 workers x 1); tenant acme may hold at most 8"
@@ -198,9 +199,43 @@ def test_intake_with_the_catalogs_prices_knows_its_types_from_them() -> None:
         put_events=lambda entries: None,
         tenants=REGISTERED,
         clock=SystemClock(),
-        on_demand_prices=lambda: {"g5.xlarge": 1.006, "g4dn.xlarge": 0.526, "g6.xlarge": 0.805},
+        catalog=lambda: catalog({"g5.xlarge": 1.006, "g4dn.xlarge": 0.526, "g6.xlarge": 0.805}),
     )
     unknown = spec("job-1").model_copy(update={"instance_types": ["p9.mega"]})
     assert "unknown instance type(s) p9.mega" in svc.on_submitted(unknown).reason
     outcome = svc.on_submitted(spec("job-2", min_workers=5, max_workers=8))
     assert outcome.outcome == "rejected" and "min_workers 5 cost at least $2.63/h" in outcome.reason
+
+
+def test_a_job_counts_every_gpu_of_its_largest_instance_type_towards_its_tenants_quota() -> None:
+    # given a catalog of a one-GPU and a four-GPU type, and a tenant that may hold 8 GPUs
+    types = catalog({"g5.xlarge": 1.006, "g5.12xlarge": 5.672}, gpus={"g5.12xlarge": 4})
+    quota = TenantQuota(max_gpus=8, max_usd_per_hour=100)
+    registry = TenantRegistry.register("acme", quota=quota)
+    both = spec("job-1", min_workers=1, max_workers=2).model_copy(
+        update={"instance_types": ["g5.xlarge", "g5.12xlarge"], "budget_usd_per_hour": 20.0}
+    )
+    # when a job of two workers may run on either: each of its instances may hold four GPUs, one slot each
+    assert gpus_per_instance(both, types) == 4 and held_by(both, types) == Usage(8, 20.0)
+    assert admit_job(both, registry, types) is None
+    # then a third worker is over the quota, and the reason says how it was counted
+    assert admit_job(both.model_copy(update={"max_workers": 3}), registry, types) == (
+        "quota: the job asks for up to 12 GPUs (3 workers x 4); tenant acme may hold at most 8"
+    )
+    # a job running fewer slots still holds its instances' every GPU: no other job can use them
+    assert held_by(both.model_copy(update={"slots_per_instance": 1}), types).gpus == 8
+    # and one on one-GPU types counts one GPU a worker, as it always did (a type not listed: its gpus_per_worker)
+    assert held_by(spec("job-2", max_workers=2), types).gpus == 2
+    # intake takes that count from the tenant's usage when it admits the job
+    svc = IntakeService(
+        jobs=InMemoryJobRepository(SystemClock()),
+        publisher=RecordingCommandPublisher(),
+        put_events=lambda entries: None,
+        tenants=registry,
+        clock=SystemClock(),
+        catalog=lambda: types,
+    )
+    assert svc.on_submitted(both).outcome == "admitted"
+    assert svc.jobs.usage("acme") == Usage(8, 20.0)  # type: ignore[attr-defined]
+    small = spec("job-2", max_workers=1).model_copy(update={"instance_types": ["g5.xlarge"]})
+    assert "quota: tenant acme would hold 9 GPUs" in svc.on_submitted(small).reason

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import replace
 
 import pytest
@@ -31,3 +32,31 @@ def test_a_pending_job_starts_and_its_first_reconfigure_names_the_program_its_ag
     assert command.program.hyperparameters == job.spec.hyperparameters
     # and the command is in the job's outbox as it will go on the wire, program included
     assert start.job.outbox[0]["program"]["image"] == job.spec.image
+
+
+def test_a_job_on_a_one_gpu_and_a_four_gpu_instance_runs_a_slot_per_gpu_capped_by_its_slots_per_instance() -> None:
+    # given a PENDING job of two workers, and two free instances: one GPU and four GPUs (the catalog's slots)
+    job, _ = running_job(members=0, generation=0, min_workers=2, max_workers=2)
+    spec = job.spec.model_copy(update={"instance_types": ["g5.xlarge", "g5.12xlarge"]})
+    job = replace(job, state=JobState.PENDING, members={}, spec=spec)
+    one, four = instance(1), instance(2)
+    free = [
+        FreeInstance(one, "g5.xlarge", "spot:g5.xlarge:us-east-1a", host="10.0.0.1", slots=1),
+        FreeInstance(four, "g5.12xlarge", "spot:g5.12xlarge:us-east-1b", host="10.0.0.2", slots=4),
+    ]
+    # when placement starts it
+    (start,) = plan_placement([job], free, later(1)).starts
+    # then its Reconfigure names the four-GPU member's 4 slots (the one-GPU member, not named, runs one)
+    assert start.command.slots == {four: 4}
+    assert Counter(start.command.process_instances()) == {one: 1, four: 4}  # a ring of five processes
+    # and the nodes it claims record each instance's slots, for recovery's later Reconfigures
+    assert {n.instance_id: n.slots for n in start.claims} == {one: 1, four: 4}
+    # when the job asks for at most 2 slots per instance, the four-GPU member runs 2
+    capped = replace(job, spec=spec.model_copy(update={"slots_per_instance": 2}))
+    (start,) = plan_placement([capped], free, later(1)).starts
+    assert start.command.slots == {four: 2}
+    assert start.job.outbox[0]["slots"] == {four: 2}
+    # and on one-GPU instances alone no slots are named: the Reconfigure it always was
+    small = [replace(free[1], instance_type="g5.xlarge", slots=1), free[0]]
+    (start,) = plan_placement([job], small, later(1)).starts
+    assert start.command.slots == {}

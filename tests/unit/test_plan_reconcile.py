@@ -212,3 +212,32 @@ def test_a_leaving_instances_job_gets_its_replacement_launched_now_and_handed_ov
     # then it is handed to the job (its node PLACED on it), and the leaving instance is not
     assert work.handovers == (Handover("ring", Node(instance(3), "ring", state=NodeState.PLACED, host="10.0.0.3")),)
     assert work.report(started=[]).replacements == (("ring", instance(3)),)
+
+
+def test_instances_placed_by_the_scaler_bring_their_types_gpus_as_slots_to_their_nodes_and_the_ring() -> None:
+    # given the catalog's four-GPU type on offer beside the one-GPU one (the pools carry the catalog's GPUs)
+    multi = pool_key("spot", "g5.12xlarge", "us-east-1a")
+    pools = [*POOLS, Pool("g5.12xlarge", "us-east-1a", "spot", 1.8, 0.05, 4)]
+    job = pending_job()
+    job = replace(job, spec=job.spec.model_copy(update={"instance_types": ["g5.xlarge", "g5.12xlarge"]}))
+    big = FleetInstance(instance(2), "g5.12xlarge", multi, "running", host="10.0.0.2")
+    snapshot = fleet(vm(1, A), big)
+    # when the scaler plans and places the PENDING job on a one-GPU and a four-GPU instance
+    fleet_plan = plan_reconcile(
+        snapshot=snapshot,
+        jobs=[job],
+        nodes={},
+        pools=pools,
+        remembered=FleetState(targets=dict(snapshot.targets)),
+        now=NOW,
+        policy=ScalingPolicy(),
+    )
+    (start,) = plan_assignments(fleet_plan, snapshot).starts
+    # then the four-GPU member runs 4 slots, and both nodes record their instance's slots for recovery
+    assert start.start.command.slots == {instance(2): 4}
+    assert {n.instance_id: n.slots for n in start.nodes} == {instance(1): 1, instance(2): 4}
+    # and a four-GPU instance handed to a running job brings its slots to its node, which recovery is told
+    running, _ = running_job("ring", members=1, min_workers=1, max_workers=2, first=5)
+    running = replace(running, spec=job.spec.model_copy(update={"job_id": "ring"}))
+    (handover,) = plan_assignments(replace(fleet_plan, jobs=(running,)), fleet(big)).handovers
+    assert handover.node == Node(instance(2), "ring", state=NodeState.PLACED, host="10.0.0.2", slots=4)

@@ -4,12 +4,14 @@ job that loses capacity tells the fleet scaler at once."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from ringfleet.contracts import CheckpointCompleted, Heartbeat, Reconfigure, WorkerFailed, parse_cloud_event
 from ringfleet.core.jobs import Job
+from ringfleet.recovery.plan import NodeLost
 from ringfleet.recovery.service import RecoveryService
 from tests.builders import RecoveryWorld, cloud_event, instance, later
 from tests.doubles import InMemoryInstanceLifecycle, RecordingCommandPublisher
@@ -168,3 +170,21 @@ def test_a_heartbeat_of_a_node_no_job_counts_is_ignored() -> None:
     service, _, _, _ = world()
     assert service.on_heartbeat(heartbeat(instance(99), later(4))).outcome.startswith("ignored")
     assert service.nodes.get(instance(99)) is None
+
+
+def test_a_reformed_ring_keeps_its_survivors_slots_and_a_newcomer_brings_its_own() -> None:
+    # given a ring of three whose second member's instance has four GPUs (its node, as the scaler placed it)
+    w = RecoveryWorld.of(Clock(), members=3, max_workers=3)
+    four = w.nodes.get(instance(2))
+    assert four is not None
+    w.nodes.put(replace(four, slots=4))
+    # when the third member is lost without notice
+    w.service.apply("digits-demo", NodeLost(instance(3), "instance-stopped", later(2)))
+    # then the survivors re-form, the four-GPU member still running its 4 slots
+    (shrunk,) = [c for c in w.publisher.published if isinstance(c, Reconfigure)]
+    assert shrunk.world_size == 2 and shrunk.slots == {instance(2): 4}
+    # and when the scaler hands the job a two-GPU replacement, the grown ring runs its 2 slots too
+    w.service.on_capacity_arrived("digits-demo", instance(50), "10.0.0.50", slots=2)
+    grown = [c for c in w.publisher.published if isinstance(c, Reconfigure)][-1]
+    assert grown.world_size == 3 and grown.slots == {instance(2): 4, instance(50): 2}
+    assert grown.process_instances() == (instance(1), *[instance(2)] * 4, instance(50), instance(50))

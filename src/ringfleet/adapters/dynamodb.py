@@ -484,6 +484,7 @@ def node_to_item(node: Node) -> dict[str, Any]:
         "rank": node.rank,
         "generation": node.generation,
         "host": node.host,
+        "slots": node.slots,
         "last_heartbeat": _time(node.last_heartbeat),
         "last_step": node.last_step,
         "updated_at": _time(node.updated_at),
@@ -508,6 +509,8 @@ def node_from_item(item: dict[str, Any]) -> Node:
         rank=_int(item.get("rank")),
         generation=int(item.get("generation") or 0),
         host=item.get("host"),
+        # A row written before slots were recorded: its instance ran one process.
+        slots=_int(item.get("slots")) or 1,
         last_heartbeat=_parse_time(item.get("last_heartbeat")),
         last_step=_int(item.get("last_step")),
         lifecycle_hook=LifecycleHook(**hook) if hook else None,

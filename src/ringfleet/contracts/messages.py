@@ -71,6 +71,8 @@ CheckpointIntervalSteps = Annotated[int, Field(strict=True, ge=1, le=10**9)]
 #: Largest JobSubmitted accepted (its JSON): well inside a DynamoDB item beside the job's own state.
 MAX_SPEC_BYTES = 64 * 1024
 GpuCount = Annotated[int, Field(strict=True, ge=0, le=16)]
+#: Training processes one instance runs for a job: one per GPU (a slot), at most the largest instance's GPUs.
+SlotCount = Annotated[int, Field(strict=True, ge=1, le=16)]
 _Text = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=256)]
 _Arg = Annotated[str, StringConstraints(strict=True, max_length=4096)]
 #: A container image reference: ``[registry/]repository[:tag][@sha256:digest]``; no spaces or shell characters.
@@ -143,6 +145,14 @@ class JobSubmitted(MessageBase):
     #: The step the job ends at, as its script counts them: what the fleet scaler estimates the work left from
     #: (with the steps reported so far) to meet ``deadline_hours``. None: unknown, the deadline cannot steer the job.
     total_steps: Annotated[int, Field(strict=True, ge=1, le=10**12)] | None = None
+    #: Training processes per instance: one per GPU of the instance (a slot, torchrun's ``--nproc-per-node``), at
+    #: most this many. None: every GPU of the instance trains. Instances of one job may have different GPU counts.
+    slots_per_instance: SlotCount | None = None
+
+    def slots_on(self, gpus: int) -> int:
+        """The training processes this job runs on an instance of ``gpus`` GPUs: one per GPU, at most
+        ``slots_per_instance``, at least one (an instance without GPUs still runs the job's one process)."""
+        return max(1, min(gpus, self.slots_per_instance or gpus))
 
     @field_validator("instance_types")
     @classmethod
@@ -361,6 +371,10 @@ class Reconfigure(MessageBase):
     checkpoint: CheckpointRef | None = None
     #: What the job runs: an instance agent placed by this Reconfigure starts the program's entrypoint.
     program: Program | None = None
+    #: instance id -> the training processes (slots) it runs, one per GPU; a member not named runs one. The ring's
+    #: process ranks are contiguous per instance, in the order of ``ranks`` (see ``process_instances``): an instance
+    #: joins and leaves with all its slots at once.
+    slots: dict[InstanceId, SlotCount] = Field(default_factory=dict)
 
     @field_validator("rendezvous")
     @classmethod
@@ -376,6 +390,8 @@ class Reconfigure(MessageBase):
             raise ValueError(f"ranks must assign each of 0..{self.world_size - 1} exactly once")
         if not set(self.hosts) <= set(self.ranks):
             raise ValueError(f"hosts names non-members: {', '.join(sorted(set(self.hosts) - set(self.ranks)))}")
+        if not set(self.slots) <= set(self.ranks):
+            raise ValueError(f"slots names non-members: {', '.join(sorted(set(self.slots) - set(self.ranks)))}")
         if self.checkpoint is not None and self.checkpoint.job_id != self.job_id:
             raise ValueError(f"checkpoint {self.checkpoint.uri!r} belongs to another job than {self.job_id!r}")
         return self
@@ -383,6 +399,16 @@ class Reconfigure(MessageBase):
     def rank_of(self, instance_id: str) -> int | None:
         """This instance's rank in the new generation, or None when it is not a member (it should stop)."""
         return self.ranks.get(instance_id)
+
+    def slots_of(self, instance_id: str) -> int:
+        """How many training processes ``instance_id`` runs in this generation (1 unless ``slots`` says more)."""
+        return self.slots.get(instance_id, 1)
+
+    def process_instances(self) -> tuple[str, ...]:
+        """The instance of each process rank of the ring: every member's slots in a row, members in rank order (a
+        1-slot member then a 2-slot one: ``(a, b, b)``)."""
+        members = sorted(self.ranks, key=self.ranks.__getitem__)
+        return tuple(i for i in members for _ in range(self.slots_of(i)))
 
     @property
     def rendezvous_host(self) -> str:

@@ -1,7 +1,7 @@
 """The commands the control plane sends a job's workers, each built in one place whoever decides to send it.
 
 A Reconfigure is sent by recovery (a re-formed, grown or restarted ring) and by the scaler's placement (a job's first
-ring): both build it here, so its rendezvous port, program and message id mean the same whichever sent it. A Stop
+ring): both build it here, so its rendezvous port, slots, program and message id mean the same whichever sent it. A Stop
 is sent by recovery (a failed job) and by intake (a cancelled one).
 
 Message ids are derived from what the command is (job, generation, kind): the same decision made twice, by a retried
@@ -11,7 +11,7 @@ event or by two writers racing, publishes the same id, which the workers and the
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING
 from uuid import NAMESPACE_URL, UUID, uuid5
@@ -19,6 +19,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 if TYPE_CHECKING:
     from ringfleet.contracts import Reconfigure, Stop
     from ringfleet.core.jobs import DurableCheckpoint, Job
+    from ringfleet.core.nodes import Node
 
 __all__ = [
     "DEFAULT_RENDEZVOUS_HOST",
@@ -58,15 +59,22 @@ def rendezvous_port(job: Job) -> int:
 
 
 def reconfigure_command(
-    job: Job, hosts: Mapping[str, str | None], at: datetime, *, checkpoint: DurableCheckpoint | None
+    job: Job, nodes: Iterable[Node], at: datetime, *, checkpoint: DurableCheckpoint | None
 ) -> Reconfigure:
     """The Reconfigure that forms ``job``'s ring as it now is (its generation and members, already decided).
 
-    ``hosts``: where each instance's worker listens; rank 0's is the rendezvous. ``checkpoint``: what the ring
-    restores (None: its members keep what they hold in memory, or a new job starts from nothing).
+    ``nodes``: the job's instances as the caller knows them (a later one of the same instance wins): where each
+    worker listens (rank 0's host is the rendezvous) and its instance's slots, of which each member runs
+    ``spec.slots_on`` (a member with no node: one). Only members running more than one are named, so a ring of
+    one-GPU instances gets the Reconfigure it always got. ``checkpoint``: what the ring restores (None: its members
+    keep what they hold in memory, or a new job starts from nothing).
     """
     from ringfleet.contracts import Program, Reconfigure
 
+    known = {n.instance_id: n for n in nodes}
+    placed = [known[i] for i in job.members if i in known]
+    hosts = {n.instance_id: n.host for n in placed if n.host}
+    slots = {n.instance_id: s for n in placed if (s := job.spec.slots_on(n.slots)) > 1}
     rank0 = next(i for i, r in job.members.items() if r == 0)
     port = rendezvous_port(job)
     return Reconfigure(
@@ -76,7 +84,8 @@ def reconfigure_command(
         ranks=dict(job.members),
         rendezvous=f"{hosts.get(rank0) or DEFAULT_RENDEZVOUS_HOST}:{port}",
         # The members' addresses: a worker accepts a rendezvous only on one of them (training_worker.membership).
-        hosts={i: h for i, h in hosts.items() if i in job.members and h},
+        hosts=hosts,
+        slots=slots,
         checkpoint=checkpoint.ref() if checkpoint else None,
         # Every Reconfigure says what the job runs: an instance booted unplaced learns it from its first one.
         program=Program.of(job.spec),

@@ -47,6 +47,11 @@ class Node:
     #: Auto Scaling lifecycle hook holding this instance in Terminating:Wait, completed once the job let it go.
     lifecycle_hook: LifecycleHook | None = None
     updated_at: datetime | None = None
+    #: Its instance's slots: one per GPU of its type, as the instance catalog counts them, recorded when the fleet
+    #: scaler placed it (the one place that knows its type and the catalog), so that recovery re-forms the ring with
+    #: them without either. Its job runs ``spec.slots_on(slots)`` of them (``reconfigure_command``). A record written
+    #: before slots were recorded reads as 1, what its instance ran then.
+    slots: int = 1
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ringfleet.contracts import JobCancelled, JobSubmitted
     from ringfleet.core.jobs import Job
+    from ringfleet.scaling.catalog import InstanceCatalog
 
 __all__ = [
     "REGISTRY_ENV",
@@ -37,6 +38,7 @@ __all__ = [
     "check_cancel",
     "check_min_workers_budget",
     "claim_of",
+    "gpus_per_instance",
     "held_by",
     "over_quota",
     "unregistered",
@@ -119,9 +121,14 @@ def unregistered(tenant: str) -> str:
     )
 
 
-def _gpus(spec: JobSubmitted) -> int:
-    # A job holds up to max_workers workers; one with no GPUs still takes a machine, counted as one.
-    return spec.max_workers * max(1, spec.gpus_per_worker)
+def gpus_per_instance(spec: JobSubmitted, catalog: InstanceCatalog | None) -> int:
+    """The GPUs one of the job's instances holds at most: the most of any of its instance types the ``catalog``
+    lists, at least ``gpus_per_worker``, and one (a machine without GPUs still counts).
+
+    An instance serves one job whole: its every GPU trains a slot, or stays idle where ``slots_per_instance`` runs
+    fewer, and serves no other job either way. Without a catalog (or for types it does not list): gpus_per_worker."""
+    listed = [catalog.gpus(t) for t in spec.instance_types if t in catalog] if catalog is not None else []
+    return max(1, spec.gpus_per_worker, *listed)
 
 
 @dataclass(frozen=True)
@@ -132,9 +139,11 @@ class Usage:
     usd_per_hour: float = 0.0
 
 
-def held_by(spec: JobSubmitted) -> Usage:
-    """What a job holds of its tenant's quota from admission until it ends: its most GPUs and its whole budget."""
-    return Usage(_gpus(spec), spec.budget_usd_per_hour)
+def held_by(spec: JobSubmitted, catalog: InstanceCatalog | None = None) -> Usage:
+    """What a job holds of its tenant's quota from admission until it ends: its most GPUs (max_workers instances of
+    ``gpus_per_instance``) and its whole budget. Stored with the job when it is admitted and given back as stored, so
+    a catalog that changes meanwhile never gives back another count than was taken."""
+    return Usage(spec.max_workers * gpus_per_instance(spec, catalog), spec.budget_usd_per_hour)
 
 
 @dataclass(frozen=True)
@@ -158,8 +167,8 @@ class QuotaClaim:
         return self.quota.max_usd_per_hour - self.wants.usd_per_hour
 
 
-def claim_of(submitted: JobSubmitted, quota: TenantQuota) -> QuotaClaim:
-    return QuotaClaim(submitted.tenant, submitted.job_id, held_by(submitted), quota)
+def claim_of(submitted: JobSubmitted, quota: TenantQuota, catalog: InstanceCatalog | None = None) -> QuotaClaim:
+    return QuotaClaim(submitted.tenant, submitted.job_id, held_by(submitted, catalog), quota)
 
 
 def check_min_workers_budget(submitted: JobSubmitted, on_demand: Mapping[str, float]) -> str | None:
@@ -182,28 +191,28 @@ def check_min_workers_budget(submitted: JobSubmitted, on_demand: Mapping[str, fl
     )
 
 
-def admit_job(
-    submitted: JobSubmitted, registry: TenantRegistry, on_demand: Mapping[str, float] | None = None
-) -> str | None:
-    """None when the job, on its own, may be admitted; otherwise why not, in words for the tenant.
+def admit_job(submitted: JobSubmitted, registry: TenantRegistry, catalog: InstanceCatalog | None = None) -> str | None:
+    """None when the job, on its own, may be admitted; otherwise why not, in words for the tenant. ``catalog``: the
+    GPUs of its instance types (what it holds) and their on-demand prices (what its minimum costs); None: neither.
 
     What the tenant's other active jobs hold is not read here: it is counted in the transaction that creates the job
     (``QuotaClaim``), so that submissions at the same moment never admit past the quota together."""
     quota = registry.of(submitted.tenant)
     if quota is None:
         return unregistered(submitted.tenant)
-    wants = held_by(submitted)
+    wants = held_by(submitted, catalog)
     if wants.gpus > quota.max_gpus:
         return (
             f"quota: the job asks for up to {wants.gpus} GPUs ({submitted.max_workers} workers x "
-            f"{max(1, submitted.gpus_per_worker)}); tenant {submitted.tenant} may hold at most {quota.max_gpus}"
+            f"{gpus_per_instance(submitted, catalog)}); tenant {submitted.tenant} may hold at most {quota.max_gpus}"
         )
     if wants.usd_per_hour > quota.max_usd_per_hour:
         return (
             f"quota: the job budgets ${wants.usd_per_hour:.2f}/h; tenant {submitted.tenant} may budget at most "
             f"${quota.max_usd_per_hour:.2f}/h"
         )
-    return check_min_workers_budget(submitted, on_demand or {})
+    on_demand = {n: catalog.on_demand(n) for n in catalog.names()} if catalog is not None else {}
+    return check_min_workers_budget(submitted, on_demand)
 
 
 def over_quota(claim: QuotaClaim, usage: Usage) -> str:

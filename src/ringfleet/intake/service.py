@@ -12,7 +12,7 @@ job. Only admitted jobs are announced (``Job Admitted``), so nothing rejected ev
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from ringfleet.core.ports import Clock, CommandPublisher
     from ringfleet.intake.ports import Admission, IntakeJobRepository
     from ringfleet.intake.quotas import QuotaClaim
+    from ringfleet.scaling.catalog import InstanceCatalog
 
 __all__ = ["IntakeOutcome", "IntakeService", "check_instance_types"]
 
@@ -74,7 +75,7 @@ class IntakeService:
         tenants: TenantRegistry,
         clock: Clock,
         control_user: Callable[[], str | None] | None = None,
-        on_demand_prices: Callable[[], Mapping[str, float]] | None = None,
+        catalog: Callable[[], InstanceCatalog] | None = None,
     ) -> None:
         self.jobs = jobs
         self.publisher = publisher
@@ -82,10 +83,10 @@ class IntakeService:
         #: The registered tenants and their quotas: another tenant's jobs are rejected.
         self.tenants = tenants
         self.clock = clock
-        #: The on-demand $/h of each instance type of the instance catalog, read when a job is submitted: the types
-        #: it lists are the known ones, and a job's min_workers must fit its budget at the cheapest of its types
-        #: (None: any type, no price check).
-        self.on_demand_prices = on_demand_prices
+        #: The instance catalog, read once per submission: the types it lists are the known ones, a job's
+        #: min_workers must fit its budget at the cheapest of their on-demand prices, and its GPUs count towards its
+        #: tenant's quota as its instances hold them (None: any type, no price check, gpus_per_worker counted).
+        self.catalog = catalog
         self.outbox = Outbox(jobs=jobs, publisher=publisher)
         #: The control plane's broker user (may speak for any tenant); None: no such user.
         self.control_user = control_user or (lambda: None)
@@ -134,7 +135,8 @@ class IntakeService:
             if existing.tenant == message.tenant and existing.spec.message_id == message.message_id:
                 return IntakeOutcome(message.job_id, "duplicate", "already handled this message")
             return self._reject(message, f"job id {message.job_id!r} is already taken", record=False)
-        reason = self._check(message)
+        catalog = self.catalog() if self.catalog is not None else None
+        reason = self._check(message, catalog)
         if reason is not None:
             return self._reject(message, reason, record=True)
         job = Job(
@@ -144,7 +146,7 @@ class IntakeService:
             spec=message,
             incidents=(Incident(at=self.clock.now(), cause="admitted", generation=0),),
         )
-        claim = claim_of(message, quota)
+        claim = claim_of(message, quota, catalog)
         admission = self._create_within_quota(job, claim)
         if admission.outcome == "exists":
             return self.on_submitted(message)  # a concurrent delivery of the same message won the create
@@ -169,12 +171,11 @@ class IntakeService:
                 return admission
         raise RuntimeError(f"job {job.job_id}: {MAX_ATTEMPTS} conflicting admissions in a row; retry later")
 
-    def _check(self, message: JobSubmitted) -> str | None:
+    def _check(self, message: JobSubmitted, catalog: InstanceCatalog | None) -> str | None:
         """Why the job, on its own, cannot be admitted (unknown instance types, over its tenant's whole quota, a
         minimum its budget cannot pay for); None when it may be, as far as the tenant's other jobs leave room."""
-        prices = self.on_demand_prices() if self.on_demand_prices is not None else None
-        reason = check_instance_types(message.instance_types, prices) if prices is not None else None
-        return reason or admit_job(message, self.tenants, prices)
+        reason = check_instance_types(message.instance_types, catalog.names()) if catalog is not None else None
+        return reason or admit_job(message, self.tenants, catalog)
 
     def on_cancelled(self, message: JobCancelled) -> IntakeOutcome:
         """Cancels the job: saved CANCELLED with a Stop for its workers in its outbox, the Stop published, the

@@ -27,7 +27,7 @@ def on_capacity(job: Job, nodes: Sequence[Node], signal: CapacityArrived) -> Rec
     after = replace(
         job, spares=(*job.spares, instance), replacements_wanted=max(0, job.replacements_wanted - 1)
     ).with_incident(Incident(at=signal.at, cause="capacity-arrived", generation=job.generation, instance_id=instance))
-    known = [*nodes, Node(instance_id=instance, job_id=job.job_id, host=signal.host)]
+    known = [*nodes, Node(instance_id=instance, job_id=job.job_id, host=signal.host, slots=signal.slots)]
     if after.recovery is not None:
         plan = try_reconfigure(after, known, signal.at)
         return replace(plan, before=job, outcome=f"capacity arrived: {plan.outcome}")

@@ -76,6 +76,8 @@ class CapacityArrived:
     instance_id: str
     at: datetime
     host: str | None = None
+    #: Its instance's slots (``Node.slots``), carried as its host is: the scaler's word, not a read of its node.
+    slots: int = 1
 
 
 @dataclass(frozen=True)

@@ -83,7 +83,7 @@ def reconfigure(
         restoring_step=checkpoint.step if checkpoint else None,
     )
     after = replace(after, retirement=retirement_in(after))
-    command = reconfigure_command(after, {n.instance_id: n.host for n in nodes}, at, checkpoint=checkpoint)
+    command = reconfigure_command(after, nodes, at, checkpoint=checkpoint)
     cause = cause or ("restarted" if restore else "reconfigured")
     detail = f"world {len(ranks)}" + (f", from step {checkpoint.step}" if checkpoint else "")
     after = after.with_incident(Incident(at=at, cause=cause, generation=after.generation, detail=detail))

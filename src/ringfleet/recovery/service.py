@@ -210,9 +210,12 @@ class RecoveryService:
         it through the ring (at most one retirement per job at a time; none while it recovers)."""
         return self.apply(job_id, RetireRequested(instance_id, self.clock.now()))
 
-    def on_capacity_arrived(self, job_id: str, instance_id: str, host: str | None = None) -> RecoveryOutcome:
-        """An instance placed on the job is running (called by the fleet scaler once it placed it)."""
-        return self.apply(job_id, CapacityArrived(instance_id, self.clock.now(), host=host))
+    def on_capacity_arrived(
+        self, job_id: str, instance_id: str, host: str | None = None, *, slots: int = 1
+    ) -> RecoveryOutcome:
+        """An instance placed on the job is running (called by the fleet scaler once it placed it), with its worker's
+        ``host`` and its ``slots``."""
+        return self.apply(job_id, CapacityArrived(instance_id, self.clock.now(), host=host, slots=slots))
 
     def sweep(self, silence: timedelta, *, now: datetime | None = None) -> list[RecoveryOutcome]:
         """Members silent for longer than ``silence`` (as of ``now``, default the clock's) are lost without notice."""

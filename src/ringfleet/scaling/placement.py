@@ -4,6 +4,8 @@ A PENDING job is started once enough instances of its types are free for its min
 max_workers of them, becomes RUNNING at generation 1 and its workers get a Reconfigure naming their ranks.
 A RECOVERING job that wants replacements gets instances too, and so does a RUNNING one below its max_workers;
 its recovery (plan_recovery's CapacityArrived) decides what to do with them: re-form or grow the ring.
+Each instance brings its slots (one per GPU of its type) to its node: the ring's Reconfigure, here and in recovery,
+says how many of them the job runs.
 Jobs are served in ``fair_order``: running ones first, then tenants in turn, each tenant's oldest job first, so a
 stream of small jobs cannot starve a big one forever and no tenant's many jobs starve another tenant's.
 """
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from ringfleet.core.commands import reconfigure_command
 from ringfleet.core.jobs import Incident, Job, JobState
+from ringfleet.core.nodes import Node, NodeState
 from ringfleet.scaling.fairness import fair_order
 
 if TYPE_CHECKING:
@@ -34,16 +37,23 @@ class FreeInstance:
     pool: str
     #: Where its worker listens (private IP); rank 0's is the ring's rendezvous.
     host: str | None = None
+    #: Its slots: one per GPU of its type, as the instance catalog counts them (``Node.slots``).
+    slots: int = 1
+
+    def claimed_by(self, job_id: str) -> Node:
+        """Its node once placed on ``job_id``: PLACED, with its host and slots (the ring's Reconfigure needs both)."""
+        return Node(self.instance_id, job_id, state=NodeState.PLACED, host=self.host, slots=self.slots)
 
 
 @dataclass(frozen=True)
 class JobStart:
-    """A PENDING job started: the job to save (from ``before``) and the Reconfigure its workers get."""
+    """A PENDING job started: the job to save (from ``before``), the Reconfigure its workers get, and the nodes of
+    the instances it takes (claimed before the job is saved)."""
 
     before: Job
     job: Job
     command: Reconfigure
-    hosts: dict[str, str | None]
+    claims: tuple[Node, ...]
 
 
 @dataclass(frozen=True)
@@ -91,8 +101,8 @@ def _start(job: Job, taken: Sequence[FreeInstance], now: datetime) -> JobStart:
     after = after.with_incident(
         Incident(at=now, cause="started", generation=after.generation, detail=f"world {len(ranks)}")
     )
-    hosts = {i.instance_id: i.host for i in taken}
+    claims = tuple(i.claimed_by(job.job_id) for i in taken)
     # What to run: the fleet's instances boot with no job and learn it (and its program) from this message.
-    command = reconfigure_command(after, hosts, now, checkpoint=job.durable_checkpoint)
+    command = reconfigure_command(after, claims, now, checkpoint=job.durable_checkpoint)
     after = replace(after, outbox=(command.model_dump(mode="json"),))
-    return JobStart(before=job, job=after, command=command, hosts=hosts)
+    return JobStart(before=job, job=after, command=command, claims=claims)

@@ -131,6 +131,10 @@ class ReconcilePlan:
     unconfirmed: frozenset[str] = frozenset()
     #: job -> $ per hour of the instances serving it now.
     cost_per_hour_by_job: Mapping[str, float] = field(default_factory=dict)
+    #: instance type -> slots of an instance of it (its GPUs: the pools' figures, which are the catalog's); what an
+    #: instance placed by ``plan_assignments`` brings to its node. A type no pool offers (the catalog dropped it)
+    #: counts one.
+    slots_of_type: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def changes_fleet(self) -> bool:
@@ -316,6 +320,7 @@ def plan_reconcile(
         now=now,
         retire=move_backs(jobs, decision, placed, pool_of),
         cost_per_hour_by_job=cost_per_hour_by_job(occupancy.busy, pool_of, pools),
+        slots_of_type={p.instance_type: p.gpus for p in pools},
     )
 
 
@@ -401,8 +406,7 @@ class Assignments:
 
 def _planned_start(start: JobStart, now: datetime) -> PlannedStart:
     saved = replace(start.job, revision=start.before.revision + 1)
-    known = [Node(i, start.job.job_id, host=h) for i, h in start.hosts.items()]
-    updates, _ = plan_node_updates(saved, known, now, lost=(), hooks=None)
+    updates, _ = plan_node_updates(saved, start.claims, now, lost=(), hooks=None)
     return PlannedStart(start, saved, tuple(updates))
 
 
@@ -410,7 +414,7 @@ def plan_assignments(plan: ReconcilePlan, snapshot: FleetSnapshot) -> Assignment
     """Places the plan's jobs on the instances of ``snapshot`` (the fleet as read after the plan was applied) that
     run, serve no job and are not being released."""
     free = [
-        FreeInstance(i.instance_id, i.instance_type, i.pool, i.host)
+        FreeInstance(i.instance_id, i.instance_type, i.pool, i.host, plan.slots_of_type.get(i.instance_type, 1))
         for i in snapshot.instances
         if i.state == "running"
         and i.instance_id not in plan.busy
@@ -422,10 +426,7 @@ def plan_assignments(plan: ReconcilePlan, snapshot: FleetSnapshot) -> Assignment
     return Assignments(
         decision=plan.decision,
         starts=tuple(_planned_start(s, plan.now) for s in placement.starts),
-        handovers=tuple(
-            Handover(job_id, Node(i.instance_id, job_id, state=NodeState.PLACED, host=i.host))
-            for job_id, i in placement.replacements
-        ),
+        handovers=tuple(Handover(job_id, i.claimed_by(job_id)) for job_id, i in placement.replacements),
         serving=len(plan.busy),
         running_by_pool=dict(snapshot.fulfilled),
         cost_per_hour_by_job=dict(plan.cost_per_hour_by_job),

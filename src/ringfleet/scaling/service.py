@@ -62,7 +62,7 @@ class ScalerService:
         catalog: Callable[[], InstanceCatalog],
         state: ScalingStateStore,
         publisher: CommandPublisher,
-        on_capacity_arrived: Callable[[str, str, str | None], object] | None = None,
+        on_capacity_arrived: Callable[[str, Node], object] | None = None,
         on_retire: Callable[[str, str], object] | None = None,
         policy: ScalingPolicy | None = None,
     ) -> None:
@@ -74,6 +74,8 @@ class ScalerService:
         self.catalog = catalog
         self.state = state
         self.publisher = publisher
+        #: Tells a job's recovery that an instance was placed on it (the job's id and the instance's node as placed:
+        #: its host and slots, which the ring's next Reconfigure needs).
         self.on_capacity_arrived = on_capacity_arrived
         #: Tells a job's recovery to replace an on-demand member with a spot worker (``plan.retire``).
         self.on_retire = on_retire
@@ -122,7 +124,7 @@ class ScalerService:
             )
             return
         if self.on_capacity_arrived is not None:
-            self.on_capacity_arrived(handover.job_id, handover.node.instance_id, handover.node.host)
+            self.on_capacity_arrived(handover.job_id, handover.node)
 
     def _start(self, planned: PlannedStart, read: Mapping[str, Node]) -> bool:
         """Applies one job start; False when an instance was placed elsewhere meanwhile or the job moved (cancelled?).
@@ -134,10 +136,9 @@ class ScalerService:
         start = planned.start
         job_id = start.job.job_id
         claimed: list[Node] = []
-        for instance, host in start.hosts.items():
-            claim = Node(instance, job_id, state=NodeState.PLACED, host=host)
-            if not self.nodes.place(claim, over=read.get(instance)):
-                log.warning("start of job %s refused: instance %s was placed by another run", job_id, instance)
+        for claim in start.claims:
+            if not self.nodes.place(claim, over=read.get(claim.instance_id)):
+                log.warning("start of job %s refused: instance %s was placed by another run", job_id, claim.instance_id)
                 break
             claimed.append(claim)
         else:
