@@ -194,6 +194,23 @@ def test_dry_run_validates_a_good_job_offline_and_sends_nothing(tmp_path: Path) 
     assert "valid: digits-2" in out.stdout and "nothing sent" in out.stdout
 
 
+def test_dry_run_shows_the_slots_the_job_runs_on_each_of_its_instance_types_and_the_gpus_it_holds(
+    tmp_path: Path,
+) -> None:
+    # given the digits job (2..3 workers) allowed a four-GPU and a one-GPU type
+    multi = ["--set", "instance_types=[g5.12xlarge, g5.xlarge]", "--set", "budget_usd_per_hour=20"]
+    # when it is checked: a slot per GPU on each, and every GPU of the larger type held per worker
+    out = ringfleet(tmp_path, "submit", str(JOB), *multi, "--dry-run")
+    assert out.returncode == 0, out.stderr
+    assert "g5.12xlarge: 4 slots (4 x A10G" in out.stdout and "g5.xlarge: 1 slot (1 x A10G" in out.stdout
+    assert "quota: holds up to 12 GPUs (3 workers x 4) and $20.00/h of tenant acme's" in out.stdout
+    # and when it asks for at most 2 slots per instance, the four-GPU type runs 2, its other 2 GPUs idle but held
+    capped = ringfleet(tmp_path, "submit", str(JOB), *multi, "--set", "slots_per_instance=2", "--dry-run")
+    assert capped.returncode == 0, capped.stderr
+    assert "g5.12xlarge: 2 slots (4 x A10G" in capped.stdout and "slots_per_instance 2: 2 idle)" in capped.stdout
+    assert "g5.xlarge: 1 slot (" in capped.stdout and "holds up to 12 GPUs" in capped.stdout
+
+
 @pytest.mark.parametrize(
     "args",
     [["status", "--tenant", "acme"], ["status", "job-1", "--tenant", "acme"], ["events", "--tenant", "acme"]],

@@ -83,7 +83,10 @@ def _instance_catalog() -> tuple[Any, str]:
 
 
 def _dry_run(message: Any, catalog: Any, source: str) -> None:
-    """Prints what the job would get: per instance type asked for, its slots (GPUs) and on-demand price."""
+    """Prints what the job would get: per instance type asked for, the slots (training processes) it runs there, one
+    per GPU up to its slots_per_instance, and the on-demand price; then what it holds of its tenant's quota."""
+    from ringfleet.intake.quotas import gpus_per_instance, held_by
+
     print(
         f"valid: {message.job_id} for tenant {message.tenant}, {message.min_workers}..{message.max_workers} "
         f"workers on {', '.join(message.instance_types)} (nothing sent)"
@@ -91,11 +94,18 @@ def _dry_run(message: Any, catalog: Any, source: str) -> None:
     print(f"instance types, from {source}:")
     for name in message.instance_types:
         t = catalog.types[name]
+        slots = message.slots_on(t.gpus)
         memory = f", {t.gpu_memory_mib // 1024} GiB each" if t.gpu_memory_mib else ""
+        idle = f"; slots_per_instance {message.slots_per_instance}: {t.gpus - slots} idle" if slots < t.gpus else ""
         print(
-            f"  {name}: {t.gpus} slots ({t.gpus} x {t.gpu_name or 'GPU'}{memory}), "
+            f"  {name}: {slots} slot{'s' if slots != 1 else ''} ({t.gpus} x {t.gpu_name or 'GPU'}{memory}{idle}), "
             f"on-demand ${t.on_demand_per_hour:.3f}/h"
         )
+    held = held_by(message, catalog)
+    print(
+        f"quota: holds up to {held.gpus} GPUs ({message.max_workers} workers x {gpus_per_instance(message, catalog)}) "
+        f"and ${held.usd_per_hour:.2f}/h of tenant {message.tenant}'s"
+    )
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -206,7 +216,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Reads a YAML job file (see examples/digits/job.yaml), checks every field against the JobSubmitted "
         "contract (workers 1..1024 with max >= min, a positive budget, known instance type names, ...) and "
         "publishes it to the broker with publisher confirms. Then waits for job intake to admit it or say why not "
-        "(tenant quotas: GPUs and $/h). A refused job exits non-zero with the reason. On the local cloud the job's "
+        "(tenant quotas: GPUs and $/h; a job holds every GPU of its largest instance type, per worker). A refused "
+        "job exits non-zero with the reason. An instance runs one training process per GPU (a slot); the job's "
+        "optional slots_per_instance runs at most that many. On the local cloud the job's "
         "entrypoint runs in the directory `ringfleet local up` was run from (relative paths resolve there). A script "
         "that fails is run again up to max_restarts times (default 3); one more failure ends the job FAILED.",
     )
@@ -216,7 +228,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     submit.add_argument(
         "--dry-run",
         action="store_true",
-        help="validate the job file offline (fields, and instance types the market knows) and send nothing",
+        help="validate the job file offline (fields, and instance types the market knows), show the slots and "
+        "price of each of its instance types and the quota it holds, and send nothing",
     )
     submit.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for admission (default 30)")
     submit.set_defaults(func=cmd_submit)
