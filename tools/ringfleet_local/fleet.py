@@ -4,9 +4,12 @@ moto keeps the instances' state but runs nothing. The emulator watches moto's ru
 (tag ``ringfleet:stack``) and boots ``python -m training_worker`` with each, as the worker container starts with
 its instance in AWS: with its own instance-metadata endpoint and no job yet; the worker waits in its instance's
 mailbox until the fleet scaler places it and its first Reconfigure names the job. (Runs without a control plane
-pass ``job_of``: a worker then starts once its instance is assigned, with that job.) Each worker leads a process
-group of its own, as if it were alone on its instance: whatever it starts (the job's script) goes with it when its
-instance is terminated or the emulator stops (SIGTERM, then SIGKILL to the whole group: nothing is left behind).
+pass ``job_of``: a worker then starts once its instance is assigned, with that job.) Each agent is told its
+instance's slots (``RINGFLEET_SLOTS``: the GPUs of its instance type in the local instance catalog, one training
+process each, as many as the control plane's Reconfigure may ask of it), and starts that many at boot. Each worker
+leads a process group of its own, as if it were alone on its instance: whatever it starts (the job's script) goes
+with it when its instance is terminated or the emulator stops (SIGTERM, then SIGKILL to the whole group: nothing is
+left behind).
 Chaos injection reproduces the two ways AWS takes capacity:
 
 - ``interrupt(instance, grace_s)``: the spot notice appears in the instance's metadata and the interruption
@@ -38,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from ringfleet.contracts.training import EVENTS_FILE_VARIABLE
+from ringfleet_local.catalog import local_catalog
 from ringfleet_local.context import CloudContext
 from ringfleet_local.spot_traces import TraceReplay
 from ringfleet_local.training_events import events_file
@@ -95,9 +99,19 @@ class EmulatedInstance:
     job_id: str | None
     process: subprocess.Popen[bytes]
     log_path: Path
+    #: Its EC2 instance type: how many slots its agent starts (``instance_slots``).
+    instance_type: str
     started_at: float = field(default_factory=time.time)
     #: When the emulator first saw the process gone while the instance still ran.
     exited_at: float | None = None
+
+
+def instance_slots(instance_type: str) -> int:
+    """The slots of an instance of ``instance_type``: its GPUs in the local instance catalog (the one the control plane
+    reads on the local cloud, so the agent starts as many processes as a Reconfigure may ask of it); 1 for a type the
+    catalog does not list."""
+    catalog = local_catalog()
+    return catalog.gpus(instance_type) if instance_type in catalog else 1
 
 
 def one_thread_each() -> dict[str, str]:
@@ -146,20 +160,27 @@ class FleetEmulator:
 
     # -- processes -------------------------------------------------------------------------------------------
     def running_instances(self) -> list[str]:
+        return list(self._running_types())
+
+    def _running_types(self) -> dict[str, str]:
+        """The stack's running instances, each with its instance type."""
         pages = self._ec2.get_paginator("describe_instances").paginate(
             Filters=[
                 {"Name": f"tag:{STACK_TAG}", "Values": [self.ctx.stack]},
                 {"Name": "instance-state-name", "Values": ["running"]},
             ]
         )
-        return [i["InstanceId"] for page in pages for r in page["Reservations"] for i in r["Instances"]]
+        return {
+            i["InstanceId"]: i["InstanceType"] for page in pages for r in page["Reservations"] for i in r["Instances"]
+        }
 
     def poll(self) -> None:
         """Starts a worker for each assigned running instance that has none; reaps workers whose instance went.
 
         moto sends no EC2 state-change events: a newly running instance's ``running`` event is sent from here.
         """
-        running = set(self.running_instances())
+        types = self._running_types()
+        running = set(types)
         if self.replay is not None:
             self.replay_traces()
         for instance_id in sorted(running - self.seen):
@@ -170,9 +191,9 @@ class FleetEmulator:
         with self._lock:
             for instance_id in sorted(running - set(self.instances) - self.gone):
                 if self.job_of is None:
-                    self._launch(instance_id, None)
+                    self._launch(instance_id, None, types[instance_id])
                 elif (job_id := self.job_of(instance_id)) is not None:
-                    self._launch(instance_id, job_id)
+                    self._launch(instance_id, job_id, types[instance_id])
             for instance_id in sorted(set(self.instances) - running):
                 self._kill(instance_id, signal.SIGKILL)
             if self.job_of is None:
@@ -194,9 +215,9 @@ class FleetEmulator:
                 inst.exited_at = now
                 self.exits.setdefault(instance_id, []).append(now)
             elif now - inst.exited_at >= self.RESTART_AFTER_S:
-                self._launch(instance_id, None)
+                self._launch(instance_id, None, inst.instance_type)
 
-    def _launch(self, instance_id: str, job_id: str | None) -> None:
+    def _launch(self, instance_id: str, job_id: str | None, instance_type: str) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{instance_id}.log"
         env = {
@@ -204,6 +225,8 @@ class FleetEmulator:
             **({"RINGFLEET_JOB_ID": job_id} if job_id else {}),
             **self.ctx.aws_environment,
             "RINGFLEET_INSTANCE_ID": instance_id,
+            # As many training processes as its instance has GPUs: the agent starts them at boot, warm.
+            "RINGFLEET_SLOTS": str(instance_slots(instance_type)),
             # The agents log in as the worker user, its login read from Secrets Manager as in AWS, and obey only the
             # control plane's user (broker_roles).
             **self.ctx.worker_broker_environment(),
@@ -226,7 +249,7 @@ class FleetEmulator:
                 cwd=self.workdir,
                 start_new_session=True,
             )
-        self.instances[instance_id] = EmulatedInstance(instance_id, job_id, process, log_path)
+        self.instances[instance_id] = EmulatedInstance(instance_id, job_id, process, log_path, instance_type)
         self.on_event("worker-started", {"instance_id": instance_id, "job_id": job_id, "pid": process.pid})
 
     def _kill(self, instance_id: str, sig: signal.Signals) -> None:
