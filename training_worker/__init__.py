@@ -43,6 +43,7 @@ __all__ = [
     "init",
     "is_initialized",
     "local_rank",
+    "local_size",
     "rank",
     "report",
     "size",
@@ -63,6 +64,9 @@ def init() -> None:
     if runtime.ring.membership is None and not runtime.initialized:
         runtime.ring.await_membership()
     runtime.mark_initialized()
+    if torch.cuda.is_available():
+        # One GPU per slot, as torchrun's users write it themselves; the ring's NCCL traffic then uses this one.
+        torch.cuda.set_device(local_rank())
 
 
 def is_initialized() -> bool:
@@ -80,12 +84,14 @@ def size() -> int:
 
 
 def local_rank() -> int:
-    """This worker's index among the workers of its machine: 0 with one worker per instance (ringfleet's fleets);
-    torchrun's ``LOCAL_RANK`` when it set one. Use it to pick a GPU: ``torch.cuda.set_device(local_rank())``."""
-    import os
+    """This process's slot on its instance (one per GPU: ``init()`` has made ``cuda:local_rank()`` the current
+    device), as torchrun's ``LOCAL_RANK``; 0 on an instance of one slot."""
+    return _rt.current().ring.place().local_rank
 
-    _rt.current().ring.place()
-    return int(os.environ.get("LOCAL_RANK", "0"))
+
+def local_size() -> int:
+    """How many slots this process's instance runs for the job (torchrun's ``LOCAL_WORLD_SIZE``)."""
+    return _rt.current().ring.place().local_world
 
 
 def _op(op: str | None, average: bool | None) -> str:

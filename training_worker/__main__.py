@@ -12,7 +12,7 @@ from ringfleet.contracts import DEFAULT_CHECKPOINT_INTERVAL_STEPS
 from training_worker.agent import Agent
 from training_worker.collectives import BACKENDS
 from training_worker.control import broker_url_from_secret
-from training_worker.runtime import RuntimeConfig, cache_dir, parse_static
+from training_worker.runtime.config import RuntimeConfig, cache_dir, default_slots, parse_static
 
 DESCRIPTION = """\
 The ringfleet instance agent: runs a job's own training script on this instance, data-parallel with a
@@ -94,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="RANK:WORLD:HOST:PORT, one fixed ring, no control plane [RINGFLEET_STATIC_WORLD]",
     )
     who.add_argument("--discovery-file", type=Path, default=None, help="a Reconfigure message as JSON, re-read")
+    who.add_argument(
+        "--slots",
+        type=int,
+        default=None,
+        help="training processes this instance runs for a job, one per GPU, like torchrun's --nproc-per-node "
+        "[RINGFLEET_SLOTS] (default: the GPUs visible, 1 without); the Reconfigure says how many a job uses",
+    )
     who.add_argument(
         "--broker-secret",
         default=_env("RINGFLEET_BROKER_SECRET_ID"),
@@ -216,7 +223,10 @@ def main(argv: list[str] | None = None) -> int:
             {"RINGFLEET_INSTANCE_ID": args.instance_id, "RINGFLEET_CHECKPOINT_CACHE": args.checkpoint_cache or ""}
         ),
         broker_secret=secret,
+        slots=args.slots if args.slots is not None else default_slots(os.environ),
     )
+    if config.slots < 1:
+        parser.error(f"--slots must be at least 1, got {config.slots}")
     return Agent(config, entrypoint=program, container_runtime=args.container_runtime).run()
 
 

@@ -43,6 +43,7 @@ from ringfleet.contracts.training import TrainingFinished
 from training_worker import runtime as _rt
 from training_worker.checkpoint import JobCredentials
 from training_worker.runtime import Runtime, RuntimeConfig, Stopped
+from training_worker.slots import SlotProcesses
 
 __all__ = ["Agent", "CredentialsEndpoint", "ScriptFailed", "command_line"]
 
@@ -160,6 +161,12 @@ class Agent:
         self.credentials: JobCredentials | None = None
         self._endpoint: CredentialsEndpoint | None = None
         self.runtime = _rt.install(Runtime(config))
+        #: The instance's other slots (one process per GPU beyond this one), started warm now; None: one slot.
+        self.slots: SlotProcesses | None = None
+        if config.slots > 1 and config.local_rank == 0 and config.static is None:
+            self.slots = SlotProcesses(config, entrypoint, self._slot_died)
+            self.slots.start()
+            self.runtime.notices.forward(self.slots.relay)
 
     def program(self) -> Program:
         """The program given on the command line, or the one the first Reconfigure names (waiting for it)."""
@@ -197,7 +204,7 @@ class Agent:
                 except Stopped as e:
                     log.info("stopped: %s", e)
                     step = runtime.progress.step
-                    print(f"finished: stopped at step {step}", flush=True)
+                    print(f"finished: stopped at step {step}\n", end="", flush=True)
                     runtime.events.emit(
                         TrainingFinished, generation=max(runtime.ring.generation, 0), outcome="stopped", step=step
                     )
@@ -205,7 +212,8 @@ class Agent:
                 except ScriptFailed as e:
                     log.error("the job's script failed: %s", e)
                     runtime.ring.script_failed(str(e))
-                    if not runtime.link.connected or runtime.ring.discovery.closed:
+                    # A slot process has no link of its own: its agent's script failed too and reported it.
+                    if not (runtime.link.connected or self.config.relayed) or runtime.ring.discovery.closed:
                         return 1
                     runtime.reset_for_rerun()
                     # The control plane restarts the job with a new generation (or stops it past max_restarts).
@@ -219,8 +227,18 @@ class Agent:
             return 0
         finally:
             runtime.close()
+            if self.slots is not None:
+                self.slots.close()
             if self._endpoint is not None:
                 self._endpoint.close()
+
+    def _slot_died(self, slot: int, status: int) -> None:
+        """One of this instance's slot processes died: the instance leaves the ring and is reported lost (see
+        ``training_worker.slots``)."""
+        why = f"slot {slot}'s process ended with status {status}"
+        log.error("%s: this instance leaves the ring", why)
+        self.runtime.ring.instance_lost(why)
+        self.runtime.notices.leave(why)
 
     def use_job_credentials(self) -> None:
         """From the job's first Reconfigure on (``run`` calls this once the job is known), its checkpoints are written
@@ -256,6 +274,11 @@ class Agent:
 
     def _run_once(self, program: Program) -> None:
         argv = command_line(program)
+        commands = self.runtime.ring.commands
+        latest = commands.latest if commands is not None else None
+        # torchrun's variables for the script's slot on this instance (training_worker.local_rank() reads them).
+        os.environ["LOCAL_RANK"] = str(self.config.local_rank)
+        os.environ["LOCAL_WORLD_SIZE"] = str(latest.slots_of(self.config.instance_id) if latest else 1)
         os.environ["RINGFLEET_HYPERPARAMETERS"] = json.dumps(program.hyperparameters)
         os.environ["RINGFLEET_CHECKPOINT_INTERVAL_STEPS"] = str(program.checkpoint_interval_steps)
         self.runtime.tiers.checkpoint_every(program.checkpoint_interval_steps)

@@ -60,19 +60,40 @@ class Membership:
     #: The members' instance ids by rank, when known (from a Reconfigure): who is new in the next generation.
     instances: tuple[str, ...] = ()
 
+    #: This process's slot on its instance (torchrun's ``LOCAL_RANK``) and how many its instance runs: the ring's
+    #: ranks are contiguous per instance, so the instance's slot 0 is rank ``rank - local_rank``.
+    local_rank: int = 0
+    local_world: int = 1
+
     @classmethod
-    def from_reconfigure(cls, command: Reconfigure, instance_id: str) -> Membership | None:
-        """This instance's place in ``command``, or None when the new generation leaves it out."""
-        if instance_id not in command.ranks:
+    def from_reconfigure(cls, command: Reconfigure, instance_id: str, local_rank: int = 0) -> Membership | None:
+        """Slot ``local_rank`` of this instance's place in ``command``, or None when the new generation leaves it out
+        (the instance is not a member, or runs fewer slots in it)."""
+        slots = command.slots_of(instance_id)
+        if instance_id not in command.ranks or local_rank >= slots:
             return None
+        instances = command.process_instances()
         return cls(
             command.generation,
-            command.ranks[instance_id],
-            command.world_size,
+            instances.index(instance_id) + local_rank,
+            len(instances),
             command.rendezvous,
             command.checkpoint,
-            tuple(sorted(command.ranks, key=command.ranks.__getitem__)),
+            instances,
+            local_rank,
+            slots,
         )
+
+    @property
+    def instance_count(self) -> int:
+        """How many instances the ring spans (its world size when each runs one slot)."""
+        return len(set(self.instances)) if self.instances else self.world_size
+
+    def same_instance(self, rank: int) -> set[int]:
+        """The ranks of the ring on the instance of ``rank`` (that rank alone when the instances are unknown)."""
+        if not self.instances:
+            return {rank}
+        return {r for r, i in enumerate(self.instances) if i == self.instances[rank]}
 
 
 def check_rendezvous(command: Reconfigure) -> str | None:
@@ -151,8 +172,9 @@ class FixedHosts:
 class CommandDiscovery:
     """Memberships from Reconfigure commands, fed by the control channel; older generations are ignored."""
 
-    def __init__(self, instance_id: str) -> None:
+    def __init__(self, instance_id: str, local_rank: int = 0) -> None:
         self.instance_id = instance_id
+        self.local_rank = local_rank
         self._latest: Reconfigure | None = None
         self._closed = False
         self._cond = threading.Condition()
@@ -198,7 +220,7 @@ class CommandDiscovery:
                     return None
                 self._cond.wait(remaining)
             latest = self._latest
-        return Membership.from_reconfigure(latest, self.instance_id)
+        return Membership.from_reconfigure(latest, self.instance_id, self.local_rank)
 
     def newer(self, than_generation: int) -> bool:
         return self.generation > than_generation
@@ -208,8 +230,8 @@ class FileDiscovery(CommandDiscovery):
     """A Reconfigure message in a JSON file, re-read when asked (like Horovod's discovery script): tests and
     hand-run fleets play the control plane by rewriting the file."""
 
-    def __init__(self, path: Path, instance_id: str) -> None:
-        super().__init__(instance_id)
+    def __init__(self, path: Path, instance_id: str, local_rank: int = 0) -> None:
+        super().__init__(instance_id, local_rank)
         self.path = path
         self._mtime = 0.0
 
@@ -347,26 +369,40 @@ def leave_group() -> None:
             log.debug("destroying the process group: %s", e)
 
 
-def quorum(world_size: int, checked_in: Collection[int], *, waited_out: bool) -> tuple[int, ...] | None:
+def quorum(
+    world_size: int, checked_in: Collection[int], *, waited_out: bool, instances: Sequence[str] = ()
+) -> tuple[int, ...] | None:
     """The ranks of a broken ring of ``world_size`` that form the survivors' ring, from the ranks ``checked_in``.
 
-    Decided as soon as every rank but one is there (one peer died: everyone else noticed), or every rank is; once
-    the wait is over (``waited_out``), whoever is there if they are a majority. A strict majority is what keeps a
-    partition from forming two rings that both believe they are the job. ``()``: no ring (too few; the control plane
-    decides); None: wait on.
+    The unit is the instance (``instances``: the instance of each rank; none given, each rank is its own): an
+    instance re-forms with all its slots or not at all, so one slot's process dying drops its whole instance, whose
+    other slots are left out (they report it lost; the control plane replaces it). Decided as soon as every instance
+    but one is whole (one died: everyone else noticed), or every one is; once the wait is over (``waited_out``),
+    the whole instances there if they are a majority. A strict majority is what keeps a partition from forming two
+    rings that both believe they are the job. ``()``: no ring (too few; the control plane decides); None: wait on.
     """
-    present = tuple(sorted(set(checked_in)))
-    if len(present) >= world_size - 1 or waited_out:
-        return present if 2 * len(present) > world_size else ()
+    units = list(instances) if instances else [str(r) for r in range(world_size)]
+    present = set(checked_in)
+    whole = {u for u in units if all(r in present for r, v in enumerate(units) if v == u)}
+    if len(whole) >= len(set(units)) - 1 or waited_out:
+        members = tuple(r for r, u in enumerate(units) if u in whole)
+        return members if 2 * len(whole) > len(set(units)) else ()
     return None
 
 
 def agree_survivors(
-    stores: Sequence[dist.Store], ring: str, rank: int, world_size: int, step: int, wait_s: float
+    stores: Sequence[dist.Store],
+    ring: str,
+    rank: int,
+    world_size: int,
+    step: int,
+    wait_s: float,
+    instances: Sequence[str] = (),
 ) -> tuple[int, tuple[int, ...]] | None:
     """Checks in at the first of ``stores`` that answers (the ring's heal stores, its rank 0's first) as ``rank``
-    of ring ``ring`` at ``step``, and waits for the survivors' decision: (the store's index, the ranks that re-form,
-    in rank order: maybe without this one, maybe none). None when no store answers.
+    of ring ``ring`` at ``step``, and waits for the survivors' decision (``quorum``'s, by instance: ``instances``):
+    (the store's index, the ranks that re-form, in rank order: maybe without this one, maybe none). None when no
+    store answers.
 
     Each survivor checks in at one store only, so two stores never both see a majority.
     """
@@ -377,18 +413,22 @@ def agree_survivors(
         except (RuntimeError, ConnectionError) as e:  # its server died with its rank: try the next
             log.info("heal store %d of ring %s does not answer: %s", index, ring, str(e).splitlines()[0][:200])
             continue
-        return index, _decision(store, ring, world_size, wait_s)
+        return index, _decision(store, ring, world_size, wait_s, instances)
     return None
 
 
-def _decision(store: dist.Store, ring: str, world_size: int, wait_s: float) -> tuple[int, ...]:
+def _decision(
+    store: dist.Store, ring: str, world_size: int, wait_s: float, instances: Sequence[str]
+) -> tuple[int, ...]:
     deadline = time.monotonic() + wait_s
     decided = f"{ring}/quorum"
+    # Worth a look once all but the biggest instance's ranks are in (one instance lost: everyone else noticed).
+    enough = world_size - max((list(instances).count(i) for i in set(instances)), default=1)
     while not store.check([decided]):
         waited_out = time.monotonic() >= deadline
-        if store.add(f"{ring}/in", 0) >= world_size - 1 or waited_out:
+        if store.add(f"{ring}/in", 0) >= enough or waited_out:
             present = [r for r in range(world_size) if store.check([f"{ring}/step/{r}"])]
-            members = quorum(world_size, present, waited_out=waited_out)
+            members = quorum(world_size, present, waited_out=waited_out, instances=instances)
             if members is not None:
                 # Compare-and-set: the first decision stands; everyone, this rank too, reads that one.
                 store.compare_set(decided, "", ",".join(map(str, members)) or "none")

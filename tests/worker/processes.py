@@ -113,9 +113,12 @@ class WorkerProcess:
         self._file.close()
 
 
-def announce(discovery: Path, job: str, generation: int, instances: list[str]) -> None:
+def announce(
+    discovery: Path, job: str, generation: int, instances: list[str], slots: dict[str, int] | None = None
+) -> None:
     """Plays the control plane for agents run with ``--discovery-file``: a Reconfigure of ``generation`` with
-    ``instances`` (ranks in that order), written atomically so an agent never reads half a file."""
+    ``instances`` (ranks in that order, each running ``slots`` processes: one unless named), written atomically so an
+    agent never reads half a file."""
     from ringfleet.contracts import encode_message
     from ringfleet.contracts.messages import Reconfigure
     from tests.worker.distributed import free_port
@@ -126,6 +129,7 @@ def announce(discovery: Path, job: str, generation: int, instances: list[str]) -
         world_size=len(instances),
         ranks={instance: rank for rank, instance in enumerate(instances)},
         rendezvous=f"127.0.0.1:{free_port()}",
+        slots={i: n for i, n in (slots or {}).items() if i in instances},
     )
     staged = discovery.with_suffix(".tmp")
     staged.write_bytes(encode_message(command))

@@ -18,7 +18,7 @@ from training_worker.collectives import BACKENDS
 from training_worker.control import broker_url_from_secret
 from training_worker.membership import Membership
 
-__all__ = ["RuntimeConfig", "cache_dir", "parse_static"]
+__all__ = ["RuntimeConfig", "cache_dir", "default_slots", "parse_static"]
 
 
 def parse_static(value: str) -> Membership:
@@ -40,6 +40,16 @@ def cache_dir(env: Mapping[str, str]) -> Path | None:
         return Path(value)
     instance = env.get("RINGFLEET_INSTANCE_ID") or f"local-{os.getpid()}"
     return Path(tempfile.gettempdir()) / "ringfleet-checkpoints" / instance
+
+
+def default_slots(env: Mapping[str, str]) -> int:
+    """RINGFLEET_SLOTS: the training processes this instance offers a job; by default one per visible GPU (one on a
+    machine without). The local fleet sets it from its instance type's GPU count."""
+    if env.get("RINGFLEET_SLOTS"):
+        return max(1, int(env["RINGFLEET_SLOTS"]))
+    import torch
+
+    return max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
@@ -65,7 +75,14 @@ def _static_world(env: Mapping[str, str]) -> Membership | None:
         return parse_static(env["RINGFLEET_STATIC_WORLD"])
     if all(env.get(k) for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")):
         # torchrun's variables: `torchrun --nproc-per-node 2 train.py` runs a script as is.
-        return Membership(0, int(env["RANK"]), int(env["WORLD_SIZE"]), f"{env['MASTER_ADDR']}:{env['MASTER_PORT']}")
+        return Membership(
+            0,
+            int(env["RANK"]),
+            int(env["WORLD_SIZE"]),
+            f"{env['MASTER_ADDR']}:{env['MASTER_PORT']}",
+            local_rank=int(env.get("LOCAL_RANK") or 0),
+            local_world=int(env.get("LOCAL_WORLD_SIZE") or 1),
+        )
     return None
 
 
@@ -100,6 +117,12 @@ class RuntimeConfig:
     #: (secret id, endpoint) when ``broker_url`` came from the worker's broker secret: a process the agent launches
     #: is handed these, never the URL with its password.
     broker_secret: tuple[str, str] | None = None
+    #: This process's slot on its instance (0: the agent's own process) and the slots its instance offers (one per
+    #: GPU): the agent starts ``slots - 1`` warm slot processes beside itself (``training_worker.slots``).
+    local_rank: int = 0
+    slots: int = 1
+    #: A slot process: the control plane's commands come from its agent on standard input, never from the broker.
+    relayed: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RuntimeConfig:
@@ -129,6 +152,9 @@ class RuntimeConfig:
             reconfigure_json=_set(env, "RINGFLEET_RECONFIGURE"),
             checkpoint_cache=cache_dir(env),
             broker_secret=secret,
+            local_rank=int(env.get("RINGFLEET_SLOT") or 0),
+            slots=default_slots(env),
+            relayed=env.get("RINGFLEET_SLOT_RELAY") == "1",
         )
 
     def environment(self) -> dict[str, str]:
@@ -145,6 +171,9 @@ class RuntimeConfig:
             "RINGFLEET_STOP_GRACE": str(self.stop_grace_s),
             "RINGFLEET_CHECKPOINT_INTERVAL_STEPS": str(self.checkpoint_interval_steps),
             "RINGFLEET_LOG_EVERY": str(self.log_every),
+            "RINGFLEET_SLOT": str(self.local_rank),
+            "RINGFLEET_SLOTS": str(self.slots),
+            "RINGFLEET_SLOT_RELAY": "1" if self.relayed else "0",
         }
         optional = {
             "RINGFLEET_JOB_ID": self.job_id,

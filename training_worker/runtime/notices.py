@@ -32,6 +32,12 @@ class Notices:
         self._serve = serve
         #: Ends the process when a Stop is not obeyed within ``stop_grace_s`` (see ``on_command``).
         self._overdue: threading.Timer | None = None
+        #: Who else hears every command: the instance's other slots (``training_worker.slots``).
+        self._forwards: list[Callable[[CheckpointNow | Reconfigure | Stop], None]] = []
+
+    def forward(self, to: Callable[[CheckpointNow | Reconfigure | Stop], None]) -> None:
+        """Every command this worker gets is passed on to ``to`` first (the agent relays them to its slots)."""
+        self._forwards.append(to)
 
     def watch(self) -> None:
         """Watches for a spot interruption notice (with an instance metadata endpoint) and SIGTERM (on the main
@@ -42,6 +48,8 @@ class Notices:
             install_sigterm(lambda: self.leave("SIGTERM"))
 
     def on_command(self, command: CheckpointNow | Reconfigure | Stop) -> None:
+        for forward in self._forwards:
+            forward(command)
         ring = self._ring
         if self._job.id is None:
             # Booted before placement: the first Reconfigure (the control channel lets no other command through

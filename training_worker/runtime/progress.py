@@ -115,7 +115,9 @@ class Progress:
         print(
             # Stamped like the log records, so that whoever reads the log (the demo) knows when each step ended.
             f"{stamp} step {self.step} loss {loss} samples/s {rate:.0f} "
-            f"world {membership.world_size} rank {membership.rank} generation {membership.generation}",
+            f"world {membership.world_size} rank {membership.rank} generation {membership.generation}\n",
+            # One write per line: an instance's slots share its output, and their lines must not interleave.
+            end="",
             flush=True,
         )
         self._events.emit(
@@ -130,5 +132,5 @@ class Progress:
     def finished(self, generation: int) -> None:
         """The training function returned (its final checkpoint is written)."""
         self.idle()
-        print(f"finished: done at step {self.step}", flush=True)
+        print(f"finished: done at step {self.step}\n", end="", flush=True)
         self._events.emit(TrainingFinished, generation=max(generation, 0), outcome="done", step=self.step)

@@ -15,6 +15,7 @@ import logging
 import time
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -121,10 +122,10 @@ def _discovery(config: RuntimeConfig) -> tuple[HostDiscovery, CommandDiscovery |
     if config.static is not None:
         return FixedHosts(config.static), None
     if config.discovery_file is not None:
-        commands: CommandDiscovery = FileDiscovery(config.discovery_file, config.instance_id)
+        commands: CommandDiscovery = FileDiscovery(config.discovery_file, config.instance_id, config.local_rank)
         return commands, commands
-    if config.broker_url is not None or config.reconfigure_json is not None:
-        commands = CommandDiscovery(config.instance_id)
+    if config.broker_url is not None or config.reconfigure_json is not None or config.relayed:
+        commands = CommandDiscovery(config.instance_id, config.local_rank)
         if config.reconfigure_json is not None:
             from ringfleet.contracts import parse_message
 
@@ -339,8 +340,16 @@ class Ring:
             scope="self" if left_out else "ring",
         )
 
+    def instance_lost(self, reason: str) -> None:
+        """This instance cannot go on (one of its slots' processes died): the control plane takes it for lost and
+        re-forms the ring without it (``WorkerFailed`` scope ``self``)."""
+        self._report_self(reason, "self")
+
     def script_failed(self, reason: str) -> None:
         """The job's script failed on this worker: the control plane counts it against the job's max_restarts."""
+        self._report_self(reason, "script")
+
+    def _report_self(self, reason: str, scope: Literal["self", "script"]) -> None:
         if not self._link.connected or self._job.id is None:
             return
         membership = self.membership
@@ -353,7 +362,7 @@ class Ring:
                 rank=membership.rank if membership is not None else 0,
                 step=self._progress.step,
                 reason=_fit(reason, 1024),
-                scope="script",
+                scope=scope,
             )
         )
 
@@ -363,11 +372,12 @@ class Ring:
         """Ranks 0 and 1 of the ring just formed each serve a heal store, and every rank connects to both now, while
         they answer, so that after a hard kill the survivors find each other without the control plane (``heal``).
 
-        A ring of fewer than 3 is not armed: without its lost member it has no majority. Every rank of the ring calls
-        this at once (the stores' addresses go round in one all-gather)."""
+        A ring of fewer than 3 instances is not armed: without its lost one it has no majority (the instance is the
+        unit: see ``quorum``). Every rank of the ring calls this at once (the stores' addresses go round in one
+        all-gather)."""
         self._heal = None
         membership = self.membership
-        if membership is None or membership.world_size < 3:
+        if membership is None or membership.instance_count < 3:
             return
         server: dist.TCPStore | None = None
         mine = torch.zeros(_ADDRESS_BYTES, dtype=torch.uint8)
@@ -401,6 +411,7 @@ class Ring:
                 membership.world_size,
                 self._progress.step,
                 self._config.timeout_s + 1.0,
+                membership.instances,
             )
         except (RuntimeError, ConnectionError) as e:  # the store's server died while the survivors agreed
             log.warning("generation %d: the survivors could not agree (%s)", membership.generation, e)
@@ -492,11 +503,11 @@ class Ring:
             return False
         if command.checkpoint is not None or not membership.instances:
             return False
-        return tuple(sorted(command.ranks, key=command.ranks.__getitem__)) == membership.instances
+        return command.process_instances() == membership.instances
 
     def adopt(self, command: Reconfigure, membership: Membership) -> None:
         """Takes ``command``'s generation for the ring as it is (every rank agreed on it at the step boundary)."""
-        adopted = Membership.from_reconfigure(command, self._config.instance_id)
+        adopted = Membership.from_reconfigure(command, self._config.instance_id, self._config.local_rank)
         assert adopted is not None and adopted.rank == membership.rank
         self.membership = adopted
         self.generation = max(self.generation, adopted.generation)
@@ -529,8 +540,9 @@ class Ring:
         mine = latest.ranks.get(self._config.instance_id)
         if mine is None:
             return True  # left out (a discovery without the members' names): leave now
-        joining = sum(1 for instance in latest.ranks if instance not in membership.instances)
-        if mine == 0:
+        # Processes, not instances: the newcomers' every slot arrives at the rendezvous.
+        joining = sum(1 for instance in latest.process_instances() if instance not in membership.instances)
+        if mine == 0 and self._config.local_rank == 0:
             self._serve_rendezvous(latest)
         if joining == 0:
             return True
@@ -566,7 +578,7 @@ class Ring:
     def _serve_rendezvous(self, command: Reconfigure) -> None:
         if self._served is not None and self._served[0] == command.generation:
             return
-        membership = Membership.from_reconfigure(command, self._config.instance_id)
+        membership = Membership.from_reconfigure(command, self._config.instance_id, self._config.local_rank)
         try:
             store = rendezvous_store(command.rendezvous, serve=True, timeout_s=2.0)
         except (RuntimeError, ConnectionError) as e:  # the port is taken: joining will say so
@@ -589,13 +601,13 @@ class Ring:
 
     # -- ranks leaving with notice -----------------------------------------------------------------------------------
 
-    def _survivors_group(self, survivors: list[int]) -> dist.ProcessGroup | None:
+    def _survivors_group(self, survivors: list[int], leaving: bool) -> dist.ProcessGroup | None:
         """The survivors' sub-group, formed among the survivors alone (None on a leaver, which takes no part in it):
         ``shrink``'s one collective that only some ranks join."""
         to_global = (lambda r: dist.get_global_rank(self.group, r)) if self.group is not None else (lambda r: r)
         members = [to_global(r) for r in survivors]
         group = None
-        if not self._flags.leaving:
+        if not leaving:
             # A peer's timeout, not torch's default 30 minutes: a survivor gone meanwhile fails this, it never hangs.
             timeout = timedelta(seconds=self._config.timeout_s)
             group = collective(lambda: dist.new_group(members, timeout=timeout, use_local_synchronization=True))
@@ -606,19 +618,23 @@ class Ring:
         training (a sub-group of the generation's group, formed among themselves in milliseconds) while the
         leavers exit; nobody waits for the control plane or a replacement. Returns False when every rank leaves.
 
-        A leaver raises Stopped once the survivors' ring exists (its state is theirs: nothing of it is lost).
+        An instance leaves with all its slots: the notice reaches its agent (slot 0) alone, and its other slots leave
+        with it. A leaver raises Stopped once the survivors' ring exists (its state is theirs: nothing of it is lost).
         """
         step = self._progress.step
         bits = torch.zeros(membership.world_size)
         bits[membership.rank] = float(self._flags.leaving)
         collective(lambda: dist.all_reduce(bits, group=self.group))
-        survivors = [r for r, leaving in enumerate(bits.tolist()) if not leaving]
+        leavers = {r for r, leaving in enumerate(bits.tolist()) if leaving}
+        leavers |= {s for r in leavers for s in membership.same_instance(r)}
+        survivors = [r for r in range(membership.world_size) if r not in leavers]
         if not survivors:
             return False
-        group = self._survivors_group(survivors)
+        leaving = membership.rank in leavers
+        group = self._survivors_group(survivors, leaving)
         # The leavers stay until the survivors' ring exists: rank 0 of the generation serves its store.
         collective(lambda: dist.barrier(group=self.group))
-        if self._flags.leaving:
+        if leaving:
             log.info("a rank leaves after step %d: the %d others train on", step, len(survivors))
             self._events.emit(RankLeft, generation=membership.generation, reached=step)
             raise Stopped("leaving: notice given; the others train on without this worker")
