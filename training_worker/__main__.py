@@ -65,6 +65,18 @@ def _static(value: str) -> str:
     return value
 
 
+def _slot_count(value: str) -> int:
+    count = int(value)
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"at least 1 (one training process per GPU), got {count}")
+    return count
+
+
+def _slots(given: int | None) -> int:
+    """--slots, else RINGFLEET_SLOTS or the GPUs visible."""
+    return given if given is not None else default_slots(os.environ)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m training_worker",
@@ -96,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--discovery-file", type=Path, default=None, help="a Reconfigure message as JSON, re-read")
     who.add_argument(
         "--slots",
-        type=int,
+        type=_slot_count,
         default=None,
         help="training processes this instance runs for a job, one per GPU, like torchrun's --nproc-per-node "
         "[RINGFLEET_SLOTS] (default: the GPUs visible, 1 without); the Reconfigure says how many a job uses",
@@ -223,10 +235,8 @@ def main(argv: list[str] | None = None) -> int:
             {"RINGFLEET_INSTANCE_ID": args.instance_id, "RINGFLEET_CHECKPOINT_CACHE": args.checkpoint_cache or ""}
         ),
         broker_secret=secret,
-        slots=args.slots if args.slots is not None else default_slots(os.environ),
+        slots=_slots(args.slots),
     )
-    if config.slots < 1:
-        parser.error(f"--slots must be at least 1, got {config.slots}")
     return Agent(config, entrypoint=program, container_runtime=args.container_runtime).run()
 
 

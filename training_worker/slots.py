@@ -3,7 +3,7 @@ host start them, with the instance (not the process) as the unit of membership.
 
 The agent's own process is slot 0: it holds the control channel, the heartbeats, the spot-notice watch and the job's
 credentials. ``SlotProcesses`` starts slots 1..K-1 when the agent boots, before any job is known, so each has torch
-imported and waits warm (``python -m training_worker.slots``); the control plane's commands reach them through the
+imported and waits warm (``python -m training_worker.slot``); the control plane's commands reach them through the
 agent, one JSON line each on their standard input (one consumer per mailbox, and a slot process needs no broker
 login: it never talks to the control plane). Each runs the job's program in its own interpreter with ``LOCAL_RANK``
 set, and takes its place in the ring from the same Reconfigure: the ring's ranks are contiguous per instance
@@ -31,13 +31,13 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import replace
-from typing import IO, Any
 
-from ringfleet.contracts import encode_message, parse_message
+from ringfleet.contracts import encode_message
 from ringfleet.contracts.messages import CheckpointNow, Reconfigure, Stop
+from ringfleet.contracts.training import EVENTS_FILE_VARIABLE
 from training_worker.runtime.config import RuntimeConfig
 
-__all__ = ["SlotProcesses", "main"]
+__all__ = ["SlotProcesses", "slot_config"]
 
 log = logging.getLogger("training_worker.slots")
 
@@ -48,7 +48,6 @@ _INSTANCE_CREDENTIALS = (
     "AWS_SESSION_TOKEN",
     "AWS_PROFILE",
     "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-    "RINGFLEET_BROKER_URL",
 )
 #: How long a slot process may take to end once its agent closes it, before it is killed.
 CLOSE_GRACE_S = 10.0
@@ -70,6 +69,10 @@ def slot_config(config: RuntimeConfig, slot: int) -> RuntimeConfig:
     )
 
 
+def _passed_on(variable: str) -> bool:
+    return variable == EVENTS_FILE_VARIABLE or not variable.startswith("RINGFLEET_")
+
+
 class SlotProcesses:
     """Slots 1..K-1 of this instance, started warm at boot; told every command; watched for dying."""
 
@@ -82,20 +85,19 @@ class SlotProcesses:
         self._children: dict[int, subprocess.Popen[str]] = {}
         self._lock = threading.Lock()
         self._closing = threading.Event()
-
-    @property
-    def count(self) -> int:
-        """How many slots the instance runs, this process included."""
-        return self._config.slots
+        #: The slots the job uses (a Reconfigure named them): the others wait warm, told nothing, until they close.
+        self._used: set[int] = set()
 
     def start(self) -> None:
         """Starts the slot processes (they import torch and wait for the job) and a thread that watches them."""
-        base = {k: v for k, v in os.environ.items() if k not in _INSTANCE_CREDENTIALS}
+        # The slot's configuration is what slot_config writes, whatever this process was started with (and the
+        # typed events' file, which the instance's slots share).
+        base = {k: v for k, v in os.environ.items() if k not in _INSTANCE_CREDENTIALS and _passed_on(k)}
         program = ["--", *self._entrypoint] if self._entrypoint else []
         for slot in range(1, self._config.slots):
             env = {**base, **slot_config(self._config, slot).environment(), "LOCAL_RANK": str(slot)}
             self._children[slot] = subprocess.Popen(
-                [sys.executable, "-m", "training_worker.slots", *program], env=env, stdin=subprocess.PIPE, text=True
+                [sys.executable, "-m", "training_worker.slot", *program], env=env, stdin=subprocess.PIPE, text=True
             )
             log.info(
                 "slot %d of this instance started as process %d, waiting for the job", slot, self._children[slot].pid
@@ -103,11 +105,14 @@ class SlotProcesses:
         threading.Thread(target=self._watch, name="slot-watch", daemon=True).start()
 
     def relay(self, command: CheckpointNow | Reconfigure | Stop) -> None:
-        """Passes a command of the control plane on to every slot process."""
+        """Passes a command of the control plane on to the slot processes the job uses: those below the instance's
+        slot count in a Reconfigure (a job may use fewer slots than the instance has GPUs)."""
         line = encode_message(command).decode() + "\n"
         with self._lock:
+            if isinstance(command, Reconfigure):
+                self._used |= set(range(1, command.slots_of(self._config.instance_id)))
             for slot, child in self._children.items():
-                if child.poll() is None and child.stdin is not None:
+                if slot in self._used and child.poll() is None and child.stdin is not None:
                     try:
                         child.stdin.write(line)
                         child.stdin.flush()
@@ -141,36 +146,3 @@ class SlotProcesses:
                 log.warning("slot %d did not end within %.0f s: killing it", slot, CLOSE_GRACE_S)
                 child.kill()
                 child.wait()
-
-
-def _relayed(commands: IO[str], on_command: Callable[[Any], None], leave: Callable[[str], None]) -> None:
-    """A slot process's commands, one JSON line each from its agent; the agent gone (end of input), it leaves."""
-    for line in commands:
-        if line.strip():
-            on_command(parse_message(line))
-    leave("the instance's agent ended")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """A slot process: ``python -m training_worker.slots [-- PROGRAM ...]``, configured from the environment its
-    agent gives it (``slot_config``)."""
-    from training_worker.agent import Agent
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    entrypoint = argv[argv.index("--") + 1 :] if "--" in argv else None
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
-    config = RuntimeConfig.from_env()
-    agent = Agent(config, entrypoint=entrypoint)
-    if config.relayed:
-        notices = agent.runtime.notices
-        threading.Thread(
-            target=_relayed, args=(sys.stdin, notices.on_command, notices.leave), name="slot-commands", daemon=True
-        ).start()
-    return agent.run()
-
-
-if __name__ == "__main__":
-    status = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)  # as training_worker.__main__: no interpreter finalization under gloo's threads

@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 
 from ringfleet.contracts import Reconfigure
-from ringfleet.core.jobs import Incident, Job, JobState
+from ringfleet.core.jobs import Incident, Job, JobState, PendingRecovery
 from ringfleet.core.nodes import Node, NodeState, release_idle
 from ringfleet.scaling.decisions import FleetState, Pool, ScalingPolicy, pool_key
 from ringfleet.scaling.ports import FleetInstance, FleetSnapshot
@@ -241,3 +241,22 @@ def test_instances_placed_by_the_scaler_bring_their_types_gpus_as_slots_to_their
     running = replace(running, spec=job.spec.model_copy(update={"job_id": "ring"}))
     (handover,) = plan_assignments(replace(fleet_plan, jobs=(running,)), fleet(big)).handovers
     assert handover.node == Node(instance(2), "ring", state=NodeState.PLACED, host="10.0.0.2", slots=4)
+
+
+def test_a_lost_member_that_still_runs_is_released_and_replaced_not_counted_as_the_jobs_capacity() -> None:
+    # given a job of two workers waiting below min_workers for a replacement: its second member was reported lost
+    # (a slot process died on it) but its instance still runs, and its node still names the job
+    job, nodes = running_job("slots", members=2, min_workers=2, max_workers=2)
+    job = replace(
+        job,
+        state=JobState.RECOVERING,
+        recovery=PendingRecovery("worker-failed", NOW, leaving=(), lost=(instance(2),)),
+        replacements_wanted=1,
+    )
+    snapshot = fleet(vm(1, A), vm(2, B))
+    # when the scaler plans
+    fleet_plan = plan(snapshot, [job], nodes)
+    # then the lost instance is released while the pools' targets still ask for the job's two workers: the fleet
+    # launches a fresh instance in its place (before, it counted as the job's and nothing was ever launched)
+    assert instance(2) in fleet_plan.release and instance(2) not in fleet_plan.busy
+    assert sum(fleet_plan.targets.values()) == 2

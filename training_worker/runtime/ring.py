@@ -542,7 +542,7 @@ class Ring:
             return True  # left out (a discovery without the members' names): leave now
         # Processes, not instances: the newcomers' every slot arrives at the rendezvous.
         joining = sum(1 for instance in latest.process_instances() if instance not in membership.instances)
-        if mine == 0 and self._config.local_rank == 0:
+        if mine == 0:
             self._serve_rendezvous(latest)
         if joining == 0:
             return True
@@ -576,7 +576,8 @@ class Ring:
         )
 
     def _serve_rendezvous(self, command: Reconfigure) -> None:
-        if self._served is not None and self._served[0] == command.generation:
+        """Slot 0 of the next generation's first instance serves its rendezvous (its rank 0)."""
+        if self._config.local_rank != 0 or (self._served is not None and self._served[0] == command.generation):
             return
         membership = Membership.from_reconfigure(command, self._config.instance_id, self._config.local_rank)
         try:
@@ -613,6 +614,15 @@ class Ring:
             group = collective(lambda: dist.new_group(members, timeout=timeout, use_local_synchronization=True))
         return group
 
+    def _leavers(self, membership: Membership) -> set[int]:
+        """The ranks that leave at this boundary (one collective): those with notice, and every rank of their
+        instances."""
+        bits = torch.zeros(membership.world_size)
+        bits[membership.rank] = float(self._flags.leaving)
+        collective(lambda: dist.all_reduce(bits, group=self.group))
+        noticed = [r for r, leaving in enumerate(bits.tolist()) if leaving]
+        return {s for r in noticed for s in membership.same_instance(r)}
+
     def shrink(self, membership: Membership) -> bool:
         """Some ranks leave with notice: the others form a ring of their own at this very step boundary and go on
         training (a sub-group of the generation's group, formed among themselves in milliseconds) while the
@@ -622,11 +632,7 @@ class Ring:
         with it. A leaver raises Stopped once the survivors' ring exists (its state is theirs: nothing of it is lost).
         """
         step = self._progress.step
-        bits = torch.zeros(membership.world_size)
-        bits[membership.rank] = float(self._flags.leaving)
-        collective(lambda: dist.all_reduce(bits, group=self.group))
-        leavers = {r for r, leaving in enumerate(bits.tolist()) if leaving}
-        leavers |= {s for r in leavers for s in membership.same_instance(r)}
+        leavers = self._leavers(membership)
         survivors = [r for r in range(membership.world_size) if r not in leavers]
         if not survivors:
             return False

@@ -176,13 +176,15 @@ class _Occupancy:
         return out
 
 
-def _occupancy(snapshot: FleetSnapshot, nodes: Mapping[str, Node], active: set[str]) -> _Occupancy:
+def _occupancy(
+    snapshot: FleetSnapshot, nodes: Mapping[str, Node], active: set[str], lost: Collection[str]
+) -> _Occupancy:
     busy: dict[str, str] = {}
     leaving: dict[str, str] = {}
     steps: dict[str, int] = {}
     for inst in snapshot.instances:
         node = nodes.get(inst.instance_id)
-        if node is None or node.state == NodeState.LOST or node.job_id not in active:
+        if node is None or node.state == NodeState.LOST or node.job_id not in active or inst.instance_id in lost:
             continue
         busy[inst.instance_id] = node.job_id
         if node.last_step is not None:
@@ -296,7 +298,11 @@ def plan_reconcile(
     """The fleet's targets and releases for the active ``jobs``, given the fleet's ``snapshot``, the ``nodes`` of its
     instances (by instance id; an instance without one serves no job), the ``pools`` on offer and the state the
     scaler ``remembered`` from its last run."""
-    occupancy = _occupancy(snapshot, nodes, {j.job_id for j in jobs})
+    # A member its job lost that still runs (its worker failed, a slot process died, it froze) serves nobody: it is
+    # released, and the job's replacement launched, instead of counting as the job's capacity while the job waits
+    # for a replacement (below min_workers it would wait for ever).
+    lost = {i for j in jobs if j.recovery is not None for i in j.recovery.lost}
+    occupancy = _occupancy(snapshot, nodes, {j.job_id for j in jobs}, lost)
     pool_of = {i.instance_id: i.pool for i in snapshot.instances}
     placed = occupancy.placed(pool_of)
     # Served in turn (fair_order): the fleet's room goes round the tenants, whatever their jobs are named.
@@ -312,7 +318,7 @@ def plan_reconcile(
     return ReconcilePlan(
         decision=decision,
         targets={k: n + going[k] for k, n in decision.targets.items()},
-        release=tuple(_releasable(decision.targets, snapshot, {*occupancy.busy, *holding}, going, retired)),
+        release=tuple(_releasable(decision.targets, snapshot, {*occupancy.busy, *holding}, going, retired | lost)),
         held=frozenset(held),
         unconfirmed=frozenset(_unconfirmed(snapshot, nodes, occupancy.busy)),
         busy=occupancy.busy,
