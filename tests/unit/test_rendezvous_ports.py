@@ -23,9 +23,8 @@ def test_two_submissions_of_the_same_job_id_get_different_ports() -> None:
 
 def test_the_port_is_the_same_for_every_decision_of_one_generation_and_moves_with_the_next() -> None:
     job, nodes = running_job()
-    hosts = {n.instance_id: n.host for n in nodes}
-    first = reconfigure_command(job, hosts, T0, checkpoint=None)
-    again = reconfigure_command(job, hosts, T0, checkpoint=None)
+    first = reconfigure_command(job, nodes, T0, checkpoint=None)
+    again = reconfigure_command(job, nodes, T0, checkpoint=None)
     assert first.rendezvous == again.rendezvous == f"10.0.0.1:{rendezvous_port(job)}"
     ports = [rendezvous_port(replace(job, generation=g)) for g in range(1, 10)]
     assert len(set(ports)) == len(ports), f"consecutive generations of one job reuse a port: {ports}"
