@@ -89,6 +89,16 @@ class Membership:
         """How many instances the ring spans (its world size when each runs one slot)."""
         return len(set(self.instances)) if self.instances else self.world_size
 
+    def instance_ranks(self) -> list[list[int]] | None:
+        """The ranks of each instance, instances in rank order (the hierarchical all-reduce's layout); None when the
+        instances are unknown (a fixed ring)."""
+        if not self.instances:
+            return None
+        groups: dict[str, list[int]] = {}
+        for rank, instance in enumerate(self.instances):
+            groups.setdefault(instance, []).append(rank)
+        return list(groups.values())
+
     def same_instance(self, rank: int) -> set[int]:
         """The ranks of the ring on the instance of ``rank`` (that rank alone when the instances are unknown)."""
         if not self.instances:

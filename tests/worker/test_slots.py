@@ -10,6 +10,7 @@ import signal
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.worker.processes import WorkerProcess, announce
 
@@ -19,9 +20,12 @@ A, B = "i-0000000000000001a", "i-0000000000000002b"
 _PROGRESS = re.compile(r"\bstep (\d+) loss .* world (\d+) rank (\d+) generation (\d+)$", re.MULTILINE)
 
 
-def _two_instances_of_two_slots(tmp: Path, discovery: Path, steps: int) -> list[WorkerProcess]:
+def _two_instances_of_two_slots(
+    tmp: Path, discovery: Path, steps: int, *flags: str, delay: float = 0.05, final: Path | None = None
+) -> list[WorkerProcess]:
     announce(discovery, "slots", 1, [A, B], slots={A: 2, B: 2})
-    script = ("--steps", str(steps), "--commit-every", "1", "--step-delay", "0.05", "--global-batch", "48")
+    script = ("--steps", str(steps), "--commit-every", "1", "--step-delay", str(delay), "--global-batch", "48")
+    script += ("--save-final", str(final)) if final else ()
     return [
         WorkerProcess(
             tmp / f"{name}.log",
@@ -37,6 +41,7 @@ def _two_instances_of_two_slots(tmp: Path, discovery: Path, steps: int) -> list[
             "5",
             "--log-every",
             "1",
+            *flags,
             script=script,
         )
         for name, instance in (("a", A), ("b", B))
@@ -99,3 +104,27 @@ def test_a_killed_slot_process_drops_its_instance_and_the_ring_goes_on_without_i
     finally:
         for w in (a, b):
             w.kill()
+
+
+def test_the_hierarchical_all_reduce_trains_the_same_model_as_the_flat_ring(tmp_path: Path) -> None:
+    # given the same job twice on two instances of two slots: gradients reduced inside each instance first, then
+    # across instances (Horovod's HOROVOD_HIERARCHICAL_ALLREDUCE), and by one flat ring of all four
+    finals = {}
+    for backends in ("hierarchical,ring", "ring"):
+        run = tmp_path / backends.split(",")[0]
+        run.mkdir()
+        finals[backends] = run / "final.pt"
+        workers = _two_instances_of_two_slots(
+            run, run / "membership.json", 30, "--backends", backends, delay=0.0, final=finals[backends]
+        )
+        try:
+            assert [w.finish(90) for w in workers] == [0, 0], [w.output()[-3000:] for w in workers]
+        finally:
+            for w in workers:
+                w.kill()
+        chosen = backends.split(",")[0]
+        assert f"generation 1: gradients all-reduced by the {chosen} backend" in workers[0].output()
+    # then both end with the same parameters
+    ours, theirs = (torch.load(f, weights_only=True) for f in finals.values())
+    assert ours.keys() == theirs.keys()
+    assert all(torch.allclose(ours[k], theirs[k], rtol=1e-5, atol=1e-6) for k in ours)

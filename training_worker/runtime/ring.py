@@ -265,7 +265,10 @@ class Ring:
                 leave_group()
                 raise CollectiveError(f"joining generation {membership.generation}: {e}") from e
             self.membership = membership
-            self.backend = select_backend(list(config.backends), wire_dtype=_WIRE[config.wire])
+            self.backend = select_backend(
+                list(config.backends), wire_dtype=_WIRE[config.wire], instances=membership.instance_ranks()
+            )
+            log.info("generation %d: gradients all-reduced by the %s backend", membership.generation, self.backend.name)
             self._self_formed = self._left_out_by_survivors = False
             self._arm_heal()
             self._flags.ring_joined(membership.generation)
@@ -471,7 +474,9 @@ class Ring:
             instances=tuple(membership.instances[r] for r in members) if membership.instances else (),
         )
         self._place = (rank, len(members))
-        self.backend = select_backend(list(self._config.backends), wire_dtype=_WIRE[self._config.wire])
+        self.backend = select_backend(
+            list(self._config.backends), wire_dtype=_WIRE[self._config.wire], instances=self.membership.instance_ranks()
+        )
         self._self_formed = True
         self.failures += 1
         if self._link.connected:
