@@ -2,12 +2,11 @@
 (Amazon MQ).
 
 Heartbeats record liveness; checkpoints and failures feed the recovery state machine; an idle agent frees its instance
-once its job has ended. Each message is handled once
-per message id (Powertools idempotency), on its own (``ringfleet.batch.MqBatchProcessor``): an invalid one
-(unparseable, of another type, or sent by a tenant's app user) is published with its reason to
-``ringfleet.worker-events.dlq`` (MQ event sources have no partial batch response, so failing the batch would
-dead-letter its valid messages too) and the batch succeeds. Only an error applying a valid message, or publishing a
-dead letter, fails the batch.
+once its job has ended. Each message is handled once per message id (Powertools idempotency), on its own
+(``ringfleet.batch.MqBatchProcessor``): an invalid one (unparseable, of another type, sent by a tenant's app user, or
+without the ``user_id`` the broker vouches for) is published with its reason to ``ringfleet.worker-events.dlq`` (MQ
+event sources have no partial batch response, so failing the batch would dead-letter its valid messages too) and the
+batch succeeds. Only an error applying a valid message, or publishing a dead letter, fails the batch.
 """
 
 from __future__ import annotations
@@ -63,6 +62,11 @@ def handle_message(*, key: dict[str, str], message: Any) -> dict[str, Any]:
 def _worker_message(event: dict[str, Any], raw: RabbitMqMessage) -> Any:
     """The worker message a worker sent; InvalidMessage (dead-lettered) for anything else."""
     sender = raw.basic_properties.user_id
+    if not sender:
+        # RabbitMQ checks user_id only when a publisher sets it: unstamped, anyone with a login (an app, through the
+        # default exchange) could speak for any worker, e.g. end another tenant's job with a forged final checkpoint.
+        # Every worker stamps its broker user; nothing is believed without the broker's word for its sender.
+        raise InvalidMessage("no user_id: the broker vouches for no sender, and only workers send worker messages")
     if tenant_of_user(sender) is not None:
         # An app user can name this queue through the default exchange; the broker vouches it sent this: apps
         # never speak for workers.

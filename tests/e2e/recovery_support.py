@@ -133,11 +133,15 @@ def handled(cloud: LocalCloud, needle: str, count: int = 1, timeout: float = 30)
 
 
 async def _publish_raw(url: str, body: bytes, queue: str) -> None:
+    from ringfleet.contracts.broker import url_user
+
     conn = await connect(url)
     async with conn:
         ch = await conn.channel(publisher_confirms=True)
         await declare_topology(ch)
-        await ch.default_exchange.publish(aio_pika.Message(body, message_id=None), routing_key=queue)
+        # Stamped with the login's user, as every publisher of ours does (worker_events refuses what is not).
+        message = aio_pika.Message(body, message_id=None, user_id=url_user(url))
+        await ch.default_exchange.publish(message, routing_key=queue)
 
 
 def publish_raw(url: str, body: bytes, queue: str) -> None:

@@ -36,6 +36,7 @@ pytestmark = [pytest.mark.functional, pytest.mark.timeout(120)]
 #: A little before the samples were sent: the members were heard from then.
 MISSING_INSTANCE = "6a1f2b3c-0000-4000-8000-000000000002"
 FROM_APP = "6a1f2b3c-0000-4000-8000-000000000003"
+UNSTAMPED = "6a1f2b3c-0000-4000-8000-000000000004"
 
 
 @pytest.fixture(scope="module")
@@ -95,24 +96,27 @@ def test_invalid_messages_go_to_the_dlq_with_their_reason_and_the_valid_one_is_a
 ) -> None:
     drain_dead_letters(broker_url, WORKER_EVENTS_QUEUE)
     # given a batch of the sample heartbeat, a heartbeat without an instance (with a header of its publisher's), a
-    # body that is no JSON, and a heartbeat a tenant's app user sent
+    # body that is no JSON, a heartbeat a tenant's app user sent, and one sent without user_id (which RabbitMQ then
+    # checks against nobody: anyone could have sent it)
     trace = {"bytes": list(b"trace-1")}
     event = mq_batch(
         "mq_heartbeat.json",
         {"instance_id": None, "message_id": MISSING_INSTANCE, "__properties__": {"headers": {"trace": trace}}},
         b"not json",
         {"step": 999, "message_id": FROM_APP, "__properties__": {"userId": "app-acme"}},
+        {"step": 998, "message_id": UNSTAMPED, "__properties__": {"userId": None}},
     )
     # when it arrives, twice (a redelivery), then the batch succeeds both times: the valid heartbeat applied, the
-    # three others dead-lettered
+    # four others dead-lettered
     result = twice(worker_events, event)
-    assert result == {"accepted": 1, "dead_lettered": 3}
+    assert result == {"accepted": 1, "dead_lettered": 4}
     node = worker_events.nodes.get(MEMBERS[1])
     assert node is not None and node.last_step == 118
     # and the DLQ holds each once, as sent, with why it was refused and who sent it
     letters = drain_dead_letters(broker_url, WORKER_EVENTS_QUEUE)
-    assert len(letters) == 3
-    (missing, headers), (garbage, garbage_headers), (forged, forged_headers) = letters
+    assert len(letters) == 4
+    (missing, headers), (garbage, garbage_headers), (forged, forged_headers), (unstamped, unstamped_headers) = letters
+    assert json.loads(unstamped)["step"] == 998 and "no user_id" in unstamped_headers[REASON_HEADER]
     assert json.loads(missing)["message_id"] == MISSING_INSTANCE and headers["trace"] == "trace-1"
     assert "instance_id" in headers[REASON_HEADER]
     assert garbage == b"not json" and "invalid message" in garbage_headers[REASON_HEADER]
