@@ -18,10 +18,28 @@ from ringfleet.contracts.broker import (
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
-__all__ = ["DELIVERY_LIMIT", "connect", "declare_topology", "publish", "queue_arguments"]
+__all__ = [
+    "DEAD_LETTERS_KEPT",
+    "DELIVERY_LIMIT",
+    "connect",
+    "dead_letter_queue_arguments",
+    "declare_topology",
+    "publish",
+    "queue_arguments",
+]
 
 #: A message redelivered this many times (a consumer that keeps failing on it) is dead-lettered.
 DELIVERY_LIMIT = 3
+#: The dead letters a DLQ keeps (and at most 64 MiB of them): the newest.
+DEAD_LETTERS_KEPT = 10_000
+
+
+def dead_letter_queue_arguments() -> dict[str, Any]:
+    """A DLQ is bounded, dropping its oldest letters past the bound: anyone who may publish to a consumed queue can
+    have messages dead-lettered, and an unbounded DLQ would let one flood fill the broker's memory until its alarm
+    blocks every publisher (heartbeats late, healthy workers swept as lost). Its depth alarm still fires, and the
+    newest letters, the ones an operator looks at first, are kept."""
+    return {"x-max-length": DEAD_LETTERS_KEPT, "x-max-length-bytes": 64 << 20, "x-overflow": "drop-head"}
 
 
 def queue_arguments(queue: str) -> dict[str, Any]:
@@ -47,7 +65,9 @@ async def declare_topology(channel: AbstractChannel) -> None:
     """Declares the consumed queues with their DLQs and the commands exchange; safe to call any number of times."""
     dlx = await channel.declare_exchange(DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True)
     for queue in MQ_QUEUES:
-        dlq = await channel.declare_queue(dead_letter_queue(queue), durable=True)
+        dlq = await channel.declare_queue(
+            dead_letter_queue(queue), durable=True, arguments=dead_letter_queue_arguments()
+        )
         await dlq.bind(dlx, routing_key=dead_letter_queue(queue))
         await channel.declare_queue(queue, durable=True, arguments=queue_arguments(queue))
     await channel.declare_exchange(COMMANDS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
