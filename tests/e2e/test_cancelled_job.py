@@ -1,5 +1,6 @@
 """A job cancelled while it trains lets go of its instances only once their agents confirm nothing of it runs there
-any more (InstanceIdle), before another job is placed on them (issue 28). A file of its own so that pytest-xdist runs
+any more (InstanceIdle), before another job of its tenant is placed on them (issue 28; an instance never serves
+another tenant, issue 23: tests/unit/test_plan_reconcile.py). A file of its own so that pytest-xdist runs
 it beside tests/e2e/test_two_jobs.py (what both use: tests/e2e/side_by_side.py)."""
 
 from __future__ import annotations
@@ -33,12 +34,12 @@ def test_a_cancelled_jobs_instances_are_placed_again_only_once_their_agents_conf
             wait_ticking(cloud, SCALER, lambda: trained(emulator, 20), 60, "it to train")
             held = set(watch.job("cancelled").members)
             # when its tenant cancels it while its workers are in the middle of slow steps (they obey the Stop at
-            # their next step boundary, seconds later), and another job is submitted at once
+            # their next step boundary, seconds later), and submits another job at once
             pace.set(SLOW_STEP_S)
             time.sleep(2 * HOLD_S + 0.5)  # each worker has read the slow pace
             RingfleetClient(cloud.broker_url).cancel("acme", "cancelled")
             cancelled_at = time.time()
-            submit(cloud, "globex", "next", pace, steps=40)
+            submit(cloud, "acme", "next", pace, steps=40)
             wait_ticking(cloud, SCALER, lambda: held <= set(emulator.exits), 60, "the cancelled job's workers to exit")
             pace.full_speed()
             wait_ticking(cloud, SCALER, lambda: watch.state("next") is JobState.RUNNING, 150, "the next to run")

@@ -200,24 +200,26 @@ def test_heartbeats_keep_nodes_alive_but_never_revive_a_lost_one(nodes: DynamoDb
     assert [n.instance_id for n in nodes.list_by_job("repo-nodes")] == sorted([alive, lost])
 
 
-def test_a_nodes_slots_read_back_as_placed_and_a_row_written_before_slots_reads_as_one(
+def test_a_nodes_slots_and_tenant_read_back_as_placed_and_a_row_written_before_them_reads_as_one_slot_no_tenant(
     nodes: DynamoDbNodeRepository,
 ) -> None:
-    # given a four-GPU member as the scaler placed it, and one whose row was written before slots were recorded
+    # given a four-GPU member of tenant acme as the scaler placed it, and one whose row was written before slots and
+    # tenants were recorded
     _, (four, old) = running_job("repo-slots", members=2, first=400)
-    nodes.put(replace(four, slots=4))
+    nodes.put(replace(four, slots=4, tenant="acme"))
     nodes.put(old)
     row = nodes._table.get_item(Key={"instance_id": old.instance_id})["Item"]
-    del row["slots"]
+    del row["slots"], row["tenant"]
     nodes._table.put_item(Item=row)
-    # then the first reads back with its 4 slots, by id and by job; the old row with the one process it ran
-    assert nodes.get(four.instance_id) == replace(four, slots=4)
-    by_job = {n.instance_id: n.slots for n in nodes.list_by_job("repo-slots")}
-    assert by_job == {four.instance_id: 4, old.instance_id: 1}
-    # and a heartbeat keeps the slots it found
+    # then the first reads back with its 4 slots and its tenant, by id and by job; the old row with the one process
+    # it ran and no tenant
+    assert nodes.get(four.instance_id) == replace(four, slots=4, tenant="acme")
+    by_job = {n.instance_id: (n.slots, n.tenant) for n in nodes.list_by_job("repo-slots")}
+    assert by_job == {four.instance_id: (4, "acme"), old.instance_id: (1, None)}
+    # and a heartbeat keeps what it found
     assert nodes.record_heartbeat(four.instance_id, job_id="repo-slots", generation=1, step=3, at=later(10)) is True
     stored = nodes.get(four.instance_id)
-    assert stored is not None and stored.slots == 4
+    assert stored is not None and (stored.slots, stored.tenant) == (4, "acme")
 
 
 def test_the_first_heartbeat_of_a_node_never_heard_from_is_recorded(nodes: DynamoDbNodeRepository) -> None:

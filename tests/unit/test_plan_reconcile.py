@@ -210,7 +210,9 @@ def test_a_leaving_instances_job_gets_its_replacement_launched_now_and_handed_ov
     launched = fleet(vm(1, A), vm(2, A), vm(3, B))
     work = plan_assignments(fleet_plan, launched)
     # then it is handed to the job (its node PLACED on it), and the leaving instance is not
-    assert work.handovers == (Handover("ring", Node(instance(3), "ring", state=NodeState.PLACED, host="10.0.0.3")),)
+    assert work.handovers == (
+        Handover("ring", Node(instance(3), "ring", state=NodeState.PLACED, host="10.0.0.3", tenant="acme")),
+    )
     assert work.report(started=[]).replacements == (("ring", instance(3)),)
 
 
@@ -240,7 +242,7 @@ def test_instances_placed_by_the_scaler_bring_their_types_gpus_as_slots_to_their
     running, _ = running_job("ring", members=1, min_workers=1, max_workers=2, first=5)
     running = replace(running, spec=job.spec.model_copy(update={"job_id": "ring"}))
     (handover,) = plan_assignments(replace(fleet_plan, jobs=(running,)), fleet(big)).handovers
-    assert handover.node == Node(instance(2), "ring", state=NodeState.PLACED, host="10.0.0.2", slots=4)
+    assert handover.node == Node(instance(2), "ring", state=NodeState.PLACED, host="10.0.0.2", slots=4, tenant="acme")
 
 
 def test_a_lost_member_that_still_runs_is_released_and_replaced_not_counted_as_the_jobs_capacity() -> None:
@@ -260,3 +262,24 @@ def test_a_lost_member_that_still_runs_is_released_and_replaced_not_counted_as_t
     # launches a fresh instance in its place (before, it counted as the job's and nothing was ever launched)
     assert instance(2) in fleet_plan.release and instance(2) not in fleet_plan.busy
     assert sum(fleet_plan.targets.values()) == 2
+
+
+def test_an_instance_serves_the_tenant_it_served_and_no_other() -> None:
+    # given an instance whose job of tenant acme ended (its agent confirmed it idle), and a pending job of globex
+    served = Node(instance(1), "acme-old", state=NodeState.LOST, tenant="acme")
+    globex = replace(pending_job("globex-job", workers=1), tenant="globex")
+    snapshot = fleet(vm(1, A))
+    # when the scaler plans
+    fleet_plan = plan(snapshot, [globex], [served])
+    # then globex's job is not placed on it: it is released, and the pool still asks for globex's worker (a fresh
+    # instance is launched for it)
+    assert instance(1) in fleet_plan.release
+    assert not plan_assignments(fleet_plan, fleet(vm(1, A))).starts
+    assert sum(fleet_plan.targets.values()) == 1
+    # and when acme's next job is pending instead, it runs there, the instance still acme's
+    acme = pending_job("acme-next", workers=1)
+    assert acme.tenant == "acme"
+    reused = plan(snapshot, [acme], [served])
+    assert instance(1) not in reused.release
+    (start,) = plan_assignments(reused, snapshot).starts
+    assert [n.tenant for n in start.nodes] == ["acme"] and set(start.start.command.ranks) == {instance(1)}

@@ -485,6 +485,7 @@ def node_to_item(node: Node) -> dict[str, Any]:
         "generation": node.generation,
         "host": node.host,
         "slots": node.slots,
+        "tenant": node.tenant,
         "last_heartbeat": _time(node.last_heartbeat),
         "last_step": node.last_step,
         "updated_at": _time(node.updated_at),
@@ -511,6 +512,7 @@ def node_from_item(item: dict[str, Any]) -> Node:
         host=item.get("host"),
         # A row written before slots were recorded: its instance ran one process.
         slots=_int(item.get("slots")) or 1,
+        tenant=item.get("tenant"),
         last_heartbeat=_parse_time(item.get("last_heartbeat")),
         last_step=_int(item.get("last_step")),
         lifecycle_hook=LifecycleHook(**hook) if hook else None,

@@ -52,6 +52,9 @@ class Node:
     #: them without either. Its job runs ``spec.slots_on(slots)`` of them (``reconfigure_command``). A record written
     #: before slots were recorded reads as 1, what its instance ran then.
     slots: int = 1
+    #: The tenant whose job it was placed on: an instance serves that tenant only, for as long as it runs (its disk
+    #: holds that tenant's checkpoints and data). None: a record written before tenants were recorded.
+    tenant: str | None = None
 
 
 @dataclass(frozen=True)

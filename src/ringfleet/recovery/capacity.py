@@ -27,7 +27,10 @@ def on_capacity(job: Job, nodes: Sequence[Node], signal: CapacityArrived) -> Rec
     after = replace(
         job, spares=(*job.spares, instance), replacements_wanted=max(0, job.replacements_wanted - 1)
     ).with_incident(Incident(at=signal.at, cause="capacity-arrived", generation=job.generation, instance_id=instance))
-    known = [*nodes, Node(instance_id=instance, job_id=job.job_id, host=signal.host, slots=signal.slots)]
+    known = [
+        *nodes,
+        Node(instance_id=instance, job_id=job.job_id, host=signal.host, slots=signal.slots, tenant=job.tenant),
+    ]
     if after.recovery is not None:
         plan = try_reconfigure(after, known, signal.at)
         return replace(plan, before=job, outcome=f"capacity arrived: {plan.outcome}")

@@ -39,10 +39,20 @@ class FreeInstance:
     host: str | None = None
     #: Its slots: one per GPU of its type, as the instance catalog counts them (``Node.slots``).
     slots: int = 1
+    #: The tenant it served (``Node.tenant``): it serves that tenant's jobs only. None: no tenant's yet.
+    tenant: str | None = None
 
-    def claimed_by(self, job_id: str) -> Node:
-        """Its node once placed on ``job_id``: PLACED, with its host and slots (the ring's Reconfigure needs both)."""
-        return Node(self.instance_id, job_id, state=NodeState.PLACED, host=self.host, slots=self.slots)
+    def claimed_by(self, job: Job) -> Node:
+        """Its node once placed on ``job``: PLACED, with its host and slots (the ring's Reconfigure needs both) and
+        the job's tenant, whose instance it is from now on."""
+        return Node(
+            self.instance_id, job.job_id, state=NodeState.PLACED, host=self.host, slots=self.slots, tenant=job.tenant
+        )
+
+    def may_serve(self, job: Job) -> bool:
+        """Whether ``job`` may run on it: one of its instance types, and the tenant it served, if any (an instance is
+        never handed from one tenant to another)."""
+        return self.instance_type in job.spec.instance_types and self.tenant in (None, job.tenant)
 
 
 @dataclass(frozen=True)
@@ -70,7 +80,7 @@ def plan_placement(jobs: Sequence[Job], free: Sequence[FreeInstance], now: datet
     starts: list[JobStart] = []
     replacements: list[tuple[str, FreeInstance]] = []
     for job in fair_order(jobs):
-        fits = [i for i in left if i.instance_type in job.spec.instance_types]
+        fits = [i for i in left if i.may_serve(job)]
         if job.state == JobState.PENDING and len(fits) >= job.min_workers:
             # Spread over pools: one pool's interruption wave then takes fewer of the job's workers at once.
             taken = _spread(fits, job.max_workers)
@@ -101,7 +111,7 @@ def _start(job: Job, taken: Sequence[FreeInstance], now: datetime) -> JobStart:
     after = after.with_incident(
         Incident(at=now, cause="started", generation=after.generation, detail=f"world {len(ranks)}")
     )
-    claims = tuple(i.claimed_by(job.job_id) for i in taken)
+    claims = tuple(i.claimed_by(job) for i in taken)
     # What to run: the fleet's instances boot with no job and learn it (and its program) from this message.
     command = reconfigure_command(after, claims, now, checkpoint=job.durable_checkpoint)
     after = replace(after, outbox=(command.model_dump(mode="json"),))

@@ -36,7 +36,7 @@ from ringfleet.scaling.fairness import fair_order
 from ringfleet.scaling.placement import FreeInstance, JobStart, plan_placement
 
 if TYPE_CHECKING:
-    from ringfleet.scaling.ports import FleetSnapshot
+    from ringfleet.scaling.ports import FleetInstance, FleetSnapshot
 
 __all__ = [
     "Assignments",
@@ -135,6 +135,9 @@ class ReconcilePlan:
     #: instance placed by ``plan_assignments`` brings to its node. A type no pool offers (the catalog dropped it)
     #: counts one.
     slots_of_type: Mapping[str, int] = field(default_factory=dict)
+    #: instance -> the tenant it served, for the free instances that served one (``Node.tenant``): placed on that
+    #: tenant's jobs only.
+    tenant_of: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def changes_fleet(self) -> bool:
@@ -315,10 +318,12 @@ def plan_reconcile(
     observed = _observed(remembered, snapshot, occupancy.leaving, now, retiring=holding)
     decision = decide_scaling(demand, pools, observed, now, policy)
     going = Counter(occupancy.leaving.values()) + Counter(holding.values())
+    tenant_of, unwanted = _tenants_instances(snapshot, nodes, occupancy.busy, jobs)
+    release = retired | lost | unwanted
     return ReconcilePlan(
         decision=decision,
         targets={k: n + going[k] for k, n in decision.targets.items()},
-        release=tuple(_releasable(decision.targets, snapshot, {*occupancy.busy, *holding}, going, retired | lost)),
+        release=tuple(_releasable(decision.targets, snapshot, {*occupancy.busy, *holding}, going, release)),
         held=frozenset(held),
         unconfirmed=frozenset(_unconfirmed(snapshot, nodes, occupancy.busy)),
         busy=occupancy.busy,
@@ -327,7 +332,39 @@ def plan_reconcile(
         retire=move_backs(jobs, decision, placed, pool_of),
         cost_per_hour_by_job=cost_per_hour_by_job(occupancy.busy, pool_of, pools),
         slots_of_type={p.instance_type: p.gpus for p in pools},
+        tenant_of=tenant_of,
     )
+
+
+def _served(node: Node | None, instance: FleetInstance, busy: Collection[str]) -> str | None:
+    """The tenant a free instance served (its node LOST: its agent confirmed idle), or None."""
+    if instance.instance_id in busy or node is None or node.state is not NodeState.LOST:
+        return None
+    return node.tenant
+
+
+def _tenants_instances(
+    snapshot: FleetSnapshot, nodes: Mapping[str, Node], busy: Collection[str], jobs: Sequence[Job]
+) -> tuple[dict[str, str], set[str]]:
+    """The free instances that served a tenant (their job ended, their agent confirmed it runs nothing of it), and
+    those of them to release now.
+
+    An instance is never handed from one tenant to another (its disk holds the tenant's checkpoints and data, its
+    last job's code ran there): it serves its tenant's next job, if one wants an instance of its type now, or it is
+    released, and the fleet launches a fresh one for whoever else needs the capacity. Held idle instead, it would
+    count as capacity that the other tenants' jobs can never use."""
+    tenant_of = {
+        i.instance_id: tenant for i in snapshot.instances if (tenant := _served(nodes.get(i.instance_id), i, busy))
+    }
+    wanting = {
+        (job.tenant, t)
+        for job in jobs
+        if job.state is JobState.PENDING or job.instances_wanted > 0
+        for t in job.spec.instance_types
+    }
+    type_of = {i.instance_id: i.instance_type for i in snapshot.instances}
+    unwanted = {i for i, tenant in tenant_of.items() if (tenant, type_of[i]) not in wanting}
+    return tenant_of, unwanted
 
 
 def cost_per_hour_by_job(
@@ -420,7 +457,14 @@ def plan_assignments(plan: ReconcilePlan, snapshot: FleetSnapshot) -> Assignment
     """Places the plan's jobs on the instances of ``snapshot`` (the fleet as read after the plan was applied) that
     run, serve no job and are not being released."""
     free = [
-        FreeInstance(i.instance_id, i.instance_type, i.pool, i.host, plan.slots_of_type.get(i.instance_type, 1))
+        FreeInstance(
+            i.instance_id,
+            i.instance_type,
+            i.pool,
+            i.host,
+            plan.slots_of_type.get(i.instance_type, 1),
+            plan.tenant_of.get(i.instance_id),
+        )
         for i in snapshot.instances
         if i.state == "running"
         and i.instance_id not in plan.busy
@@ -429,10 +473,11 @@ def plan_assignments(plan: ReconcilePlan, snapshot: FleetSnapshot) -> Assignment
         and i.instance_id not in plan.unconfirmed
     ]
     placement = plan_placement(plan.jobs, free, plan.now)
+    job_of = {j.job_id: j for j in plan.jobs}
     return Assignments(
         decision=plan.decision,
         starts=tuple(_planned_start(s, plan.now) for s in placement.starts),
-        handovers=tuple(Handover(job_id, i.claimed_by(job_id)) for job_id, i in placement.replacements),
+        handovers=tuple(Handover(job_id, i.claimed_by(job_of[job_id])) for job_id, i in placement.replacements),
         serving=len(plan.busy),
         running_by_pool=dict(snapshot.fulfilled),
         cost_per_hour_by_job=dict(plan.cost_per_hour_by_job),
