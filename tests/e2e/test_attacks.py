@@ -22,7 +22,15 @@ from ringfleet_local.cloud import LocalCloud
 
 from ringfleet.adapters.dynamodb import DynamoDbJobRepository
 from ringfleet.adapters.rabbitmq import publish
-from ringfleet.contracts import COMMANDS_EXCHANGE, JOBS_QUEUE, WORKER_EVENTS_QUEUE, command_routing_key, encode_message
+from ringfleet.contracts import (
+    APPS_EXCHANGE,
+    COMMANDS_EXCHANGE,
+    JOBS_QUEUE,
+    WORKER_EVENTS_QUEUE,
+    command_routing_key,
+    encode_message,
+)
+from ringfleet.contracts.broker import dead_letter_queue
 from ringfleet.contracts.messages import JobCancelled, Stop
 from ringfleet.core.jobs import JobState
 from ringfleet.core.ports import SystemClock
@@ -77,6 +85,13 @@ def _admitted_job(cloud: LocalCloud, tenant: str, job_id: str) -> None:
     assert _outcome(cloud, job_id, "JobSubmitted", after)["outcome"] == "admitted"
 
 
+async def _as_app(url: str, message: JobCancelled) -> None:
+    """Published the way apps publish: to the apps exchange, stamped with the app's user."""
+    await publish(
+        url, encode_message(message), exchange=APPS_EXCHANGE, routing_key=JOBS_QUEUE, message_id=str(message.message_id)
+    )
+
+
 def test_a_tenants_app_user_cannot_cancel_another_tenants_job(cloud: LocalCloud) -> None:
     assert cloud.roles is not None
     _admitted_job(cloud, "acme", "acme-model")
@@ -85,7 +100,7 @@ def test_a_tenants_app_user_cannot_cancel_another_tenants_job(cloud: LocalCloud)
     # when evil's app claims to be acme in the message
     after = len(cloud.router.deliveries)
     forged = JobCancelled(tenant="acme", job_id="acme-model", reason="mine now")
-    asyncio.run(publish(evil, encode_message(forged), queue=JOBS_QUEUE, message_id=str(forged.message_id)))
+    asyncio.run(_as_app(evil, forged))
     outcome = _outcome(cloud, "acme-model", "JobCancelled", after)
     # then intake refuses it by the broker user, says why, and the job runs on
     assert outcome["outcome"] == "refused"
@@ -93,7 +108,7 @@ def test_a_tenants_app_user_cannot_cancel_another_tenants_job(cloud: LocalCloud)
     # and when it claims its own tenant, acme's job reads as no job of evil's
     after = len(cloud.router.deliveries)
     honest = JobCancelled(tenant="evil", job_id="acme-model", reason="mine now")
-    asyncio.run(publish(evil, encode_message(honest), queue=JOBS_QUEUE, message_id=str(honest.message_id)))
+    asyncio.run(_as_app(evil, honest))
     assert _outcome(cloud, "acme-model", "JobCancelled", after)["outcome"] == "rejected"
     job = _jobs(cloud).get("acme-model")
     assert job is not None and job.state == JobState.PENDING and job.tenant == "acme"
@@ -108,7 +123,8 @@ def test_a_message_without_user_id_is_refused(cloud: LocalCloud) -> None:
         connection = await aio_pika.connect(cloud.roles.role_url("app", "acme"))  # type: ignore[union-attr]
         async with connection:
             channel = await connection.channel(publisher_confirms=True)
-            await channel.default_exchange.publish(aio_pika.Message(encode_message(message)), routing_key=JOBS_QUEUE)
+            apps = await channel.get_exchange(APPS_EXCHANGE)
+            await apps.publish(aio_pika.Message(encode_message(message)), routing_key=JOBS_QUEUE)
 
     after = len(cloud.router.deliveries)
     asyncio.run(anonymous())
@@ -143,14 +159,16 @@ def test_a_forged_user_id_is_refused_by_the_broker(cloud: LocalCloud) -> None:
         async with connection:
             channel = await connection.channel(publisher_confirms=True)
             body = aio_pika.Message(encode_message(message), user_id=cloud.roles.control_user)  # type: ignore[union-attr]
-            await channel.default_exchange.publish(body, routing_key=JOBS_QUEUE)
+            await (await channel.get_exchange(APPS_EXCHANGE)).publish(body, routing_key=JOBS_QUEUE)
 
     with pytest.raises(aiormq.exceptions.ChannelPreconditionFailed, match="user_id"):
         asyncio.run(forge())
 
 
-def test_an_app_cannot_speak_for_workers(cloud: LocalCloud) -> None:
-    """The default exchange lets an app name the worker-events queue; worker events drops what an app user sent."""
+@pytest.mark.parametrize("queue", [WORKER_EVENTS_QUEUE, dead_letter_queue(JOBS_QUEUE), JOBS_QUEUE])
+def test_an_app_cannot_put_a_message_into_a_queue_by_name(cloud: LocalCloud, queue: str) -> None:
+    """An app may write to the apps exchange alone: not the default exchange, which would let it speak for workers
+    (a forged final checkpoint), plant dead letters (the DLQ alarms gate deployments) or flood any queue."""
     assert cloud.roles is not None
     from ringfleet.contracts.messages import CheckpointCompleted
 
@@ -166,16 +184,12 @@ def test_an_app_cannot_speak_for_workers(cloud: LocalCloud) -> None:
             "size_bytes": 1,
         }
     )
-    after = len(cloud.router.deliveries)
     url = cloud.roles.role_url("app", "acme")
-    asyncio.run(publish(url, encode_message(fake), queue=WORKER_EVENTS_QUEUE, message_id=str(fake.message_id)))
-    done = cloud.router.wait_for(
-        lambda ds: any(d.function == "WorkerEventsFunction" and d.result.ok for d in ds[after:]), timeout=60
-    )
-    handled = [d for d in done[after:] if d.function == "WorkerEventsFunction"]
-    assert handled[0].result.result == {"accepted": 0, "dead_lettered": 1}
+    # when an app names a queue through the default exchange: the broker refuses it
+    with pytest.raises(aiormq.exceptions.ChannelAccessRefused, match="ACCESS_REFUSED"):
+        asyncio.run(publish(url, encode_message(fake), queue=queue, message_id=str(fake.message_id)))
     job = _jobs(cloud).get("acme-model")
-    assert job is not None and job.state == JobState.PENDING
+    assert job is None or job.state == JobState.PENDING
 
 
 def test_local_credentials_prints_a_url_that_logs_in(cloud: LocalCloud, root: Path) -> None:

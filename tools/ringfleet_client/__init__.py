@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import ValidationError
 
-from ringfleet.contracts import JOBS_QUEUE, JobCancelled, JobSubmitted, UpgradeJob, encode_message
+from ringfleet.contracts import APPS_EXCHANGE, JOBS_QUEUE, JobCancelled, JobSubmitted, UpgradeJob, encode_message
 
 if TYPE_CHECKING:
     from ringfleet.core.jobs import Job
@@ -168,7 +168,8 @@ class RingfleetClient:
             publish(
                 self.broker_url,
                 encode_message(message),
-                queue=JOBS_QUEUE,
+                exchange=APPS_EXCHANGE,
+                routing_key=JOBS_QUEUE,
                 message_id=str(message.message_id),
                 headers={"type": message.type},
             )

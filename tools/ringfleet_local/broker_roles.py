@@ -17,12 +17,13 @@ user          configure                    write                                
 control       everything                   everything                              everything
 worker        its mailbox queues           the default exchange (worker events),   the commands exchange (to bind) and
                                            its mailbox queues (to bind)            its mailbox queues
-app-<tenant>  nothing                      the default exchange (job messages)     nothing
+app-<tenant>  nothing                      the apps exchange (job messages)        nothing
 ============  ===========================  ======================================  ===================================
 
 The worker user's topic permissions on the commands exchange allow no routing key for writing, a second lock on
-publishing commands. What the default exchange cannot restrict (an app naming the worker-events queue, a worker
-naming another instance's mailbox) the consumers refuse by ``user_id``.
+publishing commands. An app publishes to the apps exchange, bound to the jobs queue alone: it cannot name another
+queue. What the default exchange cannot restrict for a worker (naming another instance's mailbox, the jobs queue)
+the consumers refuse by ``user_id``.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import subprocess
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
-from ringfleet.contracts.broker import COMMANDS_EXCHANGE, app_user
+from ringfleet.contracts.broker import APPS_EXCHANGE, COMMANDS_EXCHANGE, app_user
 
 __all__ = ["ROLES", "BrokerRoles", "create_roles", "delete_roles"]
 
@@ -45,7 +46,7 @@ _COMMANDS = re.escape(COMMANDS_EXCHANGE)
 PERMISSIONS = {
     "control": (".*", ".*", ".*"),
     "worker": (rf"^{_COMMANDS}\..+$", rf"^(amq\.default|{_COMMANDS}\..+)$", rf"^{_COMMANDS}(\..+)?$"),
-    "app": ("^$", r"^amq\.default$", "^$"),
+    "app": ("^$", rf"^{re.escape(APPS_EXCHANGE)}$", "^$"),
 }
 ROLES = tuple(PERMISSIONS)
 

@@ -7,8 +7,10 @@ from typing import TYPE_CHECKING, Any
 import aio_pika
 
 from ringfleet.contracts.broker import (
+    APPS_EXCHANGE,
     COMMANDS_EXCHANGE,
     DEAD_LETTER_EXCHANGE,
+    JOBS_QUEUE,
     MQ_QUEUES,
     dead_letter_queue,
     tenant_of_user,
@@ -71,6 +73,8 @@ async def declare_topology(channel: AbstractChannel) -> None:
         await dlq.bind(dlx, routing_key=dead_letter_queue(queue))
         await channel.declare_queue(queue, durable=True, arguments=queue_arguments(queue))
     await channel.declare_exchange(COMMANDS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
+    apps = await channel.declare_exchange(APPS_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True)
+    await (await channel.get_queue(JOBS_QUEUE)).bind(apps)
 
 
 async def publish(
@@ -109,4 +113,5 @@ async def publish(
             await channel.default_exchange.publish(message, routing_key=queue, mandatory=True)
         else:
             target = await channel.get_exchange(str(exchange))
-            await target.publish(message, routing_key=routing_key or "")
+            # Mandatory where a queue must take it (the apps exchange); a command may find no mailbox bound yet.
+            await target.publish(message, routing_key=routing_key or "", mandatory=exchange == APPS_EXCHANGE)

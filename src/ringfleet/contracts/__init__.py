@@ -9,6 +9,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ringfleet.contracts.broker import APPS_EXCHANGE as APPS_EXCHANGE
     from ringfleet.contracts.broker import COMMANDS_EXCHANGE as COMMANDS_EXCHANGE
     from ringfleet.contracts.broker import DEAD_LETTER_EXCHANGE as DEAD_LETTER_EXCHANGE
     from ringfleet.contracts.broker import INSTANCE_QUEUE_ARGUMENTS as INSTANCE_QUEUE_ARGUMENTS
@@ -102,6 +103,7 @@ _WHERE = {
     "AlarmStateChange": "cloud",
     "AlarmStateChangeDetail": "cloud",
     "AppMessage": "messages",
+    "APPS_EXCHANGE": "broker",
     "COMMANDS_EXCHANGE": "broker",
     "INSTANCE_QUEUE_ARGUMENTS": "broker",
     "instance_queue": "broker",

@@ -12,6 +12,7 @@ import os
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 __all__ = [
+    "APPS_EXCHANGE",
     "APP_USER_PREFIX",
     "COMMANDS_EXCHANGE",
     "DEAD_LETTER_EXCHANGE",
@@ -40,6 +41,10 @@ WORKER_EVENTS_QUEUE = "ringfleet.worker-events"
 MQ_QUEUES = (JOBS_QUEUE, WORKER_EVENTS_QUEUE)
 #: Commands to workers (CheckpointNow, Reconfigure, Stop): a topic exchange.
 COMMANDS_EXCHANGE = "ringfleet.commands"
+#: Where apps publish job messages: a fanout exchange bound to ``JOBS_QUEUE`` alone. An app user may write to it and
+#: nothing else, not the default exchange, which would let it put messages into any queue by name (forged dead
+#: letters, a flood of another queue).
+APPS_EXCHANGE = "ringfleet.apps"
 #: Messages a consumer rejected for good are dead-lettered here, routed by their queue's name.
 DEAD_LETTER_EXCHANGE = "ringfleet.dlx"
 
