@@ -580,7 +580,9 @@ def alarms_on(namespace: str, metric: str) -> dict[str, dict[str, Any]]:
 
 
 def expected_rollback_alarms(function: str) -> set[str]:
-    """The function's own alarms: its errors, and the dead letters of what it consumes (SQS or the broker)."""
+    """The function's own alarms: its errors, and the dead letters of what it consumes from AWS (SQS); never the
+    broker's DLQs, which a tenant can fill (an invalid job message, a job's code beside its worker): a tenant must not
+    be able to stop every deployment."""
     out = {a for a, p in alarms_on("AWS/Lambda", "Errors").items() if p["Dimensions"][0]["Value"] == {"Ref": function}}
     dlqs = set(redrive_targets().items())
     for ev in FUNCTIONS[function].events:
@@ -591,13 +593,6 @@ def expected_rollback_alarms(function: str) -> set[str]:
                 for a, p in alarms_on("AWS/SQS", "ApproximateNumberOfMessagesVisible").items()
                 for q, dlq in dlqs
                 if q == queue and p["Dimensions"][0]["Value"] == {"Fn::GetAtt": [dlq, "QueueName"]}
-            }
-        if ev.type == "MQ":
-            queues = {dead_letter_queue(str(q)) for q in ev.properties["Queues"]}
-            out |= {
-                a
-                for a, p in alarms_on("AWS/AmazonMQ", "MessageCount").items()
-                if {d["Name"]: d["Value"] for d in p["Dimensions"]}.get("Queue") in queues
             }
     return out
 
@@ -614,7 +609,8 @@ def test_each_handler_is_deployed_gradually_behind_its_alias_checked_first_and_r
     assert preference["Hooks"] == {"PreTraffic": {"Ref": HOOK}}
     alarms = {a["Ref"] for a in preference["Alarms"]}
     assert alarms == expected_rollback_alarms(function)
-    assert len(alarms) >= 1 + any(ev.type in {"SQS", "MQ"} for ev in FUNCTIONS[function].events)
+    assert len(alarms) >= 1 + any(ev.type == "SQS" for ev in FUNCTIONS[function].events)
+    assert not alarms & {"BrokerJobsDLQAlarm", "BrokerWorkerEventsDLQAlarm"}
 
 
 def test_the_hook_is_a_function_codedeploy_may_invoke_and_has_no_deployment_of_its_own() -> None:
