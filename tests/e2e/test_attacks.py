@@ -192,6 +192,36 @@ def test_an_app_cannot_put_a_message_into_a_queue_by_name(cloud: LocalCloud, que
     assert job is None or job.state == JobState.PENDING
 
 
+def test_an_app_cannot_take_more_connections_than_its_limit(cloud: LocalCloud) -> None:
+    """One tenant's app cannot exhaust the broker's connections for everyone: its user's limit refuses the next."""
+    assert cloud.roles is not None
+    from ringfleet_local.broker_roles import APP_USER_LIMITS
+
+    url = cloud.roles.role_url("app", "greedy")
+    limit = APP_USER_LIMITS["max-connections"]
+
+    async def hoard() -> str:
+        held = [await aio_pika.connect(url) for _ in range(limit)]
+        try:
+            await aio_pika.connect(url)
+        except Exception as exc:  # the broker closes the connection it would not allow, saying why
+            return str(getattr(exc.args[-1], "reply_text", exc))
+        finally:
+            for connection in held:
+                await connection.close()
+        return "connected"
+
+    refused = asyncio.run(hoard())
+    assert refused != "connected" and "limit" in refused.lower(), refused
+    # and once it let go, it connects again
+    asyncio.run(_connect_once(url))
+
+
+async def _connect_once(url: str) -> None:
+    async with await aio_pika.connect(url):
+        pass
+
+
 def test_local_credentials_prints_a_url_that_logs_in(cloud: LocalCloud, root: Path) -> None:
     assert cloud.state_dir is not None
     env = {**os.environ, "RINGFLEET_STATE_DIR": str(cloud.state_dir)}

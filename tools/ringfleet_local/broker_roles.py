@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 import secrets
 import shutil
@@ -39,7 +40,7 @@ from urllib.parse import quote
 
 from ringfleet.contracts.broker import APPS_EXCHANGE, COMMANDS_EXCHANGE, app_user
 
-__all__ = ["ROLES", "BrokerRoles", "create_roles", "delete_roles"]
+__all__ = ["APP_USER_LIMITS", "ROLES", "BrokerRoles", "create_roles", "delete_roles"]
 
 _COMMANDS = re.escape(COMMANDS_EXCHANGE)
 #: (configure, write, read) of each role.
@@ -49,6 +50,10 @@ PERMISSIONS = {
     "app": ("^$", rf"^{re.escape(APPS_EXCHANGE)}$", "^$"),
 }
 ROLES = tuple(PERMISSIONS)
+#: What one app user may hold open at once: a client publishes on one connection and channel at a time, so these
+#: leave room for many clients of a tenant, and none can take the broker's connections from the others. The worker
+#: user has none: one login serves the whole fleet.
+APP_USER_LIMITS = {"max-connections": 16, "max-channels": 64}
 
 
 def _rabbitmqctl(*args: str) -> str:
@@ -111,6 +116,8 @@ class BrokerRoles:
             _rabbitmqctl("set_permissions", "-p", self.vhost, user, *PERMISSIONS[role])
             if role == "worker":
                 _rabbitmqctl("set_topic_permissions", "-p", self.vhost, user, COMMANDS_EXCHANGE, "^$", ".*")
+            if role == "app":
+                _rabbitmqctl("set_user_limits", user, json.dumps(APP_USER_LIMITS))
         return self.url(user)
 
     def role_url(self, role: str, tenant: str | None = None) -> str:
