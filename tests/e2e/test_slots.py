@@ -28,6 +28,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(480)]
 
 JOB = "slots"
 STEPS = 240
+#: Seconds per step while the test waits for replacements (HOLD_S until then, full speed at the end).
+SLOW_S = 1.0
 #: The digits example's arguments both runs share: the same global batches in the same order.
 TRAINING = {"steps": STEPS, "commit-every": 1, "global-batch": 96, "lr": 0.05}
 
@@ -100,6 +102,9 @@ def test_two_instances_of_two_slots_train_through_a_notice_and_a_killed_slot_to_
                 120,
                 "four ranks to train",
             )
+            # (slowly from now on, so that the job is still training when its replacements are ready, however busy
+            # the machine: a replacement boots four interpreters, one per GPU)
+            pace.set(SLOW_S)
             # when the second instance gets a spot notice
             leaving = by_rank[1]
             emulator.interrupt(leaving, grace_s=5)

@@ -41,7 +41,8 @@ def test_each_agent_is_started_with_as_many_slots_as_its_instance_type_has_gpus(
 ) -> None:
     # given a running four-GPU and a running one-GPU instance of the stack
     ec2 = boto3.client("ec2", region_name="us-east-1")
-    tags = [{"ResourceType": "instance", "Tags": [{"Key": STACK_TAG, "Value": "rf"}]}]
+    # (a stack of its own: another test's instances may still be in moto's state in this process)
+    tags = [{"ResourceType": "instance", "Tags": [{"Key": STACK_TAG, "Value": "rf-slots"}]}]
     types = {}
     for instance_type in ("g5.12xlarge", "g5.xlarge"):
         out = ec2.run_instances(
@@ -49,7 +50,7 @@ def test_each_agent_is_started_with_as_many_slots_as_its_instance_type_has_gpus(
         )
         types[out["Instances"][0]["InstanceId"]] = instance_type
     ctx = SimpleNamespace(
-        stack="rf",
+        stack="rf-slots",
         region="us-east-1",
         account="123456789012",
         client=lambda s: boto3.client(s, region_name="us-east-1"),
