@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 
-from ringfleet.core.jobs import DurableCheckpoint, Job
+from ringfleet.core.jobs import DurableCheckpoint, Incident, Job
 from ringfleet.scaling.reconcile import remaining_hours
 from tests.builders import T0, running_job
 
@@ -50,3 +50,22 @@ def test_a_steps_hyperparameter_is_the_scripts_business_not_the_estimates() -> N
 
 def test_before_any_step_is_reported_there_is_no_estimate() -> None:
     assert remaining_hours(with_steps(1000), None, T0 + timedelta(hours=1)) is None
+
+
+def test_the_pace_counts_from_the_start_not_from_the_hours_the_job_waited_for_capacity() -> None:
+    # given a job of 1000 steps admitted ten hours ago, started (placed) one hour ago, now at step 250 on 2 of its
+    # 4 workers
+    job = with_steps(1000).with_incident(Incident(T0 + timedelta(hours=9), "started", 1, step=0))
+    # then 750 steps at 250 an hour is three hours on two workers, an hour and a half on four (counted from its
+    # admission: fifteen hours, and the deadline would have taken on-demand for nothing)
+    assert remaining_hours(job, 250, T0 + timedelta(hours=10)) == pytest.approx(1.5)
+
+
+def test_after_a_restore_the_pace_counts_from_the_step_it_restored() -> None:
+    # given a job that restarted from its durable checkpoint of step 600 an hour ago and is at step 700 now
+    job = with_steps(1000).with_incident(Incident(T0 + timedelta(hours=1), "started", 1, step=0))
+    job = job.with_incident(Incident(T0 + timedelta(hours=5), "restarted", 3, step=600))
+    # then 300 steps left at 100 an hour: three hours on two workers, an hour and a half on four
+    assert remaining_hours(job, 700, T0 + timedelta(hours=6)) == pytest.approx(1.5)
+    # and right after the restore, before a step more, the pace since admission stands in (it errs long)
+    assert remaining_hours(job, 600, T0 + timedelta(hours=5)) == pytest.approx(400 * (5 / 600) / 2)

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ACTIVE_STATES",
     "FINAL_STATES",
+    "RUN_STARTS",
     "TRANSITIONS",
     "DurableCheckpoint",
     "IllegalTransition",
@@ -83,8 +84,14 @@ class Incident:
     generation: int
     instance_id: str | None = None
     detail: str = ""
-    #: The step it concerns, when it concerns one (an emergency checkpoint's).
+    #: The step it concerns, when it concerns one: an emergency checkpoint's; the step a start or a restart from a
+    #: durable checkpoint trains on from (``RUN_STARTS``).
     step: int | None = None
+
+
+#: The incidents after which the job trains from their ``step`` (a start, a restore from a durable checkpoint):
+#: its pace counts from the newest of them.
+RUN_STARTS = frozenset({"started", "restarted"})
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,15 @@ def reconfigure(
     command = reconfigure_command(after, nodes, at, checkpoint=checkpoint)
     cause = cause or ("restarted" if restore else "reconfigured")
     detail = f"world {len(ranks)}" + (f", from step {checkpoint.step}" if checkpoint else "")
-    after = after.with_incident(Incident(at=at, cause=cause, generation=after.generation, detail=detail))
+    after = after.with_incident(
+        Incident(
+            at=at,
+            cause=cause,
+            generation=after.generation,
+            detail=detail,
+            step=checkpoint.step if checkpoint else None,  # a restore: the step the job trains on from
+        )
+    )
     outcome = f"{cause} at generation {after.generation} ({detail})"
     recovery = job.recovery
     if recovery is None:

@@ -109,7 +109,15 @@ def _start(job: Job, taken: Sequence[FreeInstance], now: datetime) -> JobStart:
     ranks = {i.instance_id: rank for rank, i in enumerate(taken)}
     after = job.moved_to(JobState.PROVISIONING).reconfigured(ranks)
     after = after.with_incident(
-        Incident(at=now, cause="started", generation=after.generation, detail=f"world {len(ranks)}")
+        Incident(
+            at=now,
+            cause="started",
+            generation=after.generation,
+            detail=f"world {len(ranks)}",
+            # The step it trains on from: the durable checkpoint it restores, if any (the live deadline estimate
+            # counts the pace from here, see scaling.reconcile.remaining_hours).
+            step=job.durable_checkpoint.step if job.durable_checkpoint else 0,
+        )
     )
     claims = tuple(i.claimed_by(job) for i in taken)
     # What to run: the fleet's instances boot with no job and learn it (and its program) from this message.

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from ringfleet.core.jobs import Job, JobState
+from ringfleet.core.jobs import RUN_STARTS, Job, JobState
 from ringfleet.core.nodes import Node, NodeState, plan_node_updates
 from ringfleet.core.retirement import retired_at
 from ringfleet.scaling.decisions import (
@@ -84,22 +84,39 @@ class ScalingReport:
 
 def remaining_hours(job: Job, step: int | None, now: datetime) -> float | None:
     """Hours of training ``job`` has left at ``max_workers``, estimated from what the control plane knows: the
-    job's ``total_steps`` (its spec's), the newest step its workers reported (heartbeats) or checkpointed, and the
-    pace since it was admitted, scaled from the workers it has to its maximum. Counting from admission includes
-    provisioning, so the pace is understated and the estimate errs long (towards on-demand, towards the deadline).
+    job's ``total_steps`` (its spec's), the newest step its workers reported (heartbeats) or checkpointed, and its
+    pace, scaled from the workers it has to its maximum.
+
+    The pace counts from the job's newest start or restore from a durable checkpoint (its incidents, ``RUN_STARTS``),
+    not from its admission: counted from admission it took in the hours a job waited for capacity and the steps a
+    rollback undid, and the estimate ran hours long (towards on-demand early, and never back: issue 25). A job that
+    has trained nothing since then (it just restarted) falls back to the pace since admission, which errs long.
     None when there is no honest estimate: no ``total_steps``, no step reported yet, or no admission time; the
     deadline then does not steer the job (it takes on-demand when spot is short, as a job without a deadline)."""
     total = job.spec.total_steps
     if total is None or job.created_at is None:
         return None
     done = max(step or 0, job.durable_checkpoint.step if job.durable_checkpoint is not None else 0)
-    elapsed = (now - job.created_at).total_seconds() / 3600
-    if done <= 0 or elapsed <= 0:
+    if done <= 0:
         return None
     if done >= total:
         return 0.0
+    hours_per_step = _hours_per_step(job, done, now)
+    if hours_per_step is None:
+        return None
     workers = max(1, len(job.members))
-    return (total - done) * elapsed / done * workers / max(workers, job.spec.max_workers)
+    return (total - done) * hours_per_step * workers / max(workers, job.spec.max_workers)
+
+
+def _hours_per_step(job: Job, done: int, now: datetime) -> float | None:
+    """The job's pace since its newest (re)start, else since its admission; None before it trained a step."""
+    starts = [(i.at, i.step) for i in job.incidents if i.cause in RUN_STARTS and i.step is not None]
+    assert job.created_at is not None
+    for since, from_step in (*starts[-1:], (job.created_at, 0)):
+        hours = (now - since).total_seconds() / 3600
+        if done - (from_step or 0) > 0 and hours > 0:
+            return hours / (done - (from_step or 0))
+    return None
 
 
 def instance_types_in_play(jobs: Sequence[Job], snapshot: FleetSnapshot) -> set[str]:
