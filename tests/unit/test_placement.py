@@ -60,3 +60,20 @@ def test_a_job_on_a_one_gpu_and_a_four_gpu_instance_runs_a_slot_per_gpu_capped_b
     small = [replace(free[1], instance_type="g5.xlarge", slots=1), free[0]]
     (start,) = plan_placement([job], small, later(1)).starts
     assert start.command.slots == {}
+
+
+def test_an_on_demand_instance_goes_to_the_job_it_was_bought_for_not_to_the_first_that_fits() -> None:
+    # given a running job that wants one more worker and can wait for spot (served first: it already runs), and an
+    # urgent pending job for which the fleet bought one on-demand instance (its deadline is near)
+    waiting, _ = running_job("can-wait", members=1, min_workers=1, max_workers=2)
+    urgent, _ = running_job("urgent", members=0, generation=0, min_workers=1, max_workers=1)
+    urgent = replace(urgent, state=JobState.PENDING, members={})
+    on_demand = "on-demand:g5.xlarge:us-east-1a"
+    free = [FreeInstance(instance(7), "g5.xlarge", on_demand)]
+    # when placement runs, told what the decision bought for whom
+    placement = plan_placement([waiting, urgent], free, later(1), {"urgent": {on_demand: 1}, "can-wait": {}})
+    # then the urgent job starts on it, and the other gets none (before, it took it and the urgent one waited)
+    assert [s.job.job_id for s in placement.starts] == ["urgent"] and not placement.replacements
+    # and without that bound the first job that fits took it
+    unbounded = plan_placement([waiting, urgent], free, later(1))
+    assert [job for job, _ in unbounded.replacements] == ["can-wait"] and not unbounded.starts

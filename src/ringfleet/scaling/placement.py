@@ -12,7 +12,7 @@ stream of small jobs cannot starve a big one forever and no tenant's many jobs s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -75,22 +75,58 @@ class Placement:
     idle: tuple[FreeInstance, ...]
 
 
-def plan_placement(jobs: Sequence[Job], free: Sequence[FreeInstance], now: datetime) -> Placement:
+def plan_placement(
+    jobs: Sequence[Job],
+    free: Sequence[FreeInstance],
+    now: datetime,
+    on_demand_for: Mapping[str, Mapping[str, int]] | None = None,
+) -> Placement:
+    """``on_demand_for``: job id -> on-demand pool -> how many more on-demand instances of that pool the fleet's
+    decision bought for the job (its placements less what it runs there). An on-demand instance goes only to a job
+    it was bought for: taken by whichever job came first (an older job that could wait for spot), the urgent job it
+    was launched for waited, and the fleet bought more. None: no such bound (every instance goes to the first fit)."""
     left = list(free)
+    allowance = {job: dict(pools) for job, pools in (on_demand_for or {}).items()}
+    bounded = allowance if on_demand_for is not None else None
     starts: list[JobStart] = []
     replacements: list[tuple[str, FreeInstance]] = []
     for job in fair_order(jobs):
-        fits = [i for i in left if i.may_serve(job)]
+        fits = _fits(job, left, bounded)
+        taken: list[FreeInstance] = []
         if job.state == JobState.PENDING and len(fits) >= job.min_workers:
             # Spread over pools: one pool's interruption wave then takes fewer of the job's workers at once.
             taken = _spread(fits, job.max_workers)
             starts.append(_start(job, taken, now))
-            left = [i for i in left if i not in taken]
         elif job.state in (JobState.RUNNING, JobState.RECOVERING) and fits:
-            for instance in fits[: job.instances_wanted]:
-                replacements.append((job.job_id, instance))
-                left.remove(instance)
+            taken = fits[: job.instances_wanted]
+            replacements += [(job.job_id, instance) for instance in taken]
+        left = [i for i in left if i not in taken]
+        _spend(allowance.get(job.job_id, {}), taken)
     return Placement(tuple(starts), tuple(replacements), tuple(left))
+
+
+def _spend(room: dict[str, int], taken: Sequence[FreeInstance]) -> None:
+    """What ``taken`` uses of a job's on-demand ``room``."""
+    for instance in taken:
+        if instance.pool in room:
+            room[instance.pool] -= 1
+
+
+def _fits(
+    job: Job, left: Sequence[FreeInstance], allowance: Mapping[str, Mapping[str, int]] | None
+) -> list[FreeInstance]:
+    """The free instances ``job`` may take, its on-demand ones within what was bought for it (``allowance``)."""
+    room = dict(allowance.get(job.job_id, {})) if allowance is not None else None
+    fits = []
+    for instance in left:
+        if not instance.may_serve(job):
+            continue
+        if room is not None and instance.pool.startswith("on-demand:"):
+            if room.get(instance.pool, 0) <= 0:
+                continue
+            room[instance.pool] -= 1
+        fits.append(instance)
+    return fits
 
 
 def _spread(instances: Sequence[FreeInstance], n: int) -> list[FreeInstance]:

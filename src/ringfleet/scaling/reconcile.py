@@ -470,6 +470,16 @@ def _planned_start(start: JobStart, now: datetime) -> PlannedStart:
     return PlannedStart(start, saved, tuple(updates))
 
 
+def _on_demand_bought(plan: ReconcilePlan, snapshot: FleetSnapshot) -> dict[str, dict[str, int]]:
+    """job id -> on-demand pool -> the instances the decision placed the job on there that it does not run yet."""
+    pool_of = {i.instance_id: i.pool for i in snapshot.instances}
+    running = Counter((job_id, pool_of.get(i, "")) for i, job_id in plan.busy.items())
+    return {
+        job_id: {k: n - running[(job_id, k)] for k, n in pools.items() if k.startswith("on-demand:")}
+        for job_id, pools in plan.decision.placements.items()
+    }
+
+
 def plan_assignments(plan: ReconcilePlan, snapshot: FleetSnapshot) -> Assignments:
     """Places the plan's jobs on the instances of ``snapshot`` (the fleet as read after the plan was applied) that
     run, serve no job and are not being released."""
@@ -489,7 +499,7 @@ def plan_assignments(plan: ReconcilePlan, snapshot: FleetSnapshot) -> Assignment
         and i.instance_id not in plan.held
         and i.instance_id not in plan.unconfirmed
     ]
-    placement = plan_placement(plan.jobs, free, plan.now)
+    placement = plan_placement(plan.jobs, free, plan.now, _on_demand_bought(plan, snapshot))
     job_of = {j.job_id: j for j in plan.jobs}
     return Assignments(
         decision=plan.decision,
