@@ -100,7 +100,7 @@ FULL = Scenario(
 #: the report's PAUSE_FACTOR: still normal steps); this close to the last step, HOLD_STILL_S seconds each.
 HOLD_FACTOR = 2.0
 HOLD_LAST_STEPS = 20
-HOLD_STILL_S = 2.5
+HOLD_STILL_S = 1.0
 
 
 def ensure_broker(url: str = DEFAULT_BROKER_URL, wait_s: float = 60.0) -> None:
