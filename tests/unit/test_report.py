@@ -90,3 +90,14 @@ def test_goodput_counts_steps_that_reach_the_final_model_and_splits_the_badput()
     assert window is not None and window.paused == pytest.approx(goodput.paused)
     before = measure_goodput(steps, (0.0, 1.15))
     assert before is not None and before.paused == 0 and before.replayed == pytest.approx(0.1)
+
+
+def test_steps_the_demo_held_on_purpose_are_not_the_systems_pauses() -> None:
+    # given steps every 0.1 s, then five steps the demo made sleep 1 s more each (it waited for a replacement)
+    steps = [(0.1 * s, s) for s in range(1, 11)]
+    steps += [(1.0 + 1.1 * (s - 10), s) for s in range(11, 16)]
+    steps += [(6.5 + 0.1 * (s - 15), s) for s in range(16, 21)]
+    held = [(0.95, 1.0), (6.45, 0.0)]
+    # then with the holds known, none of it is paused; without them, each held step counts as a pause
+    assert measure_goodput(steps, holds=held).paused == pytest.approx(0.0)  # type: ignore[union-attr]
+    assert measure_goodput(steps).paused == pytest.approx(5 * (1.1 - 0.3))  # type: ignore[union-attr]

@@ -57,6 +57,9 @@ class RunTimeline:
     baseline_accuracy: float | None = None
     params_match_baseline: bool | None = None
     cost_lines: list[str] = field(default_factory=list)
+    #: (t, seconds) from when the demo made each step sleep that much longer than its pace (0: back to the pace): its
+    #: own holds while it waits for a replacement, which are not the system's badput.
+    holds: list[tuple[float, float]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -83,9 +86,15 @@ class Goodput:
 PAUSE_FACTOR = 3.0
 
 
-def measure_goodput(steps: Sequence[tuple[float, int]], window: tuple[float, float] | None = None) -> Goodput | None:
+def measure_goodput(
+    steps: Sequence[tuple[float, int]],
+    window: tuple[float, float] | None = None,
+    holds: Sequence[tuple[float, float]] = (),
+) -> Goodput | None:
     """Goodput of a run from when each step ended (``steps``: (t, step) in time order); with ``window``, only of
-    the steps that ended in it (an incident's). None with fewer than three steps."""
+    the steps that ended in it (an incident's). A step begun while the demo held training (``holds``: (t, extra
+    seconds a step from then on)) may take that much longer before it counts as paused: the demo's own sleep is not
+    the system's badput. None with fewer than three steps."""
     if len(steps) < 3:
         return None
     last_end = {step: i for i, (_, step) in enumerate(steps)}
@@ -99,10 +108,20 @@ def measure_goodput(steps: Sequence[tuple[float, int]], window: tuple[float, flo
         if i not in counted:
             replayed += gap
             continue
-        allowed = PAUSE_FACTOR * normal
+        allowed = PAUSE_FACTOR * normal + _held(holds, steps[i - 1][0])
         useful += min(gap, allowed)
         paused += max(0.0, gap - allowed)
     return Goodput(wall=useful + paused + replayed, useful=useful, paused=paused, replayed=replayed)
+
+
+def _held(holds: Sequence[tuple[float, float]], at: float) -> float:
+    """The extra seconds a step begun at ``at`` was made to sleep."""
+    extra = 0.0
+    for since, seconds in holds:
+        if since > at:
+            break
+        extra = seconds
+    return extra
 
 
 def _percentile(values: Sequence[float], q: float) -> float | None:
@@ -130,7 +149,7 @@ def _met(value: float | None, limit: float) -> str:
 
 
 def _goodput_lines(timeline: RunTimeline) -> list[str]:
-    run = measure_goodput(timeline.steps)
+    run = measure_goodput(timeline.steps, holds=timeline.holds)
     if run is None:
         return []
     lines = [
@@ -147,7 +166,7 @@ def _goodput_lines(timeline: RunTimeline) -> list[str]:
     ]
     starts = [inc.injected_at for inc in timeline.incidents] + [float("inf")]
     for n, inc in enumerate(timeline.incidents):
-        part = measure_goodput(timeline.steps, (starts[n], starts[n + 1]))
+        part = measure_goodput(timeline.steps, (starts[n], starts[n + 1]), timeline.holds)
         if part is not None:
             lines.append(
                 f"| {n + 1} | {inc.cause} | {_pct(part.ratio)} | {part.paused:.2f} s | {part.replayed:.2f} s |"
