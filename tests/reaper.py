@@ -9,6 +9,11 @@ still alive that carries the token or descends from the run is sent SIGTERM, and
 process that leads a group of its own (``start_new_session``) is signalled with its whole group. An orphan, adopted
 by init once its parent died, is still found by its token.
 
+Under pytest-xdist each worker marks its own processes with a token nested under its controller's
+(``<controller's>/<worker's>``): a worker reaps what it started, never another worker's, and the controller reaps
+all of them, so the orphans of a worker killed before it could reap (the run stopped with SIGTERM: the controller
+tears its workers down) are still found, by their token.
+
 Not covered: a process that replaced its whole environment and whose parent is gone, and a run killed with SIGKILL
 (or by pytest-timeout's ``thread`` method, which ends with ``os._exit``). Linux only (``/proc``).
 """
@@ -45,10 +50,18 @@ class Process:
 
 
 def mark_run() -> str:
-    """Gives this process (and so everything it starts from now on) the run's token; returns the token."""
-    token = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    """Gives this process (and so everything it starts from now on) the run's token, nested under the token it
+    inherited if any (a pytest-xdist worker's under its controller's); returns the token."""
+    own = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    inherited = os.environ.get(MARKER)
+    token = f"{inherited}/{own}" if inherited else own
     os.environ[MARKER] = token
     return token
+
+
+def _of_run(carried: str | None, token: str) -> bool:
+    """Whether a process carrying ``carried`` belongs to the run of ``token`` (or to a run nested in it)."""
+    return carried is not None and (carried == token or carried.startswith(f"{token}/"))
 
 
 def _read(pid: int) -> Process | None:
@@ -108,7 +121,7 @@ def leftovers(token: str, root: int | None = None) -> list[Process]:
     """The live processes of the run: descendants of ``root`` (this process) and any carrying ``token``."""
     root = os.getpid() if root is None else root
     procs = _processes()
-    ours = _descendants(root, procs) | {pid for pid in procs if _token_of(pid) == token}
+    ours = _descendants(root, procs) | {pid for pid in procs if _of_run(_token_of(pid), token)}
     ours.discard(root)
     live = (procs[pid] for pid in ours if pid in procs and not procs[pid].zombie)
     return sorted((p for p in live if p.name not in SHARED and not _multiprocessing_helper(p.pid)), key=lambda p: p.pid)

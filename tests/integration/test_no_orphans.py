@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from tests.reaper import alive
+from tests.reaper import MARKER, alive, leftovers, mark_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -97,3 +97,32 @@ def test_an_orphaned_grandchild_is_found_and_ended(tmp_path: Path) -> None:
     # then the orphan, adopted by init and no longer a descendant, is found by the run's token and ended
     assert session.returncode == 0, session.stdout + session.stderr
     assert not alive(pid), f"orphan {pid} outlived its test session"
+
+
+def test_the_orphan_of_a_nested_run_is_the_outer_runs_and_no_other_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    # given a run's token, and a run nested in it (a pytest-xdist worker under its controller) marking its own
+    monkeypatch.setenv(MARKER, "outer-run")
+    nested = mark_run()
+    assert nested.startswith("outer-run/") and os.environ[MARKER] == nested
+
+    # when the nested run leaves an orphan behind (killed before it could reap), and another run leaves one too
+    def orphan(token: str) -> int:
+        out = subprocess.run(
+            ["sh", "-c", "sleep 300 >/dev/null 2>&1 & echo $!"],
+            env={**os.environ, MARKER: token},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return int(out.stdout.strip())
+
+    ours, theirs = orphan(nested), orphan("outer-run-2/worker")
+    try:
+        # then the outer run finds its nested run's orphan by its token (it is no descendant any more), and not the
+        # other run's, whose token only begins alike; and the nested run finds its own
+        nobody = 2**22 + 7  # no such process: only tokens decide
+        assert [p.pid for p in leftovers("outer-run", root=nobody)] == [ours]
+        assert [p.pid for p in leftovers(nested, root=nobody)] == [ours]
+    finally:
+        for pid in (ours, theirs):
+            os.kill(pid, signal.SIGKILL)
