@@ -41,7 +41,7 @@ from pathlib import Path
 from ringfleet.contracts.messages import Program
 from ringfleet.contracts.training import TrainingFinished
 from training_worker import runtime as _rt
-from training_worker.checkpoint import JobCredentials
+from training_worker.checkpoint import INSTANCE_CREDENTIALS, JobCredentials
 from training_worker.runtime import Runtime, RuntimeConfig, Stopped
 from training_worker.slots import SlotProcesses
 
@@ -51,14 +51,6 @@ log = logging.getLogger("training_worker.agent")
 
 #: Lines of a failed script's traceback (or output) the control plane gets.
 TRACEBACK_LINES = 12
-#: Credentials a child must not inherit: botocore takes them before the agent's endpoint.
-_INHERITED_CREDENTIALS = (
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_PROFILE",
-    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-)
 
 
 class ScriptFailed(Exception):
@@ -276,7 +268,8 @@ class Agent:
         argv = command_line(program)
         commands = self.runtime.ring.commands
         latest = commands.latest if commands is not None else None
-        # torchrun's variables for the script's slot on this instance (training_worker.local_rank() reads them).
+        # torchrun's variables for the script's slot on this instance, for code that reads them rather than
+        # training_worker.local_rank() (which reads the ring's membership).
         os.environ["LOCAL_RANK"] = str(self.config.local_rank)
         os.environ["LOCAL_WORLD_SIZE"] = str(latest.slots_of(self.config.instance_id) if latest else 1)
         os.environ["RINGFLEET_HYPERPARAMETERS"] = json.dumps(program.hyperparameters)
@@ -350,7 +343,7 @@ class Agent:
         log.info("running the job's entrypoint as a child process: %s", shlex.join(command))
         runtime.link.detach()
         tail: deque[str] = deque(maxlen=TRACEBACK_LINES)
-        inherited = {k: v for k, v in os.environ.items() if not (self.credentials and k in _INHERITED_CREDENTIALS)}
+        inherited = {k: v for k, v in os.environ.items() if not (self.credentials and k in INSTANCE_CREDENTIALS)}
         try:
             child = subprocess.Popen(
                 command, env={**inherited, **env}, stdout=sys.stdout, stderr=subprocess.PIPE, text=True

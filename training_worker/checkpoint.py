@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 __all__ = [
+    "INSTANCE_CREDENTIALS",
     "AsyncCheckpointer",
     "CheckpointCorrupt",
     "JobCredentials",
@@ -146,6 +147,17 @@ def job_session_policy(bucket: str, job_id: str, *, partition: str = "aws") -> d
             },
         ],
     }
+
+
+#: The instance's own credentials in an environment: a process running the job's code never inherits them (botocore
+#: would take them before the job's, ``JobCredentials``), whether the agent starts it as a child or as a slot.
+INSTANCE_CREDENTIALS = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+)
 
 
 class JobCredentials:

@@ -39,6 +39,7 @@ __all__ = [
     "join_group",
     "leave_group",
     "quorum",
+    "ranks_by_instance",
     "rendezvous_store",
     "ring_identity",
 ]
@@ -92,18 +93,21 @@ class Membership:
     def instance_ranks(self) -> list[list[int]] | None:
         """The ranks of each instance, instances in rank order (the hierarchical all-reduce's layout); None when the
         instances are unknown (a fixed ring)."""
-        if not self.instances:
-            return None
-        groups: dict[str, list[int]] = {}
-        for rank, instance in enumerate(self.instances):
-            groups.setdefault(instance, []).append(rank)
-        return list(groups.values())
+        return list(ranks_by_instance(self.instances).values()) if self.instances else None
 
     def same_instance(self, rank: int) -> set[int]:
         """The ranks of the ring on the instance of ``rank`` (that rank alone when the instances are unknown)."""
         if not self.instances:
             return {rank}
-        return {r for r, i in enumerate(self.instances) if i == self.instances[rank]}
+        return set(ranks_by_instance(self.instances)[self.instances[rank]])
+
+
+def ranks_by_instance(instances: Sequence[str]) -> dict[str, list[int]]:
+    """instance -> its ranks, from the instance of each rank (``Membership.instances``), instances in rank order."""
+    groups: dict[str, list[int]] = {}
+    for rank, instance in enumerate(instances):
+        groups.setdefault(instance, []).append(rank)
+    return groups
 
 
 def check_rendezvous(command: Reconfigure) -> str | None:
@@ -391,12 +395,12 @@ def quorum(
     the whole instances there if they are a majority. A strict majority is what keeps a partition from forming two
     rings that both believe they are the job. ``()``: no ring (too few; the control plane decides); None: wait on.
     """
-    units = list(instances) if instances else [str(r) for r in range(world_size)]
+    units = ranks_by_instance(instances or [str(r) for r in range(world_size)])
     present = set(checked_in)
-    whole = {u for u in units if all(r in present for r, v in enumerate(units) if v == u)}
-    if len(whole) >= len(set(units)) - 1 or waited_out:
-        members = tuple(r for r, u in enumerate(units) if u in whole)
-        return members if 2 * len(whole) > len(set(units)) else ()
+    whole = [ranks for ranks in units.values() if present.issuperset(ranks)]
+    if len(whole) >= len(units) - 1 or waited_out:
+        members = tuple(sorted(r for ranks in whole for r in ranks))
+        return members if 2 * len(whole) > len(units) else ()
     return None
 
 
@@ -433,7 +437,7 @@ def _decision(
     deadline = time.monotonic() + wait_s
     decided = f"{ring}/quorum"
     # Worth a look once all but the biggest instance's ranks are in (one instance lost: everyone else noticed).
-    enough = world_size - max((list(instances).count(i) for i in set(instances)), default=1)
+    enough = world_size - max((len(ranks) for ranks in ranks_by_instance(instances).values()), default=1)
     while not store.check([decided]):
         waited_out = time.monotonic() >= deadline
         if store.add(f"{ring}/in", 0) >= enough or waited_out:

@@ -35,20 +35,13 @@ from dataclasses import replace
 from ringfleet.contracts import encode_message
 from ringfleet.contracts.messages import CheckpointNow, Reconfigure, Stop
 from ringfleet.contracts.training import EVENTS_FILE_VARIABLE
+from training_worker.checkpoint import INSTANCE_CREDENTIALS
 from training_worker.runtime.config import RuntimeConfig
 
 __all__ = ["SlotProcesses", "slot_config"]
 
 log = logging.getLogger("training_worker.slots")
 
-#: Credentials a slot process must not inherit: the job's code never runs with the instance's own.
-_INSTANCE_CREDENTIALS = (
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_PROFILE",
-    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-)
 #: How long a slot process may take to end once its agent closes it, before it is killed.
 CLOSE_GRACE_S = 10.0
 _POLL_S = 0.2
@@ -92,10 +85,10 @@ class SlotProcesses:
         """Starts the slot processes (they import torch and wait for the job) and a thread that watches them."""
         # The slot's configuration is what slot_config writes, whatever this process was started with (and the
         # typed events' file, which the instance's slots share).
-        base = {k: v for k, v in os.environ.items() if k not in _INSTANCE_CREDENTIALS and _passed_on(k)}
+        base = {k: v for k, v in os.environ.items() if k not in INSTANCE_CREDENTIALS and _passed_on(k)}
         program = ["--", *self._entrypoint] if self._entrypoint else []
         for slot in range(1, self._config.slots):
-            env = {**base, **slot_config(self._config, slot).environment(), "LOCAL_RANK": str(slot)}
+            env = {**base, **slot_config(self._config, slot).environment()}
             self._children[slot] = subprocess.Popen(
                 [sys.executable, "-m", "training_worker.slot", *program], env=env, stdin=subprocess.PIPE, text=True
             )
