@@ -39,6 +39,7 @@ __all__ = [
     "ScalingDecision",
     "ScalingPolicy",
     "decide_scaling",
+    "is_on_demand",
     "learned_rate",
     "observe_fleet",
     "pool_key",
@@ -56,6 +57,11 @@ _MAX_LOST_FRACTION = 0.95
 def pool_key(market: str, instance_type: str, zone: str) -> str:
     """``spot:g5.xlarge:us-east-1a``: how a pool is named in decisions, fleet tags and metrics."""
     return f"{market}:{instance_type}:{zone}"
+
+
+def is_on_demand(key: str) -> bool:
+    """Whether the pool named ``key`` (``pool_key``) is on-demand."""
+    return key.startswith("on-demand:")
 
 
 @dataclass(frozen=True)
@@ -294,7 +300,7 @@ def _scale_in(
 
 def _spot_surplus(current: Mapping[str, int], placed: Mapping[str, int], refused: Mapping[str, datetime]) -> bool:
     """A spot pool that is not refused runs more than is placed on it."""
-    return any(placed.get(k, 0) < n for k, n in current.items() if k not in refused and not _on_demand(k))
+    return any(placed.get(k, 0) < n for k, n in current.items() if k not in refused and not is_on_demand(k))
 
 
 def _held(
@@ -302,8 +308,8 @@ def _held(
 ) -> dict[str, int]:
     """Hold what runs on spot (a job may come back for it), adding only what is missing within the fleet's bound;
     on-demand surplus goes at once: its pools stay in the targets (at what is placed) so that it is released."""
-    targets = _hold({k: n for k, n in current.items() if not _on_demand(k)}, placed, refused, policy)
-    targets.update({k: placed.get(k, 0) for k in current if _on_demand(k)})
+    targets = _hold({k: n for k, n in current.items() if not is_on_demand(k)}, placed, refused, policy)
+    targets.update({k: placed.get(k, 0) for k in current if is_on_demand(k)})
     return targets
 
 
@@ -313,10 +319,6 @@ def _explained(reason: str, refused: Mapping[str, datetime], on_demand_jobs: set
     if on_demand_jobs:
         reason += f"; on-demand for deadline of {', '.join(sorted(on_demand_jobs))}"
     return reason
-
-
-def _on_demand(key: str) -> bool:
-    return key.startswith("on-demand:")
 
 
 def slack_hours(job: JobDemand, now: datetime) -> float | None:
@@ -485,13 +487,13 @@ class _Placer:
         """Keeps the job's running workers (spot first) up to ``want``: the workers it still wants, and how many of
         those kept are on-demand ones that may move back to spot."""
         movable = 0
-        for key, n in sorted(job.placed.items(), key=lambda kv: (_on_demand(kv[0]), kv[0])):
+        for key, n in sorted(job.placed.items(), key=lambda kv: (is_on_demand(kv[0]), kv[0])):
             keep = min(n, want)
             if keep <= 0 or key not in self.known:
                 continue
             self.add(job, key, keep)
             want -= keep
-            if _on_demand(key) and not _stays_on_demand(job, self.now, self.policy):
+            if is_on_demand(key) and not _stays_on_demand(job, self.now, self.policy):
                 movable += keep
         return want, movable
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from ringfleet.core.commands import reconfigure_command
 from ringfleet.core.jobs import Incident, Job, JobState
 from ringfleet.core.nodes import Node, NodeState
+from ringfleet.scaling.decisions import is_on_demand
 from ringfleet.scaling.fairness import fair_order
 
 if TYPE_CHECKING:
@@ -121,7 +122,7 @@ def _fits(
     for instance in left:
         if not instance.may_serve(job):
             continue
-        if room is not None and instance.pool.startswith("on-demand:"):
+        if room is not None and is_on_demand(instance.pool):
             if room.get(instance.pool, 0) <= 0:
                 continue
             room[instance.pool] -= 1

@@ -30,6 +30,7 @@ from ringfleet.scaling.decisions import (
     ScalingDecision,
     ScalingPolicy,
     decide_scaling,
+    is_on_demand,
     observe_fleet,
 )
 from ringfleet.scaling.fairness import fair_order
@@ -101,21 +102,20 @@ def remaining_hours(job: Job, step: int | None, now: datetime) -> float | None:
         return None
     if done >= total:
         return 0.0
-    hours_per_step = _hours_per_step(job, done, now)
+    hours_per_step = _hours_per_step(job, job.created_at, done, now)
     if hours_per_step is None:
         return None
     workers = max(1, len(job.members))
     return (total - done) * hours_per_step * workers / max(workers, job.spec.max_workers)
 
 
-def _hours_per_step(job: Job, done: int, now: datetime) -> float | None:
+def _hours_per_step(job: Job, admitted_at: datetime, done: int, now: datetime) -> float | None:
     """The job's pace since its newest (re)start, else since its admission; None before it trained a step."""
     starts = [(i.at, i.step) for i in job.incidents if i.cause in RUN_STARTS and i.step is not None]
-    assert job.created_at is not None
-    for since, from_step in (*starts[-1:], (job.created_at, 0)):
+    for since, from_step in (*starts[-1:], (admitted_at, 0)):
         hours = (now - since).total_seconds() / 3600
-        if done - (from_step or 0) > 0 and hours > 0:
-            return hours / (done - (from_step or 0))
+        if done > from_step and hours > 0:
+            return hours / (done - from_step)
     return None
 
 
@@ -414,7 +414,7 @@ def move_backs(
             continue
         mine, given = placed.get(job.job_id, {}), decision.placements.get(job.job_id, {})
         spot_room = any(n > mine.get(k, 0) for k, n in given.items() if k.startswith("spot:"))
-        on_demand = sorted(i for i in job.members if pool_of.get(i, "").startswith("on-demand:"))
+        on_demand = sorted(i for i in job.members if is_on_demand(pool_of.get(i, "")))
         if spot_room and on_demand:
             out.append((job.job_id, on_demand[0]))
     return tuple(out)
@@ -475,7 +475,7 @@ def _on_demand_bought(plan: ReconcilePlan, snapshot: FleetSnapshot) -> dict[str,
     pool_of = {i.instance_id: i.pool for i in snapshot.instances}
     running = Counter((job_id, pool_of.get(i, "")) for i, job_id in plan.busy.items())
     return {
-        job_id: {k: n - running[(job_id, k)] for k, n in pools.items() if k.startswith("on-demand:")}
+        job_id: {k: n - running[(job_id, k)] for k, n in pools.items() if is_on_demand(k)}
         for job_id, pools in plan.decision.placements.items()
     }
 
