@@ -64,17 +64,19 @@ async def connect(url: str) -> AbstractRobustConnection:
 
 
 async def declare_topology(channel: AbstractChannel) -> None:
-    """Declares the consumed queues with their DLQs and the commands exchange; safe to call any number of times."""
+    """Declares the consumed queues with their DLQs, the commands exchange and the apps exchange (bound to the jobs
+    queue); safe to call any number of times."""
     dlx = await channel.declare_exchange(DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True)
+    apps = await channel.declare_exchange(APPS_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True)
     for queue in MQ_QUEUES:
         dlq = await channel.declare_queue(
             dead_letter_queue(queue), durable=True, arguments=dead_letter_queue_arguments()
         )
         await dlq.bind(dlx, routing_key=dead_letter_queue(queue))
-        await channel.declare_queue(queue, durable=True, arguments=queue_arguments(queue))
+        declared = await channel.declare_queue(queue, durable=True, arguments=queue_arguments(queue))
+        if queue == JOBS_QUEUE:
+            await declared.bind(apps)
     await channel.declare_exchange(COMMANDS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
-    apps = await channel.declare_exchange(APPS_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True)
-    await (await channel.get_queue(JOBS_QUEUE)).bind(apps)
 
 
 async def publish(
