@@ -7,22 +7,18 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from ringfleet_client import RingfleetClient
 from ringfleet_local.cloud import LocalCloud
-from ringfleet_local.fleet import one_thread_each
+from ringfleet_local.demo import uninterrupted_run
 from ringfleet_local.pace import Pace
 
 from ringfleet.core.jobs import Job, JobState
-from tests.conftest import ROOT
 from tests.e2e.side_by_side import HOLD_S, SCALER, Watch, emulator_for
 from tests.e2e.support import DIGITS, digits_job, wait_ticking
-from tests.worker.distributed import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(480)]
 
@@ -43,15 +39,9 @@ def _worlds(log: Path, generation: int) -> set[tuple[int, int]]:
 
 def _baseline(tmp: Path) -> Path:
     """The same training on a fixed ring of two processes, no control plane, no failure: its final parameters."""
-    final, port = tmp / "baseline.pt", free_port()
+    final = tmp / "baseline" / "final.pt"
     args = [x for k, v in {**TRAINING, "save-final": final}.items() for x in (f"--{k}", str(v))]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RINGFLEET_")} | one_thread_each()
-    procs = []
-    for rank in range(2):
-        command = [sys.executable, "-m", "training_worker", "--broker-url", "none", "--instance-id", f"baseline-{rank}"]
-        command += ["--static-world", f"{rank}:2:127.0.0.1:{port}", "--", "python", str(DIGITS / "train.py"), *args]
-        procs.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    assert [p.wait(300) for p in procs] == [0, 0], "the uninterrupted baseline run failed"
+    uninterrupted_run(DIGITS / "train.py", args, 2, tmp / "baseline")
     return final
 
 

@@ -572,25 +572,31 @@ class _Demo:
 
 def _baseline(scenario: Scenario, out: Path, script: Path) -> Path:
     """The same job on a fixed ring of ``workers`` with no control plane and no failures; its final state."""
+    final = out / "baseline" / "final.pt"
+    args = [x for name, value in _training_args(scenario, final).items() for x in (f"--{name}", str(value))]
+    uninterrupted_run(script, [*args, "--step-delay", "0"], scenario.workers, out / "baseline", scenario.steps)
+    return final
+
+
+def uninterrupted_run(script: Path, args: Sequence[str], workers: int, folder: Path, log_every: int = 10) -> None:
+    """``script`` with ``args`` on a fixed ring of ``workers`` processes of this machine, no control plane and no
+    failure (what an interrupted run is compared with); each rank's output in ``folder/rank<N>.log``. Raises
+    SystemExit, naming the folder, when a rank fails."""
     from ringfleet_local.fleet import one_thread_each
 
     port = free_port()
-    folder = out / "baseline"
     folder.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RINGFLEET_", "AWS_"))} | one_thread_each()
-    final = folder / "final.pt"
-    args = [x for name, value in _training_args(scenario, final).items() for x in (f"--{name}", str(value))]
     procs = []
-    for rank in range(scenario.workers):
+    for rank in range(workers):
         command = [sys.executable, "-m", "training_worker", "--broker-url", "none", "--instance-id", f"baseline-{rank}"]
-        command += ["--static-world", f"{rank}:{scenario.workers}:127.0.0.1:{port}", "--log-every", str(scenario.steps)]
-        command += ["--", "python", str(script), *args, "--step-delay", "0"]
+        command += ["--static-world", f"{rank}:{workers}:127.0.0.1:{port}", "--log-every", str(log_every)]
+        command += ["--", "python", str(script), *args]
         with (folder / f"rank{rank}.log").open("wb") as log:
             procs.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env))
     for p in procs:
         if p.wait(timeout=300) != 0:
             raise SystemExit(f"the uninterrupted baseline run failed; see {folder}")
-    return final
 
 
 def _accuracy(log: Path) -> float | None:
