@@ -97,8 +97,10 @@ class Runtime:
         if self._started:
             return
         self._started = True
-        self.link.start(self.notices.on_command, self.ring.whereabouts)
+        # Notices first: once the control channel says it is ready, SIGTERM must already be handled (a SIGTERM in
+        # between ended the process with the signal's default action, status -15, instead of leaving cleanly).
         self.notices.watch()
+        self.link.start(self.notices.on_command, self.ring.whereabouts)
         # A script run without the agent ends without calling close(): its process group and threads are still
         # ended in order (gloo's threads torn down at exit abort the process).
         atexit.register(self.close)
