@@ -12,7 +12,14 @@ from ringfleet.contracts import DEFAULT_CHECKPOINT_INTERVAL_STEPS
 from training_worker.agent import Agent
 from training_worker.collectives import BACKENDS
 from training_worker.control import broker_url_from_secret
-from training_worker.runtime.config import RuntimeConfig, cache_dir, default_slots, parse_static
+from training_worker.runtime.config import (
+    BROKER_FROM_VARIABLE,
+    RuntimeConfig,
+    broker_url_from_agent,
+    cache_dir,
+    default_slots,
+    parse_static,
+)
 
 DESCRIPTION = """\
 The ringfleet instance agent: runs a job's own training script on this instance, data-parallel with a
@@ -134,8 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument(
         "--container-runtime",
         default=_env("RINGFLEET_CONTAINER_RUNTIME"),
-        help="run the job's image with this (docker, podman) instead of the entrypoint as written "
-        "[RINGFLEET_CONTAINER_RUNTIME]",
+        choices=["docker"],
+        help="docker: run the job's image as a container beside this one, through the Docker engine's socket, with "
+        "the job's entrypoint (training_worker/containers.py says what it gets) [RINGFLEET_CONTAINER_RUNTIME]",
     )
     ck = p.add_argument_group("checkpoints")
     ck.add_argument(
@@ -192,6 +200,22 @@ def _broker_secret(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     return args.broker_secret, args.broker_endpoint
 
 
+def _broker_url(parser: argparse.ArgumentParser, args: argparse.Namespace, secret: tuple[str, str] | None) -> str:
+    """The broker login: from the worker's secret; lent by the instance's agent (the agent in a job's container,
+    whose job credentials cannot read the secret); or --broker-url as given."""
+    if secret is not None:
+        try:
+            return broker_url_from_secret(*secret)
+        except Exception as e:  # a missing secret, no permission, a malformed one: say which, no traceback
+            parser.error(f"could not read the broker secret {secret[0]}: {e}")
+    if lent := os.environ.get(BROKER_FROM_VARIABLE):
+        try:
+            return broker_url_from_agent(lent, os.environ.get("AWS_CONTAINER_AUTHORIZATION_TOKEN"))
+        except ValueError as e:
+            parser.error(str(e))
+    return str(args.broker_url)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     program: list[str] | None = None
@@ -203,11 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     secret = _broker_secret(parser, args)
-    if secret is not None:
-        try:
-            args.broker_url = broker_url_from_secret(*secret)
-        except Exception as e:  # a missing secret, no permission, a malformed one: say which, no traceback
-            parser.error(f"could not read the broker secret {secret[0]}: {e}")
+    args.broker_url = _broker_url(parser, args, secret)
     no_broker = args.broker_url in (None, "", "none")
     if not args.instance_id:
         parser.error("--instance-id (or RINGFLEET_INSTANCE_ID) is needed")
@@ -236,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         ),
         broker_secret=secret,
         slots=_slots(args.slots),
+        # the Reconfigure that placed it, when the instance's agent started it in the job's container
+        reconfigure_json=os.environ.get("RINGFLEET_RECONFIGURE") or None,
     )
     return Agent(config, entrypoint=program, container_runtime=args.container_runtime).run()
 

@@ -34,15 +34,19 @@ import threading
 import time
 import traceback
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TextIO
 
 from ringfleet.contracts.messages import Program
-from ringfleet.contracts.training import TrainingFinished
+from ringfleet.contracts.training import EVENTS_FILE_VARIABLE
 from training_worker import runtime as _rt
 from training_worker.checkpoint import INSTANCE_CREDENTIALS, JobCredentials
+from training_worker.containers import ContainerFailed, JobContainer
 from training_worker.runtime import Runtime, RuntimeConfig, Stopped
+from training_worker.runtime.config import BROKER_FROM_VARIABLE, BROKER_PATH
 from training_worker.slots import SlotProcesses
 
 __all__ = ["Agent", "CredentialsEndpoint", "ScriptFailed", "command_line"]
@@ -97,12 +101,26 @@ def _tail(text: str, lines: int = TRACEBACK_LINES) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
+def _show(stream: TextIO) -> Callable[[str], None]:
+    """Writes a job container's output through to this agent's own, as it comes."""
+
+    def write(text: str) -> None:
+        stream.write(text)
+        stream.flush()
+
+    return write
+
+
 class CredentialsEndpoint:
     """Serves ``JobCredentials`` on 127.0.0.1 to the agent's child (process or ``--network=host`` container), as ECS
     serves a task's role: botocore's container provider reads them, token-checked, and fetches them anew before they
-    expire."""
+    expire.
 
-    def __init__(self, credentials: JobCredentials) -> None:
+    With ``broker_url`` (the agent's login, read from its broker secret with the instance's credentials) it also
+    serves that at ``/broker`` to the same token: the child's job credentials cannot read the secret, and the login
+    never sits in the child's environment or its container's configuration (``docker inspect``)."""
+
+    def __init__(self, credentials: JobCredentials, broker_url: str | None = None) -> None:
         token = secrets.token_urlsafe(32)
 
         class Serve(BaseHTTPRequestHandler):
@@ -110,7 +128,13 @@ class CredentialsEndpoint:
                 if not secrets.compare_digest(self.headers.get("Authorization", ""), token):
                     self.send_error(403, "wrong or missing authorization token")
                     return
-                body = json.dumps(credentials.current()).encode()
+                if self.path == BROKER_PATH:
+                    if broker_url is None:
+                        self.send_error(404, "this agent lends no broker login")
+                        return
+                    body = json.dumps({"url": broker_url}).encode()
+                else:
+                    body = json.dumps(credentials.current()).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -122,10 +146,12 @@ class CredentialsEndpoint:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Serve)
         threading.Thread(target=self.server.serve_forever, name="job-credentials", daemon=True).start()
+        base = f"http://127.0.0.1:{self.server.server_address[1]}"
         #: What the child's environment gets.
         self.environment = {
-            "AWS_CONTAINER_CREDENTIALS_FULL_URI": f"http://127.0.0.1:{self.server.server_address[1]}/",
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI": f"{base}/",
             "AWS_CONTAINER_AUTHORIZATION_TOKEN": token,
+            **({BROKER_FROM_VARIABLE: f"{base}{BROKER_PATH}"} if broker_url else {}),
         }
 
     def close(self) -> None:
@@ -153,9 +179,16 @@ class Agent:
         self.credentials: JobCredentials | None = None
         self._endpoint: CredentialsEndpoint | None = None
         self.runtime = _rt.install(Runtime(config))
-        #: The instance's other slots (one process per GPU beyond this one), started warm now; None: one slot.
+        #: The job's container while it runs (``--container-runtime docker``): SIGTERM and spot notices reach it.
+        self._container: JobContainer | None = None
+        if container_runtime:
+            if container_runtime != "docker":
+                raise SystemExit(f"--container-runtime {container_runtime!r}: only 'docker' (the Docker engine's API)")
+            self.runtime.notices.on_leave(self._pass_on_leave)
+        #: The instance's other slots (one process per GPU beyond this one), started warm now; None: one slot. With a
+        #: container runtime the agent in the job's container starts them (``training_worker.containers``).
         self.slots: SlotProcesses | None = None
-        if config.slots > 1 and config.local_rank == 0 and config.static is None:
+        if config.slots > 1 and config.local_rank == 0 and config.static is None and not container_runtime:
             self.slots = SlotProcesses(config, entrypoint, self._slot_died)
             self.slots.start()
             self.runtime.notices.forward(self.slots.relay)
@@ -191,15 +224,10 @@ class Agent:
             self.use_job_credentials()
             while True:
                 try:
-                    self._run_once(program)
-                    return 0
+                    return self._run_once(program)
                 except Stopped as e:
                     log.info("stopped: %s", e)
-                    step = runtime.progress.step
-                    print(f"finished: stopped at step {step}\n", end="", flush=True)
-                    runtime.events.emit(
-                        TrainingFinished, generation=max(runtime.ring.generation, 0), outcome="stopped", step=step
-                    )
+                    runtime.stopped()
                     return 0
                 except ScriptFailed as e:
                     log.error("the job's script failed: %s", e)
@@ -247,7 +275,8 @@ class Agent:
         if self.credentials is None:
             return {}
         if self._endpoint is None:
-            self._endpoint = CredentialsEndpoint(self.credentials)
+            lent = self.config.broker_url if self.config.broker_secret else None
+            self._endpoint = CredentialsEndpoint(self.credentials, lent)
         return self._endpoint.environment
 
     def _await_restart(self) -> bool:
@@ -264,7 +293,11 @@ class Agent:
             ring.passed_over(ring.discovery.generation)  # a generation without this worker: wait on
         return False
 
-    def _run_once(self, program: Program) -> None:
+    def _run_once(self, program: Program) -> int:
+        """Runs the program to its end: 0, or the status of a job container that ended otherwise (its own agent
+        reported why). A failing script raises ScriptFailed."""
+        if self.container_runtime:
+            return self._run_container(program)
         argv = command_line(program)
         commands = self.runtime.ring.commands
         latest = commands.latest if commands is not None else None
@@ -275,11 +308,12 @@ class Agent:
         os.environ["RINGFLEET_HYPERPARAMETERS"] = json.dumps(program.hyperparameters)
         os.environ["RINGFLEET_CHECKPOINT_INTERVAL_STEPS"] = str(program.checkpoint_interval_steps)
         self.runtime.tiers.checkpoint_every(program.checkpoint_interval_steps)
-        target = None if self.container_runtime else _python_target(argv)
+        target = _python_target(argv)
         if target is None:
             self._run_child(program, argv)
         else:
             self._run_in_process(target, shlex.join(argv))
+        return 0
 
     def _run_in_process(self, target: _PythonTarget, shown: str) -> None:
         log.info("running the job's entrypoint in this interpreter: %s", shown)
@@ -321,7 +355,7 @@ class Agent:
         runtime = self.runtime
         commands = runtime.ring.commands
         latest = commands.latest if commands is not None else None
-        return {
+        env = {
             **runtime.config.environment(),
             "RINGFLEET_HYPERPARAMETERS": json.dumps(program.hyperparameters),
             "RINGFLEET_CHECKPOINT_INTERVAL_STEPS": str(program.checkpoint_interval_steps),
@@ -329,29 +363,28 @@ class Agent:
             **({"RINGFLEET_JOB_ID": runtime.job.id} if runtime.job.id else {}),
             **self._child_credentials(),
         }
+        if BROKER_FROM_VARIABLE in env:  # the login comes from this agent, not from the secret
+            for name in ("RINGFLEET_BROKER_SECRET_ID", "RINGFLEET_BROKER_ENDPOINT"):
+                env.pop(name, None)
+        return env
 
     def _run_child(self, program: Program, argv: list[str]) -> None:
-        """A non-Python entrypoint, or the job's container image: the child runs its own runtime, so this one lets
-        go of the control channel (one consumer per mailbox) until the child ends."""
+        """A non-Python entrypoint: the child runs its own runtime, so this one lets go of the control channel (one
+        consumer per mailbox) until the child ends."""
         runtime = self.runtime
         env = self._child_environment(program)
-        if self.container_runtime:
-            flags = [f"--env={k}" for k in sorted(env)]
-            command = [self.container_runtime, "run", "--rm", "--network=host", *flags, program.image, *argv]
-        else:
-            command = argv
-        log.info("running the job's entrypoint as a child process: %s", shlex.join(command))
-        runtime.link.detach()
         tail: deque[str] = deque(maxlen=TRACEBACK_LINES)
+        log.info("running the job's entrypoint as a child process: %s", shlex.join(argv))
         inherited = {k: v for k, v in os.environ.items() if not (self.credentials and k in INSTANCE_CREDENTIALS)}
+        runtime.link.detach()
         try:
-            child = subprocess.Popen(
-                command, env={**inherited, **env}, stdout=sys.stdout, stderr=subprocess.PIPE, text=True
-            )
-        except OSError as e:
-            raise ScriptFailed(f"the entrypoint could not start: {e} ({shlex.join(argv)!r})") from e
-        assert child.stderr is not None
-        try:
+            try:
+                child = subprocess.Popen(
+                    argv, env={**inherited, **env}, stdout=sys.stdout, stderr=subprocess.PIPE, text=True
+                )
+            except OSError as e:
+                raise ScriptFailed(f"the entrypoint could not start: {e} ({shlex.join(argv)!r})") from e
+            assert child.stderr is not None
             for line in child.stderr:
                 sys.stderr.write(line)
                 tail.append(line.rstrip())
@@ -361,3 +394,37 @@ class Agent:
         if status != 0:
             raise ScriptFailed(f"the script exited with status {status} ({shlex.join(argv)!r})\n" + "\n".join(tail))
         runtime.mark_initialized()
+
+    def _run_container(self, program: Program) -> int:
+        """The job's image through the Docker engine, running the agent's program (``training_worker.containers``):
+        the agent in there runs the job and reports on it; this one hands it the control channel, passes SIGTERM and
+        a spot notice on, and returns the container's exit status. Without job credentials it gets this instance's
+        (as a child process inherits them). A container that cannot start is a failure of the job's script."""
+        import torch
+
+        runtime, config = self.runtime, self.config
+        env = self._child_environment(program)
+        if self.credentials is None:
+            env = {**{k: os.environ[k] for k in INSTANCE_CREDENTIALS if k in os.environ}, **env}
+        shared = [config.checkpoint_cache] if config.checkpoint_cache else []
+        if os.environ.get(EVENTS_FILE_VARIABLE):
+            shared.append(Path(os.environ[EVENTS_FILE_VARIABLE]))
+        container = JobContainer(
+            program.image, env, instance_id=config.instance_id, shared=shared, gpus=torch.cuda.is_available()
+        )
+        log.info("running the job's image %s for %s", program.image, shlex.join(command_line(program)))
+        runtime.link.detach()
+        self._container = container
+        try:
+            status = container.run(_show(sys.stdout), _show(sys.stderr))
+        except ContainerFailed as e:
+            raise ScriptFailed(str(e)) from e
+        finally:
+            self._container = None
+            runtime.link.reconnect()
+        runtime.mark_initialized()
+        return status
+
+    def _pass_on_leave(self, why: str) -> None:
+        if self._container is not None:
+            self._container.signal("SIGTERM")

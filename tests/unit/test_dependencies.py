@@ -60,7 +60,7 @@ def test_every_install_path_uses_the_pins() -> None:
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"pip install .*-c constraints\.txt -e '\.\[dev\]'", makefile)
     dockerfile = (ROOT / "training_worker" / "Dockerfile").read_text()
-    assert "pip install -c /tmp/constraints.txt" in dockerfile and "COPY constraints.txt" in dockerfile
+    assert "-c /tmp/install/constraints.txt" in dockerfile and "COPY constraints.txt" in dockerfile
     assert "torch==2.13.0" in dockerfile
     # the tool virtualenvs are pinned too
     assert re.search(r"aws-sam-cli==[\d.]+", makefile) and re.search(r"checkov==[\d.]+", makefile)

@@ -11,7 +11,10 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from training_worker.agent import CredentialsEndpoint
+from training_worker.checkpoint import JobCredentials
 from training_worker.runtime import RuntimeConfig
+from training_worker.runtime.config import BROKER_FROM_VARIABLE
 
 pytestmark = pytest.mark.worker
 
@@ -55,3 +58,25 @@ def test_plain_amqp_off_this_machine_is_refused_even_from_a_secret(secrets: Any)
         RuntimeConfig.from_env(
             {"RINGFLEET_BROKER_SECRET_ID": SECRET, "RINGFLEET_BROKER_ENDPOINT": "amqp://10.0.3.7:5672/"}
         )
+
+
+def test_a_child_with_job_credentials_gets_the_broker_login_from_its_agent_never_from_its_environment(
+    secrets: Any,
+) -> None:
+    # given an agent logged in with its secret, holding a job's credentials (which may not read that secret)
+    secrets.create_secret(Name=SECRET, SecretString=json.dumps({"username": "ringfleet-worker", "password": "s3/cr:t"}))
+    agent = RuntimeConfig.from_env({"RINGFLEET_BROKER_SECRET_ID": SECRET, "RINGFLEET_BROKER_ENDPOINT": ENDPOINT})
+    credentials = JobCredentials("arn:aws:iam::123456789012:role/WorkerJobRole", "ckpt", "job-1", "i-1")
+    endpoint = CredentialsEndpoint(credentials, agent.broker_url)
+    try:
+        # when its child (a process, or the job's container) starts from the environment it is handed
+        handed = endpoint.environment
+        assert "s3" not in json.dumps(handed)
+        child = RuntimeConfig.from_env(handed)
+        # then the child logs in as its agent does, asking the agent with its token
+        assert child.broker_url == agent.broker_url
+        # and nobody without the token is lent it
+        with pytest.raises(ValueError, match=f"{BROKER_FROM_VARIABLE}=.*the agent lent no broker login.*403"):
+            RuntimeConfig.from_env({**handed, "AWS_CONTAINER_AUTHORIZATION_TOKEN": "guess"})
+    finally:
+        endpoint.close()

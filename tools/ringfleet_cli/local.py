@@ -55,7 +55,41 @@ def _append_delivery(delivery: Any) -> None:
         f.write(json.dumps(line) + "\n")
 
 
-def _start_fleet(cloud: Any, replay: Any = None) -> Any:
+def _worker_image(args: argparse.Namespace) -> str | None:
+    """The worker image the agents run in with ``--containers`` (built now when this checkout has none); None
+    without."""
+    if not getattr(args, "containers", False):
+        return None
+    from ringfleet_local import images
+
+    try:
+        images.docker_ready()
+        return images.worker_image()
+    except (images.DockerUnavailable, RuntimeError) as exc:
+        raise CliError(str(exc), EXIT_UNREACHABLE) from exc
+
+
+def cmd_image(args: argparse.Namespace) -> int:
+    from ringfleet_local import images
+
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise CliError(f"{folder} is not a folder: give the job's folder, e.g. examples/digits", EXIT_USAGE)
+    try:
+        images.docker_ready()
+        tag = images.job_image(folder, args.repository or f"ringfleet-{folder.resolve().name}")
+    except (images.DockerUnavailable, RuntimeError, ValueError) as exc:
+        raise CliError(str(exc), EXIT_UNREACHABLE) from exc
+    print(tag)
+    print(
+        f"run it on a fleet of containers (`ringfleet local up --containers`) with: ringfleet submit JOB.yaml --set "
+        f"image={tag}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _start_fleet(cloud: Any, replay: Any = None, containers: str | None = None) -> Any:
     """The fleet emulator, as the demo runs it: every instance the fleet scaler launches boots an agent
     (``python -m training_worker`` with no job: it learns the job from its first Reconfigure), working in this
     directory so that a job's entrypoint (``python examples/digits/train.py``) resolves here, logging to
@@ -78,7 +112,9 @@ def _start_fleet(cloud: Any, replay: Any = None) -> Any:
             write_info()
             print(f"fleet emulator: instance {instance} boots an agent (pid {detail['pid']})", flush=True)
 
-    emulator = FleetEmulator(cloud.ctx, log_dir=log_dir, on_event=on_event, workdir=Path.cwd(), replay=replay)
+    emulator = FleetEmulator(
+        cloud.ctx, log_dir=log_dir, on_event=on_event, workdir=Path.cwd(), replay=replay, containers=containers
+    )
     write_info()
     emulator.start()
     print(f"fleet emulator: agents work in {info['workdir']} and log to {log_dir}/<instance-id>.log", flush=True)
@@ -149,7 +185,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for kind, names in sorted(cloud.created.items()):
             print(f"  {kind}: {', '.join(names)}", flush=True)
         print(f"  registered tenants: {', '.join(sorted(cloud.tenants.tenants)) or 'none'}", flush=True)
-        emulator = _start_fleet(cloud, replay) if args.fleet else None
+        emulator = _start_fleet(cloud, replay, _worker_image(args)) if args.fleet else None
         try:
             print(f"routing events to {len(cloud.ctx.functions)} functions; Ctrl-C to stop", flush=True)
             while not stop:
@@ -175,12 +211,20 @@ def cmd_up(args: argparse.Namespace) -> int:
     # A trace folder that cannot be replayed is refused here, in one line, not in the background process's log.
     _trace_replay(args)
     _tenant_registry(args)
+    # Built here, with its progress shown, not in the background process (which finds it built).
+    _worker_image(args)
     attach.STATE_DIR.mkdir(parents=True, exist_ok=True)
     log_path = attach.STATE_DIR / "local.log"
     with log_path.open("w") as log:
         command = [sys.executable, "-m", "ringfleet_cli.main", "local", "serve", "--template", args.template]
         proc = subprocess.Popen(
-            [*command, *([] if args.fleet else ["--no-fleet"]), *_trace_options(args), *_tenant_options(args)],
+            [
+                *command,
+                *([] if args.fleet else ["--no-fleet"]),
+                *(["--containers"] if args.containers else []),
+                *_trace_options(args),
+                *_tenant_options(args),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -252,7 +296,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    lsub = local.add_subparsers(dest="local_command", required=True, metavar="{up,down,status,env,credentials,emit}")
+    lsub = local.add_subparsers(
+        dest="local_command", required=True, metavar="{up,down,image,status,env,credentials,emit}"
+    )
     up = lsub.add_parser(
         "up",
         help="start moto, create the template's resources, route events, emulate the fleet (background)",
@@ -274,8 +320,26 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve.add_argument("--no-fleet", dest="fleet", action="store_false")
     for p in (up, serve):
         _add_cloud_options(p)
+        p.add_argument(
+            "--containers",
+            action="store_true",
+            help="each instance boots its agent in the worker image (docker run, as AWS's launch template does), "
+            "and the agent runs the job's image beside it: see `ringfleet local image`. Needs a Docker engine",
+        )
     serve.set_defaults(func=cmd_serve)
     lsub.add_parser("down", help="stop the local cloud and every agent of its fleet").set_defaults(func=cmd_down)
+    image = lsub.add_parser(
+        "image",
+        help="build a job's image from its folder, for a fleet of containers",
+        description="Builds a job's container image the way a user does for AWS (FROM ringfleet-worker, the folder "
+        "copied in at its path under /job, which is the working directory, so the job file's entrypoint is the same "
+        "as on a fleet of processes), on this machine's Docker engine with no registry: the worker image and its "
+        "Debian base are built first when missing (a few minutes, once). Prints the image's tag: submit the job "
+        "with `--set image=TAG` to a local cloud started with `ringfleet local up --containers`.",
+    )
+    image.add_argument("folder", help="the job's folder, relative to this directory, e.g. examples/digits")
+    image.add_argument("--repository", help="the image's name (default ringfleet-<folder name>)")
+    image.set_defaults(func=cmd_image)
     local_status.register(lsub)
     invoke.register_emit(lsub)
 

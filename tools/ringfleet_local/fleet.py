@@ -17,6 +17,13 @@ Chaos injection reproduces the two ways AWS takes capacity:
   terminated, its state-change event is sent and its process killed;
 - ``hard_kill(instance)``: the process dies and the instance is terminated with no notice at all.
 
+``containers=IMAGE`` (``local up --containers``) boots each agent as AWS's launch template does (docs/deploy.md):
+``docker run`` of the worker image on host networking, with the Docker engine's socket and
+``RINGFLEET_CONTAINER_RUNTIME=docker``, so the agent starts the job's own image beside itself
+(``training_worker.containers``). The instance's folders (its checkpoint cache, its training events file) are
+bind-mounted at the same paths and owned by the image's ``worker`` user. Ending such an instance removes every
+container labelled with it (``ringfleet.instance``): its agent's and its job's.
+
 ``duplicate_events=True`` sends every cloud event twice, as EventBridge's at-least-once delivery may.
 ``replay`` (a :class:`~ringfleet_local.spot_traces.TraceReplay`, ``local up --spot-traces DIR``) replays spot
 availability: on every poll, a spot pool holding more than its trace has available now gets the newest of its
@@ -40,6 +47,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from ringfleet.contracts.messages import CONTAINER_INSTANCE_LABEL as INSTANCE_LABEL
+from ringfleet.contracts.messages import CONTAINER_ROLE_LABEL as ROLE_LABEL
 from ringfleet.contracts.training import EVENTS_FILE_VARIABLE
 from ringfleet_local.catalog import local_catalog
 from ringfleet_local.context import CloudContext
@@ -49,6 +58,9 @@ from ringfleet_local.training_events import events_file
 __all__ = ["EmulatedInstance", "FleetEmulator", "MetadataServer"]
 
 STACK_TAG = "ringfleet:stack"
+DOCKER_SOCKET = "/var/run/docker.sock"
+#: The uid of the worker image's ``worker`` user (training_worker/Dockerfile): it owns an instance's folders.
+IMAGE_WORKER_UID = 1000
 POOL_TAG = "ringfleet:pool"
 
 
@@ -136,8 +148,11 @@ class FleetEmulator:
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
         workdir: Path | None = None,
         replay: TraceReplay | None = None,
+        containers: str | None = None,
     ) -> None:
         self.ctx = ctx
+        #: The worker image each agent runs in (``docker run``); None: agents are processes of this machine.
+        self.containers = containers
         self.replay = replay
         self.job_of = job_of
         self.worker_args = worker_args or (lambda job, instance: [])
@@ -220,8 +235,8 @@ class FleetEmulator:
     def _launch(self, instance_id: str, job_id: str | None, instance_type: str) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{instance_id}.log"
+        inherited = {k: v for k, v in os.environ.items() if k not in ("RINGFLEET_JOB_ID", "RINGFLEET_BROKER_URL")}
         env = {
-            **{k: v for k, v in os.environ.items() if k not in ("RINGFLEET_JOB_ID", "RINGFLEET_BROKER_URL")},
             **({"RINGFLEET_JOB_ID": job_id} if job_id else {}),
             **self.ctx.aws_environment,
             "RINGFLEET_INSTANCE_ID": instance_id,
@@ -240,9 +255,18 @@ class FleetEmulator:
             "PYTHONUNBUFFERED": "1",
             **one_thread_each(),
         }
+        if self.containers:
+            # the container gets the instance's variables and the worker's settings this process has, no more (its
+            # own PATH, HOME, ... are the image's)
+            env.update({k: v for k, v in inherited.items() if k.startswith("RINGFLEET_") and k not in env})
+            command = self._container_command(instance_id, env)
+            env = {**os.environ, **env}
+        else:
+            command = [sys.executable, "-m", "training_worker"]
+            env = {**inherited, **env}
         with log_path.open("ab") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "training_worker", *self.worker_args(job_id, instance_id)],
+                [*command, *self.worker_args(job_id, instance_id)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -252,11 +276,39 @@ class FleetEmulator:
         self.instances[instance_id] = EmulatedInstance(instance_id, job_id, process, log_path, instance_type)
         self.on_event("worker-started", {"instance_id": instance_id, "job_id": job_id, "pid": process.pid})
 
+    def _container_command(self, instance_id: str, env: dict[str, str]) -> list[str]:
+        """``docker run`` of the worker image for one instance's agent: its variables by name (``env`` holds their
+        values), the engine's socket, its folders at their own paths, owned by the image's worker user."""
+        assert self.containers is not None
+        cache, events = Path(env["RINGFLEET_CHECKPOINT_CACHE"]), Path(env[EVENTS_FILE_VARIABLE])
+        cache.mkdir(parents=True, exist_ok=True)
+        events.touch()
+        for path in (cache, events):
+            os.chown(path, IMAGE_WORKER_UID, IMAGE_WORKER_UID)
+        env["RINGFLEET_CONTAINER_RUNTIME"] = "docker"
+        socket = Path(DOCKER_SOCKET)
+        return [
+            "docker",
+            "run",
+            "--rm",
+            "--network=host",
+            f"--label={INSTANCE_LABEL}={instance_id}",
+            f"--label={ROLE_LABEL}=agent",
+            f"--group-add={socket.stat().st_gid}",
+            f"--volume={socket}:{socket}",
+            f"--volume={cache}:{cache}",
+            f"--volume={events.parent}:{events.parent}",
+            *(f"--env={k}" for k in sorted(env)),
+            self.containers,
+        ]
+
     def _kill(self, instance_id: str, sig: signal.Signals) -> None:
         inst = self.instances.pop(instance_id, None)
         self.gone.add(instance_id)
         if inst is not None:
             _end([inst.process], sig, grace_s=30)
+        if self.containers:
+            remove_containers(instance_id)
 
     # -- chaos ------------------------------------------------------------------------------------------------
     def _put(self, detail_type: str, detail: dict[str, Any], instance_id: str) -> None:
@@ -357,7 +409,21 @@ class FleetEmulator:
             self.gone.update(self.instances)
             self.instances.clear()
         _end([i.process for i in ending], signal.SIGTERM, grace_s=grace_s)
+        if self.containers:
+            for inst in ending:
+                remove_containers(inst.instance_id)
         self.metadata.close()
+
+
+def remove_containers(instance_id: str) -> None:
+    """Removes, at once, every container of an instance (its agent's, its job's): the instance is gone."""
+    found = subprocess.run(
+        ["docker", "ps", "--all", "--quiet", f"--filter=label={INSTANCE_LABEL}={instance_id}"],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    if found:
+        subprocess.run(["docker", "rm", "--force", *found], capture_output=True)
 
 
 def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:

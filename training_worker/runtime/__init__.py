@@ -29,6 +29,7 @@ from __future__ import annotations
 import atexit
 from collections.abc import Mapping
 
+from ringfleet.contracts.training import TrainingFinished
 from training_worker.events import EventLog
 from training_worker.runtime.boundary import StepBoundary
 from training_worker.runtime.config import RuntimeConfig, cache_dir, parse_static
@@ -115,6 +116,12 @@ class Runtime:
         self.tiers.finish(state, membership, self.progress.step)
         self.progress.finished(self.ring.generation)
 
+    def stopped(self) -> None:
+        """The script ended at a step boundary because this worker left or was stopped: what it says of that."""
+        step = self.progress.step
+        print(f"finished: stopped at step {step}\n", end="", flush=True)
+        self.events.emit(TrainingFinished, generation=max(self.ring.generation, 0), outcome="stopped", step=step)
+
     def reset_for_rerun(self) -> None:
         """The script failed and will run again in this process: it starts from a fresh state and in a generation
         newer than every one known now (the control plane's restart), never in the one it failed in."""
@@ -141,7 +148,8 @@ def install(runtime: Runtime) -> Runtime:
 
 
 def current() -> Runtime:
-    """This process's runtime, built from the environment the first time it is asked for."""
+    """This process's runtime, built from the environment the first time it is asked for (a script run without the
+    agent: alone, under torchrun's variables, or the agent's child process or container)."""
     global _runtime
     if _runtime is None:
         _runtime = Runtime(RuntimeConfig.from_env())

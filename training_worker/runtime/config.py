@@ -7,6 +7,7 @@ It says how this process was started and never changes after: the job a worker s
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Mapping
@@ -18,7 +19,33 @@ from training_worker.collectives import BACKENDS
 from training_worker.control import broker_url_from_secret
 from training_worker.membership import Membership
 
-__all__ = ["RuntimeConfig", "cache_dir", "default_slots", "parse_static"]
+__all__ = [
+    "BROKER_FROM_VARIABLE",
+    "BROKER_PATH",
+    "RuntimeConfig",
+    "broker_url_from_agent",
+    "cache_dir",
+    "default_slots",
+    "parse_static",
+]
+
+#: Where a process the agent launched with job credentials gets its broker login: the agent's credentials endpoint
+#: (``training_worker.agent.CredentialsEndpoint``), at this path, with the same token as its credentials.
+BROKER_FROM_VARIABLE = "RINGFLEET_BROKER_FROM"
+BROKER_PATH = "/broker"
+
+
+def broker_url_from_agent(url: str, token: str | None) -> str:
+    """The broker login the agent lends its child (``BROKER_FROM_VARIABLE``); a clear error when it does not."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"Authorization": token or ""})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return str(json.loads(answer.read())["url"])
+    except (urllib.error.URLError, OSError, ValueError, KeyError) as e:
+        raise ValueError(f"{BROKER_FROM_VARIABLE}={url}: the agent lent no broker login ({e})") from e
 
 
 def parse_static(value: str) -> Membership:
@@ -128,7 +155,13 @@ class RuntimeConfig:
     def from_env(cls, env: Mapping[str, str] | None = None) -> RuntimeConfig:
         env = os.environ if env is None else env
         secret = _broker_secret(env)
-        broker = broker_url_from_secret(*secret) if secret else _set(env, "RINGFLEET_BROKER_URL")
+        broker: str | None
+        if secret:
+            broker = broker_url_from_secret(*secret)
+        elif lent := _set(env, BROKER_FROM_VARIABLE):
+            broker = broker_url_from_agent(lent, env.get("AWS_CONTAINER_AUTHORIZATION_TOKEN"))
+        else:
+            broker = _set(env, "RINGFLEET_BROKER_URL")
         discovery_file = _set(env, "RINGFLEET_DISCOVERY_FILE")
         return cls(
             job_id=_set(env, "RINGFLEET_JOB_ID"),

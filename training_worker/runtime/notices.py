@@ -34,10 +34,16 @@ class Notices:
         self._overdue: threading.Timer | None = None
         #: Who else hears every command: the instance's other slots (``training_worker.slots``).
         self._forwards: list[Callable[[CheckpointNow | Reconfigure | Stop], None]] = []
+        #: Who else hears SIGTERM or a spot notice: the job's container, which the agent started (``on_leave``).
+        self._leaving: list[Callable[[str], None]] = []
 
     def forward(self, to: Callable[[CheckpointNow | Reconfigure | Stop], None]) -> None:
         """Every command this worker gets is passed on to ``to`` first (the agent relays them to its slots)."""
         self._forwards.append(to)
+
+    def on_leave(self, to: Callable[[str], None]) -> None:
+        """``to(why)`` is called on SIGTERM or a spot notice too (the agent passes them on to the job's container)."""
+        self._leaving.append(to)
 
     def watch(self) -> None:
         """Watches for a spot interruption notice (with an instance metadata endpoint) and SIGTERM (on the main
@@ -100,5 +106,7 @@ class Notices:
         plane's next Reconfigure. A worker that is not training (waiting for a membership) exits at once.
         """
         log.warning("%s: checkpointing at the next step boundary, then leaving", why)
+        for to in self._leaving:
+            to(why)
         self._flags.leave()
         self._ring.discovery.close()

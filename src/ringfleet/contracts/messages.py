@@ -39,6 +39,8 @@ from ringfleet.contracts.scalars import (
 )
 
 __all__ = [
+    "CONTAINER_INSTANCE_LABEL",
+    "CONTAINER_ROLE_LABEL",
     "DEFAULT_CHECKPOINT_INTERVAL_STEPS",
     "MESSAGE_TYPES",
     "AppMessage",
@@ -330,6 +332,12 @@ class CheckpointRef(BaseModel):
         parsed = parse_checkpoint_uri(self.uri)
         assert parsed is not None  # checked when the model was built
         return parsed
+
+
+#: The Docker labels on an instance's containers (its agent's, ``agent``, and its job's, ``job``): whoever ends the
+#: instance (the local fleet) finds them all.
+CONTAINER_INSTANCE_LABEL = "ringfleet.instance"
+CONTAINER_ROLE_LABEL = "ringfleet.role"
 
 
 class Program(BaseModel):
