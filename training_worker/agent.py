@@ -35,12 +35,13 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TextIO
 
-from ringfleet.contracts.messages import Program
+from ringfleet.contracts import parse_message
+from ringfleet.contracts.messages import Program, Reconfigure
 from ringfleet.contracts.training import EVENTS_FILE_VARIABLE
 from training_worker import runtime as _rt
 from training_worker.checkpoint import INSTANCE_CREDENTIALS, JobCredentials
@@ -99,6 +100,17 @@ def _python_target(argv: list[str]) -> _PythonTarget | None:
 
 def _tail(text: str, lines: int = TRACEBACK_LINES) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def _slots_placed(config: RuntimeConfig) -> RuntimeConfig:
+    """An agent started already placed (in a job's container: the Reconfigure it is handed) starts as many slots as
+    the job asks of its instance, not one per GPU it sees."""
+    if config.reconfigure_json is None or config.local_rank != 0:
+        return config
+    placed = parse_message(config.reconfigure_json)
+    if not isinstance(placed, Reconfigure) or config.instance_id not in placed.ranks:
+        return config
+    return replace(config, slots=min(config.slots, placed.slots_of(config.instance_id)))
 
 
 def _show(stream: TextIO) -> Callable[[str], None]:
@@ -170,6 +182,7 @@ class Agent:
         container_runtime: str | None = None,
         job_role_arn: str | None = None,
     ) -> None:
+        config = _slots_placed(config)
         self.config = config
         self.entrypoint = entrypoint
         self.container_runtime = container_runtime

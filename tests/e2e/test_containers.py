@@ -1,7 +1,7 @@
 """The container path, end to end (issue 22 point 4): each instance boots its agent in the worker image (as AWS's
 launch template does), the agent starts the job's own image beside itself through the Docker engine, and the job
-trains on two instances through a spot notice to SUCCEEDED; the job's container has neither the engine's socket nor
-any privilege.
+trains on two 4-GPU instances, two slots each, through a spot notice to SUCCEEDED; the job's container has neither
+the engine's socket nor any privilege.
 
 The images are built here, from this checkout and examples/digits, on this machine's Docker engine with no registry
 (``ringfleet_local.images``: the first build takes minutes, later ones find them built). No engine fails the test
@@ -85,7 +85,8 @@ def test_a_job_image_trains_on_two_container_instances_through_a_spot_notice(
                     entrypoint=["python", "examples/digits/train.py"],
                     min_workers=2,
                     max_workers=2,
-                    instance_types=["g5.xlarge"],
+                    instance_types=["g5.12xlarge"],
+                    slots_per_instance=2,
                     total_steps=STEPS,
                     hyperparameters={"steps": STEPS, "commit-every": 1, "step-delay": STEP_S},
                 )
@@ -95,9 +96,9 @@ def test_a_job_image_trains_on_two_container_instances_through_a_spot_notice(
             wait_ticking(
                 cloud,
                 SCALER,
-                lambda: all(_trained_in_ring_of(logs / f"{i}.log", 2) for i in members),
+                lambda: all(_trained_in_ring_of(logs / f"{i}.log", 4) for i in members),
                 240,
-                "both instances' job containers to train in one ring",
+                "both instances' job containers to train in one ring of four",
             )
             # then each instance runs its agent in the worker image, with the engine's socket, and the job in the
             # job's image beside it: the agent's program (never the image's entrypoint), with no socket, no
@@ -112,6 +113,10 @@ def test_a_job_image_trains_on_two_container_instances_through_a_spot_notice(
                 assert not _sockets(job), job["Mounts"]
                 assert job["HostConfig"]["Privileged"] is False and job["HostConfig"]["CapDrop"] == ["ALL"]
                 assert job["HostConfig"]["NetworkMode"] == "host"
+                # with a process per slot the job asks of its 4-GPU instance: the agent and one slot beside it
+                top = subprocess.run(["docker", "top", job["Id"]], capture_output=True, text=True, check=True).stdout
+                ours = [line.split("-m ")[-1] for line in top.splitlines() if "-m training_worker" in line]
+                assert sorted(ours) == ["training_worker", "training_worker.slot"], top
             # when one instance gets a spot notice
             leaving, staying = members
             emulator.interrupt(leaving, grace_s=10)
@@ -126,11 +131,11 @@ def test_a_job_image_trains_on_two_container_instances_through_a_spot_notice(
             assert "finished: stopped at step" in (logs / f"{leaving}.log").read_text()
             events = (parse_training_event(line) for line in events_file(logs, leaving).read_text().splitlines())
             left = [e for e in events if isinstance(e, RankLeft)]
-            assert len(left) == 1, left
+            assert len(left) == 2 and left[0].reached == left[1].reached, left  # both its slots, at one boundary
             wait_ticking(
                 cloud,
                 SCALER,
-                lambda: f"shrank to 1 at step {left[0].reached}" in (logs / f"{staying}.log").read_text(),
+                lambda: f"shrank to 2 at step {left[0].reached}" in (logs / f"{staying}.log").read_text(),
                 60,
                 "the other instance to train on alone",
             )
