@@ -45,7 +45,7 @@ from ringfleet.contracts.messages import Program, Reconfigure
 from ringfleet.contracts.training import EVENTS_FILE_VARIABLE
 from training_worker import runtime as _rt
 from training_worker.checkpoint import INSTANCE_CREDENTIALS, JobCredentials
-from training_worker.containers import ContainerFailed, JobContainer
+from training_worker.containers import ContainerFailed, JobContainer, remove_leftovers
 from training_worker.runtime import Runtime, RuntimeConfig, Stopped
 from training_worker.runtime.config import BROKER_FROM_VARIABLE, BROKER_PATH
 from training_worker.slots import SlotProcesses
@@ -233,6 +233,11 @@ class Agent:
         runtime = self.runtime
         runtime.start()
         try:
+            if self.container_runtime:
+                try:
+                    remove_leftovers(self.config.instance_id)
+                except ContainerFailed as e:
+                    raise SystemExit(f"--container-runtime docker: {e}") from e
             program = self.program()
             self.use_job_credentials()
             while True:

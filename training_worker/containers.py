@@ -38,7 +38,7 @@ from typing import Any
 from ringfleet.contracts.messages import CONTAINER_INSTANCE_LABEL as INSTANCE_LABEL
 from ringfleet.contracts.messages import CONTAINER_ROLE_LABEL as ROLE_LABEL
 
-__all__ = ["AGENT", "FORWARDED", "ContainerFailed", "JobContainer"]
+__all__ = ["AGENT", "FORWARDED", "ContainerFailed", "JobContainer", "engine", "remove_leftovers"]
 
 log = logging.getLogger("training_worker.containers")
 
@@ -80,6 +80,36 @@ def _ecr_auth(image: str) -> dict[str, str] | None:
     return {"username": user, "password": password}
 
 
+def engine() -> Any:
+    """The Docker engine's client (``DOCKER_HOST``, or the socket); ContainerFailed, saying how to fix it, when none
+    answers."""
+    import docker
+
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as e:
+        raise ContainerFailed(
+            f"no Docker engine answers ({e}): the agent's container needs the engine's socket "
+            "(-v /var/run/docker.sock:/var/run/docker.sock --group-add <its group>, docs/deploy.md)"
+        ) from e
+    return client
+
+
+def remove_leftovers(instance_id: str, client: Any | None = None) -> list[str]:
+    """Removes the job containers of ``instance_id`` that an agent before this one left behind (it died, or was
+    stopped, with its job still running): nothing of a previous job runs beside the next. Returns their ids."""
+    client = client or engine()
+    labels = [f"{INSTANCE_LABEL}={instance_id}", f"{ROLE_LABEL}=job"]
+    removed = []
+    for container in client.containers.list(all=True, filters={"label": labels}):
+        container.remove(force=True)
+        removed.append(container.short_id)
+    if removed:
+        log.warning("removed %d job container(s) a previous agent of this instance left: %s", len(removed), removed)
+    return removed
+
+
 class JobContainer:
     """One run of the job's image: ``run`` starts it, follows its output until it ends and returns its exit status."""
 
@@ -102,16 +132,7 @@ class JobContainer:
 
     def _engine(self) -> Any:
         if self._client is None:
-            import docker
-
-            try:
-                self._client = docker.from_env()
-                self._client.ping()
-            except docker.errors.DockerException as e:
-                raise ContainerFailed(
-                    f"no Docker engine answers ({e}): the agent's container needs the engine's socket "
-                    "(-v /var/run/docker.sock:/var/run/docker.sock --group-add <its group>, docs/deploy.md)"
-                ) from e
+            self._client = engine()
         return self._client
 
     def _image(self, engine: Any) -> None:
