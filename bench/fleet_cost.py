@@ -400,8 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'policy':24} {'cost $':>9} {'x (a)':>6} {'completion h':>13} {'deadlines met':>14} {'GPU-h lost':>11}")
         for name, r in results.items():
             print(
-                f"{name:24} {r['cost_usd']:9.0f} {r['cost_usd'] / base['cost_usd']:6.2f} {r['completion_h']:13.1f} "
-                f"{r['deadlines_met']:>8.0f} of {r['jobs']:<3.0f} {r['gpu_hours_lost']:11.1f}"
+                f"{name:24} {r['cost_usd']:9.0f} {_ratio(r['cost_usd'], base['cost_usd']):>6} "
+                f"{r['completion_h']:13.1f} {r['deadlines_met']:>8.0f} of {r['jobs']:<3.0f} {r['gpu_hours_lost']:11.1f}"
             )
     ours, failover = results[NAMES[3]], results[NAMES[2]]
     met = (
@@ -411,11 +411,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not args.json:
         print(
-            f"ours: {1 - ours['cost_usd'] / base['cost_usd']:.0%} cheaper than (a) (target >= 60 %), "
-            f"{ours['cost_usd'] / failover['cost_usd']:.2f}x the cost of (c); "
+            f"ours: {_cheaper(ours['cost_usd'], base['cost_usd'])} than (a) (target >= 60 %), "
+            f"cost / (c)'s: {_ratio(ours['cost_usd'], failover['cost_usd'])}; "
             + ("targets met" if met else "TARGETS MISSED")
         )
     return 0 if met else 1
+
+
+def _ratio(cost: float, baseline: float) -> str:
+    """``cost / baseline`` to two places; "n/a" when the baseline spent nothing (a policy that launched no instance,
+    e.g. failover on traces of single-instance zones for a multi-worker job)."""
+    return f"{cost / baseline:.2f}" if baseline > 0 else "n/a"
+
+
+def _cheaper(cost: float, baseline: float) -> str:
+    return f"{1 - cost / baseline:.0%} cheaper" if baseline > 0 else "n/a cheaper ((a) spent nothing)"
 
 
 if __name__ == "__main__":
