@@ -16,9 +16,11 @@ from pathlib import Path
 
 import aio_pika
 import aiormq
+import pamqp.exceptions
 import pytest
 from ringfleet_client import RingfleetClient
-from ringfleet_local.cloud import LocalCloud
+from ringfleet_local.cloud import DEFAULT_BROKER_URL, LocalCloud
+from ringfleet_local.vhost import url_with_vhost
 
 from ringfleet.adapters.dynamodb import DynamoDbJobRepository
 from ringfleet.adapters.rabbitmq import publish
@@ -262,3 +264,19 @@ def _admitted_job_via(cloud: LocalCloud, url: str, tenant: str, job_id: str) -> 
     after = len(cloud.router.deliveries)
     RingfleetClient(url).submit(digits_job(job_id=job_id, tenant=tenant))
     assert _outcome(cloud, job_id, "JobSubmitted", after)["outcome"] == "admitted"
+
+
+def test_the_brokers_admin_login_may_do_nothing_in_the_clouds_vhost(cloud: LocalCloud) -> None:
+    # given the admin login that made the vhost (guest here): once the role users exist, it lost its permissions there
+    assert cloud.roles is not None
+    admin = url_with_vhost(DEFAULT_BROKER_URL, cloud.roles.vhost)
+    stop = Stop(job_id="acme-model", generation=0, reason="forged by the admin login")
+    # when it logs in there to publish a Stop: the broker closes the connection, refusing it the vhost
+    with pytest.raises(pamqp.exceptions.AMQPInternalError) as refused:
+        asyncio.run(
+            publish(
+                admin, encode_message(stop), exchange=COMMANDS_EXCHANGE, routing_key=command_routing_key("acme-model")
+            )
+        )
+    closed = refused.value.args[1]
+    assert closed.reply_code == 530 and "access to vhost" in closed.reply_text, closed

@@ -21,7 +21,7 @@ from ringfleet_local.broker_roles import BrokerRoles, create_roles, delete_roles
 from ringfleet_local.context import CloudContext, LocalState
 from ringfleet_local.provision import provision
 from ringfleet_local.router import Delivery, Router
-from ringfleet_local.vhost import create_vhost, delete_vhost
+from ringfleet_local.vhost import create_vhost, delete_vhost, revoke_admin
 
 __all__ = ["LOCAL_TENANTS", "LocalCloud", "broker_reachable", "free_port"]
 
@@ -128,6 +128,7 @@ class LocalCloud:
                 self._vhost, admin_url = own
                 self.roles = create_roles(admin_url, self._vhost)
                 self.broker_url = self.roles.role_url("control")
+                revoke_admin(admin_url, self._vhost)
         port = free_port()
         endpoint = f"http://127.0.0.1:{port}"
         self._moto = subprocess.Popen(

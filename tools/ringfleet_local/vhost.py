@@ -13,7 +13,7 @@ import subprocess
 import uuid
 from urllib.parse import quote
 
-__all__ = ["create_vhost", "delete_vhost", "url_with_vhost"]
+__all__ = ["create_vhost", "delete_vhost", "revoke_admin", "url_with_vhost"]
 
 
 def url_with_vhost(url: str, vhost: str) -> str:
@@ -40,6 +40,19 @@ def create_vhost(url: str, prefix: str = "ringfleet") -> tuple[str, str] | None:
         if done.returncode != 0:
             raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {done.stderr.strip() or done.stdout.strip()}")
     return vhost, url_with_vhost(url, vhost)
+
+
+def revoke_admin(url: str, vhost: str) -> None:
+    """Takes ``url``'s user's permissions in ``vhost`` away (the broker's admin login, guest here, which made it):
+    once the role users exist, nobody logs in there with a login that may do everything. The local cloud's own
+    tools keep using ``rabbitmqctl``, which needs no permission in the vhost."""
+    tool = shutil.which("rabbitmqctl")
+    if tool is None:
+        return
+    args = ["clear_permissions", "-p", vhost, _user(url)]
+    done = subprocess.run([tool, *args], capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {done.stderr.strip() or done.stdout.strip()}")
 
 
 def delete_vhost(vhost: str) -> None:
