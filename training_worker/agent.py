@@ -233,11 +233,7 @@ class Agent:
         runtime = self.runtime
         runtime.start()
         try:
-            if self.container_runtime:
-                try:
-                    remove_leftovers(self.config.instance_id)
-                except ContainerFailed as e:
-                    raise SystemExit(f"--container-runtime docker: {e}") from e
+            self._clear_instance()
             program = self.program()
             self.use_job_credentials()
             while True:
@@ -269,6 +265,15 @@ class Agent:
                 self.slots.close()
             if self._endpoint is not None:
                 self._endpoint.close()
+
+    def _clear_instance(self) -> None:
+        """With a container runtime: nothing of a previous job runs beside the next (``remove_leftovers``)."""
+        if not self.container_runtime:
+            return
+        try:
+            remove_leftovers(self.config.instance_id)
+        except ContainerFailed as e:
+            raise SystemExit(f"--container-runtime docker: {e}") from e
 
     def _slot_died(self, slot: int, status: int) -> None:
         """One of this instance's slot processes died: the instance leaves the ring and is reported lost (see

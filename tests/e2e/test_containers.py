@@ -32,8 +32,8 @@ from tests.e2e.support import DIGITS, digits_job, wait_ticking
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 JOB = "in-containers"
-STEPS = 200
-#: Seconds per step: the job trains for about a minute, long enough for its notice and its ring to shrink.
+STEPS = 120
+#: Seconds per step: the job trains for half a minute and more, long enough for its notice and its ring to shrink.
 STEP_S = 0.3
 
 

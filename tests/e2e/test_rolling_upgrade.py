@@ -29,8 +29,9 @@ from tests.e2e.support import DIGITS, digits_job
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(360)]
 
-#: Steps of the job: at the steady pace, minutes of them for the upgrade to complete in; the rest at full speed.
-STEPS = 800
+#: Steps of the job: at the steady pace, minutes of them for the upgrade to complete in (each replacement's agent
+#: boots while the job trains: on a loaded machine, a minute or more), the rest at full speed once it completed.
+STEPS = 1600
 #: Seconds each step sleeps until the upgrade completed: the pace goodput is measured against (the old fixed
 #: --step-delay's: a slower one would hide longer stalls inside a normal step).
 PACE_S = 0.1
