@@ -212,7 +212,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     _trace_replay(args)
     _tenant_registry(args)
     # Built here, with its progress shown, not in the background process (which finds it built).
-    _worker_image(args)
+    image = _worker_image(args)
     attach.STATE_DIR.mkdir(parents=True, exist_ok=True)
     log_path = attach.STATE_DIR / "local.log"
     with log_path.open("w") as log:
@@ -237,8 +237,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         if (state := LocalState.load(attach.STATE_DIR)) is not None:
             print(f"local cloud up (pid {state.pid}): AWS at {state.endpoint}; log: {log_path}")
             if args.fleet:
+                where = (
+                    f"in a container of {image}, running each job's image beside it (`ringfleet local image`)"
+                    if image
+                    else f"working in {Path.cwd()}"
+                )
                 print(
-                    f"fleet emulator: each instance boots an agent working in {Path.cwd()}, "
+                    f"fleet emulator: each instance boots an agent {where}, "
                     f"logging to {(attach.STATE_DIR / 'workers').resolve()}/<instance-id>.log"
                 )
             print('use it from a shell with: eval "$(ringfleet local env)"')
