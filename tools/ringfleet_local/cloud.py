@@ -136,12 +136,15 @@ class LocalCloud:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        self._wait_moto(endpoint)
-        self._ctx = CloudContext(self.template_path, endpoint=endpoint, broker_url=self.broker_url, stack=self.stack)
-        self._ctx.function_env.update(self.function_env)
-        self._ctx.parameters["TenantRegistry"] = self.tenants.to_json()
-        self._ctx.roles = self.roles
         try:
+            # Inside the try: a template that cannot be read (TemplateError) must not leave the moto server behind.
+            self._wait_moto(endpoint)
+            self._ctx = CloudContext(
+                self.template_path, endpoint=endpoint, broker_url=self.broker_url, stack=self.stack
+            )
+            self._ctx.function_env.update(self.function_env)
+            self._ctx.parameters["TenantRegistry"] = self.tenants.to_json()
+            self._ctx.roles = self.roles
             self.created = provision(self._ctx)
             if self.route:
                 self._router = Router(
