@@ -37,6 +37,7 @@ from typing import Any
 
 from ringfleet.contracts.messages import CONTAINER_INSTANCE_LABEL as INSTANCE_LABEL
 from ringfleet.contracts.messages import CONTAINER_ROLE_LABEL as ROLE_LABEL
+from ringfleet.contracts.training import EVENTS_FILE_VARIABLE
 
 __all__ = ["AGENT", "FORWARDED", "ContainerFailed", "JobContainer", "engine", "remove_leftovers"]
 
@@ -50,7 +51,7 @@ FORWARDED = (
     "AWS_ENDPOINT_URL",
     "OMP_NUM_THREADS",
     "PYTHONUNBUFFERED",
-    "RINGFLEET_EVENTS_FILE",
+    EVENTS_FILE_VARIABLE,
 )
 #: What the job's container runs: this agent's program, from the job's image.
 AGENT = ("python", "-m", "training_worker")
@@ -125,7 +126,7 @@ class JobContainer:
     ) -> None:
         self.image, self.instance_id = image, instance_id
         self.env = {**{k: os.environ[k] for k in FORWARDED if os.environ.get(k)}, **env}
-        self.shared = [p for p in dict.fromkeys(shared)]
+        self.shared = list(dict.fromkeys(shared))
         self.gpus = gpus
         self._client = client
         self.container: Any = None
