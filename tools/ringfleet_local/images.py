@@ -111,10 +111,11 @@ def base_image() -> str:
     return BASE_IMAGE
 
 
-def _digest(paths: Iterable[Path], *extra: str) -> str:
+def _digest(paths: Iterable[Path], *extra: str, root: Path = ROOT) -> str:
+    """12 hex digits of the files' names (relative to ``root``) and contents, and ``extra``: an image's tag."""
     h = hashlib.sha256()
     for path in sorted(paths):
-        h.update(str(path.relative_to(ROOT)).encode())
+        h.update(str(path.relative_to(root)).encode())
         h.update(path.read_bytes())
     for value in extra:
         h.update(value.encode())
@@ -196,11 +197,7 @@ def job_image(folder: Path, repository: str, *, root: Path | None = None) -> str
         raise ValueError(f"{folder} is not under {root}: run from the job's project") from None
     worker = worker_image()
     files = [p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
-    h = hashlib.sha256(f"{worker} {inside}".encode())
-    for path in sorted(files):
-        h.update(str(path.relative_to(folder)).encode())
-        h.update(path.read_bytes())
-    tag = f"{repository}:{h.hexdigest()[:12]}"
+    tag = f"{repository}:{_digest(files, worker, str(inside), root=folder)}"
     if image_exists(tag):
         return tag
     with tempfile.TemporaryDirectory(prefix="ringfleet-job-context-") as tmp:
