@@ -7,9 +7,10 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
+
+from ringfleet_local.warm import start_agent
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,21 +46,14 @@ class WorkerProcess:
         if broker_url is not None:
             full_env["RINGFLEET_BROKER_URL"] = broker_url
         flags = [] if broker_url is not None else ["--broker-url", "none"]
-        self._file = log.open("w")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "training_worker",
-                *flags,
-                *args,
-                *([] if script is None else ["--", *program, *script]),
-            ],
-            cwd=ROOT,
+        log.write_text("")
+        # forked from the warm interpreter, as the local fleet's agents are (ringfleet_local.warm): the same
+        # ``python -m training_worker``, leading a group with its script (kill() ends both), without the cold boot
+        self.proc = start_agent(
+            [*flags, *args, *([] if script is None else ["--", *program, *script])],
             env=full_env,
-            stdout=self._file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # the agent leads a group with its script: kill() ends both
+            cwd=ROOT,
+            log_path=log,
         )
 
     def output(self) -> str:
@@ -110,7 +104,6 @@ class WorkerProcess:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
-        self._file.close()
 
 
 def announce(

@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -44,6 +43,7 @@ from ringfleet.contracts.training import (
     TrainingFinished,
 )
 from ringfleet.core.jobs import Incident, Job
+from ringfleet_local import warm
 from ringfleet_local.cloud import DEFAULT_BROKER_URL, LocalCloud, broker_reachable, free_port
 from ringfleet_local.report import ObservedIncident, RunTimeline, measure_goodput, write_report
 from ringfleet_local.router import Delivery
@@ -589,11 +589,9 @@ def uninterrupted_run(script: Path, args: Sequence[str], workers: int, folder: P
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RINGFLEET_", "AWS_"))} | one_thread_each()
     procs = []
     for rank in range(workers):
-        command = [sys.executable, "-m", "training_worker", "--broker-url", "none", "--instance-id", f"baseline-{rank}"]
-        command += ["--static-world", f"{rank}:{workers}:127.0.0.1:{port}", "--log-every", str(log_every)]
-        command += ["--", "python", str(script), *args]
-        with (folder / f"rank{rank}.log").open("wb") as log:
-            procs.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env))
+        command = ["--broker-url", "none", "--instance-id", f"baseline-{rank}", "--log-every", str(log_every)]
+        command += ["--static-world", f"{rank}:{workers}:127.0.0.1:{port}", "--", "python", str(script), *args]
+        procs.append(warm.start_agent(command, env=env, cwd=None, log_path=folder / f"rank{rank}.log"))
     for p in procs:
         if p.wait(timeout=300) != 0:
             raise SystemExit(f"the uninterrupted baseline run failed; see {folder}")

@@ -1,15 +1,15 @@
 """The fleet emulator: emulated EC2 instances become real worker processes; chaos sends what AWS would send.
 
-moto keeps the instances' state but runs nothing. The emulator watches moto's running instances of the stack
-(tag ``ringfleet:stack``) and boots ``python -m training_worker`` with each, as the worker container starts with
-its instance in AWS: with its own instance-metadata endpoint and no job yet; the worker waits in its instance's
-mailbox until the fleet scaler places it and its first Reconfigure names the job. (Runs without a control plane
-pass ``job_of``: a worker then starts once its instance is assigned, with that job.) Each agent is told its
-instance's slots (``RINGFLEET_SLOTS``: the GPUs of its instance type in the local instance catalog, one training
-process each, as many as the control plane's Reconfigure may ask of it), and starts that many at boot. Each worker
-leads a process group of its own, as if it were alone on its instance: whatever it starts (the job's script) goes
-with it when its instance is terminated or the emulator stops (SIGTERM, then SIGKILL to the whole group: nothing is
-left behind).
+moto keeps the instances' state but runs nothing. The emulator watches moto's running instances of the stack (tag
+``ringfleet:stack``) and boots ``python -m training_worker`` with each (forked from a warm interpreter that imported
+torch once, ``ringfleet_local.warm``), as the worker container starts with its instance in AWS: with its own
+instance-metadata endpoint and no job yet; the worker waits in its instance's mailbox until the fleet scaler places
+it and its first Reconfigure names the job. (Runs without a control plane pass ``job_of``: a worker then starts once
+its instance is assigned, with that job.) Each agent is told its instance's slots (``RINGFLEET_SLOTS``: the GPUs of
+its instance type in the local instance catalog, one training process each, as many as the control plane's
+Reconfigure may ask of it), and starts that many at boot. Each worker leads a process group of its own, as if it
+were alone on its instance: whatever it starts (the job's script) goes with it when its instance is terminated or
+the emulator stops (SIGTERM, then SIGKILL to the whole group: nothing is left behind).
 Chaos injection reproduces the two ways AWS takes capacity:
 
 - ``interrupt(instance, grace_s)``: the spot notice appears in the instance's metadata and the interruption
@@ -37,7 +37,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -50,10 +49,12 @@ from typing import Any
 from ringfleet.contracts.messages import CONTAINER_INSTANCE_LABEL as INSTANCE_LABEL
 from ringfleet.contracts.messages import CONTAINER_ROLE_LABEL as ROLE_LABEL
 from ringfleet.contracts.training import EVENTS_FILE_VARIABLE
+from ringfleet_local import warm
 from ringfleet_local.catalog import local_catalog
 from ringfleet_local.context import CloudContext
 from ringfleet_local.spot_traces import TraceReplay
 from ringfleet_local.training_events import events_file
+from ringfleet_local.warm import AgentProcess
 
 __all__ = ["EmulatedInstance", "FleetEmulator", "MetadataServer"]
 
@@ -109,7 +110,7 @@ class EmulatedInstance:
     instance_id: str
     #: The job it was started for; None when it boots unplaced and learns its job from its first Reconfigure.
     job_id: str | None
-    process: subprocess.Popen[bytes]
+    process: AgentProcess
     log_path: Path
     #: Its EC2 instance type: how many slots its agent starts (``instance_slots``).
     instance_type: str
@@ -255,24 +256,15 @@ class FleetEmulator:
             "PYTHONUNBUFFERED": "1",
             **one_thread_each(),
         }
+        args = self.worker_args(job_id, instance_id)
+        process: AgentProcess
         if self.containers:
             # the container gets the instance's variables and the worker's settings this process has, no more (its
             # own PATH, HOME, ... are the image's)
             env.update({k: v for k, v in inherited.items() if k.startswith("RINGFLEET_") and k not in env})
-            command = self._container_command(instance_id, env)
-            env = {**os.environ, **env}
-        else:
-            command = [sys.executable, "-m", "training_worker"]
-            env = {**inherited, **env}
-        with log_path.open("ab") as log:
-            process = subprocess.Popen(
-                [*command, *self.worker_args(job_id, instance_id)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=self.workdir,
-                start_new_session=True,
-            )
+            process = _popen([*self._container_command(instance_id, env), *args], {**os.environ, **env}, log_path)
+        else:  # python -m training_worker, forked from the warm interpreter (ringfleet_local.warm)
+            process = warm.start_agent(args, env={**inherited, **env}, cwd=self.workdir, log_path=log_path)
         self.instances[instance_id] = EmulatedInstance(instance_id, job_id, process, log_path, instance_type)
         self.on_event("worker-started", {"instance_id": instance_id, "job_id": job_id, "pid": process.pid})
 
@@ -415,6 +407,12 @@ class FleetEmulator:
         self.metadata.close()
 
 
+def _popen(command: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """An agent's container (``docker run``), leading a session of its own."""
+    with log_path.open("ab") as log:
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
 def remove_containers(instance_id: str) -> None:
     """Removes, at once, every container of an instance (its agent's, its job's): the instance is gone."""
     found = subprocess.run(
@@ -426,13 +424,13 @@ def remove_containers(instance_id: str) -> None:
         subprocess.run(["docker", "rm", "--force", *found], capture_output=True)
 
 
-def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+def _signal_group(process: AgentProcess, sig: signal.Signals) -> None:
     # The worker leads its group (start_new_session): the group is the worker and whatever it started.
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, sig)
 
 
-def _end(processes: Sequence[subprocess.Popen[bytes]], sig: signal.Signals, *, grace_s: float) -> None:
+def _end(processes: Sequence[AgentProcess], sig: signal.Signals, *, grace_s: float) -> None:
     """Sends ``sig`` to each worker's group, waits up to ``grace_s`` for the workers, then SIGKILLs the groups:
     a script the worker started (or orphaned) never outlives its instance."""
     for process in processes:
