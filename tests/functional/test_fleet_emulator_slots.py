@@ -3,7 +3,6 @@ at boot and when it is started again after its job ended."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import boto3
 import pytest
 from moto import mock_aws
+from ringfleet_local import warm
 from ringfleet_local.fleet import STACK_TAG, FleetEmulator, instance_slots
 
 pytestmark = pytest.mark.functional
@@ -60,7 +60,7 @@ def test_each_agent_is_started_with_as_many_slots_as_its_instance_type_has_gpus(
         resolve=lambda ref: "checkpoints",
     )
     Agent.started, Agent.exit_code = [], None
-    monkeypatch.setattr(subprocess, "Popen", Agent)
+    monkeypatch.setattr(warm, "start_agent", Agent)
     emulator = FleetEmulator(ctx, log_dir=tmp_path)  # type: ignore[arg-type]
     try:
         # when the emulator boots their agents

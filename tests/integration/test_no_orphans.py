@@ -8,6 +8,7 @@ test writes the pid it leaks to a file, and once that session has ended the pid 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -82,7 +83,10 @@ def test_a_moto_server_a_test_never_stopped_is_gone_when_the_session_ends(tmp_pa
     # then the session failed, and its moto server no longer runs once the session is over
     assert session.returncode == 1, session.stdout + session.stderr
     assert not alive(pid), f"moto server {pid} outlived its test session"
-    assert f"killed 1 process(es) the tests left running: {pid} (" in session.stdout
+    # (named among what the reaper ended: the warm interpreter it was forked from is another, ringfleet_local.warm)
+    assert re.search(rf"killed \d+ process\(es\) the tests left running: (.*, )?{pid} \(", session.stdout), (
+        session.stdout
+    )
 
 
 def test_an_orphaned_grandchild_is_found_and_ended(tmp_path: Path) -> None:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import http.server
 import json
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
+from botocore.exceptions import EndpointConnectionError
 
 from tests.worker.distributed import free_port
 from training_worker.control import SpotNoticeWatcher
@@ -23,10 +26,16 @@ BUCKET = "ckpt"
 
 @pytest.fixture(scope="session")
 def s3_env() -> Iterator[dict[str, str]]:
-    """Environment for worker processes: S3 (a moto server with the checkpoint bucket) via AWS_ENDPOINT_URL."""
+    """Environment for worker processes: S3 (a moto server with the checkpoint bucket) via AWS_ENDPOINT_URL.
+
+    A process of its own, not moto's ThreadedMotoServer: that one keeps its state in this process's moto backends,
+    which any ``mock_aws`` test run by the same pytest worker resets (the bucket vanished mid-session)."""
     port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     env = {
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
         "AWS_ACCESS_KEY_ID": "testing",
@@ -34,9 +43,17 @@ def s3_env() -> Iterator[dict[str, str]]:
         "AWS_DEFAULT_REGION": "us-east-1",
         "RINGFLEET_CHECKPOINT_BUCKET": BUCKET,
     }
-    s3_client(env).create_bucket(Bucket=BUCKET)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            s3_client(env).create_bucket(Bucket=BUCKET)
+            break
+        except EndpointConnectionError:
+            assert server.poll() is None and time.monotonic() < deadline, "the workers' moto S3 did not start"
+            time.sleep(0.1)
     yield env
-    server.stop()
+    server.terminate()
+    server.wait(10)
 
 
 def s3_client(env: dict[str, str]) -> S3Client:

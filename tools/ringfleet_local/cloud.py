@@ -7,7 +7,6 @@ import logging
 import os
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Mapping
@@ -17,6 +16,7 @@ from typing import Any
 
 from ringfleet.core.ports import Clock
 from ringfleet.intake.quotas import TenantRegistry
+from ringfleet_local import warm
 from ringfleet_local.broker_roles import BrokerRoles, create_roles, delete_roles
 from ringfleet_local.context import CloudContext, LocalState
 from ringfleet_local.provision import provision
@@ -92,7 +92,7 @@ class LocalCloud:
         self.function_env = dict(function_env or {})
         #: The tenant registry job intake runs with (the template's TenantRegistry parameter).
         self.tenants = tenants
-        self._moto: subprocess.Popen[bytes] | None = None
+        self._moto: warm.ProcessHandle | None = None
         self._ctx: CloudContext | None = None
         self._router: Router | None = None
         self.created: dict[str, list[str]] = {}
@@ -131,10 +131,14 @@ class LocalCloud:
                 revoke_admin(admin_url, self._vhost)
         port = free_port()
         endpoint = f"http://127.0.0.1:{port}"
-        self._moto = subprocess.Popen(
-            [sys.executable, "-m", "ringfleet_local.moto_server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        # forked from the warm interpreter that imported moto once (ringfleet_local.warm)
+        self._moto = warm.start(
+            "moto",
+            "ringfleet_local.moto_server",
+            ["-H", "127.0.0.1", "-p", str(port)],
+            env=os.environ,
+            cwd=None,
+            log_path=Path(os.devnull),
         )
         try:
             # Inside the try: a template that cannot be read (TemplateError) must not leave the moto server behind.

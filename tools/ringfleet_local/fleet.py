@@ -54,7 +54,7 @@ from ringfleet_local.catalog import local_catalog
 from ringfleet_local.context import CloudContext
 from ringfleet_local.spot_traces import TraceReplay
 from ringfleet_local.training_events import events_file
-from ringfleet_local.warm import AgentProcess
+from ringfleet_local.warm import ProcessHandle
 
 __all__ = ["EmulatedInstance", "FleetEmulator", "MetadataServer"]
 
@@ -110,7 +110,7 @@ class EmulatedInstance:
     instance_id: str
     #: The job it was started for; None when it boots unplaced and learns its job from its first Reconfigure.
     job_id: str | None
-    process: AgentProcess
+    process: ProcessHandle
     log_path: Path
     #: Its EC2 instance type: how many slots its agent starts (``instance_slots``).
     instance_type: str
@@ -257,7 +257,7 @@ class FleetEmulator:
             **one_thread_each(),
         }
         args = self.worker_args(job_id, instance_id)
-        process: AgentProcess
+        process: ProcessHandle
         if self.containers:
             # the container gets the instance's variables and the worker's settings this process has, no more (its
             # own PATH, HOME, ... are the image's)
@@ -424,13 +424,13 @@ def remove_containers(instance_id: str) -> None:
         subprocess.run(["docker", "rm", "--force", *found], capture_output=True)
 
 
-def _signal_group(process: AgentProcess, sig: signal.Signals) -> None:
+def _signal_group(process: ProcessHandle, sig: signal.Signals) -> None:
     # The worker leads its group (start_new_session): the group is the worker and whatever it started.
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, sig)
 
 
-def _end(processes: Sequence[AgentProcess], sig: signal.Signals, *, grace_s: float) -> None:
+def _end(processes: Sequence[ProcessHandle], sig: signal.Signals, *, grace_s: float) -> None:
     """Sends ``sig`` to each worker's group, waits up to ``grace_s`` for the workers, then SIGKILLs the groups:
     a script the worker started (or orphaned) never outlives its instance."""
     for process in processes:

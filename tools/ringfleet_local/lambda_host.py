@@ -1,7 +1,8 @@
 """Runs one Lambda handler in its own process, as a Lambda execution environment would (used by the router).
 
-Protocol: one JSON request per line on stdin (``{"request_id", "event", "deadline_ms"}``); one JSON reply per
-line on the file descriptor given by ``--reply-fd``. What the handler logs or prints goes to a temporary file
+Protocol: over the Unix socket ``--connect`` names (the local cloud's end listens), one JSON request per line
+(``{"request_id", "event", "deadline_ms"}``) and one JSON reply per line back. The process ends when its end of the
+socket closes. What the handler logs or prints goes to a temporary file
 for the length of one invocation and comes back in the reply, so each invocation's logs stay its own.
 """
 
@@ -11,6 +12,7 @@ import argparse
 import importlib
 import json
 import os
+import socket
 import sys
 import tempfile
 import time
@@ -39,9 +41,11 @@ class LambdaContext:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--handler", required=True, help="module.function, e.g. app.handler")
-    parser.add_argument("--reply-fd", type=int, required=True)
+    parser.add_argument("--connect", required=True, help="the Unix socket its requests come from, replies go to")
     args = parser.parse_args()
-    reply = os.fdopen(args.reply_fd, "w", buffering=1)
+    channel = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    channel.connect(args.connect)
+    requests, reply = channel.makefile("r"), channel.makefile("w")
     # Everything the handler writes to stdout or stderr belongs to the current invocation's log.
     saved_err = os.dup(2)
     log_file = tempfile.TemporaryFile(mode="w+b")  # noqa: SIM115 - lives as long as the process
@@ -65,7 +69,7 @@ def main() -> None:
             "trace": traceback.format_exc(),
         }
 
-    for line in sys.stdin:
+    for line in requests:
         request = json.loads(line)
         log_file.seek(0)
         log_file.truncate()
@@ -94,6 +98,7 @@ def main() -> None:
             reply.write(json.dumps(out, default=str) + "\n")
         except TypeError as exc:
             reply.write(json.dumps({"ok": False, "errorType": "TypeError", "errorMessage": str(exc)}) + "\n")
+        reply.flush()
 
 
 if __name__ == "__main__":

@@ -5,15 +5,22 @@ from __future__ import annotations
 import json
 import os
 import select
-import subprocess
-import sys
+import shutil
+import socket
+import tempfile
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, TextIO
+
+from ringfleet_local import warm
 
 __all__ = ["FunctionRuntime", "InvocationResult"]
+
+#: How long a cold start may take to connect back.
+_CONNECT_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -47,43 +54,47 @@ class FunctionRuntime:
         self.environment = environment
         self.timeout_s = timeout_s
         self.cwd = cwd
-        self._proc: subprocess.Popen[str] | None = None
-        self._reply: Any = None
+        self._proc: warm.ProcessHandle | None = None
+        self._channel: socket.socket | None = None
+        self._requests: TextIO | None = None
+        self._reply: TextIO | None = None
         self._lock = threading.Lock()
 
     def _start(self) -> None:
-        read_fd, write_fd = os.pipe()
-        self._proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
+        """The cold start: a Lambda host forked from the warm interpreter of Lambda's libraries
+        (``ringfleet_local.warm``), which connects to a socket of this runtime's."""
+        folder = tempfile.mkdtemp(prefix="ringfleet-lambda-")
+        path = os.path.join(folder, "channel")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+            listener.bind(path)
+            listener.listen(1)
+            listener.settimeout(_CONNECT_TIMEOUT_S)
+            self._proc = warm.start(
+                "lambda",
                 "ringfleet_local.lambda_host",
-                "--handler",
-                self.handler,
-                "--reply-fd",
-                str(write_fd),
-            ],
-            stdin=subprocess.PIPE,
-            env=self.environment,
-            cwd=self.cwd,
-            pass_fds=(write_fd,),
-            text=True,
-        )
-        os.close(write_fd)
-        self._reply = os.fdopen(read_fd, "r")
+                ["--handler", self.handler, "--connect", path],
+                env=self.environment,
+                cwd=Path(self.cwd),
+                log_path=None,
+            )
+            try:
+                self._channel, _ = listener.accept()
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+        self._requests = self._channel.makefile("w")
+        self._reply = self._channel.makefile("r")
 
     def invoke(self, event: Any) -> InvocationResult:
         with self._lock:
             if self._proc is None or self._proc.poll() is not None:
                 self._start()
-            assert self._proc is not None and self._proc.stdin is not None
+            assert self._requests is not None and self._reply is not None
             request_id = str(uuid.uuid4())
             started = time.time()
             deadline_ms = (started + self.timeout_s) * 1000
-            self._proc.stdin.write(
-                json.dumps({"request_id": request_id, "event": event, "deadline_ms": deadline_ms}) + "\n"
-            )
-            self._proc.stdin.flush()
+            request = {"request_id": request_id, "event": event, "deadline_ms": deadline_ms}
+            self._requests.write(json.dumps(request) + "\n")
+            self._requests.flush()
             ready, _, _ = select.select([self._reply], [], [], self.timeout_s + 5.0)
             line = self._reply.readline() if ready else ""
             duration = (time.time() - started) * 1000
@@ -118,9 +129,6 @@ class FunctionRuntime:
             if self._proc.poll() is None:
                 self._proc.kill()
             self._proc.wait()
-            if self._proc.stdin:
-                self._proc.stdin.close()
-        if self._reply is not None:
-            self._reply.close()
-        self._proc = None
-        self._reply = None
+        if self._channel is not None:
+            self._channel.close()
+        self._proc = self._channel = self._requests = self._reply = None

@@ -1,24 +1,27 @@
-"""Warm interpreters: the local fleet's agents forked from one interpreter that imported torch once.
+"""Warm interpreters: the local cloud's processes forked from interpreters that imported their libraries once.
 
 An emulated instance's agent is ``python -m training_worker``, as in the worker container on AWS. Booting one cold
 costs about two seconds of CPU (torch, the runtime, boto3 and aio-pika imported), and a local cloud boots many: one
-per instance, again after each job its instance served, while the other instances train on the same few cores. So
-the fleet emulator starts its agents as Android's zygote starts apps: one server process (``python -m
-ringfleet_local.warm``) imports those modules once and never runs anything else, and each agent is a ``fork()`` of
-it that then runs ``training_worker``'s ``__main__`` exactly as ``python -m`` would, with the instance's
-environment, working directory and log, leading a session of its own. Whatever the agent then does (its threads,
-its slot processes, the job's script) is its own. The server has no thread (a fork copies only the calling one),
-and nothing of one agent is in the server another is forked from.
+per instance, again after each job its instance served, while the other instances train on the same few cores. Its
+Lambda execution environments (``ringfleet_local.lambda_host``, about a second each: boto3, pydantic, Powertools)
+and its moto server (two seconds) are the same story, once per cloud. So the local cloud starts them as Android's
+zygote starts apps: for each kind (``PRELOADS``) one server process (``python -m ringfleet_local.warm KIND``)
+imports those libraries once and never runs anything else, and each process of that kind is a ``fork()`` of it that
+then runs its module's ``__main__`` exactly as ``python -m`` would, with its own environment (and ``sys.path`` from
+its ``PYTHONPATH``), working directory and log, leading a session of its own. Whatever it then does (threads, child
+processes, the job's script) is its own. The server has no thread (a fork copies only the calling one), and
+nothing of one process is in the server the next is forked from.
 
 Why not CPython's ``forkserver`` start method: it imports the parent's ``__main__`` again in every child (a test
 runner's, the CLI's), and its children belong to its ``multiprocessing`` bookkeeping (joined at exit, no children
-of their own when daemonic). This server speaks JSON lines: a request ``{"args", "env", "cwd", "log"}`` on its
-stdin is answered ``{"pid"}`` on its stdout, and each child's end ``{"exited", "status"}`` (a negative status: the
-signal that ended it, as ``subprocess`` says). It ends when its stdin closes (its parent went); the agents it
-forked stay, as processes of the emulator's instances, which ends them.
+of their own when daemonic). This server speaks JSON lines: a request ``{"module", "args", "env", "cwd", "log"}`` on
+its stdin is answered ``{"pid"}`` on its stdout, and each child's end ``{"exited", "status"}`` (a negative status:
+the signal that ended it, as ``subprocess`` says). It ends when its stdin closes (its parent went); what it forked
+stays, as processes of the emulator's instances or the cloud's, which end them.
 
-Not for AWS: an instance boots one agent, and its container starts it the usual way. ``RINGFLEET_LOCAL_COLD=1``
-boots every local agent cold (``python -m training_worker``), to compare or to rule this out.
+Not for AWS: an instance boots one agent, and its container starts it the usual way; Lambda starts its own
+environments. ``RINGFLEET_LOCAL_COLD=1`` starts every such process cold (``python -m``), to compare or to rule this
+out.
 """
 
 from __future__ import annotations
@@ -36,12 +39,47 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COLD_VARIABLE", "AgentProcess", "WarmProcess", "cold", "start_agent"]
+__all__ = ["COLD_VARIABLE", "ProcessHandle", "WarmProcess", "cold", "start", "start_agent"]
 
 COLD_VARIABLE = "RINGFLEET_LOCAL_COLD"
-#: What the server imports once: everything an agent imports before and while it trains (the job's own script
-#: imports the rest itself, in its agent).
-PRELOAD = ("torch", "torch.distributed", "boto3", "aio_pika", "training_worker.agent")
+#: What each kind of warm interpreter imports once. An agent: everything it imports before and while it trains (the
+#: job's own script imports the rest itself). A Lambda execution environment (``ringfleet_local.lambda_host``): the
+#: third-party libraries of the layer, never torch and never the function's or the layer's own code, which each
+#: imports from its own ``PYTHONPATH``.
+PRELOADS = {
+    "agent": ("torch", "torch.distributed", "boto3", "aio_pika", "training_worker.agent"),
+    "lambda": (
+        "boto3",
+        "pydantic",
+        "aio_pika",
+        "aws_lambda_powertools",
+        "aws_lambda_powertools.metrics",
+        "aws_lambda_powertools.utilities.batch",
+        "aws_lambda_powertools.utilities.idempotency",
+    ),
+    # the local cloud's moto server (moto's, with the local cloud's DynamoDB and instance types) and the services
+    # the template and the control plane use (moto imports each on its first request)
+    "moto": (
+        "ringfleet_local.moto_server",
+        *(
+            f"moto.{service}.models"
+            for service in (
+                "autoscaling",
+                "cloudwatch",
+                "dynamodb",
+                "ec2",
+                "events",
+                "iam",
+                "logs",
+                "s3",
+                "secretsmanager",
+                "sns",
+                "sqs",
+                "sts",
+            )
+        ),
+    ),
+}
 
 
 def cold() -> bool:
@@ -52,19 +90,20 @@ def cold() -> bool:
 class _Server:
     """This process's warm interpreter: started on first use, one per process."""
 
-    _instance: _Server | None = None
-    _instance_lock = threading.Lock()
+    _servers: dict[str, _Server] = {}
+    _servers_lock = threading.Lock()
 
     @classmethod
-    def get(cls) -> _Server:
-        with cls._instance_lock:
-            if cls._instance is None or cls._instance._process.poll() is not None:
-                cls._instance = cls()
-            return cls._instance
+    def get(cls, kind: str) -> _Server:
+        with cls._servers_lock:
+            server = cls._servers.get(kind)
+            if server is None or server._process.poll() is not None:
+                server = cls._servers[kind] = cls(kind)
+            return server
 
-    def __init__(self) -> None:
+    def __init__(self, kind: str) -> None:
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "ringfleet_local.warm"],
+            [sys.executable, "-m", "ringfleet_local.warm", kind],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -83,7 +122,7 @@ class _Server:
             self._process.stdin.flush()
             while not self._started:
                 if not self._ended.wait(120) or self._process.poll() is not None:
-                    raise RuntimeError("the warm interpreter (python -m ringfleet_local.warm) did not start an agent")
+                    raise RuntimeError("the warm interpreter (python -m ringfleet_local.warm) started nothing")
             return self._started.pop(0)
 
     def _read(self) -> None:
@@ -131,37 +170,50 @@ class WarmProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, sig)
 
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
 
 
-#: An agent process: forked from the warm interpreter, or started cold.
-AgentProcess = WarmProcess | subprocess.Popen[bytes]
+#: A process forked from a warm interpreter, or started cold.
+ProcessHandle = WarmProcess | subprocess.Popen[bytes]
 
 
-def start_agent(args: Sequence[str], *, env: Mapping[str, str], cwd: Path | None, log_path: Path) -> AgentProcess:
-    """``python -m training_worker ARGS`` with ``env`` (its whole environment) in ``cwd``, writing to ``log_path``
-    and leading a session of its own: forked from this process's warm interpreter (started on first use), or cold
-    when ``RINGFLEET_LOCAL_COLD`` is set."""
+def start(
+    kind: str, module: str, args: Sequence[str], *, env: Mapping[str, str], cwd: Path | None, log_path: Path | None
+) -> ProcessHandle:
+    """``python -m MODULE ARGS`` with ``env`` (its whole environment) in ``cwd``, leading a session of its own and
+    writing to ``log_path`` (None: to this process's stderr): forked from this process's warm interpreter of
+    ``kind`` (started on first use), or cold when ``RINGFLEET_LOCAL_COLD`` is set."""
     if cold():
-        with log_path.open("ab") as log:
+        with contextlib.ExitStack() as files:
+            log = files.enter_context(log_path.open("ab")) if log_path else None
             return subprocess.Popen(
-                [sys.executable, "-m", "training_worker", *args],
+                [sys.executable, "-m", module, *args],
                 stdout=log,
-                stderr=subprocess.STDOUT,
+                stderr=subprocess.STDOUT if log else None,
                 env=dict(env),
                 cwd=cwd,
                 start_new_session=True,
             )
-    log_path.touch()  # there once this returns, as a log Popen would write to
-    server = _Server.get()
-    pid = server.start({"args": list(args), "env": dict(env), "cwd": str(cwd) if cwd else None, "log": str(log_path)})
+    if log_path and not log_path.exists():
+        log_path.touch()  # there once this returns, as a log Popen would write to
+    server = _Server.get(kind)
+    request = {"module": module, "args": list(args), "env": dict(env), "cwd": str(cwd) if cwd else None}
+    pid = server.start({**request, "log": str(log_path) if log_path else None})
     return WarmProcess(pid, server)
 
 
+def start_agent(args: Sequence[str], *, env: Mapping[str, str], cwd: Path | None, log_path: Path) -> ProcessHandle:
+    """An instance's agent: ``python -m training_worker ARGS`` (see ``start``)."""
+    return start("agent", "training_worker", args, env=env, cwd=cwd, log_path=log_path)
+
+
 # -- the server ---------------------------------------------------------------------------------------------------
-def _serve() -> None:
-    for module in PRELOAD:
+def _serve(kind: str) -> None:
+    for module in PRELOADS[kind]:
         __import__(module)
     children: set[int] = set()
     stdin = sys.stdin.fileno()
@@ -173,7 +225,7 @@ def _serve() -> None:
                 return
             pid = os.fork()
             if pid == 0:
-                _become_agent(json.loads(line))
+                _become(json.loads(line))
             children.add(pid)
             _reply({"pid": pid})
         for pid in list(children):
@@ -188,35 +240,30 @@ def _reply(message: dict[str, int]) -> None:
     sys.stdout.flush()
 
 
-def _become_agent(request: dict[str, Any]) -> None:
-    """In the forked child: becomes what ``subprocess.Popen([python, -m, training_worker, *args], env=env, cwd=cwd,
-    stdout=log, stderr=STDOUT, start_new_session=True)`` would start, then runs it (its ``__main__`` ends the
-    process with ``os._exit``; so does this, whatever happens)."""
+def _become(request: dict[str, Any]) -> None:
+    """In the forked child: becomes what ``subprocess.Popen([python, -m, MODULE, *args], env=env, cwd=cwd,
+    stdout=log, stderr=STDOUT, start_new_session=True)`` would start, then runs it; ends the process with its
+    status, whatever happens (an agent's ``__main__`` ends it with ``os._exit`` itself)."""
     status = 1
     try:
-        os.setsid()
-        null = os.open(os.devnull, os.O_RDONLY)
-        log = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        os.dup2(null, 0)
-        os.dup2(log, 1)
-        os.dup2(log, 2)
-        os.close(null)
-        os.close(log)
-        # line-buffered, as PYTHONUNBUFFERED keeps the log current
-        sys.stdin = open(0)  # noqa: SIM115
-        sys.stdout = open(1, "w", buffering=1, closefd=False, errors="backslashreplace")  # noqa: SIM115
-        sys.stderr = open(2, "w", buffering=1, closefd=False, errors="backslashreplace")  # noqa: SIM115
+        _redirect(request["log"])
+        env: dict[str, str] = request["env"]
         os.environ.clear()
-        os.environ.update(request["env"])
+        os.environ.update(env)
         if request["cwd"]:
             os.chdir(request["cwd"])
-        import torch
-
-        # OpenMP read its thread count when the server imported torch: the agent's own setting applies
-        if threads := request["env"].get("OMP_NUM_THREADS"):
-            torch.set_num_threads(int(threads))
+        # sys.path as python -m sets it in this environment: the working directory, then PYTHONPATH, then the rest
+        own = [os.getcwd(), *(p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p)]
+        sys.path[:] = [*own, *(p for p in sys.path[1:] if p not in own)]
+        if "torch" in sys.modules and (threads := env.get("OMP_NUM_THREADS")):
+            # OpenMP read its thread count when the server imported torch: the process's own setting applies
+            sys.modules["torch"].set_num_threads(int(threads))
+        if (moto_api := sys.modules.get("moto.moto_api._internal")) is not None:
+            # A fork reseeds the random module's generator (it registers at fork), not moto's own: the source of
+            # its resource ids (i-..., sg-...), which two moto servers forked from one must not share
+            moto_api.mock_random.seed()
         sys.argv = [sys.executable, *request["args"]]
-        runpy.run_module("training_worker", run_name="__main__", alter_sys=True)
+        runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
         status = 0
     except SystemExit as e:
         status = e.code if isinstance(e.code, int) else 1
@@ -230,5 +277,23 @@ def _become_agent(request: dict[str, Any]) -> None:
         os._exit(status)
 
 
+def _redirect(log_path: str | None) -> None:
+    """A session of its own, stdin from /dev/null, stdout and stderr to ``log_path`` (None: the server's stderr,
+    which is its parent's; never the server's stdout, its replies)."""
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    if log_path:
+        log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        os.dup2(log, 2)
+        os.close(log)
+    os.dup2(2, 1)
+    # line-buffered, as PYTHONUNBUFFERED keeps a log current
+    sys.stdin = open(0)  # noqa: SIM115
+    sys.stdout = open(1, "w", buffering=1, closefd=False, errors="backslashreplace")  # noqa: SIM115
+    sys.stderr = open(2, "w", buffering=1, closefd=False, errors="backslashreplace")  # noqa: SIM115
+
+
 if __name__ == "__main__":
-    _serve()
+    _serve(sys.argv[1])
