@@ -116,10 +116,11 @@ def test_own_scripts_train_to_the_end_and_failing_ones_end_failed_with_their_cau
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # given a local cloud started as the README says, whose fleet scaler releases idle instances after seconds
-    # rather than AWS's ten minutes (the README's knob for local runs), and four jobs of a new user's
+    # rather than AWS's ten minutes, on a tick every 5 s rather than every minute (docs/local-cloud.md's knobs for
+    # local runs), and four jobs of a new user's
     monkeypatch.setenv("SCALING_IDLE_TIMEOUT_SECONDS", "5")
     monkeypatch.setenv("SCALING_COOLDOWN_SECONDS", "5")
-    up = ringfleet("local", "up", state_dir=tmp_path / "state")
+    up = ringfleet("local", "up", "--schedule-speed", "12", state_dir=tmp_path / "state")
     assert up.returncode == 0, up.stdout + up.stderr
     try:
         good, good_file = _job(tmp_path, "fits", OWN_SCRIPT, workers=2, max_restarts=1)

@@ -147,6 +147,11 @@ MISTAKES = {
         EXIT_USAGE,
         ["trace speed", "positive"],
     ),
+    "local up with a schedule speed of zero": (
+        ["local", "up", "--schedule-speed", "0"],
+        EXIT_USAGE,
+        ["--schedule-speed", "not a positive number"],
+    ),
     "invoke of a missing event file": (["invoke", "NodeRecoveryFunction", "-e", "nope.json"], EXIT_USAGE, ["nope"]),
 }
 

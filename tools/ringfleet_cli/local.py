@@ -140,6 +140,12 @@ def _tenant_registry(args: argparse.Namespace) -> Any:
         raise CliError(str(exc), EXIT_USAGE) from exc
 
 
+def _schedule_speed(args: argparse.Namespace) -> float:
+    if not args.schedule_speed > 0:
+        raise CliError(f"--schedule-speed {args.schedule_speed:g} is not a positive number, e.g. 12", EXIT_USAGE)
+    return float(args.schedule_speed)
+
+
 def _tenant_options(args: argparse.Namespace) -> list[str]:
     options = [f"--tenant={t}" for t in args.tenants or ()]
     return options + ([f"--tenant-registry={args.tenant_registry}"] if args.tenant_registry else [])
@@ -168,6 +174,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         on_delivery=on_delivery,
         function_env=replay.environment() if replay is not None else None,
         tenants=_tenant_registry(args),
+        schedule_speed=_schedule_speed(args),
     )
     stop = False
 
@@ -211,6 +218,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     # A trace folder that cannot be replayed is refused here, in one line, not in the background process's log.
     _trace_replay(args)
     _tenant_registry(args)
+    _schedule_speed(args)
     # Built here, with its progress shown, not in the background process (which finds it built).
     image = _worker_image(args)
     attach.STATE_DIR.mkdir(parents=True, exist_ok=True)
@@ -224,6 +232,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                 *(["--containers"] if args.containers else []),
                 *_trace_options(args),
                 *_tenant_options(args),
+                f"--schedule-speed={args.schedule_speed}",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -353,6 +362,14 @@ def _add_cloud_options(parser: argparse.ArgumentParser) -> None:
     """What `local up` and `local serve` both take: the spot traces to replay and the tenants to register."""
     parser.add_argument("--spot-traces", metavar="DIR", help="replay spot availability traces (one JSON per zone)")
     parser.add_argument("--trace-speed", type=float, default=1.0, help="trace-seconds per second (default 1)")
+    parser.add_argument(
+        "--schedule-speed",
+        type=float,
+        default=1.0,
+        metavar="X",
+        help="fire the template's rate() schedules X times as often (default 1, as in AWS): with 12, the fleet "
+        "scaler's and the heartbeat sweep's rate(1 minute) fire every 5 s",
+    )
     parser.add_argument(
         "--tenant",
         dest="tenants",

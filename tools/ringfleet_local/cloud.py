@@ -73,6 +73,7 @@ class LocalCloud:
         stack: str = "ringfleet",
         function_env: Mapping[str, str] | None = None,
         tenants: TenantRegistry = LOCAL_TENANTS,
+        schedule_speed: float = 1.0,
     ) -> None:
         self.template_path = Path(template).resolve()
         #: Neither given nor set in the environment: the machine's broker, on a vhost of this cloud's own.
@@ -92,6 +93,8 @@ class LocalCloud:
         self.function_env = dict(function_env or {})
         #: The tenant registry job intake runs with (the template's TenantRegistry parameter).
         self.tenants = tenants
+        #: How many times as often as their rate() the template's schedules fire (1: as in AWS).
+        self.schedule_speed = schedule_speed
         self._moto: warm.ProcessHandle | None = None
         self._ctx: CloudContext | None = None
         self._router: Router | None = None
@@ -152,7 +155,11 @@ class LocalCloud:
             self.created = provision(self._ctx)
             if self.route:
                 self._router = Router(
-                    self._ctx, clock=self.clock, on_delivery=self.on_delivery, only=self.only_functions
+                    self._ctx,
+                    clock=self.clock,
+                    on_delivery=self.on_delivery,
+                    only=self.only_functions,
+                    schedule_speed=self.schedule_speed,
                 )
                 self._router.start()
         except BaseException:

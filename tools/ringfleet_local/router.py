@@ -5,7 +5,7 @@
   redrive policy (enforced by moto) moves a message to its DLQ after ``maxReceiveCount`` receives.
 - ``MQ``: the real RabbitMQ queue consumed with aio-pika and handed over as an ``aws:rmq`` event; a failed batch
   is requeued and the quorum queue's delivery limit dead-letters a poison message.
-- ``Schedule``: ``rate(...)`` schedules fire on an injectable clock.
+- ``Schedule``: ``rate(...)`` schedules fire on an injectable clock (``schedule_speed`` times as often, if asked).
 - What moto sends and AWS does not is dropped before delivery: the ``ObjectCreated:Put`` that moto's
   ``complete_multipart_upload`` notifies before the ``ObjectCreated:CompleteMultipartUpload`` S3 sends alone.
 
@@ -72,9 +72,12 @@ class Router:
         clock: Clock | None = None,
         on_delivery: Callable[[Delivery], None] | None = None,
         only: set[str] | None = None,
+        schedule_speed: float = 1.0,
     ) -> None:
         self.ctx = ctx
         self.clock = clock or SystemClock()
+        #: How many times as often as their rate() the schedules fire (``local up --schedule-speed``).
+        self.schedule_speed = schedule_speed
         self.on_delivery = on_delivery
         self.deliveries: list[Delivery] = []
         self._cond = threading.Condition()
@@ -331,13 +334,13 @@ class Router:
 
     # -- schedules -----------------------------------------------------------------------------------------
     def _run_schedules(self, schedules: list[tuple[str, FunctionEvent]]) -> None:
-        plan: list[tuple[str, FunctionEvent, int, datetime]] = []
+        plan: list[tuple[str, FunctionEvent, float, datetime]] = []
         start = self.clock.now()
         for lid, ev in schedules:
             props = self.ctx.resolve(dict(ev.properties), f"{lid}.{ev.name}")
             if props.get("Enabled", True) is False or props.get("State") == "DISABLED":
                 continue
-            every = rate_seconds(str(props["Schedule"]))
+            every = rate_seconds(str(props["Schedule"])) / self.schedule_speed
             plan.append((lid, ev, every, start + timedelta(seconds=every)))
         while not self._stop.wait(0.1):
             now = self.clock.now()
