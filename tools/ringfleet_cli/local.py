@@ -272,7 +272,7 @@ def cmd_down(args: argparse.Namespace) -> int:
     os.kill(state.pid, signal.SIGTERM)
     # It stops its agents first (SIGTERM, then SIGKILL after AGENT_GRACE_S), then the router and moto.
     deadline = time.monotonic() + AGENT_GRACE_S + 50
-    while time.monotonic() < deadline and LocalState.load(attach.STATE_DIR) is not None:
+    while time.monotonic() < deadline and (LocalState.load(attach.STATE_DIR) is not None or _alive(state.pid)):
         time.sleep(0.2)
     if LocalState.load(attach.STATE_DIR) is not None:
         # Stuck: end it and what it started in its session (moto); agents lead groups of their own.
@@ -281,6 +281,17 @@ def cmd_down(args: argparse.Namespace) -> int:
         (attach.STATE_DIR / "local.json").unlink(missing_ok=True)
     print("local cloud down")
     return 0
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (the background process: `local up` left it to init, which reaps it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _kill_group(pid: int) -> None:

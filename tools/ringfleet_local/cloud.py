@@ -193,23 +193,27 @@ class LocalCloud:
         raise RuntimeError(f"the moto server did not answer at {endpoint} within 30 s")
 
     def stop(self) -> None:
-        if self._router is not None:
-            self._router.stop()
-            self._router = None
-        if self._moto is not None:
-            self._moto.terminate()
-            try:
-                self._moto.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._moto.kill()
-            self._moto = None
-        if self.state_dir is not None:
-            (self.state_dir / "local.json").unlink(missing_ok=True)
-        if self._vhost is not None:
-            delete_vhost(self._vhost)
-            self._vhost = None
-        if self.roles is not None:
-            delete_roles(self.roles)
+        try:
+            if self._router is not None:
+                self._router.stop()
+                self._router = None
+            if self._moto is not None:
+                self._moto.terminate()
+                try:
+                    self._moto.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self._moto.kill()
+                self._moto = None
+            if self._vhost is not None:
+                delete_vhost(self._vhost)
+                self._vhost = None
+            if self.roles is not None:
+                delete_roles(self.roles)
+        finally:
+            # Last: `ringfleet local down` returns once it is gone, so nothing of the cloud (its vhost, its broker
+            # users) is still being deleted, or left half deleted by whoever ends this process next.
+            if self.state_dir is not None:
+                (self.state_dir / "local.json").unlink(missing_ok=True)
 
     def __enter__(self) -> LocalCloud:
         return self.start()

@@ -8,9 +8,9 @@ and its moto server (two seconds) are the same story, once per cloud. So the loc
 zygote starts apps: for each kind (``PRELOADS``) one server process (``python -m ringfleet_local.warm KIND``)
 imports those libraries once and never runs anything else, and each process of that kind is a ``fork()`` of it that
 then runs its module's ``__main__`` exactly as ``python -m`` would, with its own environment (and ``sys.path`` from
-its ``PYTHONPATH``), working directory and log, leading a session of its own. Whatever it then does (threads, child
-processes, the job's script) is its own. The server has no thread (a fork copies only the calling one), and
-nothing of one process is in the server the next is forked from.
+its ``PYTHONPATH``), working directory and log, in its parent's process group (an agent: leading a session of its
+own). Whatever it then does (threads, child processes, the job's script) is its own. The server has no thread (a
+fork copies only the calling one), and nothing of one process is in the server the next is forked from.
 
 Why not CPython's ``forkserver`` start method: it imports the parent's ``__main__`` again in every child (a test
 runner's, the CLI's), and its children belong to its ``multiprocessing`` bookkeeping (joined at exit, no children
@@ -182,11 +182,19 @@ ProcessHandle = WarmProcess | subprocess.Popen[bytes]
 
 
 def start(
-    kind: str, module: str, args: Sequence[str], *, env: Mapping[str, str], cwd: Path | None, log_path: Path | None
+    kind: str,
+    module: str,
+    args: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    cwd: Path | None,
+    log_path: Path | None,
+    new_session: bool = False,
 ) -> ProcessHandle:
-    """``python -m MODULE ARGS`` with ``env`` (its whole environment) in ``cwd``, leading a session of its own and
-    writing to ``log_path`` (None: to this process's stderr): forked from this process's warm interpreter of
-    ``kind`` (started on first use), or cold when ``RINGFLEET_LOCAL_COLD`` is set."""
+    """``python -m MODULE ARGS`` with ``env`` (its whole environment) in ``cwd``, writing to ``log_path`` (None: to
+    this process's stderr): forked from this process's warm interpreter of ``kind`` (started on first use), or cold
+    when ``RINGFLEET_LOCAL_COLD`` is set. In this process's group, as ``subprocess`` starts it (whoever ends the
+    group ends it), or leading a session of its own (``new_session``: ``start_new_session=True``)."""
     if cold():
         with contextlib.ExitStack() as files:
             log = files.enter_context(log_path.open("ab")) if log_path else None
@@ -196,19 +204,20 @@ def start(
                 stderr=subprocess.STDOUT if log else None,
                 env=dict(env),
                 cwd=cwd,
-                start_new_session=True,
+                start_new_session=new_session,
             )
     if log_path and not log_path.exists():
         log_path.touch()  # there once this returns, as a log Popen would write to
     server = _Server.get(kind)
     request = {"module": module, "args": list(args), "env": dict(env), "cwd": str(cwd) if cwd else None}
-    pid = server.start({**request, "log": str(log_path) if log_path else None})
+    pid = server.start({**request, "log": str(log_path) if log_path else None, "new_session": new_session})
     return WarmProcess(pid, server)
 
 
 def start_agent(args: Sequence[str], *, env: Mapping[str, str], cwd: Path | None, log_path: Path) -> ProcessHandle:
-    """An instance's agent: ``python -m training_worker ARGS`` (see ``start``)."""
-    return start("agent", "training_worker", args, env=env, cwd=cwd, log_path=log_path)
+    """An instance's agent: ``python -m training_worker ARGS``, leading a session of its own (see ``start``): it and
+    what it starts go together, as on an instance."""
+    return start("agent", "training_worker", args, env=env, cwd=cwd, log_path=log_path, new_session=True)
 
 
 # -- the server ---------------------------------------------------------------------------------------------------
@@ -242,10 +251,12 @@ def _reply(message: dict[str, int]) -> None:
 
 def _become(request: dict[str, Any]) -> None:
     """In the forked child: becomes what ``subprocess.Popen([python, -m, MODULE, *args], env=env, cwd=cwd,
-    stdout=log, stderr=STDOUT, start_new_session=True)`` would start, then runs it; ends the process with its
+    stdout=log, stderr=STDOUT, start_new_session=new_session)`` would start, then runs it; ends the process with its
     status, whatever happens (an agent's ``__main__`` ends it with ``os._exit`` itself)."""
     status = 1
     try:
+        if request["new_session"]:
+            os.setsid()
         _redirect(request["log"])
         env: dict[str, str] = request["env"]
         os.environ.clear()
@@ -278,9 +289,8 @@ def _become(request: dict[str, Any]) -> None:
 
 
 def _redirect(log_path: str | None) -> None:
-    """A session of its own, stdin from /dev/null, stdout and stderr to ``log_path`` (None: the server's stderr,
-    which is its parent's; never the server's stdout, its replies)."""
-    os.setsid()
+    """stdin from /dev/null, stdout and stderr to ``log_path`` (None: the server's stderr, which is its parent's;
+    never the server's stdout, its replies)."""
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
