@@ -58,12 +58,12 @@ checkov: $(SAM_VENV)/.installed $(CHECKOV_VENV)/.installed
 	BC_SKIP_MAPPING=TRUE $(CHECKOV_VENV)/bin/checkov --quiet --compact --framework cloudformation -f .aws-sam/checkov/template.json
 
 # tests/integration/test_layer.py builds the Lambda layer with sam. The kinds run fastest first (tests/conftest.py),
-# PYTEST_WORKERS files at a time (pytest-xdist: each worker has its own broker vhost, local clouds and ports; most of
-# an e2e test's time is spent waiting, so more workers than cores pay off); the 15 slowest tests are listed at the
-# end, so a test that grew slow shows up in CI's log. PYTEST_WORKERS=0 runs them in one process. Three workers: the
-# local cloud forks its agents, Lambda hosts and moto servers from warm interpreters (ringfleet_local.warm), which
-# halved the suite's CPU; before that, three overloaded this 2-core machine on a slow day and the e2e tests that
-# wait on training timed out, so two ran.
+# PYTEST_WORKERS files at a time (pytest-xdist: each worker has its own broker vhost, local clouds and ports; most
+# of an e2e test's time is spent waiting, so more workers than cores pay off); the 15 slowest tests are listed at
+# the end, so a test that grew slow shows up in CI's log. PYTEST_WORKERS=0 runs them in one process. Three workers:
+# the local cloud forks its agents, Lambda hosts and moto servers from warm interpreters (ringfleet_local.warm),
+# which cut the CPU of the suite's processes by about 28 %; before that, three overloaded this 2-core machine on a
+# slow day and the e2e tests that wait on training timed out, so two ran.
 PYTEST_WORKERS ?= 3
 pytest: $(VENV)/.installed $(SAM_VENV)/.installed
 	$(VENV)/bin/pytest -q --durations=15 -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
