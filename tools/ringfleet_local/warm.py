@@ -37,7 +37,7 @@ import sys
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 __all__ = ["COLD_VARIABLE", "ProcessHandle", "WarmProcess", "cold", "start", "start_agent"]
 
@@ -128,7 +128,11 @@ class _Server:
     def _read(self) -> None:
         assert self._process.stdout is not None
         for line in self._process.stdout:
-            reply = json.loads(line)
+            try:
+                reply = json.loads(line)
+            except ValueError:  # not the server's (it prints nothing else there): shown, not lost
+                sys.stderr.write(line)
+                continue
             with self._ended:
                 if "pid" in reply:
                     self._started.append(int(reply["pid"]))
@@ -221,22 +225,29 @@ def start_agent(args: Sequence[str], *, env: Mapping[str, str], cwd: Path | None
 
 
 # -- the server ---------------------------------------------------------------------------------------------------
+#: The server's replies (its stdout when it started); anything else printed there goes to stderr.
+_replies: TextIO | None = None
+
+
 def _serve(kind: str) -> None:
+    global _replies
+    _replies = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    # Ctrl-C in a terminal reaches the whole foreground group: whoever started this server decides when it ends
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     for module in PRELOADS[kind]:
         __import__(module)
     children: set[int] = set()
-    stdin = sys.stdin.fileno()
+    pending = b""
     while True:
-        ready, _, _ = select.select([stdin], [], [], 0.2)
+        ready, _, _ = select.select([0], [], [], 0.2)
         if ready:
-            line = sys.stdin.readline()
-            if not line:
+            chunk = os.read(0, 1 << 16)
+            if not chunk:
                 return
-            pid = os.fork()
-            if pid == 0:
-                _become(json.loads(line))
-            children.add(pid)
-            _reply({"pid": pid})
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in filter(None, (ln.strip() for ln in lines)):
+                children.add(_fork(json.loads(line)))
         for pid in list(children):
             done, status = os.waitpid(pid, os.WNOHANG)
             if done:
@@ -244,9 +255,18 @@ def _serve(kind: str) -> None:
                 _reply({"exited": pid, "status": os.waitstatus_to_exitcode(status)})
 
 
+def _fork(request: dict[str, Any]) -> int:
+    pid = os.fork()
+    if pid == 0:
+        _become(request)
+    _reply({"pid": pid})
+    return pid
+
+
 def _reply(message: dict[str, int]) -> None:
-    sys.stdout.write(json.dumps(message) + "\n")
-    sys.stdout.flush()
+    assert _replies is not None
+    _replies.write(json.dumps(message) + "\n")
+    _replies.flush()
 
 
 def _become(request: dict[str, Any]) -> None:
@@ -255,6 +275,9 @@ def _become(request: dict[str, Any]) -> None:
     status, whatever happens (an agent's ``__main__`` ends it with ``os._exit`` itself)."""
     status = 1
     try:
+        if _replies is not None:
+            os.close(_replies.fileno())  # the server's, not this process's
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         if request["new_session"]:
             os.setsid()
         _redirect(request["log"])
