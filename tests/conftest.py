@@ -17,6 +17,7 @@ from pathlib import Path
 from types import FrameType
 
 import pytest
+from ringfleet_local import warm
 
 from tests import reaper
 
@@ -67,6 +68,9 @@ def _reap_once() -> None:
     """Ends whatever the run left running: once, in the pytest process only (a forked child inherits atexit)."""
     token = _RUN.get("token")
     if isinstance(token, str) and _RUN.get("owner") == os.getpid() and "reaped" not in _RUN:
+        # The run's warm interpreters (ringfleet_local.warm) end with it: not something a test left running. What
+        # they forked and a test did not end is still found, by its token.
+        warm.close()
         _RUN["reaped"] = reaper.reap(token)
 
 

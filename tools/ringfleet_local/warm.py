@@ -39,7 +39,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-__all__ = ["COLD_VARIABLE", "ProcessHandle", "WarmProcess", "cold", "start", "start_agent"]
+__all__ = ["COLD_VARIABLE", "ProcessHandle", "WarmProcess", "close", "cold", "start", "start_agent"]
 
 COLD_VARIABLE = "RINGFLEET_LOCAL_COLD"
 #: What each kind of warm interpreter imports once. An agent: everything it imports before and while it trains (the
@@ -135,6 +135,8 @@ class _Server:
                 continue
             with self._ended:
                 if "pid" in reply:
+                    # a pid the kernel gave again: the server reported its earlier holder's end before this fork
+                    self._status.pop(int(reply["pid"]), None)
                     self._started.append(int(reply["pid"]))
                 else:
                     self._status[int(reply["exited"])] = int(reply["status"])
@@ -142,10 +144,29 @@ class _Server:
         with self._ended:
             self._ended.notify_all()
 
+    def close(self) -> None:
+        if self._process.stdin is not None:
+            with contextlib.suppress(OSError):
+                self._process.stdin.close()
+        try:
+            self._process.wait(5)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
     def status(self, pid: int, timeout: float | None) -> int | None:
         with self._ended:
             self._ended.wait_for(lambda: pid in self._status or self._process.poll() is not None, timeout)
             return self._status.get(pid)
+
+
+def close() -> None:
+    """Ends this process's warm interpreters (as its own exit would: their stdin closes); what they forked runs on,
+    each process ended by whoever started it."""
+    with _Server._servers_lock:
+        servers, _Server._servers = list(_Server._servers.values()), {}
+    for server in servers:
+        server.close()
 
 
 class WarmProcess:
