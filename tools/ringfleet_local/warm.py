@@ -170,7 +170,7 @@ def close() -> None:
 
 
 class WarmProcess:
-    """An agent forked from the warm interpreter: the part of ``subprocess.Popen`` the emulator uses."""
+    """A process forked from a warm interpreter: the part of ``subprocess.Popen`` the local cloud uses."""
 
     def __init__(self, pid: int, server: _Server) -> None:
         self.pid = pid
@@ -187,7 +187,7 @@ class WarmProcess:
     def wait(self, timeout: float | None = None) -> int:
         code = self._server.status(self.pid, timeout)
         if code is None:
-            raise subprocess.TimeoutExpired(f"agent {self.pid}", timeout or 0)
+            raise subprocess.TimeoutExpired(f"process {self.pid}", timeout or 0)
         return code
 
     def send_signal(self, sig: int) -> None:
