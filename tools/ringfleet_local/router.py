@@ -124,7 +124,9 @@ class Router:
     def stop(self) -> None:
         self._stop.set()
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(lambda: None)
+            # a wake-up; the MQ thread may already have seen the stop and closed its loop (a race CI hit once)
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(lambda: None)
         for t in self._threads:
             t.join(timeout=15)
         for rt in self.runtimes.values():
