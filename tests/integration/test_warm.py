@@ -13,7 +13,7 @@ import boto3
 import pytest
 from botocore.exceptions import EndpointConnectionError
 from ringfleet_local import warm
-from ringfleet_local.cloud import free_port
+from ringfleet_local.cloud import free_port, start_moto_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -70,17 +70,7 @@ def test_two_moto_servers_forked_from_one_hand_out_different_ids() -> None:
     # given two moto servers forked from the same warm interpreter (moto's random generator is not the random
     # module's, which a fork reseeds by itself)
     ports = [free_port(), free_port()]
-    servers = [
-        warm.start(
-            "moto",
-            "ringfleet_local.moto_server",
-            ["-H", "127.0.0.1", "-p", str(p)],
-            env=os.environ,
-            cwd=None,
-            log_path=Path(os.devnull),
-        )
-        for p in ports
-    ]
+    servers = [start_moto_server(port) for port in ports]
     try:
         # when each launches an instance
         ids = [_launch(port) for port in ports]

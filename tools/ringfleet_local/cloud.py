@@ -23,7 +23,7 @@ from ringfleet_local.provision import provision
 from ringfleet_local.router import Delivery, Router
 from ringfleet_local.vhost import create_vhost, delete_vhost, revoke_admin
 
-__all__ = ["LOCAL_TENANTS", "LocalCloud", "broker_reachable", "free_port"]
+__all__ = ["LOCAL_TENANTS", "LocalCloud", "broker_reachable", "free_port", "start_moto_server"]
 
 log = logging.getLogger(__name__)
 
@@ -134,15 +134,7 @@ class LocalCloud:
                 revoke_admin(admin_url, self._vhost)
         port = free_port()
         endpoint = f"http://127.0.0.1:{port}"
-        # forked from the warm interpreter that imported moto once (ringfleet_local.warm)
-        self._moto = warm.start(
-            "moto",
-            "ringfleet_local.moto_server",
-            ["-H", "127.0.0.1", "-p", str(port)],
-            env=os.environ,
-            cwd=None,
-            log_path=Path(os.devnull),
-        )
+        self._moto = start_moto_server(port)
         try:
             # Inside the try: a template that cannot be read (TemplateError) must not leave the moto server behind.
             self._wait_moto(endpoint)
@@ -222,6 +214,19 @@ class LocalCloud:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def start_moto_server(port: int) -> warm.ProcessHandle:
+    """The local cloud's moto server (``ringfleet_local.moto_server``) on ``port`` of 127.0.0.1, forked from the
+    warm interpreter that imported moto once (``ringfleet_local.warm``), its output discarded."""
+    return warm.start(
+        "moto",
+        "ringfleet_local.moto_server",
+        ["-H", "127.0.0.1", "-p", str(port)],
+        env=os.environ,
+        cwd=None,
+        log_path=Path(os.devnull),
+    )
 
 
 def registry_from_options(tenants: list[str] | None, registry_file: str | None) -> TenantRegistry:
