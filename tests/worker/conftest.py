@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import http.server
 import json
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import boto3
 import pytest
-from botocore.exceptions import EndpointConnectionError
+from ringfleet_local.cloud import start_moto_server
 
 from tests.worker.distributed import free_port
 from training_worker.control import SpotNoticeWatcher
@@ -28,14 +25,11 @@ BUCKET = "ckpt"
 def s3_env() -> Iterator[dict[str, str]]:
     """Environment for worker processes: S3 (a moto server with the checkpoint bucket) via AWS_ENDPOINT_URL.
 
-    A process of its own, not moto's ThreadedMotoServer: that one keeps its state in this process's moto backends,
-    which any ``mock_aws`` test run by the same pytest worker resets (the bucket vanished mid-session)."""
+    The local cloud's moto server, a process of its own, not moto's ThreadedMotoServer: that one keeps its state in
+    this process's moto backends, which any ``mock_aws`` test run by the same pytest worker resets (the bucket
+    vanished mid-session)."""
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = start_moto_server(port)
     env = {
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
         "AWS_ACCESS_KEY_ID": "testing",
@@ -43,14 +37,7 @@ def s3_env() -> Iterator[dict[str, str]]:
         "AWS_DEFAULT_REGION": "us-east-1",
         "RINGFLEET_CHECKPOINT_BUCKET": BUCKET,
     }
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            s3_client(env).create_bucket(Bucket=BUCKET)
-            break
-        except EndpointConnectionError:
-            assert server.poll() is None and time.monotonic() < deadline, "the workers' moto S3 did not start"
-            time.sleep(0.1)
+    s3_client(env).create_bucket(Bucket=BUCKET)
     yield env
     server.terminate()
     server.wait(10)

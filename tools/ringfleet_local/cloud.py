@@ -134,10 +134,9 @@ class LocalCloud:
                 revoke_admin(admin_url, self._vhost)
         port = free_port()
         endpoint = f"http://127.0.0.1:{port}"
-        self._moto = start_moto_server(port)
         try:
             # Inside the try: a template that cannot be read (TemplateError) must not leave the moto server behind.
-            self._wait_moto(endpoint)
+            self._moto = start_moto_server(port)
             self._ctx = CloudContext(
                 self.template_path, endpoint=endpoint, broker_url=self.broker_url, stack=self.stack
             )
@@ -171,18 +170,6 @@ class LocalCloud:
                 tenant_registry=self.tenants.to_json(),
             ).save(self.state_dir)
         return self
-
-    def _wait_moto(self, endpoint: str) -> None:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self._moto is not None and self._moto.poll() is not None:
-                raise RuntimeError("the moto server exited at start (is moto[server] installed?)")
-            try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"the moto server did not answer at {endpoint} within 30 s")
 
     def stop(self) -> None:
         try:
@@ -218,8 +205,9 @@ class LocalCloud:
 
 def start_moto_server(port: int) -> warm.ProcessHandle:
     """The local cloud's moto server (``ringfleet_local.moto_server``) on ``port`` of 127.0.0.1, forked from the
-    warm interpreter that imported moto once (``ringfleet_local.warm``), its output discarded."""
-    return warm.start(
+    warm interpreter that imported moto once (``ringfleet_local.warm``), its output discarded; returned once it
+    answers (RuntimeError, with nothing left running, when it does not within 30 s)."""
+    process = warm.start(
         "moto",
         "ringfleet_local.moto_server",
         ["-H", "127.0.0.1", "-p", str(port)],
@@ -227,6 +215,19 @@ def start_moto_server(port: int) -> warm.ProcessHandle:
         cwd=None,
         log_path=Path(os.devnull),
     )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
+            return process
+        except OSError:
+            time.sleep(0.1)
+    if process.poll() is not None:
+        raise RuntimeError("the moto server exited at start (is moto[server] installed?)")
+    process.kill()
+    process.wait()
+    raise RuntimeError(f"the moto server did not answer at {endpoint} within 30 s")
 
 
 def registry_from_options(tenants: list[str] | None, registry_file: str | None) -> TenantRegistry:

@@ -262,7 +262,8 @@ class FleetEmulator:
             # the container gets the instance's variables and the worker's settings this process has, no more (its
             # own PATH, HOME, ... are the image's)
             env.update({k: v for k, v in inherited.items() if k.startswith("RINGFLEET_") and k not in env})
-            process = _popen([*self._container_command(instance_id, env), *args], {**os.environ, **env}, log_path)
+            command = [*self._container_command(instance_id, env), *args]
+            process = warm.popen(command, env={**os.environ, **env}, cwd=None, log_path=log_path, new_session=True)
         else:  # python -m training_worker, forked from the warm interpreter (ringfleet_local.warm)
             process = warm.start_agent(args, env={**inherited, **env}, cwd=self.workdir, log_path=log_path)
         self.instances[instance_id] = EmulatedInstance(instance_id, job_id, process, log_path, instance_type)
@@ -405,12 +406,6 @@ class FleetEmulator:
             for inst in ending:
                 remove_containers(inst.instance_id)
         self.metadata.close()
-
-
-def _popen(command: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    """An agent's container (``docker run``), leading a session of its own."""
-    with log_path.open("ab") as log:
-        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
 def remove_containers(instance_id: str) -> None:

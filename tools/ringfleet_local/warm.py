@@ -39,7 +39,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-__all__ = ["COLD_VARIABLE", "ProcessHandle", "WarmProcess", "close", "cold", "start", "start_agent"]
+__all__ = ["COLD_VARIABLE", "ProcessHandle", "WarmProcess", "close", "cold", "popen", "start", "start_agent"]
 
 COLD_VARIABLE = "RINGFLEET_LOCAL_COLD"
 #: What each kind of warm interpreter imports once. An agent: everything it imports before and while it trains (the
@@ -221,22 +221,31 @@ def start(
     when ``RINGFLEET_LOCAL_COLD`` is set. In this process's group, as ``subprocess`` starts it (whoever ends the
     group ends it), or leading a session of its own (``new_session``: ``start_new_session=True``)."""
     if cold():
-        with contextlib.ExitStack() as files:
-            log = files.enter_context(log_path.open("ab")) if log_path else None
-            return subprocess.Popen(
-                [sys.executable, "-m", module, *args],
-                stdout=log,
-                stderr=subprocess.STDOUT if log else None,
-                env=dict(env),
-                cwd=cwd,
-                start_new_session=new_session,
-            )
+        command = [sys.executable, "-m", module, *args]
+        return popen(command, env=env, cwd=cwd, log_path=log_path, new_session=new_session)
     if log_path and not log_path.exists():
         log_path.touch()  # there once this returns, as a log Popen would write to
     server = _Server.get(kind)
     request = {"module": module, "args": list(args), "env": dict(env), "cwd": str(cwd) if cwd else None}
     pid = server.start({**request, "log": str(log_path) if log_path else None, "new_session": new_session})
     return WarmProcess(pid, server)
+
+
+def popen(
+    command: Sequence[str], *, env: Mapping[str, str], cwd: Path | None, log_path: Path | None, new_session: bool
+) -> subprocess.Popen[bytes]:
+    """``command`` started the usual way, its output (stdout and stderr) appended to ``log_path`` (None: this
+    process's own): what ``start`` does cold, and how a process that is not Python (``docker run``) starts."""
+    with contextlib.ExitStack() as files:
+        log = files.enter_context(log_path.open("ab")) if log_path else None
+        return subprocess.Popen(
+            list(command),
+            stdout=log,
+            stderr=subprocess.STDOUT if log else None,
+            env=dict(env),
+            cwd=cwd,
+            start_new_session=new_session,
+        )
 
 
 def start_agent(args: Sequence[str], *, env: Mapping[str, str], cwd: Path | None, log_path: Path) -> ProcessHandle:
